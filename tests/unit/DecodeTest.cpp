@@ -1,0 +1,164 @@
+// Reference decode: splits, GQA, seq_len 0, -1 entries past the end, mixed pages, bad input.
+#include "kvarn/reference.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+using namespace kvarn;
+using namespace kvarn::reference;
+using ::testing::HasSubstr;
+
+namespace {
+
+/// A small paged cache: every block holds fp16 rows (unrotated copies kept for the fp16 path),
+/// even blocks are quantized into records, odd ones stay in the pool.
+struct PagedFixture {
+  Format format;
+  int numKvHeads, numBlocks;
+  RecordLayout layout;
+  std::vector<uint16_t> rawKey, rawValue;  // [numBlocks][G][Hk][D], unrotated
+  std::vector<uint16_t> poolKey, poolValue; // [numBlocks][G][Hk][D], rotated (slot = block)
+  std::vector<uint8_t> records;
+  std::vector<int32_t> blockToSlot;
+
+  PagedFixture(const std::string &preset, int headDim, int hk, int blocks, bool quantizeEven,
+               uint64_t seed)
+      : format(*parseFormat(preset, headDim)), numKvHeads(hk), numBlocks(blocks),
+        layout(recordLayout(format)) {
+    const size_t rowsTotal = size_t(blocks) * format.tileTokens * hk;
+    const size_t elements = rowsTotal * headDim;
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal;
+    rawKey.resize(elements);
+    rawValue.resize(elements);
+    for (size_t i = 0; i < elements; ++i) {
+      rawKey[i] = floatToHalf(normal(rng) * (i % headDim == 7 ? 6.0f : 1.0f));
+      rawValue[i] = floatToHalf(normal(rng));
+    }
+    poolKey.resize(elements);
+    poolValue.resize(elements);
+    EXPECT_TRUE(rotateRows(rawKey, DType::F16, int(rowsTotal), headDim, headDim, poolKey));
+    EXPECT_TRUE(rotateRows(rawValue, DType::F16, int(rowsTotal), headDim, headDim, poolValue));
+    records.assign(size_t(blocks) * hk * layout.tileBytesAligned, 0);
+    blockToSlot.resize(blocks);
+    for (int b = 0; b < blocks; ++b) {
+      const bool quantized = quantizeEven && b % 2 == 0;
+      blockToSlot[b] = quantized ? -1 : b;
+      if (!quantized)
+        continue;
+      for (int h = 0; h < hk; ++h) {
+        const size_t rowBase = (size_t(b) * format.tileTokens * hk + h) * headDim;
+        std::span<uint8_t> record(records.data() + (size_t(b) * hk + h) * layout.tileBytesAligned,
+                                  layout.tileBytesAligned);
+        EXPECT_TRUE(writeRecord(format, std::span(poolKey).subspan(rowBase),
+                                std::span(poolValue).subspan(rowBase), size_t(hk) * headDim,
+                                record));
+      }
+    }
+  }
+  PagedCacheView view() const { return {records, poolKey, poolValue, blockToSlot}; }
+};
+
+struct Request {
+  std::vector<uint16_t> q;
+  std::vector<int32_t> table, seqLens;
+  DecodeProblem problem;
+};
+
+Request makeRequest(const PagedFixture &f, int hq, std::vector<int32_t> seqLens, DType dtype,
+                    uint64_t seed) {
+  Request r;
+  const int batch = int(seqLens.size()), maxBlocks = f.numBlocks;
+  r.seqLens = std::move(seqLens);
+  r.table.assign(size_t(batch) * maxBlocks, -1);
+  std::mt19937_64 rng(seed);
+  for (int b = 0; b < batch; ++b) {
+    const int used = (r.seqLens[b] + f.format.tileTokens - 1) / f.format.tileTokens;
+    for (int k = 0; k < used; ++k) // a different permutation of blocks per request
+      r.table[size_t(b) * maxBlocks + k] = (k * 3 + b) % f.numBlocks;
+  }
+  std::normal_distribution<float> normal;
+  r.q.resize(size_t(batch) * hq * f.format.headDim);
+  for (uint16_t &x : r.q)
+    x = floatToDType(normal(rng), dtype);
+  r.problem.format = f.format;
+  r.problem.batch = batch;
+  r.problem.numQueryHeads = hq;
+  r.problem.numKvHeads = f.numKvHeads;
+  r.problem.maxBlocksPerRequest = maxBlocks;
+  r.problem.dtype = dtype;
+  r.problem.query = r.q;
+  r.problem.blockTable = r.table;
+  r.problem.seqLens = r.seqLens;
+  return r;
+}
+
+std::vector<float> toFloat(const std::vector<uint16_t> &v, DType dtype) {
+  std::vector<float> f(v.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    f[i] = dtypeToFloat(v[i], dtype);
+  return f;
+}
+
+TEST(DecodeReference, SplitsDoNotChangeTheResult) {
+  PagedFixture f("kvarn_k4v2_g64", 64, 2, 7, true, 1);
+  Request r = makeRequest(f, 10, {5 * 64 + 37, 1, 64, 65}, DType::F16, 2); // Q = 5
+  std::vector<uint16_t> one(r.q.size()), many(r.q.size());
+  ASSERT_TRUE(decodeQuantized(r.problem, f.view(), 1, one));
+  ASSERT_TRUE(decodeQuantized(r.problem, f.view(), 5, many));
+  EXPECT_LT(relativeFrobeniusError(toFloat(many, DType::F16), toFloat(one, DType::F16)), 1e-3);
+}
+
+TEST(DecodeReference, PoolOnlyCacheAgreesWithTheFp16Reference) {
+  for (DType dtype : {DType::F16, DType::BF16}) {
+    PagedFixture f("kvarn_k4v4_g64", 128, 2, 5, /*quantizeEven=*/false, 3);
+    Request r = makeRequest(f, 4, {300, 63, 128}, dtype, 4);
+    std::vector<uint16_t> rotated(r.q.size()), plain(r.q.size());
+    ASSERT_TRUE(decodeQuantized(r.problem, f.view(), 2, rotated));
+    ASSERT_TRUE(decodeFp16(r.problem, f.rawKey, f.rawValue, f.numBlocks, plain));
+    const double tolerance = dtype == DType::F16 ? 4e-3 : 2e-2;
+    EXPECT_LT(relativeFrobeniusError(toFloat(rotated, dtype), toFloat(plain, dtype)), tolerance)
+        << dtypeName(dtype);
+  }
+}
+
+TEST(DecodeReference, ZeroLengthGivesZerosAndMinusOneEntriesAreNeverRead) {
+  PagedFixture f("kvarn_k2v2_g128", 64, 1, 3, true, 5);
+  Request r = makeRequest(f, 2, {0, 130}, DType::F16, 6);
+  // Entries past each request's end are -1 (makeRequest) and must be ignored.
+  ASSERT_EQ(r.table[2], -1);
+  std::vector<uint16_t> out(r.q.size(), 0x7e00);
+  ASSERT_TRUE(decodeQuantized(r.problem, f.view(), 1, out));
+  for (int i = 0; i < 2 * 64; ++i)
+    EXPECT_EQ(out[i], 0) << i;
+  for (size_t i = 2 * 64; i < out.size(); ++i)
+    EXPECT_TRUE(std::isfinite(halfToFloat(out[i])));
+}
+
+TEST(DecodeReference, RejectsBadInputWithSpecificMessages) {
+  PagedFixture f("kvarn_k4v2_g64", 64, 2, 3, true, 7);
+  Request r = makeRequest(f, 4, {100}, DType::F16, 8);
+  std::vector<uint16_t> out(r.q.size());
+  r.table[1] = 9; // block id outside the cache
+  EXPECT_THAT(decodeQuantized(r.problem, f.view(), 1, out).error().message,
+              HasSubstr("request 0, block 1: block id 9 outside [0, 3)"));
+  r.table[1] = 1;
+  r.seqLens[0] = 3 * 64 + 1;
+  EXPECT_THAT(decodeQuantized(r.problem, f.view(), 1, out).error().message,
+              HasSubstr("seq_len 193 of request 0 is outside [0, max_blocks*G]"));
+  r.seqLens[0] = 100;
+  r.problem.numQueryHeads = 3;
+  EXPECT_THAT(decodeQuantized(r.problem, f.view(), 1, out).error().message,
+              HasSubstr("must be a multiple of kv heads"));
+  r.problem.numQueryHeads = 4;
+  std::vector<uint16_t> shortOut(5);
+  EXPECT_EQ(decodeQuantized(r.problem, f.view(), 1, shortOut).error().code, ErrorCode::BufferSize);
+  PagedCacheView truncated = f.view();
+  truncated.records = truncated.records.subspan(1);
+  EXPECT_EQ(decodeQuantized(r.problem, truncated, 1, out).error().code, ErrorCode::BufferSize);
+}
+
+} // namespace

@@ -1,0 +1,244 @@
+// Property tests of the reference quantizer: packing, error bounds, edge tiles, bad input.
+#include "kvarn/reference.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+using namespace kvarn;
+using namespace kvarn::reference;
+using ::testing::HasSubstr;
+
+namespace {
+
+TEST(Packing, RoundTripsEveryWidth) {
+  std::mt19937 rng(11);
+  for (int bits : {2, 4, 8}) {
+    SCOPED_TRACE(bits);
+    std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
+    std::vector<uint8_t> codes(1024), unpacked(1024);
+    for (uint8_t &c : codes)
+      c = static_cast<uint8_t>(code(rng));
+    std::vector<uint8_t> packed(codes.size() * bits / 8);
+    ASSERT_TRUE(packCodes(codes, bits, packed));
+    ASSERT_TRUE(unpackCodes(packed, bits, unpacked));
+    EXPECT_EQ(codes, unpacked);
+  }
+}
+
+TEST(Packing, LittleEndianWithinTheByte) {
+  std::vector<uint8_t> packed(1);
+  ASSERT_TRUE(packCodes(std::vector<uint8_t>{0x3, 0xa}, 4, packed));
+  EXPECT_EQ(packed[0], 0xa3); // even index in the low nibble
+  ASSERT_TRUE(packCodes(std::vector<uint8_t>{1, 2, 3, 0}, 2, packed));
+  EXPECT_EQ(packed[0], 0b00111001);
+}
+
+TEST(Packing, RejectsBadSizesAndOversizedCodes) {
+  std::vector<uint8_t> packed(3);
+  EXPECT_EQ(packCodes(std::vector<uint8_t>(8), 4, packed).error().code, ErrorCode::BufferSize);
+  std::vector<uint8_t> one(1);
+  EXPECT_THAT(packCodes(std::vector<uint8_t>{16, 0}, 4, one).error().message,
+              HasSubstr("code 16 does not fit in 4 bits"));
+  EXPECT_EQ(packCodes(std::vector<uint8_t>(6), 3, one).error().code, ErrorCode::Unsupported);
+}
+
+/// Builds an R×C matrix of fp16-representable values.
+std::vector<float> randomMatrix(int rows, int cols, uint64_t seed, float outlierScale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> rowScale(rows), m(static_cast<size_t>(rows) * cols);
+  for (float &s : rowScale)
+    s = std::exp(0.7f * normal(rng));
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c)
+      m[static_cast<size_t>(r) * cols + c] =
+          roundToHalf(normal(rng) * rowScale[r] * (r % 17 == 3 ? outlierScale : 1.0f));
+  return m;
+}
+
+/// Each element is within half a step of the folded scales, plus the fp16 rounding of the scales.
+void expectWithinHalfStep(const std::vector<float> &m, const QuantizedMatrix &q) {
+  const float eps = std::ldexp(1.0f, -10);
+  for (int r = 0; r < q.rows; ++r)
+    for (int c = 0; c < q.cols; ++c) {
+      const float s = halfToFloat(q.rowScale[r]), z = halfToFloat(q.rowZeroPoint[r]);
+      const float colScale = halfToFloat(q.colScale[c]);
+      const float code = q.codes[static_cast<size_t>(r) * q.cols + c];
+      const float bound = 0.5f * std::fabs(s * colScale) * (1 + 4 * eps) +
+                          (code * std::fabs(s) + std::fabs(z)) * std::fabs(colScale) * 2 * eps +
+                          1e-30f;
+      ASSERT_LE(std::fabs(q.reconstruct(r, c) - m[static_cast<size_t>(r) * q.cols + c]), bound)
+          << "row " << r << " col " << c;
+    }
+}
+
+TEST(Quantize, ErrorWithinHalfAStepForEveryWidthAndShape) {
+  uint64_t seed = 100;
+  for (int bits : {2, 4, 8})
+    for (auto [rows, cols] : {std::pair{128, 128}, {64, 128}, {128, 64}, {256, 128}, {128, 256}}) {
+      SCOPED_TRACE(testing::Message() << bits << " bits " << rows << "x" << cols);
+      std::vector<float> m = randomMatrix(rows, cols, ++seed, 9.0f);
+      Expected<QuantizedMatrix> q = quantizeMatrix(m, rows, cols, bits, 8);
+      ASSERT_TRUE(q) << q.error().str();
+      expectWithinHalfStep(m, *q);
+    }
+}
+
+TEST(Quantize, NormalizationReducesErrorOnOutlierChannels) {
+  // Rotated keys with outlier channels (kvarn-format.md §7: 0.087 with vs 0.138 without).
+  for (uint64_t seed : {1, 2, 3}) {
+    std::vector<float> m = *syntheticRotatedKeyMatrix(128, 128, seed);
+    auto error = [&](int iterations) {
+      QuantizedMatrix q = *quantizeMatrix(m, 128, 128, 4, iterations);
+      std::vector<float> r(m.size());
+      for (int i = 0; i < 128; ++i)
+        for (int j = 0; j < 128; ++j)
+          r[i * 128 + j] = q.reconstruct(i, j);
+      return relativeFrobeniusError(r, m);
+    };
+    const double without = error(0), with = error(8);
+    EXPECT_LT(with, 0.8 * without) << "seed " << seed;
+    EXPECT_LT(with, 0.1) << "seed " << seed;
+  }
+}
+
+TEST(Normalization, IdentityIsACandidateAndScalesStayClamped) {
+  std::vector<float> m = randomMatrix(128, 64, 9, 30.0f);
+  Normalization n = normalizeVariance(m, 128, 64, 8);
+  for (float s : n.colScale) {
+    EXPECT_GE(s, std::exp(-0.3f) * 0.9999f);
+    EXPECT_LE(s, std::exp(10.0f) * 1.0001f);
+  }
+  Normalization none = normalizeVariance(m, 128, 64, 0);
+  EXPECT_EQ(none.chosenIteration, 0);
+  EXPECT_LE(n.imbalance, none.imbalance);
+}
+
+TEST(Quantize, EdgeTilesGiveFiniteScales) {
+  const int rows = 128, cols = 128;
+  std::vector<std::vector<float>> tiles;
+  tiles.emplace_back(rows * cols, 0.0f);                 // all zero
+  tiles.emplace_back(rows * cols, 3.25f);                // constant
+  tiles.emplace_back(rows * cols, -65504.0f);            // huge constant
+  tiles.push_back(randomMatrix(rows, cols, 3));          // one outlier
+  tiles.back()[77] = 60000.0f;
+  tiles.push_back(randomMatrix(rows, cols, 4));          // huge magnitudes
+  for (float &v : tiles.back())
+    v = roundToHalf(std::min(std::max(v * 8000.0f, -65504.0f), 65504.0f));
+  for (size_t i = 0; i < tiles.size(); ++i)
+    for (int bits : {2, 4}) {
+      SCOPED_TRACE(testing::Message() << "tile " << i << " bits " << bits);
+      Expected<QuantizedMatrix> q = quantizeMatrix(tiles[i], rows, cols, bits, 8);
+      ASSERT_TRUE(q) << q.error().str();
+      for (const auto *v : {&q->rowScale, &q->rowZeroPoint, &q->colScale})
+        for (uint16_t h : *v)
+          ASSERT_TRUE(std::isfinite(halfToFloat(h)));
+      for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c)
+          ASSERT_TRUE(std::isfinite(q->reconstruct(r, c)));
+    }
+  // A constant tile reconstructs exactly up to the fp16 rounding of the folded zero point.
+  QuantizedMatrix constant = *quantizeMatrix(tiles[1], rows, cols, 4, 8);
+  EXPECT_NEAR(constant.reconstruct(5, 9), 3.25f, 3.25f * 3e-3f);
+}
+
+TEST(Quantize, RejectsNonFiniteInput) {
+  std::vector<float> m = randomMatrix(64, 64, 1);
+  m[65] = std::numeric_limits<float>::quiet_NaN();
+  Expected<QuantizedMatrix> q = quantizeMatrix(m, 64, 64, 4, 8);
+  ASSERT_FALSE(q);
+  EXPECT_EQ(q.error().code, ErrorCode::InvalidData);
+  EXPECT_THAT(q.error().message, HasSubstr("non-finite value in tile at row 1, column 1"));
+  m[65] = std::numeric_limits<float>::infinity();
+  EXPECT_FALSE(quantizeMatrix(m, 64, 64, 4, 8));
+}
+
+class RecordTest : public ::testing::Test {
+protected:
+  Format format = *parseFormat("kvarn_k4v2_g64", 64);
+  RecordLayout layout = recordLayout(format);
+  std::vector<uint16_t> rows = [] {
+    std::vector<float> m = randomMatrix(64, 64, 21);
+    std::vector<uint16_t> h(m.size());
+    for (size_t i = 0; i < m.size(); ++i)
+      h[i] = floatToHalf(m[i]);
+    return h;
+  }();
+  alignas(16) uint8_t storage[8192 + 16];
+};
+
+TEST_F(RecordTest, WritesEveryByteAndReadsBack) {
+  std::span<uint8_t> record(storage, layout.tileBytesAligned);
+  std::fill(record.begin(), record.end(), 0xff);
+  ASSERT_TRUE(writeRecord(format, rows, rows, 64, record));
+  std::vector<float> key(64 * 64), value(64 * 64);
+  ASSERT_TRUE(dequantizeRecord(format, record, key, value));
+  std::vector<float> expected(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i)
+    expected[i] = halfToFloat(rows[i]);
+  EXPECT_LT(relativeFrobeniusError(key, expected), 0.12);   // 4-bit keys
+  EXPECT_LT(relativeFrobeniusError(value, expected), 0.55); // 2-bit values
+  for (size_t i = layout.tileBytes; i < layout.tileBytesAligned; ++i)
+    EXPECT_EQ(record[i], 0) << "padding byte " << i;
+}
+
+TEST_F(RecordTest, RejectsShortLongAndMisalignedBuffers) {
+  std::span<uint8_t> shortRecord(storage, layout.tileBytesAligned - 8);
+  EXPECT_THAT(writeRecord(format, rows, rows, 64, shortRecord).error().message,
+              HasSubstr("needs exactly 3840"));
+  std::span<uint8_t> longRecord(storage, layout.tileBytesAligned + 8);
+  EXPECT_EQ(writeRecord(format, rows, rows, 64, longRecord).error().code, ErrorCode::BufferSize);
+  std::span<uint8_t> misaligned(storage + 4, layout.tileBytesAligned);
+  EXPECT_THAT(writeRecord(format, rows, rows, 64, misaligned).error().message,
+              HasSubstr("misaligned"));
+  std::span<uint8_t> record(storage, layout.tileBytesAligned);
+  std::vector<uint16_t> fewRows(rows.begin(), rows.begin() + 100);
+  EXPECT_EQ(writeRecord(format, fewRows, rows, 64, record).error().code, ErrorCode::BufferSize);
+  EXPECT_EQ(readRecord(format, shortRecord).error().code, ErrorCode::BufferSize);
+}
+
+TEST_F(RecordTest, RejectsNaNRowsAndLeavesTheRecordUntouched) {
+  std::span<uint8_t> record(storage, layout.tileBytesAligned);
+  std::fill(record.begin(), record.end(), 0xab);
+  std::vector<uint16_t> bad = rows;
+  bad[130] = 0x7e00; // NaN
+  Status s = writeRecord(format, rows, bad, 64, record);
+  ASSERT_FALSE(s);
+  EXPECT_THAT(s.error().message, HasSubstr("value tile: non-finite value"));
+  for (uint8_t byte : record)
+    ASSERT_EQ(byte, 0xab);
+}
+
+TEST_F(RecordTest, ReadRejectsNonFiniteScales) {
+  std::span<uint8_t> record(storage, layout.tileBytesAligned);
+  ASSERT_TRUE(writeRecord(format, rows, rows, 64, record));
+  record[layout.keyScaleCol + 1] = 0x7c; // +Inf high byte
+  record[layout.keyScaleCol] = 0x00;
+  EXPECT_THAT(readRecord(format, record).error().message, HasSubstr("non-finite scale"));
+}
+
+TEST(Rotation, IsAnInvolutionUpToFp16AndRejectsNaN) {
+  for (int d : {64, 128, 256}) {
+    std::vector<float> m = randomMatrix(4, d, d);
+    std::vector<uint16_t> in(m.size()), once(m.size()), twice(m.size());
+    for (size_t i = 0; i < m.size(); ++i)
+      in[i] = floatToHalf(m[i]);
+    ASSERT_TRUE(rotateRows(in, DType::F16, 4, d, d, once));
+    ASSERT_TRUE(rotateRows(once, DType::F16, 4, d, d, twice));
+    std::vector<float> back(m.size());
+    for (size_t i = 0; i < m.size(); ++i)
+      back[i] = halfToFloat(twice[i]);
+    EXPECT_LT(relativeFrobeniusError(back, m), 2e-3) << d;
+  }
+  std::vector<uint16_t> in(64, floatToHalf(1.0f)), out(64);
+  in[3] = 0x7c00;
+  EXPECT_THAT(rotateRows(in, DType::F16, 1, 64, 64, out).error().message,
+              HasSubstr("non-finite input at row 0, channel 3"));
+  EXPECT_EQ(rotateRows(in, DType::F16, 2, 64, 64, out).error().code, ErrorCode::BufferSize);
+}
+
+} // namespace
