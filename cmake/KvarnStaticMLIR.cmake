@@ -18,7 +18,7 @@ include(HandleLLVMOptions)
 
 find_library(KVARN_STATIC_ZLIB NAMES libz.a REQUIRED)
 find_library(KVARN_STATIC_ZSTD NAMES libzstd.a REQUIRED)
-set(KVARN_LLVM_STATIC_COMPONENTS LLVMSupport LLVMDemangle)
+set(KVARN_LLVM_STATIC_COMPONENTS LLVMRemarks LLVMBitstreamReader LLVMSupport LLVMDemangle)
 
 get_directory_property(_kvarn_imported IMPORTED_TARGETS)
 foreach(_target IN LISTS _kvarn_imported)

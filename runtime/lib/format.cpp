@@ -133,7 +133,7 @@ RecordLayout recordLayout(const Format &format) {
   layout.valueScaleRow = offset;  offset += 2 * g;
   layout.valueZeroPoint = offset; offset += 2 * g;
   layout.tileBytes = offset;
-  if (d <= 128) {
+  if (d <= 128 || format.alignment == RecordAlignment::Compact) {
     layout.tileBytesAligned = (offset + 7) / 8 * 8;
   } else {
     size_t slot = (offset + g - 1) / g;

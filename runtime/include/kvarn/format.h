@@ -12,6 +12,10 @@ namespace kvarn {
 /// Default number of Sinkhorn iterations (the reference backend's value).
 inline constexpr int kDefaultSinkhornIterations = 8;
 
+/// How records are padded: the reference backend's rule, or 8-byte rounding at every head_dim
+/// (saves the power-of-two padding at D >= 256; not readable by the reference backend).
+enum class RecordAlignment { Reference, Compact };
+
 /// One KVarN storage format: key/value bit widths, tile size, head_dim, normalization iterations.
 struct Format {
   int keyBits = 4;
@@ -19,6 +23,7 @@ struct Format {
   int tileTokens = 128; ///< G: tokens per tile (= paged-KV block size)
   int headDim = 128;    ///< D
   int sinkhornIterations = kDefaultSinkhornIterations;
+  RecordAlignment alignment = RecordAlignment::Reference;
 
   /// Preset name, e.g. "kvarn_k4v2_g128".
   std::string presetName() const;

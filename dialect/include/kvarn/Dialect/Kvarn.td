@@ -1,0 +1,2 @@
+// Top-level ODS file of the kvarn dialect.
+include "kvarn/Dialect/KvarnOps.td"

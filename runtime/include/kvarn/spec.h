@@ -1,0 +1,66 @@
+// KernelSpec and Schedule: what a kernel is (op, format, shape, dtype, arch) and how it is built.
+// Both have a stable text form used on the command line and in cache and tuning keys.
+#pragma once
+
+#include "kvarn/format.h"
+#include "kvarn/half.h"
+#include "kvarn/status.h"
+
+#include <string>
+#include <string_view>
+
+namespace kvarn {
+
+/// The operations kvarn generates kernels for.
+enum class OpKind { Decode, Flush, Append, Dequantize, Extend };
+
+const char *opKindName(OpKind kind);
+Expected<OpKind> parseOpKind(std::string_view text);
+
+/// One kernel to build: op × format × GQA ratio × dtype × target arch.
+/// Text form: `decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a[:it16][:compact]`.
+struct KernelSpec {
+  OpKind op = OpKind::Decode;
+  Format format;
+  int queryHeadsPerKvHead = 1; ///< Q = Hq / Hk (decode/extend; 1 for the others)
+  DType dtype = DType::F16;
+  std::string arch = "sm_90a";
+
+  /// Canonical text form; parseKernelSpec(str()) round-trips.
+  std::string str() const;
+  bool operator==(const KernelSpec &other) const = default;
+};
+
+/// Parses the text form; errors name the field, the value and what is allowed.
+Expected<KernelSpec> parseKernelSpec(std::string_view text);
+
+/// Architectures NVRTC is asked to build for.
+Status validateArch(std::string_view arch);
+
+/// Tunable knobs of one kernel (mirrors #kvarn.schedule; see the dialect for their meaning).
+/// Text form: `warps=4,stages=2,splits=0,heads_per_cta=0,mma=m16n8k16,rows_per_cta=4`; any
+/// subset, the rest default.
+struct Schedule {
+  int warps = 4;
+  int stages = 1;
+  int splits = 0; ///< 0 = planned on the host
+  int headsPerCta = 0;
+  std::string mma = "m16n8k16";
+  int rowsPerCta = 4;
+
+  std::string str() const;
+  bool operator==(const Schedule &other) const = default;
+};
+
+Expected<Schedule> parseSchedule(std::string_view text);
+
+/// Shared memory a kernel of this spec and schedule uses (bytes); the device library's layout.
+size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule);
+
+/// Largest dynamic shared memory one CTA may use on an architecture (bytes).
+size_t maxSharedMemoryPerBlock(std::string_view arch);
+
+/// Checks a schedule against the spec and the target's limits.
+Status validateSchedule(const KernelSpec &spec, const Schedule &schedule);
+
+} // namespace kvarn

@@ -1,0 +1,231 @@
+// KernelSpec / Schedule text forms and their validation.
+#include "kvarn/spec.h"
+
+#include <charconv>
+#include <vector>
+
+namespace kvarn {
+namespace {
+
+std::vector<std::string_view> split(std::string_view text, char separator) {
+  std::vector<std::string_view> parts;
+  size_t start = 0;
+  while (true) {
+    size_t end = text.find(separator, start);
+    parts.push_back(text.substr(start, end == std::string_view::npos ? end : end - start));
+    if (end == std::string_view::npos)
+      return parts;
+    start = end + 1;
+  }
+}
+
+bool parseInt(std::string_view text, int &value) {
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  return ec == std::errc() && ptr == text.data() + text.size() && !text.empty();
+}
+
+} // namespace
+
+const char *opKindName(OpKind kind) {
+  switch (kind) {
+  case OpKind::Decode: return "decode";
+  case OpKind::Flush: return "flush";
+  case OpKind::Append: return "append";
+  case OpKind::Dequantize: return "dequantize";
+  case OpKind::Extend: return "extend";
+  }
+  return "?";
+}
+
+Expected<OpKind> parseOpKind(std::string_view text) {
+  for (OpKind kind : {OpKind::Decode, OpKind::Flush, OpKind::Append, OpKind::Dequantize,
+                      OpKind::Extend})
+    if (text == opKindName(kind))
+      return kind;
+  return makeError(ErrorCode::InvalidArgument,
+                   "unknown op '" + std::string(text) +
+                       "' (supported: decode, flush, append, dequantize, extend)");
+}
+
+Status validateArch(std::string_view arch) {
+  for (const char *known : {"sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_90a",
+                            "sm_100", "sm_100a", "sm_120", "sm_120a"})
+    if (arch == known)
+      return Status::success();
+  return makeError(ErrorCode::InvalidArgument,
+                   "unsupported arch '" + std::string(arch) +
+                       "' (supported: sm_75, sm_80, sm_86, sm_87, sm_89, sm_90, sm_90a, sm_100, "
+                       "sm_100a, sm_120, sm_120a)");
+}
+
+std::string KernelSpec::str() const {
+  std::string text = std::string(opKindName(op)) + ":" + format.presetName() + ":d" +
+                     std::to_string(format.headDim) + ":q" + std::to_string(queryHeadsPerKvHead) +
+                     ":" + (dtype == DType::F16 ? "f16" : "bf16") + ":" + arch;
+  if (format.sinkhornIterations != kDefaultSinkhornIterations)
+    text += ":it" + std::to_string(format.sinkhornIterations);
+  if (format.alignment == RecordAlignment::Compact)
+    text += ":compact";
+  return text;
+}
+
+Expected<KernelSpec> parseKernelSpec(std::string_view text) {
+  const std::string quoted = "'" + std::string(text) + "'";
+  auto fieldError = [&](int index, const char *field, std::string_view value,
+                        const std::string &allowed) {
+    return makeError(ErrorCode::InvalidArgument,
+                     "kernel spec " + quoted + ": field " + std::to_string(index) + " (" + field +
+                         ") is '" + std::string(value) + "'; " + allowed);
+  };
+  std::vector<std::string_view> fields = split(text, ':');
+  if (fields.size() < 6 || fields.size() > 8)
+    return makeError(ErrorCode::InvalidArgument,
+                     "kernel spec " + quoted + " has " + std::to_string(fields.size()) +
+                         " fields; expected op:preset:d<head_dim>:q<Q>:<f16|bf16>:<arch>"
+                         "[:it<iterations>][:compact], e.g. decode:kvarn_k4v2_g128:d128:q8:f16:"
+                         "sm_90a");
+  KernelSpec spec;
+  Expected<OpKind> op = parseOpKind(fields[0]);
+  if (!op)
+    return fieldError(1, "op", fields[0], "expected decode, flush, append, dequantize or extend");
+  spec.op = *op;
+  int headDim = 0;
+  if (fields[2].substr(0, 1) != "d" || !parseInt(fields[2].substr(1), headDim))
+    return fieldError(3, "head_dim", fields[2], "expected d<head_dim>, e.g. d128");
+  int iterations = kDefaultSinkhornIterations;
+  bool compact = false;
+  for (size_t i = 6; i < fields.size(); ++i) {
+    if (fields[i] == "compact")
+      compact = true;
+    else if (fields[i].substr(0, 2) != "it" || !parseInt(fields[i].substr(2), iterations))
+      return fieldError(int(i) + 1, "option", fields[i], "expected it<iterations> or compact");
+  }
+  Expected<Format> format = parseFormat(fields[1], headDim, iterations);
+  if (!format)
+    return makeError(format.error().code, "kernel spec " + quoted + ": " + format.error().message);
+  spec.format = *format;
+  spec.format.alignment = compact ? RecordAlignment::Compact : RecordAlignment::Reference;
+  if (fields[3].substr(0, 1) != "q" || !parseInt(fields[3].substr(1), spec.queryHeadsPerKvHead) ||
+      spec.queryHeadsPerKvHead < 1 || spec.queryHeadsPerKvHead > 16)
+    return fieldError(4, "query heads per kv head", fields[3], "expected q1 .. q16");
+  if ((spec.op != OpKind::Decode && spec.op != OpKind::Extend) && spec.queryHeadsPerKvHead != 1)
+    return fieldError(4, "query heads per kv head", fields[3],
+                      std::string(opKindName(spec.op)) + " kernels take q1");
+  if (fields[4] == "f16")
+    spec.dtype = DType::F16;
+  else if (fields[4] == "bf16")
+    spec.dtype = DType::BF16;
+  else
+    return fieldError(5, "dtype", fields[4], "expected f16 or bf16");
+  if (Status s = validateArch(fields[5]); !s)
+    return fieldError(6, "arch", fields[5], s.error().message);
+  spec.arch = std::string(fields[5]);
+  return spec;
+}
+
+std::string Schedule::str() const {
+  return "warps=" + std::to_string(warps) + ",stages=" + std::to_string(stages) +
+         ",splits=" + std::to_string(splits) + ",heads_per_cta=" + std::to_string(headsPerCta) +
+         ",mma=" + mma + ",rows_per_cta=" + std::to_string(rowsPerCta);
+}
+
+Expected<Schedule> parseSchedule(std::string_view text) {
+  Schedule schedule;
+  if (text.empty())
+    return schedule;
+  for (std::string_view item : split(text, ',')) {
+    size_t eq = item.find('=');
+    std::string_view key = item.substr(0, eq);
+    std::string_view value = eq == std::string_view::npos ? std::string_view() : item.substr(eq + 1);
+    auto bad = [&](const std::string &allowed) {
+      return makeError(ErrorCode::InvalidArgument, "schedule '" + std::string(text) + "': " +
+                                                       std::string(key) + " is '" +
+                                                       std::string(value) + "'; " + allowed);
+    };
+    if (eq == std::string_view::npos)
+      return makeError(ErrorCode::InvalidArgument,
+                       "schedule '" + std::string(text) + "': item '" + std::string(item) +
+                           "' is not key=value (keys: warps, stages, splits, heads_per_cta, mma, "
+                           "rows_per_cta)");
+    int *target = key == "warps"          ? &schedule.warps
+                  : key == "stages"       ? &schedule.stages
+                  : key == "splits"       ? &schedule.splits
+                  : key == "heads_per_cta" ? &schedule.headsPerCta
+                  : key == "rows_per_cta" ? &schedule.rowsPerCta
+                                          : nullptr;
+    if (key == "mma") {
+      if (value != "m16n8k16" && value != "none")
+        return bad("expected m16n8k16 or none");
+      schedule.mma = std::string(value);
+    } else if (!target) {
+      return makeError(ErrorCode::InvalidArgument,
+                       "schedule '" + std::string(text) + "': unknown key '" + std::string(key) +
+                           "' (keys: warps, stages, splits, heads_per_cta, mma, rows_per_cta)");
+    } else if (!parseInt(value, *target)) {
+      return bad("expected an integer");
+    }
+  }
+  return schedule;
+}
+
+size_t maxSharedMemoryPerBlock(std::string_view arch) {
+  if (arch == "sm_80" || arch == "sm_87")
+    return 163 * 1024;
+  if (arch == "sm_90" || arch == "sm_90a" || arch == "sm_100" || arch == "sm_100a")
+    return 227 * 1024;
+  if (arch == "sm_75")
+    return 64 * 1024;
+  return 99 * 1024; // sm_86, sm_89, sm_120
+}
+
+size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
+  const size_t d = static_cast<size_t>(spec.format.headDim);
+  const size_t g = static_cast<size_t>(spec.format.tileTokens);
+  const size_t warps = static_cast<size_t>(schedule.warps);
+  switch (spec.op) {
+  case OpKind::Decode:
+  case OpKind::Extend: {
+    // Rotated queries (fp32, padded to 8 rows) + per-warp output and softmax state for the merge.
+    const size_t q = spec.queryHeadsPerKvHead <= 8 ? 8 : 16;
+    return q * d * 4 + warps * (q * d * 4 + 2 * q * 4);
+  }
+  case OpKind::Flush:
+    // The tile (fp32), row and column statistics and scales, per tensor in turn.
+    return g * d * 4 + 4 * (g + d) * 4 + warps * 64;
+  case OpKind::Append:
+    return static_cast<size_t>(schedule.rowsPerCta) * d * 4;
+  case OpKind::Dequantize:
+    return 0;
+  }
+  return 0;
+}
+
+Status validateSchedule(const KernelSpec &spec, const Schedule &schedule) {
+  auto bad = [](const std::string &message) {
+    return makeError(ErrorCode::InvalidArgument, "schedule: " + message);
+  };
+  if (schedule.warps < 1 || schedule.warps > 32)
+    return bad("warps = " + std::to_string(schedule.warps) + " (supported: 1 to 32)");
+  if (schedule.stages < 1 || schedule.stages > 4)
+    return bad("stages = " + std::to_string(schedule.stages) + " (supported: 1 to 4)");
+  if (schedule.splits < 0 || schedule.splits > 256)
+    return bad("splits = " + std::to_string(schedule.splits) + " (supported: 0 = planned, 1 to 256)");
+  if (schedule.headsPerCta != 0 && schedule.headsPerCta != spec.queryHeadsPerKvHead)
+    return bad("heads_per_cta = " + std::to_string(schedule.headsPerCta) +
+               " (supported: 0 or the whole GQA group, " +
+               std::to_string(spec.queryHeadsPerKvHead) + ")");
+  if (schedule.mma != "m16n8k16" && schedule.mma != "none")
+    return bad("mma = " + schedule.mma + " (supported: m16n8k16, none)");
+  if ((spec.op == OpKind::Decode || spec.op == OpKind::Extend) && schedule.mma != "m16n8k16")
+    return bad("mma = none is not implemented for decode (supported: m16n8k16)");
+  if (schedule.rowsPerCta < 1 || schedule.rowsPerCta > 64)
+    return bad("rows_per_cta = " + std::to_string(schedule.rowsPerCta) + " (supported: 1 to 64)");
+  const size_t smem = sharedMemoryBytes(spec, schedule);
+  const size_t limit = maxSharedMemoryPerBlock(spec.arch);
+  if (smem > limit)
+    return bad("needs " + std::to_string(smem) + " bytes of shared memory per CTA; " + spec.arch +
+               " allows " + std::to_string(limit));
+  return Status::success();
+}
+
+} // namespace kvarn
