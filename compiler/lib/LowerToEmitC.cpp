@@ -39,7 +39,7 @@ std::string contextTypeName(TileBeginOp begin) {
                      ", " + std::to_string(s.getStages()) + ", " + std::to_string(s.getSplits()) +
                      ", " + std::to_string(s.getRowsPerCta()) + ", " +
                      (f.getCompact() ? "true" : "false") + ", " +
-                     (begin.getDtype().isBF16() ? "__nv_bfloat16" : "__half") + ">";
+                     (begin.getDtype().isBF16() ? "kvarn::dev::BFloat16" : "kvarn::dev::Half") + ">";
   return name;
 }
 

@@ -1,6 +1,7 @@
 // KernelSpec / Schedule text forms and their validation.
 #include "kvarn/spec.h"
 
+#include <algorithm>
 #include <charconv>
 #include <vector>
 
@@ -185,15 +186,20 @@ size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
   switch (spec.op) {
   case OpKind::Decode:
   case OpKind::Extend: {
-    // Rotated queries (fp32, padded to 8 rows) + per-warp output and softmax state for the merge.
+    // Rotated queries (fp32, padded to 8 rows), per-warp staged scales of each stage, and the
+    // per-warp output and softmax state of the merge (decode.cuh, DecodeContext::SHARED_BYTES).
     const size_t q = spec.queryHeadsPerKvHead <= 8 ? 8 : 16;
-    return q * d * 4 + warps * (q * d * 4 + 2 * q * 4);
+    const size_t stages = static_cast<size_t>(schedule.stages);
+    return q * d * 4 + warps * stages * 6 * (d + g) + (warps * (q * d + 2 * q) + q) * 4;
   }
-  case OpKind::Flush:
-    // The tile (fp32), row and column statistics and scales, per tensor in turn.
-    return g * d * 4 + 4 * (g + d) * 4 + warps * 64;
+  case OpKind::Flush: {
+    // The tile (fp32, rows padded by one), eight row/column vectors, reductions, and the codes
+    // (flush.cuh, FlushContext::SHARED_BYTES).
+    const size_t tile = std::max(d * (g + 1), g * (d + 1));
+    return tile * 4 + 8 * std::max(d, g) * 4 + 64 * 4 + d * g;
+  }
   case OpKind::Append:
-    return static_cast<size_t>(schedule.rowsPerCta) * d * 4;
+    return 0;
   case OpKind::Dequantize:
     return 0;
   }

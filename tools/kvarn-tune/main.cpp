@@ -1,10 +1,14 @@
 // kvarn-tune: the per-GPU command-line tool (tune, bench, compile, bundles, inspect).
+#include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/format.h"
 #include "kvarn/reference.h"
 
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iostream>
 #include <vector>
 
 namespace {
@@ -46,6 +50,94 @@ int runQuantizeDemo(const std::string &preset, int headDim, int iterations, uint
   return 0;
 }
 
+/// `kvarn-tune compile`: prints or writes one stage of one kernel.
+int runCompile(const std::string &specText, const std::string &scheduleText,
+               const std::string &emit, const std::string &outputPath) {
+  Expected<KernelSpec> spec = parseKernelSpec(specText);
+  if (!spec) {
+    std::fprintf(stderr, "kvarn-tune: %s\n", spec.error().message.c_str());
+    return 2;
+  }
+  Expected<Schedule> schedule = parseSchedule(scheduleText);
+  if (!schedule) {
+    std::fprintf(stderr, "kvarn-tune: %s\n", schedule.error().message.c_str());
+    return 2;
+  }
+  Expected<compiler::Stage> stage = compiler::parseStage(emit);
+  if (!stage) {
+    std::fprintf(stderr, "kvarn-tune: %s\n", stage.error().message.c_str());
+    return 2;
+  }
+  std::string bytes;
+  if (*stage == compiler::Stage::Cubin) {
+    Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(*spec, *schedule);
+    if (!kernel) {
+      std::fprintf(stderr, "kvarn-tune: %s\n", kernel.error().message.c_str());
+      return 1;
+    }
+    bytes.assign(kernel->cubin.begin(), kernel->cubin.end());
+  } else {
+    Expected<std::string> text = compiler::emitStage(*spec, *schedule, *stage);
+    if (!text) {
+      std::fprintf(stderr, "kvarn-tune: %s\n", text.error().message.c_str());
+      return 1;
+    }
+    bytes = std::move(*text);
+  }
+  if (outputPath.empty() || outputPath == "-") {
+    if (*stage == compiler::Stage::Cubin) {
+      std::fprintf(stderr, "kvarn-tune: a cubin is binary; write it with -o FILE\n");
+      return 2;
+    }
+    std::cout << bytes;
+    return 0;
+  }
+  std::ofstream out(outputPath, std::ios::binary);
+  out << bytes;
+  if (!out) {
+    std::fprintf(stderr, "kvarn-tune: cannot write %s\n", outputPath.c_str());
+    return 1;
+  }
+  return 0;
+}
+
+/// The default kernel set: decode/flush/append/dequantize of the default presets at D = 128.
+std::vector<KernelSpec> defaultKernelSet(const std::string &arch) {
+  std::vector<KernelSpec> specs;
+  for (const char *preset : {"kvarn_k4v2_g128", "kvarn_k4v4_g128"}) {
+    for (int q : {1, 2, 4, 8})
+      specs.push_back(*parseKernelSpec(std::string("decode:") + preset + ":d128:q" +
+                                       std::to_string(q) + ":f16:" + arch));
+    for (const char *op : {"flush", "append", "dequantize"})
+      specs.push_back(
+          *parseKernelSpec(std::string(op) + ":" + preset + ":d128:q1:f16:" + arch));
+  }
+  return specs;
+}
+
+/// Compiles the default kernel set with NVRTC and reports each (no GPU needed).
+int runCompileDefaultSet(const std::string &arch) {
+  std::printf("Compiling the default kernel set for %s with NVRTC %s:\n", arch.c_str(),
+              nvrtcVersion().c_str());
+  int failures = 0;
+  for (const KernelSpec &spec : defaultKernelSet(arch)) {
+    Schedule schedule;
+    const auto start = std::chrono::steady_clock::now();
+    Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(spec, schedule);
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    if (!kernel) {
+      ++failures;
+      std::printf("  FAIL %-44s %s\n", spec.str().c_str(), kernel.error().message.c_str());
+      continue;
+    }
+    std::printf("  ok   %-44s %7.1f ms  cubin %7zu B  smem %6zu B%s\n", spec.str().c_str(), ms,
+                kernel->cubin.size(), kernel->sharedBytes,
+                kernel->nvrtcLog.empty() ? "" : "  (NVRTC printed warnings)");
+  }
+  return failures == 0 ? 0 : 1;
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -63,12 +155,29 @@ int main(int argc, char **argv) {
   quantize->add_option("--iterations", iterations, "Sinkhorn iterations")->capture_default_str();
   quantize->add_option("--seed", seed, "random seed of the synthetic tile")->capture_default_str();
 
+  std::string specText, scheduleText, emit = "cuda", outputPath;
+  CLI::App *compile = app.add_subcommand(
+      "compile", "Print one stage of the compiler for a kernel spec (mlir, tile, emitc, cuda, "
+                 "ptx, cubin)");
+  compile->add_option("--spec", specText,
+                      "kernel spec op:preset:d<D>:q<Q>:<f16|bf16>:<arch>, e.g. "
+                      "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a")
+      ->required();
+  compile->add_option("--schedule", scheduleText,
+                      "schedule knobs, e.g. warps=4,stages=2,splits=0 (default: the defaults)");
+  compile->add_option("--emit", emit, "stage to print: mlir, tile, emitc, cuda, ptx, cubin")
+      ->capture_default_str();
+  compile->add_option("-o", outputPath, "output file (default: standard output)");
+
   CLI11_PARSE(app, argc, argv);
   if (app.got_subcommand(quantize))
     return runQuantizeDemo(preset, headDim, iterations, seed);
-  // The default job: the reference on the default presets.
+  if (app.got_subcommand(compile))
+    return runCompile(specText, scheduleText, emit, outputPath);
+  // The default job: the reference on the default presets, then the default kernel set.
   int rc = 0;
   for (const char *name : {"kvarn_k4v2_g128", "kvarn_k4v4_g128"})
     rc |= runQuantizeDemo(name, 128, kDefaultSinkhornIterations, seed);
+  rc |= runCompileDefaultSet("sm_90a");
   return rc;
 }

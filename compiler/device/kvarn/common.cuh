@@ -1,0 +1,226 @@
+// kvarn device library: shared building blocks (integer types, fp16 helpers, MMA, unpacking,
+// warp reductions, FWHT, async copies). Every function is bounded; kernels come from the IR.
+#pragma once
+
+// NVRTC ships no headers: the fp16/bf16 support below is the library's own (PTX conversions).
+typedef int int32_t;
+typedef unsigned int uint32_t;
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+
+namespace kvarn {
+namespace dev {
+
+/// Storage types of fp16 and bf16 values (2 bytes, raw bits).
+struct Half {
+  unsigned short bits;
+};
+struct BFloat16 {
+  unsigned short bits;
+};
+
+#define KVARN_INFINITY (__int_as_float(0x7f800000))
+
+__device__ __forceinline__ bool isFinite(float x) {
+  return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u;
+}
+__device__ __forceinline__ float halfToFloat(Half h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits));
+  return f;
+}
+__device__ __forceinline__ Half floatToHalf(float f) {
+  Half h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+  return h;
+}
+__device__ __forceinline__ float bf16ToFloat(BFloat16 b) { return __uint_as_float(uint32_t(b.bits) << 16); }
+__device__ __forceinline__ BFloat16 floatToBf16(float f) {
+  uint32_t x = __float_as_uint(f);
+  BFloat16 b;
+  if ((x & 0x7fffffffu) > 0x7f800000u) {
+    b.bits = (unsigned short)((x >> 16) | 0x40u);
+    return b;
+  }
+  x += 0x7fffu + ((x >> 16) & 1u); // round to nearest even
+  b.bits = (unsigned short)(x >> 16);
+  return b;
+}
+/// fp16 pairs held in one 32-bit register (low half = first element).
+__device__ __forceinline__ uint32_t packHalf2(float low, float high) {
+  uint32_t r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(high), "f"(low));
+  return r;
+}
+__device__ __forceinline__ float2 unpackHalf2(uint32_t pair) {
+  unsigned short low, high;
+  asm("mov.b32 {%0, %1}, %2;" : "=h"(low), "=h"(high) : "r"(pair));
+  return make_float2(halfToFloat(Half{low}), halfToFloat(Half{high}));
+}
+__device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t r;
+  asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+}
+__device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
+  uint32_t r;
+  asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+__device__ __forceinline__ uint32_t broadcastHalf(Half h) { return uint32_t(h.bits) * 0x10001u; }
+
+template <typename A, typename B> struct SameType { static constexpr bool value = false; };
+template <typename A> struct SameType<A, A> { static constexpr bool value = true; };
+
+/// Raw storage of `Bytes` packed bytes, loaded with one vector instruction.
+template <int Bytes> struct Packed;
+template <> struct Packed<2> { typedef unsigned short Type; };
+template <> struct Packed<4> { typedef unsigned int Type; };
+template <> struct Packed<8> { typedef uint2 Type; };
+template <> struct Packed<16> { typedef uint4 Type; };
+
+/// The 32-bit part `index` of a packed word (zero-extended for 2-byte words).
+__device__ __forceinline__ uint32_t part32(unsigned short w, int) { return w; }
+__device__ __forceinline__ uint32_t part32(unsigned int w, int) { return w; }
+__device__ __forceinline__ uint32_t part32(uint2 w, int index) { return index == 0 ? w.x : w.y; }
+__device__ __forceinline__ uint32_t part32(uint4 w, int index) {
+  return index == 0 ? w.x : index == 1 ? w.y : index == 2 ? w.z : w.w;
+}
+
+/// Read-only global load that does not allocate in L1 (streamed cache data).
+template <typename W> __device__ __forceinline__ W loadStreaming(const unsigned char *address) {
+  return __ldg(reinterpret_cast<const W *>(address));
+}
+template <> __device__ __forceinline__ unsigned short
+loadStreaming<unsigned short>(const unsigned char *address) {
+  return __ldg(reinterpret_cast<const unsigned short *>(address));
+}
+
+
+/// Byte `byteIndex` of `low` and of `high`, each duplicated into one 16-bit half:
+/// result = [low.b, low.b, high.b, high.b] (one PRMT).
+__device__ __forceinline__ uint32_t duplicateBytes(uint32_t low, uint32_t high, int byteIndex) {
+  const uint32_t selector = byteIndex | (byteIndex << 4) | ((4 + byteIndex) << 8) |
+                            ((4 + byteIndex) << 12);
+  return __byte_perm(low, high, selector);
+}
+
+/// Two `Bits`-wide codes at bit `Shift` of each 16-bit half of `duplicated` as an fp16 pair:
+/// one LOP3 builds 1024 + code*2^Shift in fp16, one HFMA2 scales and removes the 1024 (exact).
+template <int Bits, int Shift>
+__device__ __forceinline__ uint32_t codesToHalf2(uint32_t duplicated) {
+  constexpr uint32_t mask = ((1u << Bits) - 1u) << Shift;
+  const uint32_t magic = (duplicated & (mask | (mask << 16))) | 0x64006400u;
+  const uint32_t scale = packHalf2(1.0f / float(1 << Shift), 1.0f / float(1 << Shift));
+  const uint32_t bias = packHalf2(-1024.0f / float(1 << Shift), -1024.0f / float(1 << Shift));
+  return hfma2(magic, scale, bias);
+}
+
+/// D += A(16x16, fp16, row) * B(16x8, fp16, col), fp32 accumulate (tensor cores).
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+               "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/// Transposes an 8x8 matrix of 16-bit values held one pair per lane (MOVMATRIX).
+__device__ __forceinline__ uint32_t transpose8x8(uint32_t value) {
+  uint32_t result;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(result) : "r"(value));
+  return result;
+}
+
+__device__ __forceinline__ float warpMaxXor(float value, int firstMask, int lastMask) {
+  for (int mask = firstMask; mask <= lastMask; mask <<= 1)
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, mask));
+  return value;
+}
+__device__ __forceinline__ float warpSumXor(float value, int firstMask, int lastMask) {
+  for (int mask = firstMask; mask <= lastMask; mask <<= 1)
+    value += __shfl_xor_sync(0xffffffffu, value, mask);
+  return value;
+}
+__device__ __forceinline__ float warpMin(float value) {
+  for (int mask = 1; mask < 32; mask <<= 1)
+    value = fminf(value, __shfl_xor_sync(0xffffffffu, value, mask));
+  return value;
+}
+
+/// 16-byte asynchronous global -> shared copy (bypasses L1), and its fences.
+__device__ __forceinline__ void copyAsync16(void *shared, const void *global) {
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
+}
+__device__ __forceinline__ void copyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void copyAsyncWaitAll() { asm volatile("cp.async.wait_all;\n" ::); }
+
+/// Activation dtype conversions.
+template <typename T> __device__ __forceinline__ float toFloat(T value);
+template <> __device__ __forceinline__ float toFloat<Half>(Half value) { return halfToFloat(value); }
+template <> __device__ __forceinline__ float toFloat<BFloat16>(BFloat16 value) {
+  return bf16ToFloat(value);
+}
+template <typename T> __device__ __forceinline__ T fromFloat(float value);
+template <> __device__ __forceinline__ Half fromFloat<Half>(float value) { return floatToHalf(value); }
+template <> __device__ __forceinline__ BFloat16 fromFloat<BFloat16>(float value) {
+  return floatToBf16(value);
+}
+/// Rounds through the activation dtype.
+template <typename T> __device__ __forceinline__ float roundTo(float value) {
+  return toFloat<T>(fromFloat<T>(value));
+}
+
+/// fp16 of 1/sqrt(D) as the reference's H16 holds it.
+template <int D> __device__ __forceinline__ float hadamardScale() {
+  return halfToFloat(floatToHalf(1.0f / sqrtf(float(D))));
+}
+
+/// In-place unnormalized Walsh-Hadamard transform of `rows` rows of length D in shared memory,
+/// by all threads of the CTA (natural order, matches H16 up to the scale and summation order).
+template <int D>
+__device__ __forceinline__ void sharedFwht(float *data, int rows, int rowStride) {
+  for (int half = 1; half < D; half <<= 1) {
+    __syncthreads();
+    for (int item = threadIdx.x; item < rows * (D / 2); item += blockDim.x) {
+      const int row = item / (D / 2), pair = item % (D / 2);
+      const int low = (pair / half) * (2 * half) + (pair % half);
+      float *base = data + row * rowStride;
+      const float a = base[low], b = base[low + half];
+      base[low] = a + b;
+      base[low + half] = a - b;
+    }
+  }
+  __syncthreads();
+}
+
+/// Record layout constants (kvarn-format.md §5).
+template <int KB, int VB, int G, int D, bool COMPACT> struct RecordLayout {
+  static constexpr int keyPacked = 0;
+  static constexpr int keyScaleCol = D * G * KB / 8;
+  static constexpr int keyZeroPoint = keyScaleCol + 2 * D;
+  static constexpr int keyScaleRow = keyZeroPoint + 2 * D;
+  static constexpr int valuePacked = keyScaleRow + 2 * G;
+  static constexpr int valueScaleCol = valuePacked + G * D * VB / 8;
+  static constexpr int valueScaleRow = valueScaleCol + 2 * D;
+  static constexpr int valueZeroPoint = valueScaleRow + 2 * G;
+  static constexpr int tileBytes = valueZeroPoint + 2 * G;
+  static constexpr int slotBytes = (tileBytes + G - 1) / G;
+  static constexpr int powerOfTwo(int x) { return x <= 1 ? 1 : 2 * powerOfTwo((x + 1) / 2); }
+  static constexpr int tileBytesAligned =
+      (D <= 128 || COMPACT) ? (tileBytes + 7) / 8 * 8 : powerOfTwo(slotBytes) * G;
+  /// Scale regions staged per page: K (s_col, zp, s_row), then V (s_col, s_row, zp).
+  static constexpr int keyScaleBytes = 4 * D + 2 * G;
+  static constexpr int valueScaleBytes = 2 * D + 4 * G;
+};
+
+/// Dynamic shared memory of this launch (bytes).
+__device__ __forceinline__ uint32_t dynamicSharedBytes() {
+  uint32_t bytes;
+  asm volatile("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(bytes));
+  return bytes;
+}
+
+} // namespace dev
+} // namespace kvarn

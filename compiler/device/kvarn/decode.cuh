@@ -1,0 +1,613 @@
+// kvarn device library: decode attention building blocks over the quantized paged cache.
+//
+// Thread mapping (one warp, lane = 4*i + t): m16n8k16 tiles with tokens as rows for QK
+// (S^T = codes^T * q') and channels as rows for PV (O^T = codes * P'). A lane owns
+//  - K code rows 16*kc + 4*t + j (j = 0..3) over tokens TPI*i .. TPI*i + TPI - 1,
+//  - V code rows (tokens) 2*TPI*t .. 2*TPI*t + 2*TPI - 1 over channels CPI*i .. CPI*i + CPI - 1,
+// so both loads are whole rows per warp instruction and every fragment is built in registers
+// (PRMT + LOP3 + HFMA2) with no shared-memory round trip. Scores move from the QK accumulator
+// layout to the PV operand layout with MOVMATRIX.
+#pragma once
+
+#include "kvarn/common.cuh"
+
+namespace kvarn {
+namespace dev {
+
+/// Parameters of one decode launch (grid: x = kv head, y = request, z = split).
+struct DecodeParams {
+  const void *query;              ///< [B, Hq, D] activation dtype, un-rotated
+  void *out;                      ///< [B, Hq, D]
+  const unsigned char *cache;     ///< [blocks, Hk, tile bytes]
+  const Half *poolKey;            ///< [slots, G, Hk, D] rotated fp16 rows
+  const Half *poolValue;
+  const int *blockToSlot;         ///< [blocks]
+  const int *blockTable;          ///< [B, maxBlocks]
+  const int *seqLens;             ///< [B]
+  float *partialOut;              ///< [B, Hq, splits, D] workspace
+  float *partialLse;              ///< [B, Hq, splits]
+  int batch;
+  int numKvHeads;
+  int maxBlocksPerRequest;
+  int numSplits;                  ///< splits of this launch (planned) or the schedule's
+  float softmaxScale;
+};
+
+template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS, int ROWS,
+          bool COMPACT, typename T>
+struct DecodeContext {
+  typedef RecordLayout<KB, VB, G, D, COMPACT> Layout;
+  static constexpr int TPI = G / 8;           ///< tokens per lane group (QK rows)
+  static constexpr int P = TPI / 2;           ///< QK m-tiles per page = PV k-chunks
+  static constexpr int KC = D / 16;           ///< QK k-chunks = PV m-tiles
+  static constexpr int CPI = D / 8;           ///< channels per lane group (PV rows)
+  static constexpr int NQ = (Q + 7) / 8;      ///< n8 tiles of query heads
+  static constexpr int Q8 = NQ * 8;
+  static constexpr int KEY_WORD = TPI * KB / 8;
+  static constexpr int VALUE_WORD = CPI * VB / 8;
+  static constexpr int SCALE_BYTES = Layout::keyScaleBytes + Layout::valueScaleBytes;
+  typedef typename Packed<KEY_WORD>::Type KeyWord;
+  typedef typename Packed<VALUE_WORD>::Type ValueWord;
+  typedef T Type;
+  static constexpr int KBITS = KB, VBITS = VB, TG = G, HD = D, QH = Q, NWARPS = WARPS;
+  static_assert(KB == 2 || KB == 4, "key bits must be 2 or 4");
+  static_assert(VB == 2 || VB == 4, "value bits must be 2 or 4");
+  static_assert(Q >= 1 && Q <= 16, "1 to 16 query heads per kv head");
+
+  /// Shared memory: rotated queries, per-warp staged scales, per-warp merge state.
+  static constexpr int QUERY_FLOATS = Q8 * D;
+  static constexpr int SCALE_OFFSET = QUERY_FLOATS * 4;
+  static constexpr int MERGE_OFFSET = SCALE_OFFSET + WARPS * STAGES * SCALE_BYTES;
+  static constexpr int SHARED_BYTES = MERGE_OFFSET + (WARPS * (Q8 * D + 2 * Q8) + Q8) * 4;
+
+  DecodeParams p;
+  int request, kvHead, split, numSplits, warp, lane, t, i;
+  int seqLen, pageBegin, pageEnd;
+  bool merged;
+  unsigned char *shared;
+  uint32_t query[NQ][KC][2];       ///< q_rot pairs (activation dtype bits), B-fragment order
+  KeyWord keyCodes[STAGES][KC][4];
+  ValueWord valueCodes[STAGES][2 * TPI];
+  int stagePage[STAGES];
+  float scores[NQ][P][4];
+  uint32_t weights[NQ][P][2];      ///< P' as PV B fragments (after the transpose)
+  float valueBias[NQ][2];
+  float runningMax[NQ][2], runningSum[NQ][2];
+  float out[NQ][KC][4];
+
+  static __device__ __forceinline__ DecodeContext begin(const DecodeParams &params) {
+    DecodeContext c;
+    extern __shared__ __align__(16) unsigned char kvarnShared[];
+    if (dynamicSharedBytes() < SHARED_BYTES)
+      __trap(); // the launcher sized shared memory for another schedule
+    c.p = params;
+    c.shared = kvarnShared;
+    c.kvHead = blockIdx.x;
+    c.request = blockIdx.y;
+    c.split = blockIdx.z;
+    c.numSplits = SPLITS > 0 ? SPLITS : params.numSplits;
+    c.warp = threadIdx.x / 32;
+    c.lane = threadIdx.x % 32;
+    c.t = c.lane % 4;
+    c.i = c.lane / 4;
+    c.seqLen = params.seqLens[c.request];
+    const int pages = (c.seqLen + G - 1) / G;
+    c.pageBegin = int(int64_t(c.split) * pages / c.numSplits);
+    c.pageEnd = int(int64_t(c.split + 1) * pages / c.numSplits);
+    c.merged = false;
+#pragma unroll
+    for (int n = 0; n < NQ; ++n) {
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        c.runningMax[n][q] = -KVARN_INFINITY;
+        c.runningSum[n][q] = 0.0f;
+      }
+#pragma unroll
+      for (int m = 0; m < KC; ++m)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          c.out[n][m][e] = 0.0f;
+    }
+    return c;
+  }
+
+  __device__ __forceinline__ float *queryShared() { return reinterpret_cast<float *>(shared); }
+  __device__ __forceinline__ unsigned char *scaleShared(int stage) {
+    return shared + SCALE_OFFSET + (warp * STAGES + stage) * SCALE_BYTES;
+  }
+  __device__ __forceinline__ float *mergeShared() {
+    return reinterpret_cast<float *>(shared + MERGE_OFFSET);
+  }
+  __device__ __forceinline__ const unsigned char *record(int page) const {
+    const int block = p.blockTable[int64_t(request) * p.maxBlocksPerRequest + page];
+    return p.cache + (int64_t(block) * p.numKvHeads + kvHead) * Layout::tileBytesAligned;
+  }
+  __device__ __forceinline__ int validTokens(int page) const {
+    return min(G, seqLen - page * G);
+  }
+  /// Lane-local pair of activation values as an fp16 pair (for the fp16 MMA; bf16 values in
+  /// fp16's normal range convert exactly).
+  __device__ __forceinline__ uint32_t queryHalf2(int n, int kc, int half) const {
+    if constexpr (SameType<T, Half>::value) {
+      return query[n][kc][half];
+    } else {
+      const uint32_t bits = query[n][kc][half];
+      return packHalf2(__uint_as_float(bits << 16), __uint_as_float(bits & 0xffff0000u));
+    }
+  }
+  __device__ __forceinline__ float2 queryFloat2(int n, int kc, int half) const {
+    if constexpr (SameType<T, Half>::value) {
+      return unpackHalf2(query[n][kc][half]);
+    } else {
+      const uint32_t bits = query[n][kc][half];
+      return make_float2(__uint_as_float(bits << 16), __uint_as_float(bits & 0xffff0000u));
+    }
+  }
+};
+
+//===----------------------------------------------------------------------===//
+// Building blocks called by the generated kernels.
+//===----------------------------------------------------------------------===//
+
+/// q_rot = dtype(q * H16) for the GQA group (shared-memory FWHT), then each lane keeps its
+/// B-fragment pairs: channels 16*kc + 4*t + {0,1} and {2,3} of query 8*n + i.
+template <typename Ctx> __device__ __forceinline__ void rotateQuery(Ctx &c) {
+  typedef typename Ctx::Type T;
+  float *qs = c.queryShared();
+  const T *query = static_cast<const T *>(c.p.query);
+  const int64_t base = (int64_t(c.request) * c.p.numKvHeads + c.kvHead) * Ctx::QH * Ctx::HD;
+  for (int item = threadIdx.x; item < Ctx::Q8 * Ctx::HD; item += blockDim.x) {
+    const int row = item / Ctx::HD;
+    qs[item] = row < Ctx::QH ? toFloat<T>(query[base + item]) : 0.0f;
+  }
+  sharedFwht<Ctx::HD>(qs, Ctx::Q8, Ctx::HD);
+  const float scale = hadamardScale<Ctx::HD>();
+#pragma unroll
+  for (int n = 0; n < Ctx::NQ; ++n)
+#pragma unroll
+    for (int kc = 0; kc < Ctx::KC; ++kc)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float *row = qs + (8 * n + c.i) * Ctx::HD + 16 * kc + 4 * c.t + 2 * half;
+        const T lo = fromFloat<T>(row[0] * scale), hi = fromFloat<T>(row[1] * scale);
+        c.query[n][kc][half] = uint32_t(*reinterpret_cast<const unsigned short *>(&lo)) |
+                               (uint32_t(*reinterpret_cast<const unsigned short *>(&hi)) << 16);
+      }
+}
+
+template <typename Ctx> __device__ __forceinline__ int pageFirst(Ctx &c) {
+  return c.pageBegin + c.warp;
+}
+template <typename Ctx> __device__ __forceinline__ int pageEnd(Ctx &c) { return c.pageEnd; }
+template <typename Ctx> __device__ __forceinline__ int pageStep(Ctx &c) { return Ctx::NWARPS; }
+
+/// True if `page` is in this warp's range and still fp16 in the pool.
+template <typename Ctx> __device__ __forceinline__ bool isPoolPage(Ctx &c, int page) {
+  if (page >= c.pageEnd)
+    return false;
+  const int block = c.p.blockTable[int64_t(c.request) * c.p.maxBlocksPerRequest + page];
+  return c.p.blockToSlot[block] >= 0;
+}
+
+/// Issues the code loads of a record page into registers of stage `Stage`, and the copies of
+/// its scale vectors into this warp's shared staging buffer.
+template <int Stage, typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int page) {
+  typedef typename Ctx::Layout L;
+  const unsigned char *rec = c.record(page);
+  c.stagePage[Stage] = page;
+#pragma unroll
+  for (int kc = 0; kc < Ctx::KC; ++kc)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      c.keyCodes[Stage][kc][j] = loadStreaming<typename Ctx::KeyWord>(
+          rec + L::keyPacked + (16 * kc + 4 * c.t + j) * (Ctx::TG * Ctx::KBITS / 8) +
+          c.i * Ctx::KEY_WORD);
+#pragma unroll
+  for (int r = 0; r < 2 * Ctx::TPI; ++r)
+    c.valueCodes[Stage][r] = loadStreaming<typename Ctx::ValueWord>(
+        rec + L::valuePacked + (2 * Ctx::TPI * c.t + r) * (Ctx::HD * Ctx::VBITS / 8) +
+        c.i * Ctx::VALUE_WORD);
+  unsigned char *staging = c.scaleShared(Stage);
+  for (int chunk = c.lane; chunk < L::keyScaleBytes / 16; chunk += 32)
+    copyAsync16(staging + 16 * chunk, rec + L::keyScaleCol + 16 * chunk);
+  for (int chunk = c.lane; chunk < L::valueScaleBytes / 16; chunk += 32)
+    copyAsync16(staging + L::keyScaleBytes + 16 * chunk, rec + L::valueScaleCol + 16 * chunk);
+  copyAsyncCommit();
+}
+
+/// Scores of a record page (log2 domain, softmax scale folded):
+/// s[g] = K_s_row[g] * (sum_d (q[d] K_s_col[d]) code[d][g] + sum_d q[d] K_zp[d]).
+template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes(Ctx &c) {
+  typedef typename Ctx::Layout L;
+  copyAsyncWaitAll();
+  __syncwarp();
+  const unsigned char *staging = c.scaleShared(Stage);
+  const Half *keyScaleCol = reinterpret_cast<const Half *>(staging);
+  const Half *keyZeroPoint = keyScaleCol + Ctx::HD;
+  const Half *keyScaleRow = keyZeroPoint + Ctx::HD;
+  float bias[Ctx::NQ];
+  uint32_t b[Ctx::NQ][Ctx::KC][2];
+#pragma unroll
+  for (int n = 0; n < Ctx::NQ; ++n)
+    bias[n] = 0.0f;
+  // Step 1. q' = q_rot * K_s_col (B fragments) and the per-query zero-point bias.
+#pragma unroll
+  for (int kc = 0; kc < Ctx::KC; ++kc) {
+    const int channel = 16 * kc + 4 * c.t;
+    const uint2 scaleBits = *reinterpret_cast<const uint2 *>(keyScaleCol + channel);
+    const uint2 zeroBits = *reinterpret_cast<const uint2 *>(keyZeroPoint + channel);
+    const float2 s01 = unpackHalf2(scaleBits.x), s23 = unpackHalf2(scaleBits.y);
+    const float2 z01 = unpackHalf2(zeroBits.x), z23 = unpackHalf2(zeroBits.y);
+#pragma unroll
+    for (int n = 0; n < Ctx::NQ; ++n) {
+      const float2 q01 = c.queryFloat2(n, kc, 0), q23 = c.queryFloat2(n, kc, 1);
+      b[n][kc][0] = packHalf2(q01.x * s01.x, q01.y * s01.y);
+      b[n][kc][1] = packHalf2(q23.x * s23.x, q23.y * s23.y);
+      bias[n] += q01.x * z01.x + q01.y * z01.y + q23.x * z23.x + q23.y * z23.y;
+    }
+  }
+  // Step 2. MMA over the code tiles.
+#pragma unroll
+  for (int n = 0; n < Ctx::NQ; ++n)
+#pragma unroll
+    for (int pt = 0; pt < Ctx::P; ++pt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        c.scores[n][pt][e] = 0.0f;
+#pragma unroll
+  for (int kc = 0; kc < Ctx::KC; ++kc)
+#pragma unroll
+    for (int pt = 0; pt < Ctx::P; ++pt) {
+      constexpr int KBITS = Ctx::KBITS;
+      const int bit = 2 * pt * KBITS; // first token of the pair
+      const int byteIndex = bit / 8;
+      const uint32_t w0 = part32(c.keyCodes[Stage][kc][0], byteIndex / 4);
+      const uint32_t w1 = part32(c.keyCodes[Stage][kc][1], byteIndex / 4);
+      const uint32_t w2 = part32(c.keyCodes[Stage][kc][2], byteIndex / 4);
+      const uint32_t w3 = part32(c.keyCodes[Stage][kc][3], byteIndex / 4);
+      const uint32_t x01 = duplicateBytes(w0, w1, byteIndex % 4);
+      const uint32_t x23 = duplicateBytes(w2, w3, byteIndex % 4);
+      uint32_t a0, a1, a2, a3;
+      if ((bit % 8) == 0) {
+        a0 = codesToHalf2<KBITS, 0>(x01);
+        a1 = codesToHalf2<KBITS, KBITS>(x01);
+        a2 = codesToHalf2<KBITS, 0>(x23);
+        a3 = codesToHalf2<KBITS, KBITS>(x23);
+      } else { // 2-bit codes, second pair of the byte
+        a0 = codesToHalf2<KBITS, 4>(x01);
+        a1 = codesToHalf2<KBITS, 4 + KBITS>(x01);
+        a2 = codesToHalf2<KBITS, 4>(x23);
+        a3 = codesToHalf2<KBITS, 4 + KBITS>(x23);
+      }
+#pragma unroll
+      for (int n = 0; n < Ctx::NQ; ++n)
+        mma16816(c.scores[n][pt], a0, a1, a2, a3, b[n][kc][0], b[n][kc][1]);
+    }
+  // Step 3. Bias of queries 2t, 2t+1 (reduce over t, fetch from lanes 8t and 8t+4).
+  const float scale = c.p.softmaxScale * 1.4426950408889634f;
+  const int valid = c.validTokens(c.stagePage[Stage]);
+#pragma unroll
+  for (int n = 0; n < Ctx::NQ; ++n) {
+    const float full = warpSumXor(bias[n], 1, 2);
+    const float bias0 = __shfl_sync(0xffffffffu, full, 8 * c.t);
+    const float bias1 = __shfl_sync(0xffffffffu, full, 8 * c.t + 4);
+#pragma unroll
+    for (int pt = 0; pt < Ctx::P; ++pt) {
+      const int token = Ctx::TPI * c.i + 2 * pt;
+      const float r0 = halfToFloat(keyScaleRow[token]) * scale;
+      const float r1 = halfToFloat(keyScaleRow[token + 1]) * scale;
+      float *s = c.scores[n][pt];
+      s[0] = token < valid ? r0 * (s[0] + bias0) : -KVARN_INFINITY;
+      s[1] = token < valid ? r0 * (s[1] + bias1) : -KVARN_INFINITY;
+      s[2] = token + 1 < valid ? r1 * (s[2] + bias0) : -KVARN_INFINITY;
+      s[3] = token + 1 < valid ? r1 * (s[3] + bias1) : -KVARN_INFINITY;
+    }
+  }
+}
+
+/// Online-softmax step on `c.scores`: running max/sum, output rescale, and the PV weights
+/// (times V_s_row and the V zero-point bias for record pages).
+template <bool Record, typename Ctx>
+__device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
+                                            const Half *valueZeroPoint) {
+#pragma unroll
+  for (int n = 0; n < Ctx::NQ; ++n) {
+    float alpha[2], newMax[2], bias[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      float local = -KVARN_INFINITY;
+#pragma unroll
+      for (int pt = 0; pt < Ctx::P; ++pt)
+        local = fmaxf(local, fmaxf(c.scores[n][pt][q], c.scores[n][pt][q + 2]));
+      local = warpMaxXor(local, 4, 16);
+      newMax[q] = fmaxf(c.runningMax[n][q], local);
+      alpha[q] = newMax[q] == -KVARN_INFINITY ? 1.0f : exp2f(c.runningMax[n][q] - newMax[q]);
+      c.runningMax[n][q] = newMax[q];
+      c.runningSum[n][q] *= alpha[q];
+    }
+#pragma unroll
+    for (int m = 0; m < Ctx::KC; ++m) {
+      c.out[n][m][0] *= alpha[0];
+      c.out[n][m][1] *= alpha[1];
+      c.out[n][m][2] *= alpha[0];
+      c.out[n][m][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int pt = 0; pt < Ctx::P; ++pt) {
+      float w[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float m = newMax[e % 2];
+        w[e] = m == -KVARN_INFINITY ? 0.0f : exp2f(c.scores[n][pt][e] - m);
+        c.runningSum[n][e % 2] += w[e];
+      }
+      if constexpr (Record) {
+        const int token = Ctx::TPI * c.i + 2 * pt;
+        const float s0 = halfToFloat(valueScaleRow[token]);
+        const float s1 = halfToFloat(valueScaleRow[token + 1]);
+        const float z0 = halfToFloat(valueZeroPoint[token]);
+        const float z1 = halfToFloat(valueZeroPoint[token + 1]);
+        bias[0] += w[0] * z0 + w[2] * z1;
+        bias[1] += w[1] * z0 + w[3] * z1;
+        w[0] *= s0;
+        w[1] *= s0;
+        w[2] *= s1;
+        w[3] *= s1;
+      }
+      c.weights[n][pt][0] = transpose8x8(packHalf2(w[0], w[1]));
+      c.weights[n][pt][1] = transpose8x8(packHalf2(w[2], w[3]));
+    }
+    c.valueBias[n][0] = Record ? warpSumXor(bias[0], 4, 16) : 0.0f;
+    c.valueBias[n][1] = Record ? warpSumXor(bias[1], 4, 16) : 0.0f;
+  }
+}
+
+template <int Stage, typename Ctx> __device__ __forceinline__ void onlineSoftmax(Ctx &c) {
+  const unsigned char *staging = c.scaleShared(Stage) + Ctx::Layout::keyScaleBytes;
+  const Half *valueScaleRow = reinterpret_cast<const Half *>(staging) + Ctx::HD;
+  softmaxStep<true>(c, valueScaleRow, valueScaleRow + Ctx::TG);
+}
+
+/// Output update of a record page: o[d] += V_s_col[d] * (sum_g P'[g] code[g][d] + bias).
+template <int Stage, typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c) {
+  constexpr int VBITS = Ctx::VBITS;
+  const Half *valueScaleCol =
+      reinterpret_cast<const Half *>(c.scaleShared(Stage) + Ctx::Layout::keyScaleBytes);
+#pragma unroll
+  for (int m = 0; m < Ctx::KC; ++m) {
+    const int channel = Ctx::CPI * c.i + 2 * m;
+    const uint32_t scaleEven = broadcastHalf(valueScaleCol[channel]);
+    const uint32_t scaleOdd = broadcastHalf(valueScaleCol[channel + 1]);
+    constexpr int bitEvenBase = 0;
+    const int bit = 2 * m * VBITS + bitEvenBase; // channel 2m inside the lane's word
+    const int byteIndex = bit / 8;
+#pragma unroll
+    for (int pt = 0; pt < Ctx::P; ++pt) {
+      const uint32_t r0 = part32(c.valueCodes[Stage][2 * pt], byteIndex / 4);
+      const uint32_t r1 = part32(c.valueCodes[Stage][2 * pt + 1], byteIndex / 4);
+      const uint32_t r2 = part32(c.valueCodes[Stage][Ctx::TPI + 2 * pt], byteIndex / 4);
+      const uint32_t r3 = part32(c.valueCodes[Stage][Ctx::TPI + 2 * pt + 1], byteIndex / 4);
+      const uint32_t x02 = duplicateBytes(r0, r2, byteIndex % 4);
+      const uint32_t x13 = duplicateBytes(r1, r3, byteIndex % 4);
+      uint32_t a0, a1, a2, a3;
+      if ((bit % 8) == 0) {
+        a0 = codesToHalf2<VBITS, 0>(x02);
+        a1 = codesToHalf2<VBITS, VBITS>(x02);
+        a2 = codesToHalf2<VBITS, 0>(x13);
+        a3 = codesToHalf2<VBITS, VBITS>(x13);
+      } else {
+        a0 = codesToHalf2<VBITS, 4>(x02);
+        a1 = codesToHalf2<VBITS, 4 + VBITS>(x02);
+        a2 = codesToHalf2<VBITS, 4>(x13);
+        a3 = codesToHalf2<VBITS, 4 + VBITS>(x13);
+      }
+      a0 = hmul2(a0, scaleEven);
+      a1 = hmul2(a1, scaleOdd);
+      a2 = hmul2(a2, scaleEven);
+      a3 = hmul2(a3, scaleOdd);
+#pragma unroll
+      for (int n = 0; n < Ctx::NQ; ++n)
+        mma16816(c.out[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
+    }
+    const float se = halfToFloat(valueScaleCol[channel]);
+    const float so = halfToFloat(valueScaleCol[channel + 1]);
+#pragma unroll
+    for (int n = 0; n < Ctx::NQ; ++n) {
+      c.out[n][m][0] += se * c.valueBias[n][0];
+      c.out[n][m][1] += se * c.valueBias[n][1];
+      c.out[n][m][2] += so * c.valueBias[n][0];
+      c.out[n][m][3] += so * c.valueBias[n][1];
+    }
+  }
+}
+
+/// Scores, softmax step and output update of one fp16 pool page (rows past the request's end
+/// are neither loaded nor weighted).
+template <typename Ctx> __device__ __forceinline__ void attendPoolPage(Ctx &c, int page) {
+  const int block = c.p.blockTable[int64_t(c.request) * c.p.maxBlocksPerRequest + page];
+  const int slot = c.p.blockToSlot[block];
+  const int valid = c.validTokens(page);
+  const int64_t rowStride = int64_t(c.p.numKvHeads) * Ctx::HD;
+  const Half *keyBase =
+      c.p.poolKey + (int64_t(slot) * Ctx::TG * c.p.numKvHeads + c.kvHead) * Ctx::HD;
+  const Half *valueBase =
+      c.p.poolValue + (int64_t(slot) * Ctx::TG * c.p.numKvHeads + c.kvHead) * Ctx::HD;
+  // Step 1. S^T = K q_rot on fp16 rows.
+#pragma unroll
+  for (int n = 0; n < Ctx::NQ; ++n)
+#pragma unroll
+    for (int pt = 0; pt < Ctx::P; ++pt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        c.scores[n][pt][e] = 0.0f;
+#pragma unroll
+  for (int kc = 0; kc < Ctx::KC; ++kc) {
+    uint32_t b[Ctx::NQ][2];
+#pragma unroll
+    for (int n = 0; n < Ctx::NQ; ++n) {
+      b[n][0] = c.queryHalf2(n, kc, 0);
+      b[n][1] = c.queryHalf2(n, kc, 1);
+    }
+#pragma unroll
+    for (int pt = 0; pt < Ctx::P; ++pt) {
+      const int token = Ctx::TPI * c.i + 2 * pt;
+      const int channel = 16 * kc + 4 * c.t;
+      const uint2 zero = make_uint2(0u, 0u);
+      const uint2 row0 = token < valid
+          ? *reinterpret_cast<const uint2 *>(keyBase + token * rowStride + channel) : zero;
+      const uint2 row1 = token + 1 < valid
+          ? *reinterpret_cast<const uint2 *>(keyBase + (token + 1) * rowStride + channel) : zero;
+#pragma unroll
+      for (int n = 0; n < Ctx::NQ; ++n)
+        mma16816(c.scores[n][pt], row0.x, row1.x, row0.y, row1.y, b[n][0], b[n][1]);
+    }
+  }
+  const float scale = c.p.softmaxScale * 1.4426950408889634f;
+#pragma unroll
+  for (int n = 0; n < Ctx::NQ; ++n)
+#pragma unroll
+    for (int pt = 0; pt < Ctx::P; ++pt) {
+      const int token = Ctx::TPI * c.i + 2 * pt;
+      float *s = c.scores[n][pt];
+      s[0] = token < valid ? s[0] * scale : -KVARN_INFINITY;
+      s[1] = token < valid ? s[1] * scale : -KVARN_INFINITY;
+      s[2] = token + 1 < valid ? s[2] * scale : -KVARN_INFINITY;
+      s[3] = token + 1 < valid ? s[3] * scale : -KVARN_INFINITY;
+    }
+  // Step 2. Softmax step (no scales).
+  softmaxStep<false>(c, nullptr, nullptr);
+  // Step 3. O^T += V^T P on fp16 rows.
+#pragma unroll
+  for (int m = 0; m < Ctx::KC; ++m) {
+    const int channel = Ctx::CPI * c.i + 2 * m;
+#pragma unroll
+    for (int pt = 0; pt < Ctx::P; ++pt) {
+      const int first = 2 * Ctx::TPI * c.t;
+      const int rows[4] = {first + 2 * pt, first + 2 * pt + 1, first + Ctx::TPI + 2 * pt,
+                           first + Ctx::TPI + 2 * pt + 1};
+      uint32_t x[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        x[r] = rows[r] < valid
+                   ? *reinterpret_cast<const uint32_t *>(valueBase + rows[r] * rowStride + channel)
+                   : 0u;
+      const uint32_t a0 = __byte_perm(x[0], x[2], 0x5410), a1 = __byte_perm(x[0], x[2], 0x7632);
+      const uint32_t a2 = __byte_perm(x[1], x[3], 0x5410), a3 = __byte_perm(x[1], x[3], 0x7632);
+#pragma unroll
+      for (int n = 0; n < Ctx::NQ; ++n)
+        mma16816(c.out[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
+    }
+  }
+}
+
+/// Merges the warps' (max, sum, output) into shared memory: normalized output [Q8][D] and the
+/// natural-log LSE [Q8] at the start of the merge area.
+template <typename Ctx> __device__ __forceinline__ void mergeWarps(Ctx &c) {
+  float *mergeArea = c.mergeShared();
+  float *outputs = mergeArea;                                  // [WARPS][Q8][D]
+  float *maxima = mergeArea + Ctx::NWARPS * Ctx::Q8 * Ctx::HD; // [WARPS][Q8]
+  float *sums = maxima + Ctx::NWARPS * Ctx::Q8;                // [WARPS][Q8]
+  // Step 1. Each warp publishes its state.
+#pragma unroll
+  for (int n = 0; n < Ctx::NQ; ++n) {
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const float total = warpSumXor(c.runningSum[n][q], 4, 16);
+      if (c.i == 0) {
+        maxima[c.warp * Ctx::Q8 + 8 * n + 2 * c.t + q] = c.runningMax[n][q];
+        sums[c.warp * Ctx::Q8 + 8 * n + 2 * c.t + q] = total;
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < Ctx::KC; ++m)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int query = 8 * n + 2 * c.t + (e % 2);
+        const int channel = Ctx::CPI * c.i + 2 * m + e / 2;
+        outputs[(c.warp * Ctx::Q8 + query) * Ctx::HD + channel] = c.out[n][m][e];
+      }
+  }
+  __syncthreads();
+  // Step 2. Combine, normalize; the result overwrites warp 0's slot.
+  for (int item = threadIdx.x; item < Ctx::Q8 * Ctx::HD; item += blockDim.x) {
+    const int query = item / Ctx::HD;
+    float best = -KVARN_INFINITY;
+    for (int w = 0; w < Ctx::NWARPS; ++w)
+      best = fmaxf(best, maxima[w * Ctx::Q8 + query]);
+    float total = 0.0f, value = 0.0f;
+    if (best != -KVARN_INFINITY)
+      for (int w = 0; w < Ctx::NWARPS; ++w) {
+        const float weight = exp2f(maxima[w * Ctx::Q8 + query] - best);
+        total += weight * sums[w * Ctx::Q8 + query];
+        value += weight * outputs[w * Ctx::Q8 * Ctx::HD + item];
+      }
+    outputs[item] = total > 0.0f ? value / total : 0.0f;
+    if (item % Ctx::HD == 0)
+      sums[Ctx::NWARPS * Ctx::Q8 + query] =
+          total > 0.0f ? (best + log2f(total)) * 0.6931471805599453f : -KVARN_INFINITY;
+  }
+  __syncthreads();
+  c.merged = true;
+}
+
+/// out = dtype(dtype(o_rot) * H16) of `rows` rows held in shared memory [rows][D].
+template <typename Ctx>
+__device__ __forceinline__ void storeUnrotated(Ctx &c, float *rowsShared, int64_t outBase) {
+  typedef typename Ctx::Type T;
+  for (int item = threadIdx.x; item < Ctx::QH * Ctx::HD; item += blockDim.x)
+    rowsShared[item] = roundTo<T>(rowsShared[item]);
+  sharedFwht<Ctx::HD>(rowsShared, Ctx::QH, Ctx::HD);
+  const float scale = hadamardScale<Ctx::HD>();
+  T *out = static_cast<T *>(c.p.out);
+  for (int item = threadIdx.x; item < Ctx::QH * Ctx::HD; item += blockDim.x)
+    out[outBase + item] = fromFloat<T>(rowsShared[item] * scale);
+}
+
+/// Final output (one split) or this split's partial (output, LSE) for mergeSplits.
+template <bool Partial, typename Ctx> __device__ __forceinline__ void storeOutput(Ctx &c) {
+  if (!c.merged)
+    mergeWarps(c);
+  float *merged = c.mergeShared();
+  const float *lse = merged + Ctx::NWARPS * Ctx::Q8 * Ctx::HD + 2 * Ctx::NWARPS * Ctx::Q8;
+  const int numQueryHeads = c.p.numKvHeads * Ctx::QH;
+  const int64_t headBase = int64_t(c.request) * numQueryHeads + int64_t(c.kvHead) * Ctx::QH;
+  if (!Partial || c.numSplits == 1) {
+    storeUnrotated(c, merged, headBase * Ctx::HD);
+    return;
+  }
+  for (int item = threadIdx.x; item < Ctx::QH * Ctx::HD; item += blockDim.x) {
+    const int query = item / Ctx::HD, channel = item % Ctx::HD;
+    const int64_t row = (headBase + query) * c.numSplits + c.split;
+    c.p.partialOut[row * Ctx::HD + channel] = merged[item];
+    if (channel == 0)
+      c.p.partialLse[row] = lse[query];
+  }
+}
+
+/// Merges the splits of one (request, kv head) by LSE, un-rotates and stores.
+template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
+  if (c.numSplits == 1)
+    return; // the decode kernel stored the final output
+  float *rows = c.mergeShared();
+  const int numQueryHeads = c.p.numKvHeads * Ctx::QH;
+  const int64_t headBase = int64_t(c.request) * numQueryHeads + int64_t(c.kvHead) * Ctx::QH;
+  for (int item = threadIdx.x; item < Ctx::QH * Ctx::HD; item += blockDim.x) {
+    const int query = item / Ctx::HD, channel = item % Ctx::HD;
+    const int64_t row = (headBase + query) * c.numSplits;
+    float best = -KVARN_INFINITY;
+    for (int s = 0; s < c.numSplits; ++s)
+      best = fmaxf(best, c.p.partialLse[row + s]);
+    float total = 0.0f, value = 0.0f;
+    if (best != -KVARN_INFINITY)
+      for (int s = 0; s < c.numSplits; ++s) {
+        const float weight = __expf(c.p.partialLse[row + s] - best);
+        total += weight;
+        value += weight * c.p.partialOut[(row + s) * Ctx::HD + channel];
+      }
+    rows[item] = total > 0.0f ? value / total : 0.0f;
+  }
+  storeUnrotated(c, rows, headBase * Ctx::HD);
+}
+
+} // namespace dev
+} // namespace kvarn

@@ -1,0 +1,7 @@
+// kvarn device library: the header every generated kernel includes.
+#pragma once
+
+#include "kvarn/common.cuh"
+#include "kvarn/append.cuh"
+#include "kvarn/decode.cuh"
+#include "kvarn/flush.cuh"
