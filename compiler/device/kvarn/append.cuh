@@ -3,22 +3,10 @@
 #pragma once
 
 #include "kvarn/common.cuh"
+#include "kvarn/params.h"
 
 namespace kvarn {
 namespace dev {
-
-/// Parameters of one append launch (grid: x = groups of `ROWS` tokens).
-struct AppendParams {
-  const void *key;             ///< [T, Hk, D] activation dtype, row `t` at key + t*keyStride
-  const void *value;
-  const int64_t *slotMapping;  ///< [T] flat pool row (slot*G + offset); negative = skip
-  Half *poolKey;               ///< [slots, G, Hk, D]
-  Half *poolValue;
-  int numTokens;
-  int numKvHeads;
-  int64_t keyStride;           ///< elements between tokens
-  int64_t valueStride;
-};
 
 template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS, int ROWS,
           bool COMPACT, typename T>
@@ -76,7 +64,7 @@ __device__ __forceinline__ void rotateRow(AppendContext<KB, VB, G, D, Q, W, S, S
       }
     }
     // Step 2. Scale by fp16(1/sqrt(D)), round to fp16, store.
-    Half *target = (isValue ? c.p.poolValue : c.p.poolKey) +
+    Half *target = static_cast<Half *>(isValue ? c.p.poolValue : c.p.poolKey) +
                      (slot * c.p.numKvHeads + head) * D + c.lane * E;
 #pragma unroll
     for (int e = 0; e < E; e += 2)
@@ -96,16 +84,6 @@ template <int KB, int VB, int G, int D, int Q, int W, int S, int SP, int R, bool
 __device__ __forceinline__ int rowStep(AppendContext<KB, VB, G, D, Q, W, S, SP, R, C, T> &c) {
   return 1;
 }
-
-/// Parameters of one dequantize launch (grid-stride over entries * G token rows).
-struct DequantizeParams {
-  const unsigned char *cache;  ///< [blocks, Hk, tile bytes]
-  const int *entries;          ///< [E, 2] (block, kv head)
-  Half *key;                   ///< [E, G, D] rotated frame
-  Half *value;
-  int numEntries;
-  int numKvHeads;
-};
 
 template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS, int ROWS,
           bool COMPACT, typename T>
@@ -155,8 +133,8 @@ dequantizeRow(DequantizeContext<KB, VB, G, D, Q, W, S, SP, R, C, T> &c, int row)
   const float tokenKeyScale = halfToFloat(keyScaleRow[token]);
   const float tokenValueScale = halfToFloat(valueScaleRow[token]);
   const float tokenValueZero = halfToFloat(valueZero[token]);
-  Half *keyOut = c.p.key + (int64_t(entry) * G + token) * D;
-  Half *valueOut = c.p.value + (int64_t(entry) * G + token) * D;
+  Half *keyOut = static_cast<Half *>(c.p.key) + (int64_t(entry) * G + token) * D;
+  Half *valueOut = static_cast<Half *>(c.p.value) + (int64_t(entry) * G + token) * D;
   for (int channel = c.lane; channel < D; channel += 32) {
     const int keyBit = token * KB;
     const unsigned keyCode =

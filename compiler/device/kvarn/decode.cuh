@@ -10,28 +10,10 @@
 #pragma once
 
 #include "kvarn/common.cuh"
+#include "kvarn/params.h"
 
 namespace kvarn {
 namespace dev {
-
-/// Parameters of one decode launch (grid: x = kv head, y = request, z = split).
-struct DecodeParams {
-  const void *query;              ///< [B, Hq, D] activation dtype, un-rotated
-  void *out;                      ///< [B, Hq, D]
-  const unsigned char *cache;     ///< [blocks, Hk, tile bytes]
-  const Half *poolKey;            ///< [slots, G, Hk, D] rotated fp16 rows
-  const Half *poolValue;
-  const int *blockToSlot;         ///< [blocks]
-  const int *blockTable;          ///< [B, maxBlocks]
-  const int *seqLens;             ///< [B]
-  float *partialOut;              ///< [B, Hq, splits, D] workspace
-  float *partialLse;              ///< [B, Hq, splits]
-  int batch;
-  int numKvHeads;
-  int maxBlocksPerRequest;
-  int numSplits;                  ///< splits of this launch (planned) or the schedule's
-  float softmaxScale;
-};
 
 template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS, int ROWS,
           bool COMPACT, typename T>
@@ -429,9 +411,9 @@ template <typename Ctx> __device__ __forceinline__ void attendPoolPage(Ctx &c, i
   const int valid = c.validTokens(page);
   const int64_t rowStride = int64_t(c.p.numKvHeads) * Ctx::HD;
   const Half *keyBase =
-      c.p.poolKey + (int64_t(slot) * Ctx::TG * c.p.numKvHeads + c.kvHead) * Ctx::HD;
+      static_cast<const Half *>(c.p.poolKey) + (int64_t(slot) * Ctx::TG * c.p.numKvHeads + c.kvHead) * Ctx::HD;
   const Half *valueBase =
-      c.p.poolValue + (int64_t(slot) * Ctx::TG * c.p.numKvHeads + c.kvHead) * Ctx::HD;
+      static_cast<const Half *>(c.p.poolValue) + (int64_t(slot) * Ctx::TG * c.p.numKvHeads + c.kvHead) * Ctx::HD;
   // Step 1. S^T = K q_rot on fp16 rows.
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)

@@ -3,20 +3,10 @@
 #pragma once
 
 #include "kvarn/common.cuh"
+#include "kvarn/params.h"
 
 namespace kvarn {
 namespace dev {
-
-/// Parameters of one flush launch (grid: x = entry).
-struct FlushParams {
-  const Half *poolKey;       ///< [slots, G, Hk, D] rotated fp16 rows
-  const Half *poolValue;
-  const int *entries;        ///< [E, 3] (block, kv head, pool slot)
-  unsigned char *cache;      ///< [blocks, Hk, tile bytes]
-  int *status;               ///< bit 0 set when a tile held NaN/Inf (its record is not written)
-  int numEntries;
-  int numKvHeads;
-};
 
 template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS, int ROWS,
           bool COMPACT, typename T>
@@ -89,7 +79,7 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
   constexpr int G = Ctx::TG, D = Ctx::HD;
   c.rows = Tensor == 0 ? D : G;
   c.cols = Tensor == 0 ? G : D;
-  const Half *pool = Tensor == 0 ? c.p.poolKey : c.p.poolValue;
+  const Half *pool = static_cast<const Half *>(Tensor == 0 ? c.p.poolKey : c.p.poolValue);
   const int64_t rowStride = int64_t(c.p.numKvHeads) * D;
   const Half *base = pool + (int64_t(c.slot) * G * c.p.numKvHeads + c.head) * D;
   bool nonFinite = false;

@@ -1,0 +1,84 @@
+// Loading generated kernels and launching them with the driver API (CUDA-graph safe: a launch
+// does no host allocation, synchronization or filesystem work).
+#pragma once
+
+#include "kvarn/driver.h"
+#include "kvarn/params.h"
+#include "kvarn/spec.h"
+
+#include <string>
+#include <vector>
+
+namespace kvarn {
+
+/// Device memory owned by the host object.
+class DeviceBuffer {
+public:
+  DeviceBuffer() = default;
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer &&other) noexcept;
+  DeviceBuffer &operator=(DeviceBuffer &&other) noexcept;
+  DeviceBuffer(const DeviceBuffer &) = delete;
+  DeviceBuffer &operator=(const DeviceBuffer &) = delete;
+
+  static Expected<DeviceBuffer> allocate(size_t bytes);
+  CUdeviceptr get() const { return pointer_; }
+  template <typename T> T *as() const { return reinterpret_cast<T *>(pointer_); }
+  size_t size() const { return bytes_; }
+  Status upload(const void *data, size_t bytes, size_t offset = 0);
+  Status download(void *data, size_t bytes, size_t offset = 0) const;
+  Status fill(unsigned char value);
+
+private:
+  CUdeviceptr pointer_ = 0;
+  size_t bytes_ = 0;
+};
+
+/// A loaded module with the kernel functions of one compiled spec.
+class KernelModule {
+public:
+  KernelModule() = default;
+  ~KernelModule();
+  KernelModule(KernelModule &&other) noexcept;
+  KernelModule &operator=(KernelModule &&other) noexcept;
+  KernelModule(const KernelModule &) = delete;
+
+  /// Loads a cubin (or PTX), finds `names` and raises their dynamic shared-memory limit.
+  static Expected<KernelModule> load(const std::vector<char> &image,
+                                     const std::vector<std::string> &names, int threads,
+                                     size_t sharedBytes);
+  CUfunction function(size_t index) const { return functions_.at(index); }
+  size_t functionCount() const { return functions_.size(); }
+  int threads() const { return threads_; }
+  size_t sharedBytes() const { return sharedBytes_; }
+  /// Registers per thread and local (spill) bytes of function `index`.
+  int registers(size_t index) const;
+  int localBytes(size_t index) const;
+
+private:
+  CUmodule module_ = nullptr;
+  std::vector<CUfunction> functions_;
+  int threads_ = 0;
+  size_t sharedBytes_ = 0;
+};
+
+/// Host-side split plan of a decode launch (fixed grid for CUDA-graph capture).
+struct DecodePlan {
+  int numSplits = 1;
+};
+
+/// Chooses splits so that batch * kv heads * splits CTAs fill `smCount` multiprocessors,
+/// keeping at least `minPagesPerSplit` pages per split.
+DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, int smCount,
+                      int warps, int maxSplits = 64, int minPagesPerSplit = 2);
+
+/// Launches decode (and its merge kernel when the plan has several splits).
+Status launchDecode(const KernelModule &module, dev::DecodeParams params, int numQueryHeadsPerKv,
+                    const DecodePlan &plan, CUstream stream);
+Status launchFlush(const KernelModule &module, const dev::FlushParams &params, CUstream stream);
+Status launchAppend(const KernelModule &module, const dev::AppendParams &params, int rowsPerCta,
+                    CUstream stream);
+Status launchDequantize(const KernelModule &module, const dev::DequantizeParams &params,
+                        int smCount, CUstream stream);
+
+} // namespace kvarn

@@ -1,0 +1,177 @@
+// Module loading and kernel launches through the driver API.
+#include "kvarn/launch.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace kvarn {
+namespace {
+const Driver &driver() { return **Driver::get(); }
+} // namespace
+
+DeviceBuffer::~DeviceBuffer() {
+  if (pointer_)
+    driver().cuMemFree(pointer_);
+}
+DeviceBuffer::DeviceBuffer(DeviceBuffer &&other) noexcept
+    : pointer_(std::exchange(other.pointer_, 0)), bytes_(std::exchange(other.bytes_, 0)) {}
+DeviceBuffer &DeviceBuffer::operator=(DeviceBuffer &&other) noexcept {
+  if (this != &other) {
+    if (pointer_)
+      driver().cuMemFree(pointer_);
+    pointer_ = std::exchange(other.pointer_, 0);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+Expected<DeviceBuffer> DeviceBuffer::allocate(size_t bytes) {
+  Expected<const Driver *> d = Driver::get();
+  if (!d)
+    return d.error();
+  DeviceBuffer buffer;
+  buffer.bytes_ = bytes;
+  if (Status s = KVARN_CU((*d)->cuMemAlloc(&buffer.pointer_, std::max<size_t>(bytes, 16))); !s)
+    return s.error();
+  return buffer;
+}
+
+Status DeviceBuffer::upload(const void *data, size_t bytes, size_t offset) {
+  if (offset + bytes > bytes_)
+    return makeError(ErrorCode::BufferSize, "upload past the end of a device buffer");
+  return KVARN_CU(driver().cuMemcpyHtoD(pointer_ + offset, data, bytes));
+}
+Status DeviceBuffer::download(void *data, size_t bytes, size_t offset) const {
+  if (offset + bytes > bytes_)
+    return makeError(ErrorCode::BufferSize, "download past the end of a device buffer");
+  return KVARN_CU(driver().cuMemcpyDtoH(data, pointer_ + offset, bytes));
+}
+Status DeviceBuffer::fill(unsigned char value) {
+  return KVARN_CU(driver().cuMemsetD8(pointer_, value, std::max<size_t>(bytes_, 16)));
+}
+
+KernelModule::~KernelModule() {
+  if (module_)
+    driver().cuModuleUnload(module_);
+}
+KernelModule::KernelModule(KernelModule &&other) noexcept
+    : module_(std::exchange(other.module_, nullptr)), functions_(std::move(other.functions_)),
+      threads_(other.threads_), sharedBytes_(other.sharedBytes_) {}
+KernelModule &KernelModule::operator=(KernelModule &&other) noexcept {
+  if (this != &other) {
+    if (module_)
+      driver().cuModuleUnload(module_);
+    module_ = std::exchange(other.module_, nullptr);
+    functions_ = std::move(other.functions_);
+    threads_ = other.threads_;
+    sharedBytes_ = other.sharedBytes_;
+  }
+  return *this;
+}
+
+Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
+                                          const std::vector<std::string> &names, int threads,
+                                          size_t sharedBytes) {
+  Expected<const Driver *> loaded = Driver::get();
+  if (!loaded)
+    return loaded.error();
+  const Driver &d = **loaded;
+  KernelModule module;
+  module.threads_ = threads;
+  module.sharedBytes_ = sharedBytes;
+  if (Status s = KVARN_CU(d.cuModuleLoadData(&module.module_, image.data())); !s)
+    return s.error();
+  for (const std::string &name : names) {
+    CUfunction function;
+    if (Status s = KVARN_CU(d.cuModuleGetFunction(&function, module.module_, name.c_str())); !s)
+      return makeError(s.error().code, "kernel " + name + ": " + s.error().message);
+    if (Status s = KVARN_CU(d.cuFuncSetAttribute(
+            function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(sharedBytes)));
+        !s)
+      return makeError(s.error().code, "kernel " + name + " cannot use " +
+                                           std::to_string(sharedBytes) +
+                                           " bytes of shared memory: " + s.error().message);
+    module.functions_.push_back(function);
+  }
+  return module;
+}
+
+int KernelModule::registers(size_t index) const {
+  int value = 0;
+  driver().cuFuncGetAttribute(&value, CU_FUNC_ATTRIBUTE_NUM_REGS, functions_.at(index));
+  return value;
+}
+int KernelModule::localBytes(size_t index) const {
+  int value = 0;
+  driver().cuFuncGetAttribute(&value, CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, functions_.at(index));
+  return value;
+}
+
+DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, int smCount,
+                      int warps, int maxSplits, int minPagesPerSplit) {
+  DecodePlan plan;
+  const int pages = std::max(1, (maxSeqLen + tileTokens - 1) / tileTokens);
+  const int ctas = std::max(1, batch * numKvHeads);
+  // Enough CTAs for about two waves of resident CTAs (each warp walks its own pages).
+  const int target = 2 * smCount * std::max(1, 8 / std::max(1, warps));
+  int splits = (target + ctas - 1) / ctas;
+  splits = std::min(splits, std::max(1, pages / std::max(1, minPagesPerSplit * warps)));
+  plan.numSplits = std::clamp(splits, 1, maxSplits);
+  return plan;
+}
+
+Status launchDecode(const KernelModule &module, dev::DecodeParams params, int numQueryHeadsPerKv,
+                    const DecodePlan &plan, CUstream stream) {
+  const Driver &d = driver();
+  params.numSplits = plan.numSplits;
+  void *arguments[] = {&params};
+  if (Status s = KVARN_CU(d.cuLaunchKernel(module.function(0), params.numKvHeads, params.batch,
+                                           plan.numSplits, module.threads(), 1, 1,
+                                           unsigned(module.sharedBytes()), stream, arguments,
+                                           nullptr));
+      !s)
+    return s;
+  if (plan.numSplits > 1 && module.functionCount() > 1)
+    return KVARN_CU(d.cuLaunchKernel(module.function(1), params.numKvHeads, params.batch, 1,
+                                     module.threads(), 1, 1, unsigned(module.sharedBytes()),
+                                     stream, arguments, nullptr));
+  return Status::success();
+}
+
+Status launchFlush(const KernelModule &module, const dev::FlushParams &params, CUstream stream) {
+  if (params.numEntries == 0)
+    return Status::success();
+  dev::FlushParams copy = params;
+  void *arguments[] = {&copy};
+  return KVARN_CU(driver().cuLaunchKernel(module.function(0), params.numEntries, 1, 1,
+                                          module.threads(), 1, 1, unsigned(module.sharedBytes()),
+                                          stream, arguments, nullptr));
+}
+
+Status launchAppend(const KernelModule &module, const dev::AppendParams &params, int rowsPerCta,
+                    CUstream stream) {
+  if (params.numTokens == 0)
+    return Status::success();
+  dev::AppendParams copy = params;
+  void *arguments[] = {&copy};
+  const unsigned grid = unsigned((params.numTokens + rowsPerCta - 1) / rowsPerCta);
+  return KVARN_CU(driver().cuLaunchKernel(module.function(0), grid, 1, 1, module.threads(), 1, 1,
+                                          unsigned(module.sharedBytes()), stream, arguments,
+                                          nullptr));
+}
+
+Status launchDequantize(const KernelModule &module, const dev::DequantizeParams &params,
+                        int smCount, CUstream stream) {
+  if (params.numEntries == 0)
+    return Status::success();
+  dev::DequantizeParams copy = params;
+  void *arguments[] = {&copy};
+  const int warps = module.threads() / 32;
+  const long long rows = 128LL * params.numEntries;
+  const unsigned grid = unsigned(std::min<long long>(8LL * smCount, (rows + warps - 1) / warps));
+  return KVARN_CU(driver().cuLaunchKernel(module.function(0), grid, 1, 1, module.threads(), 1, 1,
+                                          unsigned(module.sharedBytes()), stream, arguments,
+                                          nullptr));
+}
+
+} // namespace kvarn
