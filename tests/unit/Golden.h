@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <stdexcept>
 #include <string>
@@ -11,7 +12,12 @@
 
 namespace kvarn::testing {
 
-inline std::string testDataDir() { return KVARN_TEST_DATA_DIR; }
+/// The test data folder: $KVARN_TEST_DATA_DIR when set (binaries run from a copy), else the
+/// source tree's tests/data.
+inline std::string testDataDir() {
+  const char *overridden = std::getenv("KVARN_TEST_DATA_DIR");
+  return overridden && *overridden ? overridden : KVARN_TEST_DATA_DIR;
+}
 
 class GoldenSet {
 public:

@@ -1,10 +1,12 @@
 // kvarn-tune: the per-GPU command-line tool (tune, bench, compile, bundles, inspect).
+#include "kvarn/Autotune/Bench.h"
 #include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/format.h"
 #include "kvarn/reference.h"
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -169,7 +171,40 @@ int main(int argc, char **argv) {
       ->capture_default_str();
   compile->add_option("-o", outputPath, "output file (default: standard output)");
 
+  autotune::BenchOptions bench;
+  std::vector<std::string> benchOnly;
+  CLI::App *benchCommand = app.add_subcommand(
+      "bench", "Benchmark KVarN decode against fp16 paged attention (same run), flush and append "
+               "on a GPU; prints time, effective GB/s and the fraction of the measured bandwidth");
+  benchCommand->add_option("--device", bench.device, "GPU ordinal")->capture_default_str();
+  benchCommand->add_option("--preset", bench.preset, "KVarN preset")->capture_default_str();
+  benchCommand->add_option("--head-dim", bench.headDim, "head_dim")->capture_default_str();
+  benchCommand->add_option("--query-heads", bench.numQueryHeads, "Hq")->capture_default_str();
+  benchCommand->add_option("--kv-heads", bench.numKvHeads, "Hk")->capture_default_str();
+  benchCommand->add_option("--batch", bench.batches, "batch sizes")->capture_default_str();
+  benchCommand->add_option("--context", bench.contexts, "context lengths")->capture_default_str();
+  benchCommand->add_option("--iterations", bench.iterations, "timed launches per kernel")
+      ->capture_default_str();
+  benchCommand->add_option("--schedule", bench.schedule, "decode schedule knobs");
+  benchCommand->add_option("--only", benchOnly, "subset: decode, flush, append");
+
   CLI11_PARSE(app, argc, argv);
+  if (app.got_subcommand(benchCommand)) {
+    if (!benchOnly.empty()) {
+      auto has = [&](const char *what) {
+        return std::find(benchOnly.begin(), benchOnly.end(), what) != benchOnly.end();
+      };
+      bench.decode = has("decode");
+      bench.flush = has("flush");
+      bench.append = has("append");
+    }
+    Status status = autotune::runBench(bench);
+    if (!status) {
+      std::fprintf(stderr, "kvarn-tune bench: %s\n", status.error().message.c_str());
+      return 1;
+    }
+    return 0;
+  }
   if (app.got_subcommand(quantize))
     return runQuantizeDemo(preset, headDim, iterations, seed);
   if (app.got_subcommand(compile))

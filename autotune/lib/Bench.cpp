@@ -1,0 +1,337 @@
+// GPU benchmarks: bytes counted first, the roofline measured in the same run, medians.
+#include "kvarn/Autotune/Bench.h"
+
+#include "kvarn/Compiler/Pipeline.h"
+#include "kvarn/launch.h"
+#include "kvarn/reference.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+
+namespace kvarn::autotune {
+namespace {
+
+const Driver &driver() { return **Driver::get(); }
+
+/// Median time (ms) of `iterations` launches of each function, interleaved; events per launch.
+Expected<std::vector<double>> timeInterleaved(const std::vector<std::function<Status(int)>> &runs,
+                                              int iterations) {
+  const Driver &d = driver();
+  CUevent start, stop;
+  if (Status s = KVARN_CU(d.cuEventCreate(&start, CU_EVENT_DEFAULT)); !s)
+    return s.error();
+  if (Status s = KVARN_CU(d.cuEventCreate(&stop, CU_EVENT_DEFAULT)); !s)
+    return s.error();
+  std::vector<std::vector<double>> samples(runs.size());
+  for (int warm = 0; warm < 3; ++warm)
+    for (const auto &run : runs)
+      if (Status s = run(warm); !s)
+        return s.error();
+  for (int it = 0; it < iterations; ++it)
+    for (size_t k = 0; k < runs.size(); ++k) {
+      d.cuEventRecord(start, nullptr);
+      if (Status s = runs[k](it); !s)
+        return s.error();
+      d.cuEventRecord(stop, nullptr);
+      if (Status s = KVARN_CU(d.cuEventSynchronize(stop)); !s)
+        return s.error();
+      float ms = 0;
+      d.cuEventElapsedTime(&ms, start, stop);
+      samples[k].push_back(ms);
+    }
+  d.cuEventDestroy(start);
+  d.cuEventDestroy(stop);
+  std::vector<double> medians;
+  for (std::vector<double> &s : samples) {
+    std::sort(s.begin(), s.end());
+    medians.push_back(s[s.size() / 2]);
+  }
+  return medians;
+}
+
+/// Measures the read bandwidth (GB/s) with a streaming-read kernel over 4 GiB.
+Expected<double> measureReadBandwidth(const DeviceInfo &info) {
+  const char *source = R"(
+extern "C" __global__ void readAll(const uint4 *data, unsigned long long count, unsigned *sink) {
+  unsigned acc = 0;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < count;
+       i += (unsigned long long)gridDim.x * blockDim.x) {
+    uint4 v = __ldg(data + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x12345678u) sink[0] = acc;
+})";
+  Expected<NvrtcOutput> compiled = compileCuda(source, "read_bandwidth", info.arch(), {});
+  if (!compiled)
+    return compiled.error();
+  Expected<KernelModule> module = KernelModule::load(compiled->cubin, {"readAll"}, 512, 0);
+  if (!module)
+    return module.error();
+  const size_t bytes = size_t(4) << 30;
+  Expected<DeviceBuffer> data = DeviceBuffer::allocate(bytes), sink = DeviceBuffer::allocate(16);
+  if (!data || !sink)
+    return makeError(ErrorCode::Internal, "cannot allocate the bandwidth buffer");
+  if (Status s = data->fill(1); !s)
+    return s.error();
+  CUdeviceptr pointer = data->get(), sinkPointer = sink->get();
+  unsigned long long count = bytes / 16;
+  void *arguments[] = {&pointer, &count, &sinkPointer};
+  auto run = [&](int) {
+    return KVARN_CU(driver().cuLaunchKernel(module->function(0), info.smCount * 4, 1, 1, 512, 1,
+                                            1, 0, nullptr, arguments, nullptr));
+  };
+  Expected<std::vector<double>> ms = timeInterleaved({run}, 10);
+  if (!ms)
+    return ms.error();
+  return double(bytes) / ((*ms)[0] * 1e-3) / 1e9;
+}
+
+/// Fills `buffer` with copies of `pattern` (doubling device-to-device copies).
+Status replicate(DeviceBuffer &buffer, const std::vector<uint8_t> &pattern) {
+  const size_t first = std::min(pattern.size(), buffer.size());
+  if (Status s = buffer.upload(pattern.data(), first); !s)
+    return s;
+  for (size_t filled = first; filled < buffer.size();) {
+    const size_t chunk = std::min(filled, buffer.size() - filled);
+    if (Status s = KVARN_CU(driver().cuMemcpyDtoD(buffer.get() + filled, buffer.get(), chunk)); !s)
+      return s;
+    filled += chunk;
+  }
+  return Status::success();
+}
+
+Expected<KernelModule> buildKernel(const std::string &specText, const std::string &schedule) {
+  Expected<KernelSpec> spec = parseKernelSpec(specText);
+  if (!spec)
+    return spec.error();
+  Expected<Schedule> parsed = parseSchedule(schedule);
+  if (!parsed)
+    return parsed.error();
+  Expected<compiler::CompiledKernel> compiled = compiler::compileKernel(*spec, *parsed);
+  if (!compiled)
+    return compiled.error();
+  return KernelModule::load(compiled->cubin, compiled->kernelNames, compiled->threads,
+                            compiled->sharedBytes);
+}
+
+#define KVARN_TRY(expression)                                                                    \
+  do {                                                                                           \
+    ::kvarn::Status status_ = (expression);                                                      \
+    if (!status_)                                                                                \
+      return status_;                                                                            \
+  } while (0)
+
+Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwidth) {
+  Expected<Format> format = parseFormat(o.preset, o.headDim);
+  if (!format)
+    return format.error();
+  const RecordLayout layout = recordLayout(*format);
+  const int g = format->tileTokens, d = o.headDim, hk = o.numKvHeads;
+  const int q = o.numQueryHeads / hk;
+  const std::string spec = "decode:" + format->presetName() + ":d" + std::to_string(d) + ":q" +
+                           std::to_string(q) + ":f16:" + info.arch();
+  Expected<KernelModule> module = buildKernel(spec, o.schedule);
+  if (!module)
+    return module.error();
+  const Schedule schedule = *parseSchedule(o.schedule);
+  std::printf("decode kernel %s: %d registers, %d B local memory, %zu B shared memory\n",
+              spec.c_str(), module->registers(0), module->localBytes(0), module->sharedBytes());
+  // A few distinct records, replicated (contents do not change the timing).
+  std::vector<uint8_t> pattern(size_t(16) * layout.tileBytesAligned);
+  {
+    std::mt19937_64 rng(1);
+    std::normal_distribution<float> normal;
+    std::vector<uint16_t> rows(size_t(g) * d);
+    for (int k = 0; k < 16; ++k) {
+      for (uint16_t &x : rows)
+        x = floatToHalf(normal(rng));
+      KVARN_TRY(reference::writeRecord(*format, rows, rows, size_t(d),
+                                       std::span(pattern).subspan(k * layout.tileBytesAligned,
+                                                                  layout.tileBytesAligned)));
+    }
+  }
+  std::printf("\n%6s %8s | %10s %9s %6s | %10s %9s %6s | %8s\n", "batch", "context", "kvarn ms",
+              "GB/s", "of BW", "fp16 ms", "GB/s", "of BW", "speedup");
+  for (int batch : o.batches)
+    for (int context : o.contexts) {
+      const int pages = (context + g - 1) / g;
+      const size_t kvarnBytes = size_t(batch) * hk * context * layout.bytesPerToken();
+      const size_t fp16Bytes = size_t(batch) * hk * context * size_t(d) * 4;
+      // Rotate over enough disjoint copies that every launch reads from a cold L2.
+      const int copies = int(std::min<size_t>(16, 2 * size_t(info.l2Bytes) / kvarnBytes + 1));
+      const int blocks = batch * pages * copies;
+      const int fp16Copies = int(std::min<size_t>(16, 2 * size_t(info.l2Bytes) / fp16Bytes + 1));
+      Expected<DeviceBuffer> records = DeviceBuffer::allocate(size_t(blocks) * hk * layout.tileBytesAligned);
+      if (!records)
+        return records.error();
+      KVARN_TRY(replicate(*records, pattern));
+      // fp16 baseline: the same block walk over fp16 pages of the pool ([slots, G, Hk, D]).
+      const int fp16Blocks = batch * pages * fp16Copies;
+      Expected<DeviceBuffer> poolKey = DeviceBuffer::allocate(size_t(fp16Blocks) * g * hk * d * 2);
+      Expected<DeviceBuffer> poolValue = DeviceBuffer::allocate(size_t(fp16Blocks) * g * hk * d * 2);
+      if (!poolKey || !poolValue)
+        return makeError(ErrorCode::Internal, "cannot allocate the fp16 baseline cache");
+      KVARN_TRY(KVARN_CU(driver().cuMemsetD32(poolKey->get(), 0x3c003c00u, poolKey->size() / 4)));
+      KVARN_TRY(KVARN_CU(driver().cuMemsetD32(poolValue->get(), 0x3c003c00u, poolValue->size() / 4)));
+      std::vector<int32_t> tables(size_t(std::max(copies, fp16Copies)) * batch * pages);
+      for (size_t k = 0; k < tables.size(); ++k)
+        tables[k] = int32_t(k);
+      std::vector<int32_t> quantized(std::max(blocks, fp16Blocks), -1), identity(fp16Blocks);
+      for (int k = 0; k < fp16Blocks; ++k)
+        identity[k] = k;
+      std::vector<int32_t> lens(batch, context);
+      std::vector<uint16_t> queries(size_t(batch) * o.numQueryHeads * d, floatToHalf(0.5f));
+      Expected<DeviceBuffer> dTables = DeviceBuffer::allocate(tables.size() * 4),
+                             dQuantized = DeviceBuffer::allocate(quantized.size() * 4),
+                             dIdentity = DeviceBuffer::allocate(identity.size() * 4),
+                             dLens = DeviceBuffer::allocate(lens.size() * 4),
+                             dQuery = DeviceBuffer::allocate(queries.size() * 2),
+                             dOut = DeviceBuffer::allocate(queries.size() * 2);
+      KVARN_TRY(dTables->upload(tables.data(), tables.size() * 4));
+      KVARN_TRY(dQuantized->upload(quantized.data(), quantized.size() * 4));
+      KVARN_TRY(dIdentity->upload(identity.data(), identity.size() * 4));
+      KVARN_TRY(dLens->upload(lens.data(), lens.size() * 4));
+      KVARN_TRY(dQuery->upload(queries.data(), queries.size() * 2));
+      const DecodePlan plan = schedule.splits > 0
+          ? DecodePlan{schedule.splits}
+          : planDecode(batch, hk, context, g, info.smCount, schedule.warps);
+      Expected<DeviceBuffer> partial =
+          DeviceBuffer::allocate(size_t(batch) * o.numQueryHeads * plan.numSplits * d * 4);
+      Expected<DeviceBuffer> lse =
+          DeviceBuffer::allocate(size_t(batch) * o.numQueryHeads * plan.numSplits * 4);
+      dev::DecodeParams params{};
+      params.query = dQuery->as<void>();
+      params.out = dOut->as<void>();
+      params.cache = records->as<unsigned char>();
+      params.poolKey = poolKey->as<void>();
+      params.poolValue = poolValue->as<void>();
+      params.seqLens = dLens->as<int>();
+      params.partialOut = partial->as<float>();
+      params.partialLse = lse->as<float>();
+      params.batch = batch;
+      params.numKvHeads = hk;
+      params.maxBlocksPerRequest = pages;
+      params.softmaxScale = 1.0f / std::sqrt(float(d));
+      auto runKvarn = [&](int iteration) {
+        dev::DecodeParams p = params;
+        p.blockToSlot = dQuantized->as<int>();
+        p.blockTable = dTables->as<int>() + size_t(iteration % copies) * batch * pages;
+        return launchDecode(*module, p, q, plan, nullptr);
+      };
+      auto runFp16 = [&](int iteration) {
+        dev::DecodeParams p = params;
+        p.blockToSlot = dIdentity->as<int>();
+        p.blockTable = dTables->as<int>() + size_t(iteration % fp16Copies) * batch * pages;
+        return launchDecode(*module, p, q, plan, nullptr);
+      };
+      Expected<std::vector<double>> ms = timeInterleaved({runKvarn, runFp16}, o.iterations);
+      if (!ms)
+        return ms.error();
+      const double kvarnGBs = kvarnBytes / ((*ms)[0] * 1e-3) / 1e9;
+      const double fp16GBs = fp16Bytes / ((*ms)[1] * 1e-3) / 1e9;
+      std::printf("%6d %8d | %10.4f %9.0f %5.0f%% | %10.4f %9.0f %5.0f%% | %7.2fx  (splits %d)\n",
+                  batch, context, (*ms)[0], kvarnGBs, 100 * kvarnGBs / bandwidth, (*ms)[1],
+                  fp16GBs, 100 * fp16GBs / bandwidth, (*ms)[1] / (*ms)[0], plan.numSplits);
+      std::fflush(stdout);
+    }
+  return Status::success();
+}
+
+Status benchFlush(const BenchOptions &o, const DeviceInfo &info) {
+  std::printf("\n%-18s %5s %8s | %10s %10s\n", "flush", "D", "records", "ms", "us/record");
+  for (int d : {128, 256}) {
+    Expected<Format> format = parseFormat(o.preset, d);
+    const RecordLayout layout = recordLayout(*format);
+    const int g = format->tileTokens, hk = 8, blocks = 64, entries = blocks * hk;
+    Expected<KernelModule> module = buildKernel(
+        "flush:" + format->presetName() + ":d" + std::to_string(d) + ":q1:f16:" + info.arch(), "");
+    if (!module)
+      return module.error();
+    std::mt19937_64 rng(d);
+    std::normal_distribution<float> normal;
+    std::vector<uint16_t> pool(size_t(blocks) * g * hk * d);
+    for (uint16_t &x : pool)
+      x = floatToHalf(normal(rng));
+    std::vector<int32_t> list;
+    for (int b = 0; b < blocks; ++b)
+      for (int h = 0; h < hk; ++h)
+        list.insert(list.end(), {b, h, b});
+    Expected<DeviceBuffer> dPool = DeviceBuffer::allocate(pool.size() * 2),
+                           dList = DeviceBuffer::allocate(list.size() * 4),
+                           dStatus = DeviceBuffer::allocate(16),
+                           dCache = DeviceBuffer::allocate(size_t(entries) * layout.tileBytesAligned);
+    KVARN_TRY(dPool->upload(pool.data(), pool.size() * 2));
+    KVARN_TRY(dList->upload(list.data(), list.size() * 4));
+    KVARN_TRY(dStatus->fill(0));
+    dev::FlushParams params{dPool->as<void>(), dPool->as<void>(), dList->as<int>(),
+                            dCache->as<unsigned char>(), dStatus->as<int>(), entries, hk};
+    Expected<std::vector<double>> ms =
+        timeInterleaved({[&](int) { return launchFlush(*module, params, nullptr); }}, o.iterations);
+    if (!ms)
+      return ms.error();
+    std::printf("%-18s %5d %8d | %10.4f %10.3f   (%d registers, %zu B shared)\n",
+                format->presetName().c_str(), d, entries, (*ms)[0], 1000 * (*ms)[0] / entries,
+                module->registers(0), module->sharedBytes());
+  }
+  return Status::success();
+}
+
+Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwidth) {
+  const int tokens = 8192, hk = 8, d = 128, g = 128;
+  Expected<KernelModule> module =
+      buildKernel("append:" + o.preset + ":d128:q1:f16:" + info.arch(), "");
+  if (!module)
+    return module.error();
+  std::vector<int64_t> mapping(tokens);
+  for (int t = 0; t < tokens; ++t)
+    mapping[t] = t;
+  const size_t elements = size_t(tokens) * hk * d;
+  Expected<DeviceBuffer> key = DeviceBuffer::allocate(elements * 2), value = DeviceBuffer::allocate(elements * 2),
+                         map = DeviceBuffer::allocate(tokens * 8),
+                         poolKey = DeviceBuffer::allocate(size_t((tokens + g - 1) / g) * g * hk * d * 2),
+                         poolValue = DeviceBuffer::allocate(size_t((tokens + g - 1) / g) * g * hk * d * 2);
+  KVARN_TRY(KVARN_CU(driver().cuMemsetD32(key->get(), 0x3c003c00u, key->size() / 4)));
+  KVARN_TRY(KVARN_CU(driver().cuMemsetD32(value->get(), 0x3c003c00u, value->size() / 4)));
+  KVARN_TRY(map->upload(mapping.data(), mapping.size() * 8));
+  dev::AppendParams params{key->as<void>(), value->as<void>(), map->as<long long>(),
+                           poolKey->as<void>(), poolValue->as<void>(), tokens, hk,
+                           (long long)hk * d, (long long)hk * d};
+  Expected<std::vector<double>> ms = timeInterleaved(
+      {[&](int) { return launchAppend(*module, params, 4, nullptr); }}, o.iterations);
+  if (!ms)
+    return ms.error();
+  const double bytes = 4.0 * elements * 2 + tokens * 8; // read K, V; write both; slot map
+  const double gbs = bytes / ((*ms)[0] * 1e-3) / 1e9;
+  std::printf("\nappend %d tokens x %d kv heads x D=%d: %.1f MB moved, %.4f ms, %.0f GB/s, %.0f%% "
+              "of the measured read bandwidth\n",
+              tokens, hk, d, bytes / 1e6, (*ms)[0], gbs, 100 * gbs / bandwidth);
+  return Status::success();
+}
+
+} // namespace
+
+Status runBench(const BenchOptions &options) {
+  Expected<DeviceInfo> info = openDevice(options.device);
+  if (!info)
+    return info.error();
+  std::printf("GPU %d: %s (%s, %d SMs, %d MB L2), driver %d, NVRTC %s\n", info->ordinal,
+              info->name.c_str(), info->arch().c_str(), info->smCount, info->l2Bytes >> 20,
+              info->driverVersion, nvrtcVersion().c_str());
+  Expected<double> bandwidth = measureReadBandwidth(*info);
+  if (!bandwidth)
+    return bandwidth.error();
+  std::printf("measured read bandwidth: %.0f GB/s (streaming read of 4 GiB, median of 10)\n",
+              *bandwidth);
+  if (options.decode)
+    KVARN_TRY(benchDecode(options, *info, *bandwidth));
+  if (options.flush)
+    KVARN_TRY(benchFlush(options, *info));
+  if (options.append)
+    KVARN_TRY(benchAppend(options, *info, *bandwidth));
+  return Status::success();
+}
+
+} // namespace kvarn::autotune
