@@ -67,7 +67,9 @@ extern "C" __global__ void readAll(const uint4 *data, unsigned long long count, 
   Expected<NvrtcOutput> compiled = compileCuda(source, "read_bandwidth", info.arch(), {});
   if (!compiled)
     return compiled.error();
-  Expected<KernelModule> module = KernelModule::load(compiled->cubin, {"readAll"}, 512, 0);
+  Schedule readSchedule;
+  readSchedule.warps = 16;
+  Expected<KernelModule> module = KernelModule::load(compiled->cubin, {"readAll"}, readSchedule, 0);
   if (!module)
     return module.error();
   const size_t bytes = size_t(4) << 30;
@@ -107,13 +109,13 @@ Expected<KernelModule> buildKernel(const std::string &specText, const std::strin
   Expected<KernelSpec> spec = parseKernelSpec(specText);
   if (!spec)
     return spec.error();
-  Expected<Schedule> parsed = parseSchedule(schedule);
+  Expected<Schedule> parsed = parseSchedule(schedule, spec->op);
   if (!parsed)
     return parsed.error();
   Expected<compiler::CompiledKernel> compiled = compiler::compileKernel(*spec, *parsed);
   if (!compiled)
     return compiled.error();
-  return KernelModule::load(compiled->cubin, compiled->kernelNames, compiled->threads,
+  return KernelModule::load(compiled->cubin, compiled->kernelNames, *parsed,
                             compiled->sharedBytes);
 }
 
@@ -300,7 +302,7 @@ Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwid
                            poolKey->as<void>(), poolValue->as<void>(), tokens, hk,
                            (long long)hk * d, (long long)hk * d};
   Expected<std::vector<double>> ms = timeInterleaved(
-      {[&](int) { return launchAppend(*module, params, 4, nullptr); }}, o.iterations);
+      {[&](int) { return launchAppend(*module, params, nullptr); }}, o.iterations);
   if (!ms)
     return ms.error();
   const double bytes = 4.0 * elements * 2 + tokens * 8; // read K, V; write both; slot map

@@ -56,28 +56,28 @@ KernelModule::~KernelModule() {
 }
 KernelModule::KernelModule(KernelModule &&other) noexcept
     : module_(std::exchange(other.module_, nullptr)), functions_(std::move(other.functions_)),
-      threads_(other.threads_), sharedBytes_(other.sharedBytes_) {}
+      schedule_(other.schedule_), sharedBytes_(other.sharedBytes_) {}
 KernelModule &KernelModule::operator=(KernelModule &&other) noexcept {
   if (this != &other) {
     if (module_)
       driver().cuModuleUnload(module_);
     module_ = std::exchange(other.module_, nullptr);
     functions_ = std::move(other.functions_);
-    threads_ = other.threads_;
+    schedule_ = other.schedule_;
     sharedBytes_ = other.sharedBytes_;
   }
   return *this;
 }
 
 Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
-                                          const std::vector<std::string> &names, int threads,
-                                          size_t sharedBytes) {
+                                          const std::vector<std::string> &names,
+                                          const Schedule &schedule, size_t sharedBytes) {
   Expected<const Driver *> loaded = Driver::get();
   if (!loaded)
     return loaded.error();
   const Driver &d = **loaded;
   KernelModule module;
-  module.threads_ = threads;
+  module.schedule_ = schedule;
   module.sharedBytes_ = sharedBytes;
   if (Status s = KVARN_CU(d.cuModuleLoadData(&module.module_, image.data())); !s)
     return s.error();
@@ -112,8 +112,9 @@ DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, 
   DecodePlan plan;
   const int pages = std::max(1, (maxSeqLen + tileTokens - 1) / tileTokens);
   const int ctas = std::max(1, batch * numKvHeads);
-  // Enough CTAs for about two waves of resident CTAs (each warp walks its own pages).
-  const int target = 2 * smCount * std::max(1, 8 / std::max(1, warps));
+  // Several waves of resident CTAs (each warp walks its own pages), so the last, partial wave
+  // costs little; never fewer than minPagesPerSplit pages per warp.
+  const int target = 8 * smCount * std::max(1, 4 / std::max(1, warps));
   int splits = (target + ctas - 1) / ctas;
   splits = std::min(splits, std::max(1, pages / std::max(1, minPagesPerSplit * warps)));
   plan.numSplits = std::clamp(splits, 1, maxSplits);
@@ -132,9 +133,9 @@ Status launchDecode(const KernelModule &module, dev::DecodeParams params, int nu
       !s)
     return s;
   if (plan.numSplits > 1 && module.functionCount() > 1)
-    return KVARN_CU(d.cuLaunchKernel(module.function(1), params.numKvHeads, params.batch, 1,
-                                     module.threads(), 1, 1, unsigned(module.sharedBytes()),
-                                     stream, arguments, nullptr));
+    return KVARN_CU(d.cuLaunchKernel(module.function(1), params.numKvHeads, params.batch,
+                                     numQueryHeadsPerKv, module.threads(), 1, 1,
+                                     unsigned(module.sharedBytes()), stream, arguments, nullptr));
   return Status::success();
 }
 
@@ -148,8 +149,9 @@ Status launchFlush(const KernelModule &module, const dev::FlushParams &params, C
                                           stream, arguments, nullptr));
 }
 
-Status launchAppend(const KernelModule &module, const dev::AppendParams &params, int rowsPerCta,
+Status launchAppend(const KernelModule &module, const dev::AppendParams &params,
                     CUstream stream) {
+  const int rowsPerCta = module.schedule().rowsPerCta;
   if (params.numTokens == 0)
     return Status::success();
   dev::AppendParams copy = params;
@@ -167,7 +169,7 @@ Status launchDequantize(const KernelModule &module, const dev::DequantizeParams 
   dev::DequantizeParams copy = params;
   void *arguments[] = {&copy};
   const int warps = module.threads() / 32;
-  const long long rows = 128LL * params.numEntries;
+  const long long rows = 128LL * params.numEntries; // an upper bound of G * entries
   const unsigned grid = unsigned(std::min<long long>(8LL * smCount, (rows + warps - 1) / warps));
   return KVARN_CU(driver().cuLaunchKernel(module.function(0), grid, 1, 1, module.threads(), 1, 1,
                                           unsigned(module.sharedBytes()), stream, arguments,

@@ -130,8 +130,28 @@ std::string Schedule::str() const {
          ",mma=" + mma + ",rows_per_cta=" + std::to_string(rowsPerCta);
 }
 
-Expected<Schedule> parseSchedule(std::string_view text) {
+Schedule defaultSchedule(OpKind op) {
   Schedule schedule;
+  switch (op) {
+  case OpKind::Flush: // one CTA per tile: many warps share the Sinkhorn sweeps
+    schedule.warps = 16;
+    break;
+  case OpKind::Append:
+    schedule.warps = 8;
+    schedule.rowsPerCta = 1;
+    break;
+  case OpKind::Dequantize:
+    schedule.warps = 8;
+    break;
+  case OpKind::Decode:
+  case OpKind::Extend:
+    break;
+  }
+  return schedule;
+}
+
+Expected<Schedule> parseSchedule(std::string_view text, OpKind op) {
+  Schedule schedule = defaultSchedule(op);
   if (text.empty())
     return schedule;
   for (std::string_view item : split(text, ',')) {
@@ -193,10 +213,10 @@ size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
     return q * d * 4 + warps * stages * 6 * (d + g) + (warps * (q * d + 2 * q) + q) * 4;
   }
   case OpKind::Flush: {
-    // The tile (fp32, rows padded by one), eight row/column vectors, reductions, and the codes
+    // The tile (fp32, rows padded by one), ten row/column vectors, reductions, and the codes
     // (flush.cuh, FlushContext::SHARED_BYTES).
     const size_t tile = std::max(d * (g + 1), g * (d + 1));
-    return tile * 4 + 8 * std::max(d, g) * 4 + 64 * 4 + d * g;
+    return tile * 4 + 10 * std::max(d, g) * 4 + 64 * 4 + d * g;
   }
   case OpKind::Append:
     return 0;

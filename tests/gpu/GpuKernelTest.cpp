@@ -44,13 +44,13 @@ const KernelModule &kernel(const std::string &specText, const std::string &sched
     return *found->second;
   Expected<KernelSpec> spec = parseKernelSpec(specText + ":" + gpu()->arch());
   EXPECT_TRUE(spec) << spec.error().str();
-  Expected<Schedule> schedule = parseSchedule(scheduleText);
+  Expected<Schedule> schedule = parseSchedule(scheduleText, spec->op);
   EXPECT_TRUE(schedule) << schedule.error().str();
   Expected<compiler::CompiledKernel> compiled = compiler::compileKernel(*spec, *schedule);
   EXPECT_TRUE(compiled) << compiled.error().str();
   EXPECT_EQ(compiled->nvrtcLog, "") << "NVRTC warnings for " << key;
   Expected<KernelModule> module = KernelModule::load(compiled->cubin, compiled->kernelNames,
-                                                     compiled->threads, compiled->sharedBytes);
+                                                     *schedule, compiled->sharedBytes);
   EXPECT_TRUE(module) << module.error().str();
   auto owned = std::make_unique<KernelModule>(std::move(*module));
   return *cache.emplace(key, std::move(owned)).first->second;
@@ -441,7 +441,7 @@ TEST(GpuAppend, RotatesIntoPoolSlotsAndSkipsNegativeSlots) {
       dev::AppendParams params{dKey.as<void>(), dValue.as<void>(), dMap.as<long long>(),
                                dPoolKey.as<void>(), dPoolValue.as<void>(), tokens, hk,
                                (long long)hk * d, (long long)hk * d};
-      ASSERT_OK(launchAppend(module, params, 4, nullptr));
+      ASSERT_OK(launchAppend(module, params, nullptr));
       ASSERT_OK(KVARN_CU((*Driver::get())->cuCtxSynchronize()));
       std::vector<uint16_t> poolKey = download<uint16_t>(dPoolKey, poolElements);
       std::vector<uint16_t> poolValue = download<uint16_t>(dPoolValue, poolElements);

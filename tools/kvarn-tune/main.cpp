@@ -60,7 +60,7 @@ int runCompile(const std::string &specText, const std::string &scheduleText,
     std::fprintf(stderr, "kvarn-tune: %s\n", spec.error().message.c_str());
     return 2;
   }
-  Expected<Schedule> schedule = parseSchedule(scheduleText);
+  Expected<Schedule> schedule = parseSchedule(scheduleText, spec->op);
   if (!schedule) {
     std::fprintf(stderr, "kvarn-tune: %s\n", schedule.error().message.c_str());
     return 2;
@@ -123,7 +123,7 @@ int runCompileDefaultSet(const std::string &arch) {
               nvrtcVersion().c_str());
   int failures = 0;
   for (const KernelSpec &spec : defaultKernelSet(arch)) {
-    Schedule schedule;
+    const Schedule schedule = defaultSchedule(spec.op);
     const auto start = std::chrono::steady_clock::now();
     Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(spec, schedule);
     const double ms =

@@ -116,6 +116,15 @@ __device__ __forceinline__ uint32_t codesToHalf2(uint32_t duplicated) {
   return hfma2(magic, scale, bias);
 }
 
+/// Two `Bits`-wide codes at bit `Shift` of each 16-bit half of `duplicated`, as the fp16 pair
+/// (1024 + code * 2^Shift): one LOP3. The MMA runs on these values; the epilogue removes the
+/// 1024 offset (times the sum of the other operand) and the 2^Shift scale in fp32.
+template <int Bits, int Shift>
+__device__ __forceinline__ uint32_t magicCodes(uint32_t duplicated) {
+  constexpr uint32_t mask = ((1u << Bits) - 1u) << Shift;
+  return (duplicated & (mask | (mask << 16))) | 0x64006400u;
+}
+
 /// D += A(16x16, fp16, row) * B(16x8, fp16, col), fp32 accumulate (tensor cores).
 __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {

@@ -54,6 +54,7 @@ struct DecodeContext {
   float scores[NQ][P][4];
   uint32_t weights[NQ][P][2];      ///< P' as PV B fragments (after the transpose)
   float valueBias[NQ][2];
+  float weightSum[NQ][2];          ///< page sum of the rounded PV weights
   float runningMax[NQ][2], runningSum[NQ][2];
   float out[NQ][KC][4];
 
@@ -143,7 +144,11 @@ template <typename Ctx> __device__ __forceinline__ void rotateQuery(Ctx &c) {
     qs[item] = row < Ctx::QH ? toFloat<T>(query[base + item]) : 0.0f;
   }
   sharedFwht<Ctx::HD>(qs, Ctx::Q8, Ctx::HD);
+  // q_rot = dtype(q * H16), kept in shared memory for the pool-page path too.
   const float scale = hadamardScale<Ctx::HD>();
+  for (int item = threadIdx.x; item < Ctx::Q8 * Ctx::HD; item += blockDim.x)
+    qs[item] = roundTo<T>(qs[item] * scale);
+  __syncthreads();
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
@@ -151,7 +156,7 @@ template <typename Ctx> __device__ __forceinline__ void rotateQuery(Ctx &c) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const float *row = qs + (8 * n + c.i) * Ctx::HD + 16 * kc + 4 * c.t + 2 * half;
-        const T lo = fromFloat<T>(row[0] * scale), hi = fromFloat<T>(row[1] * scale);
+        const T lo = fromFloat<T>(row[0]), hi = fromFloat<T>(row[1]);
         c.query[n][kc][half] = uint32_t(*reinterpret_cast<const unsigned short *>(&lo)) |
                                (uint32_t(*reinterpret_cast<const unsigned short *>(&hi)) << 16);
       }
@@ -199,20 +204,24 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void loadRecord(Ct
 
 /// Scores of a record page (log2 domain, softmax scale folded):
 /// s[g] = K_s_row[g] * (sum_d (q[d] K_s_col[d]) code[d][g] + sum_d q[d] K_zp[d]).
+/// The MMA runs on (1024 + code * 2^shift); the epilogue subtracts 1024 * sum_d q'[d] and
+/// removes 2^shift per token row, in fp32.
 template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes(Ctx &c) {
-  typedef typename Ctx::Layout L;
   copyAsyncWaitAll();
   __syncwarp();
+  constexpr int KBITS = Ctx::KBITS;
+  constexpr int PAIRS_PER_BYTE = 4 / KBITS; // token pairs per code byte
   const unsigned char *staging = c.scaleShared(Stage);
   const Half *keyScaleCol = reinterpret_cast<const Half *>(staging);
   const Half *keyZeroPoint = keyScaleCol + Ctx::HD;
   const Half *keyScaleRow = keyZeroPoint + Ctx::HD;
-  float bias[Ctx::NQ];
+  float bias[Ctx::NQ], querySum[Ctx::NQ];
   uint32_t b[Ctx::NQ][Ctx::KC][2];
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)
-    bias[n] = 0.0f;
-  // Step 1. q' = q_rot * K_s_col (B fragments) and the per-query zero-point bias.
+    bias[n] = querySum[n] = 0.0f;
+  // Step 1. q' = q_rot * K_s_col (fp16 B fragments), sum_d q'[d] of the rounded values, and the
+  // zero-point bias sum_d q[d] K_zp[d].
 #pragma unroll
   for (int kc = 0; kc < Ctx::KC; ++kc) {
     const int channel = 16 * kc + 4 * c.t;
@@ -225,10 +234,12 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
       const float2 q01 = c.queryFloat2(n, kc, 0), q23 = c.queryFloat2(n, kc, 1);
       b[n][kc][0] = packHalf2(q01.x * s01.x, q01.y * s01.y);
       b[n][kc][1] = packHalf2(q23.x * s23.x, q23.y * s23.y);
+      const float2 r01 = unpackHalf2(b[n][kc][0]), r23 = unpackHalf2(b[n][kc][1]);
+      querySum[n] += (r01.x + r01.y) + (r23.x + r23.y);
       bias[n] += q01.x * z01.x + q01.y * z01.y + q23.x * z23.x + q23.y * z23.y;
     }
   }
-  // Step 2. MMA over the code tiles.
+  // Step 2. MMA over the code tiles: rows = tokens (TPI*i + 2*pt, + 1), k = channels.
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
@@ -240,9 +251,7 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
   for (int kc = 0; kc < Ctx::KC; ++kc)
 #pragma unroll
     for (int pt = 0; pt < Ctx::P; ++pt) {
-      constexpr int KBITS = Ctx::KBITS;
-      const int bit = 2 * pt * KBITS; // first token of the pair
-      const int byteIndex = bit / 8;
+      const int byteIndex = pt / PAIRS_PER_BYTE;
       const uint32_t w0 = part32(c.keyCodes[Stage][kc][0], byteIndex / 4);
       const uint32_t w1 = part32(c.keyCodes[Stage][kc][1], byteIndex / 4);
       const uint32_t w2 = part32(c.keyCodes[Stage][kc][2], byteIndex / 4);
@@ -250,39 +259,47 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
       const uint32_t x01 = duplicateBytes(w0, w1, byteIndex % 4);
       const uint32_t x23 = duplicateBytes(w2, w3, byteIndex % 4);
       uint32_t a0, a1, a2, a3;
-      if ((bit % 8) == 0) {
-        a0 = codesToHalf2<KBITS, 0>(x01);
-        a1 = codesToHalf2<KBITS, KBITS>(x01);
-        a2 = codesToHalf2<KBITS, 0>(x23);
-        a3 = codesToHalf2<KBITS, KBITS>(x23);
-      } else { // 2-bit codes, second pair of the byte
-        a0 = codesToHalf2<KBITS, 4>(x01);
-        a1 = codesToHalf2<KBITS, 4 + KBITS>(x01);
-        a2 = codesToHalf2<KBITS, 4>(x23);
-        a3 = codesToHalf2<KBITS, 4 + KBITS>(x23);
+      if ((pt % PAIRS_PER_BYTE) == 0) {
+        a0 = magicCodes<KBITS, 0>(x01);
+        a1 = magicCodes<KBITS, KBITS>(x01);
+        a2 = magicCodes<KBITS, 0>(x23);
+        a3 = magicCodes<KBITS, KBITS>(x23);
+      } else { // 2-bit codes, second token pair of the byte
+        a0 = magicCodes<KBITS, 4>(x01);
+        a1 = magicCodes<KBITS, 4 + KBITS>(x01);
+        a2 = magicCodes<KBITS, 4>(x23);
+        a3 = magicCodes<KBITS, 4 + KBITS>(x23);
       }
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n)
         mma16816(c.scores[n][pt], a0, a1, a2, a3, b[n][kc][0], b[n][kc][1]);
     }
-  // Step 3. Bias of queries 2t, 2t+1 (reduce over t, fetch from lanes 8t and 8t+4).
+  // Step 3. Epilogue per (token, query): queries 2t, 2t+1 get their per-query terms from lanes
+  // 8t and 8t+4 after the reduction over t.
   const float scale = c.p.softmaxScale * 1.4426950408889634f;
   const int valid = c.validTokens(c.stagePage[Stage]);
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n) {
-    const float full = warpSumXor(bias[n], 1, 2);
-    const float bias0 = __shfl_sync(0xffffffffu, full, 8 * c.t);
-    const float bias1 = __shfl_sync(0xffffffffu, full, 8 * c.t + 4);
+    const float fullBias = warpSumXor(bias[n], 1, 2);
+    const float fullSum = warpSumXor(querySum[n], 1, 2);
+    const float bias0 = __shfl_sync(0xffffffffu, fullBias, 8 * c.t);
+    const float bias1 = __shfl_sync(0xffffffffu, fullBias, 8 * c.t + 4);
+    const float offset0 = -1024.0f * __shfl_sync(0xffffffffu, fullSum, 8 * c.t);
+    const float offset1 = -1024.0f * __shfl_sync(0xffffffffu, fullSum, 8 * c.t + 4);
 #pragma unroll
     for (int pt = 0; pt < Ctx::P; ++pt) {
+      const int shift = (pt % PAIRS_PER_BYTE) * 4; // of the first token of the pair
+      const float unscale0 = 1.0f / float(1 << shift);
+      const float unscale1 = 1.0f / float(1 << (shift + KBITS));
       const int token = Ctx::TPI * c.i + 2 * pt;
-      const float r0 = halfToFloat(keyScaleRow[token]) * scale;
-      const float r1 = halfToFloat(keyScaleRow[token + 1]) * scale;
-      float *s = c.scores[n][pt];
-      s[0] = token < valid ? r0 * (s[0] + bias0) : -KVARN_INFINITY;
-      s[1] = token < valid ? r0 * (s[1] + bias1) : -KVARN_INFINITY;
-      s[2] = token + 1 < valid ? r1 * (s[2] + bias0) : -KVARN_INFINITY;
-      s[3] = token + 1 < valid ? r1 * (s[3] + bias1) : -KVARN_INFINITY;
+      const float2 rowScale =
+          unpackHalf2(*reinterpret_cast<const uint32_t *>(keyScaleRow + token));
+      const float r0 = rowScale.x * scale, r1 = rowScale.y * scale;
+      float *sc = c.scores[n][pt];
+      sc[0] = token < valid ? r0 * fmaf(sc[0] + offset0, unscale0, bias0) : -KVARN_INFINITY;
+      sc[1] = token < valid ? r0 * fmaf(sc[1] + offset1, unscale0, bias1) : -KVARN_INFINITY;
+      sc[2] = token + 1 < valid ? r1 * fmaf(sc[2] + offset0, unscale1, bias0) : -KVARN_INFINITY;
+      sc[3] = token + 1 < valid ? r1 * fmaf(sc[3] + offset1, unscale1, bias1) : -KVARN_INFINITY;
     }
   }
 }
@@ -294,7 +311,7 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
                                             const Half *valueZeroPoint) {
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n) {
-    float alpha[2], newMax[2], bias[2] = {0.0f, 0.0f};
+    float alpha[2], newMax[2], bias[2] = {0.0f, 0.0f}, weightSum[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
       float local = -KVARN_INFINITY;
@@ -325,23 +342,32 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
       }
       if constexpr (Record) {
         const int token = Ctx::TPI * c.i + 2 * pt;
-        const float s0 = halfToFloat(valueScaleRow[token]);
-        const float s1 = halfToFloat(valueScaleRow[token + 1]);
-        const float z0 = halfToFloat(valueZeroPoint[token]);
-        const float z1 = halfToFloat(valueZeroPoint[token + 1]);
-        bias[0] += w[0] * z0 + w[2] * z1;
-        bias[1] += w[1] * z0 + w[3] * z1;
-        w[0] *= s0;
-        w[1] *= s0;
-        w[2] *= s1;
-        w[3] *= s1;
+        const float2 rowScale =
+            unpackHalf2(*reinterpret_cast<const uint32_t *>(valueScaleRow + token));
+        const float2 zero =
+            unpackHalf2(*reinterpret_cast<const uint32_t *>(valueZeroPoint + token));
+        bias[0] += w[0] * zero.x + w[2] * zero.y;
+        bias[1] += w[1] * zero.x + w[3] * zero.y;
+        w[0] *= rowScale.x;
+        w[1] *= rowScale.x;
+        w[2] *= rowScale.y;
+        w[3] *= rowScale.y;
       }
-      c.weights[n][pt][0] = transpose8x8(packHalf2(w[0], w[1]));
-      c.weights[n][pt][1] = transpose8x8(packHalf2(w[2], w[3]));
+      const uint32_t first = packHalf2(w[0], w[1]), second = packHalf2(w[2], w[3]);
+      if constexpr (Record) { // sums of the rounded weights, for the 1024 offset of the codes
+        const float2 f = unpackHalf2(first), g = unpackHalf2(second);
+        weightSum[0] += f.x + g.x;
+        weightSum[1] += f.y + g.y;
+      }
+      c.weights[n][pt][0] = transpose8x8(first);
+      c.weights[n][pt][1] = transpose8x8(second);
     }
     c.valueBias[n][0] = Record ? warpSumXor(bias[0], 4, 16) : 0.0f;
     c.valueBias[n][1] = Record ? warpSumXor(bias[1], 4, 16) : 0.0f;
+    c.weightSum[n][0] = Record ? warpSumXor(weightSum[0], 4, 16) : 0.0f;
+    c.weightSum[n][1] = Record ? warpSumXor(weightSum[1], 4, 16) : 0.0f;
   }
+
 }
 
 template <int Stage, typename Ctx> __device__ __forceinline__ void onlineSoftmax(Ctx &c) {
@@ -351,18 +377,24 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void onlineSoftmax
 }
 
 /// Output update of a record page: o[d] += V_s_col[d] * (sum_g P'[g] code[g][d] + bias).
+/// Per channel tile, the MMA accumulates P' times (1024 + code * 2^shift) into a temporary; the
+/// fp32 epilogue removes the offset and the shift and applies V_s_col exactly.
 template <int Stage, typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c) {
   constexpr int VBITS = Ctx::VBITS;
+  constexpr int CHANNELS_PER_BYTE = 8 / VBITS;
   const Half *valueScaleCol =
       reinterpret_cast<const Half *>(c.scaleShared(Stage) + Ctx::Layout::keyScaleBytes);
 #pragma unroll
   for (int m = 0; m < Ctx::KC; ++m) {
-    const int channel = Ctx::CPI * c.i + 2 * m;
-    const uint32_t scaleEven = broadcastHalf(valueScaleCol[channel]);
-    const uint32_t scaleOdd = broadcastHalf(valueScaleCol[channel + 1]);
-    constexpr int bitEvenBase = 0;
-    const int bit = 2 * m * VBITS + bitEvenBase; // channel 2m inside the lane's word
-    const int byteIndex = bit / 8;
+    // Channels 2m (rows i) and 2m + 1 (rows i + 8) of the lane's word.
+    const int byteIndex = (2 * m) / CHANNELS_PER_BYTE;
+    const int shiftEven = ((2 * m) % CHANNELS_PER_BYTE) * VBITS;
+    float acc[Ctx::NQ][4];
+#pragma unroll
+    for (int n = 0; n < Ctx::NQ; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        acc[n][e] = 0.0f;
 #pragma unroll
     for (int pt = 0; pt < Ctx::P; ++pt) {
       const uint32_t r0 = part32(c.valueCodes[Stage][2 * pt], byteIndex / 4);
@@ -372,109 +404,122 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx
       const uint32_t x02 = duplicateBytes(r0, r2, byteIndex % 4);
       const uint32_t x13 = duplicateBytes(r1, r3, byteIndex % 4);
       uint32_t a0, a1, a2, a3;
-      if ((bit % 8) == 0) {
-        a0 = codesToHalf2<VBITS, 0>(x02);
-        a1 = codesToHalf2<VBITS, VBITS>(x02);
-        a2 = codesToHalf2<VBITS, 0>(x13);
-        a3 = codesToHalf2<VBITS, VBITS>(x13);
-      } else {
-        a0 = codesToHalf2<VBITS, 4>(x02);
-        a1 = codesToHalf2<VBITS, 4 + VBITS>(x02);
-        a2 = codesToHalf2<VBITS, 4>(x13);
-        a3 = codesToHalf2<VBITS, 4 + VBITS>(x13);
+      if (shiftEven == 0) {
+        a0 = magicCodes<VBITS, 0>(x02);
+        a1 = magicCodes<VBITS, VBITS>(x02);
+        a2 = magicCodes<VBITS, 0>(x13);
+        a3 = magicCodes<VBITS, VBITS>(x13);
+      } else { // 2-bit codes in the high nibble
+        a0 = magicCodes<VBITS, 4>(x02);
+        a1 = magicCodes<VBITS, 4 + VBITS>(x02);
+        a2 = magicCodes<VBITS, 4>(x13);
+        a3 = magicCodes<VBITS, 4 + VBITS>(x13);
       }
-      a0 = hmul2(a0, scaleEven);
-      a1 = hmul2(a1, scaleOdd);
-      a2 = hmul2(a2, scaleEven);
-      a3 = hmul2(a3, scaleOdd);
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n)
-        mma16816(c.out[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
+        mma16816(acc[n], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
     }
-    const float se = halfToFloat(valueScaleCol[channel]);
-    const float so = halfToFloat(valueScaleCol[channel + 1]);
+    const int channel = Ctx::CPI * c.i + 2 * m;
+    const float2 colScale =
+        unpackHalf2(*reinterpret_cast<const uint32_t *>(valueScaleCol + channel));
+    const float unscaleEven = 1.0f / float(1 << shiftEven);
+    const float unscaleOdd = 1.0f / float(1 << (shiftEven + VBITS));
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
-      c.out[n][m][0] += se * c.valueBias[n][0];
-      c.out[n][m][1] += se * c.valueBias[n][1];
-      c.out[n][m][2] += so * c.valueBias[n][0];
-      c.out[n][m][3] += so * c.valueBias[n][1];
+      const float offset0 = -1024.0f * c.weightSum[n][0], offset1 = -1024.0f * c.weightSum[n][1];
+      c.out[n][m][0] += colScale.x * fmaf(acc[n][0] + offset0, unscaleEven, c.valueBias[n][0]);
+      c.out[n][m][1] += colScale.x * fmaf(acc[n][1] + offset1, unscaleEven, c.valueBias[n][1]);
+      c.out[n][m][2] += colScale.y * fmaf(acc[n][2] + offset0, unscaleOdd, c.valueBias[n][0]);
+      c.out[n][m][3] += colScale.y * fmaf(acc[n][3] + offset1, unscaleOdd, c.valueBias[n][1]);
     }
   }
 }
 
-/// Scores, softmax step and output update of one fp16 pool page (rows past the request's end
-/// are neither loaded nor weighted).
+/// Scores, softmax step and output update of one fp16 pool page. Lane t reads channels
+/// [D/4 * t, D/4 * (t + 1)) of its key rows and lane i channels [CPI * i, CPI * (i + 1)) of its
+/// value rows with 16-byte loads; rows past the request's end are neither loaded nor weighted.
 template <typename Ctx> __device__ __forceinline__ void attendPoolPage(Ctx &c, int page) {
+  constexpr int D = Ctx::HD, KEY_VECTORS = D / 32, VALUE_VECTORS = Ctx::CPI / 8;
   const int block = c.p.blockTable[int64_t(c.request) * c.p.maxBlocksPerRequest + page];
   const int slot = c.p.blockToSlot[block];
   const int valid = c.validTokens(page);
-  const int64_t rowStride = int64_t(c.p.numKvHeads) * Ctx::HD;
-  const Half *keyBase =
-      static_cast<const Half *>(c.p.poolKey) + (int64_t(slot) * Ctx::TG * c.p.numKvHeads + c.kvHead) * Ctx::HD;
-  const Half *valueBase =
-      static_cast<const Half *>(c.p.poolValue) + (int64_t(slot) * Ctx::TG * c.p.numKvHeads + c.kvHead) * Ctx::HD;
-  // Step 1. S^T = K q_rot on fp16 rows.
+  const int64_t rowStride = int64_t(c.p.numKvHeads) * D;
+  const int64_t pageBase = (int64_t(slot) * Ctx::TG * c.p.numKvHeads + c.kvHead) * D;
+  const Half *keyBase = static_cast<const Half *>(c.p.poolKey) + pageBase;
+  const Half *valueBase = static_cast<const Half *>(c.p.poolValue) + pageBase;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  // Step 1. B fragments of q_rot in this path's channel order (from the rotated queries).
+  uint32_t b[Ctx::NQ][Ctx::KC][2];
+  const float *qs = c.queryShared();
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
-    for (int pt = 0; pt < Ctx::P; ++pt)
+    for (int kc = 0; kc < Ctx::KC; ++kc) {
+      const float4 q = *reinterpret_cast<const float4 *>(qs + (8 * n + c.i) * D + (D / 4) * c.t + 4 * kc);
+      b[n][kc][0] = packHalf2(q.x, q.y);
+      b[n][kc][1] = packHalf2(q.z, q.w);
+    }
+  // Step 2. S^T = K q_rot: per token pair, two key rows in 16-byte vectors.
+#pragma unroll
+  for (int pt = 0; pt < Ctx::P; ++pt) {
+    const int token = Ctx::TPI * c.i + 2 * pt;
+    uint4 row0[KEY_VECTORS], row1[KEY_VECTORS];
+#pragma unroll
+    for (int u = 0; u < KEY_VECTORS; ++u) {
+      const int64_t offset = (D / 4) * c.t + 8 * u;
+      row0[u] = token < valid ? *reinterpret_cast<const uint4 *>(keyBase + token * rowStride + offset) : zero;
+      row1[u] = token + 1 < valid
+                    ? *reinterpret_cast<const uint4 *>(keyBase + (token + 1) * rowStride + offset)
+                    : zero;
+    }
+#pragma unroll
+    for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         c.scores[n][pt][e] = 0.0f;
 #pragma unroll
-  for (int kc = 0; kc < Ctx::KC; ++kc) {
-    uint32_t b[Ctx::NQ][2];
-#pragma unroll
-    for (int n = 0; n < Ctx::NQ; ++n) {
-      b[n][0] = c.queryHalf2(n, kc, 0);
-      b[n][1] = c.queryHalf2(n, kc, 1);
-    }
-#pragma unroll
-    for (int pt = 0; pt < Ctx::P; ++pt) {
-      const int token = Ctx::TPI * c.i + 2 * pt;
-      const int channel = 16 * kc + 4 * c.t;
-      const uint2 zero = make_uint2(0u, 0u);
-      const uint2 row0 = token < valid
-          ? *reinterpret_cast<const uint2 *>(keyBase + token * rowStride + channel) : zero;
-      const uint2 row1 = token + 1 < valid
-          ? *reinterpret_cast<const uint2 *>(keyBase + (token + 1) * rowStride + channel) : zero;
+    for (int kc = 0; kc < Ctx::KC; ++kc) {
+      const int u = kc / 2, first = (kc % 2) * 2;
+      const uint32_t a0 = part32(row0[u], first), a1 = part32(row1[u], first);
+      const uint32_t a2 = part32(row0[u], first + 1), a3 = part32(row1[u], first + 1);
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n)
-        mma16816(c.scores[n][pt], row0.x, row1.x, row0.y, row1.y, b[n][0], b[n][1]);
+        mma16816(c.scores[n][pt], a0, a1, a2, a3, b[n][kc][0], b[n][kc][1]);
     }
-  }
-  const float scale = c.p.softmaxScale * 1.4426950408889634f;
+    const float scale = c.p.softmaxScale * 1.4426950408889634f;
 #pragma unroll
-  for (int n = 0; n < Ctx::NQ; ++n)
-#pragma unroll
-    for (int pt = 0; pt < Ctx::P; ++pt) {
-      const int token = Ctx::TPI * c.i + 2 * pt;
+    for (int n = 0; n < Ctx::NQ; ++n) {
       float *s = c.scores[n][pt];
       s[0] = token < valid ? s[0] * scale : -KVARN_INFINITY;
       s[1] = token < valid ? s[1] * scale : -KVARN_INFINITY;
       s[2] = token + 1 < valid ? s[2] * scale : -KVARN_INFINITY;
       s[3] = token + 1 < valid ? s[3] * scale : -KVARN_INFINITY;
     }
-  // Step 2. Softmax step (no scales).
+  }
+  // Step 3. Softmax step (no scales).
   softmaxStep<false>(c, nullptr, nullptr);
-  // Step 3. O^T += V^T P on fp16 rows.
+  // Step 4. O^T += V^T P: per k-chunk, four value rows in 16-byte vectors.
 #pragma unroll
-  for (int m = 0; m < Ctx::KC; ++m) {
-    const int channel = Ctx::CPI * c.i + 2 * m;
+  for (int pt = 0; pt < Ctx::P; ++pt) {
+    const int first = 2 * Ctx::TPI * c.t;
+    const int rows[4] = {first + 2 * pt, first + 2 * pt + 1, first + Ctx::TPI + 2 * pt,
+                         first + Ctx::TPI + 2 * pt + 1};
+    uint4 v[4][VALUE_VECTORS];
 #pragma unroll
-    for (int pt = 0; pt < Ctx::P; ++pt) {
-      const int first = 2 * Ctx::TPI * c.t;
-      const int rows[4] = {first + 2 * pt, first + 2 * pt + 1, first + Ctx::TPI + 2 * pt,
-                           first + Ctx::TPI + 2 * pt + 1};
-      uint32_t x[4];
+    for (int r = 0; r < 4; ++r)
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
-        x[r] = rows[r] < valid
-                   ? *reinterpret_cast<const uint32_t *>(valueBase + rows[r] * rowStride + channel)
-                   : 0u;
-      const uint32_t a0 = __byte_perm(x[0], x[2], 0x5410), a1 = __byte_perm(x[0], x[2], 0x7632);
-      const uint32_t a2 = __byte_perm(x[1], x[3], 0x5410), a3 = __byte_perm(x[1], x[3], 0x7632);
+      for (int u = 0; u < VALUE_VECTORS; ++u)
+        v[r][u] = rows[r] < valid
+                      ? *reinterpret_cast<const uint4 *>(valueBase + rows[r] * rowStride +
+                                                         Ctx::CPI * c.i + 8 * u)
+                      : zero;
+#pragma unroll
+    for (int m = 0; m < Ctx::KC; ++m) {
+      const int u = (2 * m) / 8, word = m % 4;
+      const uint32_t x0 = part32(v[0][u], word), x1 = part32(v[1][u], word);
+      const uint32_t x2 = part32(v[2][u], word), x3 = part32(v[3][u], word);
+      const uint32_t a0 = __byte_perm(x0, x2, 0x5410), a1 = __byte_perm(x0, x2, 0x7632);
+      const uint32_t a2 = __byte_perm(x1, x3, 0x5410), a3 = __byte_perm(x1, x3, 0x7632);
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n)
         mma16816(c.out[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
@@ -545,18 +590,10 @@ __device__ __forceinline__ void storeUnrotated(Ctx &c, float *rowsShared, int64_
     out[outBase + item] = fromFloat<T>(rowsShared[item] * scale);
 }
 
-/// Final output (one split) or this split's partial (output, LSE) for mergeSplits.
-template <bool Partial, typename Ctx> __device__ __forceinline__ void storeOutput(Ctx &c) {
-  if (!c.merged)
-    mergeWarps(c);
-  float *merged = c.mergeShared();
-  const float *lse = merged + Ctx::NWARPS * Ctx::Q8 * Ctx::HD + 2 * Ctx::NWARPS * Ctx::Q8;
-  const int numQueryHeads = c.p.numKvHeads * Ctx::QH;
-  const int64_t headBase = int64_t(c.request) * numQueryHeads + int64_t(c.kvHead) * Ctx::QH;
-  if (!Partial || c.numSplits == 1) {
-    storeUnrotated(c, merged, headBase * Ctx::HD);
-    return;
-  }
+/// This split's normalized output and LSE, for mergeSplits.
+template <typename Ctx>
+__device__ __forceinline__ void storePartial(Ctx &c, const float *merged, const float *lse,
+                                             int64_t headBase) {
   for (int item = threadIdx.x; item < Ctx::QH * Ctx::HD; item += blockDim.x) {
     const int query = item / Ctx::HD, channel = item % Ctx::HD;
     const int64_t row = (headBase + query) * c.numSplits + c.split;
@@ -566,29 +603,52 @@ template <bool Partial, typename Ctx> __device__ __forceinline__ void storeOutpu
   }
 }
 
-/// Merges the splits of one (request, kv head) by LSE, un-rotates and stores.
-template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
-  if (c.numSplits == 1)
-    return; // the decode kernel stored the final output
-  float *rows = c.mergeShared();
+/// Final output (one split) or this split's partial (output, LSE) for mergeSplits.
+template <bool Partial, typename Ctx> __device__ __forceinline__ void storeOutput(Ctx &c) {
+  if (!c.merged)
+    mergeWarps(c);
+  float *merged = c.mergeShared();
+  const float *lse = merged + Ctx::NWARPS * Ctx::Q8 * Ctx::HD + 2 * Ctx::NWARPS * Ctx::Q8;
   const int numQueryHeads = c.p.numKvHeads * Ctx::QH;
   const int64_t headBase = int64_t(c.request) * numQueryHeads + int64_t(c.kvHead) * Ctx::QH;
-  for (int item = threadIdx.x; item < Ctx::QH * Ctx::HD; item += blockDim.x) {
-    const int query = item / Ctx::HD, channel = item % Ctx::HD;
-    const int64_t row = (headBase + query) * c.numSplits;
-    float best = -KVARN_INFINITY;
-    for (int s = 0; s < c.numSplits; ++s)
-      best = fmaxf(best, c.p.partialLse[row + s]);
+  if (!Partial || c.numSplits == 1)
+    storeUnrotated(c, merged, headBase * Ctx::HD);
+  else
+    storePartial(c, merged, lse, headBase);
+}
+
+/// Merges the splits of one (request, kv head, query head = blockIdx.z) by LSE, un-rotates and
+/// stores (grid: kv heads x requests x Q; one thread per channel).
+template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
+  typedef typename Ctx::Type T;
+  if (c.numSplits == 1)
+    return; // the decode kernel stored the final output
+  float *row = c.mergeShared();
+  const int query = blockIdx.z;
+  const int numQueryHeads = c.p.numKvHeads * Ctx::QH;
+  const int64_t head = int64_t(c.request) * numQueryHeads + int64_t(c.kvHead) * Ctx::QH + query;
+  const float *lse = c.p.partialLse + head * c.numSplits;
+  const float *partial = c.p.partialOut + head * c.numSplits * Ctx::HD;
+  float best = -KVARN_INFINITY;
+  for (int s = 0; s < c.numSplits; ++s)
+    best = fmaxf(best, lse[s]);
+  for (int channel = threadIdx.x; channel < Ctx::HD; channel += blockDim.x) {
     float total = 0.0f, value = 0.0f;
-    if (best != -KVARN_INFINITY)
+    if (best != -KVARN_INFINITY) {
+#pragma unroll 4
       for (int s = 0; s < c.numSplits; ++s) {
-        const float weight = __expf(c.p.partialLse[row + s] - best);
+        const float weight = __expf(lse[s] - best);
         total += weight;
-        value += weight * c.p.partialOut[(row + s) * Ctx::HD + channel];
+        value += weight * partial[s * Ctx::HD + channel];
       }
-    rows[item] = total > 0.0f ? value / total : 0.0f;
+    }
+    row[channel] = roundTo<T>(total > 0.0f ? value / total : 0.0f);
   }
-  storeUnrotated(c, rows, headBase * Ctx::HD);
+  sharedFwht<Ctx::HD>(row, 1, Ctx::HD);
+  const float scale = hadamardScale<Ctx::HD>();
+  T *out = static_cast<T *>(c.p.out) + head * Ctx::HD;
+  for (int channel = threadIdx.x; channel < Ctx::HD; channel += blockDim.x)
+    out[channel] = fromFloat<T>(row[channel] * scale);
 }
 
 } // namespace dev

@@ -15,7 +15,7 @@ struct FlushContext {
   static constexpr int TG = G, HD = D, NWARPS = WARPS, KBITS = KB, VBITS = VB;
   static constexpr int MAX_DIM = D > G ? D : G;
   static constexpr int TILE_FLOATS = (D * (G + 1) > G * (D + 1)) ? D * (G + 1) : G * (D + 1);
-  static constexpr int VECTORS = 8; // col/row: scale, log, best, std
+  static constexpr int VECTORS = 10; // col/row: scale, inverse scale, log, best, std
   static constexpr int SHARED_BYTES = TILE_FLOATS * 4 + VECTORS * MAX_DIM * 4 + 64 * 4 + D * G;
 
   FlushParams p;
@@ -23,6 +23,7 @@ struct FlushContext {
   int rows, cols;  ///< current tensor's view: K = [D][G], V = [G][D]
   float *tile;     ///< [rows][cols + 1]
   float *colScale, *rowScale, *colLog, *rowLog, *colBest, *rowBest, *colStd, *rowStd;
+  float *colInverse, *rowInverse; ///< IEEE 1/scale, for exact divisions by multiplication
   float *scratch;  ///< 64 floats: reductions and the best imbalance
   unsigned char *codes;
   bool bad;
@@ -50,6 +51,8 @@ struct FlushContext {
     c.rowBest = vectors + 5 * MAX_DIM;
     c.colStd = vectors + 6 * MAX_DIM;
     c.rowStd = vectors + 7 * MAX_DIM;
+    c.colInverse = vectors + 8 * MAX_DIM;
+    c.rowInverse = vectors + 9 * MAX_DIM;
     c.scratch = vectors + VECTORS * MAX_DIM;
     c.codes = reinterpret_cast<unsigned char *>(c.scratch + 64);
     c.bad = false;
@@ -101,15 +104,30 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
     atomicOr(c.p.status, 1);
 }
 
-/// Column and/or row std of X = M / colScale[col] / rowScale[row] (two true divisions).
+/// a / b, correctly rounded, from the correctly rounded inverse of b (one Newton correction
+/// with FMA: the same value as an IEEE division in the normal range, three instructions).
+__device__ __forceinline__ float divideExact(float a, float b, float inverse) {
+  const float q = a * inverse;
+  const float r = fmaf(-q, b, a);
+  return fmaf(r, inverse, q);
+}
+
+/// X = M / colScale[col] / rowScale[row] (two exact divisions, as the reference), one element.
+template <typename Ctx>
+__device__ __forceinline__ float scaled(const Ctx &c, float m, int row, int col) {
+  return divideExact(divideExact(m, c.colScale[col], c.colInverse[col]), c.rowScale[row],
+                     c.rowInverse[row]);
+}
+
+/// Column and/or row std of X = M / colScale[col] / rowScale[row]: a warp per column (lanes
+/// over rows) and a warp per row (lanes over columns); sums in double like the reference.
 template <typename Ctx> __device__ __forceinline__ void tileStds(Ctx &c, bool columns, bool rows) {
   const int stride = c.cols + 1;
   if (columns)
     for (int col = c.warp; col < c.cols; col += Ctx::NWARPS) {
       double sum = 0.0, sumSquares = 0.0;
-      const float scale = c.colScale[col];
       for (int row = c.lane; row < c.rows; row += 32) {
-        const float x = c.tile[row * stride + col] / scale / c.rowScale[row];
+        const float x = scaled(c, c.tile[row * stride + col], row, col);
         sum += x;
         sumSquares += x * x;
       }
@@ -121,9 +139,8 @@ template <typename Ctx> __device__ __forceinline__ void tileStds(Ctx &c, bool co
   if (rows)
     for (int row = c.warp; row < c.rows; row += Ctx::NWARPS) {
       double sum = 0.0, sumSquares = 0.0;
-      const float scale = c.rowScale[row];
       for (int col = c.lane; col < c.cols; col += 32) {
-        const float x = c.tile[row * stride + col] / c.colScale[col] / scale;
+        const float x = scaled(c, c.tile[row * stride + col], row, col);
         sum += x;
         sumSquares += x * x;
       }
@@ -170,6 +187,7 @@ template <int Iterations, typename Ctx> __device__ __forceinline__ void normaliz
     return;
   for (int k = threadIdx.x; k < Ctx::MAX_DIM; k += blockDim.x) {
     c.colScale[k] = c.rowScale[k] = c.colBest[k] = c.rowBest[k] = 1.0f;
+    c.colInverse[k] = c.rowInverse[k] = 1.0f;
     c.colLog[k] = c.rowLog[k] = 0.0f;
   }
   __syncthreads();
@@ -180,12 +198,14 @@ template <int Iterations, typename Ctx> __device__ __forceinline__ void normaliz
     for (int k = threadIdx.x; k < c.cols; k += blockDim.x) {
       c.colLog[k] = clampf(c.colLog[k] + logf(clampf(c.colStd[k], 1e-3f, 1e3f)), -0.3f, 10.0f);
       c.colScale[k] = expf(c.colLog[k]);
+      c.colInverse[k] = 1.0f / c.colScale[k];
     }
     __syncthreads();
     tileStds(c, false, true);
     for (int k = threadIdx.x; k < c.rows; k += blockDim.x) {
       c.rowLog[k] = clampf(c.rowLog[k] + logf(clampf(c.rowStd[k], 1e-3f, 1e3f)), -0.3f, 10.0f);
       c.rowScale[k] = expf(c.rowLog[k]);
+      c.rowInverse[k] = 1.0f / c.rowScale[k];
     }
     __syncthreads();
     tileStds(c, true, true);
@@ -223,12 +243,22 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
   Half *rowScales = reinterpret_cast<Half *>(rec + rowScaleOffset);
   Half *rowZeros = reinterpret_cast<Half *>(rec + rowZeroOffset);
   Half *colScales = reinterpret_cast<Half *>(rec + colScaleOffset);
+  // Step 0. The chosen iterate becomes the current scales (and their inverses).
+  for (int k = threadIdx.x; k < c.cols; k += blockDim.x) {
+    c.colScale[k] = c.colBest[k];
+    c.colInverse[k] = 1.0f / c.colBest[k];
+  }
+  for (int k = threadIdx.x; k < c.rows; k += blockDim.x) {
+    c.rowScale[k] = c.rowBest[k];
+    c.rowInverse[k] = 1.0f / c.rowBest[k];
+  }
+  __syncthreads();
   for (int row = c.warp; row < c.rows; row += Ctx::NWARPS) {
     // Step 1. N = M / best_c / best_r; the row's range.
     float lo = KVARN_INFINITY, hi = -KVARN_INFINITY;
     const float rowBest = c.rowBest[row];
     for (int col = c.lane; col < c.cols; col += 32) {
-      const float n = c.tile[row * stride + col] / c.colBest[col] / rowBest;
+      const float n = scaled(c, c.tile[row * stride + col], row, col);
       c.tile[row * stride + col] = n;
       lo = fminf(lo, n);
       hi = fmaxf(hi, n);

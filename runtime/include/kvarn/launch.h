@@ -45,11 +45,12 @@ public:
 
   /// Loads a cubin (or PTX), finds `names` and raises their dynamic shared-memory limit.
   static Expected<KernelModule> load(const std::vector<char> &image,
-                                     const std::vector<std::string> &names, int threads,
-                                     size_t sharedBytes);
+                                     const std::vector<std::string> &names,
+                                     const Schedule &schedule, size_t sharedBytes);
   CUfunction function(size_t index) const { return functions_.at(index); }
   size_t functionCount() const { return functions_.size(); }
-  int threads() const { return threads_; }
+  int threads() const { return schedule_.warps * 32; }
+  const Schedule &schedule() const { return schedule_; }
   size_t sharedBytes() const { return sharedBytes_; }
   /// Registers per thread and local (spill) bytes of function `index`.
   int registers(size_t index) const;
@@ -58,7 +59,7 @@ public:
 private:
   CUmodule module_ = nullptr;
   std::vector<CUfunction> functions_;
-  int threads_ = 0;
+  Schedule schedule_;
   size_t sharedBytes_ = 0;
 };
 
@@ -76,7 +77,7 @@ DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, 
 Status launchDecode(const KernelModule &module, dev::DecodeParams params, int numQueryHeadsPerKv,
                     const DecodePlan &plan, CUstream stream);
 Status launchFlush(const KernelModule &module, const dev::FlushParams &params, CUstream stream);
-Status launchAppend(const KernelModule &module, const dev::AppendParams &params, int rowsPerCta,
+Status launchAppend(const KernelModule &module, const dev::AppendParams &params,
                     CUstream stream);
 Status launchDequantize(const KernelModule &module, const dev::DequantizeParams &params,
                         int smCount, CUstream stream);

@@ -52,7 +52,11 @@ struct Schedule {
   bool operator==(const Schedule &other) const = default;
 };
 
-Expected<Schedule> parseSchedule(std::string_view text);
+/// The default schedule of an op (the starting point of tuning and of parseSchedule).
+Schedule defaultSchedule(OpKind op);
+
+/// Parses knobs over the op's default schedule.
+Expected<Schedule> parseSchedule(std::string_view text, OpKind op = OpKind::Decode);
 
 /// Shared memory a kernel of this spec and schedule uses (bytes); the device library's layout.
 size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule);
