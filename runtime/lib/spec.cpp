@@ -206,11 +206,17 @@ size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
   switch (spec.op) {
   case OpKind::Decode:
   case OpKind::Extend: {
-    // Rotated queries (fp32, padded to 8 rows), per-warp staged scales of each stage, and the
-    // per-warp output and softmax state of the merge (decode.cuh, DecodeContext::SHARED_BYTES).
+    // Rotated queries (fp32, padded to 8 rows), then per warp and stage one staged record (padded
+    // code rows + scales); the warp merge reuses that area (decode.cuh, DecodeContext).
     const size_t q = spec.queryHeadsPerKvHead <= 8 ? 8 : 16;
     const size_t stages = static_cast<size_t>(schedule.stages);
-    return q * d * 4 + warps * stages * 6 * (d + g) + (warps * (q * d + 2 * q) + q) * 4;
+    const size_t keyBytes = (d / 4) * (4 * (g * spec.format.keyBits / 8) + 32);
+    const size_t valueWord = (d / 8) * spec.format.valueBits / 8;
+    const size_t valueBytes = g * (d * spec.format.valueBits / 8) + 4 * 8 * valueWord;
+    const size_t stageBytes = (keyBytes + valueBytes + 6 * (d + g) + 15) / 16 * 16;
+    const size_t staging = warps * stages * stageBytes;
+    const size_t merge = (warps * (q * d + 2 * q) + q) * 4;
+    return q * d * 4 + std::max(staging, merge);
   }
   case OpKind::Flush: {
     // The tile (fp32, rows padded by one), ten row/column vectors, reductions, and the codes

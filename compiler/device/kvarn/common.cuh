@@ -105,24 +105,22 @@ __device__ __forceinline__ uint32_t duplicateBytes(uint32_t low, uint32_t high, 
   return __byte_perm(low, high, selector);
 }
 
-/// Two `Bits`-wide codes at bit `Shift` of each 16-bit half of `duplicated` as an fp16 pair:
-/// one LOP3 builds 1024 + code*2^Shift in fp16, one HFMA2 scales and removes the 1024 (exact).
-template <int Bits, int Shift>
-__device__ __forceinline__ uint32_t codesToHalf2(uint32_t duplicated) {
-  constexpr uint32_t mask = ((1u << Bits) - 1u) << Shift;
-  const uint32_t magic = (duplicated & (mask | (mask << 16))) | 0x64006400u;
-  const uint32_t scale = packHalf2(1.0f / float(1 << Shift), 1.0f / float(1 << Shift));
-  const uint32_t bias = packHalf2(-1024.0f / float(1 << Shift), -1024.0f / float(1 << Shift));
-  return hfma2(magic, scale, bias);
+/// The center subtracted from `Bits`-wide codes before the MMA (keeps the operands and the
+/// accumulators small; exact in fp16 together with the magic constant below).
+template <int Bits> __device__ __forceinline__ constexpr int codeCenter() {
+  return Bits == 4 ? 8 : 1;
 }
 
-/// Two `Bits`-wide codes at bit `Shift` of each 16-bit half of `duplicated`, as the fp16 pair
-/// (1024 + code * 2^Shift): one LOP3. The MMA runs on these values; the epilogue removes the
-/// 1024 offset (times the sum of the other operand) and the 2^Shift scale in fp32.
+/// Two `Bits`-wide codes at bit `Shift` of each 16-bit half of `duplicated`, as the exact fp16
+/// pair (code - center): one LOP3 makes 1024 + code * 2^Shift, one HFMA2 scales and subtracts
+/// 1024 * 2^-Shift + center (every constant and result is exact in fp16).
 template <int Bits, int Shift>
-__device__ __forceinline__ uint32_t magicCodes(uint32_t duplicated) {
+__device__ __forceinline__ uint32_t centeredCodes(uint32_t duplicated) {
   constexpr uint32_t mask = ((1u << Bits) - 1u) << Shift;
-  return (duplicated & (mask | (mask << 16))) | 0x64006400u;
+  const uint32_t magic = (duplicated & (mask | (mask << 16))) | 0x64006400u;
+  const float unscale = 1.0f / float(1 << Shift);
+  const float offset = -(1024.0f * unscale + float(codeCenter<Bits>()));
+  return hfma2(magic, packHalf2(unscale, unscale), packHalf2(offset, offset));
 }
 
 /// D += A(16x16, fp16, row) * B(16x8, fp16, col), fp32 accumulate (tensor cores).

@@ -36,11 +36,23 @@ struct DecodeContext {
   static_assert(VB == 2 || VB == 4, "value bits must be 2 or 4");
   static_assert(Q >= 1 && Q <= 16, "1 to 16 query heads per kv head");
 
-  /// Shared memory: rotated queries, per-warp staged scales, per-warp merge state.
+  /// Shared memory: rotated queries, then per warp and stage one staged record (K codes in groups
+  /// of four rows padded by 32 bytes, V codes in groups of 2*TPI rows padded by 8 value words, so
+  /// fragment reads are free of bank conflicts; then the scale vectors). The warp-merge state
+  /// reuses the staging area after the page loop.
   static constexpr int QUERY_FLOATS = Q8 * D;
-  static constexpr int SCALE_OFFSET = QUERY_FLOATS * 4;
-  static constexpr int MERGE_OFFSET = SCALE_OFFSET + WARPS * STAGES * SCALE_BYTES;
-  static constexpr int SHARED_BYTES = MERGE_OFFSET + (WARPS * (Q8 * D + 2 * Q8) + Q8) * 4;
+  static constexpr int KEY_ROW = G * KB / 8;
+  static constexpr int KEY_GROUP = 4 * KEY_ROW + 32;
+  static constexpr int KEY_BYTES = (D / 4) * KEY_GROUP;
+  static constexpr int VALUE_ROW = D * VB / 8;
+  static constexpr int VALUE_PAD = 8 * VALUE_WORD;
+  static constexpr int VALUE_BYTES = G * VALUE_ROW + 4 * VALUE_PAD;
+  static constexpr int STAGE_BYTES = (KEY_BYTES + VALUE_BYTES + SCALE_BYTES + 15) / 16 * 16;
+  static constexpr int STAGING_OFFSET = QUERY_FLOATS * 4;
+  static constexpr int STAGING_BYTES = WARPS * STAGES * STAGE_BYTES;
+  static constexpr int MERGE_BYTES = (WARPS * (Q8 * D + 2 * Q8) + Q8) * 4;
+  static constexpr int SHARED_BYTES =
+      STAGING_OFFSET + (STAGING_BYTES > MERGE_BYTES ? STAGING_BYTES : MERGE_BYTES);
 
   DecodeParams p;
   int request, kvHead, split, numSplits, warp, lane, t, i;
@@ -48,8 +60,6 @@ struct DecodeContext {
   bool merged;
   unsigned char *shared;
   uint32_t query[NQ][KC][2];       ///< q_rot pairs (activation dtype bits), B-fragment order
-  KeyWord keyCodes[STAGES][KC][4];
-  ValueWord valueCodes[STAGES][2 * TPI];
   int stagePage[STAGES];
   float scores[NQ][P][4];
   uint32_t weights[NQ][P][2];      ///< P' as PV B fragments (after the transpose)
@@ -95,11 +105,14 @@ struct DecodeContext {
   }
 
   __device__ __forceinline__ float *queryShared() { return reinterpret_cast<float *>(shared); }
+  __device__ __forceinline__ unsigned char *stageShared(int stage) {
+    return shared + STAGING_OFFSET + (warp * STAGES + stage) * STAGE_BYTES;
+  }
   __device__ __forceinline__ unsigned char *scaleShared(int stage) {
-    return shared + SCALE_OFFSET + (warp * STAGES + stage) * SCALE_BYTES;
+    return stageShared(stage) + KEY_BYTES + VALUE_BYTES;
   }
   __device__ __forceinline__ float *mergeShared() {
-    return reinterpret_cast<float *>(shared + MERGE_OFFSET);
+    return reinterpret_cast<float *>(shared + STAGING_OFFSET);
   }
   __device__ __forceinline__ const unsigned char *record(int page) const {
     const int block = p.blockTable[int64_t(request) * p.maxBlocksPerRequest + page];
@@ -176,36 +189,38 @@ template <typename Ctx> __device__ __forceinline__ bool isPoolPage(Ctx &c, int p
   return c.p.blockToSlot[block] >= 0;
 }
 
-/// Issues the code loads of a record page into registers of stage `Stage`, and the copies of
-/// its scale vectors into this warp's shared staging buffer.
+/// Issues the asynchronous copies of a record page (codes and scales) into this warp's staging
+/// buffer of stage `Stage` (16-byte cp.async, bypassing L1).
 template <int Stage, typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int page) {
   typedef typename Ctx::Layout L;
   const unsigned char *rec = c.record(page);
   c.stagePage[Stage] = page;
-#pragma unroll
-  for (int kc = 0; kc < Ctx::KC; ++kc)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      c.keyCodes[Stage][kc][j] = loadStreaming<typename Ctx::KeyWord>(
-          rec + L::keyPacked + (16 * kc + 4 * c.t + j) * (Ctx::TG * Ctx::KBITS / 8) +
-          c.i * Ctx::KEY_WORD);
-#pragma unroll
-  for (int r = 0; r < 2 * Ctx::TPI; ++r)
-    c.valueCodes[Stage][r] = loadStreaming<typename Ctx::ValueWord>(
-        rec + L::valuePacked + (2 * Ctx::TPI * c.t + r) * (Ctx::HD * Ctx::VBITS / 8) +
-        c.i * Ctx::VALUE_WORD);
-  unsigned char *staging = c.scaleShared(Stage);
+  unsigned char *staging = c.stageShared(Stage);
+  constexpr int KEY_CHUNKS = Ctx::HD * Ctx::KEY_ROW / 16;
+  for (int chunk = c.lane; chunk < KEY_CHUNKS; chunk += 32) {
+    const int row = (16 * chunk) / Ctx::KEY_ROW, column = (16 * chunk) % Ctx::KEY_ROW;
+    copyAsync16(staging + (row / 4) * Ctx::KEY_GROUP + (row % 4) * Ctx::KEY_ROW + column,
+                rec + L::keyPacked + 16 * chunk);
+  }
+  constexpr int VALUE_CHUNKS = Ctx::TG * Ctx::VALUE_ROW / 16;
+  unsigned char *values = staging + Ctx::KEY_BYTES;
+  for (int chunk = c.lane; chunk < VALUE_CHUNKS; chunk += 32) {
+    const int row = (16 * chunk) / Ctx::VALUE_ROW, column = (16 * chunk) % Ctx::VALUE_ROW;
+    copyAsync16(values + row * Ctx::VALUE_ROW + (row / (2 * Ctx::TPI)) * Ctx::VALUE_PAD + column,
+                rec + L::valuePacked + 16 * chunk);
+  }
+  unsigned char *scales = c.scaleShared(Stage);
   for (int chunk = c.lane; chunk < L::keyScaleBytes / 16; chunk += 32)
-    copyAsync16(staging + 16 * chunk, rec + L::keyScaleCol + 16 * chunk);
+    copyAsync16(scales + 16 * chunk, rec + L::keyScaleCol + 16 * chunk);
   for (int chunk = c.lane; chunk < L::valueScaleBytes / 16; chunk += 32)
-    copyAsync16(staging + L::keyScaleBytes + 16 * chunk, rec + L::valueScaleCol + 16 * chunk);
+    copyAsync16(scales + L::keyScaleBytes + 16 * chunk, rec + L::valueScaleCol + 16 * chunk);
   copyAsyncCommit();
 }
 
 /// Scores of a record page (log2 domain, softmax scale folded):
 /// s[g] = K_s_row[g] * (sum_d (q[d] K_s_col[d]) code[d][g] + sum_d q[d] K_zp[d]).
-/// The MMA runs on (1024 + code * 2^shift); the epilogue subtracts 1024 * sum_d q'[d] and
-/// removes 2^shift per token row, in fp32.
+/// The MMA runs on the centered codes (code - center, exact in fp16); the fp32 epilogue adds
+/// center * sum_d q'[d] back.
 template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes(Ctx &c) {
   copyAsyncWaitAll();
   __syncwarp();
@@ -247,33 +262,38 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         c.scores[n][pt][e] = 0.0f;
+  const unsigned char *keyCodes = c.stageShared(Stage);
 #pragma unroll
-  for (int kc = 0; kc < Ctx::KC; ++kc)
+  for (int kc = 0; kc < Ctx::KC; ++kc) {
+    typename Ctx::KeyWord words[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) // code row 16*kc + 4*t + j, tokens TPI*i ...
+      words[j] = *reinterpret_cast<const typename Ctx::KeyWord *>(
+          keyCodes + (4 * kc + c.t) * Ctx::KEY_GROUP + j * Ctx::KEY_ROW + c.i * Ctx::KEY_WORD);
 #pragma unroll
     for (int pt = 0; pt < Ctx::P; ++pt) {
       const int byteIndex = pt / PAIRS_PER_BYTE;
-      const uint32_t w0 = part32(c.keyCodes[Stage][kc][0], byteIndex / 4);
-      const uint32_t w1 = part32(c.keyCodes[Stage][kc][1], byteIndex / 4);
-      const uint32_t w2 = part32(c.keyCodes[Stage][kc][2], byteIndex / 4);
-      const uint32_t w3 = part32(c.keyCodes[Stage][kc][3], byteIndex / 4);
-      const uint32_t x01 = duplicateBytes(w0, w1, byteIndex % 4);
-      const uint32_t x23 = duplicateBytes(w2, w3, byteIndex % 4);
+      const uint32_t x01 = duplicateBytes(part32(words[0], byteIndex / 4),
+                                          part32(words[1], byteIndex / 4), byteIndex % 4);
+      const uint32_t x23 = duplicateBytes(part32(words[2], byteIndex / 4),
+                                          part32(words[3], byteIndex / 4), byteIndex % 4);
       uint32_t a0, a1, a2, a3;
       if ((pt % PAIRS_PER_BYTE) == 0) {
-        a0 = magicCodes<KBITS, 0>(x01);
-        a1 = magicCodes<KBITS, KBITS>(x01);
-        a2 = magicCodes<KBITS, 0>(x23);
-        a3 = magicCodes<KBITS, KBITS>(x23);
+        a0 = centeredCodes<KBITS, 0>(x01);
+        a1 = centeredCodes<KBITS, KBITS>(x01);
+        a2 = centeredCodes<KBITS, 0>(x23);
+        a3 = centeredCodes<KBITS, KBITS>(x23);
       } else { // 2-bit codes, second token pair of the byte
-        a0 = magicCodes<KBITS, 4>(x01);
-        a1 = magicCodes<KBITS, 4 + KBITS>(x01);
-        a2 = magicCodes<KBITS, 4>(x23);
-        a3 = magicCodes<KBITS, 4 + KBITS>(x23);
+        a0 = centeredCodes<KBITS, 4>(x01);
+        a1 = centeredCodes<KBITS, 4 + KBITS>(x01);
+        a2 = centeredCodes<KBITS, 4>(x23);
+        a3 = centeredCodes<KBITS, 4 + KBITS>(x23);
       }
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n)
         mma16816(c.scores[n][pt], a0, a1, a2, a3, b[n][kc][0], b[n][kc][1]);
     }
+  }
   // Step 3. Epilogue per (token, query): queries 2t, 2t+1 get their per-query terms from lanes
   // 8t and 8t+4 after the reduction over t.
   const float scale = c.p.softmaxScale * 1.4426950408889634f;
@@ -284,22 +304,20 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
     const float fullSum = warpSumXor(querySum[n], 1, 2);
     const float bias0 = __shfl_sync(0xffffffffu, fullBias, 8 * c.t);
     const float bias1 = __shfl_sync(0xffffffffu, fullBias, 8 * c.t + 4);
-    const float offset0 = -1024.0f * __shfl_sync(0xffffffffu, fullSum, 8 * c.t);
-    const float offset1 = -1024.0f * __shfl_sync(0xffffffffu, fullSum, 8 * c.t + 4);
+    constexpr float center = float(codeCenter<KBITS>());
+    const float offset0 = bias0 + center * __shfl_sync(0xffffffffu, fullSum, 8 * c.t);
+    const float offset1 = bias1 + center * __shfl_sync(0xffffffffu, fullSum, 8 * c.t + 4);
 #pragma unroll
     for (int pt = 0; pt < Ctx::P; ++pt) {
-      const int shift = (pt % PAIRS_PER_BYTE) * 4; // of the first token of the pair
-      const float unscale0 = 1.0f / float(1 << shift);
-      const float unscale1 = 1.0f / float(1 << (shift + KBITS));
       const int token = Ctx::TPI * c.i + 2 * pt;
       const float2 rowScale =
           unpackHalf2(*reinterpret_cast<const uint32_t *>(keyScaleRow + token));
       const float r0 = rowScale.x * scale, r1 = rowScale.y * scale;
       float *sc = c.scores[n][pt];
-      sc[0] = token < valid ? r0 * fmaf(sc[0] + offset0, unscale0, bias0) : -KVARN_INFINITY;
-      sc[1] = token < valid ? r0 * fmaf(sc[1] + offset1, unscale0, bias1) : -KVARN_INFINITY;
-      sc[2] = token + 1 < valid ? r1 * fmaf(sc[2] + offset0, unscale1, bias0) : -KVARN_INFINITY;
-      sc[3] = token + 1 < valid ? r1 * fmaf(sc[3] + offset1, unscale1, bias1) : -KVARN_INFINITY;
+      sc[0] = token < valid ? r0 * (sc[0] + offset0) : -KVARN_INFINITY;
+      sc[1] = token < valid ? r0 * (sc[1] + offset1) : -KVARN_INFINITY;
+      sc[2] = token + 1 < valid ? r1 * (sc[2] + offset0) : -KVARN_INFINITY;
+      sc[3] = token + 1 < valid ? r1 * (sc[3] + offset1) : -KVARN_INFINITY;
     }
   }
 }
@@ -354,7 +372,7 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
         w[3] *= rowScale.y;
       }
       const uint32_t first = packHalf2(w[0], w[1]), second = packHalf2(w[2], w[3]);
-      if constexpr (Record) { // sums of the rounded weights, for the 1024 offset of the codes
+      if constexpr (Record) { // sums of the rounded weights, for the centered codes
         const float2 f = unpackHalf2(first), g = unpackHalf2(second);
         weightSum[0] += f.x + g.x;
         weightSum[1] += f.y + g.y;
@@ -377,60 +395,73 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void onlineSoftmax
 }
 
 /// Output update of a record page: o[d] += V_s_col[d] * (sum_g P'[g] code[g][d] + bias).
-/// Per channel tile, the MMA accumulates P' times (1024 + code * 2^shift) into a temporary; the
-/// fp32 epilogue removes the offset and the shift and applies V_s_col exactly.
+/// The MMA runs on the centered codes (exact in fp16) into per-page accumulators; the fp32
+/// epilogue adds center * sum_g P'[g] back and applies V_s_col exactly.
 template <int Stage, typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c) {
   constexpr int VBITS = Ctx::VBITS;
   constexpr int CHANNELS_PER_BYTE = 8 / VBITS;
   const Half *valueScaleCol =
       reinterpret_cast<const Half *>(c.scaleShared(Stage) + Ctx::Layout::keyScaleBytes);
+  const unsigned char *rows = c.stageShared(Stage) + Ctx::KEY_BYTES +
+                              (2 * Ctx::TPI * c.t) * Ctx::VALUE_ROW + c.t * Ctx::VALUE_PAD +
+                              c.i * Ctx::VALUE_WORD;
+  float acc[Ctx::NQ][Ctx::KC][4];
 #pragma unroll
-  for (int m = 0; m < Ctx::KC; ++m) {
-    // Channels 2m (rows i) and 2m + 1 (rows i + 8) of the lane's word.
-    const int byteIndex = (2 * m) / CHANNELS_PER_BYTE;
-    const int shiftEven = ((2 * m) % CHANNELS_PER_BYTE) * VBITS;
-    float acc[Ctx::NQ][4];
+  for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
-    for (int n = 0; n < Ctx::NQ; ++n)
+    for (int m = 0; m < Ctx::KC; ++m)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        acc[n][e] = 0.0f;
+        acc[n][m][e] = 0.0f;
 #pragma unroll
-    for (int pt = 0; pt < Ctx::P; ++pt) {
-      const uint32_t r0 = part32(c.valueCodes[Stage][2 * pt], byteIndex / 4);
-      const uint32_t r1 = part32(c.valueCodes[Stage][2 * pt + 1], byteIndex / 4);
-      const uint32_t r2 = part32(c.valueCodes[Stage][Ctx::TPI + 2 * pt], byteIndex / 4);
-      const uint32_t r3 = part32(c.valueCodes[Stage][Ctx::TPI + 2 * pt + 1], byteIndex / 4);
-      const uint32_t x02 = duplicateBytes(r0, r2, byteIndex % 4);
-      const uint32_t x13 = duplicateBytes(r1, r3, byteIndex % 4);
+  for (int pt = 0; pt < Ctx::P; ++pt) {
+    // Token rows 2pt, 2pt+1, TPI+2pt, TPI+2pt+1 of this lane's group; channels CPI*i ...
+    typedef typename Ctx::ValueWord Word;
+    const Word r0 = *reinterpret_cast<const Word *>(rows + (2 * pt) * Ctx::VALUE_ROW);
+    const Word r1 = *reinterpret_cast<const Word *>(rows + (2 * pt + 1) * Ctx::VALUE_ROW);
+    const Word r2 = *reinterpret_cast<const Word *>(rows + (Ctx::TPI + 2 * pt) * Ctx::VALUE_ROW);
+    const Word r3 =
+        *reinterpret_cast<const Word *>(rows + (Ctx::TPI + 2 * pt + 1) * Ctx::VALUE_ROW);
+#pragma unroll
+    for (int m = 0; m < Ctx::KC; ++m) {
+      // Channels 2m (rows i) and 2m + 1 (rows i + 8) of the lane's word.
+      const int byteIndex = (2 * m) / CHANNELS_PER_BYTE;
+      const int shiftEven = ((2 * m) % CHANNELS_PER_BYTE) * VBITS;
+      const uint32_t x02 =
+          duplicateBytes(part32(r0, byteIndex / 4), part32(r2, byteIndex / 4), byteIndex % 4);
+      const uint32_t x13 =
+          duplicateBytes(part32(r1, byteIndex / 4), part32(r3, byteIndex / 4), byteIndex % 4);
       uint32_t a0, a1, a2, a3;
       if (shiftEven == 0) {
-        a0 = magicCodes<VBITS, 0>(x02);
-        a1 = magicCodes<VBITS, VBITS>(x02);
-        a2 = magicCodes<VBITS, 0>(x13);
-        a3 = magicCodes<VBITS, VBITS>(x13);
+        a0 = centeredCodes<VBITS, 0>(x02);
+        a1 = centeredCodes<VBITS, VBITS>(x02);
+        a2 = centeredCodes<VBITS, 0>(x13);
+        a3 = centeredCodes<VBITS, VBITS>(x13);
       } else { // 2-bit codes in the high nibble
-        a0 = magicCodes<VBITS, 4>(x02);
-        a1 = magicCodes<VBITS, 4 + VBITS>(x02);
-        a2 = magicCodes<VBITS, 4>(x13);
-        a3 = magicCodes<VBITS, 4 + VBITS>(x13);
+        a0 = centeredCodes<VBITS, 4>(x02);
+        a1 = centeredCodes<VBITS, 4 + VBITS>(x02);
+        a2 = centeredCodes<VBITS, 4>(x13);
+        a3 = centeredCodes<VBITS, 4 + VBITS>(x13);
       }
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n)
-        mma16816(acc[n], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
+        mma16816(acc[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
     }
+  }
+  constexpr float center = float(codeCenter<VBITS>());
+#pragma unroll
+  for (int m = 0; m < Ctx::KC; ++m) {
     const int channel = Ctx::CPI * c.i + 2 * m;
     const float2 colScale =
         unpackHalf2(*reinterpret_cast<const uint32_t *>(valueScaleCol + channel));
-    const float unscaleEven = 1.0f / float(1 << shiftEven);
-    const float unscaleOdd = 1.0f / float(1 << (shiftEven + VBITS));
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
-      const float offset0 = -1024.0f * c.weightSum[n][0], offset1 = -1024.0f * c.weightSum[n][1];
-      c.out[n][m][0] += colScale.x * fmaf(acc[n][0] + offset0, unscaleEven, c.valueBias[n][0]);
-      c.out[n][m][1] += colScale.x * fmaf(acc[n][1] + offset1, unscaleEven, c.valueBias[n][1]);
-      c.out[n][m][2] += colScale.y * fmaf(acc[n][2] + offset0, unscaleOdd, c.valueBias[n][0]);
-      c.out[n][m][3] += colScale.y * fmaf(acc[n][3] + offset1, unscaleOdd, c.valueBias[n][1]);
+      const float offset0 = fmaf(center, c.weightSum[n][0], c.valueBias[n][0]);
+      const float offset1 = fmaf(center, c.weightSum[n][1], c.valueBias[n][1]);
+      c.out[n][m][0] += colScale.x * (acc[n][m][0] + offset0);
+      c.out[n][m][1] += colScale.x * (acc[n][m][1] + offset1);
+      c.out[n][m][2] += colScale.y * (acc[n][m][2] + offset0);
+      c.out[n][m][3] += colScale.y * (acc[n][m][3] + offset1);
     }
   }
 }
@@ -534,6 +565,7 @@ template <typename Ctx> __device__ __forceinline__ void mergeWarps(Ctx &c) {
   float *outputs = mergeArea;                                  // [WARPS][Q8][D]
   float *maxima = mergeArea + Ctx::NWARPS * Ctx::Q8 * Ctx::HD; // [WARPS][Q8]
   float *sums = maxima + Ctx::NWARPS * Ctx::Q8;                // [WARPS][Q8]
+  __syncthreads(); // the merge area reuses the staging buffers of every warp
   // Step 1. Each warp publishes its state.
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n) {
