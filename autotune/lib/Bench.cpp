@@ -281,10 +281,11 @@ Status benchFlush(const BenchOptions &o, const DeviceInfo &info) {
   return Status::success();
 }
 
-Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwidth) {
+Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
+                           const std::string &schedule) {
   const int tokens = 8192, hk = 8, d = 128, g = 128;
   Expected<KernelModule> module =
-      buildKernel("append:" + o.preset + ":d128:q1:f16:" + info.arch(), "");
+      buildKernel("append:" + o.preset + ":d128:q1:f16:" + info.arch(), schedule);
   if (!module)
     return module.error();
   std::vector<int64_t> mapping(tokens);
@@ -307,9 +308,16 @@ Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwid
     return ms.error();
   const double bytes = 4.0 * elements * 2 + tokens * 8; // read K, V; write both; slot map
   const double gbs = bytes / ((*ms)[0] * 1e-3) / 1e9;
-  std::printf("\nappend %d tokens x %d kv heads x D=%d: %.1f MB moved, %.4f ms, %.0f GB/s, %.0f%% "
-              "of the measured read bandwidth\n",
-              tokens, hk, d, bytes / 1e6, (*ms)[0], gbs, 100 * gbs / bandwidth);
+  std::printf("append %d tokens x %d kv heads x D=%d, schedule '%s': %.1f MB moved, %.4f ms, "
+              "%.0f GB/s, %.0f%% of the measured read bandwidth\n",
+              tokens, hk, d, schedule.c_str(), bytes / 1e6, (*ms)[0], gbs, 100 * gbs / bandwidth);
+  return Status::success();
+}
+
+Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwidth) {
+  for (const char *schedule : {"", "warps=8,rows_per_cta=1", "warps=8,rows_per_cta=8",
+                               "warps=16,rows_per_cta=16"})
+    KVARN_TRY(benchAppendSchedule(o, info, bandwidth, schedule));
   return Status::success();
 }
 

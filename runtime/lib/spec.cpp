@@ -133,12 +133,12 @@ std::string Schedule::str() const {
 Schedule defaultSchedule(OpKind op) {
   Schedule schedule;
   switch (op) {
-  case OpKind::Flush: // one CTA per tile: many warps share the Sinkhorn sweeps
-    schedule.warps = 16;
+  case OpKind::Flush: // one CTA per tile: a thread per row or column in the Sinkhorn sweeps
+    schedule.warps = 8;
     break;
   case OpKind::Append:
-    schedule.warps = 8;
-    schedule.rowsPerCta = 1;
+    schedule.warps = 4;
+    schedule.rowsPerCta = 4;
     break;
   case OpKind::Dequantize:
     schedule.warps = 8;

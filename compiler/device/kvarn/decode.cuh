@@ -61,8 +61,11 @@ struct DecodeContext {
   unsigned char *shared;
   uint32_t query[NQ][KC][2];       ///< q_rot pairs (activation dtype bits), B-fragment order
   int stagePage[STAGES];
+  int windowFirst;                 ///< first page of the lookup window (-1: none)
+  int windowBlock, windowSlot;     ///< lane k: block and pool slot of page windowFirst + k*WARPS
   float scores[NQ][P][4];
   uint32_t weights[NQ][P][2];      ///< P' as PV B fragments (after the transpose)
+  uint32_t weightsLow[NQ][P][2];   ///< record pages: P' - fp16(P'), the second fp16 term
   float valueBias[NQ][2];
   float weightSum[NQ][2];          ///< page sum of the rounded PV weights
   float runningMax[NQ][2], runningSum[NQ][2];
@@ -88,6 +91,7 @@ struct DecodeContext {
     c.pageBegin = int(int64_t(c.split) * pages / c.numSplits);
     c.pageEnd = int(int64_t(c.split + 1) * pages / c.numSplits);
     c.merged = false;
+    c.windowFirst = -1;
 #pragma unroll
     for (int n = 0; n < NQ; ++n) {
 #pragma unroll
@@ -114,9 +118,23 @@ struct DecodeContext {
   __device__ __forceinline__ float *mergeShared() {
     return reinterpret_cast<float *>(shared + STAGING_OFFSET);
   }
-  __device__ __forceinline__ const unsigned char *record(int page) const {
-    const int block = p.blockTable[int64_t(request) * p.maxBlocksPerRequest + page];
+  __device__ __forceinline__ const unsigned char *recordOfBlock(int block) const {
     return p.cache + (int64_t(block) * p.numKvHeads + kvHead) * Layout::tileBytesAligned;
+  }
+  /// Block id and pool slot of one of this warp's pages (warp-uniform call). The lookups of the
+  /// next 32 pages of the warp are loaded together, one lane each, so a page costs no dependent
+  /// global loads on the critical path.
+  __device__ __forceinline__ int2 lookup(int page) {
+    int k = windowFirst < 0 ? 32 : (page - windowFirst) / WARPS;
+    if (k >= 32 || k < 0) {
+      windowFirst = page;
+      const int mine = page + lane * WARPS;
+      windowBlock = mine < pageEnd ? p.blockTable[int64_t(request) * p.maxBlocksPerRequest + mine] : 0;
+      windowSlot = mine < pageEnd ? p.blockToSlot[windowBlock] : -1;
+      k = 0;
+    }
+    return make_int2(__shfl_sync(0xffffffffu, windowBlock, k),
+                     __shfl_sync(0xffffffffu, windowSlot, k));
   }
   __device__ __forceinline__ int validTokens(int page) const {
     return min(G, seqLen - page * G);
@@ -185,15 +203,14 @@ template <typename Ctx> __device__ __forceinline__ int pageStep(Ctx &c) { return
 template <typename Ctx> __device__ __forceinline__ bool isPoolPage(Ctx &c, int page) {
   if (page >= c.pageEnd)
     return false;
-  const int block = c.p.blockTable[int64_t(c.request) * c.p.maxBlocksPerRequest + page];
-  return c.p.blockToSlot[block] >= 0;
+  return c.lookup(page).y >= 0;
 }
 
 /// Issues the asynchronous copies of a record page (codes and scales) into this warp's staging
 /// buffer of stage `Stage` (16-byte cp.async, bypassing L1).
 template <int Stage, typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int page) {
   typedef typename Ctx::Layout L;
-  const unsigned char *rec = c.record(page);
+  const unsigned char *rec = c.recordOfBlock(c.lookup(page).x);
   c.stagePage[Stage] = page;
   unsigned char *staging = c.stageShared(Stage);
   constexpr int KEY_CHUNKS = Ctx::HD * Ctx::KEY_ROW / 16;
@@ -219,8 +236,8 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void loadRecord(Ct
 
 /// Scores of a record page (log2 domain, softmax scale folded):
 /// s[g] = K_s_row[g] * (sum_d (q[d] K_s_col[d]) code[d][g] + sum_d q[d] K_zp[d]).
-/// The MMA runs on the centered codes (code - center, exact in fp16); the fp32 epilogue adds
-/// center * sum_d q'[d] back.
+/// The MMAs run on the centered codes (code - center, exact in fp16) with q' split into two
+/// fp16 terms (about 22 significant bits); the fp32 epilogue adds center * sum_d q'[d] back.
 template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes(Ctx &c) {
   copyAsyncWaitAll();
   __syncwarp();
@@ -231,7 +248,7 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
   const Half *keyZeroPoint = keyScaleCol + Ctx::HD;
   const Half *keyScaleRow = keyZeroPoint + Ctx::HD;
   float bias[Ctx::NQ], querySum[Ctx::NQ];
-  uint32_t b[Ctx::NQ][Ctx::KC][2];
+  uint32_t b[Ctx::NQ][Ctx::KC][2], bLow[Ctx::NQ][Ctx::KC][2]; // q' = high + low (fp16 each)
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)
     bias[n] = querySum[n] = 0.0f;
@@ -247,10 +264,13 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
       const float2 q01 = c.queryFloat2(n, kc, 0), q23 = c.queryFloat2(n, kc, 1);
-      b[n][kc][0] = packHalf2(q01.x * s01.x, q01.y * s01.y);
-      b[n][kc][1] = packHalf2(q23.x * s23.x, q23.y * s23.y);
-      const float2 r01 = unpackHalf2(b[n][kc][0]), r23 = unpackHalf2(b[n][kc][1]);
-      querySum[n] += (r01.x + r01.y) + (r23.x + r23.y);
+      const float p0 = q01.x * s01.x, p1 = q01.y * s01.y, p2 = q23.x * s23.x, p3 = q23.y * s23.y;
+      b[n][kc][0] = packHalf2(p0, p1);
+      b[n][kc][1] = packHalf2(p2, p3);
+      const float2 h01 = unpackHalf2(b[n][kc][0]), h23 = unpackHalf2(b[n][kc][1]);
+      bLow[n][kc][0] = packHalf2(p0 - h01.x, p1 - h01.y);
+      bLow[n][kc][1] = packHalf2(p2 - h23.x, p3 - h23.y);
+      querySum[n] += (p0 + p1) + (p2 + p3);
       bias[n] += q01.x * z01.x + q01.y * z01.y + q23.x * z23.x + q23.y * z23.y;
     }
   }
@@ -290,8 +310,10 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
         a3 = centeredCodes<KBITS, 4 + KBITS>(x23);
       }
 #pragma unroll
-      for (int n = 0; n < Ctx::NQ; ++n)
+      for (int n = 0; n < Ctx::NQ; ++n) {
         mma16816(c.scores[n][pt], a0, a1, a2, a3, b[n][kc][0], b[n][kc][1]);
+        mma16816(c.scores[n][pt], a0, a1, a2, a3, bLow[n][kc][0], bLow[n][kc][1]);
+      }
     }
   }
   // Step 3. Epilogue per (token, query): queries 2t, 2t+1 get their per-query terms from lanes
@@ -372,10 +394,12 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
         w[3] *= rowScale.y;
       }
       const uint32_t first = packHalf2(w[0], w[1]), second = packHalf2(w[2], w[3]);
-      if constexpr (Record) { // sums of the rounded weights, for the centered codes
+      if constexpr (Record) { // P' = high + low fp16 terms; sums for the centered codes
         const float2 f = unpackHalf2(first), g = unpackHalf2(second);
-        weightSum[0] += f.x + g.x;
-        weightSum[1] += f.y + g.y;
+        weightSum[0] += w[0] + w[2];
+        weightSum[1] += w[1] + w[3];
+        c.weightsLow[n][pt][0] = transpose8x8(packHalf2(w[0] - f.x, w[1] - f.y));
+        c.weightsLow[n][pt][1] = transpose8x8(packHalf2(w[2] - g.x, w[3] - g.y));
       }
       c.weights[n][pt][0] = transpose8x8(first);
       c.weights[n][pt][1] = transpose8x8(second);
@@ -395,8 +419,8 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void onlineSoftmax
 }
 
 /// Output update of a record page: o[d] += V_s_col[d] * (sum_g P'[g] code[g][d] + bias).
-/// The MMA runs on the centered codes (exact in fp16) into per-page accumulators; the fp32
-/// epilogue adds center * sum_g P'[g] back and applies V_s_col exactly.
+/// The MMAs run on the centered codes (exact in fp16) and P' split into two fp16 terms, into
+/// per-page accumulators; the fp32 epilogue adds center * sum_g P'[g] back and applies V_s_col.
 template <int Stage, typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c) {
   constexpr int VBITS = Ctx::VBITS;
   constexpr int CHANNELS_PER_BYTE = 8 / VBITS;
@@ -444,8 +468,10 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx
         a3 = centeredCodes<VBITS, 4 + VBITS>(x13);
       }
 #pragma unroll
-      for (int n = 0; n < Ctx::NQ; ++n)
+      for (int n = 0; n < Ctx::NQ; ++n) {
         mma16816(acc[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
+        mma16816(acc[n][m], a0, a1, a2, a3, c.weightsLow[n][pt][0], c.weightsLow[n][pt][1]);
+      }
     }
   }
   constexpr float center = float(codeCenter<VBITS>());
@@ -471,8 +497,7 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx
 /// value rows with 16-byte loads; rows past the request's end are neither loaded nor weighted.
 template <typename Ctx> __device__ __forceinline__ void attendPoolPage(Ctx &c, int page) {
   constexpr int D = Ctx::HD, KEY_VECTORS = D / 32, VALUE_VECTORS = Ctx::CPI / 8;
-  const int block = c.p.blockTable[int64_t(c.request) * c.p.maxBlocksPerRequest + page];
-  const int slot = c.p.blockToSlot[block];
+  const int slot = c.lookup(page).y;
   const int valid = c.validTokens(page);
   const int64_t rowStride = int64_t(c.p.numKvHeads) * D;
   const int64_t pageBase = (int64_t(slot) * Ctx::TG * c.p.numKvHeads + c.kvHead) * D;

@@ -119,36 +119,41 @@ __device__ __forceinline__ float scaled(const Ctx &c, float m, int row, int col)
                      c.rowInverse[row]);
 }
 
-/// Column and/or row std of X = M / colScale[col] / rowScale[row]: a warp per column (lanes
-/// over rows) and a warp per row (lanes over columns); sums in double like the reference.
+/// Column and/or row std of X = M / colScale[col] / rowScale[row] (two exact divisions, as the
+/// reference), sums in double. One thread per column or row walks it sequentially (the padded
+/// row stride keeps a warp's accesses on distinct banks); with both, the row threads follow the
+/// column threads, so both run at once.
 template <typename Ctx> __device__ __forceinline__ void tileStds(Ctx &c, bool columns, bool rows) {
   const int stride = c.cols + 1;
-  if (columns)
-    for (int col = c.warp; col < c.cols; col += Ctx::NWARPS) {
+  const int columnThreads = columns ? c.cols : 0;
+  const int tid = threadIdx.x;
+  for (int col = tid; col < columnThreads; col += blockDim.x) {
+    double sum = 0.0, sumSquares = 0.0;
+    const float scale = c.colScale[col], inverse = c.colInverse[col];
+    for (int row = 0; row < c.rows; ++row) {
+      const float x = divideExact(divideExact(c.tile[row * stride + col], scale, inverse),
+                                  c.rowScale[row], c.rowInverse[row]);
+      sum += x;
+      sumSquares += x * x;
+    }
+    c.colStd[col] = sampleStd(sum, sumSquares, c.rows);
+  }
+  if (rows) {
+    // Row threads start after the column threads (wrapping around the block).
+    const int first = (tid - columnThreads % int(blockDim.x) + int(blockDim.x)) % int(blockDim.x);
+    for (int row = first; row < c.rows; row += blockDim.x) {
       double sum = 0.0, sumSquares = 0.0;
-      for (int row = c.lane; row < c.rows; row += 32) {
-        const float x = scaled(c, c.tile[row * stride + col], row, col);
+      const float scale = c.rowScale[row], inverse = c.rowInverse[row];
+      for (int col = 0; col < c.cols; ++col) {
+        const float x = divideExact(divideExact(c.tile[row * stride + col], c.colScale[col],
+                                                c.colInverse[col]),
+                                    scale, inverse);
         sum += x;
         sumSquares += x * x;
       }
-      sum = warpSumDouble(sum);
-      sumSquares = warpSumDouble(sumSquares);
-      if (c.lane == 0)
-        c.colStd[col] = sampleStd(sum, sumSquares, c.rows);
+      c.rowStd[row] = sampleStd(sum, sumSquares, c.cols);
     }
-  if (rows)
-    for (int row = c.warp; row < c.rows; row += Ctx::NWARPS) {
-      double sum = 0.0, sumSquares = 0.0;
-      for (int col = c.lane; col < c.cols; col += 32) {
-        const float x = scaled(c, c.tile[row * stride + col], row, col);
-        sum += x;
-        sumSquares += x * x;
-      }
-      sum = warpSumDouble(sum);
-      sumSquares = warpSumDouble(sumSquares);
-      if (c.lane == 0)
-        c.rowStd[row] = sampleStd(sum, sumSquares, c.cols);
-    }
+  }
   __syncthreads();
 }
 
