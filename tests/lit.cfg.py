@@ -5,7 +5,7 @@ from lit.llvm import llvm_config
 
 config.name = "kvarn"
 config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
-config.suffixes = [".mlir"]
+config.suffixes = [".mlir", ".test"]
 config.test_source_root = os.path.join(os.path.dirname(__file__), "lit")
 config.test_exec_root = os.path.join(config.kvarn_obj_root, "tests", "lit")
 config.excludes = []

@@ -1,0 +1,107 @@
+// NVRTC compiles of the generated kernels (no GPU needed): every op x preset x head_dim x dtype
+// for sm_90a, a sample for sm_80, plus a sample of schedules; no warnings allowed.
+#include "kvarn/Compiler/Pipeline.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+using namespace kvarn;
+
+namespace {
+
+struct Job {
+  std::string spec, schedule;
+  std::string failure; // empty when the kernel compiled cleanly
+};
+
+/// Compiles the jobs on all cores (the compile pipeline is thread-safe).
+void compileAll(std::vector<Job> &jobs) {
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t k = next++; k < jobs.size(); k = next++) {
+      Job &job = jobs[k];
+      Expected<KernelSpec> spec = parseKernelSpec(job.spec);
+      if (!spec) {
+        job.failure = spec.error().message;
+        continue;
+      }
+      Expected<Schedule> schedule = parseSchedule(job.schedule, spec->op);
+      if (!schedule) {
+        job.failure = schedule.error().message;
+        continue;
+      }
+      Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(*spec, *schedule);
+      if (!kernel)
+        job.failure = kernel.error().message;
+      else if (!kernel->nvrtcLog.empty())
+        job.failure = "NVRTC warnings:\n" + kernel->nvrtcLog;
+      else if (kernel->cubin.empty() || kernel->ptx.find(".entry") == std::string::npos)
+        job.failure = "no cubin or no kernel entry in the PTX";
+    }
+  };
+  std::vector<std::thread> threads;
+  const unsigned count = std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned t = 0; t < count; ++t)
+    threads.emplace_back(worker);
+  for (std::thread &t : threads)
+    t.join();
+}
+
+TEST(NvrtcCompile, EveryVariantCompilesWithoutWarnings) {
+  std::vector<Job> jobs;
+  const char *presets[] = {"kvarn_k4v2_g128", "kvarn_k4v4_g128", "kvarn_k2v2_g128",
+                           "kvarn_k4v2_g64",  "kvarn_k4v4_g64",  "kvarn_k2v2_g64"};
+  for (const char *preset : presets)
+    for (int d : {64, 128, 256}) {
+      const std::string shape = std::string(preset) + ":d" + std::to_string(d);
+      for (const char *dtype : {"f16", "bf16"})
+        jobs.push_back({"decode:" + shape + ":q8:" + dtype + ":sm_90a", ""});
+      jobs.push_back({"flush:" + shape + ":q1:f16:sm_90a", ""});
+      jobs.push_back({"dequantize:" + shape + ":q1:f16:sm_90a", ""});
+    }
+  for (int d : {64, 128, 256})
+    for (const char *dtype : {"f16", "bf16"})
+      jobs.push_back({"append:kvarn_k4v2_g128:d" + std::to_string(d) + ":q1:" + dtype + ":sm_90a", ""});
+  // sm_80: one variant of every op and a spread of shapes.
+  for (const char *spec : {"decode:kvarn_k4v2_g128:d128:q8:f16:sm_80",
+                           "decode:kvarn_k2v2_g64:d64:q4:bf16:sm_80",
+                           "decode:kvarn_k4v4_g64:d256:q2:f16:sm_80",
+                           "flush:kvarn_k4v2_g128:d128:q1:f16:sm_80",
+                           "flush:kvarn_k2v2_g64:d256:q1:f16:sm_80",
+                           "append:kvarn_k4v2_g128:d256:q1:bf16:sm_80",
+                           "dequantize:kvarn_k4v4_g128:d64:q1:f16:sm_80"})
+    jobs.push_back({spec, ""});
+  // A sample of schedules and GQA ratios.
+  for (const char *schedule : {"warps=1", "warps=8", "stages=2", "splits=1", "warps=2,splits=4"})
+    jobs.push_back({"decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", schedule});
+  for (int q : {1, 5, 16})
+    jobs.push_back({"decode:kvarn_k4v2_g128:d128:q" + std::to_string(q) + ":f16:sm_90a", ""});
+  jobs.push_back({"flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "warps=16"});
+  jobs.push_back({"append:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "warps=8,rows_per_cta=1"});
+  compileAll(jobs);
+  for (const Job &job : jobs)
+    EXPECT_EQ(job.failure, "") << job.spec << " schedule '" << job.schedule << "'";
+}
+
+TEST(NvrtcCompile, ImpossibleSchedulesAreRejectedBeforeNvrtc) {
+  std::vector<Job> jobs = {{"flush:kvarn_k4v2_g128:d256:q1:f16:sm_80", ""},
+                           {"decode:kvarn_k4v2_g128:d256:q16:f16:sm_89", "warps=8"}};
+  compileAll(jobs);
+  EXPECT_THAT(jobs[0].failure, ::testing::HasSubstr("bytes of shared memory per CTA; sm_80 allows"));
+  EXPECT_THAT(jobs[1].failure, ::testing::HasSubstr("sm_89 allows"));
+}
+
+TEST(NvrtcCompile, FailuresCarryTheLogOptionsArchAndDumpedSource) {
+  Expected<NvrtcOutput> output =
+      compileCuda("this is not CUDA", "broken_kernel", "sm_90a", {});
+  ASSERT_FALSE(output);
+  EXPECT_THAT(output.error().message, ::testing::HasSubstr("NVRTC could not compile broken_kernel for sm_90a"));
+  EXPECT_THAT(output.error().message, ::testing::HasSubstr("options: --gpu-architecture=sm_90a"));
+  EXPECT_THAT(output.error().message, ::testing::HasSubstr("source: "));
+  EXPECT_THAT(output.error().message, ::testing::HasSubstr("log:"));
+}
+
+} // namespace

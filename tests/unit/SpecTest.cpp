@@ -1,0 +1,110 @@
+// KernelSpec and Schedule text forms, validation messages, and the verified module builder.
+#include "kvarn/Dialect/KernelBuilder.h"
+#include "kvarn/spec.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+using namespace kvarn;
+using ::testing::HasSubstr;
+
+namespace {
+
+TEST(KernelSpec, TextFormRoundTrips) {
+  for (const char *text : {"decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a",
+                           "decode:kvarn_k2v2_g64:d64:q5:bf16:sm_80",
+                           "flush:kvarn_k4v4_g128:d256:q1:f16:sm_89:it16:compact",
+                           "append:kvarn_k4v2_g64:d512:q1:bf16:sm_120",
+                           "dequantize:kvarn_k4v2_g128:d128:q1:f16:sm_100a"}) {
+    Expected<KernelSpec> spec = parseKernelSpec(text);
+    ASSERT_TRUE(spec) << spec.error().str();
+    EXPECT_EQ(spec->str(), text);
+    EXPECT_EQ(*parseKernelSpec(spec->str()), *spec);
+  }
+  KernelSpec spec = *parseKernelSpec("flush:k4v4_g128:d256:q1:f16:sm_89:it16:compact");
+  EXPECT_EQ(spec.op, OpKind::Flush);
+  EXPECT_EQ(spec.format.sinkhornIterations, 16);
+  EXPECT_EQ(spec.format.alignment, RecordAlignment::Compact);
+  EXPECT_EQ(recordLayout(spec.format).tileBytesAligned, 35072u); // no power-of-two padding
+}
+
+std::string specError(const std::string &text) {
+  Expected<KernelSpec> spec = parseKernelSpec(text);
+  EXPECT_FALSE(spec) << text;
+  return spec ? "" : spec.error().message;
+}
+
+TEST(KernelSpec, ErrorsNameTheFieldTheValueAndWhatIsAllowed) {
+  EXPECT_THAT(specError("decode:kvarn_k4v2_g128:d128:q8:f16"), HasSubstr("has 5 fields"));
+  EXPECT_THAT(specError("decodex:kvarn_k4v2_g128:d128:q8:f16:sm_90a"),
+              HasSubstr("field 1 (op) is 'decodex'; expected decode, flush, append, dequantize or extend"));
+  EXPECT_THAT(specError("decode:kvarn_k4v2_g128:128:q8:f16:sm_90a"),
+              HasSubstr("field 3 (head_dim) is '128'; expected d<head_dim>"));
+  EXPECT_THAT(specError("decode:kvarn_k4v2_g128:d96:q8:f16:sm_90a"),
+              HasSubstr("unsupported head_dim: 96 (supported: 64, 128, 256, 512)"));
+  EXPECT_THAT(specError("decode:kvarn_k5v2_g128:d128:q8:f16:sm_90a"),
+              HasSubstr("key bits: 5 needs a bit-stream packer"));
+  EXPECT_THAT(specError("decode:kvarn_k4v2_g128:d128:q17:f16:sm_90a"),
+              HasSubstr("field 4 (query heads per kv head) is 'q17'; expected q1 .. q16"));
+  EXPECT_THAT(specError("flush:kvarn_k4v2_g128:d128:q8:f16:sm_90a"),
+              HasSubstr("flush kernels take q1"));
+  EXPECT_THAT(specError("decode:kvarn_k4v2_g128:d128:q8:f32:sm_90a"),
+              HasSubstr("field 5 (dtype) is 'f32'; expected f16 or bf16"));
+  EXPECT_THAT(specError("decode:kvarn_k4v2_g128:d128:q8:f16:sm_91"),
+              HasSubstr("field 6 (arch) is 'sm_91'; unsupported arch 'sm_91'"));
+  EXPECT_THAT(specError("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a:it"),
+              HasSubstr("field 7 (option) is 'it'; expected it<iterations> or compact"));
+}
+
+TEST(Schedule, ParsesOverTheOpDefaultsAndRejectsBadKnobs) {
+  Schedule s = *parseSchedule("warps=2,stages=3,splits=7,mma=none,rows_per_cta=9");
+  EXPECT_EQ(s.warps, 2);
+  EXPECT_EQ(s.stages, 3);
+  EXPECT_EQ(s.splits, 7);
+  EXPECT_EQ(s.mma, "none");
+  EXPECT_EQ(s.rowsPerCta, 9);
+  EXPECT_EQ(*parseSchedule(s.str()), s);
+  EXPECT_EQ(parseSchedule("", OpKind::Flush)->warps, defaultSchedule(OpKind::Flush).warps);
+  EXPECT_THAT(parseSchedule("warps").error().message, HasSubstr("is not key=value"));
+  EXPECT_THAT(parseSchedule("lanes=3").error().message, HasSubstr("unknown key 'lanes'"));
+  EXPECT_THAT(parseSchedule("warps=x").error().message, HasSubstr("warps is 'x'; expected an integer"));
+  EXPECT_THAT(parseSchedule("mma=wgmma").error().message, HasSubstr("expected m16n8k16 or none"));
+}
+
+TEST(Schedule, ValidationChecksTheTargetLimits) {
+  KernelSpec decode = *parseKernelSpec("decode:kvarn_k4v2_g128:d256:q16:f16:sm_89");
+  Schedule big = *parseSchedule("warps=4");
+  EXPECT_THAT(validateSchedule(decode, big).error().message, HasSubstr("sm_89 allows 101376"));
+  decode.arch = "sm_90a";
+  EXPECT_TRUE(validateSchedule(decode, big));
+  KernelSpec flush = *parseKernelSpec("flush:kvarn_k4v2_g128:d256:q1:f16:sm_80");
+  EXPECT_THAT(validateSchedule(flush, defaultSchedule(OpKind::Flush)).error().message,
+              HasSubstr("sm_80 allows"));
+  EXPECT_THAT(validateSchedule(decode, *parseSchedule("heads_per_cta=4")).error().message,
+              HasSubstr("heads_per_cta = 4"));
+}
+
+TEST(KernelBuilder, BuildsAVerifiedModuleOrReportsWhy) {
+  mlir::DialectRegistry registry;
+  dialect::registerKvarnDialects(registry);
+  mlir::MLIRContext context(registry);
+  KernelSpec spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+  Expected<mlir::OwningOpRef<mlir::ModuleOp>> module =
+      dialect::buildKernelModule(context, spec, Schedule());
+  ASSERT_TRUE(module) << module.error().str();
+  auto function = (*module)->lookupSymbol<mlir::func::FuncOp>(dialect::kernelName(spec));
+  ASSERT_TRUE(function);
+  EXPECT_EQ(dialect::kernelName(spec), "kvarn_decode_k4v2_g128_d128_q8_f16");
+  EXPECT_EQ(function.getNumArguments(), 8u);
+  EXPECT_EQ((*module)->getOperation()->getAttrOfType<mlir::StringAttr>(dialect::kSpecAttrName).str(),
+            spec.str());
+  spec.arch = "sm_89";
+  spec.format.headDim = 256;
+  spec.queryHeadsPerKvHead = 16;
+  Expected<mlir::OwningOpRef<mlir::ModuleOp>> rejected =
+      dialect::buildKernelModule(context, spec, *parseSchedule("warps=8"));
+  ASSERT_FALSE(rejected);
+  EXPECT_THAT(rejected.error().message, HasSubstr("shared memory"));
+}
+
+} // namespace
