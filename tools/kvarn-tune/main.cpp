@@ -1,6 +1,7 @@
 // kvarn-tune: the per-GPU command-line tool (tune, bench, compile, bundles, inspect).
 #include "kvarn/Autotune/Bench.h"
 #include "kvarn/Compiler/Pipeline.h"
+#include "kvarn/driver.h"
 #include "kvarn/format.h"
 #include "kvarn/reference.h"
 
@@ -209,10 +210,26 @@ int main(int argc, char **argv) {
     return runQuantizeDemo(preset, headDim, iterations, seed);
   if (app.got_subcommand(compile))
     return runCompile(specText, scheduleText, emit, outputPath);
-  // The default job: the reference on the default presets, then the default kernel set.
+  // The default job: the reference on the default presets, the default kernel set compiled and
+  // checked for this GPU (sm_90a without one), then, on a GPU, the benchmark against fp16.
   int rc = 0;
   for (const char *name : {"kvarn_k4v2_g128", "kvarn_k4v4_g128"})
     rc |= runQuantizeDemo(name, 128, kDefaultSinkhornIterations, seed);
-  rc |= runCompileDefaultSet("sm_90a");
+  Expected<DeviceInfo> device = openDevice(0);
+  rc |= runCompileDefaultSet(device ? device->arch() : std::string("sm_90a"));
+  if (!device) {
+    std::printf("\nNo GPU here (%s).\nOn a GPU, this command also benchmarks decode (k4v2_g128, "
+                "D=128, Hq=64, Hk=8) against fp16 paged decode, flush and append: "
+                "kvarn-tune bench.\n",
+                device.error().message.c_str());
+    return rc;
+  }
+  autotune::BenchOptions defaults;
+  defaults.batches = {1, 8, 32};
+  defaults.contexts = {4096, 32768};
+  if (Status status = autotune::runBench(defaults); !status) {
+    std::fprintf(stderr, "kvarn-tune: %s\n", status.error().message.c_str());
+    return 1;
+  }
   return rc;
 }
