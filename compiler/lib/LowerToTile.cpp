@@ -4,8 +4,6 @@
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinOps.h"
 
-#include <algorithm>
-
 namespace kvarn::compiler {
 #define GEN_PASS_DEF_KVARNLOWERTOTILE
 #include "kvarn/Compiler/Passes.h.inc"
@@ -34,12 +32,6 @@ Value resetToKernel(func::FuncOp function, const KernelTraits &traits, OpBuilder
   Block *entry = function.addEntryBlock();
   function->setAttr("kvarn.kernel", UnitAttr::get(context));
   function->setAttr("kvarn.threads", builder.getI64IntegerAttr(traits.schedule.getThreads()));
-  // Decode is latency-bound per warp: ask for at least 12 resident warps per SM (a register cap
-  // for the compiler); the other kernels keep the compiler's choice.
-  const int64_t minCtas = traits.kind == dialect::OpKind::decode
-                              ? std::clamp<int64_t>(12 / traits.schedule.getWarps(), 1, 4)
-                              : 1;
-  function->setAttr("kvarn.min_ctas", builder.getI64IntegerAttr(minCtas));
   builder.setInsertionPointToStart(entry);
   return entry->getArgument(0);
 }

@@ -26,65 +26,49 @@ struct AppendContext {
   }
 };
 
-/// Rotates one token's K and V rows of every kv head (warp FWHT) and writes its pool row. A warp
-/// loads four rows before it transforms them, so their loads are in flight together.
+/// Rotates one token's K and V rows of every kv head (warp FWHT) and writes its pool row.
 template <int KB, int VB, int G, int D, int Q, int W, int S, int SP, int R, bool C, typename T>
 __device__ __forceinline__ void rotateRow(AppendContext<KB, VB, G, D, Q, W, S, SP, R, C, T> &c,
                                           int row) {
-  constexpr int E = D / 32, BATCH = 4;
+  constexpr int E = D / 32;
   const int64_t slot = c.p.slotMapping[row];
   if (slot < 0)
     return;
   const float scale = hadamardScale<D>();
-  const int items = 2 * c.p.numKvHeads; // (head, K or V)
-  for (int base = c.warp; base < items; base += W * BATCH) {
-    float x[BATCH][E];
-    // Step 1. Loads of up to four rows.
+  for (int item = c.warp; item < 2 * c.p.numKvHeads; item += W) {
+    const int head = item >> 1;
+    const bool isValue = item & 1;
+    const T *source = static_cast<const T *>(isValue ? c.p.value : c.p.key) +
+                      row * (isValue ? c.p.valueStride : c.p.keyStride) + head * D + c.lane * E;
+    float x[E];
 #pragma unroll
-    for (int b = 0; b < BATCH; ++b) {
-      const int item = base + b * W;
-      if (item >= items)
-        continue;
-      const bool isValue = item & 1;
-      const T *source = static_cast<const T *>(isValue ? c.p.value : c.p.key) +
-                        row * (isValue ? c.p.valueStride : c.p.keyStride) + (item >> 1) * D +
-                        c.lane * E;
+    for (int e = 0; e < E; ++e)
+      x[e] = toFloat<T>(source[e]);
+    // Step 1. Butterflies inside the lane's contiguous chunk, then across lanes.
+#pragma unroll
+    for (int h = 1; h < E; h <<= 1)
 #pragma unroll
       for (int e = 0; e < E; ++e)
-        x[b][e] = toFloat<T>(source[e]);
-    }
-#pragma unroll
-    for (int b = 0; b < BATCH; ++b) {
-      const int item = base + b * W;
-      if (item >= items)
-        continue;
-      // Step 2. Butterflies inside the lane's contiguous chunk, then across lanes.
-#pragma unroll
-      for (int h = 1; h < E; h <<= 1)
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-          if ((e & h) == 0) {
-            const float lo = x[b][e], hi = x[b][e + h];
-            x[b][e] = lo + hi;
-            x[b][e + h] = lo - hi;
-          }
-#pragma unroll
-      for (int laneMask = 1; laneMask < 32; laneMask <<= 1) {
-        const bool upper = (c.lane & laneMask) != 0;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const float partner = __shfl_xor_sync(0xffffffffu, x[b][e], laneMask);
-          x[b][e] = upper ? partner - x[b][e] : x[b][e] + partner;
+        if ((e & h) == 0) {
+          const float a = x[e], b = x[e + h];
+          x[e] = a + b;
+          x[e + h] = a - b;
         }
-      }
-      // Step 3. Scale by fp16(1/sqrt(D)), round to fp16, store.
-      Half *target = static_cast<Half *>((item & 1) ? c.p.poolValue : c.p.poolKey) +
-                     (slot * c.p.numKvHeads + (item >> 1)) * D + c.lane * E;
 #pragma unroll
-      for (int e = 0; e < E; e += 2)
-        *reinterpret_cast<uint32_t *>(target + e) =
-            packHalf2(x[b][e] * scale, x[b][e + 1] * scale);
+    for (int laneMask = 1; laneMask < 32; laneMask <<= 1) {
+      const bool upper = (c.lane & laneMask) != 0;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float partner = __shfl_xor_sync(0xffffffffu, x[e], laneMask);
+        x[e] = upper ? partner - x[e] : x[e] + partner;
+      }
     }
+    // Step 2. Scale by fp16(1/sqrt(D)), round to fp16, store.
+    Half *target = static_cast<Half *>(isValue ? c.p.poolValue : c.p.poolKey) +
+                     (slot * c.p.numKvHeads + head) * D + c.lane * E;
+#pragma unroll
+    for (int e = 0; e < E; e += 2)
+      *reinterpret_cast<uint32_t *>(target + e) = packHalf2(x[e] * scale, x[e + 1] * scale);
   }
 }
 

@@ -2,7 +2,7 @@
 // The schedule shapes the kernel: one stage vs two stages give different page walks; one warp
 // needs no warp merge; a fixed single split needs no merge kernel.
 
-// CHECK-LABEL: func.func @one_stage(%{{.*}}: !kvarn.params<decode>) attributes {kvarn.kernel, kvarn.min_ctas = 3 : i64, kvarn.threads = 128 : i64}
+// CHECK-LABEL: func.func @one_stage(%{{.*}}: !kvarn.params<decode>) attributes {kvarn.kernel, kvarn.threads = 128 : i64}
 // CHECK: %[[CTX:.*]] = kvarn.tile.begin
 // CHECK: kvarn.tile.rotate_query %[[CTX]]
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
