@@ -104,6 +104,37 @@ int runCompile(const std::string &specText, const std::string &scheduleText,
   return 0;
 }
 
+/// `kvarn-tune compile-time`: median wall time of the whole pipeline (IR, passes, C++ emission,
+/// NVRTC to cubin) per variant, after one warm-up compile.
+int runCompileTime(const std::vector<std::string> &specs, int repeats) {
+  std::printf("%-48s %10s %10s %10s\n", "spec", "median ms", "min ms", "max ms");
+  for (const std::string &text : specs) {
+    Expected<KernelSpec> spec = parseKernelSpec(text);
+    if (!spec) {
+      std::fprintf(stderr, "kvarn-tune: %s\n", spec.error().message.c_str());
+      return 2;
+    }
+    const Schedule schedule = defaultSchedule(spec->op);
+    std::vector<double> times;
+    for (int k = 0; k <= repeats; ++k) {
+      const auto start = std::chrono::steady_clock::now();
+      Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(*spec, schedule);
+      const double ms = std::chrono::duration<double, std::milli>(
+                            std::chrono::steady_clock::now() - start).count();
+      if (!kernel) {
+        std::fprintf(stderr, "kvarn-tune: %s\n", kernel.error().message.c_str());
+        return 1;
+      }
+      if (k > 0) // the first compile warms caches and the NVRTC library
+        times.push_back(ms);
+    }
+    std::sort(times.begin(), times.end());
+    std::printf("%-48s %10.1f %10.1f %10.1f\n", text.c_str(), times[times.size() / 2],
+                times.front(), times.back());
+  }
+  return 0;
+}
+
 /// The default kernel set: decode/flush/append/dequantize of the default presets at D = 128.
 std::vector<KernelSpec> defaultKernelSet(const std::string &arch) {
   std::vector<KernelSpec> specs;
@@ -189,7 +220,21 @@ int main(int argc, char **argv) {
   benchCommand->add_option("--schedule", bench.schedule, "decode schedule knobs");
   benchCommand->add_option("--only", benchOnly, "subset: decode, flush, append");
 
+  std::vector<std::string> timedSpecs = {"decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a",
+                                         "decode:kvarn_k4v4_g64:d64:q4:bf16:sm_90a",
+                                         "decode:kvarn_k4v2_g128:d256:q8:f16:sm_90a",
+                                         "flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a",
+                                         "append:kvarn_k4v2_g128:d128:q1:f16:sm_90a",
+                                         "dequantize:kvarn_k4v2_g128:d128:q1:f16:sm_90a"};
+  int repeats = 5;
+  CLI::App *compileTime = app.add_subcommand(
+      "compile-time", "Benchmark the compile pipeline (IR to cubin) per kernel variant, warm");
+  compileTime->add_option("--spec", timedSpecs, "kernel specs to time")->capture_default_str();
+  compileTime->add_option("--repeats", repeats, "timed compiles per spec")->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
+  if (app.got_subcommand(compileTime))
+    return runCompileTime(timedSpecs, repeats);
   if (app.got_subcommand(benchCommand)) {
     if (!benchOnly.empty()) {
       auto has = [&](const char *what) {
