@@ -91,8 +91,6 @@ Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
       return makeError(s.error().code, "kernel " + name + " cannot use " +
                                            std::to_string(sharedBytes) +
                                            " bytes of shared memory: " + s.error().message);
-    // Prefer the largest shared-memory carveout: decode CTAs are sized to share an SM.
-    d.cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100);
     module.functions_.push_back(function);
   }
   return module;
