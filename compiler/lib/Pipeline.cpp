@@ -114,3 +114,50 @@ Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &s
 }
 
 } // namespace kvarn::compiler
+
+namespace kvarn::compiler {
+
+Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule,
+                                       ArtifactCache &cache, bool *cacheHit) {
+  // Step 1. Source and key (the key covers everything NVRTC sees).
+  CompiledKernel kernel;
+  Expected<std::string> source = runPipeline(spec, schedule, Stage::Cuda, &kernel.kernelNames);
+  if (!source)
+    return source.error();
+  kernel.cudaSource = std::move(*source);
+  kernel.threads = schedule.warps * 32;
+  kernel.sharedBytes = sharedMemoryBytes(spec, schedule);
+  kernel.nvrtcOptions = defaultNvrtcOptions(spec.arch);
+  ArtifactKeyInputs inputs{kernel.cudaSource, deviceLibraryFingerprint(), nvrtcVersion(),
+                           kernel.nvrtcOptions, spec.arch};
+  const std::string key = artifactKey(inputs);
+  // Step 2. Cache or NVRTC.
+  bool built = false;
+  Expected<Artifact> artifact = cache.getOrBuild(key, [&]() -> Expected<Artifact> {
+    built = true;
+    Expected<NvrtcOutput> output = compileCuda(kernel.cudaSource, kernel.kernelNames.front(),
+                                               spec.arch, deviceLibraryHeaders());
+    if (!output)
+      return output.error();
+    std::string names;
+    for (const std::string &name : kernel.kernelNames)
+      names += (names.empty() ? "" : ",") + name;
+    Artifact entry;
+    entry.metadata = "{\"spec\":\"" + spec.str() + "\",\"schedule\":\"" + schedule.str() +
+                     "\",\"kernels\":\"" + names + "\",\"threads\":" +
+                     std::to_string(kernel.threads) + ",\"shared_bytes\":" +
+                     std::to_string(kernel.sharedBytes) + "}";
+    entry.ptx = std::move(output->ptx);
+    entry.cubin = std::move(output->cubin);
+    return entry;
+  });
+  if (!artifact)
+    return artifact.error();
+  if (cacheHit)
+    *cacheHit = !built;
+  kernel.ptx = std::move(artifact->ptx);
+  kernel.cubin = std::move(artifact->cubin);
+  return kernel;
+}
+
+} // namespace kvarn::compiler

@@ -1,6 +1,7 @@
 // kvarn-tune: the per-GPU command-line tool (tune, bench, compile, bundles, inspect).
 #include "kvarn/Autotune/Bench.h"
 #include "kvarn/Compiler/Pipeline.h"
+#include "kvarn/cache.h"
 #include "kvarn/driver.h"
 #include "kvarn/format.h"
 #include "kvarn/reference.h"
@@ -9,6 +10,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
+#include <iterator>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -135,6 +138,39 @@ int runCompileTime(const std::vector<std::string> &specs, int repeats) {
   return 0;
 }
 
+/// `kvarn-tune cache ls|verify|clean`.
+int runCacheCommand(const std::string &action) {
+  ArtifactCache cache(ArtifactCache::Options{});
+  if (!cache.diskEnabled()) {
+    std::fprintf(stderr, "kvarn-tune: no usable cache directory (%s)\n", cache.directory().c_str());
+    return 1;
+  }
+  if (action == "clean") {
+    std::printf("removed %zu quarantined or temporary files from %s\n", cache.clean(),
+                cache.directory().c_str());
+    return 0;
+  }
+  int bad = 0, entries = 0;
+  for (const auto &file : std::filesystem::directory_iterator(cache.directory())) {
+    const std::string name = file.path().filename().string();
+    if (file.path().extension() != ".kvarn")
+      continue;
+    ++entries;
+    const std::string key = name.substr(0, name.size() - 6);
+    std::ifstream in(file.path(), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    Expected<Artifact> artifact = decodeArtifact(key, bytes);
+    if (!artifact) {
+      ++bad;
+      std::printf("BAD  %s: %s\n", name.c_str(), artifact.error().message.c_str());
+    } else if (action == "ls") {
+      std::printf("%s  %8zu B  %s\n", key.c_str(), bytes.size(), artifact->metadata.c_str());
+    }
+  }
+  std::printf("%d entries in %s, %d bad\n", entries, cache.directory().c_str(), bad);
+  return bad == 0 ? 0 : 1;
+}
+
 /// The default kernel set: decode/flush/append/dequantize of the default presets at D = 128.
 std::vector<KernelSpec> defaultKernelSet(const std::string &arch) {
   std::vector<KernelSpec> specs;
@@ -151,13 +187,16 @@ std::vector<KernelSpec> defaultKernelSet(const std::string &arch) {
 
 /// Compiles the default kernel set with NVRTC and reports each (no GPU needed).
 int runCompileDefaultSet(const std::string &arch) {
-  std::printf("Compiling the default kernel set for %s with NVRTC %s:\n", arch.c_str(),
-              nvrtcVersion().c_str());
+  ArtifactCache cache(ArtifactCache::Options{});
+  std::printf("Compiling the default kernel set for %s with NVRTC %s (cache: %s):\n",
+              arch.c_str(), nvrtcVersion().c_str(),
+              cache.diskEnabled() ? cache.directory().c_str() : "memory only");
   int failures = 0;
   for (const KernelSpec &spec : defaultKernelSet(arch)) {
     const Schedule schedule = defaultSchedule(spec.op);
     const auto start = std::chrono::steady_clock::now();
-    Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(spec, schedule);
+    bool hit = false;
+    Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(spec, schedule, cache, &hit);
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     if (!kernel) {
@@ -165,8 +204,8 @@ int runCompileDefaultSet(const std::string &arch) {
       std::printf("  FAIL %-44s %s\n", spec.str().c_str(), kernel.error().message.c_str());
       continue;
     }
-    std::printf("  ok   %-44s %7.1f ms  cubin %7zu B  smem %6zu B%s\n", spec.str().c_str(), ms,
-                kernel->cubin.size(), kernel->sharedBytes,
+    std::printf("  ok   %-44s %7.1f ms%s  cubin %7zu B  smem %6zu B%s\n", spec.str().c_str(), ms,
+                hit ? " (cached)" : "         ", kernel->cubin.size(), kernel->sharedBytes,
                 kernel->nvrtcLog.empty() ? "" : "  (NVRTC printed warnings)");
   }
   return failures == 0 ? 0 : 1;
@@ -232,7 +271,17 @@ int main(int argc, char **argv) {
   compileTime->add_option("--spec", timedSpecs, "kernel specs to time")->capture_default_str();
   compileTime->add_option("--repeats", repeats, "timed compiles per spec")->capture_default_str();
 
+  std::string cacheAction = "ls";
+  CLI::App *cacheCommand = app.add_subcommand(
+      "cache", "Inspect the artifact cache ($KVARN_CACHE_DIR, $XDG_CACHE_HOME/kvarn or "
+               "~/.cache/kvarn): ls, verify (checksums and keys), clean (quarantined files)");
+  cacheCommand->add_option("action", cacheAction, "ls, verify or clean")
+      ->check(CLI::IsMember({"ls", "verify", "clean"}))
+      ->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
+  if (app.got_subcommand(cacheCommand))
+    return runCacheCommand(cacheAction);
   if (app.got_subcommand(compileTime))
     return runCompileTime(timedSpecs, repeats);
   if (app.got_subcommand(benchCommand)) {

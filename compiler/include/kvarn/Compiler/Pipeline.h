@@ -1,6 +1,7 @@
 // The compile pipeline: KernelSpec + Schedule -> MLIR stages -> CUDA C++ -> NVRTC PTX/cubin.
 #pragma once
 
+#include "kvarn/cache.h"
 #include "kvarn/nvrtc.h"
 #include "kvarn/spec.h"
 
@@ -34,5 +35,10 @@ struct CompiledKernel {
 
 /// Runs the whole pipeline (thread-safe: each call has its own MLIRContext).
 Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule);
+
+/// The same through an artifact cache: the MLIR stages always run (they give the source and the
+/// key); NVRTC runs only on a miss. `cacheHit` (optional) tells which happened.
+Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule,
+                                       ArtifactCache &cache, bool *cacheHit = nullptr);
 
 } // namespace kvarn::compiler
