@@ -117,6 +117,20 @@ Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &s
 
 namespace kvarn::compiler {
 
+Artifact toArtifact(const CompiledKernel &kernel, const KernelSpec &spec, const Schedule &schedule) {
+  std::string names;
+  for (const std::string &name : kernel.kernelNames)
+    names += (names.empty() ? "" : ",") + name;
+  Artifact entry;
+  entry.metadata = "{\"spec\":\"" + spec.str() + "\",\"schedule\":\"" + schedule.str() +
+                   "\",\"kernels\":\"" + names + "\",\"threads\":" +
+                   std::to_string(kernel.threads) + ",\"shared_bytes\":" +
+                   std::to_string(kernel.sharedBytes) + "}";
+  entry.ptx = kernel.ptx;
+  entry.cubin = kernel.cubin;
+  return entry;
+}
+
 Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule,
                                        ArtifactCache &cache, bool *cacheHit) {
   // Step 1. Source and key (the key covers everything NVRTC sees).
@@ -139,17 +153,10 @@ Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &s
                                                spec.arch, deviceLibraryHeaders());
     if (!output)
       return output.error();
-    std::string names;
-    for (const std::string &name : kernel.kernelNames)
-      names += (names.empty() ? "" : ",") + name;
-    Artifact entry;
-    entry.metadata = "{\"spec\":\"" + spec.str() + "\",\"schedule\":\"" + schedule.str() +
-                     "\",\"kernels\":\"" + names + "\",\"threads\":" +
-                     std::to_string(kernel.threads) + ",\"shared_bytes\":" +
-                     std::to_string(kernel.sharedBytes) + "}";
-    entry.ptx = std::move(output->ptx);
-    entry.cubin = std::move(output->cubin);
-    return entry;
+    CompiledKernel compiled = kernel;
+    compiled.ptx = std::move(output->ptx);
+    compiled.cubin = std::move(output->cubin);
+    return toArtifact(compiled, spec, schedule);
   });
   if (!artifact)
     return artifact.error();

@@ -36,6 +36,10 @@ struct CompiledKernel {
 /// Runs the whole pipeline (thread-safe: each call has its own MLIRContext).
 Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule);
 
+/// The cache entry of a compiled kernel (metadata JSON: spec, schedule, kernels, threads, shared
+/// memory; PTX; cubin).
+Artifact toArtifact(const CompiledKernel &kernel, const KernelSpec &spec, const Schedule &schedule);
+
 /// The same through an artifact cache: the MLIR stages always run (they give the source and the
 /// key); NVRTC runs only on a miss. `cacheHit` (optional) tells which happened.
 Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule,

@@ -1,0 +1,27 @@
+// The runtime's compiler plug-in interface: a function that turns (spec, schedule) into an
+// artifact. libkvarn_jit (MLIR linked statically) installs one; libkvarn alone never compiles.
+#pragma once
+
+#include "kvarn/cache.h"
+#include "kvarn/kvarn.h"
+#include "kvarn/spec.h"
+
+#include <functional>
+
+namespace kvarn {
+
+using JitCompiler = std::function<Expected<Artifact>(const KernelSpec &, const Schedule &)>;
+
+/// Installs the compiler a runtime uses on a cache miss (when JIT is enabled).
+void setJitCompiler(kvarn_runtime runtime, JitCompiler compiler);
+
+/// The cache key of a prepared kernel: spec, schedule and the kvarn version (which pins the
+/// device library and the generator).
+std::string preparedKernelKey(const KernelSpec &spec, const Schedule &schedule);
+
+} // namespace kvarn
+
+extern "C" {
+/// Installs kvarn's MLIR compiler into `runtime` (defined in libkvarn_jit).
+kvarn_status kvarn_jit_install(kvarn_runtime runtime);
+}

@@ -1,0 +1,110 @@
+/* kvarn.h: the C API engines link (libkvarn). Opaque handles, status codes, a thread-local
+ * last-error message. Kernels come from the artifact cache (memory, then disk) or, when a JIT
+ * compiler is installed (libkvarn_jit: kvarn_jit_install), are compiled on a miss. After
+ * kvarn_prepare, launches touch no filesystem and allocate nothing on the host, so they can be
+ * captured in CUDA graphs. */
+#ifndef KVARN_H
+#define KVARN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum kvarn_status {
+  KVARN_OK = 0,
+  KVARN_ERROR_INVALID_ARGUMENT = 1, /* malformed spec or schedule, bad shapes or pointers */
+  KVARN_ERROR_INVALID_DATA = 2,
+  KVARN_ERROR_BUFFER_SIZE = 3,
+  KVARN_ERROR_UNSUPPORTED = 4,
+  KVARN_ERROR_NOT_FOUND = 5,        /* no kernel for the spec and no JIT to build one */
+  KVARN_ERROR_IO = 6,
+  KVARN_ERROR_INTERNAL = 7,         /* driver, NVRTC or launch failure (see kvarn_last_error) */
+  KVARN_ERROR_NO_DEVICE = 8         /* no NVIDIA driver or no such GPU */
+} kvarn_status;
+
+typedef struct kvarn_runtime_t *kvarn_runtime;
+typedef struct kvarn_kernel_t *kvarn_kernel;
+typedef void *kvarn_stream; /* a CUstream / cudaStream_t; NULL = the default stream */
+
+typedef struct kvarn_runtime_options {
+  int device;            /* GPU ordinal */
+  const char *cache_dir; /* NULL: $KVARN_CACHE_DIR, $XDG_CACHE_HOME/kvarn or ~/.cache/kvarn */
+  int enable_jit;        /* 0: production mode, a missing kernel is an error */
+  int log_level;         /* 0 quiet, 1 warnings */
+} kvarn_runtime_options;
+
+/* The message of the last failed call on this thread ("" if none). */
+const char *kvarn_last_error(void);
+const char *kvarn_version(void);
+const char *kvarn_status_name(kvarn_status status);
+
+kvarn_status kvarn_runtime_create(const kvarn_runtime_options *options, kvarn_runtime *runtime);
+void kvarn_runtime_destroy(kvarn_runtime runtime);
+/* Compute capability as "sm_90a", the SM count. */
+kvarn_status kvarn_runtime_device(kvarn_runtime runtime, const char **arch, int *sm_count);
+
+/* Prepares the kernel of `spec` (op:preset:d<D>:q<Q>:<f16|bf16>; the arch is the device's) with
+ * `schedule` (NULL or "" for the defaults). The handle lives as long as the runtime. */
+kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *schedule,
+                           kvarn_kernel *kernel);
+
+/* Decode: host-side plan (splits) and the workspace it needs. */
+kvarn_status kvarn_plan_decode(kvarn_kernel kernel, int batch, int num_kv_heads,
+                               int max_seq_len, int *num_splits);
+kvarn_status kvarn_decode_workspace_size(kvarn_kernel kernel, int batch, int num_kv_heads,
+                                         int num_splits, size_t *bytes);
+
+typedef struct kvarn_decode_args {
+  const void *query;          /* [B, Hq, D] */
+  void *out;                  /* [B, Hq, D] */
+  const void *cache;          /* [blocks, Hk, tile bytes] */
+  const void *pool_key;       /* fp16 [slots, G, Hk, D] */
+  const void *pool_value;
+  const int32_t *block_to_slot;
+  const int32_t *block_table; /* [B, max_blocks] */
+  const int32_t *seq_lens;    /* [B] */
+  void *workspace;            /* kvarn_decode_workspace_size bytes */
+  int batch, num_kv_heads, max_blocks_per_request;
+  float softmax_scale;        /* 0: 1/sqrt(D) */
+} kvarn_decode_args;
+
+kvarn_status kvarn_launch_decode(kvarn_kernel kernel, const kvarn_decode_args *args,
+                                 int num_splits, kvarn_stream stream);
+
+typedef struct kvarn_flush_args {
+  const void *pool_key, *pool_value;
+  const int32_t *entries; /* [E, 3] (block, kv head, pool slot) */
+  void *cache;
+  int32_t *status;        /* device int; bit 0 set for a tile with NaN/Inf */
+  int num_entries, num_kv_heads;
+} kvarn_flush_args;
+kvarn_status kvarn_launch_flush(kvarn_kernel kernel, const kvarn_flush_args *args,
+                                kvarn_stream stream);
+
+typedef struct kvarn_append_args {
+  const void *key, *value;     /* [T, Hk, D] */
+  const int64_t *slot_mapping; /* [T], negative = skip */
+  void *pool_key, *pool_value;
+  int num_tokens, num_kv_heads;
+  int64_t key_stride, value_stride; /* elements between tokens */
+} kvarn_append_args;
+kvarn_status kvarn_launch_append(kvarn_kernel kernel, const kvarn_append_args *args,
+                                 kvarn_stream stream);
+
+typedef struct kvarn_dequantize_args {
+  const void *cache;
+  const int32_t *entries; /* [E, 2] (block, kv head) */
+  void *key, *value;      /* fp16 [E, G, D] */
+  int num_entries, num_kv_heads;
+} kvarn_dequantize_args;
+kvarn_status kvarn_launch_dequantize(kvarn_kernel kernel, const kvarn_dequantize_args *args,
+                                     kvarn_stream stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVARN_H */

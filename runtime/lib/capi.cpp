@@ -1,0 +1,317 @@
+// The C API (kvarn.h) over the runtime: status codes, thread-local errors, prepared kernels.
+#include "kvarn/jit.h"
+#include "kvarn/kvarn.h"
+#include "kvarn/launch.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#ifndef KVARN_VERSION
+#define KVARN_VERSION "unknown"
+#endif
+
+struct kvarn_kernel_t {
+  kvarn::KernelSpec spec;
+  kvarn::Schedule schedule;
+  kvarn::KernelModule module;
+  int smCount = 0;
+};
+
+struct kvarn_runtime_t {
+  kvarn_runtime_options options{};
+  kvarn::DeviceInfo device;
+  std::unique_ptr<kvarn::ArtifactCache> cache;
+  kvarn::JitCompiler jit;
+  std::mutex mutex;
+  std::map<std::string, std::unique_ptr<kvarn_kernel_t>> kernels;
+};
+
+namespace {
+
+thread_local std::string lastError;
+
+kvarn_status toStatus(kvarn::ErrorCode code) {
+  switch (code) {
+  case kvarn::ErrorCode::InvalidArgument: return KVARN_ERROR_INVALID_ARGUMENT;
+  case kvarn::ErrorCode::InvalidData: return KVARN_ERROR_INVALID_DATA;
+  case kvarn::ErrorCode::BufferSize: return KVARN_ERROR_BUFFER_SIZE;
+  case kvarn::ErrorCode::Unsupported: return KVARN_ERROR_UNSUPPORTED;
+  case kvarn::ErrorCode::NotFound: return KVARN_ERROR_NOT_FOUND;
+  case kvarn::ErrorCode::Io: return KVARN_ERROR_IO;
+  case kvarn::ErrorCode::Internal: return KVARN_ERROR_INTERNAL;
+  }
+  return KVARN_ERROR_INTERNAL;
+}
+
+kvarn_status fail(kvarn_status status, const std::string &message) {
+  lastError = message;
+  return status;
+}
+kvarn_status fail(const kvarn::Error &error) { return fail(toStatus(error.code), error.message); }
+kvarn_status ok() {
+  lastError.clear();
+  return KVARN_OK;
+}
+
+#define KVARN_REQUIRE(condition, message)                                                        \
+  if (!(condition))                                                                              \
+  return fail(KVARN_ERROR_INVALID_ARGUMENT, message)
+
+/// Kernel names from an artifact's metadata ({"kernels":"a,b", ...}).
+std::vector<std::string> kernelNames(const std::string &metadata) {
+  std::vector<std::string> names;
+  nlohmann::json json = nlohmann::json::parse(metadata, nullptr, /*allow_exceptions=*/false);
+  if (!json.is_object() || !json.contains("kernels") || !json["kernels"].is_string())
+    return names;
+  std::string list = json["kernels"].get<std::string>();
+  for (size_t start = 0; start <= list.size();) {
+    const size_t end = std::min(list.find(',', start), list.size());
+    if (end > start)
+      names.push_back(list.substr(start, end - start));
+    start = end + 1;
+  }
+  return names;
+}
+
+} // namespace
+
+namespace kvarn {
+
+void setJitCompiler(kvarn_runtime runtime, JitCompiler compiler) {
+  std::lock_guard<std::mutex> lock(runtime->mutex);
+  runtime->jit = std::move(compiler);
+}
+
+std::string preparedKernelKey(const KernelSpec &spec, const Schedule &schedule) {
+  ArtifactKeyInputs inputs;
+  inputs.source = "prepared:" + spec.str() + "|" + schedule.str();
+  inputs.deviceLibraryFingerprint = KVARN_VERSION;
+  inputs.arch = spec.arch;
+  return artifactKey(inputs);
+}
+
+} // namespace kvarn
+
+extern "C" {
+
+const char *kvarn_last_error(void) { return lastError.c_str(); }
+const char *kvarn_version(void) { return KVARN_VERSION; }
+
+const char *kvarn_status_name(kvarn_status status) {
+  switch (status) {
+  case KVARN_OK: return "KVARN_OK";
+  case KVARN_ERROR_INVALID_ARGUMENT: return "KVARN_ERROR_INVALID_ARGUMENT";
+  case KVARN_ERROR_INVALID_DATA: return "KVARN_ERROR_INVALID_DATA";
+  case KVARN_ERROR_BUFFER_SIZE: return "KVARN_ERROR_BUFFER_SIZE";
+  case KVARN_ERROR_UNSUPPORTED: return "KVARN_ERROR_UNSUPPORTED";
+  case KVARN_ERROR_NOT_FOUND: return "KVARN_ERROR_NOT_FOUND";
+  case KVARN_ERROR_IO: return "KVARN_ERROR_IO";
+  case KVARN_ERROR_INTERNAL: return "KVARN_ERROR_INTERNAL";
+  case KVARN_ERROR_NO_DEVICE: return "KVARN_ERROR_NO_DEVICE";
+  }
+  return "KVARN_ERROR_UNKNOWN";
+}
+
+kvarn_status kvarn_runtime_create(const kvarn_runtime_options *options, kvarn_runtime *runtime) {
+  KVARN_REQUIRE(runtime, "kvarn_runtime_create: runtime is NULL");
+  *runtime = nullptr;
+  kvarn_runtime_options defaults{0, nullptr, 1, 1};
+  const kvarn_runtime_options &o = options ? *options : defaults;
+  kvarn::Expected<kvarn::DeviceInfo> device = kvarn::openDevice(o.device);
+  if (!device)
+    return fail(KVARN_ERROR_NO_DEVICE, device.error().message);
+  auto created = std::make_unique<kvarn_runtime_t>();
+  created->options = o;
+  created->device = *device;
+  kvarn::ArtifactCache::Options cacheOptions;
+  if (o.cache_dir)
+    cacheOptions.directory = o.cache_dir;
+  created->cache = std::make_unique<kvarn::ArtifactCache>(cacheOptions);
+  *runtime = created.release();
+  return ok();
+}
+
+void kvarn_runtime_destroy(kvarn_runtime runtime) { delete runtime; }
+
+kvarn_status kvarn_runtime_device(kvarn_runtime runtime, const char **arch, int *sm_count) {
+  KVARN_REQUIRE(runtime && arch && sm_count, "kvarn_runtime_device: NULL argument");
+  static thread_local std::string archText;
+  archText = runtime->device.arch();
+  *arch = archText.c_str();
+  *sm_count = runtime->device.smCount;
+  return ok();
+}
+
+kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *schedule,
+                           kvarn_kernel *kernel) {
+  KVARN_REQUIRE(runtime && spec && kernel, "kvarn_prepare: NULL argument");
+  *kernel = nullptr;
+  // Step 1. Parse the spec (the arch is the device's) and the schedule.
+  kvarn::Expected<kvarn::KernelSpec> parsed =
+      kvarn::parseKernelSpec(std::string(spec) + ":" + runtime->device.arch());
+  if (!parsed)
+    return fail(parsed.error());
+  kvarn::Expected<kvarn::Schedule> knobs = kvarn::parseSchedule(schedule ? schedule : "", parsed->op);
+  if (!knobs)
+    return fail(knobs.error());
+  if (kvarn::Status s = kvarn::validateSchedule(*parsed, *knobs); !s)
+    return fail(s.error());
+  const std::string key = kvarn::preparedKernelKey(*parsed, *knobs);
+  std::lock_guard<std::mutex> lock(runtime->mutex);
+  if (auto found = runtime->kernels.find(key); found != runtime->kernels.end()) {
+    *kernel = found->second.get();
+    return ok();
+  }
+  // Step 2. Cache, or JIT on a miss.
+  std::optional<kvarn::Artifact> artifact = runtime->cache->lookup(key);
+  if (!artifact) {
+    if (!runtime->options.enable_jit || !runtime->jit)
+      return fail(KVARN_ERROR_NOT_FOUND,
+                  "no kernel for " + parsed->str() + " (schedule " + knobs->str() + ") in the cache" +
+                      (runtime->options.enable_jit ? " and no JIT compiler installed (link libkvarn_jit "
+                                                     "and call kvarn_jit_install)"
+                                                   : "; JIT is disabled"));
+    kvarn::Expected<kvarn::Artifact> built = runtime->jit(*parsed, *knobs);
+    if (!built)
+      return fail(built.error());
+    runtime->cache->store(key, *built);
+    artifact = std::move(*built);
+  }
+  // Step 3. Load; a cubin that fails to load is rebuilt once (when JIT is on), then reported.
+  std::vector<std::string> names = kernelNames(artifact->metadata);
+  if (names.empty())
+    return fail(KVARN_ERROR_INVALID_DATA, "cache entry for " + parsed->str() + " names no kernels");
+  kvarn::Expected<kvarn::KernelModule> module = kvarn::KernelModule::load(
+      artifact->cubin, names, *knobs, kvarn::sharedMemoryBytes(*parsed, *knobs));
+  if (!module && runtime->options.enable_jit && runtime->jit) {
+    kvarn::Expected<kvarn::Artifact> rebuilt = runtime->jit(*parsed, *knobs);
+    if (!rebuilt)
+      return fail(rebuilt.error());
+    runtime->cache->store(key, *rebuilt);
+    module = kvarn::KernelModule::load(rebuilt->cubin, kernelNames(rebuilt->metadata), *knobs,
+                                       kvarn::sharedMemoryBytes(*parsed, *knobs));
+  }
+  if (!module)
+    return fail(module.error());
+  auto prepared = std::make_unique<kvarn_kernel_t>();
+  prepared->spec = *parsed;
+  prepared->schedule = *knobs;
+  prepared->module = std::move(*module);
+  prepared->smCount = runtime->device.smCount;
+  *kernel = prepared.get();
+  runtime->kernels.emplace(key, std::move(prepared));
+  return ok();
+}
+
+kvarn_status kvarn_plan_decode(kvarn_kernel kernel, int batch, int num_kv_heads, int max_seq_len,
+                               int *num_splits) {
+  KVARN_REQUIRE(kernel && num_splits, "kvarn_plan_decode: NULL argument");
+  KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Decode, "kvarn_plan_decode: not a decode kernel");
+  KVARN_REQUIRE(batch >= 0 && num_kv_heads > 0 && max_seq_len >= 0,
+                "kvarn_plan_decode: negative batch or length, or no kv heads");
+  *num_splits = kernel->schedule.splits > 0
+                    ? kernel->schedule.splits
+                    : kvarn::planDecode(batch, num_kv_heads, max_seq_len,
+                                        kernel->spec.format.tileTokens, kernel->smCount,
+                                        kernel->schedule.warps)
+                          .numSplits;
+  return ok();
+}
+
+kvarn_status kvarn_decode_workspace_size(kvarn_kernel kernel, int batch, int num_kv_heads,
+                                         int num_splits, size_t *bytes) {
+  KVARN_REQUIRE(kernel && bytes, "kvarn_decode_workspace_size: NULL argument");
+  const size_t rows = size_t(batch) * num_kv_heads * kernel->spec.queryHeadsPerKvHead * num_splits;
+  *bytes = rows * (size_t(kernel->spec.format.headDim) + 1) * sizeof(float);
+  return ok();
+}
+
+kvarn_status kvarn_launch_decode(kvarn_kernel kernel, const kvarn_decode_args *args,
+                                 int num_splits, kvarn_stream stream) {
+  KVARN_REQUIRE(kernel && args, "kvarn_launch_decode: NULL argument");
+  KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Decode, "kvarn_launch_decode: not a decode kernel");
+  KVARN_REQUIRE(args->query && args->out && args->block_table && args->seq_lens && args->block_to_slot,
+                "kvarn_launch_decode: a required pointer is NULL");
+  KVARN_REQUIRE(num_splits >= 1 && num_splits <= 65535, "kvarn_launch_decode: num_splits out of range");
+  KVARN_REQUIRE(kernel->schedule.splits == 0 || kernel->schedule.splits == num_splits,
+                "kvarn_launch_decode: this kernel's schedule fixes splits = " +
+                    std::to_string(kernel->schedule.splits));
+  KVARN_REQUIRE(num_splits == 1 || args->workspace, "kvarn_launch_decode: splits need a workspace");
+  if (args->batch == 0)
+    return ok();
+  const int d = kernel->spec.format.headDim;
+  const size_t rows = size_t(args->batch) * args->num_kv_heads * kernel->spec.queryHeadsPerKvHead * num_splits;
+  kvarn::dev::DecodeParams params{};
+  params.query = args->query;
+  params.out = args->out;
+  params.cache = static_cast<const unsigned char *>(args->cache);
+  params.poolKey = args->pool_key;
+  params.poolValue = args->pool_value;
+  params.blockToSlot = args->block_to_slot;
+  params.blockTable = args->block_table;
+  params.seqLens = args->seq_lens;
+  params.partialOut = static_cast<float *>(args->workspace);
+  params.partialLse = params.partialOut ? params.partialOut + rows * d : nullptr;
+  params.batch = args->batch;
+  params.numKvHeads = args->num_kv_heads;
+  params.maxBlocksPerRequest = args->max_blocks_per_request;
+  params.softmaxScale = args->softmax_scale > 0 ? args->softmax_scale : 1.0f / std::sqrt(float(d));
+  if (kvarn::Status s = kvarn::launchDecode(kernel->module, params, kernel->spec.queryHeadsPerKvHead,
+                                            kvarn::DecodePlan{num_splits}, CUstream(stream));
+      !s)
+    return fail(s.error());
+  return ok();
+}
+
+kvarn_status kvarn_launch_flush(kvarn_kernel kernel, const kvarn_flush_args *args,
+                                kvarn_stream stream) {
+  KVARN_REQUIRE(kernel && args, "kvarn_launch_flush: NULL argument");
+  KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Flush, "kvarn_launch_flush: not a flush kernel");
+  KVARN_REQUIRE(args->pool_key && args->pool_value && args->entries && args->cache && args->status,
+                "kvarn_launch_flush: a required pointer is NULL");
+  kvarn::dev::FlushParams params{args->pool_key, args->pool_value, args->entries,
+                                 static_cast<unsigned char *>(args->cache), args->status,
+                                 args->num_entries, args->num_kv_heads};
+  if (kvarn::Status s = kvarn::launchFlush(kernel->module, params, CUstream(stream)); !s)
+    return fail(s.error());
+  return ok();
+}
+
+kvarn_status kvarn_launch_append(kvarn_kernel kernel, const kvarn_append_args *args,
+                                 kvarn_stream stream) {
+  KVARN_REQUIRE(kernel && args, "kvarn_launch_append: NULL argument");
+  KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Append, "kvarn_launch_append: not an append kernel");
+  KVARN_REQUIRE(args->key && args->value && args->slot_mapping && args->pool_key && args->pool_value,
+                "kvarn_launch_append: a required pointer is NULL");
+  kvarn::dev::AppendParams params{args->key, args->value,
+                                  reinterpret_cast<const long long *>(args->slot_mapping),
+                                  args->pool_key, args->pool_value, args->num_tokens,
+                                  args->num_kv_heads, args->key_stride, args->value_stride};
+  if (kvarn::Status s = kvarn::launchAppend(kernel->module, params, CUstream(stream)); !s)
+    return fail(s.error());
+  return ok();
+}
+
+kvarn_status kvarn_launch_dequantize(kvarn_kernel kernel, const kvarn_dequantize_args *args,
+                                     kvarn_stream stream) {
+  KVARN_REQUIRE(kernel && args, "kvarn_launch_dequantize: NULL argument");
+  KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Dequantize,
+                "kvarn_launch_dequantize: not a dequantize kernel");
+  KVARN_REQUIRE(args->cache && args->entries && args->key && args->value,
+                "kvarn_launch_dequantize: a required pointer is NULL");
+  kvarn::dev::DequantizeParams params{static_cast<const unsigned char *>(args->cache),
+                                      args->entries, args->key, args->value, args->num_entries,
+                                      args->num_kv_heads};
+  if (kvarn::Status s = kvarn::launchDequantize(kernel->module, params, kernel->smCount,
+                                                CUstream(stream));
+      !s)
+    return fail(s.error());
+  return ok();
+}
+
+} // extern "C"

@@ -1,0 +1,275 @@
+// The C API on the GPU: every op through kvarn.h with JIT, a decode captured in a CUDA graph and
+// replayed with new lengths, launches from several threads and streams, and the no-JIT mode.
+#include "../common/PagedCache.h"
+#include "kvarn/driver.h"
+#include "kvarn/jit.h"
+#include "kvarn/kvarn.h"
+#include "kvarn/reference.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <thread>
+
+using namespace kvarn;
+using namespace kvarn::testing;
+
+namespace {
+
+#define ASSERT_KVARN(call)                                                                       \
+  do {                                                                                           \
+    const kvarn_status status_ = (call);                                                         \
+    ASSERT_EQ(status_, KVARN_OK) << kvarn_status_name(status_) << ": " << kvarn_last_error();    \
+  } while (0)
+
+/// A runtime with its own cache directory; skips the test without a GPU.
+class CApiGpuTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    char pattern[] = "/tmp/kvarn-capi-XXXXXX";
+    cacheDir = mkdtemp(pattern);
+    kvarn_runtime_options options{0, cacheDir.c_str(), 1, 0};
+    if (kvarn_runtime_create(&options, &runtime) != KVARN_OK)
+      GTEST_SKIP() << "no GPU available, skipping: " << kvarn_last_error();
+    ASSERT_KVARN(kvarn_jit_install(runtime));
+  }
+  void TearDown() override {
+    if (runtime)
+      kvarn_runtime_destroy(runtime);
+    std::filesystem::remove_all(cacheDir);
+  }
+  template <typename T> CUdeviceptr upload(const std::vector<T> &host) {
+    CUdeviceptr pointer = 0;
+    EXPECT_TRUE(KVARN_CU(driver().cuMemAlloc(&pointer, std::max<size_t>(16, host.size() * sizeof(T)))));
+    if (!host.empty())
+      EXPECT_TRUE(KVARN_CU(driver().cuMemcpyHtoD(pointer, host.data(), host.size() * sizeof(T))));
+    allocations.push_back(pointer);
+    return pointer;
+  }
+  CUdeviceptr allocate(size_t bytes) { return upload(std::vector<uint8_t>(bytes, 0xff)); }
+  template <typename T> std::vector<T> download(CUdeviceptr pointer, size_t count) {
+    std::vector<T> host(count);
+    EXPECT_TRUE(KVARN_CU(driver().cuMemcpyDtoH(host.data(), pointer, count * sizeof(T))));
+    return host;
+  }
+  static const Driver &driver() { return **Driver::get(); }
+  ~CApiGpuTest() override {
+    for (CUdeviceptr p : allocations)
+      driver().cuMemFree(p);
+  }
+
+  std::string cacheDir;
+  kvarn_runtime runtime = nullptr;
+  std::vector<CUdeviceptr> allocations;
+};
+
+/// Device copies of a paged cache and queries, and the float64 reference for given lengths.
+struct DecodeFixture {
+  PagedCache cache;
+  std::vector<uint16_t> q;
+  int hq;
+  DecodeFixture(const Format &f, int hk, int q_, std::vector<int32_t> lengths, uint64_t seed)
+      : cache(f, hk, lengths, seed), hq(hk * q_) {
+    q = randomQueries(lengths.size() * hq * f.headDim, DType::F16, seed + 1);
+  }
+  std::vector<uint16_t> reference(const std::vector<int32_t> &lengths) const {
+    reference::DecodeProblem problem;
+    problem.format = cache.format;
+    problem.batch = int(lengths.size());
+    problem.numQueryHeads = hq;
+    problem.numKvHeads = cache.numKvHeads;
+    problem.maxBlocksPerRequest = cache.maxBlocks;
+    problem.query = q;
+    problem.blockTable = cache.blockTable;
+    problem.seqLens = lengths;
+    std::vector<uint16_t> out(q.size());
+    Status s = reference::decodeQuantized(problem, cache.view(), 1, out);
+    EXPECT_TRUE(s) << s.error().str();
+    return out;
+  }
+};
+
+double errorAgainst(const std::vector<uint16_t> &actual, const std::vector<uint16_t> &expected) {
+  return reference::relativeFrobeniusError(toFloats(actual, DType::F16), toFloats(expected, DType::F16));
+}
+
+TEST_F(CApiGpuTest, DecodeThroughTheCApiAndACudaGraphReplayedWithNewLengths) {
+  Format format = *parseFormat("kvarn_k4v2_g128", 128);
+  const std::vector<int32_t> maxLengths = {900, 1500, 300};
+  DecodeFixture fx(format, 2, 8, maxLengths, 11);
+  kvarn_kernel kernel = nullptr;
+  ASSERT_KVARN(kvarn_prepare(runtime, "decode:kvarn_k4v2_g128:d128:q8:f16", nullptr, &kernel));
+  int splits = 0;
+  ASSERT_KVARN(kvarn_plan_decode(kernel, 3, 2, 1500, &splits));
+  size_t workspaceBytes = 0;
+  ASSERT_KVARN(kvarn_decode_workspace_size(kernel, 3, 2, splits, &workspaceBytes));
+  CUdeviceptr dq = upload(fx.q), dRecords = upload(fx.cache.records), dPk = upload(fx.cache.poolKey),
+              dPv = upload(fx.cache.poolValue), dSlots = upload(fx.cache.blockToSlot),
+              dTable = upload(fx.cache.blockTable), dLens = upload(maxLengths),
+              dOut = allocate(fx.q.size() * 2), dWork = allocate(workspaceBytes);
+  kvarn_decode_args args{reinterpret_cast<void *>(dq), reinterpret_cast<void *>(dOut),
+                         reinterpret_cast<void *>(dRecords), reinterpret_cast<void *>(dPk),
+                         reinterpret_cast<void *>(dPv), reinterpret_cast<int32_t *>(dSlots),
+                         reinterpret_cast<int32_t *>(dTable), reinterpret_cast<int32_t *>(dLens),
+                         reinterpret_cast<void *>(dWork), 3, 2, fx.cache.maxBlocks, 0.0f};
+  // Step 1. A plain launch.
+  ASSERT_KVARN(kvarn_launch_decode(kernel, &args, splits, nullptr));
+  ASSERT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
+  EXPECT_LE(errorAgainst(download<uint16_t>(dOut, fx.q.size()), fx.reference(maxLengths)), 1e-3);
+  // Step 2. Capture once, replay with new lengths (same plan, no host work in the graph).
+  CUstream stream;
+  ASSERT_TRUE(KVARN_CU(driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING)));
+  CUgraph graph;
+  CUgraphExec exec;
+  ASSERT_TRUE(KVARN_CU(driver().cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL)));
+  ASSERT_KVARN(kvarn_launch_decode(kernel, &args, splits, stream));
+  ASSERT_TRUE(KVARN_CU(driver().cuStreamEndCapture(stream, &graph)));
+  ASSERT_TRUE(KVARN_CU(driver().cuGraphInstantiate(&exec, graph, 0)));
+  for (const std::vector<int32_t> &lengths :
+       {std::vector<int32_t>{1, 129, 300}, {900, 0, 255}, {640, 1500, 1}}) {
+    ASSERT_TRUE(KVARN_CU(driver().cuMemcpyHtoD(dLens, lengths.data(), lengths.size() * 4)));
+    ASSERT_TRUE(KVARN_CU(driver().cuMemsetD8(dOut, 0xff, fx.q.size() * 2)));
+    ASSERT_TRUE(KVARN_CU(driver().cuGraphLaunch(exec, stream)));
+    ASSERT_TRUE(KVARN_CU(driver().cuStreamSynchronize(stream)));
+    const double error = errorAgainst(download<uint16_t>(dOut, fx.q.size()), fx.reference(lengths));
+    EXPECT_LE(error, 1e-3) << lengths[0] << "," << lengths[1] << "," << lengths[2];
+  }
+  driver().cuGraphExecDestroy(exec);
+  driver().cuGraphDestroy(graph);
+  driver().cuStreamDestroy(stream);
+}
+
+TEST_F(CApiGpuTest, LaunchesFromSeveralThreadsOnSeveralStreams) {
+  Format format = *parseFormat("kvarn_k4v4_g64", 128);
+  const std::vector<int32_t> lengths = {700, 130};
+  DecodeFixture fx(format, 2, 4, lengths, 21);
+  const std::vector<uint16_t> expected = fx.reference(lengths);
+  kvarn_kernel kernel = nullptr;
+  ASSERT_KVARN(kvarn_prepare(runtime, "decode:kvarn_k4v4_g64:d128:q4:f16", "warps=2", &kernel));
+  int splits = 0;
+  ASSERT_KVARN(kvarn_plan_decode(kernel, 2, 2, 700, &splits));
+  size_t workspaceBytes = 0;
+  ASSERT_KVARN(kvarn_decode_workspace_size(kernel, 2, 2, splits, &workspaceBytes));
+  CUdeviceptr dq = upload(fx.q), dRecords = upload(fx.cache.records), dPk = upload(fx.cache.poolKey),
+              dPv = upload(fx.cache.poolValue), dSlots = upload(fx.cache.blockToSlot),
+              dTable = upload(fx.cache.blockTable), dLens = upload(lengths);
+  const int threads = 4;
+  std::vector<CUdeviceptr> outs, works;
+  for (int t = 0; t < threads; ++t) {
+    outs.push_back(allocate(fx.q.size() * 2));
+    works.push_back(allocate(workspaceBytes));
+  }
+  CUcontext context = nullptr;
+  std::vector<std::thread> pool;
+  std::vector<std::string> failures(threads);
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      (void)context;
+      DeviceInfo ignored = *openDevice(0); // makes the primary context current on this thread
+      (void)ignored;
+      CUstream stream;
+      driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING);
+      kvarn_decode_args args{reinterpret_cast<void *>(dq), reinterpret_cast<void *>(outs[t]),
+                             reinterpret_cast<void *>(dRecords), reinterpret_cast<void *>(dPk),
+                             reinterpret_cast<void *>(dPv), reinterpret_cast<int32_t *>(dSlots),
+                             reinterpret_cast<int32_t *>(dTable), reinterpret_cast<int32_t *>(dLens),
+                             reinterpret_cast<void *>(works[t]), 2, 2, fx.cache.maxBlocks, 0.0f};
+      for (int repeat = 0; repeat < 20; ++repeat)
+        if (kvarn_launch_decode(kernel, &args, splits, stream) != KVARN_OK)
+          failures[t] = kvarn_last_error();
+      driver().cuStreamSynchronize(stream);
+      driver().cuStreamDestroy(stream);
+    });
+  for (std::thread &t : pool)
+    t.join();
+  for (int t = 0; t < threads; ++t) {
+    EXPECT_EQ(failures[t], "");
+    EXPECT_LE(errorAgainst(download<uint16_t>(outs[t], fx.q.size()), expected), 1e-3) << "thread " << t;
+  }
+}
+
+TEST_F(CApiGpuTest, EveryOpThroughTheCApi) {
+  // Append rows into the pool, flush them into records, dequantize the records: compare with the
+  // CPU reference at each step.
+  const int hk = 2, d = 128, g = 128, tokens = g;
+  Format format = *parseFormat("kvarn_k4v2_g128", d);
+  RecordLayout layout = recordLayout(format);
+  std::mt19937_64 rng(5);
+  std::vector<uint16_t> keys = randomRows(size_t(tokens) * hk, d, rng, true);
+  std::vector<uint16_t> values = randomRows(size_t(tokens) * hk, d, rng, false);
+  std::vector<int64_t> mapping(tokens);
+  for (int t = 0; t < tokens; ++t)
+    mapping[t] = t; // pool slot 0
+  kvarn_kernel append = nullptr, flush = nullptr, dequantize = nullptr;
+  ASSERT_KVARN(kvarn_prepare(runtime, "append:kvarn_k4v2_g128:d128:q1:f16", nullptr, &append));
+  ASSERT_KVARN(kvarn_prepare(runtime, "flush:kvarn_k4v2_g128:d128:q1:f16", nullptr, &flush));
+  ASSERT_KVARN(kvarn_prepare(runtime, "dequantize:kvarn_k4v2_g128:d128:q1:f16", nullptr, &dequantize));
+  CUdeviceptr dKeys = upload(keys), dValues = upload(values), dMap = upload(mapping);
+  CUdeviceptr dPk = allocate(size_t(g) * hk * d * 2), dPv = allocate(size_t(g) * hk * d * 2);
+  kvarn_append_args appendArgs{reinterpret_cast<void *>(dKeys), reinterpret_cast<void *>(dValues),
+                               reinterpret_cast<int64_t *>(dMap), reinterpret_cast<void *>(dPk),
+                               reinterpret_cast<void *>(dPv), tokens, hk, int64_t(hk) * d, int64_t(hk) * d};
+  ASSERT_KVARN(kvarn_launch_append(append, &appendArgs, nullptr));
+  std::vector<int32_t> entries = {0, 0, 0, 0, 1, 0};
+  CUdeviceptr dEntries = upload(entries), dStatus = upload(std::vector<int32_t>{0});
+  CUdeviceptr dCache = allocate(size_t(hk) * layout.tileBytesAligned);
+  kvarn_flush_args flushArgs{reinterpret_cast<void *>(dPk), reinterpret_cast<void *>(dPv),
+                             reinterpret_cast<int32_t *>(dEntries), reinterpret_cast<void *>(dCache),
+                             reinterpret_cast<int32_t *>(dStatus), 2, hk};
+  ASSERT_KVARN(kvarn_launch_flush(flush, &flushArgs, nullptr));
+  std::vector<int32_t> dqEntries = {0, 0, 0, 1};
+  CUdeviceptr dDqEntries = upload(dqEntries);
+  CUdeviceptr dK = allocate(size_t(2) * g * d * 2), dV = allocate(size_t(2) * g * d * 2);
+  kvarn_dequantize_args dqArgs{reinterpret_cast<void *>(dCache), reinterpret_cast<int32_t *>(dDqEntries),
+                               reinterpret_cast<void *>(dK), reinterpret_cast<void *>(dV), 2, hk};
+  ASSERT_KVARN(kvarn_launch_dequantize(dequantize, &dqArgs, nullptr));
+  ASSERT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
+  // Reference: records written by the CPU from the GPU's pool rows must match the GPU records'
+  // K codes; the dequantized rows must match the CPU's dequantization of the GPU records.
+  std::vector<uint16_t> poolKey = download<uint16_t>(dPk, size_t(g) * hk * d);
+  std::vector<uint16_t> poolValue = download<uint16_t>(dPv, size_t(g) * hk * d);
+  std::vector<uint8_t> records = download<uint8_t>(dCache, size_t(hk) * layout.tileBytesAligned);
+  std::vector<uint16_t> k = download<uint16_t>(dK, size_t(2) * g * d);
+  for (int h = 0; h < hk; ++h) {
+    std::vector<uint8_t> expected(layout.tileBytesAligned);
+    ASSERT_TRUE(reference::writeRecord(format, std::span(poolKey).subspan(size_t(h) * d),
+                                       std::span(poolValue).subspan(size_t(h) * d), size_t(hk) * d,
+                                       expected));
+    const uint8_t *actual = records.data() + size_t(h) * layout.tileBytesAligned;
+    for (size_t i = 0; i < layout.keyPackedBytes; ++i)
+      ASSERT_EQ(actual[i], expected[i]) << "head " << h << " K byte " << i;
+    std::vector<float> rk(size_t(g) * d), rv(rk.size());
+    ASSERT_TRUE(reference::dequantizeRecord(format, std::span(actual, layout.tileBytesAligned), rk, rv));
+    for (size_t i = 0; i < rk.size(); ++i)
+      ASSERT_EQ(k[size_t(h) * rk.size() + i], floatToHalf(rk[i]));
+  }
+  // The append itself: rows within fp16 rounding of the reference rotation.
+  std::vector<uint16_t> rotated(keys.size());
+  ASSERT_TRUE(reference::rotateRows(keys, DType::F16, tokens * hk, d, d, rotated));
+  for (size_t i = 0; i < rotated.size(); ++i)
+    ASSERT_LE(std::fabs(halfToFloat(poolKey[i]) - halfToFloat(rotated[i])),
+              std::fabs(halfToFloat(rotated[i])) * 2e-3f + 2e-3f);
+}
+
+TEST_F(CApiGpuTest, ProductionModeWithoutJitUsesTheCacheOrSaysWhatIsMissing) {
+  kvarn_runtime_options noJit{0, cacheDir.c_str(), 0, 0};
+  kvarn_runtime production = nullptr;
+  ASSERT_KVARN(kvarn_runtime_create(&noJit, &production));
+  kvarn_kernel kernel = nullptr;
+  EXPECT_EQ(kvarn_prepare(production, "dequantize:kvarn_k2v2_g64:d64:q1:f16", nullptr, &kernel),
+            KVARN_ERROR_NOT_FOUND);
+  EXPECT_NE(std::string(kvarn_last_error()).find("JIT is disabled"), std::string::npos);
+  // The JIT runtime compiles it into the shared cache directory; production then finds it.
+  ASSERT_KVARN(kvarn_prepare(runtime, "dequantize:kvarn_k2v2_g64:d64:q1:f16", nullptr, &kernel));
+  kvarn_runtime production2 = nullptr;
+  ASSERT_KVARN(kvarn_runtime_create(&noJit, &production2));
+  ASSERT_KVARN(kvarn_prepare(production2, "dequantize:kvarn_k2v2_g64:d64:q1:f16", nullptr, &kernel));
+  EXPECT_EQ(kvarn_prepare(production2, "decode:kvarn_k4v2_g128:d96:q8:f16", nullptr, &kernel),
+            KVARN_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(kvarn_last_error()).find("unsupported head_dim: 96"), std::string::npos);
+  kvarn_runtime_destroy(production);
+  kvarn_runtime_destroy(production2);
+}
+
+} // namespace
