@@ -93,25 +93,16 @@ struct LowerToEmitCPass : impl::KvarnLowerToEmitCBase<LowerToEmitCPass> {
         tileOps.push_back(op);
     });
     for (Operation *op : tileOps) {
-      if (auto range = dyn_cast<TilePageRangeOp>(op)) {
-        // Three scalar queries (EmitC calls return at most one value).
+      // Ranges become three scalar queries (EmitC calls return at most one value).
+      if (isa<TilePageRangeOp, TileRowRangeOp>(op)) {
+        const bool pages = isa<TilePageRangeOp>(op);
         rewriter.setInsertionPoint(op);
         SmallVector<Value> values;
-        for (StringRef part : {"pageFirst", "pageEnd", "pageStep"})
-          values.push_back(emitc::CallOpaqueOp::create(rewriter, op->getLoc(), TypeRange{i32},
-                                                       ("kvarn::dev::" + part).str(),
-                                                       op->getOperands())
-                               .getResult(0));
-        rewriter.replaceOp(op, values);
-        continue;
-      }
-      if (auto range = dyn_cast<TileRowRangeOp>(op)) {
-        rewriter.setInsertionPoint(op);
-        SmallVector<Value> values;
-        for (StringRef part : {"rowFirst", "rowEnd", "rowStep"})
-          values.push_back(emitc::CallOpaqueOp::create(rewriter, op->getLoc(), TypeRange{i32},
-                                                       ("kvarn::dev::" + part).str(),
-                                                       op->getOperands())
+        for (StringRef part : {"First", "End", "Step"})
+          values.push_back(emitc::CallOpaqueOp::create(
+                               rewriter, op->getLoc(), TypeRange{i32},
+                               ("kvarn::dev::" + Twine(pages ? "page" : "row") + part).str(),
+                               op->getOperands())
                                .getResult(0));
         rewriter.replaceOp(op, values);
         continue;

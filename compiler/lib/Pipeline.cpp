@@ -94,7 +94,8 @@ Expected<std::string> emitStage(const KernelSpec &spec, const Schedule &schedule
   return generatedHeader(spec, schedule) + compiled->ptx;
 }
 
-Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule) {
+/// The CUDA source and launch metadata of a kernel (everything but NVRTC's output).
+Expected<CompiledKernel> generateSource(const KernelSpec &spec, const Schedule &schedule) {
   CompiledKernel kernel;
   Expected<std::string> source = runPipeline(spec, schedule, Stage::Cuda, &kernel.kernelNames);
   if (!source)
@@ -102,6 +103,15 @@ Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &s
   kernel.cudaSource = std::move(*source);
   kernel.threads = schedule.warps * 32;
   kernel.sharedBytes = sharedMemoryBytes(spec, schedule);
+  kernel.nvrtcOptions = defaultNvrtcOptions(spec.arch);
+  return kernel;
+}
+
+Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule) {
+  Expected<CompiledKernel> generated = generateSource(spec, schedule);
+  if (!generated)
+    return generated.error();
+  CompiledKernel kernel = std::move(*generated);
   Expected<NvrtcOutput> output = compileCuda(kernel.cudaSource, kernel.kernelNames.front(),
                                              spec.arch, deviceLibraryHeaders());
   if (!output)
@@ -134,14 +144,10 @@ Artifact toArtifact(const CompiledKernel &kernel, const KernelSpec &spec, const 
 Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule,
                                        ArtifactCache &cache, bool *cacheHit) {
   // Step 1. Source and key (the key covers everything NVRTC sees).
-  CompiledKernel kernel;
-  Expected<std::string> source = runPipeline(spec, schedule, Stage::Cuda, &kernel.kernelNames);
-  if (!source)
-    return source.error();
-  kernel.cudaSource = std::move(*source);
-  kernel.threads = schedule.warps * 32;
-  kernel.sharedBytes = sharedMemoryBytes(spec, schedule);
-  kernel.nvrtcOptions = defaultNvrtcOptions(spec.arch);
+  Expected<CompiledKernel> generated = generateSource(spec, schedule);
+  if (!generated)
+    return generated.error();
+  CompiledKernel kernel = std::move(*generated);
   ArtifactKeyInputs inputs{kernel.cudaSource, deviceLibraryFingerprint(), nvrtcVersion(),
                            kernel.nvrtcOptions, spec.arch};
   const std::string key = artifactKey(inputs);
