@@ -91,20 +91,6 @@ extern "C" __global__ void readAll(const uint4 *data, unsigned long long count, 
   return double(bytes) / ((*ms)[0] * 1e-3) / 1e9;
 }
 
-/// Fills `buffer` with copies of `pattern` (doubling device-to-device copies).
-Status replicate(DeviceBuffer &buffer, const std::vector<uint8_t> &pattern) {
-  const size_t first = std::min(pattern.size(), buffer.size());
-  if (Status s = buffer.upload(pattern.data(), first); !s)
-    return s;
-  for (size_t filled = first; filled < buffer.size();) {
-    const size_t chunk = std::min(filled, buffer.size() - filled);
-    if (Status s = KVARN_CU(driver().cuMemcpyDtoD(buffer.get() + filled, buffer.get(), chunk)); !s)
-      return s;
-    filled += chunk;
-  }
-  return Status::success();
-}
-
 Expected<KernelModule> buildKernel(const std::string &specText, const std::string &schedule) {
   Expected<KernelSpec> spec = parseKernelSpec(specText);
   if (!spec)
@@ -169,7 +155,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       Expected<DeviceBuffer> records = DeviceBuffer::allocate(size_t(blocks) * hk * layout.tileBytesAligned);
       if (!records)
         return records.error();
-      KVARN_TRY(replicate(*records, pattern));
+      KVARN_TRY(records->fillWithPattern(pattern));
       // fp16 baseline: the same block walk over fp16 pages of the pool ([slots, G, Hk, D]).
       const int fp16Blocks = batch * pages * fp16Copies;
       Expected<DeviceBuffer> poolKey = DeviceBuffer::allocate(size_t(fp16Blocks) * g * hk * d * 2);

@@ -50,6 +50,19 @@ Status DeviceBuffer::fill(unsigned char value) {
   return KVARN_CU(driver().cuMemsetD8(pointer_, value, std::max<size_t>(bytes_, 16)));
 }
 
+Status DeviceBuffer::fillWithPattern(const std::vector<uint8_t> &pattern) {
+  const size_t first = std::min(pattern.size(), bytes_);
+  if (Status s = upload(pattern.data(), first); !s)
+    return s;
+  for (size_t filled = first; filled < bytes_ && first > 0;) {
+    const size_t chunk = std::min(filled, bytes_ - filled);
+    if (Status s = KVARN_CU(driver().cuMemcpyDtoD(pointer_ + filled, pointer_, chunk)); !s)
+      return s;
+    filled += chunk;
+  }
+  return Status::success();
+}
+
 KernelModule::~KernelModule() {
   if (module_)
     driver().cuModuleUnload(module_);

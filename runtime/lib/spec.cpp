@@ -150,6 +150,38 @@ Schedule defaultSchedule(OpKind op) {
   return schedule;
 }
 
+std::vector<Schedule> scheduleSearchSpace(OpKind op) {
+  // Tuned values per knob and op; the knobs not listed keep their default.
+  std::vector<int> warps = {1, 2, 4, 8}, stages = {1}, rows = {defaultSchedule(op).rowsPerCta};
+  switch (op) {
+  case OpKind::Decode:
+  case OpKind::Extend:
+    stages = {1, 2};
+    break;
+  case OpKind::Flush:
+    warps = {4, 8, 16};
+    break;
+  case OpKind::Append:
+    warps = {2, 4, 8};
+    rows = {1, 2, 4, 8};
+    break;
+  case OpKind::Dequantize:
+    warps = {4, 8};
+    break;
+  }
+  std::vector<Schedule> space;
+  for (int w : warps)
+    for (int s : stages)
+      for (int r : rows) {
+        Schedule schedule = defaultSchedule(op);
+        schedule.warps = w;
+        schedule.stages = s;
+        schedule.rowsPerCta = r;
+        space.push_back(schedule);
+      }
+  return space;
+}
+
 Expected<Schedule> parseSchedule(std::string_view text, OpKind op) {
   Schedule schedule = defaultSchedule(op);
   if (text.empty())

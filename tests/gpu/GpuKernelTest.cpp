@@ -462,10 +462,12 @@ TEST(GpuAppend, RotatesIntoPoolSlotsAndSkipsNegativeSlots) {
           }
         }
       }
-      for (size_t row = 0; row < written.size(); ++row)
-        if (!written[row])
-          for (int i = 0; i < hk * d; ++i)
-            ASSERT_EQ(poolKey[row * hk * d + i], 0xffff) << "pool row " << row << " was written";
+      for (size_t row = 0; row < written.size(); ++row) {
+        if (written[row])
+          continue;
+        for (int i = 0; i < hk * d; ++i)
+          ASSERT_EQ(poolKey[row * hk * d + i], 0xffff) << "pool row " << row << " was written";
+      }
     }
 }
 

@@ -1,5 +1,6 @@
 // kvarn-tune: the per-GPU command-line tool (tune, bench, compile, bundles, inspect).
 #include "kvarn/Autotune/Bench.h"
+#include "kvarn/Autotune/Tuner.h"
 #include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/cache.h"
 #include "kvarn/driver.h"
@@ -271,6 +272,23 @@ int main(int argc, char **argv) {
   compileTime->add_option("--spec", timedSpecs, "kernel specs to time")->capture_default_str();
   compileTime->add_option("--repeats", repeats, "timed compiles per spec")->capture_default_str();
 
+  autotune::TuneOptions tune;
+  CLI::App *tuneCommand = app.add_subcommand(
+      "tune", "Tune decode (per GQA ratio) and flush of the presets on a GPU: every candidate of "
+              "the schedule search space is pruned by its resources, checked against the CPU "
+              "reference, then timed (median, cold L2); writes configs/<gpu>.json");
+  tuneCommand->add_option("--device", tune.device, "GPU ordinal")->capture_default_str();
+  tuneCommand->add_option("--preset", tune.presets, "presets")->capture_default_str();
+  tuneCommand->add_option("--head-dim", tune.headDim, "head_dim")->capture_default_str();
+  tuneCommand->add_option("--q", tune.queryHeadsPerKvHead, "query heads per kv head")
+      ->capture_default_str();
+  tuneCommand->add_option("--batch", tune.batch, "decode batch of the tuning bucket")
+      ->capture_default_str();
+  tuneCommand->add_option("--context", tune.context, "decode context of the tuning bucket")
+      ->capture_default_str();
+  tuneCommand->add_option("--configs", tune.configsDirectory, "where to write the configs")
+      ->capture_default_str();
+
   std::string cacheAction = "ls";
   CLI::App *cacheCommand = app.add_subcommand(
       "cache", "Inspect the artifact cache ($KVARN_CACHE_DIR, $XDG_CACHE_HOME/kvarn or "
@@ -280,6 +298,13 @@ int main(int argc, char **argv) {
       ->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);
+  if (app.got_subcommand(tuneCommand)) {
+    if (Status status = autotune::runTune(tune); !status) {
+      std::fprintf(stderr, "kvarn-tune tune: %s\n", status.error().message.c_str());
+      return 1;
+    }
+    return 0;
+  }
   if (app.got_subcommand(cacheCommand))
     return runCacheCommand(cacheAction);
   if (app.got_subcommand(compileTime))

@@ -28,6 +28,8 @@ public:
   Status upload(const void *data, size_t bytes, size_t offset = 0);
   Status download(void *data, size_t bytes, size_t offset = 0) const;
   Status fill(unsigned char value);
+  /// Fills the buffer with repeated copies of `pattern` (doubling device-to-device copies).
+  Status fillWithPattern(const std::vector<uint8_t> &pattern);
 
 private:
   CUdeviceptr pointer_ = 0;

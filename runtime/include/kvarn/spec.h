@@ -8,6 +8,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace kvarn {
 
@@ -57,6 +58,10 @@ Schedule defaultSchedule(OpKind op);
 
 /// Parses knobs over the op's default schedule.
 Expected<Schedule> parseSchedule(std::string_view text, OpKind op = OpKind::Decode);
+
+/// The tuner's candidate schedules of an op: the cross product of each knob's tuned values over
+/// the op's default schedule (validateSchedule then prunes what a spec and target cannot run).
+std::vector<Schedule> scheduleSearchSpace(OpKind op);
 
 /// Shared memory a kernel of this spec and schedule uses (bytes); the device library's layout.
 size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule);
