@@ -93,10 +93,11 @@ Expected<KernelModule> loadChecked(const KernelSpec &spec, const Schedule &sched
       KernelModule::load(compiled->cubin, compiled->kernelNames, schedule, compiled->sharedBytes);
   if (!module)
     return module.error();
+  // Spills are reported, not pruned: at Q = 1 every decode schedule spills a few bytes, and the
+  // timing decides whether they matter.
   if (module->localBytes(0) > 0)
-    return makeError(ErrorCode::Unsupported, "pruned: spills " +
-                                                 std::to_string(module->localBytes(0)) +
-                                                 " bytes to local memory");
+    std::printf("  (%s: %d registers, spills %d bytes)\n", schedule.str().c_str(),
+                module->registers(0), module->localBytes(0));
   return module;
 }
 
