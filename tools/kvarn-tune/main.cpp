@@ -337,11 +337,16 @@ int main(int argc, char **argv) {
   Expected<DeviceInfo> device = openDevice(0);
   rc |= runCompileDefaultSet(device ? device->arch() : std::string("sm_90a"));
   if (!device) {
-    std::printf("\nNo GPU here (%s).\nOn a GPU, this command also benchmarks decode (k4v2_g128, "
-                "D=128, Hq=64, Hk=8) against fp16 paged decode, flush and append: "
-                "kvarn-tune bench.\n",
+    std::printf("\nNo GPU here (%s).\nOn a GPU, this command also tunes decode (Q = 1, 4, 8) "
+                "and flush of kvarn_k4v2_g128 and kvarn_k4v4_g128 at head_dim 128 (kvarn-tune "
+                "tune, configs/<gpu>.json) and benchmarks decode (D=128, Hq=64, Hk=8) against fp16 "
+                "paged decode, flush and append (kvarn-tune bench).\n",
                 device.error().message.c_str());
     return rc;
+  }
+  if (Status status = autotune::runTune(autotune::TuneOptions{}); !status) {
+    std::fprintf(stderr, "kvarn-tune: %s\n", status.error().message.c_str());
+    return 1;
   }
   autotune::BenchOptions defaults;
   defaults.batches = {1, 8, 32};
