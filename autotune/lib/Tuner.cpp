@@ -1,6 +1,8 @@
 // Autotuner: search, prune, check, time, select, write configs.
 #include "kvarn/Autotune/Tuner.h"
 
+#include "kvarn/Autotune/Timing.h"
+
 #include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/launch.h"
 #include "kvarn/reference.h"
@@ -52,28 +54,12 @@ namespace {
 
 const Driver &driver() { return **Driver::get(); }
 
-/// Median of `iterations` event-timed runs after two warm-ups.
+/// Median time (ms) of one run.
 Expected<double> medianMs(const std::function<Status()> &run, int iterations) {
-  CUevent start, stop;
-  driver().cuEventCreate(&start, CU_EVENT_DEFAULT);
-  driver().cuEventCreate(&stop, CU_EVENT_DEFAULT);
-  std::vector<double> samples;
-  for (int k = 0; k < iterations + 2; ++k) {
-    driver().cuEventRecord(start, nullptr);
-    if (Status s = run(); !s)
-      return s.error();
-    driver().cuEventRecord(stop, nullptr);
-    if (Status s = KVARN_CU(driver().cuEventSynchronize(stop)); !s)
-      return s.error();
-    float ms = 0;
-    driver().cuEventElapsedTime(&ms, start, stop);
-    if (k >= 2)
-      samples.push_back(ms);
-  }
-  driver().cuEventDestroy(start);
-  driver().cuEventDestroy(stop);
-  std::sort(samples.begin(), samples.end());
-  return samples[samples.size() / 2];
+  Expected<std::vector<double>> ms = timeInterleaved({[&](int) { return run(); }}, iterations);
+  if (!ms)
+    return ms.error();
+  return (*ms)[0];
 }
 
 template <typename T> Expected<DeviceBuffer> uploaded(const std::vector<T> &host) {
