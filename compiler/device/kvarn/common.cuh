@@ -62,12 +62,6 @@ __device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
   asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
   return r;
 }
-__device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
-  uint32_t r;
-  asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  return r;
-}
-__device__ __forceinline__ uint32_t broadcastHalf(Half h) { return uint32_t(h.bits) * 0x10001u; }
 
 template <typename A, typename B> struct SameType { static constexpr bool value = false; };
 template <typename A> struct SameType<A, A> { static constexpr bool value = true; };
@@ -86,16 +80,6 @@ __device__ __forceinline__ uint32_t part32(uint2 w, int index) { return index ==
 __device__ __forceinline__ uint32_t part32(uint4 w, int index) {
   return index == 0 ? w.x : index == 1 ? w.y : index == 2 ? w.z : w.w;
 }
-
-/// Read-only global load that does not allocate in L1 (streamed cache data).
-template <typename W> __device__ __forceinline__ W loadStreaming(const unsigned char *address) {
-  return __ldg(reinterpret_cast<const W *>(address));
-}
-template <> __device__ __forceinline__ unsigned short
-loadStreaming<unsigned short>(const unsigned char *address) {
-  return __ldg(reinterpret_cast<const unsigned short *>(address));
-}
-
 
 /// Byte `byteIndex` of `low` and of `high`, each duplicated into one 16-bit half:
 /// result = [low.b, low.b, high.b, high.b] (one PRMT).

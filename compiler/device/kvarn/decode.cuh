@@ -139,16 +139,6 @@ struct DecodeContext {
   __device__ __forceinline__ int validTokens(int page) const {
     return min(G, seqLen - page * G);
   }
-  /// Lane-local pair of activation values as an fp16 pair (for the fp16 MMA; bf16 values in
-  /// fp16's normal range convert exactly).
-  __device__ __forceinline__ uint32_t queryHalf2(int n, int kc, int half) const {
-    if constexpr (SameType<T, Half>::value) {
-      return query[n][kc][half];
-    } else {
-      const uint32_t bits = query[n][kc][half];
-      return packHalf2(__uint_as_float(bits << 16), __uint_as_float(bits & 0xffff0000u));
-    }
-  }
   __device__ __forceinline__ float2 queryFloat2(int n, int kc, int half) const {
     if constexpr (SameType<T, Half>::value) {
       return unpackHalf2(query[n][kc][half]);
