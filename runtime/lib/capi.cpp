@@ -28,7 +28,8 @@ struct kvarn_runtime_t {
   std::unique_ptr<kvarn::ArtifactCache> cache;
   kvarn::JitCompiler jit;
   std::mutex mutex;
-  std::map<std::string, std::unique_ptr<kvarn_kernel_t>> kernels;
+  std::map<std::string, std::unique_ptr<kvarn_kernel_t>> kernels; ///< by prepared-kernel key
+  std::map<std::string, kvarn_kernel_t *> byText; ///< by the caller's "spec|schedule" text
 };
 
 namespace {
@@ -151,6 +152,15 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
                            kvarn_kernel *kernel) {
   KVARN_REQUIRE(runtime && spec && kernel, "kvarn_prepare: NULL argument");
   *kernel = nullptr;
+  // Step 0. A kernel prepared before with the same text: one map lookup, no parsing.
+  const std::string text = std::string(spec) + "|" + (schedule ? schedule : "");
+  {
+    std::lock_guard<std::mutex> lock(runtime->mutex);
+    if (auto found = runtime->byText.find(text); found != runtime->byText.end()) {
+      *kernel = found->second;
+      return ok();
+    }
+  }
   // Step 1. Parse the spec (the arch is the device's) and the schedule.
   kvarn::Expected<kvarn::KernelSpec> parsed =
       kvarn::parseKernelSpec(std::string(spec) + ":" + runtime->device.arch());
@@ -165,6 +175,7 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
   std::lock_guard<std::mutex> lock(runtime->mutex);
   if (auto found = runtime->kernels.find(key); found != runtime->kernels.end()) {
     *kernel = found->second.get();
+    runtime->byText[text] = *kernel;
     return ok();
   }
   // Step 2. Cache, or JIT on a miss.
@@ -204,6 +215,7 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
   prepared->module = std::move(*module);
   prepared->smCount = runtime->device.smCount;
   *kernel = prepared.get();
+  runtime->byText[text] = *kernel;
   runtime->kernels.emplace(key, std::move(prepared));
   return ok();
 }
