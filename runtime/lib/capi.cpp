@@ -1,4 +1,5 @@
 // The C API (kvarn.h) over the runtime: status codes, thread-local errors, prepared kernels.
+#include "kvarn/bundle.h"
 #include "kvarn/jit.h"
 #include "kvarn/kvarn.h"
 #include "kvarn/launch.h"
@@ -145,6 +146,18 @@ kvarn_status kvarn_runtime_device(kvarn_runtime runtime, const char **arch, int 
   archText = runtime->device.arch();
   *arch = archText.c_str();
   *sm_count = runtime->device.smCount;
+  return ok();
+}
+
+kvarn_status kvarn_load_bundle(kvarn_runtime runtime, const char *path) {
+  KVARN_REQUIRE(runtime && path, "kvarn_load_bundle: NULL argument");
+  kvarn::Expected<kvarn::Bundle> bundle = kvarn::readBundle(path);
+  if (!bundle)
+    return fail(bundle.error());
+  if (std::string why = kvarn::bundleMismatch(*bundle, runtime->device.arch(), KVARN_VERSION);
+      !why.empty())
+    return fail(KVARN_ERROR_UNSUPPORTED, std::string("bundle ") + path + " not used: " + why);
+  kvarn::importBundle(*bundle, *runtime->cache);
   return ok();
 }
 

@@ -2,7 +2,9 @@
 #include "kvarn/Autotune/Bench.h"
 #include "kvarn/Autotune/Tuner.h"
 #include "kvarn/Compiler/Pipeline.h"
+#include "kvarn/bundle.h"
 #include "kvarn/cache.h"
+#include "kvarn/jit.h"
 #include "kvarn/driver.h"
 #include "kvarn/format.h"
 #include "kvarn/reference.h"
@@ -172,6 +174,10 @@ int runCacheCommand(const std::string &action) {
   return bad == 0 ? 0 : 1;
 }
 
+/// `kvarn-tune bundle export|import|inspect`.
+int runBundleCommand(const std::string &action, const std::string &path, const std::string &arch,
+                     const std::string &configsPath);
+
 /// The default kernel set: decode/flush/append/dequantize of the default presets at D = 128.
 std::vector<KernelSpec> defaultKernelSet(const std::string &arch) {
   std::vector<KernelSpec> specs;
@@ -210,6 +216,60 @@ int runCompileDefaultSet(const std::string &arch) {
                 kernel->nvrtcLog.empty() ? "" : "  (NVRTC printed warnings)");
   }
   return failures == 0 ? 0 : 1;
+}
+
+int runBundleCommand(const std::string &action, const std::string &path, const std::string &arch,
+                     const std::string &configsPath) {
+  if (action == "export") {
+    // Step 1. The default kernel set for `arch`, compiled through the cache.
+    ArtifactCache cache(ArtifactCache::Options{});
+    Bundle bundle;
+    bundle.kvarnVersion = KVARN_VERSION;
+    bundle.arch = arch;
+    bundle.nvrtcVersion = nvrtcVersion();
+    if (!configsPath.empty()) {
+      std::ifstream in(configsPath);
+      if (!in) {
+        std::fprintf(stderr, "kvarn-tune: cannot read configs %s\n", configsPath.c_str());
+        return 1;
+      }
+      bundle.configs.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    for (const KernelSpec &spec : defaultKernelSet(arch)) {
+      const Schedule schedule = defaultSchedule(spec.op);
+      Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(spec, schedule, cache);
+      if (!kernel) {
+        std::fprintf(stderr, "kvarn-tune: %s\n", kernel.error().message.c_str());
+        return 1;
+      }
+      bundle.entries.push_back({preparedKernelKey(spec, schedule), spec.str(), schedule.str(),
+                                compiler::toArtifact(*kernel, spec, schedule), kernel->cudaSource});
+    }
+    if (Status s = writeBundle(path, bundle); !s) {
+      std::fprintf(stderr, "kvarn-tune: %s\n", s.error().message.c_str());
+      return 1;
+    }
+    std::printf("wrote %s: %zu kernels for %s\n", path.c_str(), bundle.entries.size(), arch.c_str());
+    return 0;
+  }
+  Expected<Bundle> bundle = readBundle(path);
+  if (!bundle) {
+    std::fprintf(stderr, "kvarn-tune: %s\n", bundle.error().message.c_str());
+    return 1;
+  }
+  if (action == "import") {
+    ArtifactCache cache(ArtifactCache::Options{});
+    importBundle(*bundle, cache);
+    std::printf("imported %zu kernels into %s\n", bundle->entries.size(), cache.directory().c_str());
+    return 0;
+  }
+  std::printf("%s: kvarn %s, %s, NVRTC %s, %zu kernels, %s\n", path.c_str(),
+              bundle->kvarnVersion.c_str(), bundle->arch.c_str(), bundle->nvrtcVersion.c_str(),
+              bundle->entries.size(), bundle->configs.empty() ? "no configs" : "with configs");
+  for (const BundleEntry &entry : bundle->entries)
+    std::printf("  %-46s %8zu B cubin  %s\n", entry.spec.c_str(), entry.artifact.cubin.size(),
+                entry.schedule.c_str());
+  return 0;
 }
 
 } // namespace
@@ -289,6 +349,17 @@ int main(int argc, char **argv) {
   tuneCommand->add_option("--configs", tune.configsDirectory, "where to write the configs")
       ->capture_default_str();
 
+  std::string bundleAction = "inspect", bundlePath, bundleArch = "sm_90a", bundleConfigs;
+  CLI::App *bundleCommand = app.add_subcommand(
+      "bundle", "Export the default kernel set for an arch into one bundle file, import a bundle "
+                "into the cache, or inspect one");
+  bundleCommand->add_option("action", bundleAction, "export, import or inspect")
+      ->check(CLI::IsMember({"export", "import", "inspect"}))
+      ->required();
+  bundleCommand->add_option("file", bundlePath, "bundle file")->required();
+  bundleCommand->add_option("--arch", bundleArch, "export: target arch")->capture_default_str();
+  bundleCommand->add_option("--configs", bundleConfigs, "export: tuned configs JSON to include");
+
   std::string cacheAction = "ls";
   CLI::App *cacheCommand = app.add_subcommand(
       "cache", "Inspect the artifact cache ($KVARN_CACHE_DIR, $XDG_CACHE_HOME/kvarn or "
@@ -298,6 +369,8 @@ int main(int argc, char **argv) {
       ->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);
+  if (app.got_subcommand(bundleCommand))
+    return runBundleCommand(bundleAction, bundlePath, bundleArch, bundleConfigs);
   if (app.got_subcommand(tuneCommand)) {
     if (Status status = autotune::runTune(tune); !status) {
       std::fprintf(stderr, "kvarn-tune tune: %s\n", status.error().message.c_str());

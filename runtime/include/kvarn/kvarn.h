@@ -46,6 +46,11 @@ void kvarn_runtime_destroy(kvarn_runtime runtime);
 /* Compute capability as "sm_90a", the SM count. */
 kvarn_status kvarn_runtime_device(kvarn_runtime runtime, const char **arch, int *sm_count);
 
+/* Loads a kernel bundle (kvarn-tune bundle export) into the runtime's cache. A bundle for another
+ * arch or kvarn version is refused with KVARN_ERROR_UNSUPPORTED and the reason; a corrupt one
+ * with KVARN_ERROR_INVALID_DATA. Nothing of a refused bundle is used. */
+kvarn_status kvarn_load_bundle(kvarn_runtime runtime, const char *path);
+
 /* Prepares the kernel of `spec` (op:preset:d<D>:q<Q>:<f16|bf16>; the arch is the device's) with
  * `schedule` (NULL or "" for the defaults). The handle lives as long as the runtime. */
 kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *schedule,

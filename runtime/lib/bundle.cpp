@@ -1,0 +1,154 @@
+// Kernel bundle writer and reader.
+#include "kvarn/bundle.h"
+
+#include <nlohmann/json.hpp>
+#include <xxhash.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <unistd.h>
+
+namespace kvarn {
+namespace {
+
+constexpr char kMagic[8] = {'K', 'V', 'A', 'R', 'N', 'B', 'N', '1'};
+constexpr uint32_t kSchema = 1;
+
+std::string hex64(uint64_t value) {
+  char text[17];
+  std::snprintf(text, sizeof(text), "%016llx", (unsigned long long)value);
+  return text;
+}
+
+} // namespace
+
+Status writeBundle(const std::string &path, const Bundle &bundle) {
+  // Step 1. Blobs and the manifest that locates them.
+  std::string blobs;
+  nlohmann::json entries = nlohmann::json::array();
+  auto blob = [&](const std::string &bytes) {
+    nlohmann::json where = {{"offset", blobs.size()},
+                            {"size", bytes.size()},
+                            {"xxh3", hex64(XXH3_64bits(bytes.data(), bytes.size()))}};
+    blobs += bytes;
+    return where;
+  };
+  for (const BundleEntry &entry : bundle.entries)
+    entries.push_back({{"key", entry.key},
+                       {"spec", entry.spec},
+                       {"schedule", entry.schedule},
+                       {"metadata", entry.artifact.metadata},
+                       {"ptx", blob(entry.artifact.ptx)},
+                       {"cubin", blob(std::string(entry.artifact.cubin.begin(), entry.artifact.cubin.end()))},
+                       {"source", blob(entry.source)}});
+  nlohmann::json manifest = {{"schema", kSchema},
+                             {"kvarn_version", bundle.kvarnVersion},
+                             {"arch", bundle.arch},
+                             {"nvrtc", bundle.nvrtcVersion},
+                             {"configs", bundle.configs},
+                             {"entries", entries}};
+  const std::string manifestText = manifest.dump();
+  std::string bytes(kMagic, sizeof(kMagic));
+  const uint32_t schema = kSchema;
+  const uint64_t manifestSize = manifestText.size();
+  bytes.append(reinterpret_cast<const char *>(&schema), 4);
+  bytes.append(reinterpret_cast<const char *>(&manifestSize), 8);
+  bytes += manifestText;
+  bytes += blobs;
+  const uint64_t checksum = XXH3_64bits(bytes.data(), bytes.size());
+  bytes.append(reinterpret_cast<const char *>(&checksum), 8);
+  // Step 2. Publish atomically.
+  const std::string temporary = path + ".tmp-" + std::to_string(getpid());
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), std::streamsize(bytes.size()));
+    out.flush();
+    if (!out) {
+      std::remove(temporary.c_str());
+      return makeError(ErrorCode::Io, "cannot write bundle " + path);
+    }
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    std::remove(temporary.c_str());
+    return makeError(ErrorCode::Io, "cannot publish bundle " + path + ": " + std::strerror(errno));
+  }
+  return Status::success();
+}
+
+Expected<Bundle> readBundle(const std::string &path) {
+  auto bad = [&](const std::string &why) {
+    return makeError(ErrorCode::InvalidData, "bundle " + path + ": " + why);
+  };
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return makeError(ErrorCode::NotFound, "bundle " + path + " cannot be opened");
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (bytes.size() < sizeof(kMagic) + 4 + 8 + 8)
+    return bad("truncated (" + std::to_string(bytes.size()) + " bytes)");
+  if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0)
+    return bad("not a kvarn bundle (bad magic)");
+  uint32_t schema = 0;
+  uint64_t manifestSize = 0, checksum = 0;
+  std::memcpy(&schema, bytes.data() + 8, 4);
+  std::memcpy(&manifestSize, bytes.data() + 12, 8);
+  std::memcpy(&checksum, bytes.data() + bytes.size() - 8, 8);
+  if (schema != kSchema)
+    return bad("schema " + std::to_string(schema) + " (this build reads schema " +
+               std::to_string(kSchema) + ")");
+  if (XXH3_64bits(bytes.data(), bytes.size() - 8) != checksum)
+    return bad("checksum mismatch (corrupt or truncated)");
+  const size_t blobsStart = 20 + manifestSize;
+  if (manifestSize > bytes.size() - 28)
+    return bad("manifest runs past the end");
+  nlohmann::json manifest = nlohmann::json::parse(bytes.substr(20, manifestSize), nullptr, false);
+  if (!manifest.is_object() || !manifest.contains("entries") || !manifest["entries"].is_array())
+    return bad("malformed manifest");
+  const std::string blobs = bytes.substr(blobsStart, bytes.size() - 8 - blobsStart);
+  auto blob = [&](const nlohmann::json &where, std::string &out) -> bool {
+    if (!where.is_object() || !where.contains("offset") || !where.contains("size"))
+      return false;
+    const uint64_t offset = where["offset"].get<uint64_t>(), size = where["size"].get<uint64_t>();
+    if (offset > blobs.size() || size > blobs.size() - offset)
+      return false;
+    out = blobs.substr(offset, size);
+    return where.value("xxh3", "") == hex64(XXH3_64bits(out.data(), out.size()));
+  };
+  Bundle bundle;
+  bundle.kvarnVersion = manifest.value("kvarn_version", "");
+  bundle.arch = manifest.value("arch", "");
+  bundle.nvrtcVersion = manifest.value("nvrtc", "");
+  bundle.configs = manifest.value("configs", "");
+  for (const nlohmann::json &item : manifest["entries"]) {
+    BundleEntry entry;
+    entry.key = item.value("key", "");
+    entry.spec = item.value("spec", "");
+    entry.schedule = item.value("schedule", "");
+    entry.artifact.metadata = item.value("metadata", "");
+    std::string cubin;
+    if (entry.key.empty() || !item.contains("ptx") || !blob(item["ptx"], entry.artifact.ptx) ||
+        !item.contains("cubin") || !blob(item["cubin"], cubin) || !item.contains("source") ||
+        !blob(item["source"], entry.source))
+      return bad("entry '" + entry.spec + "' has a missing or corrupt blob");
+    entry.artifact.cubin.assign(cubin.begin(), cubin.end());
+    bundle.entries.push_back(std::move(entry));
+  }
+  return bundle;
+}
+
+std::string bundleMismatch(const Bundle &bundle, const std::string &arch,
+                           const std::string &kvarnVersion) {
+  if (bundle.arch != arch)
+    return "bundle is for " + bundle.arch + ", this GPU is " + arch;
+  if (bundle.kvarnVersion != kvarnVersion)
+    return "bundle is from kvarn " + bundle.kvarnVersion + ", this runtime is kvarn " + kvarnVersion;
+  return "";
+}
+
+void importBundle(const Bundle &bundle, ArtifactCache &cache) {
+  for (const BundleEntry &entry : bundle.entries)
+    cache.store(entry.key, entry.artifact);
+}
+
+} // namespace kvarn
