@@ -1,6 +1,7 @@
 // GPU benchmarks: bytes counted first, the roofline measured in the same run, medians.
 #include "kvarn/Autotune/Bench.h"
 #include "kvarn/Autotune/Timing.h"
+#include "kvarn/Autotune/Tuner.h"
 
 #include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/launch.h"
@@ -56,6 +57,7 @@ extern "C" __global__ void readAll(const uint4 *data, unsigned long long count, 
   return double(bytes) / ((*ms)[0] * 1e-3) / 1e9;
 }
 
+/// Compiles (through the default artifact cache) and loads `spec` with `schedule` knobs.
 Expected<KernelModule> buildKernel(const std::string &specText, const std::string &schedule) {
   Expected<KernelSpec> spec = parseKernelSpec(specText);
   if (!spec)
@@ -63,11 +65,8 @@ Expected<KernelModule> buildKernel(const std::string &specText, const std::strin
   Expected<Schedule> parsed = parseSchedule(schedule, spec->op);
   if (!parsed)
     return parsed.error();
-  Expected<compiler::CompiledKernel> compiled = compiler::compileKernel(*spec, *parsed);
-  if (!compiled)
-    return compiled.error();
-  return KernelModule::load(compiled->cubin, compiled->kernelNames, *parsed,
-                            compiled->sharedBytes);
+  static ArtifactCache cache{ArtifactCache::Options{}};
+  return compileAndLoad(*spec, *parsed, cache);
 }
 
 #define KVARN_TRY(expression)                                                                    \

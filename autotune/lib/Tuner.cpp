@@ -18,6 +18,14 @@
 
 namespace kvarn::autotune {
 
+Expected<KernelModule> compileAndLoad(const KernelSpec &spec, const Schedule &schedule,
+                                      ArtifactCache &cache) {
+  Expected<compiler::CompiledKernel> compiled = compiler::compileKernel(spec, schedule, cache);
+  if (!compiled)
+    return makeError(compiled.error().code, "compile failed: " + compiled.error().message);
+  return KernelModule::load(compiled->cubin, compiled->kernelNames, schedule, compiled->sharedBytes);
+}
+
 TuneResult selectSchedule(const KernelSpec &spec, const std::vector<Schedule> &space,
                           const Measure &measure) {
   TuneResult result;
@@ -72,11 +80,7 @@ template <typename T> Expected<DeviceBuffer> uploaded(const std::vector<T> &host
 
 Expected<KernelModule> loadChecked(const KernelSpec &spec, const Schedule &schedule,
                                    ArtifactCache &cache) {
-  Expected<compiler::CompiledKernel> compiled = compiler::compileKernel(spec, schedule, cache);
-  if (!compiled)
-    return makeError(compiled.error().code, "compile failed: " + compiled.error().message);
-  Expected<KernelModule> module =
-      KernelModule::load(compiled->cubin, compiled->kernelNames, schedule, compiled->sharedBytes);
+  Expected<KernelModule> module = compileAndLoad(spec, schedule, cache);
   if (!module)
     return module.error();
   // Spills are reported, not pruned: at Q = 1 every decode schedule spills a few bytes, and the

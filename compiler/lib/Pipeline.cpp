@@ -95,7 +95,7 @@ Expected<std::string> emitStage(const KernelSpec &spec, const Schedule &schedule
 }
 
 /// The CUDA source and launch metadata of a kernel (everything but NVRTC's output).
-Expected<CompiledKernel> generateSource(const KernelSpec &spec, const Schedule &schedule) {
+static Expected<CompiledKernel> generateSource(const KernelSpec &spec, const Schedule &schedule) {
   CompiledKernel kernel;
   Expected<std::string> source = runPipeline(spec, schedule, Stage::Cuda, &kernel.kernelNames);
   if (!source)

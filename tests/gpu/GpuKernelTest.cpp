@@ -208,19 +208,14 @@ TEST(GpuDecode, ZeroLengthRequestsGiveZerosAndRepeatRunsAgree) {
 TEST(GpuDecode, GoldenCaseMatchesTheReferenceBackend) {
   KVARN_REQUIRE_GPU();
   GoldenSet golden("k4v2_g128_d128");
-  std::vector<uint16_t> q = golden.load<uint16_t>("dec_q");
-  std::vector<int32_t> table = golden.load<int32_t>("dec_block_table");
-  std::vector<int32_t> lens = golden.load<int32_t>("dec_seq_lens");
-  std::vector<int32_t> slots = golden.load<int32_t>("dec_block_to_slot");
-  std::vector<uint8_t> records = golden.load<uint8_t>("dec_kv_cache");
-  std::vector<uint16_t> poolKey = golden.load<uint16_t>("dec_pool_k");
-  std::vector<uint16_t> poolValue = golden.load<uint16_t>("dec_pool_v");
+  GoldenDecodeCase dc(golden);
+  const std::vector<uint16_t> &q = dc.query;
   std::vector<uint16_t> expected = golden.load<uint16_t>("dec_out_single");
-  const int maxBlocks = int(golden.shape("dec_block_table")[1]);
+  const int maxBlocks = dc.maxBlocks;
   const KernelModule &module = kernel("decode:kvarn_k4v2_g128:d128:q4:f16");
-  DeviceBuffer dq = upload(q), dRecords = upload(records), dPoolKey = upload(poolKey),
-               dPoolValue = upload(poolValue), dSlots = upload(slots), dTable = upload(table),
-               dLens = upload(lens);
+  DeviceBuffer dq = upload(q), dRecords = upload(dc.records), dPoolKey = upload(dc.poolKey),
+               dPoolValue = upload(dc.poolValue), dSlots = upload(dc.blockToSlot),
+               dTable = upload(dc.blockTable), dLens = upload(dc.seqLens);
   for (int splits : {1, 3}) {
     DeviceBuffer dOut = allocate(q.size() * 2);
     ASSERT_OK(dOut.fill(0xff));

@@ -50,4 +50,22 @@ private:
   nlohmann::json manifest_;
 };
 
+/// The paged decode case of a golden set (3 requests, Hk = 4, Hq = 16).
+struct GoldenDecodeCase {
+  explicit GoldenDecodeCase(const GoldenSet &golden)
+      : query(golden.load<uint16_t>("dec_q")), blockTable(golden.load<int32_t>("dec_block_table")),
+        seqLens(golden.load<int32_t>("dec_seq_lens")),
+        blockToSlot(golden.load<int32_t>("dec_block_to_slot")),
+        records(golden.load<uint8_t>("dec_kv_cache")), poolKey(golden.load<uint16_t>("dec_pool_k")),
+        poolValue(golden.load<uint16_t>("dec_pool_v")),
+        batch(int(golden.shape("dec_q")[0])), numQueryHeads(int(golden.shape("dec_q")[1])),
+        numKvHeads(int(golden.shape("dec_kv_cache")[1])),
+        maxBlocks(int(golden.shape("dec_block_table")[1])) {}
+  std::vector<uint16_t> query;
+  std::vector<int32_t> blockTable, seqLens, blockToSlot;
+  std::vector<uint8_t> records;
+  std::vector<uint16_t> poolKey, poolValue;
+  int batch, numQueryHeads, numKvHeads, maxBlocks;
+};
+
 } // namespace kvarn::testing

@@ -9,6 +9,7 @@
 
 using namespace kvarn;
 using namespace kvarn::reference;
+using kvarn::testing::GoldenDecodeCase;
 using kvarn::testing::GoldenSet;
 
 namespace {
@@ -138,31 +139,21 @@ TEST_P(GoldenTest, StoreRecordsMatchTheReferenceBackend) {
 
 TEST_P(GoldenTest, DecodeMatchesTheReferenceBackend) {
   const int d = format.headDim;
-  const std::vector<int64_t> qShape = golden.shape("dec_q");
-  const std::vector<int64_t> tableShape = golden.shape("dec_block_table");
-  const std::vector<int64_t> cacheShape = golden.shape("dec_kv_cache");
-  std::vector<uint16_t> q = golden.load<uint16_t>("dec_q");
-  std::vector<int32_t> table = golden.load<int32_t>("dec_block_table");
-  std::vector<int32_t> seqLens = golden.load<int32_t>("dec_seq_lens");
-  std::vector<int32_t> blockToSlot = golden.load<int32_t>("dec_block_to_slot");
-  std::vector<uint8_t> records = golden.load<uint8_t>("dec_kv_cache");
-  std::vector<uint16_t> poolKey = golden.load<uint16_t>("dec_pool_k");
-  std::vector<uint16_t> poolValue = golden.load<uint16_t>("dec_pool_v");
-
+  GoldenDecodeCase dc(golden);
   DecodeProblem problem;
   problem.format = format;
-  problem.batch = static_cast<int>(qShape[0]);
-  problem.numQueryHeads = static_cast<int>(qShape[1]);
-  problem.numKvHeads = static_cast<int>(cacheShape[1]);
-  problem.maxBlocksPerRequest = static_cast<int>(tableShape[1]);
-  problem.query = q;
-  problem.blockTable = table;
-  problem.seqLens = seqLens;
-  PagedCacheView cache{records, poolKey, poolValue, blockToSlot};
+  problem.batch = dc.batch;
+  problem.numQueryHeads = dc.numQueryHeads;
+  problem.numKvHeads = dc.numKvHeads;
+  problem.maxBlocksPerRequest = dc.maxBlocks;
+  problem.query = dc.query;
+  problem.blockTable = dc.blockTable;
+  problem.seqLens = dc.seqLens;
+  PagedCacheView cache{dc.records, dc.poolKey, dc.poolValue, dc.blockToSlot};
 
   for (const char *expectedName : {"dec_out_single", "dec_out_splitk"})
     for (int splits : {1, 4}) {
-      std::vector<uint16_t> out(q.size(), 0x7e00);
+      std::vector<uint16_t> out(dc.query.size(), 0x7e00);
       ASSERT_TRUE(decodeQuantized(problem, cache, splits, out));
       std::vector<uint16_t> expected = golden.load<uint16_t>(expectedName);
       std::vector<float> a(out.size()), e(out.size());

@@ -2,6 +2,8 @@
 // against the CPU reference before any timing, median timing, selection, tuned configs.
 #pragma once
 
+#include "kvarn/cache.h"
+#include "kvarn/launch.h"
 #include "kvarn/spec.h"
 #include "kvarn/status.h"
 
@@ -10,6 +12,10 @@
 #include <vector>
 
 namespace kvarn::autotune {
+
+/// Compiles (through the artifact cache) and loads a kernel for this process's GPU.
+Expected<KernelModule> compileAndLoad(const KernelSpec &spec, const Schedule &schedule,
+                                      ArtifactCache &cache);
 
 /// One schedule tried for a spec; `rejected` says why it was not selected (pruned, failed to
 /// compile, spilled, wrong results); `ms` is its median time when measured.
