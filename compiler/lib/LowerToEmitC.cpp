@@ -27,7 +27,8 @@ std::string structPrefix(dialect::OpKind kind) {
   return name;
 }
 
-/// `kvarn::dev::DecodeContext<KB, VB, G, D, Q, Warps, Stages, Splits, Compact, DType>`.
+/// `kvarn::dev::DecodeContext<KB, VB, G, D, Q, Warps, Stages, Splits, Rows, Compact, DType,
+/// Terms>` (Terms, decode only: fp16 terms per MMA operand, from the schedule's `mma`).
 std::string contextTypeName(TileBeginOp begin) {
   FormatAttr f = begin.getFormat();
   ScheduleAttr s = begin.getSchedule();
@@ -39,7 +40,10 @@ std::string contextTypeName(TileBeginOp begin) {
                      ", " + std::to_string(s.getStages()) + ", " + std::to_string(s.getSplits()) +
                      ", " + std::to_string(s.getRowsPerCta()) + ", " +
                      (f.getCompact() ? "true" : "false") + ", " +
-                     (begin.getDtype().isBF16() ? "kvarn::dev::BFloat16" : "kvarn::dev::Half") + ">";
+                     (begin.getDtype().isBF16() ? "kvarn::dev::BFloat16" : "kvarn::dev::Half");
+  if (begin.getParams().getType().getKind() == dialect::OpKind::decode)
+    name += s.getMma() == "m16n8k16.single" ? ", 1" : ", 2";
+  name += ">";
   return name;
 }
 

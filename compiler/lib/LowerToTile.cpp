@@ -46,58 +46,57 @@ Value constantI32(OpBuilder &builder, Location loc, int64_t value) {
   return arith::ConstantIntOp::create(builder, loc, value, 32);
 }
 
-/// Decode: each warp walks its pages `stages` at a time: it first issues the loads of every
-/// record page of the group, then computes them in order (pool pages are attended directly).
+/// Decode: each warp walks its pages through a ring of `stages` staging slots (a rolling
+/// software pipeline): the loads of the first stages - 1 pages are issued before the loop; the
+/// loop is unrolled by `stages` so every slot index is a constant, and each unrolled step issues
+/// the loads of the page stages - 1 ahead before it computes its own page (record pages on
+/// codes, pool pages directly). With one stage a page is loaded and then computed.
 void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const KernelTraits &t) {
   Value ctx = beginContext(builder, loc, params, t);
   TileRotateQueryOp::create(builder, loc, ctx);
   auto range = TilePageRangeOp::create(builder, loc, builder.getI32Type(), builder.getI32Type(),
                                        builder.getI32Type(), ctx);
   const int64_t stages = t.schedule.getStages();
-  Value groupStep = range.getStep();
-  if (stages > 1)
-    groupStep = arith::MulIOp::create(builder, loc, range.getStep(),
-                                      constantI32(builder, loc, stages));
+  auto pageAt = [&](Value page, int64_t steps) -> Value {
+    if (steps == 0)
+      return page;
+    Value offset = steps == 1 ? range.getStep()
+                              : Value(arith::MulIOp::create(builder, loc, range.getStep(),
+                                                            constantI32(builder, loc, steps)));
+    return arith::AddIOp::create(builder, loc, page, offset);
+  };
+  // Step 1. Prologue: the loads of the first stages - 1 pages.
+  for (int64_t slot = 0; slot + 1 < stages; ++slot)
+    TileLoadRecordOp::create(builder, loc, ctx, pageAt(range.getFirst(), slot),
+                             builder.getI64IntegerAttr(slot));
+  Value groupStep = stages == 1 ? range.getStep()
+                                : Value(arith::MulIOp::create(builder, loc, range.getStep(),
+                                                              constantI32(builder, loc, stages)));
   auto loop = scf::ForOp::create(builder, loc, range.getFirst(), range.getEnd(), groupStep);
   builder.setInsertionPointToStart(loop.getBody());
-  Value page = loop.getInductionVar();
   Value isTrue = arith::ConstantIntOp::create(builder, loc, 1, 1);
-  SmallVector<Value> pages, isPool, isRecord;
-  // Step 1. Issue the loads of up to `stages` record pages.
+  // Step 2. Per unrolled step: prefetch the page stages - 1 ahead, then compute this page.
   for (int64_t slot = 0; slot < stages; ++slot) {
-    Value slotPage = page;
-    Value valid;
-    if (slot > 0) {
-      Value offset = slot == 1 ? range.getStep()
-                               : Value(arith::MulIOp::create(builder, loc, range.getStep(),
-                                                             constantI32(builder, loc, slot)));
-      slotPage = arith::AddIOp::create(builder, loc, page, offset);
-      valid = arith::CmpIOp::create(builder, loc, arith::CmpIPredicate::slt, slotPage,
-                                    range.getEnd());
-    }
-    Value pool = TileIsPoolPageOp::create(builder, loc, builder.getI1Type(), ctx, slotPage);
-    Value record = arith::XOrIOp::create(builder, loc, pool, isTrue);
-    if (valid)
-      record = arith::AndIOp::create(builder, loc, record, valid);
-    pages.push_back(slotPage);
-    isPool.push_back(pool);
-    isRecord.push_back(record);
-    auto load = scf::IfOp::create(builder, loc, record, /*withElseRegion=*/false);
+    Value page = pageAt(loop.getInductionVar(), slot);
+    TileLoadRecordOp::create(builder, loc, ctx, pageAt(page, stages - 1),
+                             builder.getI64IntegerAttr((slot + stages - 1) % stages));
     OpBuilder::InsertionGuard guard(builder);
-    builder.setInsertionPointToStart(load.thenBlock());
-    TileLoadRecordOp::create(builder, loc, ctx, slotPage, builder.getI64IntegerAttr(slot));
-  }
-  // Step 2. Compute each page of the group in order.
-  for (int64_t slot = 0; slot < stages; ++slot) {
-    auto pool = scf::IfOp::create(builder, loc, isPool[slot], /*withElseRegion=*/false);
+    if (slot > 0) { // the last group of the loop may end early
+      Value inRange =
+          arith::CmpIOp::create(builder, loc, arith::CmpIPredicate::slt, page, range.getEnd());
+      auto guardIf = scf::IfOp::create(builder, loc, inRange, /*withElseRegion=*/false);
+      builder.setInsertionPointToStart(guardIf.thenBlock());
+    }
+    Value pool = TileIsPoolPageOp::create(builder, loc, builder.getI1Type(), ctx, page);
+    auto poolIf = scf::IfOp::create(builder, loc, pool, /*withElseRegion=*/false);
     {
-      OpBuilder::InsertionGuard guard(builder);
-      builder.setInsertionPointToStart(pool.thenBlock());
-      TileAttendPoolPageOp::create(builder, loc, ctx, pages[slot]);
+      OpBuilder::InsertionGuard inner(builder);
+      builder.setInsertionPointToStart(poolIf.thenBlock());
+      TileAttendPoolPageOp::create(builder, loc, ctx, page);
     }
-    auto record = scf::IfOp::create(builder, loc, isRecord[slot], /*withElseRegion=*/false);
-    OpBuilder::InsertionGuard guard(builder);
-    builder.setInsertionPointToStart(record.thenBlock());
+    Value record = arith::XOrIOp::create(builder, loc, pool, isTrue);
+    auto recordIf = scf::IfOp::create(builder, loc, record, /*withElseRegion=*/false);
+    builder.setInsertionPointToStart(recordIf.thenBlock());
     IntegerAttr slotAttr = builder.getI64IntegerAttr(slot);
     TileScoresOnCodesOp::create(builder, loc, ctx, slotAttr);
     TileOnlineSoftmaxOp::create(builder, loc, ctx, slotAttr);

@@ -140,8 +140,9 @@ LogicalResult ScheduleAttr::verify(function_ref<InFlightDiagnostic()> emitError,
     return emitError() << "splits = " << splits << " (supported: 0 = planned, 1 to 256)";
   if (headsPerCta < 0)
     return emitError() << "heads_per_cta = " << headsPerCta << " must not be negative";
-  if (mma != "m16n8k16" && mma != "none")
-    return emitError() << "mma = \"" << mma << "\" (supported: \"m16n8k16\", \"none\")";
+  if (mma != "m16n8k16" && mma != "m16n8k16.single" && mma != "none")
+    return emitError() << "mma = \"" << mma
+                       << "\" (supported: \"m16n8k16\", \"m16n8k16.single\", \"none\")";
   if (rowsPerCta < 1 || rowsPerCta > 64)
     return emitError() << "rows_per_cta = " << rowsPerCta << " (supported: 1 to 64)";
   return success();

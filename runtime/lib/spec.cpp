@@ -153,10 +153,12 @@ Schedule defaultSchedule(OpKind op) {
 std::vector<Schedule> scheduleSearchSpace(OpKind op) {
   // Tuned values per knob and op; the knobs not listed keep their default.
   std::vector<int> warps = {1, 2, 4, 8}, stages = {1}, rows = {defaultSchedule(op).rowsPerCta};
+  std::vector<std::string> mma = {defaultSchedule(op).mma};
   switch (op) {
   case OpKind::Decode:
   case OpKind::Extend:
-    stages = {1, 2};
+    stages = {1, 2, 3};
+    mma = {"m16n8k16", "m16n8k16.single"};
     break;
   case OpKind::Flush:
     warps = {4, 8, 16};
@@ -170,15 +172,17 @@ std::vector<Schedule> scheduleSearchSpace(OpKind op) {
     break;
   }
   std::vector<Schedule> space;
-  for (int w : warps)
-    for (int s : stages)
-      for (int r : rows) {
-        Schedule schedule = defaultSchedule(op);
-        schedule.warps = w;
-        schedule.stages = s;
-        schedule.rowsPerCta = r;
-        space.push_back(schedule);
-      }
+  for (const std::string &m : mma)
+    for (int w : warps)
+      for (int s : stages)
+        for (int r : rows) {
+          Schedule schedule = defaultSchedule(op);
+          schedule.warps = w;
+          schedule.stages = s;
+          schedule.rowsPerCta = r;
+          schedule.mma = m;
+          space.push_back(schedule);
+        }
   return space;
 }
 
@@ -207,8 +211,8 @@ Expected<Schedule> parseSchedule(std::string_view text, OpKind op) {
                   : key == "rows_per_cta" ? &schedule.rowsPerCta
                                           : nullptr;
     if (key == "mma") {
-      if (value != "m16n8k16" && value != "none")
-        return bad("expected m16n8k16 or none");
+      if (value != "m16n8k16" && value != "m16n8k16.single" && value != "none")
+        return bad("expected m16n8k16, m16n8k16.single or none");
       schedule.mma = std::string(value);
     } else if (!target) {
       return makeError(ErrorCode::InvalidArgument,
@@ -278,10 +282,10 @@ Status validateSchedule(const KernelSpec &spec, const Schedule &schedule) {
     return bad("heads_per_cta = " + std::to_string(schedule.headsPerCta) +
                " (supported: 0 or the whole GQA group, " +
                std::to_string(spec.queryHeadsPerKvHead) + ")");
-  if (schedule.mma != "m16n8k16" && schedule.mma != "none")
-    return bad("mma = " + schedule.mma + " (supported: m16n8k16, none)");
-  if ((spec.op == OpKind::Decode || spec.op == OpKind::Extend) && schedule.mma != "m16n8k16")
-    return bad("mma = none is not implemented for decode (supported: m16n8k16)");
+  if (schedule.mma != "m16n8k16" && schedule.mma != "m16n8k16.single" && schedule.mma != "none")
+    return bad("mma = " + schedule.mma + " (supported: m16n8k16, m16n8k16.single, none)");
+  if ((spec.op == OpKind::Decode || spec.op == OpKind::Extend) && schedule.mma == "none")
+    return bad("mma = none is not implemented for decode (supported: m16n8k16, m16n8k16.single)");
   if (schedule.rowsPerCta < 1 || schedule.rowsPerCta > 64)
     return bad("rows_per_cta = " + std::to_string(schedule.rowsPerCta) + " (supported: 1 to 64)");
   const size_t smem = sharedMemoryBytes(spec, schedule);

@@ -173,6 +173,16 @@ TEST(GpuDecode, MatchesTheFloat64ReferenceAcrossFormatsShapesAndDtypes) {
   for (int d : {64, 256})
     cases.push_back({"kvarn_k4v2_g128", d, 6, 3, DType::F16, lengths128, "warps=2"});
   cases.push_back({"kvarn_k4v2_g128", 128, 8, 2, DType::F16, lengths128, "warps=4,stages=2"});
+  cases.push_back({"kvarn_k4v2_g128", 128, 8, 2, DType::F16, lengths128, "warps=2,stages=3"});
+  cases.push_back({"kvarn_k4v2_g64", 128, 5, 3, DType::BF16, lengths64, "warps=1,stages=3"});
+  // One fp16 term per MMA operand: every preset, odd GQA ratios, both dtypes, pipelined.
+  for (const char *preset : {"kvarn_k4v2_g128", "kvarn_k4v4_g128", "kvarn_k2v2_g128"})
+    for (int q : {1, 5, 8, 16})
+      cases.push_back({preset, 128, q, 2, DType::F16, lengths128, "mma=m16n8k16.single"});
+  for (int d : {64, 256})
+    cases.push_back({"kvarn_k4v4_g64", d, 8, 2, DType::BF16, lengths64, "mma=m16n8k16.single"});
+  cases.push_back({"kvarn_k4v2_g128", 128, 8, 2, DType::F16, lengths128,
+                   "warps=2,stages=2,mma=m16n8k16.single"});
   cases.push_back({"kvarn_k4v2_g128", 128, 8, 2, DType::BF16, lengths128, "warps=8,splits=1"});
   cases.push_back({"kvarn_k4v4_g64", 128, 4, 2, DType::F16, lengths64, "warps=1,splits=3"});
   uint64_t seed = 1000;
@@ -187,13 +197,15 @@ TEST(GpuDecode, MatchesTheFloat64ReferenceAcrossFormatsShapesAndDtypes) {
 
 TEST(GpuDecode, LongContextAndSplitsAgree) {
   KVARN_REQUIRE_GPU();
-  DecodeCase dc{"kvarn_k4v2_g128", 128, 8, 1, DType::F16, {128 * 1024}, ""};
-  const double planned = runDecode(dc, 77, true);
-  const double single = runDecode(dc, 77, false);
-  EXPECT_LE(planned, 1e-3);
-  EXPECT_LE(single, 1e-3);
-  std::printf("[ decode   ] 128K context: relative error %.2e planned, %.2e one split\n", planned,
-              single);
+  for (const char *schedule : {"", "mma=m16n8k16.single", "warps=2,stages=3,mma=m16n8k16.single"}) {
+    DecodeCase dc{"kvarn_k4v2_g128", 128, 8, 1, DType::F16, {128 * 1024}, schedule};
+    const double planned = runDecode(dc, 77, true);
+    const double single = runDecode(dc, 77, false);
+    EXPECT_LE(planned, 1e-3) << schedule;
+    EXPECT_LE(single, 1e-3) << schedule;
+    std::printf("[ decode   ] 128K context '%s': relative error %.2e planned, %.2e one split\n",
+                schedule, planned, single);
+  }
 }
 
 TEST(GpuDecode, ZeroLengthRequestsGiveZerosAndRepeatRunsAgree) {

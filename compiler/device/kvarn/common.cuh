@@ -145,7 +145,11 @@ __device__ __forceinline__ void copyAsync16(void *shared, const void *global) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
 }
 __device__ __forceinline__ void copyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void copyAsyncWaitAll() { asm volatile("cp.async.wait_all;\n" ::); }
+__device__ __forceinline__ void copyAsyncWaitAll() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+/// Waits until at most `Pending` of this thread's most recent copy groups are still in flight.
+template <int Pending> __device__ __forceinline__ void copyAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+}
 
 /// Activation dtype conversions.
 template <typename T> __device__ __forceinline__ float toFloat(T value);

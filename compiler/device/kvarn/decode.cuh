@@ -16,7 +16,7 @@ namespace kvarn {
 namespace dev {
 
 template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS, int ROWS,
-          bool COMPACT, typename T>
+          bool COMPACT, typename T, int TERMS>
 struct DecodeContext {
   typedef RecordLayout<KB, VB, G, D, COMPACT> Layout;
   static constexpr int TPI = G / 8;           ///< tokens per lane group (QK rows)
@@ -32,6 +32,10 @@ struct DecodeContext {
   typedef typename Packed<VALUE_WORD>::Type ValueWord;
   typedef T Type;
   static constexpr int KBITS = KB, VBITS = VB, TG = G, HD = D, QH = Q, NWARPS = WARPS;
+  static constexpr int NSTAGES = STAGES;
+  /// fp16 terms per fp32 MMA operand (q' and P'): 2 = high + low (about 22 bits), 1 = one.
+  static constexpr int OPERAND_TERMS = TERMS;
+  static_assert(TERMS == 1 || TERMS == 2, "one or two fp16 terms per operand");
   static_assert(KB == 2 || KB == 4, "key bits must be 2 or 4");
   static_assert(VB == 2 || VB == 4, "value bits must be 2 or 4");
   static_assert(Q >= 1 && Q <= 16, "1 to 16 query heads per kv head");
@@ -121,17 +125,18 @@ struct DecodeContext {
   __device__ __forceinline__ const unsigned char *recordOfBlock(int block) const {
     return p.cache + (int64_t(block) * p.numKvHeads + kvHead) * Layout::tileBytesAligned;
   }
-  /// Block id and pool slot of one of this warp's pages (warp-uniform call). The lookups of the
-  /// next 32 pages of the warp are loaded together, one lane each, so a page costs no dependent
-  /// global loads on the critical path.
+  /// Block id and pool slot of one of this warp's pages (warp-uniform call). The lookups of 32
+  /// pages of the warp are loaded together, one lane each, so a page costs no dependent global
+  /// loads on the critical path. A window opened by a prefetch STAGES - 1 pages ahead starts at
+  /// the page being computed, so the pipeline's two lookups share one window.
   __device__ __forceinline__ int2 lookup(int page) {
     int k = windowFirst < 0 ? 32 : (page - windowFirst) / WARPS;
     if (k >= 32 || k < 0) {
-      windowFirst = page;
+      windowFirst = max(page - (STAGES - 1) * WARPS, pageBegin + warp);
       const int mine = page + lane * WARPS;
       windowBlock = mine < pageEnd ? p.blockTable[int64_t(request) * p.maxBlocksPerRequest + mine] : 0;
       windowSlot = mine < pageEnd ? p.blockToSlot[windowBlock] : -1;
-      k = 0;
+      k = (page - windowFirst) / WARPS;
     }
     return make_int2(__shfl_sync(0xffffffffu, windowBlock, k),
                      __shfl_sync(0xffffffffu, windowSlot, k));
@@ -197,10 +202,21 @@ template <typename Ctx> __device__ __forceinline__ bool isPoolPage(Ctx &c, int p
 }
 
 /// Issues the asynchronous copies of a record page (codes and scales) into this warp's staging
-/// buffer of stage `Stage` (16-byte cp.async, bypassing L1).
+/// buffer of stage `Stage` (16-byte cp.async, bypassing L1) if the page is in this warp's range
+/// and quantized, and closes one copy group either way (the pipeline counts groups).
 template <int Stage, typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int page) {
   typedef typename Ctx::Layout L;
-  const unsigned char *rec = c.recordOfBlock(c.lookup(page).x);
+  __syncwarp(); // every lane is done reading the slot's previous page
+  if (page >= c.pageEnd) {
+    copyAsyncCommit();
+    return;
+  }
+  const int2 entry = c.lookup(page);
+  if (entry.y >= 0) { // a pool page: attended directly from global memory
+    copyAsyncCommit();
+    return;
+  }
+  const unsigned char *rec = c.recordOfBlock(entry.x);
   c.stagePage[Stage] = page;
   unsigned char *staging = c.stageShared(Stage);
   constexpr int KEY_CHUNKS = Ctx::HD * Ctx::KEY_ROW / 16;
@@ -227,9 +243,10 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void loadRecord(Ct
 /// Scores of a record page (log2 domain, softmax scale folded):
 /// s[g] = K_s_row[g] * (sum_d (q[d] K_s_col[d]) code[d][g] + sum_d q[d] K_zp[d]).
 /// The MMAs run on the centered codes (code - center, exact in fp16) with q' split into two
-/// fp16 terms (about 22 significant bits); the fp32 epilogue adds center * sum_d q'[d] back.
+/// fp16 terms (about 22 significant bits) or, with one operand term, rounded once to fp16; the
+/// fp32 epilogue adds center * sum_d q'[d] (of what the MMAs saw) back.
 template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes(Ctx &c) {
-  copyAsyncWaitAll();
+  copyAsyncWait<Ctx::NSTAGES - 1>(); // this page's group; the later pages' may still fly
   __syncwarp();
   constexpr int KBITS = Ctx::KBITS;
   constexpr int PAIRS_PER_BYTE = 4 / KBITS; // token pairs per code byte
@@ -260,7 +277,10 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
       const float2 h01 = unpackHalf2(b[n][kc][0]), h23 = unpackHalf2(b[n][kc][1]);
       bLow[n][kc][0] = packHalf2(p0 - h01.x, p1 - h01.y);
       bLow[n][kc][1] = packHalf2(p2 - h23.x, p3 - h23.y);
-      querySum[n] += (p0 + p1) + (p2 + p3);
+      if constexpr (Ctx::OPERAND_TERMS == 2)
+        querySum[n] += (p0 + p1) + (p2 + p3);
+      else // the MMA sees the rounded q' only
+        querySum[n] += (h01.x + h01.y) + (h23.x + h23.y);
       bias[n] += q01.x * z01.x + q01.y * z01.y + q23.x * z23.x + q23.y * z23.y;
     }
   }
@@ -302,7 +322,8 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n) {
         mma16816(c.scores[n][pt], a0, a1, a2, a3, b[n][kc][0], b[n][kc][1]);
-        mma16816(c.scores[n][pt], a0, a1, a2, a3, bLow[n][kc][0], bLow[n][kc][1]);
+        if constexpr (Ctx::OPERAND_TERMS == 2)
+          mma16816(c.scores[n][pt], a0, a1, a2, a3, bLow[n][kc][0], bLow[n][kc][1]);
       }
     }
   }
@@ -386,10 +407,15 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
       const uint32_t first = packHalf2(w[0], w[1]), second = packHalf2(w[2], w[3]);
       if constexpr (Record) { // P' = high + low fp16 terms; sums for the centered codes
         const float2 f = unpackHalf2(first), g = unpackHalf2(second);
-        weightSum[0] += w[0] + w[2];
-        weightSum[1] += w[1] + w[3];
-        c.weightsLow[n][pt][0] = transpose8x8(packHalf2(w[0] - f.x, w[1] - f.y));
-        c.weightsLow[n][pt][1] = transpose8x8(packHalf2(w[2] - g.x, w[3] - g.y));
+        if constexpr (Ctx::OPERAND_TERMS == 2) {
+          weightSum[0] += w[0] + w[2];
+          weightSum[1] += w[1] + w[3];
+          c.weightsLow[n][pt][0] = transpose8x8(packHalf2(w[0] - f.x, w[1] - f.y));
+          c.weightsLow[n][pt][1] = transpose8x8(packHalf2(w[2] - g.x, w[3] - g.y));
+        } else { // the MMA sees the rounded weights only
+          weightSum[0] += f.x + g.x;
+          weightSum[1] += f.y + g.y;
+        }
       }
       c.weights[n][pt][0] = transpose8x8(first);
       c.weights[n][pt][1] = transpose8x8(second);
@@ -460,7 +486,8 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n) {
         mma16816(acc[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
-        mma16816(acc[n][m], a0, a1, a2, a3, c.weightsLow[n][pt][0], c.weightsLow[n][pt][1]);
+        if constexpr (Ctx::OPERAND_TERMS == 2)
+          mma16816(acc[n][m], a0, a1, a2, a3, c.weightsLow[n][pt][0], c.weightsLow[n][pt][1]);
       }
     }
   }

@@ -1,18 +1,19 @@
 // RUN: kvarn-opt %s -kvarn-specialize -kvarn-lower-to-tile | FileCheck %s
-// The schedule shapes the kernel: one stage vs two stages give different page walks; one warp
+// The schedule shapes the kernel: one stage loads then computes each page, two stages run a
+// rolling pipeline (prologue load, the next page's load before each page's compute); one warp
 // needs no warp merge; a fixed single split needs no merge kernel.
 
 // CHECK-LABEL: func.func @one_stage(%{{.*}}: !kvarn.params<decode>) attributes {kvarn.kernel, kvarn.threads = 128 : i64}
 // CHECK: %[[CTX:.*]] = kvarn.tile.begin
 // CHECK: kvarn.tile.rotate_query %[[CTX]]
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
+// CHECK-NOT: kvarn.tile.load_record
 // CHECK: scf.for %[[PAGE:.*]] = %[[FIRST]] to %[[END]] step %[[STEP]] : i32 {
+// CHECK:   kvarn.tile.load_record %[[CTX]], %[[PAGE]] {slot = 0 : i64}
 // CHECK:   %[[POOL:.*]] = kvarn.tile.is_pool_page %[[CTX]], %[[PAGE]]
-// CHECK:   %[[RECORD:.*]] = arith.xori %[[POOL]]
-// CHECK:   scf.if %[[RECORD]] {
-// CHECK-NEXT: kvarn.tile.load_record %[[CTX]], %[[PAGE]] {slot = 0 : i64}
 // CHECK:   scf.if %[[POOL]] {
 // CHECK-NEXT: kvarn.tile.attend_pool_page %[[CTX]], %[[PAGE]]
+// CHECK:   %[[RECORD:.*]] = arith.xori %[[POOL]]
 // CHECK:   scf.if %[[RECORD]] {
 // CHECK-NEXT: kvarn.tile.scores_on_codes %[[CTX]] {slot = 0 : i64}
 // CHECK-NEXT: kvarn.tile.online_softmax %[[CTX]] {slot = 0 : i64}
@@ -39,13 +40,17 @@ func.func @one_stage(%q: memref<?x64x128xf16>, %cache: memref<?x8x13824xi8>,
 // CHECK-LABEL: func.func @two_stages
 // CHECK: %[[CTX:.*]] = kvarn.tile.begin
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
+// CHECK: kvarn.tile.load_record %[[CTX]], %[[FIRST]] {slot = 0 : i64}
 // CHECK: %[[GROUP:.*]] = arith.muli %[[STEP]], %{{.*}} : i32
 // CHECK: scf.for %[[PAGE:.*]] = %[[FIRST]] to %[[END]] step %[[GROUP]] : i32 {
-// CHECK:   kvarn.tile.load_record %[[CTX]], %[[PAGE]] {slot = 0 : i64}
-// CHECK:   %[[NEXT:.*]] = arith.addi %[[PAGE]], %[[STEP]] : i32
-// CHECK:   %[[VALID:.*]] = arith.cmpi slt, %[[NEXT]], %[[END]] : i32
-// CHECK:   kvarn.tile.load_record %[[CTX]], %[[NEXT]] {slot = 1 : i64}
+// CHECK:   %[[AHEAD:.*]] = arith.addi %[[PAGE]], %[[STEP]] : i32
+// CHECK:   kvarn.tile.load_record %[[CTX]], %[[AHEAD]] {slot = 1 : i64}
 // CHECK:   kvarn.tile.scores_on_codes %[[CTX]] {slot = 0 : i64}
+// CHECK:   %[[NEXT:.*]] = arith.addi %[[PAGE]], %[[STEP]] : i32
+// CHECK:   %[[AHEAD2:.*]] = arith.addi %[[NEXT]], %[[STEP]] : i32
+// CHECK:   kvarn.tile.load_record %[[CTX]], %[[AHEAD2]] {slot = 0 : i64}
+// CHECK:   %[[VALID:.*]] = arith.cmpi slt, %[[NEXT]], %[[END]] : i32
+// CHECK:   scf.if %[[VALID]] {
 // CHECK:   kvarn.tile.scores_on_codes %[[CTX]] {slot = 1 : i64}
 // CHECK-NOT: kvarn.tile.merge_warps
 // CHECK: kvarn.tile.store_output %[[CTX]] {partial = false}

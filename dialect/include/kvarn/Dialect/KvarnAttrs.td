@@ -38,11 +38,14 @@ def Kvarn_ScheduleAttr : Kvarn_Attr<"Schedule", "schedule"> {
   let summary = "The tunable knobs of one kernel";
   let description = [{
     - `warps`: warps per CTA (decode: each warp walks its own pages; flush: warps per tile).
-    - `stages`: pages a decode warp loads before it computes them (loads in flight per warp).
+    - `stages`: staging slots per decode warp: a rolling pipeline keeps the loads of the next
+      stages - 1 pages in flight while the warp computes a page.
     - `splits`: kv splits per request; 0 = planned on the host per batch (CUDA-graph safe:
       the grid is fixed by the plan's maximum).
     - `heads_per_cta`: query heads per CTA; 0 = the whole GQA group (one read of each tile).
-    - `mma`: `m16n8k16` (tensor cores on codes) or `none` (CUDA cores).
+    - `mma`: `m16n8k16` (tensor cores on codes; the fp32 query and weight operands are split
+      into two fp16 terms, about 22 significant bits, two MMAs per tile), `m16n8k16.single`
+      (operands rounded once to fp16: half the MMAs) or `none` (CUDA cores; not for decode).
     - `rows_per_cta`: append only, token rows per CTA.
 
     ```mlir

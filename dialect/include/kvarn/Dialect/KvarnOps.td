@@ -205,8 +205,11 @@ def Kvarn_TileIsPoolPageOp : Kvarn_TileOp<"is_pool_page"> {
 }
 
 def Kvarn_TileLoadRecordOp : Kvarn_TileOp<"load_record"> {
-  let summary = "Issues the loads of one record page's codes and scales into register slot `slot`";
-  let description = [{ ```mlir
+  let summary = "Issues the asynchronous loads of one record page into staging slot `slot`";
+  let description = [{
+    Copies the page's codes and scales when the page is in this warp's range and quantized, and
+    always closes one copy group, so a consumer waits for exactly the group of its slot.
+    ```mlir
     kvarn.tile.load_record %ctx, %page {slot = 1 : i64} : !kvarn.context<decode>, i32
   ``` }];
   let arguments = (ins Kvarn_ContextType:$context, I32:$page, I64Attr:$slot);
