@@ -26,14 +26,38 @@ Expected<KernelModule> compileAndLoad(const KernelSpec &spec, const Schedule &sc
   return KernelModule::load(compiled->cubin, compiled->kernelNames, schedule, compiled->sharedBytes);
 }
 
+std::string staticPruneReason(const KernelSpec &spec, const Schedule &schedule) {
+  if (Status legal = validateSchedule(spec, schedule); !legal)
+    return legal.error().message;
+  if (schedule.minCtas == 0)
+    return "";
+  constexpr int registerFile = 65536, maxRegisters = 255;
+  const int threads = schedule.warps * 32;
+  // Registers are allocated per warp in units of 8 per thread.
+  const int budget = std::min(maxRegisters, registerFile / (schedule.minCtas * threads) / 8 * 8);
+  if (registerFile / (schedule.minCtas * threads) >= maxRegisters + 1)
+    return "min_ctas = " + std::to_string(schedule.minCtas) + " does not bind (" +
+           std::to_string(schedule.minCtas) + " CTAs of " + std::to_string(threads) +
+           " threads fit with 255 registers each)";
+  if (budget < 128)
+    return "min_ctas = " + std::to_string(schedule.minCtas) + " leaves " + std::to_string(budget) +
+           " registers per thread (fewer than 128)";
+  const size_t smem = sharedMemoryBytes(spec, schedule) + 1024; // + the per-CTA reserve
+  if (smem * size_t(schedule.minCtas) > sharedMemoryPerSm(spec.arch))
+    return "min_ctas = " + std::to_string(schedule.minCtas) + " CTAs need " +
+           std::to_string(smem * size_t(schedule.minCtas)) + " bytes of shared memory; an SM of " +
+           spec.arch + " has " + std::to_string(sharedMemoryPerSm(spec.arch));
+  return "";
+}
+
 TuneResult selectSchedule(const KernelSpec &spec, const std::vector<Schedule> &space,
                           const Measure &measure) {
   TuneResult result;
   result.spec = spec;
   for (const Schedule &schedule : space) {
     Candidate candidate{schedule, "", 0};
-    if (Status legal = validateSchedule(spec, schedule); !legal) {
-      candidate.rejected = "pruned: " + legal.error().message;
+    if (std::string reason = staticPruneReason(spec, schedule); !reason.empty()) {
+      candidate.rejected = "pruned: " + reason;
     } else if (Expected<double> ms = measure(schedule); !ms) {
       candidate.rejected = ms.error().message;
     } else {

@@ -140,12 +140,16 @@ struct LowerToEmitCPass : impl::KvarnLowerToEmitCBase<LowerToEmitCPass> {
     ModuleOp module = getOperation();
     MLIRContext *context = &getContext();
     // Step 1. Tile ops -> device-library calls, kernel by kernel.
-    SmallVector<std::pair<std::string, int64_t>> kernels;
+    SmallVector<std::pair<std::string, std::string>> kernels; // name, launch bounds
     for (func::FuncOp function : llvm::make_early_inc_range(module.getOps<func::FuncOp>())) {
       if (!function->hasAttr("kvarn.kernel"))
         continue;
       auto threads = function->getAttrOfType<IntegerAttr>("kvarn.threads");
-      kernels.push_back({function.getName().str(), threads ? threads.getInt() : 128});
+      auto minCtas = function->getAttrOfType<IntegerAttr>("kvarn.min_ctas");
+      std::string bounds = "__launch_bounds__(" + std::to_string(threads ? threads.getInt() : 128);
+      if (minCtas)
+        bounds += ", " + std::to_string(minCtas.getInt());
+      kernels.push_back({function.getName().str(), bounds + ")"});
       if (failed(lowerKernel(function)))
         return signalPassFailure();
     }
@@ -166,14 +170,14 @@ struct LowerToEmitCPass : impl::KvarnLowerToEmitCBase<LowerToEmitCPass> {
       return signalPassFailure();
     // Step 3. CUDA linkage: extern "C" __global__ with launch bounds; include the library.
     OpBuilder builder(context);
-    for (auto [name, threads] : kernels) {
+    for (auto [name, bounds] : kernels) {
       auto function = module.lookupSymbol<emitc::FuncOp>(name);
       if (!function) {
         module.emitError("kernel ") << name << " vanished during the EmitC conversion";
         return signalPassFailure();
       }
       function.setSpecifiersAttr(builder.getStrArrayAttr(
-          {"extern \"C\" __global__", "__launch_bounds__(" + std::to_string(threads) + ")"}));
+          {"extern \"C\" __global__", bounds}));
     }
     builder.setInsertionPointToStart(module.getBody());
     emitc::IncludeOp::create(builder, module.getLoc(), deviceHeader, /*is_standard_include=*/false);

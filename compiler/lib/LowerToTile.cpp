@@ -32,6 +32,8 @@ Value resetToKernel(func::FuncOp function, const KernelTraits &traits, OpBuilder
   Block *entry = function.addEntryBlock();
   function->setAttr("kvarn.kernel", UnitAttr::get(context));
   function->setAttr("kvarn.threads", builder.getI64IntegerAttr(traits.schedule.getThreads()));
+  if (traits.schedule.getMinCtas() > 0)
+    function->setAttr("kvarn.min_ctas", builder.getI64IntegerAttr(traits.schedule.getMinCtas()));
   builder.setInsertionPointToStart(entry);
   return entry->getArgument(0);
 }
@@ -47,61 +49,52 @@ Value constantI32(OpBuilder &builder, Location loc, int64_t value) {
 }
 
 /// Decode: each warp walks its pages through a ring of `stages` staging slots (a rolling
-/// software pipeline): the loads of the first stages - 1 pages are issued before the loop; the
-/// loop is unrolled by `stages` so every slot index is a constant, and each unrolled step issues
-/// the loads of the page stages - 1 ahead before it computes its own page (record pages on
-/// codes, pool pages directly). With one stage a page is loaded and then computed.
+/// software pipeline): the loads of the first stages - 1 pages are issued before the loop, and
+/// each step issues the loads of the page stages - 1 ahead (into slot (k + stages - 1) mod
+/// stages) before it computes its own page k (record pages on codes from slot k mod stages, pool
+/// pages directly). Slots are runtime values, so the loop holds one copy of the compute code;
+/// with one stage a page is loaded and then computed.
 void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const KernelTraits &t) {
   Value ctx = beginContext(builder, loc, params, t);
   TileRotateQueryOp::create(builder, loc, ctx);
   auto range = TilePageRangeOp::create(builder, loc, builder.getI32Type(), builder.getI32Type(),
                                        builder.getI32Type(), ctx);
   const int64_t stages = t.schedule.getStages();
-  auto pageAt = [&](Value page, int64_t steps) -> Value {
-    if (steps == 0)
-      return page;
-    Value offset = steps == 1 ? range.getStep()
-                              : Value(arith::MulIOp::create(builder, loc, range.getStep(),
-                                                            constantI32(builder, loc, steps)));
-    return arith::AddIOp::create(builder, loc, page, offset);
-  };
+  Value ahead = stages <= 2 ? range.getStep()
+                           : Value(arith::MulIOp::create(builder, loc, range.getStep(),
+                                                         constantI32(builder, loc, stages - 1)));
   // Step 1. Prologue: the loads of the first stages - 1 pages.
-  for (int64_t slot = 0; slot + 1 < stages; ++slot)
-    TileLoadRecordOp::create(builder, loc, ctx, pageAt(range.getFirst(), slot),
-                             builder.getI64IntegerAttr(slot));
-  Value groupStep = stages == 1 ? range.getStep()
-                                : Value(arith::MulIOp::create(builder, loc, range.getStep(),
-                                                              constantI32(builder, loc, stages)));
-  auto loop = scf::ForOp::create(builder, loc, range.getFirst(), range.getEnd(), groupStep);
-  builder.setInsertionPointToStart(loop.getBody());
-  Value isTrue = arith::ConstantIntOp::create(builder, loc, 1, 1);
-  // Step 2. Per unrolled step: prefetch the page stages - 1 ahead, then compute this page.
-  for (int64_t slot = 0; slot < stages; ++slot) {
-    Value page = pageAt(loop.getInductionVar(), slot);
-    TileLoadRecordOp::create(builder, loc, ctx, pageAt(page, stages - 1),
-                             builder.getI64IntegerAttr((slot + stages - 1) % stages));
-    OpBuilder::InsertionGuard guard(builder);
-    if (slot > 0) { // the last group of the loop may end early
-      Value inRange =
-          arith::CmpIOp::create(builder, loc, arith::CmpIPredicate::slt, page, range.getEnd());
-      auto guardIf = scf::IfOp::create(builder, loc, inRange, /*withElseRegion=*/false);
-      builder.setInsertionPointToStart(guardIf.thenBlock());
-    }
-    Value pool = TileIsPoolPageOp::create(builder, loc, builder.getI1Type(), ctx, page);
-    auto poolIf = scf::IfOp::create(builder, loc, pool, /*withElseRegion=*/false);
-    {
-      OpBuilder::InsertionGuard inner(builder);
-      builder.setInsertionPointToStart(poolIf.thenBlock());
-      TileAttendPoolPageOp::create(builder, loc, ctx, page);
-    }
-    Value record = arith::XOrIOp::create(builder, loc, pool, isTrue);
-    auto recordIf = scf::IfOp::create(builder, loc, record, /*withElseRegion=*/false);
-    builder.setInsertionPointToStart(recordIf.thenBlock());
-    IntegerAttr slotAttr = builder.getI64IntegerAttr(slot);
-    TileScoresOnCodesOp::create(builder, loc, ctx, slotAttr);
-    TileOnlineSoftmaxOp::create(builder, loc, ctx, slotAttr);
-    TilePvOnCodesOp::create(builder, loc, ctx, slotAttr);
+  Value page = range.getFirst();
+  for (int64_t slot = 0; slot + 1 < stages; ++slot) {
+    if (slot > 0)
+      page = arith::AddIOp::create(builder, loc, page, range.getStep());
+    TileLoadRecordOp::create(builder, loc, ctx, page, constantI32(builder, loc, slot));
   }
+  // Step 2. The page loop: prefetch stages - 1 pages ahead, then compute this page.
+  auto loop = scf::ForOp::create(builder, loc, range.getFirst(), range.getEnd(), range.getStep());
+  builder.setInsertionPointToStart(loop.getBody());
+  page = loop.getInductionVar();
+  Value slot = constantI32(builder, loc, 0), aheadSlot = slot, aheadPage = page;
+  if (stages > 1) {
+    Value count = constantI32(builder, loc, stages);
+    Value k = arith::DivSIOp::create(
+        builder, loc, arith::SubIOp::create(builder, loc, page, range.getFirst()),
+        range.getStep());
+    slot = arith::RemSIOp::create(builder, loc, k, count);
+    aheadSlot = arith::RemSIOp::create(
+        builder, loc, arith::AddIOp::create(builder, loc, k, constantI32(builder, loc, stages - 1)),
+        count);
+    aheadPage = arith::AddIOp::create(builder, loc, page, ahead);
+  }
+  TileLoadRecordOp::create(builder, loc, ctx, aheadPage, aheadSlot);
+  Value pool = TileIsPoolPageOp::create(builder, loc, builder.getI1Type(), ctx, page);
+  auto poolIf = scf::IfOp::create(builder, loc, pool, /*withElseRegion=*/true);
+  builder.setInsertionPointToStart(poolIf.thenBlock());
+  TileAttendPoolPageOp::create(builder, loc, ctx, page);
+  builder.setInsertionPointToStart(poolIf.elseBlock());
+  TileScoresOnCodesOp::create(builder, loc, ctx, page, slot);
+  TileOnlineSoftmaxOp::create(builder, loc, ctx, slot);
+  TilePvOnCodesOp::create(builder, loc, ctx, slot);
   builder.setInsertionPointAfter(loop);
   // Step 3. Merge the warps, then store the final output or this split's partial.
   if (t.schedule.getWarps() > 1)

@@ -25,7 +25,7 @@ template <typename AttentionOp> void specializeAttention(AttentionOp op) {
   if (s.getHeadsPerCta() == 0)
     op.setScheduleAttr(ScheduleAttr::get(op.getContext(), s.getKind(), s.getWarps(),
                                          s.getStages(), s.getSplits(), op.getQPerKv(), s.getMma(),
-                                         s.getRowsPerCta()));
+                                         s.getRowsPerCta(), s.getMinCtas()));
 }
 
 struct SpecializePass : impl::KvarnSpecializeBase<SpecializePass> {

@@ -131,7 +131,8 @@ void FormatAttr::print(AsmPrinter &printer) const {
 
 LogicalResult ScheduleAttr::verify(function_ref<InFlightDiagnostic()> emitError, OpKind kind,
                                    int64_t warps, int64_t stages, int64_t splits,
-                                   int64_t headsPerCta, StringRef mma, int64_t rowsPerCta) {
+                                   int64_t headsPerCta, StringRef mma, int64_t rowsPerCta,
+                                   int64_t minCtas) {
   if (warps < 1 || warps > 32)
     return emitError() << "warps = " << warps << " (supported: 1 to 32)";
   if (stages < 1 || stages > 4)
@@ -145,6 +146,8 @@ LogicalResult ScheduleAttr::verify(function_ref<InFlightDiagnostic()> emitError,
                        << "\" (supported: \"m16n8k16\", \"m16n8k16.single\", \"none\")";
   if (rowsPerCta < 1 || rowsPerCta > 64)
     return emitError() << "rows_per_cta = " << rowsPerCta << " (supported: 1 to 64)";
+  if (minCtas < 0 || minCtas > 32)
+    return emitError() << "min_ctas = " << minCtas << " (supported: 0 = no bound, 1 to 32)";
   return success();
 }
 
@@ -180,6 +183,7 @@ OpKind fromRuntimeKind(::kvarn::OpKind kind) {
   schedule.headsPerCta = static_cast<int>(attr.getHeadsPerCta());
   schedule.mma = attr.getMma().str();
   schedule.rowsPerCta = static_cast<int>(attr.getRowsPerCta());
+  schedule.minCtas = static_cast<int>(attr.getMinCtas());
   return schedule;
 }
 
@@ -187,7 +191,7 @@ ScheduleAttr fromSchedule(MLIRContext *context, ::kvarn::OpKind kind,
                           const ::kvarn::Schedule &schedule) {
   return ScheduleAttr::get(context, fromRuntimeKind(kind), schedule.warps, schedule.stages,
                            schedule.splits, schedule.headsPerCta, schedule.mma,
-                           schedule.rowsPerCta);
+                           schedule.rowsPerCta, schedule.minCtas);
 }
 
 } // namespace kvarn::dialect

@@ -2,6 +2,7 @@
 #include "kvarn/Dialect/KvarnDialect.h"
 
 #include "mlir/IR/Builders.h"
+#include "mlir/IR/Matchers.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/OpImplementation.h"
 
@@ -129,13 +130,17 @@ ScheduleAttr scheduleOf(Value context) {
   return {};
 }
 
-LogicalResult verifySlot(Operation *op, Value context, int64_t slot) {
+/// A constant slot must name one of the schedule's stages (a computed slot is the lowering's
+/// responsibility: it cycles modulo the stage count).
+LogicalResult verifySlot(Operation *op, Value context, Value slotValue) {
   int64_t stages = 4;
   if (ScheduleAttr schedule = scheduleOf(context))
     stages = schedule.getStages();
-  if (slot < 0 || slot >= stages)
-    return op->emitOpError() << "slot " << slot << " is outside the schedule's " << stages
-                             << " stage(s)";
+  APInt slot;
+  if (matchPattern(slotValue, m_ConstantInt(&slot)) &&
+      (slot.getSExtValue() < 0 || slot.getSExtValue() >= stages))
+    return op->emitOpError() << "slot " << slot.getSExtValue() << " is outside the schedule's "
+                             << stages << " stage(s)";
   if (cast<ContextType>(context.getType()).getKind() != OpKind::decode)
     return op->emitOpError() << "needs a decode context";
   return success();

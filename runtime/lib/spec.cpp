@@ -127,7 +127,8 @@ Expected<KernelSpec> parseKernelSpec(std::string_view text) {
 std::string Schedule::str() const {
   return "warps=" + std::to_string(warps) + ",stages=" + std::to_string(stages) +
          ",splits=" + std::to_string(splits) + ",heads_per_cta=" + std::to_string(headsPerCta) +
-         ",mma=" + mma + ",rows_per_cta=" + std::to_string(rowsPerCta);
+         ",mma=" + mma + ",rows_per_cta=" + std::to_string(rowsPerCta) +
+         ",min_ctas=" + std::to_string(minCtas);
 }
 
 Schedule defaultSchedule(OpKind op) {
@@ -154,11 +155,13 @@ std::vector<Schedule> scheduleSearchSpace(OpKind op) {
   // Tuned values per knob and op; the knobs not listed keep their default.
   std::vector<int> warps = {1, 2, 4, 8}, stages = {1}, rows = {defaultSchedule(op).rowsPerCta};
   std::vector<std::string> mma = {defaultSchedule(op).mma};
+  std::vector<int> minCtas = {0};
   switch (op) {
   case OpKind::Decode:
   case OpKind::Extend:
     stages = {1, 2, 3};
     mma = {"m16n8k16", "m16n8k16.single"};
+    minCtas = {0, 3, 4, 6}; // the tuner prunes the bounds that do not bind or starve registers
     break;
   case OpKind::Flush:
     warps = {4, 8, 16};
@@ -175,14 +178,16 @@ std::vector<Schedule> scheduleSearchSpace(OpKind op) {
   for (const std::string &m : mma)
     for (int w : warps)
       for (int s : stages)
-        for (int r : rows) {
-          Schedule schedule = defaultSchedule(op);
-          schedule.warps = w;
-          schedule.stages = s;
-          schedule.rowsPerCta = r;
-          schedule.mma = m;
-          space.push_back(schedule);
-        }
+        for (int r : rows)
+          for (int c : minCtas) {
+            Schedule schedule = defaultSchedule(op);
+            schedule.warps = w;
+            schedule.stages = s;
+            schedule.rowsPerCta = r;
+            schedule.mma = m;
+            schedule.minCtas = c;
+            space.push_back(schedule);
+          }
   return space;
 }
 
@@ -203,12 +208,13 @@ Expected<Schedule> parseSchedule(std::string_view text, OpKind op) {
       return makeError(ErrorCode::InvalidArgument,
                        "schedule '" + std::string(text) + "': item '" + std::string(item) +
                            "' is not key=value (keys: warps, stages, splits, heads_per_cta, mma, "
-                           "rows_per_cta)");
+                           "rows_per_cta, min_ctas)");
     int *target = key == "warps"          ? &schedule.warps
                   : key == "stages"       ? &schedule.stages
                   : key == "splits"       ? &schedule.splits
                   : key == "heads_per_cta" ? &schedule.headsPerCta
                   : key == "rows_per_cta" ? &schedule.rowsPerCta
+                  : key == "min_ctas"     ? &schedule.minCtas
                                           : nullptr;
     if (key == "mma") {
       if (value != "m16n8k16" && value != "m16n8k16.single" && value != "none")
@@ -217,7 +223,8 @@ Expected<Schedule> parseSchedule(std::string_view text, OpKind op) {
     } else if (!target) {
       return makeError(ErrorCode::InvalidArgument,
                        "schedule '" + std::string(text) + "': unknown key '" + std::string(key) +
-                           "' (keys: warps, stages, splits, heads_per_cta, mma, rows_per_cta)");
+                           "' (keys: warps, stages, splits, heads_per_cta, mma, rows_per_cta, "
+                           "min_ctas)");
     } else if (!parseInt(value, *target)) {
       return bad("expected an integer");
     }
@@ -233,6 +240,16 @@ size_t maxSharedMemoryPerBlock(std::string_view arch) {
   if (arch == "sm_75")
     return 64 * 1024;
   return 99 * 1024; // sm_86, sm_89, sm_120
+}
+
+size_t sharedMemoryPerSm(std::string_view arch) {
+  if (arch == "sm_80" || arch == "sm_87")
+    return 164 * 1024;
+  if (arch == "sm_90" || arch == "sm_90a" || arch == "sm_100" || arch == "sm_100a")
+    return 228 * 1024;
+  if (arch == "sm_75")
+    return 64 * 1024;
+  return 100 * 1024; // sm_86, sm_89, sm_120
 }
 
 size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
@@ -288,6 +305,9 @@ Status validateSchedule(const KernelSpec &spec, const Schedule &schedule) {
     return bad("mma = none is not implemented for decode (supported: m16n8k16, m16n8k16.single)");
   if (schedule.rowsPerCta < 1 || schedule.rowsPerCta > 64)
     return bad("rows_per_cta = " + std::to_string(schedule.rowsPerCta) + " (supported: 1 to 64)");
+  if (schedule.minCtas < 0 || schedule.minCtas > 32)
+    return bad("min_ctas = " + std::to_string(schedule.minCtas) +
+               " (supported: 0 = no bound, 1 to 32)");
   const size_t smem = sharedMemoryBytes(spec, schedule);
   const size_t limit = maxSharedMemoryPerBlock(spec.arch);
   if (smem > limit)

@@ -183,6 +183,10 @@ TEST(GpuDecode, MatchesTheFloat64ReferenceAcrossFormatsShapesAndDtypes) {
     cases.push_back({"kvarn_k4v4_g64", d, 8, 2, DType::BF16, lengths64, "mma=m16n8k16.single"});
   cases.push_back({"kvarn_k4v2_g128", 128, 8, 2, DType::F16, lengths128,
                    "warps=2,stages=2,mma=m16n8k16.single"});
+  cases.push_back({"kvarn_k4v2_g128", 128, 8, 2, DType::F16, lengths128,
+                   "mma=m16n8k16.single,min_ctas=3"});
+  cases.push_back({"kvarn_k4v4_g64", 256, 16, 2, DType::BF16, lengths64,
+                   "warps=2,stages=3,mma=m16n8k16.single,min_ctas=6"});
   cases.push_back({"kvarn_k4v2_g128", 128, 8, 2, DType::BF16, lengths128, "warps=8,splits=1"});
   cases.push_back({"kvarn_k4v4_g64", 128, 4, 2, DType::F16, lengths64, "warps=1,splits=3"});
   uint64_t seed = 1000;
@@ -197,7 +201,8 @@ TEST(GpuDecode, MatchesTheFloat64ReferenceAcrossFormatsShapesAndDtypes) {
 
 TEST(GpuDecode, LongContextAndSplitsAgree) {
   KVARN_REQUIRE_GPU();
-  for (const char *schedule : {"", "mma=m16n8k16.single", "warps=2,stages=3,mma=m16n8k16.single"}) {
+  for (const char *schedule :
+       {"", "mma=m16n8k16.single", "warps=2,stages=2,mma=m16n8k16.single,min_ctas=6"}) {
     DecodeCase dc{"kvarn_k4v2_g128", 128, 8, 1, DType::F16, {128 * 1024}, schedule};
     const double planned = runDecode(dc, 77, true);
     const double single = runDecode(dc, 77, false);

@@ -11,14 +11,15 @@ namespace {
 
 TEST(SearchSpace, EnumeratesEveryKnobCombinationOverTheDefaults) {
   std::vector<Schedule> decode = scheduleSearchSpace(OpKind::Decode);
-  EXPECT_EQ(decode.size(), 24u); // mma {two terms, single} x warps {1,2,4,8} x stages {1,2,3}
+  // mma {two terms, single} x warps {1,2,4,8} x stages {1,2,3} x min_ctas {0,3,4,6}
+  EXPECT_EQ(decode.size(), 96u);
   int single = 0;
   for (const Schedule &s : decode) {
     EXPECT_EQ(s.splits, 0) << "decode splits stay planned";
     EXPECT_THAT(s.mma, testing::AnyOf("m16n8k16", "m16n8k16.single"));
     single += s.mma == "m16n8k16.single";
   }
-  EXPECT_EQ(single, 12);
+  EXPECT_EQ(single, 48);
   EXPECT_EQ(scheduleSearchSpace(OpKind::Append).size(), 12u); // warps {2,4,8} x rows {1,2,4,8}
   EXPECT_EQ(scheduleSearchSpace(OpKind::Flush).size(), 3u);
 }

@@ -64,14 +64,14 @@ struct DecodeContext {
   bool merged;
   unsigned char *shared;
   uint32_t query[NQ][KC][2];       ///< q_rot pairs (activation dtype bits), B-fragment order
-  int stagePage[STAGES];
   int windowFirst;                 ///< first page of the lookup window (-1: none)
   int windowBlock, windowSlot;     ///< lane k: block and pool slot of page windowFirst + k*WARPS
   float scores[NQ][P][4];
   uint32_t weights[NQ][P][2];      ///< P' as PV B fragments (after the transpose)
   uint32_t weightsLow[NQ][P][2];   ///< record pages: P' - fp16(P'), the second fp16 term
   float valueBias[NQ][2];
-  float weightSum[NQ][2];          ///< page sum of the rounded PV weights
+  float weightSum[NQ][2];          ///< page sum of the rounded PV weights (scaled by 2^e)
+  float weightUnscale;             ///< one-term record pages: 2^-e, undoes the P' prescale
   float runningMax[NQ][2], runningSum[NQ][2];
   float out[NQ][KC][4];
 
@@ -95,6 +95,7 @@ struct DecodeContext {
     c.pageBegin = int(int64_t(c.split) * pages / c.numSplits);
     c.pageEnd = int(int64_t(c.split + 1) * pages / c.numSplits);
     c.merged = false;
+    c.weightUnscale = 1.0f;
     c.windowFirst = -1;
 #pragma unroll
     for (int n = 0; n < NQ; ++n) {
@@ -202,9 +203,9 @@ template <typename Ctx> __device__ __forceinline__ bool isPoolPage(Ctx &c, int p
 }
 
 /// Issues the asynchronous copies of a record page (codes and scales) into this warp's staging
-/// buffer of stage `Stage` (16-byte cp.async, bypassing L1) if the page is in this warp's range
+/// buffer of stage `stage` (16-byte cp.async, bypassing L1) if the page is in this warp's range
 /// and quantized, and closes one copy group either way (the pipeline counts groups).
-template <int Stage, typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int page) {
+template <typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int page, int stage) {
   typedef typename Ctx::Layout L;
   __syncwarp(); // every lane is done reading the slot's previous page
   if (page >= c.pageEnd) {
@@ -217,22 +218,38 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void loadRecord(Ct
     return;
   }
   const unsigned char *rec = c.recordOfBlock(entry.x);
-  c.stagePage[Stage] = page;
-  unsigned char *staging = c.stageShared(Stage);
+  unsigned char *staging = c.stageShared(stage);
+  // Chunk lane + 32k of a code block sits at a lane-dependent base plus a constant offset per k
+  // (rows per warp step are a multiple of 4 and divide or are divided by the V pad period), so
+  // the addresses cost one register per stage instead of one per chunk.
+  constexpr int KEY_PER_ROW = Ctx::KEY_ROW / 16, KEY_STEP_ROWS = 32 / KEY_PER_ROW;
   constexpr int KEY_CHUNKS = Ctx::HD * Ctx::KEY_ROW / 16;
-  for (int chunk = c.lane; chunk < KEY_CHUNKS; chunk += 32) {
-    const int row = (16 * chunk) / Ctx::KEY_ROW, column = (16 * chunk) % Ctx::KEY_ROW;
-    copyAsync16(staging + (row / 4) * Ctx::KEY_GROUP + (row % 4) * Ctx::KEY_ROW + column,
-                rec + L::keyPacked + 16 * chunk);
+  static_assert(KEY_STEP_ROWS % 4 == 0 && KEY_CHUNKS % 32 == 0, "key staging pattern");
+  {
+    const int row = c.lane / KEY_PER_ROW, column = 16 * (c.lane % KEY_PER_ROW);
+    unsigned char *dst = staging + (row / 4) * Ctx::KEY_GROUP + (row % 4) * Ctx::KEY_ROW + column;
+    const unsigned char *src = rec + L::keyPacked + 16 * c.lane;
+#pragma unroll
+    for (int k = 0; k < KEY_CHUNKS / 32; ++k)
+      copyAsync16(dst + k * (KEY_STEP_ROWS / 4) * Ctx::KEY_GROUP, src + 512 * k);
   }
+  constexpr int VALUE_PER_ROW = Ctx::VALUE_ROW / 16;
   constexpr int VALUE_CHUNKS = Ctx::TG * Ctx::VALUE_ROW / 16;
-  unsigned char *values = staging + Ctx::KEY_BYTES;
-  for (int chunk = c.lane; chunk < VALUE_CHUNKS; chunk += 32) {
-    const int row = (16 * chunk) / Ctx::VALUE_ROW, column = (16 * chunk) % Ctx::VALUE_ROW;
-    copyAsync16(values + row * Ctx::VALUE_ROW + (row / (2 * Ctx::TPI)) * Ctx::VALUE_PAD + column,
-                rec + L::valuePacked + 16 * chunk);
+  static_assert(VALUE_PER_ROW <= 32 && 32 % VALUE_PER_ROW == 0 && VALUE_CHUNKS % 32 == 0,
+                "value staging pattern");
+  constexpr int VALUE_STEP_ROWS = 32 / VALUE_PER_ROW, PAD_ROWS = 2 * Ctx::TPI;
+  {
+    const int row = c.lane / VALUE_PER_ROW, column = 16 * (c.lane % VALUE_PER_ROW);
+    unsigned char *dst = staging + Ctx::KEY_BYTES + row * Ctx::VALUE_ROW +
+                         (row / PAD_ROWS) * Ctx::VALUE_PAD + column;
+    const unsigned char *src = rec + L::valuePacked + 16 * c.lane;
+#pragma unroll
+    for (int k = 0; k < VALUE_CHUNKS / 32; ++k)
+      copyAsync16(dst + k * VALUE_STEP_ROWS * Ctx::VALUE_ROW +
+                      (k * VALUE_STEP_ROWS / PAD_ROWS) * Ctx::VALUE_PAD,
+                  src + 512 * k);
   }
-  unsigned char *scales = c.scaleShared(Stage);
+  unsigned char *scales = c.scaleShared(stage);
   for (int chunk = c.lane; chunk < L::keyScaleBytes / 16; chunk += 32)
     copyAsync16(scales + 16 * chunk, rec + L::keyScaleCol + 16 * chunk);
   for (int chunk = c.lane; chunk < L::valueScaleBytes / 16; chunk += 32)
@@ -245,12 +262,13 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void loadRecord(Ct
 /// The MMAs run on the centered codes (code - center, exact in fp16) with q' split into two
 /// fp16 terms (about 22 significant bits) or, with one operand term, rounded once to fp16; the
 /// fp32 epilogue adds center * sum_d q'[d] (of what the MMAs saw) back.
-template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes(Ctx &c) {
+template <typename Ctx>
+__device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
   copyAsyncWait<Ctx::NSTAGES - 1>(); // this page's group; the later pages' may still fly
   __syncwarp();
   constexpr int KBITS = Ctx::KBITS;
   constexpr int PAIRS_PER_BYTE = 4 / KBITS; // token pairs per code byte
-  const unsigned char *staging = c.scaleShared(Stage);
+  const unsigned char *staging = c.scaleShared(stage);
   const Half *keyScaleCol = reinterpret_cast<const Half *>(staging);
   const Half *keyZeroPoint = keyScaleCol + Ctx::HD;
   const Half *keyScaleRow = keyZeroPoint + Ctx::HD;
@@ -292,7 +310,7 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         c.scores[n][pt][e] = 0.0f;
-  const unsigned char *keyCodes = c.stageShared(Stage);
+  const unsigned char *keyCodes = c.stageShared(stage);
 #pragma unroll
   for (int kc = 0; kc < Ctx::KC; ++kc) {
     typename Ctx::KeyWord words[4];
@@ -330,7 +348,7 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
   // Step 3. Epilogue per (token, query): queries 2t, 2t+1 get their per-query terms from lanes
   // 8t and 8t+4 after the reduction over t.
   const float scale = c.p.softmaxScale * 1.4426950408889634f;
-  const int valid = c.validTokens(c.stagePage[Stage]);
+  const int valid = c.validTokens(page);
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n) {
     const float fullBias = warpSumXor(bias[n], 1, 2);
@@ -356,10 +374,28 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void scoresOnCodes
 }
 
 /// Online-softmax step on `c.scores`: running max/sum, output rescale, and the PV weights
-/// (times V_s_row and the V zero-point bias for record pages).
+/// (times V_s_row and the V zero-point bias for record pages). With one operand term, record
+/// pages prescale P' = w * V_s_row by a power of two 2^e with max|V_s_row| * 2^e < 2^15
+/// (w <= 1), so the fp16 operands stay normal numbers however small the weights of a long
+/// context get; the PV epilogue multiplies by 2^-e (exact).
 template <bool Record, typename Ctx>
 __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
                                             const Half *valueZeroPoint) {
+  float weightScale = 1.0f;
+  if constexpr (Record && Ctx::OPERAND_TERMS == 1) { // two terms keep ~22 bits: no prescale
+    float largest = 0.0f;
+#pragma unroll
+    for (int pt = 0; pt < Ctx::P; ++pt) {
+      const float2 rowScale = unpackHalf2(
+          *reinterpret_cast<const uint32_t *>(valueScaleRow + Ctx::TPI * c.i + 2 * pt));
+      largest = fmaxf(largest, fmaxf(fabsf(rowScale.x), fabsf(rowScale.y)));
+    }
+    largest = warpMaxXor(largest, 4, 16);
+    // largest is 0 or a finite fp16 value: its exponent is in [-24, 15], so e is in [-1, 38].
+    const int exponent = largest > 0.0f ? int((__float_as_uint(largest) >> 23) & 0xffu) - 127 : 14;
+    weightScale = __uint_as_float(uint32_t(127 + 14 - exponent) << 23);
+    c.weightUnscale = __uint_as_float(uint32_t(127 - 14 + exponent) << 23);
+  }
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n) {
     float alpha[2], newMax[2], bias[2] = {0.0f, 0.0f}, weightSum[2] = {0.0f, 0.0f};
@@ -399,10 +435,11 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
             unpackHalf2(*reinterpret_cast<const uint32_t *>(valueZeroPoint + token));
         bias[0] += w[0] * zero.x + w[2] * zero.y;
         bias[1] += w[1] * zero.x + w[3] * zero.y;
-        w[0] *= rowScale.x;
-        w[1] *= rowScale.x;
-        w[2] *= rowScale.y;
-        w[3] *= rowScale.y;
+        const float scaled0 = rowScale.x * weightScale, scaled1 = rowScale.y * weightScale;
+        w[0] *= scaled0;
+        w[1] *= scaled0;
+        w[2] *= scaled1;
+        w[3] *= scaled1;
       }
       const uint32_t first = packHalf2(w[0], w[1]), second = packHalf2(w[2], w[3]);
       if constexpr (Record) { // P' = high + low fp16 terms; sums for the centered codes
@@ -428,8 +465,8 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
 
 }
 
-template <int Stage, typename Ctx> __device__ __forceinline__ void onlineSoftmax(Ctx &c) {
-  const unsigned char *staging = c.scaleShared(Stage) + Ctx::Layout::keyScaleBytes;
+template <typename Ctx> __device__ __forceinline__ void onlineSoftmax(Ctx &c, int stage) {
+  const unsigned char *staging = c.scaleShared(stage) + Ctx::Layout::keyScaleBytes;
   const Half *valueScaleRow = reinterpret_cast<const Half *>(staging) + Ctx::HD;
   softmaxStep<true>(c, valueScaleRow, valueScaleRow + Ctx::TG);
 }
@@ -437,12 +474,12 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void onlineSoftmax
 /// Output update of a record page: o[d] += V_s_col[d] * (sum_g P'[g] code[g][d] + bias).
 /// The MMAs run on the centered codes (exact in fp16) and P' split into two fp16 terms, into
 /// per-page accumulators; the fp32 epilogue adds center * sum_g P'[g] back and applies V_s_col.
-template <int Stage, typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c) {
+template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int stage) {
   constexpr int VBITS = Ctx::VBITS;
   constexpr int CHANNELS_PER_BYTE = 8 / VBITS;
   const Half *valueScaleCol =
-      reinterpret_cast<const Half *>(c.scaleShared(Stage) + Ctx::Layout::keyScaleBytes);
-  const unsigned char *rows = c.stageShared(Stage) + Ctx::KEY_BYTES +
+      reinterpret_cast<const Half *>(c.scaleShared(stage) + Ctx::Layout::keyScaleBytes);
+  const unsigned char *rows = c.stageShared(stage) + Ctx::KEY_BYTES +
                               (2 * Ctx::TPI * c.t) * Ctx::VALUE_ROW + c.t * Ctx::VALUE_PAD +
                               c.i * Ctx::VALUE_WORD;
   float acc[Ctx::NQ][Ctx::KC][4];
@@ -492,6 +529,7 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx
     }
   }
   constexpr float center = float(codeCenter<VBITS>());
+  const float unscale = Ctx::OPERAND_TERMS == 1 ? c.weightUnscale : 1.0f;
 #pragma unroll
   for (int m = 0; m < Ctx::KC; ++m) {
     const int channel = Ctx::CPI * c.i + 2 * m;
@@ -499,12 +537,12 @@ template <int Stage, typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx
         unpackHalf2(*reinterpret_cast<const uint32_t *>(valueScaleCol + channel));
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
-      const float offset0 = fmaf(center, c.weightSum[n][0], c.valueBias[n][0]);
-      const float offset1 = fmaf(center, c.weightSum[n][1], c.valueBias[n][1]);
-      c.out[n][m][0] += colScale.x * (acc[n][m][0] + offset0);
-      c.out[n][m][1] += colScale.x * (acc[n][m][1] + offset1);
-      c.out[n][m][2] += colScale.y * (acc[n][m][2] + offset0);
-      c.out[n][m][3] += colScale.y * (acc[n][m][3] + offset1);
+      const float center0 = center * c.weightSum[n][0], center1 = center * c.weightSum[n][1];
+      const float bias0 = c.valueBias[n][0], bias1 = c.valueBias[n][1];
+      c.out[n][m][0] += colScale.x * fmaf(acc[n][m][0] + center0, unscale, bias0);
+      c.out[n][m][1] += colScale.x * fmaf(acc[n][m][1] + center1, unscale, bias1);
+      c.out[n][m][2] += colScale.y * fmaf(acc[n][m][2] + center0, unscale, bias0);
+      c.out[n][m][3] += colScale.y * fmaf(acc[n][m][3] + center1, unscale, bias1);
     }
   }
 }

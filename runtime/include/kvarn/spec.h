@@ -48,6 +48,7 @@ struct Schedule {
   int headsPerCta = 0;
   std::string mma = "m16n8k16";
   int rowsPerCta = 4;
+  int minCtas = 0; ///< CTAs per SM the register allocation must allow (0 = no bound)
 
   std::string str() const;
   bool operator==(const Schedule &other) const = default;
@@ -68,6 +69,9 @@ size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule);
 
 /// Largest dynamic shared memory one CTA may use on an architecture (bytes).
 size_t maxSharedMemoryPerBlock(std::string_view arch);
+
+/// Shared memory of one SM on an architecture (bytes), the bound on co-resident CTAs.
+size_t sharedMemoryPerSm(std::string_view arch);
 
 /// Checks a schedule against the spec and the target's limits.
 Status validateSchedule(const KernelSpec &spec, const Schedule &schedule);

@@ -9,8 +9,8 @@
 // CHECK: call_opaque "kvarn::dev::rotateQuery"(%[[CTX]])
 // CHECK: call_opaque "kvarn::dev::pageFirst"(%[[CTX]])
 // CHECK: for
-// CHECK: call_opaque "kvarn::dev::loadRecord"(%[[CTX]], %{{.*}}) {template_args = [0]}
-// CHECK: call_opaque "kvarn::dev::pvOnCodes"(%[[CTX]]) {template_args = [0]}
+// CHECK: call_opaque "kvarn::dev::loadRecord"(%[[CTX]], %{{.*}}, %{{.*}}) : (!emitc.opaque
+// CHECK: call_opaque "kvarn::dev::pvOnCodes"(%[[CTX]], %{{.*}}) : (!emitc.opaque
 // CHECK: call_opaque "kvarn::dev::storeOutput"(%[[CTX]]) {template_args = [true]}
 // CHECK-LABEL: emitc.func @decode_merge
 // CHECK: call_opaque "kvarn::dev::mergeSplits"

@@ -1,6 +1,7 @@
 // RUN: kvarn-opt %s -kvarn-specialize -kvarn-lower-to-tile | FileCheck %s
 // The schedule shapes the kernel: one stage loads then computes each page, two stages run a
-// rolling pipeline (prologue load, the next page's load before each page's compute); one warp
+// rolling pipeline (a prologue load, then the next page's load into the other slot before each
+// page's compute, one copy of the compute code with a computed slot); one warp
 // needs no warp merge; a fixed single split needs no merge kernel.
 
 // CHECK-LABEL: func.func @one_stage(%{{.*}}: !kvarn.params<decode>) attributes {kvarn.kernel, kvarn.threads = 128 : i64}
@@ -9,16 +10,15 @@
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
 // CHECK-NOT: kvarn.tile.load_record
 // CHECK: scf.for %[[PAGE:.*]] = %[[FIRST]] to %[[END]] step %[[STEP]] : i32 {
-// CHECK:   kvarn.tile.load_record %[[CTX]], %[[PAGE]] {slot = 0 : i64}
+// CHECK:   %[[ZERO:.*]] = arith.constant 0 : i32
+// CHECK:   kvarn.tile.load_record %[[CTX]], %[[PAGE]], slot %[[ZERO]]
 // CHECK:   %[[POOL:.*]] = kvarn.tile.is_pool_page %[[CTX]], %[[PAGE]]
 // CHECK:   scf.if %[[POOL]] {
 // CHECK-NEXT: kvarn.tile.attend_pool_page %[[CTX]], %[[PAGE]]
-// CHECK:   %[[RECORD:.*]] = arith.xori %[[POOL]]
-// CHECK:   scf.if %[[RECORD]] {
-// CHECK-NEXT: kvarn.tile.scores_on_codes %[[CTX]] {slot = 0 : i64}
-// CHECK-NEXT: kvarn.tile.online_softmax %[[CTX]] {slot = 0 : i64}
-// CHECK-NEXT: kvarn.tile.pv_on_codes %[[CTX]] {slot = 0 : i64}
-// CHECK-NOT: slot = 1
+// CHECK-NEXT: } else {
+// CHECK-NEXT: kvarn.tile.scores_on_codes %[[CTX]], %[[PAGE]], slot %[[ZERO]]
+// CHECK-NEXT: kvarn.tile.online_softmax %[[CTX]], slot %[[ZERO]]
+// CHECK-NEXT: kvarn.tile.pv_on_codes %[[CTX]], slot %[[ZERO]]
 // CHECK: kvarn.tile.merge_warps %[[CTX]]
 // CHECK: kvarn.tile.store_output %[[CTX]] {partial = true}
 // CHECK-LABEL: func.func @one_stage_merge
@@ -40,18 +40,19 @@ func.func @one_stage(%q: memref<?x64x128xf16>, %cache: memref<?x8x13824xi8>,
 // CHECK-LABEL: func.func @two_stages
 // CHECK: %[[CTX:.*]] = kvarn.tile.begin
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
-// CHECK: kvarn.tile.load_record %[[CTX]], %[[FIRST]] {slot = 0 : i64}
-// CHECK: %[[GROUP:.*]] = arith.muli %[[STEP]], %{{.*}} : i32
-// CHECK: scf.for %[[PAGE:.*]] = %[[FIRST]] to %[[END]] step %[[GROUP]] : i32 {
+// CHECK: kvarn.tile.load_record %[[CTX]], %[[FIRST]], slot %{{.*}}
+// CHECK: scf.for %[[PAGE:.*]] = %[[FIRST]] to %[[END]] step %[[STEP]] : i32 {
+// CHECK:   %[[TWO:.*]] = arith.constant 2 : i32
+// CHECK:   %[[OFFSET:.*]] = arith.subi %[[PAGE]], %[[FIRST]] : i32
+// CHECK:   %[[K:.*]] = arith.divsi %[[OFFSET]], %[[STEP]] : i32
+// CHECK:   %[[SLOT:.*]] = arith.remsi %[[K]], %[[TWO]] : i32
+// CHECK:   %[[NEXTK:.*]] = arith.addi %[[K]], %{{.*}} : i32
+// CHECK:   %[[AHEADSLOT:.*]] = arith.remsi %[[NEXTK]], %[[TWO]] : i32
 // CHECK:   %[[AHEAD:.*]] = arith.addi %[[PAGE]], %[[STEP]] : i32
-// CHECK:   kvarn.tile.load_record %[[CTX]], %[[AHEAD]] {slot = 1 : i64}
-// CHECK:   kvarn.tile.scores_on_codes %[[CTX]] {slot = 0 : i64}
-// CHECK:   %[[NEXT:.*]] = arith.addi %[[PAGE]], %[[STEP]] : i32
-// CHECK:   %[[AHEAD2:.*]] = arith.addi %[[NEXT]], %[[STEP]] : i32
-// CHECK:   kvarn.tile.load_record %[[CTX]], %[[AHEAD2]] {slot = 0 : i64}
-// CHECK:   %[[VALID:.*]] = arith.cmpi slt, %[[NEXT]], %[[END]] : i32
-// CHECK:   scf.if %[[VALID]] {
-// CHECK:   kvarn.tile.scores_on_codes %[[CTX]] {slot = 1 : i64}
+// CHECK:   kvarn.tile.load_record %[[CTX]], %[[AHEAD]], slot %[[AHEADSLOT]]
+// CHECK:   kvarn.tile.scores_on_codes %[[CTX]], %[[PAGE]], slot %[[SLOT]]
+// CHECK:   kvarn.tile.pv_on_codes %[[CTX]], slot %[[SLOT]]
+// CHECK-NOT: kvarn.tile.scores_on_codes
 // CHECK-NOT: kvarn.tile.merge_warps
 // CHECK: kvarn.tile.store_output %[[CTX]] {partial = false}
 // CHECK-NOT: func.func @two_stages_merge

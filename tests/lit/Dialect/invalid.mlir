@@ -331,15 +331,16 @@ func.func @slot(%p: !kvarn.params<decode>, %page: i32) {
   %c = kvarn.tile.begin %p {format = #kvarn.format<kvarn_k4v2_g128, head_dim = 128>,
       schedule = #kvarn.schedule<decode, stages = 2>, q_per_kv = 8 : i64, dtype = f16}
       : !kvarn.params<decode> -> !kvarn.context<decode>
+  %slot = arith.constant 2 : i32
   // expected-error @+1 {{slot 2 is outside the schedule's 2 stage(s)}}
-  kvarn.tile.load_record %c, %page {slot = 2 : i64} : !kvarn.context<decode>, i32
+  kvarn.tile.load_record %c, %page, slot %slot : !kvarn.context<decode>, i32
   return
 }
 
 // -----
 
-func.func @slot_context(%c: !kvarn.context<flush>) {
+func.func @slot_context(%c: !kvarn.context<flush>, %page: i32, %slot: i32) {
   // expected-error @+1 {{needs a decode context}}
-  kvarn.tile.scores_on_codes %c {slot = 0 : i64} : !kvarn.context<flush>
+  kvarn.tile.scores_on_codes %c, %page, slot %slot : !kvarn.context<flush>, i32
   return
 }

@@ -73,10 +73,11 @@ func.func @dequantize(%cache: memref<?x8x32768xi8>, %entries: memref<?x2xi32>,
 // CHECK: kvarn.tile.rotate_query %[[CTX]]
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
 // CHECK: kvarn.tile.is_pool_page %[[CTX]], %[[FIRST]]
-// CHECK: kvarn.tile.load_record %[[CTX]], %[[FIRST]] {slot = 1 : i64}
-// CHECK: kvarn.tile.scores_on_codes %[[CTX]] {slot = 1 : i64}
-// CHECK: kvarn.tile.online_softmax %[[CTX]] {slot = 1 : i64}
-// CHECK: kvarn.tile.pv_on_codes %[[CTX]] {slot = 1 : i64}
+// CHECK: %[[SLOT:.*]] = arith.constant 1 : i32
+// CHECK: kvarn.tile.load_record %[[CTX]], %[[FIRST]], slot %[[SLOT]]
+// CHECK: kvarn.tile.scores_on_codes %[[CTX]], %[[FIRST]], slot %[[SLOT]]
+// CHECK: kvarn.tile.online_softmax %[[CTX]], slot %[[SLOT]]
+// CHECK: kvarn.tile.pv_on_codes %[[CTX]], slot %[[SLOT]]
 // CHECK: kvarn.tile.attend_pool_page %[[CTX]], %[[END]]
 // CHECK: kvarn.tile.merge_warps %[[CTX]]
 // CHECK: kvarn.tile.store_output %[[CTX]] {partial = true}
@@ -88,10 +89,11 @@ func.func @tile_ops(%params: !kvarn.params<decode>) {
   kvarn.tile.rotate_query %ctx : !kvarn.context<decode>
   %first, %end, %step = kvarn.tile.page_range %ctx : !kvarn.context<decode> -> i32, i32, i32
   %pool = kvarn.tile.is_pool_page %ctx, %first : !kvarn.context<decode>, i32
-  kvarn.tile.load_record %ctx, %first {slot = 1 : i64} : !kvarn.context<decode>, i32
-  kvarn.tile.scores_on_codes %ctx {slot = 1 : i64} : !kvarn.context<decode>
-  kvarn.tile.online_softmax %ctx {slot = 1 : i64} : !kvarn.context<decode>
-  kvarn.tile.pv_on_codes %ctx {slot = 1 : i64} : !kvarn.context<decode>
+  %slot = arith.constant 1 : i32
+  kvarn.tile.load_record %ctx, %first, slot %slot : !kvarn.context<decode>, i32
+  kvarn.tile.scores_on_codes %ctx, %first, slot %slot : !kvarn.context<decode>, i32
+  kvarn.tile.online_softmax %ctx, slot %slot : !kvarn.context<decode>
+  kvarn.tile.pv_on_codes %ctx, slot %slot : !kvarn.context<decode>
   kvarn.tile.attend_pool_page %ctx, %end : !kvarn.context<decode>, i32
   kvarn.tile.merge_warps %ctx : !kvarn.context<decode>
   kvarn.tile.store_output %ctx {partial = true} : !kvarn.context<decode>

@@ -36,7 +36,12 @@ struct TuneResult {
 /// Measures one schedule: an error rejects the candidate with that message.
 using Measure = std::function<Expected<double>(const Schedule &)>;
 
-/// Prunes the search space with validateSchedule, measures the rest, picks the fastest (ties:
+/// Why a candidate is not worth measuring ("" if it is): illegal (validateSchedule), or a
+/// `min_ctas` bound that does not bind, leaves fewer than 128 registers, or cannot fit that many
+/// CTAs' shared memory on one SM.
+std::string staticPruneReason(const KernelSpec &spec, const Schedule &schedule);
+
+/// Prunes the search space with staticPruneReason, measures the rest, picks the fastest (ties:
 /// fewer warps). Pure logic, testable with a fake measure.
 TuneResult selectSchedule(const KernelSpec &spec, const std::vector<Schedule> &space,
                           const Measure &measure);

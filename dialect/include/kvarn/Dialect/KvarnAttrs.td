@@ -47,6 +47,8 @@ def Kvarn_ScheduleAttr : Kvarn_Attr<"Schedule", "schedule"> {
       into two fp16 terms, about 22 significant bits, two MMAs per tile), `m16n8k16.single`
       (operands rounded once to fp16: half the MMAs) or `none` (CUDA cores; not for decode).
     - `rows_per_cta`: append only, token rows per CTA.
+    - `min_ctas`: CTAs per SM the register allocation must leave room for
+      (`__launch_bounds__(threads, min_ctas)`); 0 = no bound.
 
     ```mlir
     #kvarn.schedule<decode, warps = 4, stages = 2, splits = 0>
@@ -60,8 +62,9 @@ def Kvarn_ScheduleAttr : Kvarn_Attr<"Schedule", "schedule"> {
     DefaultValuedParameter<"int64_t", "0">:$splits,
     DefaultValuedParameter<"int64_t", "0">:$heads_per_cta,
     StringRefParameter<"MMA shape", "\"m16n8k16\"">:$mma,
-    DefaultValuedParameter<"int64_t", "4">:$rows_per_cta);
-  let assemblyFormat = "`<` $kind (`,` struct($warps, $stages, $splits, $heads_per_cta, $mma, $rows_per_cta)^)? `>`";
+    DefaultValuedParameter<"int64_t", "4">:$rows_per_cta,
+    DefaultValuedParameter<"int64_t", "0">:$min_ctas);
+  let assemblyFormat = "`<` $kind (`,` struct($warps, $stages, $splits, $heads_per_cta, $mma, $rows_per_cta, $min_ctas)^)? `>`";
   let genVerifyDecl = 1;
   let extraClassDeclaration = [{
     /// Threads per CTA.

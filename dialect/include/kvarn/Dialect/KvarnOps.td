@@ -208,19 +208,22 @@ def Kvarn_TileLoadRecordOp : Kvarn_TileOp<"load_record"> {
   let summary = "Issues the asynchronous loads of one record page into staging slot `slot`";
   let description = [{
     Copies the page's codes and scales when the page is in this warp's range and quantized, and
-    always closes one copy group, so a consumer waits for exactly the group of its slot.
+    always closes one copy group, so a consumer waits for exactly the group of its slot. The
+    slot is a runtime value (a rolling pipeline cycles through the schedule's stages), so the
+    page loop has one copy of the compute code whatever the stage count.
     ```mlir
-    kvarn.tile.load_record %ctx, %page {slot = 1 : i64} : !kvarn.context<decode>, i32
+    kvarn.tile.load_record %ctx, %page, slot %s : !kvarn.context<decode>, i32
   ``` }];
-  let arguments = (ins Kvarn_ContextType:$context, I32:$page, I64Attr:$slot);
-  let assemblyFormat = "$context `,` $page attr-dict `:` qualified(type($context)) `,` type($page)";
+  let arguments = (ins Kvarn_ContextType:$context, I32:$page, I32:$slot);
+  let assemblyFormat =
+      "$context `,` $page `,` `slot` $slot attr-dict `:` qualified(type($context)) `,` type($page)";
   let hasVerifier = 1;
   let deviceFunction = "loadRecord";
 }
 
 class Kvarn_SlotOp<string mnemonic, string function> : Kvarn_TileOp<mnemonic> {
-  let arguments = (ins Kvarn_ContextType:$context, I64Attr:$slot);
-  let assemblyFormat = "$context attr-dict `:` qualified(type($context))";
+  let arguments = (ins Kvarn_ContextType:$context, I32:$slot);
+  let assemblyFormat = "$context `,` `slot` $slot attr-dict `:` qualified(type($context))";
   let hasVerifier = 1;
   let deviceFunction = function;
 }
@@ -228,17 +231,21 @@ class Kvarn_SlotOp<string mnemonic, string function> : Kvarn_TileOp<mnemonic> {
 def Kvarn_TileScoresOnCodesOp : Kvarn_SlotOp<"scores_on_codes", "scoresOnCodes"> {
   let summary = "Scores of a record page: tensor-core MMA of scaled queries with the K codes";
   let description = [{
-    `s[g] = K_s_row[g] * (sum_d (q[d] K_s_col[d]) code[d][g] + sum_d q[d] K_zp[d]) * scale`.
+    `s[g] = K_s_row[g] * (sum_d (q[d] K_s_col[d]) code[d][g] + sum_d q[d] K_zp[d]) * scale`
+    for the page staged in `slot` (waits for its loads; the page masks tokens past the end).
     ```mlir
-    kvarn.tile.scores_on_codes %ctx {slot = 0 : i64} : !kvarn.context<decode>
+    kvarn.tile.scores_on_codes %ctx, %page, slot %s : !kvarn.context<decode>, i32
     ```
   }];
+  let arguments = (ins Kvarn_ContextType:$context, I32:$page, I32:$slot);
+  let assemblyFormat =
+      "$context `,` $page `,` `slot` $slot attr-dict `:` qualified(type($context)) `,` type($page)";
 }
 
 def Kvarn_TileOnlineSoftmaxOp : Kvarn_SlotOp<"online_softmax", "onlineSoftmax"> {
   let summary = "Online-softmax step: running max and sum, rescale of the output accumulator";
   let description = [{ ```mlir
-    kvarn.tile.online_softmax %ctx {slot = 0 : i64} : !kvarn.context<decode>
+    kvarn.tile.online_softmax %ctx, slot %s : !kvarn.context<decode>
   ``` }];
 }
 
@@ -247,7 +254,7 @@ def Kvarn_TilePvOnCodesOp : Kvarn_SlotOp<"pv_on_codes", "pvOnCodes"> {
   let description = [{
     `o[d] += V_s_col[d] * (sum_g (p[g] V_s_row[g]) code[g][d] + sum_g p[g] V_zp[g])`.
     ```mlir
-    kvarn.tile.pv_on_codes %ctx {slot = 0 : i64} : !kvarn.context<decode>
+    kvarn.tile.pv_on_codes %ctx, slot %s : !kvarn.context<decode>
     ```
   }];
 }
