@@ -6,6 +6,7 @@
 #include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/launch.h"
 #include "kvarn/reference.h"
+#include "kvarn/synthetic.h"
 
 #include <nlohmann/json.hpp>
 
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <random>
 
 namespace kvarn::autotune {
@@ -115,76 +117,116 @@ Expected<KernelModule> loadChecked(const KernelSpec &spec, const Schedule &sched
   return module;
 }
 
-/// Decode candidate: correctness on a small random cache against the float64 reference, then the
-/// median time at the bucket (all pages records, a fresh block range per launch).
+/// One decode correctness case: a synthetic paged cache, queries and the float64 reference.
+struct DecodeCheck {
+  std::string name;
+  synthetic::PagedCache cache;
+  std::vector<uint16_t> query, expected;
+};
+
+Expected<DecodeCheck> makeDecodeCheck(const KernelSpec &spec, std::string name,
+                                      const std::vector<int32_t> &lengths, uint64_t seed) {
+  const int hk = 2, hq = hk * spec.queryHeadsPerKvHead;
+  DecodeCheck check{std::move(name), synthetic::PagedCache(spec.format, hk, lengths, seed), {}, {}};
+  if (!check.cache.status)
+    return check.cache.status.error();
+  check.query = synthetic::randomQueries(lengths.size() * hq * spec.format.headDim, spec.dtype,
+                                         seed + 1);
+  reference::DecodeProblem problem;
+  problem.format = spec.format;
+  problem.batch = int(lengths.size());
+  problem.numQueryHeads = hq;
+  problem.numKvHeads = hk;
+  problem.maxBlocksPerRequest = check.cache.maxBlocks;
+  problem.dtype = spec.dtype;
+  problem.query = check.query;
+  problem.blockTable = check.cache.blockTable;
+  problem.seqLens = check.cache.seqLens;
+  check.expected.resize(check.query.size());
+  if (Status s = reference::decodeQuantized(problem, check.cache.view(), 1, check.expected); !s)
+    return s.error();
+  return check;
+}
+
+/// Runs `module` on a check case with the host planner's splits (NaN-poisoned output) and
+/// compares with the float64 reference: relative Frobenius error <= 1e-3.
+Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const Schedule &schedule,
+                      const DecodeCheck &check, const DeviceInfo &info) {
+  const synthetic::PagedCache &cache = check.cache;
+  const int batch = int(cache.seqLens.size()), d = spec.format.headDim;
+  const int maxLen = *std::max_element(cache.seqLens.begin(), cache.seqLens.end());
+  const DecodePlan plan = schedule.splits > 0
+                              ? DecodePlan{schedule.splits}
+                              : planDecode(batch, cache.numKvHeads, maxLen, spec.format.tileTokens,
+                                           info.smCount, schedule.warps);
+  const size_t rows = check.query.size() / d;
+  Expected<DeviceBuffer> dq = uploaded(check.query), dRecords = uploaded(cache.records),
+                         dKey = uploaded(cache.poolKey), dValue = uploaded(cache.poolValue),
+                         dSlots = uploaded(cache.blockToSlot), dTable = uploaded(cache.blockTable),
+                         dLens = uploaded(cache.seqLens),
+                         dOut = DeviceBuffer::allocate(check.query.size() * 2),
+                         dWork = DeviceBuffer::allocate(rows * plan.numSplits * (d + 1) * 4);
+  if (!dq || !dRecords || !dKey || !dValue || !dSlots || !dTable || !dLens || !dOut || !dWork)
+    return makeError(ErrorCode::Internal, "cannot allocate the check buffers");
+  if (Status s = dOut->fill(0xff); !s)
+    return s;
+  dev::DecodeParams params{dq->as<void>(), dOut->as<void>(), dRecords->as<unsigned char>(),
+                           dKey->as<void>(), dValue->as<void>(), dSlots->as<int>(),
+                           dTable->as<int>(), dLens->as<int>(), dWork->as<float>(),
+                           dWork->as<float>() + rows * plan.numSplits * d, batch,
+                           cache.numKvHeads, cache.maxBlocks, plan.numSplits,
+                           1.0f / std::sqrt(float(d))};
+  if (Status s = launchDecode(module, params, spec.queryHeadsPerKvHead, plan, nullptr); !s)
+    return s;
+  if (Status s = KVARN_CU(driver().cuCtxSynchronize()); !s)
+    return makeError(s.error().code, "crashed in the check: " + s.error().message);
+  std::vector<uint16_t> actual(check.query.size());
+  if (Status s = dOut->download(actual.data(), actual.size() * 2); !s)
+    return s;
+  const double error = reference::relativeFrobeniusError(synthetic::toFloats(actual, spec.dtype),
+                                                         synthetic::toFloats(check.expected, spec.dtype));
+  if (!(error <= 1e-3))
+    return makeError(ErrorCode::InvalidData, "wrong results (" + check.name +
+                                                 "): relative error " + std::to_string(error));
+  return Status::success();
+}
+
+/// Decode candidate: correctness against the float64 reference on a short mixed batch (pool and
+/// record pages, partial pages) and on one 128K-token request (where rounding errors of the
+/// MMA operands show), then the median time at the bucket (all pages records, a fresh block
+/// range per launch). The check cases are built once per spec.
 Measure decodeMeasure(const KernelSpec &spec, const TuneOptions &o, const DeviceInfo &info,
                       ArtifactCache &cache) {
-  return [&, spec](const Schedule &schedule) -> Expected<double> {
+  auto checks = std::make_shared<std::vector<DecodeCheck>>();
+  return [&, spec, checks](const Schedule &schedule) -> Expected<double> {
     Expected<KernelModule> module = loadChecked(spec, schedule, cache);
     if (!module)
       return module.error();
     const Format &f = spec.format;
     const RecordLayout layout = recordLayout(f);
-    const int g = f.tileTokens, d = f.headDim, q = spec.queryHeadsPerKvHead, hk = 2;
-    // Step 1. Check: two requests, lengths G+1 and 3G+5, every page a record.
-    std::mt19937_64 rng(1234);
-    std::normal_distribution<float> normal;
-    const std::vector<int32_t> lens = {g + 1, 3 * g + 5};
-    const int maxBlocks = 4, blocks = 6;
-    std::vector<int32_t> table = {0, 1, -1, -1, 2, 3, 4, 5}, slots(blocks, -1);
-    std::vector<uint8_t> records(size_t(blocks) * hk * layout.tileBytesAligned);
-    std::vector<uint16_t> rows(size_t(g) * hk * d);
-    for (int b = 0; b < blocks; ++b) {
-      for (uint16_t &x : rows)
-        x = floatToHalf(normal(rng));
-      for (int h = 0; h < hk; ++h)
-        if (Status s = reference::writeRecord(f, std::span(rows).subspan(size_t(h) * d),
-                                              std::span(rows).subspan(size_t(h) * d), size_t(hk) * d,
-                                              std::span(records).subspan((size_t(b) * hk + h) * layout.tileBytesAligned,
-                                                                         layout.tileBytesAligned));
-            !s)
-          return s.error();
+    const int g = f.tileTokens, d = f.headDim, q = spec.queryHeadsPerKvHead;
+    // Step 1. Check.
+    if (checks->empty()) {
+      for (auto [name, lengths] : {std::pair<std::string, std::vector<int32_t>>{
+                                       "short mixed batch", {g + 1, 3 * g + 5, 1}},
+                                   {"128K tokens", {128 * 1024}}}) {
+        Expected<DecodeCheck> check = makeDecodeCheck(spec, name, lengths, 1234 + checks->size());
+        if (!check)
+          return check.error();
+        checks->push_back(std::move(*check));
+      }
     }
-    std::vector<uint16_t> query(size_t(2) * hk * q * d), expected(query.size()), actual(query.size());
-    for (uint16_t &x : query)
-      x = floatToHalf(normal(rng));
-    std::vector<uint16_t> emptyPool(size_t(g) * hk * d, 0);
-    reference::DecodeProblem problem;
-    problem.format = f;
-    problem.batch = 2;
-    problem.numQueryHeads = hk * q;
-    problem.numKvHeads = hk;
-    problem.maxBlocksPerRequest = maxBlocks;
-    problem.query = query;
-    problem.blockTable = table;
-    problem.seqLens = lens;
-    if (Status s = reference::decodeQuantized(problem, {records, emptyPool, emptyPool, slots}, 1, expected); !s)
-      return s.error();
-    const int splits = schedule.splits > 0 ? schedule.splits : 3;
-    Expected<DeviceBuffer> dq = uploaded(query), dRecords = uploaded(records), dPool = uploaded(emptyPool),
-                           dSlots = uploaded(slots), dTable = uploaded(table), dLens = uploaded(lens),
-                           dOut = DeviceBuffer::allocate(query.size() * 2),
-                           dWork = DeviceBuffer::allocate(query.size() * splits * 4 + 4096);
-    if (!dq || !dRecords || !dPool || !dSlots || !dTable || !dLens || !dOut || !dWork)
-      return makeError(ErrorCode::Internal, "cannot allocate the check buffers");
-    dev::DecodeParams check{dq->as<void>(), dOut->as<void>(), dRecords->as<unsigned char>(),
-                            dPool->as<void>(), dPool->as<void>(), dSlots->as<int>(), dTable->as<int>(),
-                            dLens->as<int>(), dWork->as<float>(), dWork->as<float>() + query.size() / d * splits * d,
-                            2, hk, maxBlocks, splits, 1.0f / std::sqrt(float(d))};
-    if (Status s = launchDecode(*module, check, q, DecodePlan{splits}, nullptr); !s)
-      return s.error();
-    if (Status s = KVARN_CU(driver().cuCtxSynchronize()); !s)
-      return makeError(s.error().code, "crashed in the check: " + s.error().message);
-    if (Status s = dOut->download(actual.data(), actual.size() * 2); !s)
-      return s.error();
-    std::vector<float> a(actual.size()), e(actual.size());
-    for (size_t i = 0; i < a.size(); ++i) {
-      a[i] = halfToFloat(actual[i]);
-      e[i] = halfToFloat(expected[i]);
-    }
-    const double error = reference::relativeFrobeniusError(a, e);
-    if (!(error <= 1e-3))
-      return makeError(ErrorCode::InvalidData, "wrong results: relative error " + std::to_string(error));
+    for (const DecodeCheck &check : *checks)
+      if (Status s = runDecodeCheck(*module, spec, schedule, check, info); !s)
+        return s.error();
+    // Timing data: record tiles of the long check (its blocks 1 .. n-2 are records).
+    std::vector<uint8_t> records(layout.tileBytesAligned * 4);
+    std::copy_n(checks->back().cache.records.begin() + 2 * layout.tileBytesAligned, records.size(),
+                records.begin());
+    std::vector<uint16_t> emptyPool(size_t(g) * o.numKvHeads * d, 0);
+    Expected<DeviceBuffer> dPool = uploaded(emptyPool);
+    if (!dPool)
+      return dPool.error();
     // Step 2. Time at the bucket: B x context, every page a record, L2-cold block ranges.
     const int pages = (o.context + g - 1) / g, batch = o.batch;
     const size_t bytes = size_t(batch) * o.numKvHeads * pages * layout.tileBytesAligned;

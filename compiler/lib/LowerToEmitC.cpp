@@ -28,7 +28,7 @@ std::string structPrefix(dialect::OpKind kind) {
 }
 
 /// `kvarn::dev::DecodeContext<KB, VB, G, D, Q, Warps, Stages, Splits, Rows, Compact, DType,
-/// Terms>` (Terms, decode only: fp16 terms per MMA operand, from the schedule's `mma`).
+/// QueryTerms, WeightTerms>` (decode only: fp16 terms per MMA operand, from the schedule's `mma`).
 std::string contextTypeName(TileBeginOp begin) {
   FormatAttr f = begin.getFormat();
   ScheduleAttr s = begin.getSchedule();
@@ -41,8 +41,10 @@ std::string contextTypeName(TileBeginOp begin) {
                      ", " + std::to_string(s.getRowsPerCta()) + ", " +
                      (f.getCompact() ? "true" : "false") + ", " +
                      (begin.getDtype().isBF16() ? "kvarn::dev::BFloat16" : "kvarn::dev::Half");
-  if (begin.getParams().getType().getKind() == dialect::OpKind::decode)
-    name += s.getMma() == "m16n8k16.single" ? ", 1" : ", 2";
+  if (begin.getParams().getType().getKind() == dialect::OpKind::decode) {
+    const MmaVariant *mma = findMma(s.getMma()); // verified by the schedule attribute
+    name += ", " + std::to_string(mma->queryTerms) + ", " + std::to_string(mma->weightTerms);
+  }
   name += ">";
   return name;
 }

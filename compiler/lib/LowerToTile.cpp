@@ -74,8 +74,10 @@ void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const Kerne
   auto loop = scf::ForOp::create(builder, loc, range.getFirst(), range.getEnd(), range.getStep());
   builder.setInsertionPointToStart(loop.getBody());
   page = loop.getInductionVar();
-  Value slot = constantI32(builder, loc, 0), aheadSlot = slot, aheadPage = page;
-  if (stages > 1) {
+  Value slot, aheadSlot, aheadPage = page;
+  if (stages == 1) {
+    slot = aheadSlot = constantI32(builder, loc, 0);
+  } else {
     Value count = constantI32(builder, loc, stages);
     Value k = arith::DivSIOp::create(
         builder, loc, arith::SubIOp::create(builder, loc, page, range.getFirst()),

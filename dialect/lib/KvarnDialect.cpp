@@ -141,9 +141,8 @@ LogicalResult ScheduleAttr::verify(function_ref<InFlightDiagnostic()> emitError,
     return emitError() << "splits = " << splits << " (supported: 0 = planned, 1 to 256)";
   if (headsPerCta < 0)
     return emitError() << "heads_per_cta = " << headsPerCta << " must not be negative";
-  if (mma != "m16n8k16" && mma != "m16n8k16.single" && mma != "none")
-    return emitError() << "mma = \"" << mma
-                       << "\" (supported: \"m16n8k16\", \"m16n8k16.single\", \"none\")";
+  if (!::kvarn::findMma(mma))
+    return emitError() << "mma = \"" << mma << "\" (supported: " << ::kvarn::mmaNames() << ")";
   if (rowsPerCta < 1 || rowsPerCta > 64)
     return emitError() << "rows_per_cta = " << rowsPerCta << " (supported: 1 to 64)";
   if (minCtas < 0 || minCtas > 32)

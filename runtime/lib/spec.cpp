@@ -124,6 +124,29 @@ Expected<KernelSpec> parseKernelSpec(std::string_view text) {
   return spec;
 }
 
+const std::vector<MmaVariant> &mmaVariants() {
+  static const std::vector<MmaVariant> variants = {{"m16n8k16", 2, 2},
+                                                   {"m16n8k16.single", 1, 1},
+                                                   {"m16n8k16.single-q", 1, 2},
+                                                   {"m16n8k16.single-p", 2, 1},
+                                                   {"none", 0, 0}};
+  return variants;
+}
+
+const MmaVariant *findMma(std::string_view name) {
+  for (const MmaVariant &v : mmaVariants())
+    if (v.name == name)
+      return &v;
+  return nullptr;
+}
+
+std::string mmaNames() {
+  std::string names;
+  for (const MmaVariant &v : mmaVariants())
+    names += (names.empty() ? "" : ", ") + std::string(v.name);
+  return names;
+}
+
 std::string Schedule::str() const {
   return "warps=" + std::to_string(warps) + ",stages=" + std::to_string(stages) +
          ",splits=" + std::to_string(splits) + ",heads_per_cta=" + std::to_string(headsPerCta) +
@@ -160,7 +183,7 @@ std::vector<Schedule> scheduleSearchSpace(OpKind op) {
   case OpKind::Decode:
   case OpKind::Extend:
     stages = {1, 2, 3};
-    mma = {"m16n8k16", "m16n8k16.single"};
+    mma = {"m16n8k16", "m16n8k16.single", "m16n8k16.single-q", "m16n8k16.single-p"};
     minCtas = {0, 3, 4, 6}; // the tuner prunes the bounds that do not bind or starve registers
     break;
   case OpKind::Flush:
@@ -217,8 +240,8 @@ Expected<Schedule> parseSchedule(std::string_view text, OpKind op) {
                   : key == "min_ctas"     ? &schedule.minCtas
                                           : nullptr;
     if (key == "mma") {
-      if (value != "m16n8k16" && value != "m16n8k16.single" && value != "none")
-        return bad("expected m16n8k16, m16n8k16.single or none");
+      if (!findMma(value))
+        return bad("expected one of " + mmaNames());
       schedule.mma = std::string(value);
     } else if (!target) {
       return makeError(ErrorCode::InvalidArgument,
@@ -299,10 +322,10 @@ Status validateSchedule(const KernelSpec &spec, const Schedule &schedule) {
     return bad("heads_per_cta = " + std::to_string(schedule.headsPerCta) +
                " (supported: 0 or the whole GQA group, " +
                std::to_string(spec.queryHeadsPerKvHead) + ")");
-  if (schedule.mma != "m16n8k16" && schedule.mma != "m16n8k16.single" && schedule.mma != "none")
-    return bad("mma = " + schedule.mma + " (supported: m16n8k16, m16n8k16.single, none)");
+  if (!findMma(schedule.mma))
+    return bad("mma = " + schedule.mma + " (supported: " + mmaNames() + ")");
   if ((spec.op == OpKind::Decode || spec.op == OpKind::Extend) && schedule.mma == "none")
-    return bad("mma = none is not implemented for decode (supported: m16n8k16, m16n8k16.single)");
+    return bad("mma = none is not implemented for decode (it needs tensor cores)");
   if (schedule.rowsPerCta < 1 || schedule.rowsPerCta > 64)
     return bad("rows_per_cta = " + std::to_string(schedule.rowsPerCta) + " (supported: 1 to 64)");
   if (schedule.minCtas < 0 || schedule.minCtas > 32)

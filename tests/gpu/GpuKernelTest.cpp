@@ -202,7 +202,8 @@ TEST(GpuDecode, MatchesTheFloat64ReferenceAcrossFormatsShapesAndDtypes) {
 TEST(GpuDecode, LongContextAndSplitsAgree) {
   KVARN_REQUIRE_GPU();
   for (const char *schedule :
-       {"", "mma=m16n8k16.single", "warps=2,stages=2,mma=m16n8k16.single,min_ctas=6"}) {
+       {"", "mma=m16n8k16.single", "mma=m16n8k16.single-q", "mma=m16n8k16.single-p",
+        "warps=2,stages=2,min_ctas=6", "warps=4,min_ctas=3,mma=m16n8k16.single-q"}) {
     DecodeCase dc{"kvarn_k4v2_g128", 128, 8, 1, DType::F16, {128 * 1024}, schedule};
     const double planned = runDecode(dc, 77, true);
     const double single = runDecode(dc, 77, false);

@@ -71,7 +71,10 @@ TEST(NvrtcCompile, EveryVariantCompilesWithoutWarnings) {
         jobs.push_back({"append:kvarn_k4v2_g128:d" + std::to_string(d) + ":q1:" + dtype + target, ""});
   }
   // A sample of schedules and GQA ratios.
-  for (const char *schedule : {"warps=1", "warps=8", "stages=2", "splits=1", "warps=2,splits=4"})
+  for (const char *schedule :
+       {"warps=1", "warps=8", "stages=2", "splits=1", "warps=2,splits=4",
+        "stages=3,mma=m16n8k16.single", "warps=4,min_ctas=3,mma=m16n8k16.single-q",
+        "warps=2,stages=2,min_ctas=6,mma=m16n8k16.single-p"})
     jobs.push_back({"decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", schedule});
   for (int q : {1, 5, 16})
     jobs.push_back({"decode:kvarn_k4v2_g128:d128:q" + std::to_string(q) + ":f16:sm_90a", ""});

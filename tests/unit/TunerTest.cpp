@@ -4,6 +4,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <map>
+
 using namespace kvarn;
 using namespace kvarn::autotune;
 
@@ -11,15 +13,18 @@ namespace {
 
 TEST(SearchSpace, EnumeratesEveryKnobCombinationOverTheDefaults) {
   std::vector<Schedule> decode = scheduleSearchSpace(OpKind::Decode);
-  // mma {two terms, single} x warps {1,2,4,8} x stages {1,2,3} x min_ctas {0,3,4,6}
-  EXPECT_EQ(decode.size(), 96u);
-  int single = 0;
+  // mma {4 tensor-core variants} x warps {1,2,4,8} x stages {1,2,3} x min_ctas {0,3,4,6}
+  EXPECT_EQ(decode.size(), 192u);
+  std::map<std::string, int> perMma;
   for (const Schedule &s : decode) {
     EXPECT_EQ(s.splits, 0) << "decode splits stay planned";
-    EXPECT_THAT(s.mma, testing::AnyOf("m16n8k16", "m16n8k16.single"));
-    single += s.mma == "m16n8k16.single";
+    ASSERT_NE(findMma(s.mma), nullptr) << s.mma;
+    EXPECT_GT(findMma(s.mma)->queryTerms, 0) << "decode always uses tensor cores";
+    ++perMma[s.mma];
   }
-  EXPECT_EQ(single, 48);
+  EXPECT_EQ(perMma.size(), 4u);
+  for (const auto &[mma, count] : perMma)
+    EXPECT_EQ(count, 48) << mma;
   EXPECT_EQ(scheduleSearchSpace(OpKind::Append).size(), 12u); // warps {2,4,8} x rows {1,2,4,8}
   EXPECT_EQ(scheduleSearchSpace(OpKind::Flush).size(), 3u);
 }

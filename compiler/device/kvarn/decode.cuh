@@ -16,7 +16,7 @@ namespace kvarn {
 namespace dev {
 
 template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS, int ROWS,
-          bool COMPACT, typename T, int TERMS>
+          bool COMPACT, typename T, int QUERY_TERMS, int WEIGHT_TERMS>
 struct DecodeContext {
   typedef RecordLayout<KB, VB, G, D, COMPACT> Layout;
   static constexpr int TPI = G / 8;           ///< tokens per lane group (QK rows)
@@ -33,9 +33,11 @@ struct DecodeContext {
   typedef T Type;
   static constexpr int KBITS = KB, VBITS = VB, TG = G, HD = D, QH = Q, NWARPS = WARPS;
   static constexpr int NSTAGES = STAGES;
-  /// fp16 terms per fp32 MMA operand (q' and P'): 2 = high + low (about 22 bits), 1 = one.
-  static constexpr int OPERAND_TERMS = TERMS;
-  static_assert(TERMS == 1 || TERMS == 2, "one or two fp16 terms per operand");
+  /// fp16 terms per fp32 MMA operand, q' (scores) and P' (output update): 2 = high + low
+  /// (about 22 bits), 1 = rounded once.
+  static constexpr int Q_TERMS = QUERY_TERMS, P_TERMS = WEIGHT_TERMS;
+  static_assert((Q_TERMS == 1 || Q_TERMS == 2) && (P_TERMS == 1 || P_TERMS == 2),
+                "one or two fp16 terms per operand");
   static_assert(KB == 2 || KB == 4, "key bits must be 2 or 4");
   static_assert(VB == 2 || VB == 4, "value bits must be 2 or 4");
   static_assert(Q >= 1 && Q <= 16, "1 to 16 query heads per kv head");
@@ -134,7 +136,7 @@ struct DecodeContext {
     int k = windowFirst < 0 ? 32 : (page - windowFirst) / WARPS;
     if (k >= 32 || k < 0) {
       windowFirst = max(page - (STAGES - 1) * WARPS, pageBegin + warp);
-      const int mine = page + lane * WARPS;
+      const int mine = windowFirst + lane * WARPS;
       windowBlock = mine < pageEnd ? p.blockTable[int64_t(request) * p.maxBlocksPerRequest + mine] : 0;
       windowSlot = mine < pageEnd ? p.blockToSlot[windowBlock] : -1;
       k = (page - windowFirst) / WARPS;
@@ -295,7 +297,7 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
       const float2 h01 = unpackHalf2(b[n][kc][0]), h23 = unpackHalf2(b[n][kc][1]);
       bLow[n][kc][0] = packHalf2(p0 - h01.x, p1 - h01.y);
       bLow[n][kc][1] = packHalf2(p2 - h23.x, p3 - h23.y);
-      if constexpr (Ctx::OPERAND_TERMS == 2)
+      if constexpr (Ctx::Q_TERMS == 2)
         querySum[n] += (p0 + p1) + (p2 + p3);
       else // the MMA sees the rounded q' only
         querySum[n] += (h01.x + h01.y) + (h23.x + h23.y);
@@ -340,7 +342,7 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n) {
         mma16816(c.scores[n][pt], a0, a1, a2, a3, b[n][kc][0], b[n][kc][1]);
-        if constexpr (Ctx::OPERAND_TERMS == 2)
+        if constexpr (Ctx::Q_TERMS == 2)
           mma16816(c.scores[n][pt], a0, a1, a2, a3, bLow[n][kc][0], bLow[n][kc][1]);
       }
     }
@@ -382,7 +384,7 @@ template <bool Record, typename Ctx>
 __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
                                             const Half *valueZeroPoint) {
   float weightScale = 1.0f;
-  if constexpr (Record && Ctx::OPERAND_TERMS == 1) { // two terms keep ~22 bits: no prescale
+  if constexpr (Record && Ctx::P_TERMS == 1) { // two terms keep ~22 bits: no prescale
     float largest = 0.0f;
 #pragma unroll
     for (int pt = 0; pt < Ctx::P; ++pt) {
@@ -444,7 +446,7 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
       const uint32_t first = packHalf2(w[0], w[1]), second = packHalf2(w[2], w[3]);
       if constexpr (Record) { // P' = high + low fp16 terms; sums for the centered codes
         const float2 f = unpackHalf2(first), g = unpackHalf2(second);
-        if constexpr (Ctx::OPERAND_TERMS == 2) {
+        if constexpr (Ctx::P_TERMS == 2) {
           weightSum[0] += w[0] + w[2];
           weightSum[1] += w[1] + w[3];
           c.weightsLow[n][pt][0] = transpose8x8(packHalf2(w[0] - f.x, w[1] - f.y));
@@ -523,13 +525,13 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n) {
         mma16816(acc[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
-        if constexpr (Ctx::OPERAND_TERMS == 2)
+        if constexpr (Ctx::P_TERMS == 2)
           mma16816(acc[n][m], a0, a1, a2, a3, c.weightsLow[n][pt][0], c.weightsLow[n][pt][1]);
       }
     }
   }
   constexpr float center = float(codeCenter<VBITS>());
-  const float unscale = Ctx::OPERAND_TERMS == 1 ? c.weightUnscale : 1.0f;
+  const float unscale = Ctx::P_TERMS == 1 ? c.weightUnscale : 1.0f;
 #pragma unroll
   for (int m = 0; m < Ctx::KC; ++m) {
     const int channel = Ctx::CPI * c.i + 2 * m;

@@ -54,6 +54,24 @@ struct Schedule {
   bool operator==(const Schedule &other) const = default;
 };
 
+/// A value of the schedule's `mma` knob: the tensor-core instruction and how many fp16 terms
+/// carry each fp32 MMA operand (2: high + low, about 22 bits; 1: rounded once) for the query
+/// side (q' of the scores) and the weight side (P' of the output update); 0 = no tensor cores.
+struct MmaVariant {
+  std::string_view name;
+  int queryTerms;
+  int weightTerms;
+};
+
+/// Every supported `mma` value, the default first.
+const std::vector<MmaVariant> &mmaVariants();
+
+/// The variant called `name`, or nullptr.
+const MmaVariant *findMma(std::string_view name);
+
+/// "m16n8k16, m16n8k16.single, ...": the supported values, for messages.
+std::string mmaNames();
+
 /// The default schedule of an op (the starting point of tuning and of parseSchedule).
 Schedule defaultSchedule(OpKind op);
 

@@ -56,7 +56,7 @@ func.func private @f() attributes {x = #kvarn.schedule<decode, heads_per_cta = -
 
 // -----
 
-// expected-error @+1 {{mma = "wgmma" (supported: "m16n8k16", "m16n8k16.single", "none")}}
+// expected-error @+1 {{mma = "wgmma" (supported: m16n8k16, m16n8k16.single, m16n8k16.single-q, m16n8k16.single-p, none)}}
 func.func private @f() attributes {x = #kvarn.schedule<decode, mma = "wgmma">}
 
 // -----
@@ -229,7 +229,7 @@ func.func @decode_heads_per_cta(%q: memref<?x?x128xf16>, %cache: memref<?x?x1382
 func.func @decode_mma(%q: memref<?x?x128xf16>, %cache: memref<?x?x13824xi8>, %pk: memref<?x128x?x128xf16>,
                       %pv: memref<?x128x?x128xf16>, %b2s: memref<?xi32>, %t: memref<?x?xi32>,
                       %l: memref<?xi32>, %o: memref<?x?x128xf16>) {
-  // expected-error @+1 {{mma = none is not implemented for decode (supported: m16n8k16, m16n8k16.single)}}
+  // expected-error @+1 {{mma = none is not implemented for decode (it needs tensor cores)}}
   kvarn.decode %q, %cache, %pk, %pv, %b2s, %t, %l, %o {format = #kvarn.format<kvarn_k4v2_g128, head_dim = 128>,
       q_per_kv = 8 : i64, softmax_scale = 0.0 : f32, schedule = #kvarn.schedule<decode, mma = "none">}
       : memref<?x?x128xf16>, memref<?x?x13824xi8>, memref<?x128x?x128xf16>, memref<?x128x?x128xf16>,
