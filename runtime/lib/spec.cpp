@@ -183,7 +183,9 @@ std::vector<Schedule> scheduleSearchSpace(OpKind op) {
   case OpKind::Decode:
   case OpKind::Extend:
     stages = {1, 2, 3};
-    mma = {"m16n8k16", "m16n8k16.single", "m16n8k16.single-q", "m16n8k16.single-p"};
+    // single and single-q round q' once: 1.0-1.2e-3 relative error at 128K tokens on the H200,
+    // over the 1e-3 bound, so they are explicit-only (docs/benchmarks.md).
+    mma = {"m16n8k16", "m16n8k16.single-p"};
     minCtas = {0, 3, 4, 6}; // the tuner prunes the bounds that do not bind or starve registers
     break;
   case OpKind::Flush:

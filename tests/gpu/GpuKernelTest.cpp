@@ -175,12 +175,14 @@ TEST(GpuDecode, MatchesTheFloat64ReferenceAcrossFormatsShapesAndDtypes) {
   cases.push_back({"kvarn_k4v2_g128", 128, 8, 2, DType::F16, lengths128, "warps=4,stages=2"});
   cases.push_back({"kvarn_k4v2_g128", 128, 8, 2, DType::F16, lengths128, "warps=2,stages=3"});
   cases.push_back({"kvarn_k4v2_g64", 128, 5, 3, DType::BF16, lengths64, "warps=1,stages=3"});
-  // One fp16 term per MMA operand: every preset, odd GQA ratios, both dtypes, pipelined.
+  // One fp16 term for P' (and for q' too): every preset, odd GQA ratios, both dtypes, pipelined.
   for (const char *preset : {"kvarn_k4v2_g128", "kvarn_k4v4_g128", "kvarn_k2v2_g128"})
     for (int q : {1, 5, 8, 16})
-      cases.push_back({preset, 128, q, 2, DType::F16, lengths128, "mma=m16n8k16.single"});
+      cases.push_back({preset, 128, q, 2, DType::F16, lengths128, "mma=m16n8k16.single-p"});
   for (int d : {64, 256})
-    cases.push_back({"kvarn_k4v4_g64", d, 8, 2, DType::BF16, lengths64, "mma=m16n8k16.single"});
+    cases.push_back({"kvarn_k4v4_g64", d, 8, 2, DType::BF16, lengths64, "mma=m16n8k16.single-p"});
+  cases.push_back({"kvarn_k2v2_g128", 128, 5, 2, DType::F16, lengths128, "mma=m16n8k16.single"});
+  cases.push_back({"kvarn_k4v4_g64", 64, 6, 2, DType::BF16, lengths64, "mma=m16n8k16.single-q"});
   cases.push_back({"kvarn_k4v2_g128", 128, 8, 2, DType::F16, lengths128,
                    "warps=2,stages=2,mma=m16n8k16.single"});
   cases.push_back({"kvarn_k4v2_g128", 128, 8, 2, DType::F16, lengths128,
@@ -201,14 +203,22 @@ TEST(GpuDecode, MatchesTheFloat64ReferenceAcrossFormatsShapesAndDtypes) {
 
 TEST(GpuDecode, LongContextAndSplitsAgree) {
   KVARN_REQUIRE_GPU();
-  for (const char *schedule :
-       {"", "mma=m16n8k16.single", "mma=m16n8k16.single-q", "mma=m16n8k16.single-p",
-        "warps=2,stages=2,min_ctas=6", "warps=4,min_ctas=3,mma=m16n8k16.single-q"}) {
+  // Schedules the tuner may pick must meet 1e-3 at 128K tokens; rounding q' once (single,
+  // single-q: explicit-only, outside the search space) is held to its documented 2e-3.
+  const std::vector<std::pair<const char *, double>> schedules = {
+      {"", 1e-3},
+      {"mma=m16n8k16.single-p", 1e-3},
+      {"warps=4,min_ctas=3,mma=m16n8k16.single-p", 1e-3},
+      {"warps=2,stages=2,min_ctas=6", 1e-3},
+      {"warps=2,stages=3,mma=m16n8k16.single-p", 1e-3},
+      {"mma=m16n8k16.single", 2e-3},
+      {"mma=m16n8k16.single-q", 2e-3}};
+  for (const auto &[schedule, bound] : schedules) {
     DecodeCase dc{"kvarn_k4v2_g128", 128, 8, 1, DType::F16, {128 * 1024}, schedule};
     const double planned = runDecode(dc, 77, true);
     const double single = runDecode(dc, 77, false);
-    EXPECT_LE(planned, 1e-3) << schedule;
-    EXPECT_LE(single, 1e-3) << schedule;
+    EXPECT_LE(planned, bound) << schedule;
+    EXPECT_LE(single, bound) << schedule;
     std::printf("[ decode   ] 128K context '%s': relative error %.2e planned, %.2e one split\n",
                 schedule, planned, single);
   }
