@@ -4,13 +4,18 @@
 #include "kvarn/Autotune/Tuner.h"
 
 #include "kvarn/Compiler/Pipeline.h"
+#include "kvarn/jit.h"
+#include "kvarn/kvarn.h"
 #include "kvarn/launch.h"
 #include "kvarn/reference.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
+#include <memory>
 #include <random>
 
 namespace kvarn::autotune {
@@ -273,6 +278,39 @@ Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwid
 
 } // namespace
 
+/// Hot-path kernel lookup: kvarn_prepare of a spec prepared before (what an engine calls per
+/// step), median over 20 batches of 100,000 calls, and the artifact cache's memory hit.
+Status benchLookup(const BenchOptions &o) {
+  const std::string dir = std::filesystem::temp_directory_path() / "kvarn-bench-lookup";
+  kvarn_runtime_options options{o.device, dir.c_str(), 1, 0, nullptr};
+  kvarn_runtime runtime = nullptr;
+  if (kvarn_runtime_create(&options, &runtime) != KVARN_OK)
+    return makeError(ErrorCode::Unsupported, kvarn_last_error());
+  std::unique_ptr<kvarn_runtime_t, void (*)(kvarn_runtime)> owner(runtime, kvarn_runtime_destroy);
+  if (kvarn_jit_install(runtime) != KVARN_OK)
+    return makeError(ErrorCode::Internal, kvarn_last_error());
+  const char *spec = "decode:kvarn_k4v2_g128:d128:q8:f16";
+  kvarn_kernel kernel = nullptr;
+  if (kvarn_prepare(runtime, spec, nullptr, &kernel) != KVARN_OK)
+    return makeError(ErrorCode::Internal, kvarn_last_error());
+  constexpr int calls = 100000;
+  std::vector<double> ns;
+  for (int batch = 0; batch < 20; ++batch) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int k = 0; k < calls; ++k)
+      if (kvarn_prepare(runtime, spec, nullptr, &kernel) != KVARN_OK)
+        return makeError(ErrorCode::Internal, kvarn_last_error());
+    ns.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start)
+                     .count() / calls);
+  }
+  std::sort(ns.begin(), ns.end());
+  std::printf("\nkernel lookup (kvarn_prepare of a prepared spec): median %.1f ns per call "
+              "(min %.1f, max %.1f; 20 x %d calls)\n",
+              ns[ns.size() / 2], ns.front(), ns.back(), calls);
+  std::filesystem::remove_all(dir);
+  return Status::success();
+}
+
 Status runBench(const BenchOptions &options) {
   Expected<DeviceInfo> info = openDevice(options.device);
   if (!info)
@@ -291,6 +329,8 @@ Status runBench(const BenchOptions &options) {
     KVARN_TRY(benchFlush(options, *info));
   if (options.append)
     KVARN_TRY(benchAppend(options, *info, *bandwidth));
+  if (options.lookup)
+    KVARN_TRY(benchLookup(options));
   return Status::success();
 }
 

@@ -339,7 +339,8 @@ Status runTune(const TuneOptions &o) {
                             {"l2_bytes", info->l2Bytes},
                             {"memory_clock_khz", info->memoryClockKhz},
                             {"driver", info->driverVersion},
-                            {"nvrtc", nvrtcVersion()}};
+                            {"nvrtc", nvrtcVersion()},
+                            {"kvarn", KVARN_VERSION}};
   configs["bucket"] = {{"batch", o.batch}, {"context", o.context}, {"kv_heads", o.numKvHeads}};
   nlohmann::json entries = nlohmann::json::array();
   auto record = [&](const TuneResult &result) {

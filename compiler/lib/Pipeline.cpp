@@ -11,9 +11,6 @@
 #include "mlir/Target/Cpp/CppEmitter.h"
 #include "llvm/Support/raw_ostream.h"
 
-#ifndef KVARN_VERSION
-#define KVARN_VERSION "unknown"
-#endif
 
 namespace kvarn::compiler {
 

@@ -43,11 +43,15 @@ Status writeBundle(const std::string &path, const Bundle &bundle) {
                        {"ptx", blob(entry.artifact.ptx)},
                        {"cubin", blob(std::string(entry.artifact.cubin.begin(), entry.artifact.cubin.end()))},
                        {"source", blob(entry.source)}});
+  nlohmann::json headers = nlohmann::json::array();
+  for (const SourceHeader &header : bundle.headers)
+    headers.push_back({{"name", header.name}, {"content", blob(header.content)}});
   nlohmann::json manifest = {{"schema", kSchema},
                              {"kvarn_version", bundle.kvarnVersion},
                              {"arch", bundle.arch},
                              {"nvrtc", bundle.nvrtcVersion},
                              {"configs", bundle.configs},
+                             {"headers", headers},
                              {"entries", entries}};
   const std::string manifestText = manifest.dump();
   std::string bytes(kMagic, sizeof(kMagic));
@@ -120,6 +124,17 @@ Expected<Bundle> readBundle(const std::string &path) {
   bundle.arch = manifest.value("arch", "");
   bundle.nvrtcVersion = manifest.value("nvrtc", "");
   bundle.configs = manifest.value("configs", "");
+  if (manifest.contains("headers")) { // optional: bundles without sources have none
+    if (!manifest["headers"].is_array())
+      return bad("malformed manifest (headers)");
+    for (const nlohmann::json &item : manifest["headers"]) {
+      SourceHeader header;
+      header.name = item.is_object() ? item.value("name", "") : "";
+      if (header.name.empty() || !item.contains("content") || !blob(item["content"], header.content))
+        return bad("device-library header '" + header.name + "' is missing or corrupt");
+      bundle.headers.push_back(std::move(header));
+    }
+  }
   for (const nlohmann::json &item : manifest["entries"]) {
     BundleEntry entry;
     entry.key = item.value("key", "");

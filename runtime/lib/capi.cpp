@@ -1,24 +1,25 @@
 // The C API (kvarn.h) over the runtime: status codes, thread-local errors, prepared kernels.
 #include "kvarn/bundle.h"
+#include "kvarn/configs.h"
 #include "kvarn/jit.h"
 #include "kvarn/kvarn.h"
 #include "kvarn/launch.h"
+#include "kvarn/nvrtc.h"
 
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 
-#ifndef KVARN_VERSION
-#define KVARN_VERSION "unknown"
-#endif
-
 struct kvarn_kernel_t {
   kvarn::KernelSpec spec;
   kvarn::Schedule schedule;
+  std::string scheduleText, how; ///< kvarn_kernel_describe
   kvarn::KernelModule module;
   int smCount = 0;
 };
@@ -28,6 +29,8 @@ struct kvarn_runtime_t {
   kvarn::DeviceInfo device;
   std::unique_ptr<kvarn::ArtifactCache> cache;
   kvarn::JitCompiler jit;
+  std::vector<kvarn::ConfigFile> configs; ///< configs_dir, then loaded bundles
+  kvarn::TuningEnvironment environment;   ///< this GPU, for the config lookup
   std::mutex mutex;
   std::map<std::string, std::unique_ptr<kvarn_kernel_t>> kernels; ///< by prepared-kernel key
   std::map<std::string, kvarn_kernel_t *> byText; ///< by the caller's "spec|schedule" text
@@ -97,6 +100,51 @@ std::string preparedKernelKey(const KernelSpec &spec, const Schedule &schedule) 
   return artifactKey(inputs);
 }
 
+Expected<Bundle> retargetBundle(const Bundle &bundle, const std::string &arch,
+                                std::vector<std::string> *skipped) {
+  if (bundle.headers.empty())
+    return makeError(ErrorCode::Unsupported, "it is for " + bundle.arch + " and carries no "
+                                             "device-library sources to recompile for " + arch);
+  Bundle out = bundle;
+  out.arch = arch;
+  out.nvrtcVersion = nvrtcVersion();
+  out.entries.clear();
+  for (const BundleEntry &entry : bundle.entries) {
+    Expected<KernelSpec> spec = parseKernelSpec(entry.spec);
+    if (!spec)
+      return makeError(ErrorCode::InvalidData, "entry '" + entry.spec + "': " + spec.error().message);
+    Expected<Schedule> schedule = parseSchedule(entry.schedule, spec->op);
+    if (!schedule)
+      return makeError(ErrorCode::InvalidData, "entry '" + entry.spec + "': " + schedule.error().message);
+    spec->arch = arch;
+    if (Status legal = validateSchedule(*spec, *schedule); !legal) {
+      if (skipped)
+        skipped->push_back(spec->str() + " (" + legal.error().message + ")");
+      continue;
+    }
+    std::vector<std::string> names = kernelNames(entry.artifact.metadata);
+    if (entry.source.empty() || names.empty())
+      return makeError(ErrorCode::InvalidData, "entry '" + entry.spec + "' has no source or kernels");
+    Expected<NvrtcOutput> compiled =
+        compileCuda(entry.source, names.front() + ".cu", arch, bundle.headers, {});
+    if (!compiled)
+      return makeError(compiled.error().code, "recompiling " + spec->str() + ": " +
+                                                  compiled.error().message);
+    nlohmann::json metadata = nlohmann::json::parse(entry.artifact.metadata, nullptr, false);
+    metadata["spec"] = spec->str();
+    BundleEntry moved;
+    moved.key = preparedKernelKey(*spec, *schedule);
+    moved.spec = spec->str();
+    moved.schedule = entry.schedule;
+    moved.source = entry.source;
+    moved.artifact.metadata = metadata.dump();
+    moved.artifact.ptx = std::move(compiled->ptx);
+    moved.artifact.cubin = std::move(compiled->cubin);
+    out.entries.push_back(std::move(moved));
+  }
+  return out;
+}
+
 } // namespace kvarn
 
 extern "C" {
@@ -122,7 +170,7 @@ const char *kvarn_status_name(kvarn_status status) {
 kvarn_status kvarn_runtime_create(const kvarn_runtime_options *options, kvarn_runtime *runtime) {
   KVARN_REQUIRE(runtime, "kvarn_runtime_create: runtime is NULL");
   *runtime = nullptr;
-  kvarn_runtime_options defaults{0, nullptr, 1, 1};
+  kvarn_runtime_options defaults{0, nullptr, 1, 1, nullptr};
   const kvarn_runtime_options &o = options ? *options : defaults;
   kvarn::Expected<kvarn::DeviceInfo> device = kvarn::openDevice(o.device);
   if (!device)
@@ -134,6 +182,21 @@ kvarn_status kvarn_runtime_create(const kvarn_runtime_options *options, kvarn_ru
   if (o.cache_dir)
     cacheOptions.directory = o.cache_dir;
   created->cache = std::make_unique<kvarn::ArtifactCache>(cacheOptions);
+  const kvarn::DeviceInfo &d = created->device;
+  created->environment.arch = d.arch();
+  created->environment.smCount = d.smCount;
+  created->environment.l2Bytes = d.l2Bytes;
+  created->environment.memoryClockKhz = d.memoryClockKhz;
+  created->environment.driverVersion = d.driverVersion;
+  created->environment.nvrtcVersion = kvarn::nvrtcVersion();
+  created->environment.kvarnVersion = KVARN_VERSION;
+  const char *configsDir = o.configs_dir ? o.configs_dir : std::getenv("KVARN_CONFIGS_DIR");
+  std::vector<std::string> warnings;
+  if (configsDir)
+    created->configs = kvarn::loadConfigDirectory(configsDir, &warnings);
+  if (o.log_level > 0)
+    for (const std::string &warning : warnings)
+      std::fprintf(stderr, "kvarn: warning: %s\n", warning.c_str());
   *runtime = created.release();
   return ok();
 }
@@ -154,10 +217,38 @@ kvarn_status kvarn_load_bundle(kvarn_runtime runtime, const char *path) {
   kvarn::Expected<kvarn::Bundle> bundle = kvarn::readBundle(path);
   if (!bundle)
     return fail(bundle.error());
-  if (std::string why = kvarn::bundleMismatch(*bundle, runtime->device.arch(), KVARN_VERSION);
-      !why.empty())
+  const std::string arch = runtime->device.arch();
+  std::string skipped;
+  if (bundle->kvarnVersion == KVARN_VERSION && bundle->arch != arch) {
+    // Another GPU: recompile the sources for this one (refused if the bundle has none).
+    std::vector<std::string> notes;
+    kvarn::Expected<kvarn::Bundle> retargeted = kvarn::retargetBundle(*bundle, arch, &notes);
+    if (!retargeted)
+      return fail(KVARN_ERROR_UNSUPPORTED, std::string("bundle ") + path + " not used: " +
+                                               retargeted.error().message);
+    for (const std::string &note : notes)
+      skipped += (skipped.empty() ? "" : "; ") + note;
+    *bundle = std::move(*retargeted);
+  }
+  if (std::string why = kvarn::bundleMismatch(*bundle, arch, KVARN_VERSION); !why.empty())
     return fail(KVARN_ERROR_UNSUPPORTED, std::string("bundle ") + path + " not used: " + why);
+  std::optional<kvarn::ConfigFile> configs;
+  if (!bundle->configs.empty()) {
+    kvarn::Expected<kvarn::ConfigFile> parsed =
+        kvarn::parseConfigFile(bundle->configs, std::string("bundle ") + path);
+    if (!parsed)
+      return fail(parsed.error());
+    configs = std::move(*parsed);
+  }
   kvarn::importBundle(*bundle, *runtime->cache);
+  std::lock_guard<std::mutex> lock(runtime->mutex);
+  if (configs)
+    runtime->configs.push_back(std::move(*configs));
+  if (!skipped.empty()) {
+    ok();
+    lastError = "bundle " + std::string(path) + " recompiled for " + arch + "; skipped: " + skipped;
+    return KVARN_OK;
+  }
   return ok();
 }
 
@@ -179,7 +270,17 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
       kvarn::parseKernelSpec(std::string(spec) + ":" + runtime->device.arch());
   if (!parsed)
     return fail(parsed.error());
-  kvarn::Expected<kvarn::Schedule> knobs = kvarn::parseSchedule(schedule ? schedule : "", parsed->op);
+  std::string how = "explicit";
+  kvarn::Expected<kvarn::Schedule> knobs = kvarn::defaultSchedule(parsed->op);
+  if (schedule && *schedule) {
+    knobs = kvarn::parseSchedule(schedule, parsed->op);
+  } else {
+    std::lock_guard<std::mutex> lock(runtime->mutex);
+    kvarn::ScheduleChoice choice =
+        kvarn::chooseSchedule(runtime->configs, *parsed, runtime->environment);
+    knobs = choice.schedule;
+    how = choice.explanation;
+  }
   if (!knobs)
     return fail(knobs.error());
   if (kvarn::Status s = kvarn::validateSchedule(*parsed, *knobs); !s)
@@ -225,11 +326,20 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
   auto prepared = std::make_unique<kvarn_kernel_t>();
   prepared->spec = *parsed;
   prepared->schedule = *knobs;
+  prepared->scheduleText = knobs->str();
+  prepared->how = how;
   prepared->module = std::move(*module);
   prepared->smCount = runtime->device.smCount;
   *kernel = prepared.get();
   runtime->byText[text] = *kernel;
   runtime->kernels.emplace(key, std::move(prepared));
+  return ok();
+}
+
+kvarn_status kvarn_kernel_describe(kvarn_kernel kernel, const char **schedule, const char **how) {
+  KVARN_REQUIRE(kernel && schedule && how, "kvarn_kernel_describe: NULL argument");
+  *schedule = kernel->scheduleText.c_str();
+  *how = kernel->how.c_str();
   return ok();
 }
 

@@ -1,6 +1,7 @@
 // The C API on the GPU: every op through kvarn.h with JIT, a decode captured in a CUDA graph and
 // replayed with new lengths, launches from several threads and streams, and the no-JIT mode.
 #include "../common/PagedCache.h"
+#include "kvarn/Compiler/Bundle.h"
 #include "kvarn/driver.h"
 #include "kvarn/jit.h"
 #include "kvarn/kvarn.h"
@@ -8,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <thread>
@@ -29,7 +31,7 @@ protected:
   void SetUp() override {
     char pattern[] = "/tmp/kvarn-capi-XXXXXX";
     cacheDir = mkdtemp(pattern);
-    kvarn_runtime_options options{0, cacheDir.c_str(), 1, 0};
+    kvarn_runtime_options options{0, cacheDir.c_str(), 1, 0, nullptr};
     if (kvarn_runtime_create(&options, &runtime) != KVARN_OK)
       GTEST_SKIP() << "no GPU available, skipping: " << kvarn_last_error();
     ASSERT_KVARN(kvarn_jit_install(runtime));
@@ -54,6 +56,10 @@ protected:
     return host;
   }
   static const Driver &driver() { return **Driver::get(); }
+  /// Decodes a fixture through a prepared kernel (planned splits, default stream, NaN-poisoned
+  /// output) and returns the relative error against the float64 reference.
+  template <typename Fixture>
+  double decode(kvarn_kernel kernel, Fixture &fx, const std::vector<int32_t> &lengths, int hk);
   ~CApiGpuTest() override {
     for (CUdeviceptr p : allocations)
       driver().cuMemFree(p);
@@ -92,6 +98,29 @@ struct DecodeFixture {
 
 double errorAgainst(const std::vector<uint16_t> &actual, const std::vector<uint16_t> &expected) {
   return reference::relativeFrobeniusError(toFloats(actual, DType::F16), toFloats(expected, DType::F16));
+}
+
+template <typename Fixture>
+double CApiGpuTest::decode(kvarn_kernel kernel, Fixture &fx, const std::vector<int32_t> &lengths,
+                           int hk) {
+  const int batch = int(lengths.size());
+  const int maxLen = *std::max_element(lengths.begin(), lengths.end());
+  int splits = 0;
+  size_t workspaceBytes = 0;
+  EXPECT_EQ(kvarn_plan_decode(kernel, batch, hk, maxLen, &splits), KVARN_OK) << kvarn_last_error();
+  EXPECT_EQ(kvarn_decode_workspace_size(kernel, batch, hk, splits, &workspaceBytes), KVARN_OK);
+  CUdeviceptr dq = upload(fx.q), dRecords = upload(fx.cache.records), dPk = upload(fx.cache.poolKey),
+              dPv = upload(fx.cache.poolValue), dSlots = upload(fx.cache.blockToSlot),
+              dTable = upload(fx.cache.blockTable), dLens = upload(lengths),
+              dOut = allocate(fx.q.size() * 2), dWork = allocate(workspaceBytes);
+  kvarn_decode_args args{reinterpret_cast<void *>(dq), reinterpret_cast<void *>(dOut),
+                         reinterpret_cast<void *>(dRecords), reinterpret_cast<void *>(dPk),
+                         reinterpret_cast<void *>(dPv), reinterpret_cast<int32_t *>(dSlots),
+                         reinterpret_cast<int32_t *>(dTable), reinterpret_cast<int32_t *>(dLens),
+                         reinterpret_cast<void *>(dWork), batch, hk, fx.cache.maxBlocks, 0.0f};
+  EXPECT_EQ(kvarn_launch_decode(kernel, &args, splits, nullptr), KVARN_OK) << kvarn_last_error();
+  EXPECT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
+  return errorAgainst(download<uint16_t>(dOut, fx.q.size()), fx.reference(lengths));
 }
 
 TEST_F(CApiGpuTest, DecodeThroughTheCApiAndACudaGraphReplayedWithNewLengths) {
@@ -273,3 +302,74 @@ TEST_F(CApiGpuTest, ProductionModeWithoutJitUsesTheCacheOrSaysWhatIsMissing) {
 }
 
 } // namespace
+
+/// Bundle export -> a fresh runtime without JIT and with an empty cache -> load -> launch. The
+/// bundle carries tuned configs naming a non-default schedule; kvarn_prepare with no schedule
+/// must pick it ("tuned") and find its kernel in the bundle.
+TEST_F(CApiGpuTest, BundleExportImportLaunchUsesTheTunedSchedule) {
+  const char *arch = nullptr;
+  int smCount = 0;
+  ASSERT_KVARN(kvarn_runtime_device(runtime, &arch, &smCount));
+  DeviceInfo info = *openDevice(0);
+  const std::string spec = std::string("decode:kvarn_k4v2_g128:d128:q8:f16:") + arch;
+  const std::string configs = std::string(R"({"environment": {"arch": ")") + arch +
+                              R"(", "sm_count": )" + std::to_string(info.smCount) +
+                              R"(, "l2_bytes": )" + std::to_string(info.l2Bytes) +
+                              R"(, "memory_clock_khz": )" + std::to_string(info.memoryClockKhz) +
+                              R"(}, "entries": [{"spec": ")" + spec +
+                              R"(", "schedule": "warps=2,mma=m16n8k16.single-p"}]})";
+  TuningEnvironment environment;
+  environment.arch = arch;
+  environment.smCount = info.smCount;
+  environment.l2Bytes = info.l2Bytes;
+  environment.memoryClockKhz = info.memoryClockKhz;
+  ArtifactCache buildCache(ArtifactCache::Options{cacheDir + "/build"});
+  Expected<Bundle> bundle = compiler::buildBundle({*parseKernelSpec(spec)}, configs, environment,
+                                                  buildCache);
+  ASSERT_TRUE(bundle) << bundle.error().str();
+  const std::string path = cacheDir + "/kernels.kvarnbundle";
+  ASSERT_TRUE(writeBundle(path, *bundle));
+  // A production runtime: empty cache directory, no JIT.
+  const std::string productionCache = cacheDir + "/production";
+  kvarn_runtime_options options{0, productionCache.c_str(), 0, 0, nullptr};
+  kvarn_runtime production = nullptr;
+  ASSERT_KVARN(kvarn_runtime_create(&options, &production));
+  kvarn_kernel kernel = nullptr;
+  EXPECT_EQ(kvarn_prepare(production, "decode:kvarn_k4v2_g128:d128:q8:f16", nullptr, &kernel),
+            KVARN_ERROR_NOT_FOUND) << "nothing is cached before the bundle";
+  ASSERT_KVARN(kvarn_load_bundle(production, path.c_str()));
+  ASSERT_KVARN(kvarn_prepare(production, "decode:kvarn_k4v2_g128:d128:q8:f16", nullptr, &kernel));
+  const char *schedule = nullptr, *how = nullptr;
+  ASSERT_KVARN(kvarn_kernel_describe(kernel, &schedule, &how));
+  EXPECT_NE(std::string(schedule).find("warps=2"), std::string::npos) << schedule;
+  EXPECT_EQ(std::string(how).rfind("tuned: ", 0), 0u) << how;
+  DecodeFixture fx(*parseFormat("kvarn_k4v2_g128", 128), 2, 8, {700, 129, 1}, 31);
+  EXPECT_LE(decode(kernel, fx, {700, 129, 1}, 2), 1e-3);
+  kvarn_runtime_destroy(production);
+}
+
+/// A bundle built for another arch is recompiled from its sources at load (no JIT) and runs.
+TEST_F(CApiGpuTest, BundleForAnotherArchIsRecompiledFromItsSources) {
+  const char *arch = nullptr;
+  int smCount = 0;
+  ASSERT_KVARN(kvarn_runtime_device(runtime, &arch, &smCount));
+  const std::string other = std::string(arch) == "sm_80" ? "sm_86" : "sm_80";
+  TuningEnvironment environment;
+  environment.arch = other;
+  ArtifactCache buildCache(ArtifactCache::Options{cacheDir + "/build"});
+  Expected<Bundle> bundle = compiler::buildBundle(
+      {*parseKernelSpec("decode:kvarn_k4v4_g64:d128:q4:f16:" + other)}, "", environment, buildCache);
+  ASSERT_TRUE(bundle) << bundle.error().str();
+  const std::string path = cacheDir + "/other.kvarnbundle";
+  ASSERT_TRUE(writeBundle(path, *bundle));
+  const std::string productionCache = cacheDir + "/production";
+  kvarn_runtime_options options{0, productionCache.c_str(), 0, 0, nullptr};
+  kvarn_runtime production = nullptr;
+  ASSERT_KVARN(kvarn_runtime_create(&options, &production));
+  ASSERT_KVARN(kvarn_load_bundle(production, path.c_str()));
+  kvarn_kernel kernel = nullptr;
+  ASSERT_KVARN(kvarn_prepare(production, "decode:kvarn_k4v4_g64:d128:q4:f16", nullptr, &kernel));
+  DecodeFixture fx(*parseFormat("kvarn_k4v4_g64", 128), 2, 4, {300, 65}, 41);
+  EXPECT_LE(decode(kernel, fx, {300, 65}, 2), 1e-3);
+  kvarn_runtime_destroy(production);
+}

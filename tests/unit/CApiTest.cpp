@@ -11,7 +11,7 @@ namespace {
 
 TEST(CApi, RuntimeCreationWithoutAGpuFailsWithAClearStatus) {
   kvarn_runtime runtime = reinterpret_cast<kvarn_runtime>(0x1);
-  kvarn_runtime_options options{0, nullptr, 1, 0};
+  kvarn_runtime_options options{0, nullptr, 1, 0, nullptr};
   const kvarn_status status = kvarn_runtime_create(&options, &runtime);
   if (status == KVARN_OK) {
     kvarn_runtime_destroy(runtime);

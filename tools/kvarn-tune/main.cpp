@@ -1,9 +1,11 @@
 // kvarn-tune: the per-GPU command-line tool (tune, bench, compile, bundles, inspect).
 #include "kvarn/Autotune/Bench.h"
 #include "kvarn/Autotune/Tuner.h"
+#include "kvarn/Compiler/Bundle.h"
 #include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/bundle.h"
 #include "kvarn/cache.h"
+#include "kvarn/configs.h"
 #include "kvarn/jit.h"
 #include "kvarn/driver.h"
 #include "kvarn/format.h"
@@ -221,35 +223,44 @@ int runCompileDefaultSet(const std::string &arch) {
 int runBundleCommand(const std::string &action, const std::string &path, const std::string &arch,
                      const std::string &configsPath) {
   if (action == "export") {
-    // Step 1. The default kernel set for `arch`, compiled through the cache.
-    ArtifactCache cache(ArtifactCache::Options{});
-    Bundle bundle;
-    bundle.kvarnVersion = KVARN_VERSION;
-    bundle.arch = arch;
-    bundle.nvrtcVersion = nvrtcVersion();
+    // The default kernel set for `arch`, each with the schedule the configs choose for it (the
+    // environment is the configs' own GPU when given, so their entries match exactly).
+    std::string configs;
+    TuningEnvironment environment;
+    environment.arch = arch;
+    environment.nvrtcVersion = nvrtcVersion();
+    environment.kvarnVersion = KVARN_VERSION;
     if (!configsPath.empty()) {
       std::ifstream in(configsPath);
       if (!in) {
         std::fprintf(stderr, "kvarn-tune: cannot read configs %s\n", configsPath.c_str());
         return 1;
       }
-      bundle.configs.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    }
-    for (const KernelSpec &spec : defaultKernelSet(arch)) {
-      const Schedule schedule = defaultSchedule(spec.op);
-      Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(spec, schedule, cache);
-      if (!kernel) {
-        std::fprintf(stderr, "kvarn-tune: %s\n", kernel.error().message.c_str());
+      configs.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      Expected<ConfigFile> parsed = parseConfigFile(configs, configsPath);
+      if (!parsed) {
+        std::fprintf(stderr, "kvarn-tune: %s\n", parsed.error().message.c_str());
         return 1;
       }
-      bundle.entries.push_back({preparedKernelKey(spec, schedule), spec.str(), schedule.str(),
-                                compiler::toArtifact(*kernel, spec, schedule), kernel->cudaSource});
+      if (parsed->environment.arch == arch)
+        environment = parsed->environment;
     }
-    if (Status s = writeBundle(path, bundle); !s) {
+    ArtifactCache cache(ArtifactCache::Options{});
+    std::vector<std::string> choices;
+    Expected<Bundle> bundle =
+        compiler::buildBundle(defaultKernelSet(arch), configs, environment, cache, &choices);
+    if (!bundle) {
+      std::fprintf(stderr, "kvarn-tune: %s\n", bundle.error().message.c_str());
+      return 1;
+    }
+    for (const std::string &choice : choices)
+      std::printf("  %s\n", choice.c_str());
+    if (Status s = writeBundle(path, *bundle); !s) {
       std::fprintf(stderr, "kvarn-tune: %s\n", s.error().message.c_str());
       return 1;
     }
-    std::printf("wrote %s: %zu kernels for %s\n", path.c_str(), bundle.entries.size(), arch.c_str());
+    std::printf("wrote %s: %zu kernels for %s, with sources and the device library\n",
+                path.c_str(), bundle->entries.size(), arch.c_str());
     return 0;
   }
   Expected<Bundle> bundle = readBundle(path);
@@ -318,7 +329,7 @@ int main(int argc, char **argv) {
   benchCommand->add_option("--iterations", bench.iterations, "timed launches per kernel")
       ->capture_default_str();
   benchCommand->add_option("--schedule", bench.schedule, "decode schedule knobs");
-  benchCommand->add_option("--only", benchOnly, "subset: decode, flush, append");
+  benchCommand->add_option("--only", benchOnly, "subset: decode, flush, append, lookup");
 
   std::vector<std::string> timedSpecs = {"decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a",
                                          "decode:kvarn_k4v4_g64:d64:q4:bf16:sm_90a",
@@ -390,6 +401,7 @@ int main(int argc, char **argv) {
       bench.decode = has("decode");
       bench.flush = has("flush");
       bench.append = has("append");
+      bench.lookup = has("lookup");
     }
     Status status = autotune::runBench(bench);
     if (!status) {

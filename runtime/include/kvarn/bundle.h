@@ -5,6 +5,7 @@
 #pragma once
 
 #include "kvarn/cache.h"
+#include "kvarn/nvrtc.h"
 #include "kvarn/status.h"
 
 #include <string>
@@ -26,6 +27,9 @@ struct Bundle {
   std::string nvrtcVersion;
   std::vector<BundleEntry> entries;
   std::string configs; ///< tuned configs JSON ("" for none)
+  /// The device library the sources include (kvarn/device.cuh, ...), so the sources can be
+  /// recompiled for another arch without the compiler; empty in bundles without sources.
+  std::vector<SourceHeader> headers;
 };
 
 /// Writes the bundle (temporary file + rename).
@@ -37,5 +41,6 @@ std::string bundleMismatch(const Bundle &bundle, const std::string &arch,
                            const std::string &kvarnVersion);
 /// Stores every entry in the cache under its key.
 void importBundle(const Bundle &bundle, ArtifactCache &cache);
+
 
 } // namespace kvarn

@@ -2,6 +2,7 @@
 // artifact. libkvarn_jit (MLIR linked statically) installs one; libkvarn alone never compiles.
 #pragma once
 
+#include "kvarn/bundle.h"
 #include "kvarn/cache.h"
 #include "kvarn/kvarn.h"
 #include "kvarn/spec.h"
@@ -18,6 +19,14 @@ void setJitCompiler(kvarn_runtime runtime, JitCompiler compiler);
 /// The cache key of a prepared kernel: spec, schedule and the kvarn version (which pins the
 /// device library and the generator).
 std::string preparedKernelKey(const KernelSpec &spec, const Schedule &schedule);
+
+/// The bundle recompiled for `arch` from its CUDA sources and device-library headers (NVRTC,
+/// no compiler needed): entries get the spec with the new arch, its prepared-kernel key, fresh
+/// PTX/cubin and metadata. An entry whose schedule is not legal on `arch` (e.g. too much shared
+/// memory) is left out and named in `skipped`. An error when the bundle carries no sources or
+/// headers, or a source fails to compile.
+Expected<Bundle> retargetBundle(const Bundle &bundle, const std::string &arch,
+                                std::vector<std::string> *skipped);
 
 } // namespace kvarn
 

@@ -34,6 +34,7 @@ typedef struct kvarn_runtime_options {
   const char *cache_dir; /* NULL: $KVARN_CACHE_DIR, $XDG_CACHE_HOME/kvarn or ~/.cache/kvarn */
   int enable_jit;        /* 0: production mode, a missing kernel is an error */
   int log_level;         /* 0 quiet, 1 warnings */
+  const char *configs_dir; /* tuned configs (kvarn-tune tune); NULL: $KVARN_CONFIGS_DIR or none */
 } kvarn_runtime_options;
 
 /* The message of the last failed call on this thread ("" if none). */
@@ -46,15 +47,24 @@ void kvarn_runtime_destroy(kvarn_runtime runtime);
 /* Compute capability as "sm_90a", the SM count. */
 kvarn_status kvarn_runtime_device(kvarn_runtime runtime, const char **arch, int *sm_count);
 
-/* Loads a kernel bundle (kvarn-tune bundle export) into the runtime's cache. A bundle for another
- * arch or kvarn version is refused with KVARN_ERROR_UNSUPPORTED and the reason; a corrupt one
- * with KVARN_ERROR_INVALID_DATA. Nothing of a refused bundle is used. */
+/* Loads a kernel bundle (kvarn-tune bundle export) into the runtime's cache, and its tuned
+ * configs into the runtime's schedule lookup. A bundle built for another arch is recompiled from
+ * its CUDA sources with NVRTC for this GPU (entries whose schedule cannot run here are skipped,
+ * and kvarn_last_error() then names them); a bundle of another kvarn version is refused with
+ * KVARN_ERROR_UNSUPPORTED and the reason; a corrupt one with KVARN_ERROR_INVALID_DATA. Nothing
+ * of a refused bundle is used. */
 kvarn_status kvarn_load_bundle(kvarn_runtime runtime, const char *path);
 
 /* Prepares the kernel of `spec` (op:preset:d<D>:q<Q>:<f16|bf16>; the arch is the device's) with
- * `schedule` (NULL or "" for the defaults). The handle lives as long as the runtime. */
+ * `schedule`; NULL or "" picks the tuned schedule for this GPU from the configs (exact, else the
+ * nearest tuned entry, else the op's default; kvarn_kernel_describe says which). The handle
+ * lives as long as the runtime. */
 kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *schedule,
                            kvarn_kernel *kernel);
+
+/* The schedule a prepared kernel uses and how it was chosen ("explicit", or the config lookup's
+ * rule and explanation). The strings live as long as the runtime. */
+kvarn_status kvarn_kernel_describe(kvarn_kernel kernel, const char **schedule, const char **how);
 
 /* Decode: host-side plan (splits) and the workspace it needs. */
 kvarn_status kvarn_plan_decode(kvarn_kernel kernel, int batch, int num_kv_heads,

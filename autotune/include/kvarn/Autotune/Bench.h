@@ -19,7 +19,7 @@ struct BenchOptions {
   std::vector<int> contexts = {4096, 16384, 32768, 131072};
   int iterations = 20;
   std::string schedule;        ///< decode schedule (default: the schedule defaults)
-  bool decode = true, flush = true, append = true;
+  bool decode = true, flush = true, append = true, lookup = true;
 };
 
 /// Runs the benchmarks and prints their tables; an error when no GPU is present.

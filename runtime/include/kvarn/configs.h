@@ -1,0 +1,66 @@
+// Tuned configs: the schedules `kvarn-tune tune` selected per GPU, and the lookup that picks one
+// for a kernel spec on this GPU with a documented fallback.
+//
+// A config file (configs/<silicon key>.json, or the configs of a bundle) records the GPU it was
+// tuned on (`environment`: arch, SM count, L2 bytes, memory clock, driver, NVRTC, kvarn version)
+// and one entry per kernel spec: the selected schedule and its median time.
+//
+// chooseSchedule(): among the entries of the same op, format (preset, head_dim, layout) and arch,
+//  1. "tuned": the same silicon (SM count, L2, memory clock) and the same spec (GQA ratio, dtype);
+//     a different driver, NVRTC or kvarn version is named in the explanation;
+//  2. "nearest": otherwise the entry closest in GQA ratio (log2 distance), then dtype, then
+//     silicon (relative SM count, L2 and clock differences);
+//  3. "default": the op's default schedule when no entry matches or none is legal here.
+// Every candidate is validated for the spec on this arch first; the explanation says which rule
+// was used and why.
+#pragma once
+
+#include "kvarn/spec.h"
+#include "kvarn/status.h"
+
+#include <string>
+#include <vector>
+
+namespace kvarn {
+
+/// The GPU and software a config was tuned on (or the one asking).
+struct TuningEnvironment {
+  std::string arch;
+  int smCount = 0;
+  long long l2Bytes = 0;
+  int memoryClockKhz = 0;
+  int driverVersion = 0;
+  std::string nvrtcVersion;
+  std::string kvarnVersion;
+};
+
+struct TunedEntry {
+  KernelSpec spec;
+  Schedule schedule;
+  double medianMs = 0;
+};
+
+struct ConfigFile {
+  std::string origin; ///< path or "bundle <path>", for explanations
+  TuningEnvironment environment;
+  std::vector<TunedEntry> entries;
+};
+
+/// Parses a configs JSON document; the error names the field that is wrong.
+Expected<ConfigFile> parseConfigFile(const std::string &json, const std::string &origin);
+
+/// Every *.json file of a directory; files that do not parse are skipped and listed in
+/// `warnings` (a missing directory yields nothing and no warning).
+std::vector<ConfigFile> loadConfigDirectory(const std::string &directory,
+                                            std::vector<std::string> *warnings = nullptr);
+
+struct ScheduleChoice {
+  Schedule schedule;
+  std::string rule;        ///< "tuned", "nearest" or "default"
+  std::string explanation; ///< which entry of which file, and what differs
+};
+
+ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const KernelSpec &spec,
+                              const TuningEnvironment &here);
+
+} // namespace kvarn

@@ -1,0 +1,174 @@
+// Tuned-config files and the schedule lookup with fallback (configs.h).
+#include "kvarn/configs.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <tuple>
+
+namespace kvarn {
+
+Expected<ConfigFile> parseConfigFile(const std::string &text, const std::string &origin) {
+  auto bad = [&](const std::string &what) {
+    return makeError(ErrorCode::InvalidData, "configs " + origin + ": " + what);
+  };
+  nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object())
+    return bad("not a JSON object");
+  if (!json.contains("environment") || !json["environment"].is_object())
+    return bad("no 'environment' object");
+  if (!json.contains("entries") || !json["entries"].is_array())
+    return bad("no 'entries' array");
+  ConfigFile file;
+  file.origin = origin;
+  const nlohmann::json &env = json["environment"];
+  if (!env.contains("arch") || !env["arch"].is_string())
+    return bad("environment.arch is missing");
+  file.environment.arch = env["arch"].get<std::string>();
+  file.environment.smCount = env.value("sm_count", 0);
+  file.environment.l2Bytes = env.value("l2_bytes", 0LL);
+  file.environment.memoryClockKhz = env.value("memory_clock_khz", 0);
+  file.environment.driverVersion = env.value("driver", 0);
+  file.environment.nvrtcVersion = env.value("nvrtc", std::string());
+  file.environment.kvarnVersion = env.value("kvarn", std::string());
+  for (size_t i = 0; i < json["entries"].size(); ++i) {
+    const nlohmann::json &item = json["entries"][i];
+    const std::string where = "entries[" + std::to_string(i) + "]";
+    if (!item.is_object() || !item.contains("spec") || !item["spec"].is_string() ||
+        !item.contains("schedule") || !item["schedule"].is_string())
+      return bad(where + " needs 'spec' and 'schedule' strings");
+    Expected<KernelSpec> spec = parseKernelSpec(item["spec"].get<std::string>());
+    if (!spec)
+      return bad(where + ": " + spec.error().message);
+    Expected<Schedule> schedule = parseSchedule(item["schedule"].get<std::string>(), spec->op);
+    if (!schedule)
+      return bad(where + ": " + schedule.error().message);
+    double ms = 0;
+    if (item.contains("median_ms") && item["median_ms"].is_number())
+      ms = item["median_ms"].get<double>();
+    file.entries.push_back({*spec, *schedule, ms});
+  }
+  return file;
+}
+
+std::vector<ConfigFile> loadConfigDirectory(const std::string &directory,
+                                            std::vector<std::string> *warnings) {
+  std::vector<ConfigFile> files;
+  std::error_code ec;
+  if (directory.empty() || !std::filesystem::is_directory(directory, ec))
+    return files;
+  std::vector<std::filesystem::path> paths;
+  for (const auto &item : std::filesystem::directory_iterator(directory, ec))
+    if (item.path().extension() == ".json")
+      paths.push_back(item.path());
+  std::sort(paths.begin(), paths.end()); // a stable order: choices do not depend on readdir
+  for (const std::filesystem::path &path : paths) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    Expected<ConfigFile> file = parseConfigFile(text.str(), path.string());
+    if (file)
+      files.push_back(std::move(*file));
+    else if (warnings)
+      warnings->push_back(file.error().message + " (skipped)");
+  }
+  return files;
+}
+
+namespace {
+
+/// The part of a spec that must match exactly: op, format and arch.
+bool sameKernelFamily(const KernelSpec &a, const KernelSpec &b) {
+  return a.op == b.op && a.arch == b.arch && a.format == b.format;
+}
+
+bool sameSilicon(const TuningEnvironment &a, const TuningEnvironment &b) {
+  return a.arch == b.arch && a.smCount == b.smCount && a.l2Bytes == b.l2Bytes &&
+         a.memoryClockKhz == b.memoryClockKhz;
+}
+
+double relativeDifference(double a, double b) {
+  return a == b ? 0.0 : std::fabs(a - b) / std::max(std::fabs(a), std::fabs(b));
+}
+
+double siliconDistance(const TuningEnvironment &a, const TuningEnvironment &b) {
+  return relativeDifference(a.smCount, b.smCount) + relativeDifference(double(a.l2Bytes), double(b.l2Bytes)) +
+         relativeDifference(a.memoryClockKhz, b.memoryClockKhz);
+}
+
+std::string describeSoftware(const TuningEnvironment &tuned, const TuningEnvironment &here) {
+  std::string notes;
+  if (tuned.driverVersion != here.driverVersion)
+    notes += "; tuned under driver " + std::to_string(tuned.driverVersion) + " (here " +
+             std::to_string(here.driverVersion) + ")";
+  if (tuned.nvrtcVersion != here.nvrtcVersion)
+    notes += "; tuned with NVRTC " + tuned.nvrtcVersion + " (here " + here.nvrtcVersion + ")";
+  if (!tuned.kvarnVersion.empty() && tuned.kvarnVersion != here.kvarnVersion)
+    notes += "; tuned with kvarn " + tuned.kvarnVersion + " (here " + here.kvarnVersion + ")";
+  return notes;
+}
+
+} // namespace
+
+ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const KernelSpec &spec,
+                              const TuningEnvironment &here) {
+  const ConfigFile *bestFile = nullptr;
+  const TunedEntry *best = nullptr;
+  std::tuple<double, int, double> bestRank{0, 0, 0};
+  int illegal = 0;
+  for (const ConfigFile &file : configs)
+    for (const TunedEntry &entry : file.entries) {
+      if (!sameKernelFamily(entry.spec, spec))
+        continue;
+      if (!validateSchedule(spec, entry.schedule)) {
+        ++illegal;
+        continue;
+      }
+      const double qDistance = std::fabs(std::log2(double(entry.spec.queryHeadsPerKvHead)) -
+                                         std::log2(double(spec.queryHeadsPerKvHead)));
+      std::tuple<double, int, double> rank{qDistance, entry.spec.dtype == spec.dtype ? 0 : 1,
+                                           siliconDistance(file.environment, here)};
+      if (!best || rank < bestRank) {
+        best = &entry;
+        bestFile = &file;
+        bestRank = rank;
+      }
+    }
+  ScheduleChoice choice;
+  if (!best) {
+    choice.schedule = defaultSchedule(spec.op);
+    choice.rule = "default";
+    choice.explanation = "no tuned config for " + spec.str() +
+                         (illegal ? " (" + std::to_string(illegal) +
+                                        " entries are not legal for this spec here)"
+                                  : std::string()) +
+                         "; the op's default schedule";
+    return choice;
+  }
+  choice.schedule = best->schedule;
+  const bool exact = best->spec == spec && sameSilicon(bestFile->environment, here);
+  choice.rule = exact ? "tuned" : "nearest";
+  choice.explanation = choice.rule + ": " + best->spec.str() + " of " + bestFile->origin;
+  if (!exact) {
+    if (best->spec.queryHeadsPerKvHead != spec.queryHeadsPerKvHead)
+      choice.explanation += "; tuned for q" + std::to_string(best->spec.queryHeadsPerKvHead) +
+                            ", asked q" + std::to_string(spec.queryHeadsPerKvHead);
+    if (best->spec.dtype != spec.dtype)
+      choice.explanation += "; tuned for another dtype";
+    if (!sameSilicon(bestFile->environment, here))
+      choice.explanation += "; tuned on " + std::to_string(bestFile->environment.smCount) +
+                            " SMs, " + std::to_string(bestFile->environment.l2Bytes >> 20) +
+                            " MB L2, " + std::to_string(bestFile->environment.memoryClockKhz / 1000) +
+                            " MHz memory (here " + std::to_string(here.smCount) + ", " +
+                            std::to_string(here.l2Bytes >> 20) + ", " +
+                            std::to_string(here.memoryClockKhz / 1000) + ")";
+  }
+  choice.explanation += describeSoftware(bestFile->environment, here);
+  return choice;
+}
+
+} // namespace kvarn

@@ -1,0 +1,132 @@
+// Tuned-config files and the schedule lookup: exact, nearest and default rules, with reasons.
+#include "kvarn/configs.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+using namespace kvarn;
+using ::testing::HasSubstr;
+
+namespace {
+
+const char *kH200 = R"({
+  "environment": {"arch": "sm_90a", "sm_count": 132, "l2_bytes": 62914560,
+                  "memory_clock_khz": 3201000, "driver": 13000, "nvrtc": "13.0", "kvarn": "0.1.0"},
+  "entries": [
+    {"spec": "decode:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "schedule": "warps=8", "median_ms": 0.2},
+    {"spec": "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", "schedule": "warps=4,min_ctas=3"},
+    {"spec": "flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "schedule": "warps=16"}
+  ]})";
+
+TuningEnvironment h200() {
+  return {"sm_90a", 132, 62914560, 3201000, 13000, "13.0", "0.1.0"};
+}
+
+ConfigFile parsed(const char *json) {
+  Expected<ConfigFile> file = parseConfigFile(json, "test.json");
+  EXPECT_TRUE(file) << file.error().str();
+  return file ? *file : ConfigFile{};
+}
+
+TEST(Configs, ParsesEntriesAndNamesWhatIsWrong) {
+  ConfigFile file = parsed(kH200);
+  ASSERT_EQ(file.entries.size(), 3u);
+  EXPECT_EQ(file.environment.smCount, 132);
+  EXPECT_EQ(file.entries[1].schedule.minCtas, 3);
+  EXPECT_DOUBLE_EQ(file.entries[0].medianMs, 0.2);
+  EXPECT_THAT(parseConfigFile("[1]", "a.json").error().message, HasSubstr("not a JSON object"));
+  EXPECT_THAT(parseConfigFile(R"({"entries": []})", "a.json").error().message,
+              HasSubstr("no 'environment' object"));
+  EXPECT_THAT(parseConfigFile(R"({"environment": {"arch": "sm_90a"}, "entries": [{"spec": 1}]})",
+                              "a.json").error().message,
+              HasSubstr("entries[0] needs 'spec' and 'schedule' strings"));
+  EXPECT_THAT(parseConfigFile(R"({"environment": {"arch": "sm_90a"}, "entries": [
+                                 {"spec": "decode:kvarn_k4v2_g128:d96:q1:f16:sm_90a",
+                                  "schedule": ""}]})", "a.json").error().message,
+              HasSubstr("head_dim"));
+  EXPECT_THAT(parseConfigFile(R"({"environment": {"arch": "sm_90a"}, "entries": [
+                                 {"spec": "decode:kvarn_k4v2_g128:d128:q1:f16:sm_90a",
+                                  "schedule": "warps=x"}]})", "a.json").error().message,
+              HasSubstr("warps"));
+}
+
+TEST(Configs, ExactEntryOnTheSameSiliconIsTuned) {
+  std::vector<ConfigFile> configs = {parsed(kH200)};
+  ScheduleChoice choice =
+      chooseSchedule(configs, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a"), h200());
+  EXPECT_EQ(choice.rule, "tuned");
+  EXPECT_EQ(choice.schedule.warps, 4);
+  EXPECT_EQ(choice.schedule.minCtas, 3);
+  EXPECT_THAT(choice.explanation, HasSubstr("test.json"));
+  EXPECT_THAT(choice.explanation, ::testing::Not(HasSubstr("driver")));
+}
+
+TEST(Configs, NearestEntrySaysWhatDiffers) {
+  std::vector<ConfigFile> configs = {parsed(kH200)};
+  // GQA ratio 6 is tuned nowhere: q8 is nearer than q1 (log2 distance).
+  ScheduleChoice q6 =
+      chooseSchedule(configs, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q6:f16:sm_90a"), h200());
+  EXPECT_EQ(q6.rule, "nearest");
+  EXPECT_EQ(q6.schedule.minCtas, 3);
+  EXPECT_THAT(q6.explanation, HasSubstr("tuned for q8, asked q6"));
+  // bf16 uses the f16 entry.
+  ScheduleChoice bf16 = chooseSchedule(
+      configs, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q1:bf16:sm_90a"), h200());
+  EXPECT_EQ(bf16.rule, "nearest");
+  EXPECT_EQ(bf16.schedule.warps, 8);
+  EXPECT_THAT(bf16.explanation, HasSubstr("another dtype"));
+  // An H100 (same arch, other silicon): nearest, with the differences and the software named.
+  TuningEnvironment h100{"sm_90a", 132, 52428800, 2619000, 12080, "12.8", "0.1.0"};
+  ScheduleChoice other = chooseSchedule(
+      configs, *parseKernelSpec("flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a"), h100);
+  EXPECT_EQ(other.rule, "nearest");
+  EXPECT_EQ(other.schedule.warps, 16);
+  EXPECT_THAT(other.explanation, HasSubstr("60 MB L2"));
+  EXPECT_THAT(other.explanation, HasSubstr("tuned under driver 13000 (here 12080)"));
+  EXPECT_THAT(other.explanation, HasSubstr("tuned with NVRTC 13.0 (here 12.8)"));
+}
+
+TEST(Configs, NothingSuitableFallsBackToTheDefault) {
+  std::vector<ConfigFile> configs = {parsed(kH200)};
+  // Another format, another arch: no entry applies.
+  for (const char *spec : {"decode:kvarn_k4v4_g128:d128:q8:f16:sm_90a",
+                           "decode:kvarn_k4v2_g128:d128:q8:f16:sm_89"}) {
+    ScheduleChoice choice = chooseSchedule(configs, *parseKernelSpec(spec), h200());
+    EXPECT_EQ(choice.rule, "default") << spec;
+    EXPECT_EQ(choice.schedule, defaultSchedule(OpKind::Decode));
+    EXPECT_THAT(choice.explanation, HasSubstr("no tuned config")) << spec;
+  }
+  // An entry that is not legal for the asked spec (too much shared memory at D = 256 on sm_80).
+  ConfigFile a100 = parsed(R"({"environment": {"arch": "sm_80"}, "entries": [
+      {"spec": "decode:kvarn_k4v2_g128:d256:q16:f16:sm_80", "schedule": "warps=8,stages=2"}]})");
+  ScheduleChoice illegal = chooseSchedule(
+      {a100}, *parseKernelSpec("decode:kvarn_k4v2_g128:d256:q16:f16:sm_80"), {"sm_80"});
+  EXPECT_EQ(illegal.rule, "default");
+  EXPECT_THAT(illegal.explanation, HasSubstr("1 entries are not legal"));
+  EXPECT_EQ(chooseSchedule({}, *parseKernelSpec("append:kvarn_k4v2_g128:d128:q1:f16:sm_90a"), h200())
+                .rule,
+            "default");
+}
+
+TEST(Configs, DirectoryLoadingSkipsBadFilesWithAWarning) {
+  const std::string dir = testing::TempDir() + "/kvarn-configs-test";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/h200.json") << kH200;
+  std::ofstream(dir + "/broken.json") << "{ not json";
+  std::ofstream(dir + "/notes.txt") << "ignored";
+  std::vector<std::string> warnings;
+  std::vector<ConfigFile> files = loadConfigDirectory(dir, &warnings);
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_THAT(files[0].origin, HasSubstr("h200.json"));
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_THAT(warnings[0], HasSubstr("broken.json"));
+  EXPECT_TRUE(loadConfigDirectory(dir + "/missing", &warnings).empty());
+  EXPECT_EQ(warnings.size(), 1u) << "a missing directory is not a warning";
+  std::filesystem::remove_all(dir);
+}
+
+} // namespace
