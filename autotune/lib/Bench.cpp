@@ -4,7 +4,9 @@
 #include "kvarn/Autotune/Tuner.h"
 
 #include "kvarn/Compiler/Pipeline.h"
+#include "kvarn/configs.h"
 #include "kvarn/jit.h"
+#include "kvarn/nvrtc.h"
 #include "kvarn/kvarn.h"
 #include "kvarn/launch.h"
 #include "kvarn/reference.h"
@@ -14,6 +16,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <random>
@@ -23,55 +26,41 @@ namespace {
 
 const Driver &driver() { return **Driver::get(); }
 
-/// Measures the read bandwidth (GB/s) with a streaming-read kernel over 4 GiB.
-Expected<double> measureReadBandwidth(const DeviceInfo &info) {
-  const char *source = R"(
-extern "C" __global__ void readAll(const uint4 *data, unsigned long long count, unsigned *sink) {
-  unsigned acc = 0;
-  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < count;
-       i += (unsigned long long)gridDim.x * blockDim.x) {
-    uint4 v = __ldg(data + i);
-    acc ^= v.x ^ v.y ^ v.z ^ v.w;
-  }
-  if (acc == 0x12345678u) sink[0] = acc;
-})";
-  Expected<NvrtcOutput> compiled = compileCuda(source, "read_bandwidth", info.arch(), {});
-  if (!compiled)
-    return compiled.error();
-  Schedule readSchedule;
-  readSchedule.warps = 16;
-  Expected<KernelModule> module = KernelModule::load(compiled->cubin, {"readAll"}, readSchedule, 0);
-  if (!module)
-    return module.error();
-  const size_t bytes = size_t(4) << 30;
-  Expected<DeviceBuffer> data = DeviceBuffer::allocate(bytes), sink = DeviceBuffer::allocate(16);
-  if (!data || !sink)
-    return makeError(ErrorCode::Internal, "cannot allocate the bandwidth buffer");
-  if (Status s = data->fill(1); !s)
-    return s.error();
-  CUdeviceptr pointer = data->get(), sinkPointer = sink->get();
-  unsigned long long count = bytes / 16;
-  void *arguments[] = {&pointer, &count, &sinkPointer};
-  auto run = [&](int) {
-    return KVARN_CU(driver().cuLaunchKernel(module->function(0), info.smCount * 4, 1, 1, 512, 1,
-                                            1, 0, nullptr, arguments, nullptr));
-  };
-  Expected<std::vector<double>> ms = timeInterleaved({run}, 10);
-  if (!ms)
-    return ms.error();
-  return double(bytes) / ((*ms)[0] * 1e-3) / 1e9;
+/// The schedule of `spec`: the given knobs, else the tuned configs' choice for this GPU (printed
+/// with its reason).
+Expected<Schedule> chooseBenchSchedule(const KernelSpec &spec, const std::string &knobs,
+                                       const BenchOptions &o, const DeviceInfo &info) {
+  if (!knobs.empty())
+    return parseSchedule(knobs, spec.op);
+  TuningEnvironment here;
+  here.arch = info.arch();
+  here.smCount = info.smCount;
+  here.l2Bytes = info.l2Bytes;
+  here.memoryClockKhz = info.memoryClockKhz;
+  here.driverVersion = info.driverVersion;
+  here.nvrtcVersion = nvrtcVersion();
+  here.kvarnVersion = KVARN_VERSION;
+  ScheduleChoice choice = chooseSchedule(loadConfigDirectory(o.configsDirectory), spec, here);
+  std::printf("%s: schedule %s (%s)\n", spec.str().c_str(), choice.schedule.str().c_str(),
+              choice.explanation.c_str());
+  return choice.schedule;
 }
 
-/// Compiles (through the default artifact cache) and loads `spec` with `schedule` knobs.
-Expected<KernelModule> buildKernel(const std::string &specText, const std::string &schedule) {
+/// Compiles (through the default artifact cache) and loads `spec` with `schedule` knobs, or
+/// with the configs' choice when `knobs` is empty.
+Expected<KernelModule> buildKernel(const std::string &specText, const std::string &knobs,
+                                   const BenchOptions &o, const DeviceInfo &info,
+                                   Schedule *chosen = nullptr) {
   Expected<KernelSpec> spec = parseKernelSpec(specText);
   if (!spec)
     return spec.error();
-  Expected<Schedule> parsed = parseSchedule(schedule, spec->op);
-  if (!parsed)
-    return parsed.error();
+  Expected<Schedule> schedule = chooseBenchSchedule(*spec, knobs, o, info);
+  if (!schedule)
+    return schedule.error();
+  if (chosen)
+    *chosen = *schedule;
   static ArtifactCache cache{ArtifactCache::Options{}};
-  return compileAndLoad(*spec, *parsed, cache);
+  return compileAndLoad(*spec, *schedule, cache);
 }
 
 #define KVARN_TRY(expression)                                                                    \
@@ -90,10 +79,15 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   const int q = o.numQueryHeads / hk;
   const std::string spec = "decode:" + format->presetName() + ":d" + std::to_string(d) + ":q" +
                            std::to_string(q) + ":f16:" + info.arch();
-  Expected<KernelModule> module = buildKernel(spec, o.schedule);
+  Schedule schedule;
+  Expected<KernelModule> module = buildKernel(spec, o.schedule, o, info, &schedule);
   if (!module)
     return module.error();
-  const Schedule schedule = *parseSchedule(o.schedule);
+  BenchReport report;
+  report.gpu = info.name + " (" + info.arch() + ", " + std::to_string(info.smCount) + " SMs)";
+  report.spec = spec;
+  report.schedule = schedule.str();
+  report.bandwidthGBs = bandwidth;
   std::printf("decode kernel %s: %d registers, %d B local memory, %zu B shared memory\n",
               spec.c_str(), module->registers(0), module->localBytes(0), module->sharedBytes());
   // A few distinct records, replicated (contents do not change the timing).
@@ -193,7 +187,18 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
                   batch, context, (*ms)[0], kvarnGBs, 100 * kvarnGBs / bandwidth, (*ms)[1],
                   fp16GBs, 100 * fp16GBs / bandwidth, (*ms)[1] / (*ms)[0], plan.numSplits);
       std::fflush(stdout);
+      report.rows.push_back({batch, context, plan.numSplits, (*ms)[0], kvarnGBs, (*ms)[1], fp16GBs});
     }
+  if (!o.reportPrefix.empty()) {
+    for (const auto &[suffix, text] : {std::pair<std::string, std::string>{".json", benchReportJson(report)},
+                                       {".html", benchReportHtml(report)}}) {
+      std::ofstream out(o.reportPrefix + suffix, std::ios::trunc);
+      out << text;
+      if (!out)
+        return makeError(ErrorCode::Io, "cannot write " + o.reportPrefix + suffix);
+    }
+    std::printf("report: %s.json, %s.html\n", o.reportPrefix.c_str(), o.reportPrefix.c_str());
+  }
   return Status::success();
 }
 
@@ -204,7 +209,8 @@ Status benchFlush(const BenchOptions &o, const DeviceInfo &info) {
     const RecordLayout layout = recordLayout(*format);
     const int g = format->tileTokens, hk = 8, blocks = 64, entries = blocks * hk;
     Expected<KernelModule> module = buildKernel(
-        "flush:" + format->presetName() + ":d" + std::to_string(d) + ":q1:f16:" + info.arch(), "");
+        "flush:" + format->presetName() + ":d" + std::to_string(d) + ":q1:f16:" + info.arch(), "",
+        o, info);
     if (!module)
       return module.error();
     std::mt19937_64 rng(d);
@@ -240,7 +246,7 @@ Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double
                            const std::string &schedule) {
   const int tokens = 8192, hk = 8, d = 128, g = 128;
   Expected<KernelModule> module =
-      buildKernel("append:" + o.preset + ":d128:q1:f16:" + info.arch(), schedule);
+      buildKernel("append:" + o.preset + ":d128:q1:f16:" + info.arch(), schedule, o, info);
   if (!module)
     return module.error();
   std::vector<int64_t> mapping(tokens);

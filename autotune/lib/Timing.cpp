@@ -1,48 +1,165 @@
-// Event-timed medians of interleaved kernel launches.
+// Event-timed medians of interleaved kernel launches, graph replay, measured bandwidth.
 #include "kvarn/Autotune/Timing.h"
 
-#include "kvarn/driver.h"
+#include "kvarn/launch.h"
+#include "kvarn/nvrtc.h"
 
 #include <algorithm>
 
 namespace kvarn::autotune {
 namespace {
 const Driver &driver() { return **Driver::get(); }
+
+double percentile(const std::vector<double> &sorted, double fraction) {
+  const size_t index = size_t(fraction * double(sorted.size() - 1) + 0.5);
+  return sorted[std::min(index, sorted.size() - 1)];
+}
 } // namespace
 
-Expected<std::vector<double>> timeInterleaved(const std::vector<std::function<Status(int)>> &runs,
-                                              int iterations) {
+Expected<std::vector<Timing>> timeInterleavedStats(
+    const std::vector<std::function<Status(int)>> &runs, int iterations) {
   const Driver &d = driver();
   CUevent start, stop;
   if (Status s = KVARN_CU(d.cuEventCreate(&start, CU_EVENT_DEFAULT)); !s)
     return s.error();
   if (Status s = KVARN_CU(d.cuEventCreate(&stop, CU_EVENT_DEFAULT)); !s)
     return s.error();
+  auto release = [&] {
+    d.cuEventDestroy(start);
+    d.cuEventDestroy(stop);
+  };
   std::vector<std::vector<double>> samples(runs.size());
   for (int warm = 0; warm < 3; ++warm)
     for (const auto &run : runs)
-      if (Status s = run(warm); !s)
+      if (Status s = run(warm); !s) {
+        release();
         return s.error();
+      }
   for (int it = 0; it < iterations; ++it)
     for (size_t k = 0; k < runs.size(); ++k) {
       d.cuEventRecord(start, nullptr);
-      if (Status s = runs[k](it); !s)
-        return s.error();
+      Status s = runs[k](it);
       d.cuEventRecord(stop, nullptr);
-      if (Status s = KVARN_CU(d.cuEventSynchronize(stop)); !s)
+      if (s)
+        s = KVARN_CU(d.cuEventSynchronize(stop));
+      if (!s) {
+        release();
         return s.error();
+      }
       float ms = 0;
       d.cuEventElapsedTime(&ms, start, stop);
       samples[k].push_back(ms);
     }
-  d.cuEventDestroy(start);
-  d.cuEventDestroy(stop);
-  std::vector<double> medians;
+  release();
+  std::vector<Timing> timings;
   for (std::vector<double> &s : samples) {
     std::sort(s.begin(), s.end());
-    medians.push_back(s[s.size() / 2]);
+    Timing t;
+    t.medianMs = s[s.size() / 2];
+    t.p10Ms = percentile(s, 0.1);
+    t.p90Ms = percentile(s, 0.9);
+    t.samples = int(s.size());
+    timings.push_back(t);
   }
+  return timings;
+}
+
+Expected<std::vector<double>> timeInterleaved(const std::vector<std::function<Status(int)>> &runs,
+                                              int iterations) {
+  Expected<std::vector<Timing>> stats = timeInterleavedStats(runs, iterations);
+  if (!stats)
+    return stats.error();
+  std::vector<double> medians;
+  for (const Timing &t : *stats)
+    medians.push_back(t.medianMs);
   return medians;
+}
+
+Expected<double> timeGraphReplay(const std::function<Status(CUstream)> &launch, int iterations) {
+  const Driver &d = driver();
+  CUstream stream = nullptr;
+  if (Status s = KVARN_CU(d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING)); !s)
+    return s.error();
+  CUgraph graph = nullptr;
+  CUgraphExec exec = nullptr;
+  Status s = KVARN_CU(d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL));
+  if (s) {
+    Status launched = launch(stream);
+    s = KVARN_CU(d.cuStreamEndCapture(stream, &graph));
+    if (!launched)
+      s = launched;
+  }
+  if (s)
+    s = KVARN_CU(d.cuGraphInstantiate(&exec, graph, 0));
+  std::vector<double> samples;
+  CUevent start = nullptr, stop = nullptr;
+  if (s)
+    s = KVARN_CU(d.cuEventCreate(&start, CU_EVENT_DEFAULT));
+  if (s)
+    s = KVARN_CU(d.cuEventCreate(&stop, CU_EVENT_DEFAULT));
+  for (int it = -3; s && it < iterations; ++it) {
+    d.cuEventRecord(start, stream);
+    s = KVARN_CU(d.cuGraphLaunch(exec, stream));
+    d.cuEventRecord(stop, stream);
+    if (s)
+      s = KVARN_CU(d.cuEventSynchronize(stop));
+    float ms = 0;
+    d.cuEventElapsedTime(&ms, start, stop);
+    if (it >= 0)
+      samples.push_back(ms);
+  }
+  if (start)
+    d.cuEventDestroy(start);
+  if (stop)
+    d.cuEventDestroy(stop);
+  if (exec)
+    d.cuGraphExecDestroy(exec);
+  if (graph)
+    d.cuGraphDestroy(graph);
+  d.cuStreamDestroy(stream);
+  if (!s)
+    return s.error();
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];
+}
+
+/// Measures the read bandwidth (GB/s) with a streaming-read kernel over 4 GiB.
+Expected<double> measureReadBandwidth(const DeviceInfo &info) {
+  const char *source = R"(
+extern "C" __global__ void readAll(const uint4 *data, unsigned long long count, unsigned *sink) {
+  unsigned acc = 0;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < count;
+       i += (unsigned long long)gridDim.x * blockDim.x) {
+    uint4 v = __ldg(data + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x12345678u) sink[0] = acc;
+})";
+  Expected<NvrtcOutput> compiled = compileCuda(source, "read_bandwidth", info.arch(), {});
+  if (!compiled)
+    return compiled.error();
+  Schedule readSchedule;
+  readSchedule.warps = 16;
+  Expected<KernelModule> module = KernelModule::load(compiled->cubin, {"readAll"}, readSchedule, 0);
+  if (!module)
+    return module.error();
+  const size_t bytes = size_t(4) << 30;
+  Expected<DeviceBuffer> data = DeviceBuffer::allocate(bytes), sink = DeviceBuffer::allocate(16);
+  if (!data || !sink)
+    return makeError(ErrorCode::Internal, "cannot allocate the bandwidth buffer");
+  if (Status s = data->fill(1); !s)
+    return s.error();
+  CUdeviceptr pointer = data->get(), sinkPointer = sink->get();
+  unsigned long long count = bytes / 16;
+  void *arguments[] = {&pointer, &count, &sinkPointer};
+  auto run = [&](int) {
+    return KVARN_CU(driver().cuLaunchKernel(module->function(0), info.smCount * 4, 1, 1, 512, 1,
+                                            1, 0, nullptr, arguments, nullptr));
+  };
+  Expected<std::vector<double>> ms = timeInterleaved({run}, 10);
+  if (!ms)
+    return ms.error();
+  return double(bytes) / ((*ms)[0] * 1e-3) / 1e9;
 }
 
 } // namespace kvarn::autotune

@@ -15,8 +15,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <atomic>
+#include <chrono>
 #include <memory>
+#include <optional>
 #include <random>
+#include <sstream>
+#include <thread>
+#include <unistd.h>
 
 namespace kvarn::autotune {
 
@@ -52,29 +58,237 @@ std::string staticPruneReason(const KernelSpec &spec, const Schedule &schedule) 
   return "";
 }
 
+namespace {
+
+bool betterThan(const Schedule &schedule, double ms, bool found, const Schedule &best,
+                double bestMs) {
+  return !found || ms < bestMs || (ms == bestMs && schedule.warps < best.warps);
+}
+
+std::string percent(double fraction) {
+  char text[16];
+  std::snprintf(text, sizeof(text), "%.0f%%", 100.0 * fraction);
+  return text;
+}
+
+} // namespace
+
 TuneResult selectSchedule(const KernelSpec &spec, const std::vector<Schedule> &space,
-                          const Measure &measure) {
+                          const MeasureGroup &measure, const SelectOptions &o) {
   TuneResult result;
   result.spec = spec;
+  result.rooflineMs = o.rooflineMs;
+  // Step 1. Static pruning.
+  std::vector<size_t> pending;
   for (const Schedule &schedule : space) {
-    Candidate candidate{schedule, "", 0};
-    if (std::string reason = staticPruneReason(spec, schedule); !reason.empty()) {
+    Candidate candidate{schedule, "", {}, 0};
+    if (std::string reason = staticPruneReason(spec, schedule); !reason.empty())
       candidate.rejected = "pruned: " + reason;
-    } else if (Expected<double> ms = measure(schedule); !ms) {
-      candidate.rejected = ms.error().message;
-    } else {
-      candidate.ms = *ms;
-      const bool better = !result.found || *ms < result.bestMs ||
-                          (*ms == result.bestMs && schedule.warps < result.best.warps);
-      if (better) {
-        result.found = true;
-        result.best = schedule;
-        result.bestMs = *ms;
-      }
-    }
+    else
+      pending.push_back(result.candidates.size());
     result.candidates.push_back(candidate);
   }
+  // Step 2. Groups, until the end, the budget or (without `exhaustive`) an early stop.
+  const size_t group = size_t(std::max(1, o.group));
+  bool early = false;
+  for (size_t start = 0; start < pending.size(); start += group) {
+    std::string skip;
+    if (o.outOfBudget && o.outOfBudget())
+      skip = "time budget spent";
+    else if (early && !o.exhaustive)
+      skip = "early stop: the best is at " + percent(o.rooflineMs / result.bestMs) +
+             " of the roofline (target " + percent(o.earlyStop) + ")";
+    if (!skip.empty()) {
+      result.stopped = skip;
+      for (size_t k = start; k < pending.size(); ++k)
+        result.candidates[pending[k]].rejected = "not measured: " + skip;
+      break;
+    }
+    std::vector<Schedule> schedules;
+    for (size_t k = start; k < std::min(pending.size(), start + group); ++k)
+      schedules.push_back(result.candidates[pending[k]].schedule);
+    std::vector<Expected<Timing>> timings = measure(schedules);
+    for (size_t k = 0; k < schedules.size(); ++k) {
+      Candidate &c = result.candidates[pending[start + k]];
+      if (k >= timings.size()) {
+        c.rejected = "not measured: the measurement returned no result";
+      } else if (!timings[k]) {
+        c.rejected = timings[k].error().message;
+      } else {
+        c.timing = *timings[k];
+        c.ms = c.timing.medianMs;
+        if (betterThan(c.schedule, c.ms, result.found, result.best, result.bestMs)) {
+          result.found = true;
+          result.best = c.schedule;
+          result.bestMs = c.ms;
+        }
+      }
+    }
+    if (o.progress)
+      o.progress(std::min(pending.size(), start + group), pending.size());
+    if (!early && o.earlyStop > 0 && o.rooflineMs > 0 && result.found &&
+        o.rooflineMs / result.bestMs >= o.earlyStop) {
+      early = true;
+      result.earlyFound = true;
+      result.earlyBest = result.best;
+      result.earlyMs = result.bestMs;
+    }
+  }
+  if (!early) {
+    result.earlyFound = result.found;
+    result.earlyBest = result.best;
+    result.earlyMs = result.bestMs;
+  }
   return result;
+}
+
+TuneResult selectSchedule(const KernelSpec &spec, const std::vector<Schedule> &space,
+                          const Measure &measure) {
+  SelectOptions options;
+  options.group = 1;
+  return selectSchedule(
+      spec, space,
+      [&](const std::vector<Schedule> &group) {
+        std::vector<Expected<Timing>> out;
+        for (const Schedule &schedule : group) {
+          Expected<double> ms = measure(schedule);
+          if (!ms) {
+            out.push_back(ms.error());
+            continue;
+          }
+          Timing t;
+          t.medianMs = t.p10Ms = t.p90Ms = *ms;
+          t.samples = 1;
+          out.push_back(t);
+        }
+        return out;
+      },
+      options);
+}
+
+std::string configEntriesJson(const std::vector<TuneResult> &results) {
+  nlohmann::json entries = nlohmann::json::array();
+  for (const TuneResult &r : results)
+    if (r.found)
+      entries.push_back({{"spec", r.spec.str()},
+                         {"schedule", r.best.str()},
+                         {"median_ms", r.bestMs},
+                         {"fraction_of_roofline", r.rooflineMs > 0 ? r.rooflineMs / r.bestMs : 0.0},
+                         {"candidates", r.candidates.size()}});
+  return entries.dump();
+}
+
+std::vector<KernelSpec> specsToTune(const std::vector<KernelSpec> &plan,
+                                    const std::vector<TuneResult> &done) {
+  std::vector<KernelSpec> todo;
+  for (const KernelSpec &spec : plan)
+    if (std::none_of(done.begin(), done.end(), [&](const TuneResult &r) { return r.spec == spec; }))
+      todo.push_back(spec);
+  return todo;
+}
+
+Regret regretOf(const std::vector<TuneResult> &results) {
+  std::vector<double> regrets;
+  for (const TuneResult &r : results)
+    if (r.found && r.earlyFound && r.bestMs > 0)
+      regrets.push_back((r.earlyMs - r.bestMs) / r.bestMs);
+  Regret regret;
+  regret.samples = int(regrets.size());
+  if (regrets.empty())
+    return regret;
+  std::sort(regrets.begin(), regrets.end());
+  regret.median = regrets[regrets.size() / 2];
+  regret.p90 = regrets[std::min(regrets.size() - 1,
+                                size_t(std::ceil(0.9 * double(regrets.size()))) - 1)];
+  return regret;
+}
+
+std::string resultsToJson(const std::vector<TuneResult> &results, const std::string &environment) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const TuneResult &r : results) {
+    nlohmann::json candidates = nlohmann::json::array();
+    for (const Candidate &c : r.candidates) {
+      nlohmann::json item = {{"schedule", c.schedule.str()}};
+      if (!c.rejected.empty())
+        item["rejected"] = c.rejected;
+      else
+        item["timing"] = {{"median_ms", c.timing.medianMs}, {"p10_ms", c.timing.p10Ms},
+                          {"p90_ms", c.timing.p90Ms},       {"graph_ms", c.timing.graphMs},
+                          {"samples", c.timing.samples}};
+      candidates.push_back(item);
+    }
+    nlohmann::json item = {{"spec", r.spec.str()},      {"found", r.found},
+                           {"roofline_ms", r.rooflineMs}, {"stopped", r.stopped},
+                           {"candidates", candidates}};
+    if (r.found) {
+      item["best"] = r.best.str();
+      item["best_ms"] = r.bestMs;
+      item["fraction_of_roofline"] = r.rooflineMs > 0 ? r.rooflineMs / r.bestMs : 0.0;
+    }
+    if (r.earlyFound)
+      item["early"] = {{"best", r.earlyBest.str()}, {"ms", r.earlyMs}};
+    list.push_back(item);
+  }
+  return nlohmann::json{{"environment", environment}, {"results", list}}.dump(2) + "\n";
+}
+
+Expected<std::vector<TuneResult>> resultsFromJson(const std::string &text) {
+  auto bad = [](const std::string &what) {
+    return makeError(ErrorCode::InvalidData, "tuning report: " + what);
+  };
+  nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object() || !json.contains("results") ||
+      !json["results"].is_array())
+    return bad("not a report (no 'results' array)");
+  std::vector<TuneResult> results;
+  try {
+    for (const nlohmann::json &item : json["results"]) {
+      TuneResult r;
+      Expected<KernelSpec> spec = parseKernelSpec(item.at("spec").get<std::string>());
+      if (!spec)
+        return bad(spec.error().message);
+      r.spec = *spec;
+      r.found = item.at("found").get<bool>();
+      r.rooflineMs = item.value("roofline_ms", 0.0);
+      r.stopped = item.value("stopped", std::string());
+      auto schedule = [&](const std::string &text) -> Expected<Schedule> {
+        return parseSchedule(text, r.spec.op);
+      };
+      if (r.found) {
+        Expected<Schedule> best = schedule(item.at("best").get<std::string>());
+        if (!best)
+          return bad(best.error().message);
+        r.best = *best;
+        r.bestMs = item.at("best_ms").get<double>();
+      }
+      if (item.contains("early")) {
+        Expected<Schedule> early = schedule(item["early"].at("best").get<std::string>());
+        if (!early)
+          return bad(early.error().message);
+        r.earlyFound = true;
+        r.earlyBest = *early;
+        r.earlyMs = item["early"].at("ms").get<double>();
+      }
+      for (const nlohmann::json &c : item.at("candidates")) {
+        Expected<Schedule> s = schedule(c.at("schedule").get<std::string>());
+        if (!s)
+          return bad(s.error().message);
+        Candidate candidate{*s, c.value("rejected", std::string()), {}, 0};
+        if (c.contains("timing")) {
+          const nlohmann::json &t = c["timing"];
+          candidate.timing = {t.value("median_ms", 0.0), t.value("p10_ms", 0.0),
+                              t.value("p90_ms", 0.0), t.value("graph_ms", 0.0),
+                              t.value("samples", 0)};
+          candidate.ms = candidate.timing.medianMs;
+        }
+        r.candidates.push_back(candidate);
+      }
+      results.push_back(std::move(r));
+    }
+  } catch (const nlohmann::json::exception &e) {
+    return bad(std::string("malformed entry: ") + e.what());
+  }
+  return results;
 }
 
 std::string environmentKey(int computeMajor, int computeMinor, int smCount, int l2Bytes,
@@ -88,14 +302,6 @@ namespace {
 
 const Driver &driver() { return **Driver::get(); }
 
-/// Median time (ms) of one run.
-Expected<double> medianMs(const std::function<Status()> &run, int iterations) {
-  Expected<std::vector<double>> ms = timeInterleaved({[&](int) { return run(); }}, iterations);
-  if (!ms)
-    return ms.error();
-  return (*ms)[0];
-}
-
 template <typename T> Expected<DeviceBuffer> uploaded(const std::vector<T> &host) {
   Expected<DeviceBuffer> buffer = DeviceBuffer::allocate(host.size() * sizeof(T));
   if (buffer && !host.empty())
@@ -104,18 +310,24 @@ template <typename T> Expected<DeviceBuffer> uploaded(const std::vector<T> &host
   return buffer;
 }
 
-Expected<KernelModule> loadChecked(const KernelSpec &spec, const Schedule &schedule,
-                                   ArtifactCache &cache) {
-  Expected<KernelModule> module = compileAndLoad(spec, schedule, cache);
-  if (!module)
-    return module.error();
-  // Spills are reported, not pruned: at Q = 1 every decode schedule spills a few bytes, and the
-  // timing decides whether they matter.
-  if (module->localBytes(0) > 0)
-    std::printf("  (%s: %d registers, spills %d bytes)\n", schedule.str().c_str(),
-                module->registers(0), module->localBytes(0));
-  return module;
-}
+/// One line of progress: rewritten in place on a terminal, plain lines when piped.
+class Progress {
+public:
+  Progress() : terminal_(isatty(fileno(stdout)) != 0) {}
+  void status(const std::string &text) {
+    if (terminal_) {
+      std::printf("\r\033[K%s", text.c_str());
+      std::fflush(stdout);
+    }
+  }
+  void line(const std::string &text) {
+    std::printf(terminal_ ? "\r\033[K%s\n" : "%s\n", text.c_str());
+    std::fflush(stdout);
+  }
+
+private:
+  bool terminal_;
+};
 
 /// One decode correctness case: a synthetic paged cache, queries and the float64 reference.
 struct DecodeCheck {
@@ -191,147 +403,514 @@ Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const 
   return Status::success();
 }
 
-/// Decode candidate: correctness against the float64 reference on a short mixed batch (pool and
-/// record pages, partial pages) and on one 128K-token request (where rounding errors of the
-/// MMA operands show), then the median time at the bucket (all pages records, a fresh block
-/// range per launch). The check cases are built once per spec.
-Measure decodeMeasure(const KernelSpec &spec, const TuneOptions &o, const DeviceInfo &info,
-                      ArtifactCache &cache) {
-  auto checks = std::make_shared<std::vector<DecodeCheck>>();
-  return [&, spec, checks](const Schedule &schedule) -> Expected<double> {
-    Expected<KernelModule> module = loadChecked(spec, schedule, cache);
-    if (!module)
-      return module.error();
-    const Format &f = spec.format;
-    const RecordLayout layout = recordLayout(f);
-    const int g = f.tileTokens, d = f.headDim, q = spec.queryHeadsPerKvHead;
-    // Step 1. Check.
-    if (checks->empty()) {
+/// What tuning one op needs: a correctness check of a loaded candidate, shared timing inputs
+/// for a group of candidates, a launch, and the bytes of the roofline.
+class Workload {
+public:
+  virtual ~Workload() = default;
+  virtual Status check(const KernelModule &module, const Schedule &schedule) = 0;
+  virtual Status prepareTiming(const std::vector<Schedule> &group) = 0;
+  virtual Status launch(const KernelModule &module, const Schedule &schedule, int iteration,
+                        CUstream stream) = 0;
+  virtual double rooflineBytes() const = 0;
+  /// Drops every device buffer (before a context reset).
+  virtual void release() = 0;
+};
+
+/// Decode: checked on a short mixed batch and a 128K-token request (built once per spec),
+/// timed at the bucket (B x context, every page a record, L2-cold block ranges).
+class DecodeWorkload : public Workload {
+public:
+  DecodeWorkload(const KernelSpec &spec, const TuneOptions &o, const DeviceInfo &info)
+      : spec_(spec), o_(o), info_(info), layout_(recordLayout(spec.format)) {}
+
+  Status check(const KernelModule &module, const Schedule &schedule) override {
+    const int g = spec_.format.tileTokens;
+    if (checks_.empty())
       for (auto [name, lengths] : {std::pair<std::string, std::vector<int32_t>>{
                                        "short mixed batch", {g + 1, 3 * g + 5, 1}},
                                    {"128K tokens", {128 * 1024}}}) {
-        Expected<DecodeCheck> check = makeDecodeCheck(spec, name, lengths, 1234 + checks->size());
+        Expected<DecodeCheck> check = makeDecodeCheck(spec_, name, lengths, 1234 + checks_.size());
         if (!check)
           return check.error();
-        checks->push_back(std::move(*check));
+        checks_.push_back(std::move(*check));
       }
-    }
-    for (const DecodeCheck &check : *checks)
-      if (Status s = runDecodeCheck(*module, spec, schedule, check, info); !s)
-        return s.error();
-    // Timing data: record tiles of the long check (its blocks 1 .. n-2 are records).
-    std::vector<uint8_t> records(layout.tileBytesAligned * 4);
-    std::copy_n(checks->back().cache.records.begin() + 2 * layout.tileBytesAligned, records.size(),
-                records.begin());
-    std::vector<uint16_t> emptyPool(size_t(g) * o.numKvHeads * d, 0);
-    Expected<DeviceBuffer> dPool = uploaded(emptyPool);
-    if (!dPool)
-      return dPool.error();
-    // Step 2. Time at the bucket: B x context, every page a record, L2-cold block ranges.
-    const int pages = (o.context + g - 1) / g, batch = o.batch;
-    const size_t bytes = size_t(batch) * o.numKvHeads * pages * layout.tileBytesAligned;
-    const int copies = int(std::min<size_t>(8, 2 * size_t(info.l2Bytes) / bytes + 1));
-    Expected<DeviceBuffer> bigRecords = DeviceBuffer::allocate(bytes * copies);
-    if (!bigRecords)
-      return bigRecords.error();
-    std::vector<int32_t> bigTable(size_t(copies) * batch * pages), bigSlots(size_t(copies) * batch * pages, -1);
-    for (size_t k = 0; k < bigTable.size(); ++k)
-      bigTable[k] = int32_t(k);
-    std::vector<int32_t> bigLens(batch, o.context);
-    std::vector<uint16_t> bigQuery(size_t(batch) * o.numKvHeads * q * d, floatToHalf(0.25f));
-    const DecodePlan plan = schedule.splits > 0 ? DecodePlan{schedule.splits}
-                                                : planDecode(batch, o.numKvHeads, o.context, g,
-                                                             info.smCount, schedule.warps);
-    Expected<DeviceBuffer> bq = uploaded(bigQuery), bTable = uploaded(bigTable), bSlots = uploaded(bigSlots),
-                           bLens = uploaded(bigLens), bOut = DeviceBuffer::allocate(bigQuery.size() * 2),
-                           bWork = DeviceBuffer::allocate(bigQuery.size() / d * plan.numSplits * (d + 1) * 4);
-    if (!bq || !bTable || !bSlots || !bLens || !bOut || !bWork)
-      return makeError(ErrorCode::Internal, "cannot allocate the timing buffers");
-    if (Status s = bigRecords->fillWithPattern(records); !s)
-      return s.error();
-    int iteration = 0;
-    return medianMs(
-        [&]() {
-          dev::DecodeParams p{bq->as<void>(), bOut->as<void>(), bigRecords->as<unsigned char>(),
-                              dPool->as<void>(), dPool->as<void>(), bSlots->as<int>(),
-                              bTable->as<int>() + size_t(iteration++ % copies) * batch * pages,
-                              bLens->as<int>(), bWork->as<float>(),
-                              bWork->as<float>() + bigQuery.size() / d * plan.numSplits * d, batch,
-                              o.numKvHeads, pages, plan.numSplits, 1.0f / std::sqrt(float(d))};
-          return launchDecode(*module, p, q, plan, nullptr);
-        },
-        o.iterations);
-  };
-}
+    for (const DecodeCheck &check : checks_)
+      if (Status s = runDecodeCheck(module, spec_, schedule, check, info_); !s)
+        return s;
+    return Status::success();
+  }
 
-/// Flush candidate: records of random tiles must match the CPU reference's K codes exactly, then
-/// the median time of 512 records (64 blocks x 8 kv heads).
-Measure flushMeasure(const KernelSpec &spec, const TuneOptions &o, ArtifactCache &cache) {
-  return [&, spec](const Schedule &schedule) -> Expected<double> {
-    Expected<KernelModule> module = loadChecked(spec, schedule, cache);
-    if (!module)
-      return module.error();
-    const Format &f = spec.format;
-    const RecordLayout layout = recordLayout(f);
-    const int g = f.tileTokens, d = f.headDim, hk = 8, blocks = 64, entries = blocks * hk;
+  Status prepareTiming(const std::vector<Schedule> &group) override {
+    const int g = spec_.format.tileTokens, d = spec_.format.headDim;
+    pages_ = (o_.context + g - 1) / g;
+    int maxSplits = 1;
+    for (const Schedule &s : group)
+      maxSplits = std::max(maxSplits, plan(s).numSplits);
+    if (records_ && maxSplits <= workspaceSplits_)
+      return Status::success();
+    release();
+    const size_t bytes = size_t(o_.batch) * o_.numKvHeads * pages_ * layout_.tileBytesAligned;
+    copies_ = int(std::min<size_t>(8, 2 * size_t(info_.l2Bytes) / bytes + 1));
+    std::vector<uint8_t> tiles(layout_.tileBytesAligned * 4);
+    std::copy_n(checks_.back().cache.records.begin() + 2 * layout_.tileBytesAligned, tiles.size(),
+                tiles.begin());
+    std::vector<int32_t> table(size_t(copies_) * o_.batch * pages_), slots(table.size(), -1);
+    for (size_t k = 0; k < table.size(); ++k)
+      table[k] = int32_t(k);
+    rows_ = size_t(o_.batch) * o_.numKvHeads * spec_.queryHeadsPerKvHead;
+    std::vector<uint16_t> query(rows_ * d, floatToHalf(0.25f));
+    Expected<DeviceBuffer> records = DeviceBuffer::allocate(bytes * copies_);
+    Expected<DeviceBuffer> pool = uploaded(std::vector<uint16_t>(size_t(g) * o_.numKvHeads * d, 0));
+    Expected<DeviceBuffer> q = uploaded(query), t = uploaded(table), sl = uploaded(slots),
+                           lens = uploaded(std::vector<int32_t>(o_.batch, o_.context)),
+                           out = DeviceBuffer::allocate(rows_ * d * 2),
+                           work = DeviceBuffer::allocate(rows_ * maxSplits * (d + 1) * 4);
+    if (!records || !pool || !q || !t || !sl || !lens || !out || !work)
+      return makeError(ErrorCode::Internal, "cannot allocate the decode timing buffers");
+    if (Status s = records->fillWithPattern(tiles); !s)
+      return s;
+    records_ = std::move(*records);
+    pool_ = std::move(*pool);
+    query_ = std::move(*q);
+    table_ = std::move(*t);
+    slots_ = std::move(*sl);
+    lens_ = std::move(*lens);
+    out_ = std::move(*out);
+    work_ = std::move(*work);
+    workspaceSplits_ = maxSplits;
+    return Status::success();
+  }
+
+  Status launch(const KernelModule &module, const Schedule &schedule, int iteration,
+                CUstream stream) override {
+    const int d = spec_.format.headDim;
+    const DecodePlan p = plan(schedule);
+    dev::DecodeParams params{query_->as<void>(), out_->as<void>(), records_->as<unsigned char>(),
+                             pool_->as<void>(), pool_->as<void>(), slots_->as<int>(),
+                             table_->as<int>() + size_t(iteration % copies_) * o_.batch * pages_,
+                             lens_->as<int>(), work_->as<float>(),
+                             work_->as<float>() + rows_ * p.numSplits * d, o_.batch,
+                             o_.numKvHeads, pages_, p.numSplits, 1.0f / std::sqrt(float(d))};
+    return launchDecode(module, params, spec_.queryHeadsPerKvHead, p, stream);
+  }
+
+  double rooflineBytes() const override {
+    const int pages = (o_.context + spec_.format.tileTokens - 1) / spec_.format.tileTokens;
+    return double(o_.batch) * o_.numKvHeads * pages * layout_.tileBytesAligned;
+  }
+
+  void release() override {
+    records_.reset();
+    pool_.reset();
+    query_.reset();
+    table_.reset();
+    slots_.reset();
+    lens_.reset();
+    out_.reset();
+    work_.reset();
+    workspaceSplits_ = 0;
+  }
+
+private:
+  DecodePlan plan(const Schedule &s) const {
+    return s.splits > 0 ? DecodePlan{s.splits}
+                        : planDecode(o_.batch, o_.numKvHeads, o_.context, spec_.format.tileTokens,
+                                     info_.smCount, s.warps);
+  }
+  KernelSpec spec_;
+  const TuneOptions &o_;
+  DeviceInfo info_;
+  RecordLayout layout_;
+  std::vector<DecodeCheck> checks_;
+  std::optional<DeviceBuffer> records_, pool_, query_, table_, slots_, lens_, out_, work_;
+  int pages_ = 0, copies_ = 1, workspaceSplits_ = 0;
+  size_t rows_ = 0;
+};
+
+/// Flush: 512 records (64 blocks x 8 kv heads) of random tiles; the K codes of a sample of
+/// records must equal the CPU reference's.
+class FlushWorkload : public Workload {
+public:
+  explicit FlushWorkload(const KernelSpec &spec) : spec_(spec), layout_(recordLayout(spec.format)) {
+    const int g = spec.format.tileTokens, d = spec.format.headDim;
     std::mt19937_64 rng(99);
     std::normal_distribution<float> normal;
-    std::vector<uint16_t> pool(size_t(blocks) * g * hk * d);
-    for (uint16_t &x : pool)
-      x = floatToHalf(normal(rng) * (1.0f + float(&x - pool.data()) / float(pool.size())));
-    std::vector<int32_t> list;
-    for (int b = 0; b < blocks; ++b)
-      for (int h = 0; h < hk; ++h)
-        list.insert(list.end(), {b, h, b});
-    Expected<DeviceBuffer> dPool = uploaded(pool), dList = uploaded(list),
-                           dStatus = DeviceBuffer::allocate(16),
-                           dCache = DeviceBuffer::allocate(size_t(entries) * layout.tileBytesAligned);
-    if (!dPool || !dList || !dStatus || !dCache)
-      return makeError(ErrorCode::Internal, "cannot allocate the flush buffers");
-    if (Status s = dStatus->fill(0); !s)
-      return s.error();
-    dev::FlushParams params{dPool->as<void>(), dPool->as<void>(), dList->as<int>(),
-                            dCache->as<unsigned char>(), dStatus->as<int>(), entries, hk};
-    if (Status s = launchFlush(*module, params, nullptr); !s)
-      return s.error();
+    pool_.resize(size_t(kBlocks) * g * kHeads * d);
+    for (size_t i = 0; i < pool_.size(); ++i)
+      pool_[i] = floatToHalf(normal(rng) * (1.0f + float(i) / float(pool_.size())));
+    for (int b = 0; b < kBlocks; ++b)
+      for (int h = 0; h < kHeads; ++h)
+        list_.insert(list_.end(), {b, h, b});
+  }
+
+  Status check(const KernelModule &module, const Schedule &) override {
+    if (Status s = ensureBuffers(); !s)
+      return s;
+    if (Status s = launchFlush(module, params(), nullptr); !s)
+      return s;
     if (Status s = KVARN_CU(driver().cuCtxSynchronize()); !s)
       return makeError(s.error().code, "crashed in the check: " + s.error().message);
-    std::vector<uint8_t> records(size_t(entries) * layout.tileBytesAligned);
-    if (Status s = dCache->download(records.data(), records.size()); !s)
-      return s.error();
+    const int g = spec_.format.tileTokens, d = spec_.format.headDim;
+    std::vector<uint8_t> records(size_t(kBlocks * kHeads) * layout_.tileBytesAligned);
+    if (Status s = cache_->download(records.data(), records.size()); !s)
+      return s;
     for (int e = 0; e < 4; ++e) { // a sample of the records
-      std::vector<uint8_t> expected(layout.tileBytesAligned);
-      const size_t rowBase = (size_t(list[3 * e + 2]) * g * hk + list[3 * e + 1]) * d;
-      if (Status s = reference::writeRecord(f, std::span(pool).subspan(rowBase),
-                                            std::span(pool).subspan(rowBase), size_t(hk) * d, expected);
+      std::vector<uint8_t> expected(layout_.tileBytesAligned);
+      const size_t rowBase = (size_t(list_[3 * e + 2]) * g * kHeads + list_[3 * e + 1]) * d;
+      if (Status s = reference::writeRecord(spec_.format, std::span(pool_).subspan(rowBase),
+                                            std::span(pool_).subspan(rowBase), size_t(kHeads) * d,
+                                            expected);
           !s)
-        return s.error();
-      if (!std::equal(expected.begin(), expected.begin() + layout.keyPackedBytes,
-                      records.begin() + size_t(e) * layout.tileBytesAligned))
+        return s;
+      if (!std::equal(expected.begin(), expected.begin() + layout_.keyPackedBytes,
+                      records.begin() + size_t(e) * layout_.tileBytesAligned))
         return makeError(ErrorCode::InvalidData, "wrong results: K codes differ from the reference");
     }
-    return medianMs([&]() { return launchFlush(*module, params, nullptr); }, o.iterations);
-  };
+    return Status::success();
+  }
+
+  Status prepareTiming(const std::vector<Schedule> &) override { return ensureBuffers(); }
+
+  Status launch(const KernelModule &module, const Schedule &, int, CUstream stream) override {
+    return launchFlush(module, params(), stream);
+  }
+
+  double rooflineBytes() const override { // read the fp16 K and V tiles, write the records
+    const double tile = double(spec_.format.tileTokens) * spec_.format.headDim * 2;
+    return double(kBlocks) * kHeads * (2 * tile + layout_.tileBytesAligned);
+  }
+
+  void release() override {
+    poolDevice_.reset();
+    listDevice_.reset();
+    status_.reset();
+    cache_.reset();
+  }
+
+private:
+  static constexpr int kBlocks = 64, kHeads = 8;
+  Status ensureBuffers() {
+    if (cache_)
+      return Status::success();
+    Expected<DeviceBuffer> pool = uploaded(pool_), list = uploaded(list_),
+                           status = DeviceBuffer::allocate(16),
+                           cache = DeviceBuffer::allocate(size_t(kBlocks * kHeads) * layout_.tileBytesAligned);
+    if (!pool || !list || !status || !cache)
+      return makeError(ErrorCode::Internal, "cannot allocate the flush buffers");
+    if (Status s = status->fill(0); !s)
+      return s;
+    poolDevice_ = std::move(*pool);
+    listDevice_ = std::move(*list);
+    status_ = std::move(*status);
+    cache_ = std::move(*cache);
+    return Status::success();
+  }
+  dev::FlushParams params() {
+    return {poolDevice_->as<void>(), poolDevice_->as<void>(), listDevice_->as<int>(),
+            cache_->as<unsigned char>(), status_->as<int>(), kBlocks * kHeads, kHeads};
+  }
+  KernelSpec spec_;
+  RecordLayout layout_;
+  std::vector<uint16_t> pool_;
+  std::vector<int32_t> list_;
+  std::optional<DeviceBuffer> poolDevice_, listDevice_, status_, cache_;
+};
+
+/// True when the current context has taken a sticky error (an illegal address, a trap).
+bool contextBroken() { return driver().cuCtxSynchronize() != CUDA_SUCCESS; }
+
+/// Resets the device's primary context after a sticky error and makes a fresh one current.
+Status recoverContext(int device) {
+  CUdevice handle = 0;
+  if (Status s = KVARN_CU(driver().cuDeviceGet(&handle, device)); !s)
+    return s;
+  if (Status s = KVARN_CU(driver().cuDevicePrimaryCtxReset(handle)); !s)
+    return s;
+  Expected<DeviceInfo> reopened = openDevice(device);
+  return reopened ? Status::success() : Status(reopened.error());
 }
 
-void printResult(const TuneResult &result) {
-  std::printf("%s\n", result.spec.str().c_str());
-  for (const Candidate &c : result.candidates)
-    std::printf("  %-70s %s\n", c.schedule.str().c_str(),
-                c.rejected.empty() ? (std::to_string(c.ms) + " ms").c_str() : c.rejected.c_str());
-  if (result.found)
-    std::printf("  -> %s (%.4f ms)\n", result.best.str().c_str(), result.bestMs);
-  else
-    std::printf("  -> no valid candidate\n");
+/// Compiles the candidates that survive static pruning on `threads` threads, through the
+/// artifact cache (the later loads are cache hits).
+void compileInParallel(const KernelSpec &spec, const std::vector<Schedule> &space,
+                       ArtifactCache &cache, int threads) {
+  std::vector<Schedule> legal;
+  for (const Schedule &s : space)
+    if (staticPruneReason(spec, s).empty())
+      legal.push_back(s);
+  std::atomic<size_t> next{0};
+  std::vector<std::thread> pool;
+  const int count = std::max(1, std::min<int>(threads, int(legal.size())));
+  for (int t = 0; t < count; ++t)
+    pool.emplace_back([&] {
+      for (size_t k = next++; k < legal.size(); k = next++)
+        (void)compiler::compileKernel(spec, legal[k], cache); // failures show again at load
+    });
+  for (std::thread &t : pool)
+    t.join();
+}
+
+/// Loads and checks a group, then times the checked candidates interleaved (same inputs, same
+/// GPU state). A candidate that breaks the context is recorded as crashed; the context is reset
+/// and the others of the group are reloaded.
+std::vector<Expected<Timing>> measureGroup(Workload &workload, const KernelSpec &spec,
+                                           const std::vector<Schedule> &group,
+                                           const TuneOptions &o, ArtifactCache &cache,
+                                           Progress &progress) {
+  std::vector<Expected<Timing>> results;
+  std::vector<std::optional<KernelModule>> modules(group.size());
+  for (size_t i = 0; i < group.size(); ++i) {
+    results.push_back(makeError(ErrorCode::Internal, "not measured"));
+    Expected<KernelModule> module = compileAndLoad(spec, group[i], cache);
+    if (!module) {
+      results[i] = module.error();
+      continue;
+    }
+    if (module->localBytes(0) > 0)
+      progress.line("  (" + group[i].str() + ": " + std::to_string(module->registers(0)) +
+                    " registers, spills " + std::to_string(module->localBytes(0)) + " bytes)");
+    Status checked = workload.check(*module, group[i]);
+    if (checked) {
+      modules[i] = std::move(*module);
+      continue;
+    }
+    results[i] = checked.error();
+    if (!contextBroken())
+      continue;
+    // Step 1b. A crashed candidate: reset, then reload the group's earlier survivors.
+    module = Expected<KernelModule>(makeError(ErrorCode::Internal, "dropped"));
+    for (std::optional<KernelModule> &m : modules)
+      m.reset();
+    workload.release();
+    Status recovered = recoverContext(o.device);
+    results[i] = makeError(ErrorCode::Internal, "crashed the GPU context (" +
+                                                    checked.error().message + "); " +
+                                                    (recovered ? "context reset" : "reset failed: " +
+                                                                     recovered.error().message));
+    if (!recovered)
+      return results;
+    for (size_t j = 0; j < i; ++j)
+      if (results[j].error().message == "not measured") {
+        Expected<KernelModule> again = compileAndLoad(spec, group[j], cache);
+        if (again)
+          modules[j] = std::move(*again);
+        else
+          results[j] = again.error();
+      }
+  }
+  // Step 2. Interleaved timing of the survivors.
+  std::vector<size_t> alive;
+  for (size_t i = 0; i < group.size(); ++i)
+    if (modules[i])
+      alive.push_back(i);
+  if (alive.empty())
+    return results;
+  std::vector<Schedule> aliveSchedules;
+  for (size_t i : alive)
+    aliveSchedules.push_back(group[i]);
+  if (Status s = workload.prepareTiming(aliveSchedules); !s) {
+    for (size_t i : alive)
+      results[i] = s.error();
+    return results;
+  }
+  std::vector<std::function<Status(int)>> runs;
+  for (size_t i : alive)
+    runs.push_back([&, i](int iteration) {
+      return workload.launch(*modules[i], group[i], iteration, nullptr);
+    });
+  Expected<std::vector<Timing>> timings = timeInterleavedStats(runs, o.iterations);
+  if (!timings) {
+    const bool broken = contextBroken();
+    for (size_t i : alive)
+      results[i] = makeError(ErrorCode::Internal, "failed during timing: " + timings.error().message);
+    if (broken) {
+      modules.clear();
+      workload.release();
+      (void)recoverContext(o.device);
+    }
+    return results;
+  }
+  for (size_t k = 0; k < alive.size(); ++k) {
+    Timing t = (*timings)[k];
+    if (o.graphTiming) {
+      const size_t i = alive[k];
+      Expected<double> graph = timeGraphReplay(
+          [&](CUstream stream) { return workload.launch(*modules[i], group[i], 0, stream); },
+          o.iterations);
+      if (graph)
+        t.graphMs = *graph;
+    }
+    results[alive[k]] = t;
+  }
+  return results;
+}
+
+std::string formatResult(const TuneResult &result) {
+  std::string text = result.spec.str() + "\n";
+  char line[512];
+  for (const Candidate &c : result.candidates) {
+    if (c.rejected.empty()) {
+      std::snprintf(line, sizeof(line), "  %-78s %.4f ms (p10 %.4f, p90 %.4f%s)\n",
+                    c.schedule.str().c_str(), c.timing.medianMs, c.timing.p10Ms, c.timing.p90Ms,
+                    c.timing.graphMs > 0
+                        ? (", graph " + std::to_string(c.timing.graphMs).substr(0, 6)).c_str()
+                        : "");
+    } else {
+      std::snprintf(line, sizeof(line), "  %-78s %s\n", c.schedule.str().c_str(),
+                    c.rejected.c_str());
+    }
+    text += line;
+  }
+  if (result.found) {
+    std::snprintf(line, sizeof(line), "  -> %s (%.4f ms, %s of the roofline)\n",
+                  result.best.str().c_str(), result.bestMs,
+                  result.rooflineMs > 0 ? percent(result.rooflineMs / result.bestMs).c_str() : "?");
+    text += line;
+  } else {
+    text += "  -> no valid candidate\n";
+  }
+  if (!result.stopped.empty())
+    text += "  (stopped: " + result.stopped + ")\n";
+  return text;
+}
+
+Status writeAtomically(const std::string &path, const std::string &text) {
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out)
+      return makeError(ErrorCode::Io, "cannot write " + temporary);
+  }
+  std::error_code ec;
+  std::filesystem::rename(temporary, path, ec);
+  if (ec)
+    return makeError(ErrorCode::Io, "cannot publish " + path + ": " + ec.message());
+  return Status::success();
 }
 
 } // namespace
 
 Status runTune(const TuneOptions &o) {
+  if (o.iterations < 10)
+    return makeError(ErrorCode::InvalidArgument, "--iterations must be at least 10");
+  if (o.budgetSeconds < 0)
+    return makeError(ErrorCode::InvalidArgument, "--budget must not be negative");
+  if (o.earlyStop < 0 || o.earlyStop > 1)
+    return makeError(ErrorCode::InvalidArgument, "--early-stop is a fraction of the roofline in [0, 1]");
   Expected<DeviceInfo> info = openDevice(o.device);
   if (!info)
     return info.error();
+  const auto started = std::chrono::steady_clock::now();
+  auto outOfBudget = [&] {
+    return o.budgetSeconds > 0 &&
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() >
+               o.budgetSeconds;
+  };
+  const std::string key = environmentKey(info->computeMajor, info->computeMinor, info->smCount,
+                                         info->l2Bytes, info->memoryClockKhz);
+  std::filesystem::create_directories(o.configsDirectory);
+  const std::string reportPath =
+      o.reportPath.empty() ? o.configsDirectory + "/" + key + ".tune.json" : o.reportPath;
+  Progress progress;
+  // Step 1. Resume: the specs already in the report are not tuned again.
+  std::vector<TuneResult> results;
+  if (o.resume) {
+    std::ifstream in(reportPath);
+    if (!in) {
+      progress.line("nothing to resume (" + reportPath + " does not exist); tuning everything");
+    } else {
+      std::stringstream text;
+      text << in.rdbuf();
+      Expected<std::vector<TuneResult>> previous = resultsFromJson(text.str());
+      if (!previous)
+        return makeError(previous.error().code, previous.error().message + " (" + reportPath +
+                                                    "; remove it or run without --resume)");
+      results = std::move(*previous);
+    }
+  }
+  // Step 2. The plan: decode per GQA ratio and flush, per preset.
+  std::vector<KernelSpec> plan;
+  for (const std::string &preset : o.presets) {
+    Expected<Format> format = parseFormat(preset, o.headDim);
+    if (!format)
+      return format.error();
+    for (int q : o.queryHeadsPerKvHead) {
+      KernelSpec spec;
+      spec.format = *format;
+      spec.queryHeadsPerKvHead = q;
+      spec.arch = info->arch();
+      if (q < 1 || q > 16)
+        return makeError(ErrorCode::InvalidArgument,
+                         "--q " + std::to_string(q) + ": query heads per kv head must be 1 to 16");
+      plan.push_back(spec);
+    }
+    KernelSpec flush;
+    flush.op = OpKind::Flush;
+    flush.format = *format;
+    flush.arch = info->arch();
+    plan.push_back(flush);
+  }
+  Expected<double> bandwidth = measureReadBandwidth(*info);
+  if (!bandwidth)
+    return bandwidth.error();
+  progress.line("GPU " + std::to_string(o.device) + ": " + info->name + " (" + key +
+                "), measured read bandwidth " + std::to_string(int(*bandwidth)) + " GB/s; " +
+                std::to_string(plan.size()) + " specs");
   ArtifactCache cache(ArtifactCache::Options{});
+  const int threads =
+      o.compileThreads > 0 ? o.compileThreads : int(std::max(1u, std::thread::hardware_concurrency()));
+  // Step 3. Tune each spec; the report is rewritten after each so a run can be resumed.
+  std::vector<std::string> untuned;
+  const std::vector<KernelSpec> todo = specsToTune(plan, results);
+  if (todo.size() < plan.size())
+    progress.line(std::to_string(plan.size() - todo.size()) + " of " + std::to_string(plan.size()) +
+                  " specs resumed from " + reportPath);
+  for (size_t k = 0; k < todo.size(); ++k) {
+    const KernelSpec &spec = todo[k];
+    const std::string prefix = "[" + std::to_string(k + 1) + "/" + std::to_string(todo.size()) + "] ";
+    if (outOfBudget()) {
+      untuned.push_back(spec.str());
+      continue;
+    }
+    progress.status(prefix + spec.str() + ": compiling candidates on " + std::to_string(threads) +
+                    " threads");
+    const std::vector<Schedule> space = scheduleSearchSpace(spec.op);
+    compileInParallel(spec, space, cache, threads);
+    std::unique_ptr<Workload> workload;
+    if (spec.op == OpKind::Decode)
+      workload = std::make_unique<DecodeWorkload>(spec, o, *info);
+    else
+      workload = std::make_unique<FlushWorkload>(spec);
+    SelectOptions select;
+    select.rooflineMs = workload->rooflineBytes() / (*bandwidth * 1e9) * 1e3;
+    select.earlyStop = o.earlyStop;
+    select.exhaustive = o.exhaustive;
+    select.outOfBudget = outOfBudget;
+    double bestSoFar = 0;
+    select.progress = [&](size_t done, size_t total) {
+      progress.status(prefix + spec.str() + ": " + std::to_string(done) + "/" +
+                      std::to_string(total) + " candidates measured" +
+                      (bestSoFar > 0 ? ", best " + std::to_string(bestSoFar).substr(0, 6) + " ms" : ""));
+    };
+    TuneResult result = selectSchedule(
+        spec, space,
+        [&](const std::vector<Schedule> &group) {
+          std::vector<Expected<Timing>> timings = measureGroup(*workload, spec, group, o, cache, progress);
+          for (const Expected<Timing> &t : timings)
+            if (t && (bestSoFar == 0 || t->medianMs < bestSoFar))
+              bestSoFar = t->medianMs;
+          return timings;
+        },
+        select);
+    progress.line(prefix + formatResult(result));
+    results.push_back(std::move(result));
+    if (Status s = writeAtomically(reportPath, resultsToJson(results, key)); !s)
+      return s;
+  }
+  // Step 4. Configs from every tuned spec (resumed ones included).
   nlohmann::json configs;
   configs["environment"] = {{"name", info->name},
                             {"arch", info->arch()},
@@ -342,45 +921,26 @@ Status runTune(const TuneOptions &o) {
                             {"nvrtc", nvrtcVersion()},
                             {"kvarn", KVARN_VERSION}};
   configs["bucket"] = {{"batch", o.batch}, {"context", o.context}, {"kv_heads", o.numKvHeads}};
-  nlohmann::json entries = nlohmann::json::array();
-  auto record = [&](const TuneResult &result) {
-    printResult(result);
-    if (!result.found)
-      return;
-    entries.push_back({{"spec", result.spec.str()},
-                       {"schedule", result.best.str()},
-                       {"median_ms", result.bestMs},
-                       {"candidates", result.candidates.size()}});
-  };
-  for (const std::string &preset : o.presets) {
-    Expected<Format> format = parseFormat(preset, o.headDim);
-    if (!format)
-      return format.error();
-    for (int q : o.queryHeadsPerKvHead) {
-      KernelSpec spec;
-      spec.op = OpKind::Decode;
-      spec.format = *format;
-      spec.queryHeadsPerKvHead = q;
-      spec.arch = info->arch();
-      record(selectSchedule(spec, scheduleSearchSpace(OpKind::Decode), decodeMeasure(spec, o, *info, cache)));
-    }
-    KernelSpec flush;
-    flush.op = OpKind::Flush;
-    flush.format = *format;
-    flush.arch = info->arch();
-    record(selectSchedule(flush, scheduleSearchSpace(OpKind::Flush), flushMeasure(flush, o, cache)));
+  configs["entries"] = nlohmann::json::parse(configEntriesJson(results));
+  const std::string path = o.configsDirectory + "/" + key + ".json";
+  if (Status s = writeAtomically(path, configs.dump(2) + "\n"); !s)
+    return s;
+  progress.line("tuned configs written to " + path + "; report: " + reportPath);
+  if (o.exhaustive) {
+    const Regret regret = regretOf(results);
+    char text[160];
+    std::snprintf(text, sizeof(text),
+                  "regret of early stop at %s of the roofline vs exhaustive search over %d specs: "
+                  "median %.2f%%, P90 %.2f%%",
+                  percent(o.earlyStop).c_str(), regret.samples, 100 * regret.median, 100 * regret.p90);
+    progress.line(text);
   }
-  configs["entries"] = entries;
-  std::filesystem::create_directories(o.configsDirectory);
-  const std::string path = o.configsDirectory + "/" +
-                           environmentKey(info->computeMajor, info->computeMinor, info->smCount,
-                                          info->l2Bytes, info->memoryClockKhz) +
-                           ".json";
-  std::ofstream out(path);
-  out << configs.dump(2) << "\n";
-  if (!out)
-    return makeError(ErrorCode::Io, "cannot write " + path);
-  std::printf("tuned configs written to %s\n", path.c_str());
+  if (!untuned.empty()) {
+    std::string list;
+    for (const std::string &s : untuned)
+      list += " " + s;
+    progress.line("time budget spent; not tuned:" + list + " (run again with --resume)");
+  }
   return Status::success();
 }
 

@@ -1,13 +1,19 @@
 // Tuner logic without a GPU: search space, pruning, selection with a fake measure.
+#include "kvarn/Autotune/Bench.h"
+#include "kvarn/Autotune/MultiDevice.h"
 #include "kvarn/Autotune/Tuner.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
+
+#include <nlohmann/json.hpp>
 
 using namespace kvarn;
 using namespace kvarn::autotune;
+using ::testing::HasSubstr;
 
 namespace {
 
@@ -67,6 +73,239 @@ TEST(SelectSchedule, TiesGoToFewerWarpsAndAllFailuresFindNothing) {
   EXPECT_FALSE(none.found);
   for (const Candidate &c : none.candidates)
     EXPECT_EQ(c.rejected, "crashed in the check");
+}
+
+/// A fake group measure: time = 1 + 0.1 * warps + 0.01 * stages (+ 0.001 for single-p).
+std::vector<Expected<Timing>> fakeGroup(const std::vector<Schedule> &group, int *calls = nullptr) {
+  if (calls)
+    ++*calls;
+  std::vector<Expected<Timing>> out;
+  for (const Schedule &s : group) {
+    Timing t;
+    t.medianMs = 1.0 + 0.1 * s.warps + 0.01 * s.stages + (s.mma == "m16n8k16" ? 0.0 : 0.001);
+    t.p10Ms = t.medianMs * 0.99;
+    t.p90Ms = t.medianMs * 1.02;
+    t.samples = 10;
+    out.push_back(t);
+  }
+  return out;
+}
+
+TEST(StaticPrune, MinCtasMustBindFitAndLeaveRegisters) {
+  KernelSpec spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+  Schedule s = defaultSchedule(OpKind::Decode);
+  EXPECT_EQ(staticPruneReason(spec, s), "");
+  s.minCtas = 3; // 4 warps: 170 registers, 3 x 64 KB shared memory fits in 228 KB
+  EXPECT_EQ(staticPruneReason(spec, s), "");
+  s.warps = 2;
+  EXPECT_THAT(staticPruneReason(spec, s), HasSubstr("does not bind"));
+  s.warps = 8;
+  EXPECT_THAT(staticPruneReason(spec, s), HasSubstr("fewer than 128"));
+  s.warps = 4;
+  s.stages = 2;
+  EXPECT_THAT(staticPruneReason(spec, s), HasSubstr("bytes of shared memory; an SM of sm_90a"));
+  s.minCtas = 0;
+  s.warps = 8;
+  s.stages = 3;
+  EXPECT_THAT(staticPruneReason(spec, s), HasSubstr("schedule: needs"));
+}
+
+TEST(SelectSchedule, GroupsStopEarlyAtTheRooflineAndRecordWhy) {
+  KernelSpec spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+  std::vector<Schedule> space = scheduleSearchSpace(OpKind::Decode);
+  SelectOptions options;
+  options.group = 4;
+  options.rooflineMs = 1.0;
+  options.earlyStop = 0.8; // 1 / 1.11 = 90% of the roofline: the first group already reaches it
+  int calls = 0;
+  size_t progressDone = 0;
+  options.progress = [&](size_t done, size_t total) { progressDone = done; };
+  TuneResult early = selectSchedule(
+      spec, space, [&](const std::vector<Schedule> &g) { return fakeGroup(g, &calls); }, options);
+  ASSERT_TRUE(early.found);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(progressDone, 4u);
+  EXPECT_THAT(early.stopped, HasSubstr("early stop: the best is at 90% of the roofline"));
+  int notMeasured = 0;
+  for (const Candidate &c : early.candidates)
+    notMeasured += c.rejected.rfind("not measured: early stop", 0) == 0;
+  EXPECT_GT(notMeasured, 0);
+  // Exhaustive: everything measured, the early choice kept for the regret.
+  options.exhaustive = true;
+  calls = 0;
+  TuneResult all = selectSchedule(
+      spec, space, [&](const std::vector<Schedule> &g) { return fakeGroup(g, &calls); }, options);
+  EXPECT_GT(calls, 1);
+  EXPECT_EQ(all.stopped, "");
+  EXPECT_TRUE(all.earlyFound);
+  EXPECT_EQ(all.earlyBest, early.best);
+  EXPECT_LE(all.bestMs, all.earlyMs);
+  for (const Candidate &c : all.candidates)
+    EXPECT_EQ(c.rejected.find("not measured"), std::string::npos) << c.rejected;
+}
+
+TEST(SelectSchedule, ABudgetStopsBetweenGroups) {
+  KernelSpec spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+  SelectOptions options;
+  options.group = 2;
+  int groups = 0;
+  options.outOfBudget = [&] { return groups >= 2; };
+  TuneResult result = selectSchedule(
+      spec, scheduleSearchSpace(OpKind::Decode),
+      [&](const std::vector<Schedule> &g) {
+        ++groups;
+        return fakeGroup(g);
+      },
+      options);
+  EXPECT_EQ(groups, 2);
+  EXPECT_TRUE(result.found);
+  EXPECT_EQ(result.stopped, "time budget spent");
+  int measured = 0;
+  for (const Candidate &c : result.candidates)
+    measured += c.rejected.empty();
+  EXPECT_EQ(measured, 4);
+}
+
+TEST(Regret, MedianAndP90OverResults) {
+  std::vector<TuneResult> results(10);
+  for (int i = 0; i < 10; ++i) {
+    results[i].found = results[i].earlyFound = true;
+    results[i].bestMs = 1.0;
+    results[i].earlyMs = 1.0 + 0.01 * i; // regrets 0%, 1%, ..., 9%
+  }
+  Regret regret = regretOf(results);
+  EXPECT_EQ(regret.samples, 10);
+  EXPECT_NEAR(regret.median, 0.05, 1e-12);
+  EXPECT_NEAR(regret.p90, 0.08, 1e-12);
+  EXPECT_EQ(regretOf({}).samples, 0);
+}
+
+TEST(TuneReport, RoundTripsAndResumesWhatIsMissing) {
+  KernelSpec q8 = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+  KernelSpec flush = *parseKernelSpec("flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a");
+  SelectOptions options;
+  options.rooflineMs = 0.5;
+  TuneResult result = selectSchedule(q8, scheduleSearchSpace(OpKind::Decode),
+                                     [](const std::vector<Schedule> &g) { return fakeGroup(g); },
+                                     options);
+  const std::string json = resultsToJson({result}, "sm90-132sm-60mb-l2-3201mhz");
+  Expected<std::vector<TuneResult>> back = resultsFromJson(json);
+  ASSERT_TRUE(back) << back.error().str();
+  ASSERT_EQ(back->size(), 1u);
+  const TuneResult &r = (*back)[0];
+  EXPECT_EQ(r.spec, q8);
+  EXPECT_EQ(r.best, result.best);
+  EXPECT_DOUBLE_EQ(r.bestMs, result.bestMs);
+  EXPECT_DOUBLE_EQ(r.rooflineMs, 0.5);
+  ASSERT_EQ(r.candidates.size(), result.candidates.size());
+  for (size_t i = 0; i < r.candidates.size(); ++i) {
+    EXPECT_EQ(r.candidates[i].schedule, result.candidates[i].schedule);
+    EXPECT_EQ(r.candidates[i].rejected, result.candidates[i].rejected);
+    EXPECT_DOUBLE_EQ(r.candidates[i].timing.p90Ms, result.candidates[i].timing.p90Ms);
+  }
+  // Resume: only the spec not in the report is tuned again.
+  std::vector<KernelSpec> todo = specsToTune({q8, flush}, *back);
+  ASSERT_EQ(todo.size(), 1u);
+  EXPECT_EQ(todo[0], flush);
+  EXPECT_THAT(resultsFromJson("{}").error().message, HasSubstr("no 'results' array"));
+  EXPECT_THAT(resultsFromJson(R"({"results": [{"spec": "decode:x"}]})").error().message,
+              HasSubstr("tuning report"));
+  // Configs entries carry the selected schedule and its fraction of the roofline.
+  nlohmann::json entries = nlohmann::json::parse(configEntriesJson({result}));
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(entries[0]["schedule"], result.best.str());
+  EXPECT_NEAR(entries[0]["fraction_of_roofline"].get<double>(), 0.5 / result.bestMs, 1e-12);
+}
+
+TEST(BenchReport, JsonAndASelfContainedSvgChart) {
+  BenchReport report;
+  report.gpu = "Test GPU <1>";
+  report.spec = "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a";
+  report.schedule = "warps=4";
+  report.bandwidthGBs = 4000;
+  for (int batch : {1, 32})
+    for (int context : {4096, 32768, 131072})
+      report.rows.push_back({batch, context, 4, 0.1, 1000.0 * batch / 32 + 500, 0.2, 3000});
+  nlohmann::json json = nlohmann::json::parse(benchReportJson(report));
+  ASSERT_EQ(json["rows"].size(), 6u);
+  EXPECT_DOUBLE_EQ(json["rows"][0]["speedup"].get<double>(), 2.0);
+  EXPECT_DOUBLE_EQ(json["rows"][0]["fp16_fraction_of_bandwidth"].get<double>(), 0.75);
+  const std::string html = benchReportHtml(report);
+  EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
+  EXPECT_THAT(html, HasSubstr("<svg"));
+  EXPECT_THAT(html, HasSubstr("Test GPU &lt;1&gt;"));
+  EXPECT_THAT(html, HasSubstr("roofline 4000 GB/s"));
+  EXPECT_THAT(html, ::testing::Not(HasSubstr("<script"))) << "self-contained, no scripts";
+  auto count = [&](const std::string &what) {
+    size_t n = 0;
+    for (size_t at = html.find(what); at != std::string::npos; at = html.find(what, at + 1))
+      ++n;
+    return n;
+  };
+  EXPECT_EQ(count("class=\"kvarn\""), 2u) << "one KVarN line per batch";
+  EXPECT_EQ(count("class=\"fp16\""), 2u) << "one fp16 line per batch";
+  EXPECT_EQ(count("<tr><td>"), 6u);
+}
+
+TEST(MultiDevice, IdenticalChoicesAgreeAndDisagreementsResolveByWorstCase) {
+  KernelSpec spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+  const std::vector<Schedule> space = scheduleSearchSpace(OpKind::Decode);
+  auto device = [&](int ordinal, double jitterWarps2, double jitterWarps4) {
+    TuneResult r = selectSchedule(spec, space, [&](const std::vector<Schedule> &g) {
+      std::vector<Expected<Timing>> out = fakeGroup(g);
+      for (size_t i = 0; i < g.size(); ++i) {
+        if (g[i].warps == 2)
+          out[i]->medianMs += jitterWarps2;
+        if (g[i].warps == 4)
+          out[i]->medianMs += jitterWarps4;
+        out[i]->medianMs -= 0.1 * g[i].warps; // make the warps tie apart from the jitter
+      }
+      return out;
+    }, SelectOptions{});
+    return DeviceResults{ordinal, "sm90-132sm-60mb-l2-3201mhz", {r}};
+  };
+  // Two GPUs with the same numbers agree.
+  std::vector<MergedChoice> same = mergeDeviceResults({device(0, 0.0, 0.05), device(1, 0.0, 0.05)});
+  ASSERT_EQ(same.size(), 1u);
+  EXPECT_FALSE(same[0].disagreed);
+  EXPECT_THAT(same[0].explanation, HasSubstr("2 GPU(s) agree"));
+  // GPU 0 prefers warps=2 by a hair, GPU 1 prefers warps=4 by a lot: warps=4 loses little on
+  // GPU 0 and wins on GPU 1 -> the merge picks the smaller worst-case slowdown, in any order.
+  DeviceResults a = device(0, -0.02, 0.0), b = device(1, 0.3, -0.01);
+  std::vector<MergedChoice> merged = mergeDeviceResults({a, b});
+  std::vector<MergedChoice> reversed = mergeDeviceResults({b, a});
+  ASSERT_EQ(merged.size(), 1u);
+  EXPECT_TRUE(merged[0].disagreed);
+  EXPECT_NE(a.results[0].best, b.results[0].best);
+  EXPECT_EQ(merged[0].result.best, b.results[0].best);
+  EXPECT_EQ(reversed[0].result.best, merged[0].result.best) << "order-independent";
+  EXPECT_THAT(merged[0].explanation, HasSubstr("GPUs disagree (GPU 0: "));
+  EXPECT_THAT(merged[0].explanation, HasSubstr("worst-case slowdown"));
+  // Different silicon is never merged.
+  DeviceResults other = device(2, 0.3, -0.01);
+  other.environment = "sm90-114sm-50mb-l2-2619mhz";
+  EXPECT_EQ(mergeDeviceResults({a, other}).size(), 2u);
+}
+
+TEST(MultiDevice, WorkersGetTheRunsOptions) {
+  TuneOptions o;
+  o.presets = {"kvarn_k4v2_g128"};
+  o.queryHeadsPerKvHead = {4, 8};
+  o.exhaustive = true;
+  o.budgetSeconds = 60;
+  std::vector<std::string> args = workerArguments(o, 3, "/tmp/r.json", "/tmp/c");
+  auto after = [&](const std::string &flag) {
+    auto it = std::find(args.begin(), args.end(), flag);
+    return it == args.end() || it + 1 == args.end() ? std::string("<missing>") : *(it + 1);
+  };
+  EXPECT_EQ(args[0], "tune");
+  EXPECT_EQ(after("--device"), "3");
+  EXPECT_EQ(after("--report"), "/tmp/r.json");
+  EXPECT_EQ(after("--configs"), "/tmp/c");
+  EXPECT_EQ(after("--preset"), "kvarn_k4v2_g128");
+  EXPECT_EQ(after("--q"), "4");
+  EXPECT_NE(std::find(args.begin(), args.end(), "--exhaustive"), args.end());
+  EXPECT_EQ(std::stod(after("--budget")), 60.0);
 }
 
 TEST(EnvironmentKey, NamesTheSiliconNotTheProduct) {

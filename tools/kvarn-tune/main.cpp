@@ -1,5 +1,6 @@
 // kvarn-tune: the per-GPU command-line tool (tune, bench, compile, bundles, inspect).
 #include "kvarn/Autotune/Bench.h"
+#include "kvarn/Autotune/MultiDevice.h"
 #include "kvarn/Autotune/Tuner.h"
 #include "kvarn/Compiler/Bundle.h"
 #include "kvarn/Compiler/Pipeline.h"
@@ -20,6 +21,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 #include <vector>
 
 namespace {
@@ -283,6 +285,100 @@ int runBundleCommand(const std::string &action, const std::string &path, const s
   return 0;
 }
 
+/// "all" (every GPU of this host) or a comma-separated list of ordinals.
+Expected<std::vector<int>> parseDevices(const std::string &text) {
+  std::vector<int> devices;
+  if (text == "all") {
+    Expected<const Driver *> driver = Driver::get();
+    if (!driver)
+      return driver.error();
+    int count = 0;
+    if (Status s = KVARN_CU((*driver)->cuDeviceGetCount(&count)); !s)
+      return s.error();
+    for (int d = 0; d < count; ++d)
+      devices.push_back(d);
+    return devices;
+  }
+  std::stringstream list(text);
+  std::string item;
+  while (std::getline(list, item, ',')) {
+    char *end = nullptr;
+    const long value = std::strtol(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || value < 0 || value > 1024 ||
+        std::find(devices.begin(), devices.end(), int(value)) != devices.end())
+      return makeError(ErrorCode::InvalidArgument,
+                       "--devices '" + text + "': expected 'all' or distinct GPU ordinals like 0,1");
+    devices.push_back(int(value));
+  }
+  if (devices.empty())
+    return makeError(ErrorCode::InvalidArgument, "--devices '" + text + "' names no GPU");
+  return devices;
+}
+
+/// This program's path (for worker processes).
+std::string selfExecutable(const char *argv0) {
+  std::error_code ec;
+  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(argv0) : self.string();
+}
+
+/// `kvarn-tune info`.
+int runInfo(int device, const std::string &configsDirectory) {
+  std::printf("kvarn %s, NVRTC %s\n", KVARN_VERSION, nvrtcVersion().c_str());
+  Expected<DeviceInfo> info = openDevice(device);
+  TuningEnvironment here;
+  here.nvrtcVersion = nvrtcVersion();
+  here.kvarnVersion = KVARN_VERSION;
+  if (info) {
+    here.arch = info->arch();
+    here.smCount = info->smCount;
+    here.l2Bytes = info->l2Bytes;
+    here.memoryClockKhz = info->memoryClockKhz;
+    here.driverVersion = info->driverVersion;
+    std::printf("GPU %d: %s, %s, %d SMs, %d MB L2, memory clock %d MHz, %d-bit bus, "
+                "%d KB shared memory per block (opt-in), driver %d\n  silicon key: %s\n",
+                device, info->name.c_str(), info->arch().c_str(), info->smCount,
+                info->l2Bytes >> 20, info->memoryClockKhz / 1000, info->memoryBusBits,
+                info->maxSharedPerBlockOptin >> 10, info->driverVersion,
+                autotune::environmentKey(info->computeMajor, info->computeMinor, info->smCount,
+                                         info->l2Bytes, info->memoryClockKhz)
+                    .c_str());
+  } else {
+    here.arch = "sm_90a";
+    std::printf("GPU %d: none (%s); the lookup below assumes an sm_90a GPU\n", device,
+                info.error().message.c_str());
+  }
+  ArtifactCache cache(ArtifactCache::Options{});
+  size_t entries = 0, bytes = 0;
+  std::error_code ec;
+  if (cache.diskEnabled())
+    for (const auto &item : std::filesystem::directory_iterator(cache.directory(), ec))
+      if (item.is_regular_file() && item.path().extension() == ".kvarn") {
+        ++entries;
+        bytes += item.file_size();
+      }
+  std::printf("artifact cache: %s, %zu entries, %.1f MB%s\n",
+              cache.diskEnabled() ? cache.directory().c_str() : "memory only", entries,
+              double(bytes) / 1e6, cache.warnings().empty() ? "" : " (with warnings)");
+  for (const std::string &warning : cache.warnings())
+    std::printf("  warning: %s\n", warning.c_str());
+  std::vector<std::string> warnings;
+  std::vector<ConfigFile> configs = loadConfigDirectory(configsDirectory, &warnings);
+  std::printf("tuned configs in %s: %zu file(s)\n", configsDirectory.c_str(), configs.size());
+  for (const ConfigFile &file : configs)
+    std::printf("  %s: %s, %d SMs, %zu entries\n", file.origin.c_str(),
+                file.environment.arch.c_str(), file.environment.smCount, file.entries.size());
+  for (const std::string &warning : warnings)
+    std::printf("  warning: %s\n", warning.c_str());
+  std::printf("schedules the runtime would use here (kvarn_prepare with no schedule):\n");
+  for (const KernelSpec &spec : defaultKernelSet(here.arch)) {
+    const ScheduleChoice choice = chooseSchedule(configs, spec, here);
+    std::printf("  %-44s %-8s %s\n", spec.str().c_str(), choice.rule.c_str(),
+                choice.schedule.str().c_str());
+  }
+  return 0;
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -330,6 +426,11 @@ int main(int argc, char **argv) {
       ->capture_default_str();
   benchCommand->add_option("--schedule", bench.schedule, "decode schedule knobs");
   benchCommand->add_option("--only", benchOnly, "subset: decode, flush, append, lookup");
+  benchCommand->add_option("--configs", bench.configsDirectory,
+                           "tuned configs that choose the schedules when --schedule is not given")
+      ->capture_default_str();
+  benchCommand->add_option("--report", bench.reportPrefix,
+                           "write the decode table to <prefix>.json and a chart to <prefix>.html");
 
   std::vector<std::string> timedSpecs = {"decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a",
                                          "decode:kvarn_k4v4_g64:d64:q4:bf16:sm_90a",
@@ -344,10 +445,17 @@ int main(int argc, char **argv) {
   compileTime->add_option("--repeats", repeats, "timed compiles per spec")->capture_default_str();
 
   autotune::TuneOptions tune;
+  std::string devicesText;
   CLI::App *tuneCommand = app.add_subcommand(
-      "tune", "Tune decode (per GQA ratio) and flush of the presets on a GPU: every candidate of "
-              "the schedule search space is pruned by its resources, checked against the CPU "
-              "reference, then timed (median, cold L2); writes configs/<gpu>.json");
+      "tune", "Tune decode (per GQA ratio) and flush of the presets on a GPU. Every candidate of "
+              "the schedule search space is pruned by a static model (shared memory, registers, "
+              "occupancy), compiled in parallel, checked against the CPU reference (a short "
+              "mixed batch and a 128K-token request for decode), then timed interleaved with "
+              "the others of its group (median and spread of event-timed launches, cold L2). "
+              "Stops a spec early once the best reaches --early-stop of the roofline (the "
+              "measured read bandwidth). Writes configs/<gpu>.json and a JSON report, rewritten "
+              "after every spec so --resume continues an interrupted run. With no options: the "
+              "default presets at head_dim 128, GQA ratios 1, 2, 4, 8, on GPU 0.");
   tuneCommand->add_option("--device", tune.device, "GPU ordinal")->capture_default_str();
   tuneCommand->add_option("--preset", tune.presets, "presets")->capture_default_str();
   tuneCommand->add_option("--head-dim", tune.headDim, "head_dim")->capture_default_str();
@@ -359,6 +467,29 @@ int main(int argc, char **argv) {
       ->capture_default_str();
   tuneCommand->add_option("--configs", tune.configsDirectory, "where to write the configs")
       ->capture_default_str();
+  tuneCommand->add_option("--iterations", tune.iterations, "timed launches per candidate (>= 10)")
+      ->capture_default_str();
+  tuneCommand->add_option("--budget", tune.budgetSeconds,
+                          "seconds for the whole run (0: none); specs left are listed, --resume "
+                          "continues")
+      ->capture_default_str();
+  tuneCommand->add_option("--early-stop", tune.earlyStop,
+                          "stop a spec once its best reaches this fraction of the roofline (0: off)")
+      ->capture_default_str();
+  tuneCommand->add_flag("--exhaustive", tune.exhaustive,
+                        "measure every candidate and report the regret early stop would have had");
+  tuneCommand->add_flag("--graph", tune.graphTiming, "also time CUDA-graph replay of each candidate");
+  tuneCommand->add_flag("--resume", tune.resume,
+                        "skip the specs already in the report (an interrupted run)");
+  tuneCommand->add_option("--report", tune.reportPath,
+                          "JSON report (default: <configs>/<gpu>.tune.json)");
+  tuneCommand->add_option("--compile-threads", tune.compileThreads,
+                          "parallel candidate compiles (0: every hardware thread)")
+      ->capture_default_str();
+  tuneCommand->add_option("--devices", devicesText,
+                          "tune on several GPUs, one worker process each: 'all' or '0,1,...'; "
+                          "the results are merged so GPUs of the same silicon get the same "
+                          "schedules");
 
   std::string bundleAction = "inspect", bundlePath, bundleArch = "sm_90a", bundleConfigs;
   CLI::App *bundleCommand = app.add_subcommand(
@@ -370,6 +501,13 @@ int main(int argc, char **argv) {
   bundleCommand->add_option("file", bundlePath, "bundle file")->required();
   bundleCommand->add_option("--arch", bundleArch, "export: target arch")->capture_default_str();
   bundleCommand->add_option("--configs", bundleConfigs, "export: tuned configs JSON to include");
+
+  CLI::App *infoCommand = app.add_subcommand(
+      "info", "Show the GPU, driver, NVRTC, the artifact cache, the tuned configs and what the "
+              "config lookup picks for the default kernel set");
+  std::string infoConfigs = "configs";
+  infoCommand->add_option("--configs", infoConfigs, "tuned configs directory")->capture_default_str();
+  infoCommand->add_option("--device", tune.device, "GPU ordinal")->capture_default_str();
 
   std::string cacheAction = "ls";
   CLI::App *cacheCommand = app.add_subcommand(
@@ -383,6 +521,19 @@ int main(int argc, char **argv) {
   if (app.got_subcommand(bundleCommand))
     return runBundleCommand(bundleAction, bundlePath, bundleArch, bundleConfigs);
   if (app.got_subcommand(tuneCommand)) {
+    if (!devicesText.empty()) {
+      Expected<std::vector<int>> devices = parseDevices(devicesText);
+      if (!devices) {
+        std::fprintf(stderr, "kvarn-tune tune: %s\n", devices.error().message.c_str());
+        return 1;
+      }
+      Status status = autotune::runTuneOnDevices(tune, *devices, selfExecutable(argv[0]));
+      if (!status) {
+        std::fprintf(stderr, "kvarn-tune tune: %s\n", status.error().message.c_str());
+        return 1;
+      }
+      return 0;
+    }
     if (Status status = autotune::runTune(tune); !status) {
       std::fprintf(stderr, "kvarn-tune tune: %s\n", status.error().message.c_str());
       return 1;
@@ -391,6 +542,8 @@ int main(int argc, char **argv) {
   }
   if (app.got_subcommand(cacheCommand))
     return runCacheCommand(cacheAction);
+  if (app.got_subcommand(infoCommand))
+    return runInfo(tune.device, infoConfigs);
   if (app.got_subcommand(compileTime))
     return runCompileTime(timedSpecs, repeats);
   if (app.got_subcommand(benchCommand)) {

@@ -19,7 +19,8 @@ namespace kvarn {
   X(cuMemsetD32) X(cuMemcpyHtoDAsync) X(cuEventCreate) X(cuEventRecord) X(cuEventSynchronize)    \
   X(cuEventElapsedTime) X(cuEventDestroy) X(cuStreamCreate) X(cuStreamSynchronize)               \
   X(cuStreamDestroy) X(cuStreamBeginCapture) X(cuStreamEndCapture) X(cuGraphInstantiate)         \
-  X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy) X(cuGetErrorName) X(cuGetErrorString)
+  X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy) X(cuGetErrorName) X(cuGetErrorString) \
+  X(cuDevicePrimaryCtxReset)
 
 /// Function table of the loaded driver.
 struct Driver {

@@ -18,9 +18,29 @@ struct BenchOptions {
   std::vector<int> batches = {1, 4, 16, 32, 64};
   std::vector<int> contexts = {4096, 16384, 32768, 131072};
   int iterations = 20;
-  std::string schedule;        ///< decode schedule (default: the schedule defaults)
+  std::string schedule;        ///< decode schedule knobs ("": the tuned configs' choice)
+  std::string configsDirectory = "configs"; ///< tuned configs for the schedule choice
+  std::string reportPrefix;    ///< write <prefix>.json and <prefix>.html ("" = none)
   bool decode = true, flush = true, append = true, lookup = true;
 };
+
+/// One decode measurement: KVarN and fp16 paged decode over the same block table.
+struct BenchRow {
+  int batch = 0, context = 0, splits = 0;
+  double kvarnMs = 0, kvarnGBs = 0, fp16Ms = 0, fp16GBs = 0;
+};
+
+struct BenchReport {
+  std::string gpu, spec, schedule;
+  double bandwidthGBs = 0; ///< measured read bandwidth (the roofline)
+  std::vector<BenchRow> rows;
+};
+
+/// The report as JSON, and as a self-contained HTML page with an SVG chart of the achieved
+/// bandwidth (fraction of the measured roofline) by context length, one line per batch, KVarN
+/// solid and fp16 dashed.
+std::string benchReportJson(const BenchReport &report);
+std::string benchReportHtml(const BenchReport &report);
 
 /// Runs the benchmarks and prints their tables; an error when no GPU is present.
 Status runBench(const BenchOptions &options);

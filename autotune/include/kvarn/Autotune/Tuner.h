@@ -1,7 +1,10 @@
-// The autotuner: candidates from the schedule search space, static pruning, a correctness check
-// against the CPU reference before any timing, median timing, selection, tuned configs.
+// The autotuner: candidates from the schedule search space, static pruning, parallel compiles, a
+// correctness check against the CPU reference before any timing, interleaved event timing with
+// spread (and optional CUDA-graph replay), early stop against the roofline, a time budget,
+// resumable runs, crash recovery, tuned configs and reports.
 #pragma once
 
+#include "kvarn/Autotune/Timing.h"
 #include "kvarn/cache.h"
 #include "kvarn/launch.h"
 #include "kvarn/spec.h"
@@ -17,12 +20,13 @@ namespace kvarn::autotune {
 Expected<KernelModule> compileAndLoad(const KernelSpec &spec, const Schedule &schedule,
                                       ArtifactCache &cache);
 
-/// One schedule tried for a spec; `rejected` says why it was not selected (pruned, failed to
-/// compile, spilled, wrong results); `ms` is its median time when measured.
+/// One schedule tried for a spec; `rejected` says why it was not measured or not eligible
+/// (pruned, failed to compile, wrong results, crashed, early stop, budget).
 struct Candidate {
   Schedule schedule;
   std::string rejected;
-  double ms = 0;
+  Timing timing;
+  double ms = 0; ///< timing.medianMs when measured
 };
 
 struct TuneResult {
@@ -30,39 +34,86 @@ struct TuneResult {
   bool found = false;
   Schedule best;
   double bestMs = 0;
+  double rooflineMs = 0; ///< bytes / measured bandwidth (0 when unknown)
+  std::string stopped;   ///< why measuring stopped before the end of the space ("" if it did not)
+  /// The choice early stop made (or, with `exhaustive`, would have made): for regret.
+  bool earlyFound = false;
+  Schedule earlyBest;
+  double earlyMs = 0;
   std::vector<Candidate> candidates;
 };
-
-/// Measures one schedule: an error rejects the candidate with that message.
-using Measure = std::function<Expected<double>(const Schedule &)>;
 
 /// Why a candidate is not worth measuring ("" if it is): illegal (validateSchedule), or a
 /// `min_ctas` bound that does not bind, leaves fewer than 128 registers, or cannot fit that many
 /// CTAs' shared memory on one SM.
 std::string staticPruneReason(const KernelSpec &spec, const Schedule &schedule);
 
-/// Prunes the search space with staticPruneReason, measures the rest, picks the fastest (ties:
-/// fewer warps). Pure logic, testable with a fake measure.
+/// Measures one schedule: an error rejects the candidate with that message.
+using Measure = std::function<Expected<double>(const Schedule &)>;
+/// Measures a group of schedules together (interleaved): one result per schedule.
+using MeasureGroup = std::function<std::vector<Expected<Timing>>(const std::vector<Schedule> &)>;
+
+struct SelectOptions {
+  double rooflineMs = 0;  ///< the spec's time at the measured bandwidth (0: no early stop)
+  double earlyStop = 0;   ///< stop once roofline / best >= this fraction (0: never)
+  bool exhaustive = false;///< measure everything; record what early stop would have picked
+  int group = 8;          ///< candidates measured together
+  std::function<bool()> outOfBudget;                      ///< checked before each group
+  std::function<void(size_t done, size_t total)> progress; ///< after each group
+};
+
+/// Prunes with staticPruneReason, measures the rest group by group, picks the fastest median
+/// (ties: fewer warps). Pure logic, testable with fake measures.
+TuneResult selectSchedule(const KernelSpec &spec, const std::vector<Schedule> &space,
+                          const MeasureGroup &measure, const SelectOptions &options);
+/// The same with a one-at-a-time measure and no early stop.
 TuneResult selectSchedule(const KernelSpec &spec, const std::vector<Schedule> &space,
                           const Measure &measure);
+
+/// Regret of the early-stopped choices against exhaustive search: (early - best) / best per
+/// result that has both; median and 90th percentile.
+struct Regret {
+  int samples = 0;
+  double median = 0, p90 = 0;
+};
+Regret regretOf(const std::vector<TuneResult> &results);
 
 struct TuneOptions {
   int device = 0;
   std::vector<std::string> presets = {"kvarn_k4v2_g128", "kvarn_k4v4_g128"};
   int headDim = 128;
-  std::vector<int> queryHeadsPerKvHead = {1, 4, 8};
+  std::vector<int> queryHeadsPerKvHead = {1, 2, 4, 8};
   int numKvHeads = 8;
-  int batch = 16;           ///< decode bucket the configs are tuned at
+  int batch = 16; ///< decode bucket the configs are tuned at
   int context = 16384;
   int iterations = 10;
   std::string configsDirectory = "configs";
+  double budgetSeconds = 0; ///< 0: no budget
+  double earlyStop = 0.9;   ///< fraction of the roofline; 0: off
+  bool exhaustive = false;  ///< measure everything, report the regret of early stop
+  bool graphTiming = false; ///< also time CUDA-graph replay of the selected schedules
+  bool resume = false;      ///< reuse the specs already in the report file
+  std::string reportPath;   ///< JSON report; "" = <configs>/<gpu key>.tune.json
+  int compileThreads = 0;   ///< 0: the machine's hardware threads
 };
 
-/// Tunes decode and flush of the presets on a GPU and writes `<configs>/<gpu key>.json`.
+/// Tunes decode and flush of the presets on a GPU and writes `<configs>/<gpu key>.json` and the
+/// JSON report (updated after every spec, so an interrupted run can be resumed).
 Status runTune(const TuneOptions &options);
 
-/// The tuning-key environment of a GPU ("sm90a-132sm-60mb-l2-3201mhz"), for config file names.
+/// The tuning-key environment of a GPU ("sm90-132sm-60mb-l2-3201mhz"), for config file names.
 std::string environmentKey(int computeMajor, int computeMinor, int smCount, int l2Bytes,
                            int memoryClockKhz);
+
+/// The `entries` array of a configs file for the results that found a schedule (JSON text).
+std::string configEntriesJson(const std::vector<TuneResult> &results);
+
+/// The specs of `plan` that `done` does not cover yet (what a resumed run still tunes).
+std::vector<KernelSpec> specsToTune(const std::vector<KernelSpec> &plan,
+                                    const std::vector<TuneResult> &done);
+
+/// JSON of results (the report and resume format) and back.
+std::string resultsToJson(const std::vector<TuneResult> &results, const std::string &environment);
+Expected<std::vector<TuneResult>> resultsFromJson(const std::string &json);
 
 } // namespace kvarn::autotune
