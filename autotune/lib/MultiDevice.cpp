@@ -149,6 +149,8 @@ std::vector<std::string> workerArguments(const TuneOptions &o, int device,
     args.push_back("--exhaustive");
   if (o.graphTiming)
     args.push_back("--graph");
+  if (!o.flush)
+    args.push_back("--no-flush");
   return args;
 }
 

@@ -363,7 +363,7 @@ Expected<DecodeCheck> makeDecodeCheck(const KernelSpec &spec, std::string name,
 /// Runs `module` on a check case with the host planner's splits (NaN-poisoned output) and
 /// compares with the float64 reference: relative Frobenius error <= 1e-3.
 Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const Schedule &schedule,
-                      const DecodeCheck &check, const DeviceInfo &info) {
+                      const DecodeCheck &check, const DeviceInfo &info, bool poison = false) {
   const synthetic::PagedCache &cache = check.cache;
   const int batch = int(cache.seqLens.size()), d = spec.format.headDim;
   const int maxLen = *std::max_element(cache.seqLens.begin(), cache.seqLens.end());
@@ -388,6 +388,8 @@ Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const 
                            dWork->as<float>() + rows * plan.numSplits * d, batch,
                            cache.numKvHeads, cache.maxBlocks, plan.numSplits,
                            1.0f / std::sqrt(float(d))};
+  if (poison)
+    params.cache = reinterpret_cast<const unsigned char *>(uintptr_t(16)); // an illegal address
   if (Status s = launchDecode(module, params, spec.queryHeadsPerKvHead, plan, nullptr); !s)
     return s;
   if (Status s = KVARN_CU(driver().cuCtxSynchronize()); !s)
@@ -435,8 +437,9 @@ public:
           return check.error();
         checks_.push_back(std::move(*check));
       }
+    const bool poison = !o_.injectCrash.empty() && schedule.str() == o_.injectCrash;
     for (const DecodeCheck &check : checks_)
-      if (Status s = runDecodeCheck(module, spec_, schedule, check, info_); !s)
+      if (Status s = runDecodeCheck(module, spec_, schedule, check, info_, poison); !s)
         return s;
     return Status::success();
   }
@@ -851,7 +854,8 @@ Status runTune(const TuneOptions &o) {
     flush.op = OpKind::Flush;
     flush.format = *format;
     flush.arch = info->arch();
-    plan.push_back(flush);
+    if (o.flush)
+      plan.push_back(flush);
   }
   Expected<double> bandwidth = measureReadBandwidth(*info);
   if (!bandwidth)

@@ -2,11 +2,18 @@
 // Every test skips with a clear message where no GPU (or no driver) exists.
 #include "../common/PagedCache.h"
 #include "../unit/Golden.h"
+#include "kvarn/Autotune/Tuner.h"
 #include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/launch.h"
 #include "kvarn/reference.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include <cmath>
 #include <cstring>
@@ -528,3 +535,53 @@ TEST(GpuDequantize, ReconstructsExactlyLikeTheReference) {
 }
 
 } // namespace
+
+//===----------------------------------------------------------------------===//
+// Tuner crash recovery (a child kvarn-tune process: a context reset must not touch this one)
+//===----------------------------------------------------------------------===//
+
+TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
+  KVARN_REQUIRE_GPU();
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const std::filesystem::path tune = self.parent_path() / "kvarn-tune";
+  if (ec || !std::filesystem::exists(tune))
+    GTEST_SKIP() << "kvarn-tune is not next to this test binary";
+  const std::string dir = ::testing::TempDir() + "/kvarn-crash-test";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string crash =
+      "warps=1,stages=2,splits=0,heads_per_cta=0,mma=m16n8k16,rows_per_cta=4,min_ctas=0";
+  const std::string command = tune.string() + " tune --preset kvarn_k4v2_g128 --q 1 --no-flush " +
+                              "--early-stop 0 --budget 1 --inject-crash " + crash + " --configs " +
+                              dir + " --report " + dir + "/report.json > " + dir + "/log 2>&1";
+  const int status = std::system(command.c_str());
+  std::ifstream logFile(dir + "/log");
+  std::stringstream log;
+  log << logFile.rdbuf();
+  ASSERT_EQ(status, 0) << log.str();
+  std::ifstream reportFile(dir + "/report.json");
+  std::stringstream text;
+  text << reportFile.rdbuf();
+  Expected<std::vector<autotune::TuneResult>> report = autotune::resultsFromJson(text.str());
+  ASSERT_TRUE(report) << report.error().str();
+  ASSERT_EQ(report->size(), 1u);
+  const autotune::TuneResult &r = (*report)[0];
+  EXPECT_TRUE(r.found) << log.str();
+  bool crashed = false;
+  int measuredAfter = 0;
+  for (const autotune::Candidate &c : r.candidates) {
+    if (c.schedule.str() == crash) {
+      crashed = true;
+      EXPECT_THAT(c.rejected, ::testing::HasSubstr("crashed the GPU context"));
+      EXPECT_THAT(c.rejected, ::testing::HasSubstr("context reset"));
+    } else if (crashed && c.rejected.empty()) {
+      ++measuredAfter;
+    }
+  }
+  EXPECT_TRUE(crashed) << "the injected candidate was not tried:\n" << log.str();
+  EXPECT_GT(measuredAfter, 0) << "no candidate was measured after the crash:\n" << log.str();
+  std::printf("[ tuner    ] crashed candidate recorded, %d candidates measured after it\n",
+              measuredAfter);
+  std::filesystem::remove_all(dir);
+}

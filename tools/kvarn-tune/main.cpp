@@ -486,6 +486,10 @@ int main(int argc, char **argv) {
   tuneCommand->add_option("--compile-threads", tune.compileThreads,
                           "parallel candidate compiles (0: every hardware thread)")
       ->capture_default_str();
+  tuneCommand->add_flag("!--no-flush", tune.flush, "tune decode only");
+  tuneCommand->add_option("--inject-crash", tune.injectCrash,
+                          "test hook: the decode candidate with this full schedule text crashes "
+                          "the GPU context in its check (exercises recovery)");
   tuneCommand->add_option("--devices", devicesText,
                           "tune on several GPUs, one worker process each: 'all' or '0,1,...'; "
                           "the results are merged so GPUs of the same silicon get the same "

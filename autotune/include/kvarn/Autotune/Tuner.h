@@ -95,6 +95,10 @@ struct TuneOptions {
   bool resume = false;      ///< reuse the specs already in the report file
   std::string reportPath;   ///< JSON report; "" = <configs>/<gpu key>.tune.json
   int compileThreads = 0;   ///< 0: the machine's hardware threads
+  bool flush = true;        ///< tune flush too
+  /// Test hook: the decode candidate with this schedule text gets an invalid cache pointer in its
+  /// check (an illegal address that breaks the context), to exercise crash recovery.
+  std::string injectCrash;
 };
 
 /// Tunes decode and flush of the presets on a GPU and writes `<configs>/<gpu key>.json` and the
