@@ -132,9 +132,11 @@ std::vector<std::string> workerArguments(const TuneOptions &o, int device,
                                    std::to_string(o.headDim), "--batch", std::to_string(o.batch),
                                    "--context", std::to_string(o.context), "--iterations",
                                    std::to_string(o.iterations), "--configs", configsDirectory,
-                                   "--report", reportPath, "--early-stop",
+                                   "--early-stop",
                                    std::to_string(o.earlyStop), "--budget",
                                    std::to_string(o.budgetSeconds)};
+  if (!reportPath.empty())
+    args.insert(args.end(), {"--report", reportPath});
   args.push_back("--preset");
   for (const std::string &preset : o.presets)
     args.push_back(preset);

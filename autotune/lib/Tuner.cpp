@@ -3,6 +3,7 @@
 
 #include "kvarn/Autotune/Timing.h"
 
+#include "kvarn/Autotune/MultiDevice.h"
 #include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/launch.h"
 #include "kvarn/reference.h"
@@ -22,7 +23,12 @@
 #include <random>
 #include <sstream>
 #include <thread>
+#include <map>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+extern char **environ;
 
 namespace kvarn::autotune {
 
@@ -623,16 +629,42 @@ private:
 /// True when the current context has taken a sticky error (an illegal address, a trap).
 bool contextBroken() { return driver().cuCtxSynchronize() != CUDA_SUCCESS; }
 
-/// Resets the device's primary context after a sticky error and makes a fresh one current.
-Status recoverContext(int device) {
-  CUdevice handle = 0;
-  if (Status s = KVARN_CU(driver().cuDeviceGet(&handle, device)); !s)
-    return s;
-  if (Status s = KVARN_CU(driver().cuDevicePrimaryCtxReset(handle)); !s)
-    return s;
-  Expected<DeviceInfo> reopened = openDevice(device);
-  return reopened ? Status::success() : Status(reopened.error());
-}
+/// Crash bookkeeping of an isolated worker (TuneOptions::crashLog): candidates that broke the
+/// GPU context in an earlier attempt ("spec\tschedule\tmessage" lines) and the candidate in
+/// flight (<crash log>.inflight), which the supervisor blames when a worker dies.
+class CrashLog {
+public:
+  explicit CrashLog(std::string path) : path_(std::move(path)) {
+    std::ifstream in(path_);
+    std::string line;
+    while (std::getline(in, line)) {
+      const size_t a = line.find('\t'), b = line.find('\t', a + 1);
+      if (a != std::string::npos && b != std::string::npos)
+        crashed_[line.substr(0, a) + "|" + line.substr(a + 1, b - a - 1)] = line.substr(b + 1);
+    }
+  }
+  bool enabled() const { return !path_.empty(); }
+  /// The message of an earlier crash of this candidate, or "".
+  std::string earlier(const KernelSpec &spec, const Schedule &schedule) const {
+    auto found = crashed_.find(spec.str() + "|" + schedule.str());
+    return found == crashed_.end() ? "" : found->second;
+  }
+  void inFlight(const KernelSpec &spec, const Schedule &schedule) const {
+    if (enabled())
+      std::ofstream(path_ + ".inflight", std::ios::trunc) << spec.str() << "\t" << schedule.str();
+  }
+  void record(const KernelSpec &spec, const Schedule &schedule, const std::string &message) const {
+    std::ofstream(path_, std::ios::app) << spec.str() << "\t" << schedule.str() << "\t" << message
+                                        << "\n";
+  }
+
+private:
+  std::string path_;
+  std::map<std::string, std::string> crashed_;
+};
+
+/// The exit status of a worker that lost its GPU context (the supervisor restarts it).
+constexpr int kContextLostExit = 75;
 
 /// Compiles the candidates that survive static pruning on `threads` threads, through the
 /// artifact cache (the later loads are cache hits).
@@ -654,17 +686,41 @@ void compileInParallel(const KernelSpec &spec, const std::vector<Schedule> &spac
     t.join();
 }
 
+/// A sticky error (illegal address, trap) leaves the process's GPU context unusable: a worker
+/// records the candidate(s) and exits for its supervisor to restart it; without isolation the
+/// run ends with the reason.
+[[noreturn]] void contextLost(const CrashLog &crashes, const KernelSpec &spec,
+                              const std::vector<Schedule> &blamed, const std::string &message) {
+  if (crashes.enabled()) {
+    for (const Schedule &s : blamed)
+      crashes.record(spec, s, message);
+    std::fprintf(stderr, "kvarn-tune: the GPU context is lost (%s); the supervisor restarts this "
+                         "worker without the candidate\n", message.c_str());
+    std::exit(kContextLostExit);
+  }
+  std::fprintf(stderr, "kvarn-tune: the GPU context is lost (%s) by %s; run without "
+                       "--no-isolation to continue past crashing candidates\n",
+               message.c_str(), blamed.empty() ? "?" : blamed.front().str().c_str());
+  std::exit(1);
+}
+
 /// Loads and checks a group, then times the checked candidates interleaved (same inputs, same
-/// GPU state). A candidate that breaks the context is recorded as crashed; the context is reset
-/// and the others of the group are reloaded.
+/// GPU state). A candidate that breaks the context ends this (worker) process: the supervisor
+/// records it as crashed and resumes without it.
 std::vector<Expected<Timing>> measureGroup(Workload &workload, const KernelSpec &spec,
                                            const std::vector<Schedule> &group,
                                            const TuneOptions &o, ArtifactCache &cache,
-                                           Progress &progress) {
+                                           Progress &progress, const CrashLog &crashes) {
   std::vector<Expected<Timing>> results;
   std::vector<std::optional<KernelModule>> modules(group.size());
   for (size_t i = 0; i < group.size(); ++i) {
     results.push_back(makeError(ErrorCode::Internal, "not measured"));
+    if (std::string earlier = crashes.earlier(spec, group[i]); !earlier.empty()) {
+      results[i] = makeError(ErrorCode::Internal, "crashed the GPU context (" + earlier +
+                                                      "); the worker was restarted without it");
+      continue;
+    }
+    crashes.inFlight(spec, group[i]);
     Expected<KernelModule> module = compileAndLoad(spec, group[i], cache);
     if (!module) {
       results[i] = module.error();
@@ -679,28 +735,8 @@ std::vector<Expected<Timing>> measureGroup(Workload &workload, const KernelSpec 
       continue;
     }
     results[i] = checked.error();
-    if (!contextBroken())
-      continue;
-    // Step 1b. A crashed candidate: reset, then reload the group's earlier survivors.
-    module = Expected<KernelModule>(makeError(ErrorCode::Internal, "dropped"));
-    for (std::optional<KernelModule> &m : modules)
-      m.reset();
-    workload.release();
-    Status recovered = recoverContext(o.device);
-    results[i] = makeError(ErrorCode::Internal, "crashed the GPU context (" +
-                                                    checked.error().message + "); " +
-                                                    (recovered ? "context reset" : "reset failed: " +
-                                                                     recovered.error().message));
-    if (!recovered)
-      return results;
-    for (size_t j = 0; j < i; ++j)
-      if (results[j].error().message == "not measured") {
-        Expected<KernelModule> again = compileAndLoad(spec, group[j], cache);
-        if (again)
-          modules[j] = std::move(*again);
-        else
-          results[j] = again.error();
-      }
+    if (contextBroken())
+      contextLost(crashes, spec, {group[i]}, checked.error().message);
   }
   // Step 2. Interleaved timing of the survivors.
   std::vector<size_t> alive;
@@ -724,14 +760,10 @@ std::vector<Expected<Timing>> measureGroup(Workload &workload, const KernelSpec 
     });
   Expected<std::vector<Timing>> timings = timeInterleavedStats(runs, o.iterations);
   if (!timings) {
-    const bool broken = contextBroken();
+    if (contextBroken()) // which of the interleaved kernels did it is unknown: blame the group
+      contextLost(crashes, spec, aliveSchedules, "during timing: " + timings.error().message);
     for (size_t i : alive)
       results[i] = makeError(ErrorCode::Internal, "failed during timing: " + timings.error().message);
-    if (broken) {
-      modules.clear();
-      workload.release();
-      (void)recoverContext(o.device);
-    }
     return results;
   }
   for (size_t k = 0; k < alive.size(); ++k) {
@@ -864,6 +896,7 @@ Status runTune(const TuneOptions &o) {
                 "), measured read bandwidth " + std::to_string(int(*bandwidth)) + " GB/s; " +
                 std::to_string(plan.size()) + " specs");
   ArtifactCache cache(ArtifactCache::Options{});
+  const CrashLog crashes(o.crashLog);
   const int threads =
       o.compileThreads > 0 ? o.compileThreads : int(std::max(1u, std::thread::hardware_concurrency()));
   // Step 3. Tune each spec; the report is rewritten after each so a run can be resumed.
@@ -902,7 +935,8 @@ Status runTune(const TuneOptions &o) {
     TuneResult result = selectSchedule(
         spec, space,
         [&](const std::vector<Schedule> &group) {
-          std::vector<Expected<Timing>> timings = measureGroup(*workload, spec, group, o, cache, progress);
+          std::vector<Expected<Timing>> timings =
+              measureGroup(*workload, spec, group, o, cache, progress, crashes);
           for (const Expected<Timing> &t : timings)
             if (t && (bestSoFar == 0 || t->medianMs < bestSoFar))
               bestSoFar = t->medianMs;
@@ -946,6 +980,74 @@ Status runTune(const TuneOptions &o) {
     progress.line("time budget spent; not tuned:" + list + " (run again with --resume)");
   }
   return Status::success();
+}
+
+Status runTuneIsolated(const TuneOptions &o, const std::string &executable) {
+  // Validate here too, so argument errors do not surface as failed workers.
+  if (o.iterations < 10)
+    return makeError(ErrorCode::InvalidArgument, "--iterations must be at least 10");
+  if (o.budgetSeconds < 0)
+    return makeError(ErrorCode::InvalidArgument, "--budget must not be negative");
+  if (o.earlyStop < 0 || o.earlyStop > 1)
+    return makeError(ErrorCode::InvalidArgument, "--early-stop is a fraction of the roofline in [0, 1]");
+  if (Expected<const Driver *> driver = Driver::get(); !driver)
+    return driver.error(); // no GPU: say so here rather than through a failed worker
+  std::filesystem::create_directories(o.configsDirectory);
+  const std::string crashLog =
+      o.configsDirectory + "/.tune-crashes-gpu" + std::to_string(o.device) + ".tsv";
+  std::filesystem::remove(crashLog);
+  std::filesystem::remove(crashLog + ".inflight");
+  const auto started = std::chrono::steady_clock::now();
+  bool resume = o.resume;
+  for (int attempt = 1; attempt <= 32; ++attempt) {
+    TuneOptions worker = o;
+    worker.resume = resume;
+    if (o.budgetSeconds > 0) {
+      const double spent =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      worker.budgetSeconds = std::max(0.001, o.budgetSeconds - spent);
+    }
+    std::vector<std::string> args =
+        workerArguments(worker, o.device, o.reportPath, o.configsDirectory);
+    args.insert(args.begin(), executable);
+    args.insert(args.end(), {"--worker", "--crash-log", crashLog});
+    if (worker.resume)
+      args.push_back("--resume");
+    if (!o.injectCrash.empty())
+      args.insert(args.end(), {"--inject-crash", o.injectCrash});
+    std::vector<char *> argv;
+    for (std::string &a : args)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = 0;
+    if (posix_spawn(&pid, executable.c_str(), nullptr, nullptr, argv.data(), environ) != 0)
+      return makeError(ErrorCode::Internal, "cannot start the tuning worker " + executable);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      return Status::success();
+    std::string inFlight;
+    {
+      std::ifstream in(crashLog + ".inflight");
+      std::getline(in, inFlight);
+    }
+    if (WIFSIGNALED(status) && !inFlight.empty()) {
+      // Killed (not by its own crash handling): blame the candidate in flight.
+      std::ofstream(crashLog, std::ios::app)
+          << inFlight << "\tthe worker was killed by signal " << WTERMSIG(status) << "\n";
+    } else if (!WIFEXITED(status) || WEXITSTATUS(status) != kContextLostExit) {
+      return makeError(ErrorCode::Internal,
+                       "the tuning worker failed (" +
+                           (WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
+                                                : "exit " + std::to_string(WEXITSTATUS(status))) +
+                           ")");
+    }
+    std::printf("kvarn-tune: restarting the tuning worker (attempt %d) without the candidate that "
+                "crashed: %s\n", attempt + 1, inFlight.c_str());
+    std::fflush(stdout);
+    resume = true; // the specs finished before the crash are in the report
+  }
+  return makeError(ErrorCode::Internal, "the tuning worker crashed 32 times; giving up");
 }
 
 } // namespace kvarn::autotune

@@ -487,6 +487,13 @@ int main(int argc, char **argv) {
                           "parallel candidate compiles (0: every hardware thread)")
       ->capture_default_str();
   tuneCommand->add_flag("!--no-flush", tune.flush, "tune decode only");
+  bool noIsolation = false, worker = false;
+  tuneCommand->add_flag("--no-isolation", noIsolation,
+                        "tune in this process (a candidate that crashes the GPU context then "
+                        "ends the run; by default a worker process is restarted without it)");
+  tuneCommand->add_flag("--worker", worker, "internal: run as the isolated worker")->group("");
+  tuneCommand->add_option("--crash-log", tune.crashLog, "internal: the worker's crash log")
+      ->group("");
   tuneCommand->add_option("--inject-crash", tune.injectCrash,
                           "test hook: the decode candidate with this full schedule text crashes "
                           "the GPU context in its check (exercises recovery)");
@@ -538,7 +545,10 @@ int main(int argc, char **argv) {
       }
       return 0;
     }
-    if (Status status = autotune::runTune(tune); !status) {
+    Status status = worker || noIsolation
+                        ? autotune::runTune(tune)
+                        : autotune::runTuneIsolated(tune, selfExecutable(argv[0]));
+    if (!status) {
       std::fprintf(stderr, "kvarn-tune tune: %s\n", status.error().message.c_str());
       return 1;
     }
@@ -586,7 +596,8 @@ int main(int argc, char **argv) {
                 device.error().message.c_str());
     return rc;
   }
-  if (Status status = autotune::runTune(autotune::TuneOptions{}); !status) {
+  if (Status status = autotune::runTuneIsolated(autotune::TuneOptions{}, selfExecutable(argv[0]));
+      !status) {
     std::fprintf(stderr, "kvarn-tune: %s\n", status.error().message.c_str());
     return 1;
   }

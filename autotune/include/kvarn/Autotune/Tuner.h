@@ -97,13 +97,23 @@ struct TuneOptions {
   int compileThreads = 0;   ///< 0: the machine's hardware threads
   bool flush = true;        ///< tune flush too
   /// Test hook: the decode candidate with this schedule text gets an invalid cache pointer in its
-  /// check (an illegal address that breaks the context), to exercise crash recovery.
+  /// check (an illegal address that breaks the context), to exercise crash isolation.
   std::string injectCrash;
+  /// Worker side of isolation: candidates that crashed earlier are read from here and skipped,
+  /// a new crash is written here before the worker exits ("" = not a worker).
+  std::string crashLog;
 };
 
 /// Tunes decode and flush of the presets on a GPU and writes `<configs>/<gpu key>.json` and the
-/// JSON report (updated after every spec, so an interrupted run can be resumed).
+/// JSON report (updated after every spec, so an interrupted run can be resumed). A candidate that
+/// breaks the GPU context ends the process (sticky errors cannot be recovered in-process): as a
+/// worker (options.crashLog set) after recording it, otherwise with the reason.
 Status runTune(const TuneOptions &options);
+
+/// Crash isolation: runs the tuning in a worker process (`executable tune --worker ...`); when a
+/// candidate breaks the worker's GPU context the worker records it and exits, and this
+/// supervisor restarts it with --resume, skipping that candidate. No GPU work happens here.
+Status runTuneIsolated(const TuneOptions &options, const std::string &executable);
 
 /// The tuning-key environment of a GPU ("sm90-132sm-60mb-l2-3201mhz"), for config file names.
 std::string environmentKey(int computeMajor, int computeMinor, int smCount, int l2Bytes,
