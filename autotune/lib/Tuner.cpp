@@ -1024,8 +1024,10 @@ Status runTuneIsolated(const TuneOptions &o, const std::string &executable) {
       return makeError(ErrorCode::Internal, "cannot start the tuning worker " + executable);
     int status = 0;
     waitpid(pid, &status, 0);
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+      std::filesystem::remove(crashLog + ".inflight"); // the crashes stay listed in the report
       return Status::success();
+    }
     std::string inFlight;
     {
       std::ifstream in(crashLog + ".inflight");

@@ -200,6 +200,55 @@ TEST_F(CacheTest, UncreatableDirectoryDegradesToMemoryWithOneWarning) {
   EXPECT_EQ(cache.warnings().size(), 1u) << "one warning, not one per call";
 }
 
+/// A read-only cache directory (chmod 0555; as root the check runs in a child that drops to
+/// nobody, since root writes anywhere): memory-only with one warning, the entries already there
+/// untouched.
+TEST_F(CacheTest, ReadOnlyDirectoryDegradesToMemoryWithOneWarningAndLeavesItAlone) {
+  const std::string readOnly = directory + "/ro";
+  const std::string existing = keyNamed(7), fresh = keyNamed(8);
+  {
+    ArtifactCache::Options o;
+    o.directory = readOnly;
+    ArtifactCache writer(o);
+    writer.store(existing, artifactFor(existing));
+  }
+  const size_t entriesBefore = countFiles(readOnly, ".kvarn");
+  ASSERT_EQ(entriesBefore, 1u);
+  fs::permissions(directory, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                 fs::perms::others_read | fs::perms::others_exec);
+  fs::permissions(readOnly, fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
+                                fs::perms::group_exec | fs::perms::others_read |
+                                fs::perms::others_exec);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
+      _exit(10);
+    ArtifactCache::Options o;
+    o.directory = readOnly;
+    ArtifactCache cache(o);
+    if (cache.diskEnabled())
+      _exit(11);
+    if (cache.warnings().size() != 1 ||
+        cache.warnings()[0].find("is not writable; caching in memory only") == std::string::npos)
+      _exit(12);
+    cache.store(fresh, artifactFor(fresh));
+    std::optional<Artifact> found = cache.lookup(fresh);
+    if (!found || !(*found == artifactFor(fresh)))
+      _exit(13);
+    if (cache.warnings().size() != 1)
+      _exit(14);
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  fs::permissions(readOnly, fs::perms::owner_all);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "10: cannot drop privileges, 11: disk enabled, 12: wrong "
+                                       "warnings, 13: memory entry lost, 14: repeated warnings";
+  EXPECT_EQ(countFiles(readOnly, ".kvarn"), entriesBefore) << "nothing written to a read-only dir";
+}
+
 TEST_F(CacheTest, MissingDirectoryIsCreated) {
   ArtifactCache::Options o;
   o.directory = directory + "/a/b/c";
