@@ -1,5 +1,6 @@
-// The C API without a GPU: clear statuses and thread-local error messages.
+// The C API and its C++ wrapper without a GPU: clear statuses and thread-local error messages.
 #include "kvarn/kvarn.h"
+#include "kvarn/kvarn.hpp"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -36,6 +37,24 @@ TEST(CApi, NullArgumentsAreRejectedAndErrorsAreThreadLocal) {
   EXPECT_THAT(kvarn_last_error(), ::testing::HasSubstr("runtime is NULL")) << "unchanged by the other thread";
   EXPECT_EQ(kvarn_launch_decode(nullptr, nullptr, 1, nullptr), KVARN_ERROR_INVALID_ARGUMENT);
   EXPECT_STRNE(kvarn_version(), "");
+}
+
+} // namespace
+
+namespace {
+
+TEST(CppWrapper, FailuresThrowTheStatusAndTheMessage) {
+  try {
+    kvarn::api::Runtime runtime;
+    GTEST_SKIP() << "a GPU is present; the no-GPU path is not reachable here";
+  } catch (const kvarn::api::Error &error) {
+    EXPECT_EQ(error.status(), KVARN_ERROR_NO_DEVICE);
+    EXPECT_THAT(error.what(), ::testing::HasSubstr("KVARN_ERROR_NO_DEVICE: "));
+    EXPECT_THAT(error.what(), ::testing::HasSubstr("driver"));
+  }
+  EXPECT_NO_THROW(kvarn::api::check(KVARN_OK));
+  EXPECT_THROW(kvarn::api::check(kvarn_runtime_create(nullptr, nullptr)), kvarn::api::Error);
+  EXPECT_EQ(kvarn::api::version(), std::string(kvarn_version()));
 }
 
 } // namespace
