@@ -79,6 +79,25 @@ std::string percent(double fraction) {
 
 } // namespace
 
+double predictedCost(const KernelSpec &spec, const Schedule &schedule) {
+  if (spec.op != OpKind::Decode && spec.op != OpKind::Extend)
+    return 1.0;
+  // Occupancy: CTAs per SM bounded by shared memory, by registers (255 per thread unless
+  // min_ctas sets a budget) and by 64 warps per SM.
+  constexpr double registerFile = 65536, maxWarps = 64;
+  const double threads = 32.0 * schedule.warps;
+  const double bySharedMemory =
+      std::floor(double(sharedMemoryPerSm(spec.arch)) / double(sharedMemoryBytes(spec, schedule) + 1024));
+  const double byRegisters =
+      schedule.minCtas > 0 ? double(schedule.minCtas) : std::floor(registerFile / (255.0 * threads));
+  const double ctas = std::max(1.0, std::min({bySharedMemory, byRegisters, maxWarps / schedule.warps}));
+  const double activeWarps = ctas * schedule.warps;
+  // Tensor-core work per page relative to one fp16 term per operand.
+  const MmaVariant *mma = findMma(schedule.mma);
+  const double terms = mma ? 0.5 * (mma->queryTerms + mma->weightTerms) : 2.0;
+  return terms / std::min(activeWarps, 16.0);
+}
+
 TuneResult selectSchedule(const KernelSpec &spec, const std::vector<Schedule> &space,
                           const MeasureGroup &measure, const SelectOptions &o) {
   TuneResult result;
@@ -94,6 +113,11 @@ TuneResult selectSchedule(const KernelSpec &spec, const std::vector<Schedule> &s
       pending.push_back(result.candidates.size());
     result.candidates.push_back(candidate);
   }
+  // Measure the most promising first (early stop then has the likely winners in hand).
+  std::stable_sort(pending.begin(), pending.end(), [&](size_t a, size_t b) {
+    return predictedCost(spec, result.candidates[a].schedule) <
+           predictedCost(spec, result.candidates[b].schedule);
+  });
   // Step 2. Groups, until the end, the budget or (without `exhaustive`) an early stop.
   const size_t group = size_t(std::max(1, o.group));
   bool early = false;
@@ -170,6 +194,47 @@ TuneResult selectSchedule(const KernelSpec &spec, const std::vector<Schedule> &s
         return out;
       },
       options);
+}
+
+Expected<Regret> replayRegret(const std::string &reportJson, double earlyStop,
+                              std::vector<std::string> *lines) {
+  Expected<std::vector<TuneResult>> recorded = resultsFromJson(reportJson);
+  if (!recorded)
+    return recorded.error();
+  std::vector<TuneResult> replayed;
+  for (const TuneResult &r : *recorded) {
+    std::vector<Schedule> space;
+    for (const Candidate &c : r.candidates)
+      space.push_back(c.schedule);
+    SelectOptions options;
+    options.rooflineMs = r.rooflineMs;
+    options.earlyStop = earlyStop;
+    options.exhaustive = true;
+    TuneResult again = selectSchedule(
+        r.spec, space,
+        [&](const std::vector<Schedule> &group) {
+          std::vector<Expected<Timing>> out;
+          for (const Schedule &s : group) {
+            auto c = std::find_if(r.candidates.begin(), r.candidates.end(),
+                                  [&](const Candidate &k) { return k.schedule == s; });
+            if (c->rejected.empty())
+              out.push_back(c->timing);
+            else
+              out.push_back(makeError(ErrorCode::Internal, c->rejected));
+          }
+          return out;
+        },
+        options);
+    if (lines && again.found) {
+      char text[256];
+      std::snprintf(text, sizeof(text), "%s: early %.4f ms, best %.4f ms, regret %.2f%%",
+                    r.spec.str().c_str(), again.earlyMs, again.bestMs,
+                    100 * (again.earlyMs - again.bestMs) / again.bestMs);
+      lines->push_back(text);
+    }
+    replayed.push_back(std::move(again));
+  }
+  return regretOf(replayed);
 }
 
 std::string configEntriesJson(const std::vector<TuneResult> &results) {

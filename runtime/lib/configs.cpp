@@ -86,6 +86,16 @@ bool sameKernelFamily(const KernelSpec &a, const KernelSpec &b) {
   return a.op == b.op && a.arch == b.arch && a.format == b.format;
 }
 
+/// Driver, NVRTC and kvarn version differences (those recorded on both sides).
+int softwareDifferences(const TuningEnvironment &tuned, const TuningEnvironment &here) {
+  return (tuned.driverVersion != 0 && here.driverVersion != 0 &&
+          tuned.driverVersion != here.driverVersion) +
+         (!tuned.nvrtcVersion.empty() && !here.nvrtcVersion.empty() &&
+          tuned.nvrtcVersion != here.nvrtcVersion) +
+         (!tuned.kvarnVersion.empty() && !here.kvarnVersion.empty() &&
+          tuned.kvarnVersion != here.kvarnVersion);
+}
+
 bool sameSilicon(const TuningEnvironment &a, const TuningEnvironment &b) {
   return a.arch == b.arch && a.smCount == b.smCount && a.l2Bytes == b.l2Bytes &&
          a.memoryClockKhz == b.memoryClockKhz;
@@ -118,7 +128,7 @@ ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const Kern
                               const TuningEnvironment &here) {
   const ConfigFile *bestFile = nullptr;
   const TunedEntry *best = nullptr;
-  std::tuple<double, int, double> bestRank{0, 0, 0};
+  std::tuple<double, int, double, int> bestRank{0, 0, 0, 0};
   int illegal = 0;
   for (const ConfigFile &file : configs)
     for (const TunedEntry &entry : file.entries) {
@@ -130,8 +140,9 @@ ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const Kern
       }
       const double qDistance = std::fabs(std::log2(double(entry.spec.queryHeadsPerKvHead)) -
                                          std::log2(double(spec.queryHeadsPerKvHead)));
-      std::tuple<double, int, double> rank{qDistance, entry.spec.dtype == spec.dtype ? 0 : 1,
-                                           siliconDistance(file.environment, here)};
+      std::tuple<double, int, double, int> rank{qDistance, entry.spec.dtype == spec.dtype ? 0 : 1,
+                                                siliconDistance(file.environment, here),
+                                                softwareDifferences(file.environment, here)};
       if (!best || rank < bestRank) {
         best = &entry;
         bestFile = &file;
@@ -150,7 +161,8 @@ ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const Kern
     return choice;
   }
   choice.schedule = best->schedule;
-  const bool exact = best->spec == spec && sameSilicon(bestFile->environment, here);
+  const bool exact = best->spec == spec && sameSilicon(bestFile->environment, here) &&
+                     softwareDifferences(bestFile->environment, here) == 0;
   choice.rule = exact ? "tuned" : "nearest";
   choice.explanation = choice.rule + ": " + best->spec.str() + " of " + bestFile->origin;
   if (!exact) {

@@ -64,6 +64,17 @@ TEST(Configs, ExactEntryOnTheSameSiliconIsTuned) {
   EXPECT_THAT(choice.explanation, ::testing::Not(HasSubstr("driver")));
 }
 
+TEST(Configs, AnotherDriverOrNvrtcOnTheSameSiliconIsNearestAndSaysSo) {
+  std::vector<ConfigFile> configs = {parsed(kH200)};
+  TuningEnvironment newerDriver = h200();
+  newerDriver.driverVersion = 13010;
+  ScheduleChoice choice = chooseSchedule(
+      configs, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a"), newerDriver);
+  EXPECT_EQ(choice.rule, "nearest");
+  EXPECT_EQ(choice.schedule.minCtas, 3) << "the same entry, only the rule changes";
+  EXPECT_THAT(choice.explanation, HasSubstr("tuned under driver 13000 (here 13010)"));
+}
+
 TEST(Configs, NearestEntrySaysWhatDiffers) {
   std::vector<ConfigFile> configs = {parsed(kH200)};
   // GQA ratio 6 is tuned nowhere: q8 is nearer than q1 (log2 distance).

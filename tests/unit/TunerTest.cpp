@@ -116,7 +116,7 @@ TEST(SelectSchedule, GroupsStopEarlyAtTheRooflineAndRecordWhy) {
   SelectOptions options;
   options.group = 4;
   options.rooflineMs = 1.0;
-  options.earlyStop = 0.8; // 1 / 1.11 = 90% of the roofline: the first group already reaches it
+  options.earlyStop = 0.8; // the first group (most promising by the static model) reaches it
   int calls = 0;
   size_t progressDone = 0;
   options.progress = [&](size_t done, size_t total) { progressDone = done; };
@@ -125,7 +125,8 @@ TEST(SelectSchedule, GroupsStopEarlyAtTheRooflineAndRecordWhy) {
   ASSERT_TRUE(early.found);
   EXPECT_EQ(calls, 1);
   EXPECT_EQ(progressDone, 4u);
-  EXPECT_THAT(early.stopped, HasSubstr("early stop: the best is at 90% of the roofline"));
+  EXPECT_THAT(early.stopped, HasSubstr("early stop: the best is at "));
+  EXPECT_THAT(early.stopped, HasSubstr("% of the roofline (target 80%)"));
   int notMeasured = 0;
   for (const Candidate &c : early.candidates)
     notMeasured += c.rejected.rfind("not measured: early stop", 0) == 0;
@@ -306,6 +307,41 @@ TEST(MultiDevice, WorkersGetTheRunsOptions) {
   EXPECT_EQ(after("--q"), "4");
   EXPECT_NE(std::find(args.begin(), args.end(), "--exhaustive"), args.end());
   EXPECT_EQ(std::stod(after("--budget")), 60.0);
+}
+
+TEST(StaticModel, OrdersByTensorCoreWorkOverOccupancy) {
+  KernelSpec spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+  Schedule twoCtas = defaultSchedule(OpKind::Decode), threeCtas = twoCtas, twoStages = twoCtas,
+           singleP = twoCtas;
+  threeCtas.minCtas = 3;     // 12 warps per SM instead of 8
+  twoStages.stages = 2;      // 124 KB of shared memory: 1 CTA, 4 warps
+  singleP.mma = "m16n8k16.single-p";
+  EXPECT_LT(predictedCost(spec, threeCtas), predictedCost(spec, twoCtas));
+  EXPECT_LT(predictedCost(spec, twoCtas), predictedCost(spec, twoStages));
+  EXPECT_LT(predictedCost(spec, singleP), predictedCost(spec, twoCtas));
+}
+
+TEST(Replay, RecordedMediansGiveTheSameChoicesAsTheRun) {
+  KernelSpec spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+  SelectOptions options;
+  options.rooflineMs = 1.0;
+  options.exhaustive = true;
+  options.earlyStop = 0.85;
+  TuneResult live = selectSchedule(spec, scheduleSearchSpace(OpKind::Decode),
+                                   [](const std::vector<Schedule> &g) { return fakeGroup(g); },
+                                   options);
+  const std::string report = resultsToJson({live}, "key");
+  std::vector<std::string> lines;
+  Expected<Regret> replayed = replayRegret(report, 0.85, &lines);
+  ASSERT_TRUE(replayed) << replayed.error().str();
+  EXPECT_EQ(replayed->samples, 1);
+  EXPECT_NEAR(replayed->median, (live.earlyMs - live.bestMs) / live.bestMs, 1e-12);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_THAT(lines[0], HasSubstr("regret"));
+  Expected<Regret> never = replayRegret(report, 0.0);
+  ASSERT_TRUE(never);
+  EXPECT_EQ(never->median, 0.0) << "without early stop the choice is the exhaustive best";
+  EXPECT_FALSE(replayRegret("{}", 0.5));
 }
 
 TEST(EnvironmentKey, NamesTheSiliconNotTheProduct) {

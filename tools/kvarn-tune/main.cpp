@@ -488,6 +488,10 @@ int main(int argc, char **argv) {
       ->capture_default_str();
   tuneCommand->add_flag("!--no-flush", tune.flush, "tune decode only");
   bool noIsolation = false, worker = false;
+  std::string replayPath;
+  tuneCommand->add_option("--replay", replayPath,
+                          "no GPU: replay a tuning report's recorded medians with --early-stop and "
+                          "print the regret against the report's exhaustive best");
   tuneCommand->add_flag("--no-isolation", noIsolation,
                         "tune in this process (a candidate that crashes the GPU context then "
                         "ends the run; by default a worker process is restarted without it)");
@@ -532,6 +536,24 @@ int main(int argc, char **argv) {
   if (app.got_subcommand(bundleCommand))
     return runBundleCommand(bundleAction, bundlePath, bundleArch, bundleConfigs);
   if (app.got_subcommand(tuneCommand)) {
+    if (!replayPath.empty()) {
+      std::ifstream in(replayPath);
+      std::stringstream text;
+      text << in.rdbuf();
+      std::vector<std::string> lines;
+      Expected<autotune::Regret> regret = autotune::replayRegret(text.str(), tune.earlyStop, &lines);
+      if (!in || !regret) {
+        std::fprintf(stderr, "kvarn-tune tune --replay: %s\n",
+                     in ? regret.error().message.c_str() : ("cannot read " + replayPath).c_str());
+        return 1;
+      }
+      for (const std::string &line : lines)
+        std::printf("%s\n", line.c_str());
+      std::printf("regret of early stop at %.0f%% of the roofline over %d specs: median %.2f%%, "
+                  "P90 %.2f%%\n",
+                  100 * tune.earlyStop, regret->samples, 100 * regret->median, 100 * regret->p90);
+      return 0;
+    }
     if (!devicesText.empty()) {
       Expected<std::vector<int>> devices = parseDevices(devicesText);
       if (!devices) {

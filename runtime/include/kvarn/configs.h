@@ -6,10 +6,11 @@
 // and one entry per kernel spec: the selected schedule and its median time.
 //
 // chooseSchedule(): among the entries of the same op, format (preset, head_dim, layout) and arch,
-//  1. "tuned": the same silicon (SM count, L2, memory clock) and the same spec (GQA ratio, dtype);
-//     a different driver, NVRTC or kvarn version is named in the explanation;
+//  1. "tuned": the same silicon (SM count, L2, memory clock), the same driver, NVRTC and kvarn
+//     version (where recorded) and the same spec (GQA ratio, dtype);
 //  2. "nearest": otherwise the entry closest in GQA ratio (log2 distance), then dtype, then
-//     silicon (relative SM count, L2 and clock differences);
+//     silicon (relative SM count, L2 and clock differences), then software differences; the
+//     explanation names what differs;
 //  3. "default": the op's default schedule when no entry matches or none is legal here.
 // Every candidate is validated for the spec on this arch first; the explanation says which rule
 // was used and why.

@@ -48,6 +48,25 @@ struct TuneResult {
 /// CTAs' shared memory on one SM.
 std::string staticPruneReason(const KernelSpec &spec, const Schedule &schedule);
 
+/// Regret of the early-stopped choices against exhaustive search: (early - best) / best per
+/// result that has both; median and 90th percentile.
+struct Regret {
+  int samples = 0;
+  double median = 0, p90 = 0;
+};
+Regret regretOf(const std::vector<TuneResult> &results);
+
+/// The static model's relative cost of a candidate (lower is more promising): tensor-core work
+/// per page (fp16 terms per operand) over the active warps per SM that shared memory, registers
+/// (255 per thread unless min_ctas) and the warp limit allow, capped at 16. Candidates are
+/// measured in this order.
+double predictedCost(const KernelSpec &spec, const Schedule &schedule);
+
+/// Replays a tuning report (recorded medians) through selectSchedule with `earlyStop`, in this
+/// build's measurement order: what early stop would have picked, against the report's best.
+Expected<Regret> replayRegret(const std::string &reportJson, double earlyStop,
+                              std::vector<std::string> *lines = nullptr);
+
 /// Measures one schedule: an error rejects the candidate with that message.
 using Measure = std::function<Expected<double>(const Schedule &)>;
 /// Measures a group of schedules together (interleaved): one result per schedule.
@@ -70,13 +89,7 @@ TuneResult selectSchedule(const KernelSpec &spec, const std::vector<Schedule> &s
 TuneResult selectSchedule(const KernelSpec &spec, const std::vector<Schedule> &space,
                           const Measure &measure);
 
-/// Regret of the early-stopped choices against exhaustive search: (early - best) / best per
-/// result that has both; median and 90th percentile.
-struct Regret {
-  int samples = 0;
-  double median = 0, p90 = 0;
-};
-Regret regretOf(const std::vector<TuneResult> &results);
+
 
 struct TuneOptions {
   int device = 0;
