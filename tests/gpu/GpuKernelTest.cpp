@@ -585,3 +585,57 @@ TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
               measuredAfter);
   std::filesystem::remove_all(dir);
 }
+
+//===----------------------------------------------------------------------===//
+// Several GPUs: tune on every GPU, merge, and every GPU's process loads the same schedules
+//===----------------------------------------------------------------------===//
+
+/// Runs a shell command, returns its exit status and fills `output` with stdout + stderr.
+int runCommand(const std::string &command, const std::string &logPath, std::string &output) {
+  const int status = std::system((command + " > " + logPath + " 2>&1").c_str());
+  std::ifstream in(logPath);
+  std::stringstream text;
+  text << in.rdbuf();
+  output = text.str();
+  return status;
+}
+
+TEST(GpuMultiDevice, MergedConfigsAreLoadedIdenticallyByAProcessPerGpu) {
+  KVARN_REQUIRE_GPU();
+  int count = 0;
+  ASSERT_TRUE(KVARN_CU((*Driver::get())->cuDeviceGetCount(&count)));
+  if (count < 2)
+    GTEST_SKIP() << "needs two GPUs of one host, this machine has " << count;
+  std::error_code ec;
+  const std::filesystem::path tune =
+      std::filesystem::read_symlink("/proc/self/exe", ec).parent_path() / "kvarn-tune";
+  if (ec || !std::filesystem::exists(tune))
+    GTEST_SKIP() << "kvarn-tune is not next to this test binary";
+  const std::string dir = ::testing::TempDir() + "/kvarn-devices-test";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::string log;
+  ASSERT_EQ(runCommand(tune.string() + " tune --devices all --preset kvarn_k4v2_g128 --q 8 " +
+                           "--no-flush --configs " + dir,
+                       dir + "/tune.log", log),
+            0)
+      << log;
+  EXPECT_THAT(log, ::testing::HasSubstr("merged from " + std::to_string(count) + " GPU(s)"));
+  // One process per GPU asks the runtime's lookup what it would load.
+  std::vector<std::string> choices;
+  for (int device = 0; device < count; ++device) {
+    std::string info;
+    ASSERT_EQ(runCommand(tune.string() + " info --device " + std::to_string(device) +
+                             " --configs " + dir,
+                         dir + "/info" + std::to_string(device) + ".log", info),
+              0)
+        << info;
+    const size_t at = info.find("schedules the runtime would use here");
+    ASSERT_NE(at, std::string::npos) << info;
+    choices.push_back(info.substr(at));
+    EXPECT_THAT(choices.back(), ::testing::HasSubstr("decode:kvarn_k4v2_g128:d128:q8:f16"));
+  }
+  for (int device = 1; device < count; ++device)
+    EXPECT_EQ(choices[device], choices[0]) << "GPU " << device << " would load other kernels";
+  std::filesystem::remove_all(dir);
+}
