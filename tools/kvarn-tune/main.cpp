@@ -611,11 +611,13 @@ int main(int argc, char **argv) {
   Expected<DeviceInfo> device = openDevice(0);
   rc |= runCompileDefaultSet(device ? device->arch() : std::string("sm_90a"));
   if (!device) {
-    std::printf("\nNo GPU here (%s).\nOn a GPU, this command also tunes decode (Q = 1, 4, 8) "
+    std::printf("\nNo GPU here (%s).\nOn a GPU, this command also tunes decode (Q = 1, 2, 4, 8) "
                 "and flush of kvarn_k4v2_g128 and kvarn_k4v4_g128 at head_dim 128 (kvarn-tune "
-                "tune, configs/<gpu>.json) and benchmarks decode (D=128, Hq=64, Hk=8) against fp16 "
-                "paged decode, flush and append (kvarn-tune bench).\n",
-                device.error().message.c_str());
+                "tune: %zu decode schedules per spec before pruning, checked against the CPU "
+                "reference, timed; configs/<gpu>.json) and benchmarks decode (D=128, Hq=64, "
+                "Hk=8) with the tuned schedules against fp16 paged decode, flush, append and the "
+                "kernel lookup (kvarn-tune bench).\n",
+                device.error().message.c_str(), scheduleSearchSpace(OpKind::Decode).size());
     return rc;
   }
   if (Status status = autotune::runTuneIsolated(autotune::TuneOptions{}, selfExecutable(argv[0]));
