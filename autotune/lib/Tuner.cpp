@@ -993,7 +993,9 @@ Status runTune(const TuneOptions &o) {
     select.outOfBudget = outOfBudget;
     double bestSoFar = 0;
     select.progress = [&](size_t done, size_t total) {
-      progress.status(prefix + spec.str() + ": " + std::to_string(done) + "/" +
+      const size_t width = 20, filled = total ? done * width / total : width;
+      progress.status(prefix + "[" + std::string(filled, '#') + std::string(width - filled, '.') +
+                      "] " + spec.str() + ": " + std::to_string(done) + "/" +
                       std::to_string(total) + " candidates measured" +
                       (bestSoFar > 0 ? ", best " + std::to_string(bestSoFar).substr(0, 6) + " ms" : ""));
     };
