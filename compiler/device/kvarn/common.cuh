@@ -107,6 +107,18 @@ __device__ __forceinline__ uint32_t centeredCodes(uint32_t duplicated) {
   return hfma2(magic, packHalf2(unscale, unscale), packHalf2(offset, offset));
 }
 
+/// The four A registers of an m16n8k16 code tile from two duplicated code words (rows r and
+/// r + 8): the codes at bit `Shift` (0, or 4 for the high nibble of 2-bit codes) and the next
+/// `Bits` bits of each 16-bit half, centered.
+template <int Bits, int Shift>
+__device__ __forceinline__ void centeredFragment(uint32_t first, uint32_t second, uint32_t &a0,
+                                                 uint32_t &a1, uint32_t &a2, uint32_t &a3) {
+  a0 = centeredCodes<Bits, Shift>(first);
+  a1 = centeredCodes<Bits, Shift + Bits>(first);
+  a2 = centeredCodes<Bits, Shift>(second);
+  a3 = centeredCodes<Bits, Shift + Bits>(second);
+}
+
 /// D += A(16x16, fp16, row) * B(16x8, fp16, col), fp32 accumulate (tensor cores).
 __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {

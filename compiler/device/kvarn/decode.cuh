@@ -328,17 +328,10 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
       const uint32_t x23 = duplicateBytes(part32(words[2], byteIndex / 4),
                                           part32(words[3], byteIndex / 4), byteIndex % 4);
       uint32_t a0, a1, a2, a3;
-      if ((pt % PAIRS_PER_BYTE) == 0) {
-        a0 = centeredCodes<KBITS, 0>(x01);
-        a1 = centeredCodes<KBITS, KBITS>(x01);
-        a2 = centeredCodes<KBITS, 0>(x23);
-        a3 = centeredCodes<KBITS, KBITS>(x23);
-      } else { // 2-bit codes, second token pair of the byte
-        a0 = centeredCodes<KBITS, 4>(x01);
-        a1 = centeredCodes<KBITS, 4 + KBITS>(x01);
-        a2 = centeredCodes<KBITS, 4>(x23);
-        a3 = centeredCodes<KBITS, 4 + KBITS>(x23);
-      }
+      if ((pt % PAIRS_PER_BYTE) == 0)
+        centeredFragment<KBITS, 0>(x01, x23, a0, a1, a2, a3);
+      else // 2-bit codes, second token pair of the byte
+        centeredFragment<KBITS, 4>(x01, x23, a0, a1, a2, a3);
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n) {
         mma16816(c.scores[n][pt], a0, a1, a2, a3, b[n][kc][0], b[n][kc][1]);
@@ -511,17 +504,10 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
       const uint32_t x13 =
           duplicateBytes(part32(r1, byteIndex / 4), part32(r3, byteIndex / 4), byteIndex % 4);
       uint32_t a0, a1, a2, a3;
-      if (shiftEven == 0) {
-        a0 = centeredCodes<VBITS, 0>(x02);
-        a1 = centeredCodes<VBITS, VBITS>(x02);
-        a2 = centeredCodes<VBITS, 0>(x13);
-        a3 = centeredCodes<VBITS, VBITS>(x13);
-      } else { // 2-bit codes in the high nibble
-        a0 = centeredCodes<VBITS, 4>(x02);
-        a1 = centeredCodes<VBITS, 4 + VBITS>(x02);
-        a2 = centeredCodes<VBITS, 4>(x13);
-        a3 = centeredCodes<VBITS, 4 + VBITS>(x13);
-      }
+      if (shiftEven == 0)
+        centeredFragment<VBITS, 0>(x02, x13, a0, a1, a2, a3);
+      else // 2-bit codes in the high nibble
+        centeredFragment<VBITS, 4>(x02, x13, a0, a1, a2, a3);
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n) {
         mma16816(acc[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
