@@ -32,15 +32,8 @@ Expected<Schedule> chooseBenchSchedule(const KernelSpec &spec, const std::string
                                        const BenchOptions &o, const DeviceInfo &info) {
   if (!knobs.empty())
     return parseSchedule(knobs, spec.op);
-  TuningEnvironment here;
-  here.arch = info.arch();
-  here.smCount = info.smCount;
-  here.l2Bytes = info.l2Bytes;
-  here.memoryClockKhz = info.memoryClockKhz;
-  here.driverVersion = info.driverVersion;
-  here.nvrtcVersion = nvrtcVersion();
-  here.kvarnVersion = KVARN_VERSION;
-  ScheduleChoice choice = chooseSchedule(loadConfigDirectory(o.configsDirectory), spec, here);
+  ScheduleChoice choice =
+      chooseSchedule(loadConfigDirectory(o.configsDirectory), spec, environmentOf(info));
   std::printf("%s: schedule %s (%s)\n", spec.str().c_str(), choice.schedule.str().c_str(),
               choice.explanation.c_str());
   return choice.schedule;

@@ -11,12 +11,9 @@
 #include <fstream>
 #include <map>
 #include <optional>
-#include <spawn.h>
 #include <sstream>
 #include <sys/wait.h>
 #include <thread>
-
-extern char **environ;
 
 namespace kvarn::autotune {
 namespace {
@@ -160,6 +157,8 @@ Status runTuneOnDevices(const TuneOptions &o, const std::vector<int> &devices,
                         const std::string &executable) {
   if (devices.empty())
     return makeError(ErrorCode::InvalidArgument, "--devices names no GPU");
+  if (Status s = validateTuneOptions(o); !s)
+    return s;
   const std::string work = o.configsDirectory + "/.devices";
   std::filesystem::create_directories(work);
   // Step 1. One worker per GPU, compile threads shared between them.
@@ -173,15 +172,12 @@ Status runTuneOnDevices(const TuneOptions &o, const std::vector<int> &devices,
     std::vector<std::string> args = workerArguments(worker, device, report,
                                                     work + "/gpu" + std::to_string(device));
     args.insert(args.begin(), executable);
-    std::vector<char *> argv;
-    for (std::string &a : args)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid = 0;
-    if (posix_spawn(&pid, executable.c_str(), nullptr, nullptr, argv.data(), environ) != 0)
-      return makeError(ErrorCode::Internal, "cannot start the worker for GPU " + std::to_string(device));
-    std::printf("GPU %d: worker %d started\n", device, int(pid));
-    children.push_back({device, pid});
+    Expected<pid_t> pid = spawnProcess(std::move(args));
+    if (!pid)
+      return makeError(pid.error().code, pid.error().message + " (the worker for GPU " +
+                                             std::to_string(device) + ")");
+    std::printf("GPU %d: worker %d started\n", device, int(*pid));
+    children.push_back({device, *pid});
   }
   std::vector<DeviceResults> results;
   std::string failures;

@@ -893,13 +893,31 @@ Status writeAtomically(const std::string &path, const std::string &text) {
 
 } // namespace
 
-Status runTune(const TuneOptions &o) {
+Status validateTuneOptions(const TuneOptions &o) {
   if (o.iterations < 10)
     return makeError(ErrorCode::InvalidArgument, "--iterations must be at least 10");
   if (o.budgetSeconds < 0)
     return makeError(ErrorCode::InvalidArgument, "--budget must not be negative");
   if (o.earlyStop < 0 || o.earlyStop > 1)
     return makeError(ErrorCode::InvalidArgument, "--early-stop is a fraction of the roofline in [0, 1]");
+  return Status::success();
+}
+
+Expected<pid_t> spawnProcess(std::vector<std::string> args) {
+  std::vector<char *> argv;
+  for (std::string &a : args)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  if (args.empty() || posix_spawn(&pid, args[0].c_str(), nullptr, nullptr, argv.data(), environ) != 0)
+    return makeError(ErrorCode::Internal,
+                     "cannot start " + (args.empty() ? std::string("a process") : args[0]));
+  return pid;
+}
+
+Status runTune(const TuneOptions &o) {
+  if (Status s = validateTuneOptions(o); !s)
+    return s;
   Expected<DeviceInfo> info = openDevice(o.device);
   if (!info)
     return info.error();
@@ -1051,12 +1069,8 @@ Status runTune(const TuneOptions &o) {
 
 Status runTuneIsolated(const TuneOptions &o, const std::string &executable) {
   // Validate here too, so argument errors do not surface as failed workers.
-  if (o.iterations < 10)
-    return makeError(ErrorCode::InvalidArgument, "--iterations must be at least 10");
-  if (o.budgetSeconds < 0)
-    return makeError(ErrorCode::InvalidArgument, "--budget must not be negative");
-  if (o.earlyStop < 0 || o.earlyStop > 1)
-    return makeError(ErrorCode::InvalidArgument, "--early-stop is a fraction of the roofline in [0, 1]");
+  if (Status s = validateTuneOptions(o); !s)
+    return s;
   if (Expected<const Driver *> driver = Driver::get(); !driver)
     return driver.error(); // no GPU: say so here rather than through a failed worker
   std::filesystem::create_directories(o.configsDirectory);
@@ -1082,15 +1096,11 @@ Status runTuneIsolated(const TuneOptions &o, const std::string &executable) {
       args.push_back("--resume");
     if (!o.injectCrash.empty())
       args.insert(args.end(), {"--inject-crash", o.injectCrash});
-    std::vector<char *> argv;
-    for (std::string &a : args)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid = 0;
-    if (posix_spawn(&pid, executable.c_str(), nullptr, nullptr, argv.data(), environ) != 0)
-      return makeError(ErrorCode::Internal, "cannot start the tuning worker " + executable);
+    Expected<pid_t> pid = spawnProcess(std::move(args));
+    if (!pid)
+      return pid.error();
     int status = 0;
-    waitpid(pid, &status, 0);
+    waitpid(*pid, &status, 0);
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
       std::filesystem::remove(crashLog + ".inflight"); // the crashes stay listed in the report
       return Status::success();

@@ -100,6 +100,18 @@ std::string preparedKernelKey(const KernelSpec &spec, const Schedule &schedule) 
   return artifactKey(inputs);
 }
 
+TuningEnvironment environmentOf(const DeviceInfo &d) {
+  TuningEnvironment here;
+  here.arch = d.arch();
+  here.smCount = d.smCount;
+  here.l2Bytes = d.l2Bytes;
+  here.memoryClockKhz = d.memoryClockKhz;
+  here.driverVersion = d.driverVersion;
+  here.nvrtcVersion = nvrtcVersion();
+  here.kvarnVersion = KVARN_VERSION;
+  return here;
+}
+
 Expected<Bundle> retargetBundle(const Bundle &bundle, const std::string &arch,
                                 std::vector<std::string> *skipped) {
   if (bundle.headers.empty())
@@ -182,14 +194,7 @@ kvarn_status kvarn_runtime_create(const kvarn_runtime_options *options, kvarn_ru
   if (o.cache_dir)
     cacheOptions.directory = o.cache_dir;
   created->cache = std::make_unique<kvarn::ArtifactCache>(cacheOptions);
-  const kvarn::DeviceInfo &d = created->device;
-  created->environment.arch = d.arch();
-  created->environment.smCount = d.smCount;
-  created->environment.l2Bytes = d.l2Bytes;
-  created->environment.memoryClockKhz = d.memoryClockKhz;
-  created->environment.driverVersion = d.driverVersion;
-  created->environment.nvrtcVersion = kvarn::nvrtcVersion();
-  created->environment.kvarnVersion = KVARN_VERSION;
+  created->environment = kvarn::environmentOf(created->device);
   const char *configsDir = o.configs_dir ? o.configs_dir : std::getenv("KVARN_CONFIGS_DIR");
   std::vector<std::string> warnings;
   if (configsDir)

@@ -257,25 +257,30 @@ Expected<Schedule> parseSchedule(std::string_view text, OpKind op) {
   return schedule;
 }
 
-size_t maxSharedMemoryPerBlock(std::string_view arch) {
+namespace {
+
+/// Shared memory per CTA (the opt-in maximum) and per SM of an architecture, in KB.
+struct SharedMemoryLimits {
+  size_t perBlockKb, perSmKb;
+};
+
+SharedMemoryLimits sharedMemoryLimits(std::string_view arch) {
   if (arch == "sm_80" || arch == "sm_87")
-    return 163 * 1024;
+    return {163, 164};
   if (arch == "sm_90" || arch == "sm_90a" || arch == "sm_100" || arch == "sm_100a")
-    return 227 * 1024;
+    return {227, 228};
   if (arch == "sm_75")
-    return 64 * 1024;
-  return 99 * 1024; // sm_86, sm_89, sm_120
+    return {64, 64};
+  return {99, 100}; // sm_86, sm_89, sm_120
 }
 
-size_t sharedMemoryPerSm(std::string_view arch) {
-  if (arch == "sm_80" || arch == "sm_87")
-    return 164 * 1024;
-  if (arch == "sm_90" || arch == "sm_90a" || arch == "sm_100" || arch == "sm_100a")
-    return 228 * 1024;
-  if (arch == "sm_75")
-    return 64 * 1024;
-  return 100 * 1024; // sm_86, sm_89, sm_120
+} // namespace
+
+size_t maxSharedMemoryPerBlock(std::string_view arch) {
+  return sharedMemoryLimits(arch).perBlockKb * 1024;
 }
+
+size_t sharedMemoryPerSm(std::string_view arch) { return sharedMemoryLimits(arch).perSmKb * 1024; }
 
 size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
   const size_t d = static_cast<size_t>(spec.format.headDim);

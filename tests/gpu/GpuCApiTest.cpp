@@ -25,6 +25,8 @@ namespace {
     ASSERT_EQ(status_, KVARN_OK) << kvarn_status_name(status_) << ": " << kvarn_last_error();    \
   } while (0)
 
+struct DecodeFixture;
+
 /// A runtime with its own cache directory; skips the test without a GPU.
 class CApiGpuTest : public ::testing::Test {
 protected:
@@ -58,8 +60,8 @@ protected:
   static const Driver &driver() { return **Driver::get(); }
   /// Decodes a fixture through a prepared kernel (planned splits, default stream, NaN-poisoned
   /// output) and returns the relative error against the float64 reference.
-  template <typename Fixture>
-  double decode(kvarn_kernel kernel, Fixture &fx, const std::vector<int32_t> &lengths, int hk);
+  double decode(kvarn_kernel kernel, const DecodeFixture &fx, const std::vector<int32_t> &lengths,
+                int hk);
   ~CApiGpuTest() override {
     for (CUdeviceptr p : allocations)
       driver().cuMemFree(p);
@@ -100,9 +102,8 @@ double errorAgainst(const std::vector<uint16_t> &actual, const std::vector<uint1
   return reference::relativeFrobeniusError(toFloats(actual, DType::F16), toFloats(expected, DType::F16));
 }
 
-template <typename Fixture>
-double CApiGpuTest::decode(kvarn_kernel kernel, Fixture &fx, const std::vector<int32_t> &lengths,
-                           int hk) {
+double CApiGpuTest::decode(kvarn_kernel kernel, const DecodeFixture &fx,
+                           const std::vector<int32_t> &lengths, int hk) {
   const int batch = int(lengths.size());
   const int maxLen = *std::max_element(lengths.begin(), lengths.end());
   int splits = 0;

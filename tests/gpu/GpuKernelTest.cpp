@@ -540,6 +540,16 @@ TEST(GpuDequantize, ReconstructsExactlyLikeTheReference) {
 // Tuner crash recovery (a child kvarn-tune process: a context reset must not touch this one)
 //===----------------------------------------------------------------------===//
 
+/// Runs a shell command, returns its exit status and fills `output` with stdout + stderr.
+int runCommand(const std::string &command, const std::string &logPath, std::string &output) {
+  const int status = std::system((command + " > " + logPath + " 2>&1").c_str());
+  std::ifstream in(logPath);
+  std::stringstream text;
+  text << in.rdbuf();
+  output = text.str();
+  return status;
+}
+
 TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
   KVARN_REQUIRE_GPU();
   std::error_code ec;
@@ -552,14 +562,13 @@ TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
   std::filesystem::create_directories(dir);
   const std::string crash =
       "warps=1,stages=2,splits=0,heads_per_cta=0,mma=m16n8k16,rows_per_cta=4,min_ctas=0";
-  const std::string command = tune.string() + " tune --preset kvarn_k4v2_g128 --q 1 --no-flush " +
-                              "--early-stop 0 --inject-crash " + crash + " --configs " +
-                              dir + " --report " + dir + "/report.json > " + dir + "/log 2>&1";
-  const int status = std::system(command.c_str());
-  std::ifstream logFile(dir + "/log");
-  std::stringstream log;
-  log << logFile.rdbuf();
-  ASSERT_EQ(status, 0) << log.str();
+  std::string log;
+  ASSERT_EQ(runCommand(tune.string() + " tune --preset kvarn_k4v2_g128 --q 1 --no-flush " +
+                           "--early-stop 0 --inject-crash " + crash + " --configs " + dir +
+                           " --report " + dir + "/report.json",
+                       dir + "/log", log),
+            0)
+      << log;
   std::ifstream reportFile(dir + "/report.json");
   std::stringstream text;
   text << reportFile.rdbuf();
@@ -567,7 +576,7 @@ TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
   ASSERT_TRUE(report) << report.error().str();
   ASSERT_EQ(report->size(), 1u);
   const autotune::TuneResult &r = (*report)[0];
-  EXPECT_TRUE(r.found) << log.str();
+  EXPECT_TRUE(r.found) << log;
   bool crashed = false;
   int measuredAfter = 0;
   for (const autotune::Candidate &c : r.candidates) {
@@ -579,8 +588,8 @@ TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
       ++measuredAfter;
     }
   }
-  EXPECT_TRUE(crashed) << "the injected candidate was not tried:\n" << log.str();
-  EXPECT_GT(measuredAfter, 0) << "no candidate was measured after the crash:\n" << log.str();
+  EXPECT_TRUE(crashed) << "the injected candidate was not tried:\n" << log;
+  EXPECT_GT(measuredAfter, 0) << "no candidate was measured after the crash:\n" << log;
   std::printf("[ tuner    ] crashed candidate recorded, %d candidates measured after it\n",
               measuredAfter);
   std::filesystem::remove_all(dir);
@@ -589,16 +598,6 @@ TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
 //===----------------------------------------------------------------------===//
 // Several GPUs: tune on every GPU, merge, and every GPU's process loads the same schedules
 //===----------------------------------------------------------------------===//
-
-/// Runs a shell command, returns its exit status and fills `output` with stdout + stderr.
-int runCommand(const std::string &command, const std::string &logPath, std::string &output) {
-  const int status = std::system((command + " > " + logPath + " 2>&1").c_str());
-  std::ifstream in(logPath);
-  std::stringstream text;
-  text << in.rdbuf();
-  output = text.str();
-  return status;
-}
 
 TEST(GpuMultiDevice, MergedConfigsAreLoadedIdenticallyByAProcessPerGpu) {
   KVARN_REQUIRE_GPU();

@@ -327,14 +327,8 @@ int runInfo(int device, const std::string &configsDirectory) {
   std::printf("kvarn %s, NVRTC %s\n", KVARN_VERSION, nvrtcVersion().c_str());
   Expected<DeviceInfo> info = openDevice(device);
   TuningEnvironment here;
-  here.nvrtcVersion = nvrtcVersion();
-  here.kvarnVersion = KVARN_VERSION;
   if (info) {
-    here.arch = info->arch();
-    here.smCount = info->smCount;
-    here.l2Bytes = info->l2Bytes;
-    here.memoryClockKhz = info->memoryClockKhz;
-    here.driverVersion = info->driverVersion;
+    here = environmentOf(*info);
     std::printf("GPU %d: %s, %s, %d SMs, %d MB L2, memory clock %d MHz, %d-bit bus, "
                 "%d KB shared memory per block (opt-in), driver %d\n  silicon key: %s\n",
                 device, info->name.c_str(), info->arch().c_str(), info->smCount,
@@ -345,6 +339,8 @@ int runInfo(int device, const std::string &configsDirectory) {
                     .c_str());
   } else {
     here.arch = "sm_90a";
+    here.nvrtcVersion = nvrtcVersion();
+    here.kvarnVersion = KVARN_VERSION;
     std::printf("GPU %d: none (%s); the lookup below assumes an sm_90a GPU\n", device,
                 info.error().message.c_str());
   }

@@ -35,6 +35,12 @@ struct TuningEnvironment {
   std::string kvarnVersion;
 };
 
+struct DeviceInfo; // kvarn/driver.h
+
+/// This process's environment on `device` (its silicon, the driver, this NVRTC and kvarn);
+/// defined in libkvarn, which has the driver and NVRTC.
+TuningEnvironment environmentOf(const DeviceInfo &device);
+
 struct TunedEntry {
   KernelSpec spec;
   Schedule schedule;

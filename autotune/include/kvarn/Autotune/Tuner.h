@@ -11,6 +11,7 @@
 #include "kvarn/status.h"
 
 #include <functional>
+#include <sys/types.h>
 #include <string>
 #include <vector>
 
@@ -116,6 +117,12 @@ struct TuneOptions {
   /// a new crash is written here before the worker exits ("" = not a worker).
   std::string crashLog;
 };
+
+/// The argument errors of a tuning run (iterations, budget, early stop), before any GPU work.
+Status validateTuneOptions(const TuneOptions &options);
+
+/// Starts `args[0]` with `args` (the environment inherited) and returns its pid.
+Expected<pid_t> spawnProcess(std::vector<std::string> args);
 
 /// Tunes decode and flush of the presets on a GPU and writes `<configs>/<gpu key>.json` and the
 /// JSON report (updated after every spec, so an interrupted run can be resumed). A candidate that
