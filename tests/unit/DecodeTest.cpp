@@ -1,5 +1,6 @@
 // Reference decode: splits, GQA, seq_len 0, -1 entries past the end, mixed pages, bad input.
 #include "kvarn/reference.h"
+#include "kvarn/synthetic.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -96,20 +97,13 @@ Request makeRequest(const PagedFixture &f, int hq, std::vector<int32_t> seqLens,
   return r;
 }
 
-std::vector<float> toFloat(const std::vector<uint16_t> &v, DType dtype) {
-  std::vector<float> f(v.size());
-  for (size_t i = 0; i < v.size(); ++i)
-    f[i] = dtypeToFloat(v[i], dtype);
-  return f;
-}
-
 TEST(DecodeReference, SplitsDoNotChangeTheResult) {
   PagedFixture f("kvarn_k4v2_g64", 64, 2, 7, true, 1);
   Request r = makeRequest(f, 10, {5 * 64 + 37, 1, 64, 65}, DType::F16, 2); // Q = 5
   std::vector<uint16_t> one(r.q.size()), many(r.q.size());
   ASSERT_TRUE(decodeQuantized(r.problem, f.view(), 1, one));
   ASSERT_TRUE(decodeQuantized(r.problem, f.view(), 5, many));
-  EXPECT_LT(relativeFrobeniusError(toFloat(many, DType::F16), toFloat(one, DType::F16)), 1e-3);
+  EXPECT_LT(relativeFrobeniusError(synthetic::toFloats(many, DType::F16), synthetic::toFloats(one, DType::F16)), 1e-3);
 }
 
 TEST(DecodeReference, PoolOnlyCacheAgreesWithTheFp16Reference) {
@@ -120,7 +114,7 @@ TEST(DecodeReference, PoolOnlyCacheAgreesWithTheFp16Reference) {
     ASSERT_TRUE(decodeQuantized(r.problem, f.view(), 2, rotated));
     ASSERT_TRUE(decodeFp16(r.problem, f.rawKey, f.rawValue, f.numBlocks, plain));
     const double tolerance = dtype == DType::F16 ? 4e-3 : 2e-2;
-    EXPECT_LT(relativeFrobeniusError(toFloat(rotated, dtype), toFloat(plain, dtype)), tolerance)
+    EXPECT_LT(relativeFrobeniusError(synthetic::toFloats(rotated, dtype), synthetic::toFloats(plain, dtype)), tolerance)
         << dtypeName(dtype);
   }
 }
