@@ -447,12 +447,16 @@ TEST(GpuFlush, GoldenStoreRecords) {
 
 TEST(GpuAppend, RotatesIntoPoolSlotsAndSkipsNegativeSlots) {
   KVARN_REQUIRE_GPU();
+  // padding 0: packed rows (vector loads); 1: rows one element apart from alignment (the
+  // kernel's element-load path).
+  for (int padding : {0, 1})
   for (DType dtype : {DType::F16, DType::BF16})
     for (int d : {64, 128, 256}) {
       const int tokens = 300, hk = 3, g = 128, slotsTotal = 4;
-      std::mt19937_64 rng(d);
+      const int64_t stride = int64_t(hk) * d + padding;
+      std::mt19937_64 rng(d + padding);
       std::normal_distribution<float> normal;
-      std::vector<uint16_t> keys(size_t(tokens) * hk * d), values(keys.size());
+      std::vector<uint16_t> keys(size_t(tokens) * stride), values(keys.size());
       for (size_t i = 0; i < keys.size(); ++i) {
         keys[i] = floatToDType(normal(rng) * 3.0f, dtype);
         values[i] = floatToDType(normal(rng), dtype);
@@ -470,7 +474,7 @@ TEST(GpuAppend, RotatesIntoPoolSlotsAndSkipsNegativeSlots) {
       ASSERT_OK(dPoolValue.fill(0xff));
       dev::AppendParams params{dKey.as<void>(), dValue.as<void>(), dMap.as<long long>(),
                                dPoolKey.as<void>(), dPoolValue.as<void>(), tokens, hk,
-                               (long long)hk * d, (long long)hk * d};
+                               (long long)stride, (long long)stride};
       ASSERT_OK(launchAppend(module, params, nullptr));
       ASSERT_OK(KVARN_CU((*Driver::get())->cuCtxSynchronize()));
       std::vector<uint16_t> poolKey = download<uint16_t>(dPoolKey, poolElements);
@@ -482,21 +486,24 @@ TEST(GpuAppend, RotatesIntoPoolSlotsAndSkipsNegativeSlots) {
         written[mapping[t]] = true;
         for (auto [source, pool] : {std::pair{&keys, &poolKey}, {&values, &poolValue}}) {
           std::vector<uint16_t> expected(size_t(hk) * d);
-          ASSERT_OK(reference::rotateRows(std::span(*source).subspan(size_t(t) * hk * d), dtype,
-                                          hk, d, d, expected));
+          ASSERT_OK(reference::rotateRows(std::span(*source).subspan(size_t(t) * stride, size_t(hk) * d),
+                                          dtype, hk, d, d, expected));
           for (int i = 0; i < hk * d; ++i) {
             const float a = halfToFloat((*pool)[size_t(mapping[t]) * hk * d + i]);
             const float e = halfToFloat(expected[i]);
             ASSERT_LE(std::fabs(a - e), std::fabs(e) * 2e-3f + 2e-3f)
-                << "token " << t << " element " << i << " D=" << d << " " << dtypeName(dtype);
+                << "token " << t << " element " << i << " D=" << d << " " << dtypeName(dtype)
+                << " padding " << padding;
           }
         }
       }
       for (size_t row = 0; row < written.size(); ++row) {
         if (written[row])
           continue;
-        for (int i = 0; i < hk * d; ++i)
+        for (int i = 0; i < hk * d; ++i) {
           ASSERT_EQ(poolKey[row * hk * d + i], 0xffff) << "pool row " << row << " was written";
+          ASSERT_EQ(poolValue[row * hk * d + i], 0xffff) << "pool row " << row << " was written";
+        }
       }
     }
 }

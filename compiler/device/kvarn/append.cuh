@@ -13,62 +13,120 @@ template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS
 struct AppendContext {
   typedef T Type;
   static constexpr int HD = D, NWARPS = WARPS, ROWS_PER_CTA = ROWS;
-  static constexpr int PER_LANE = D / 32; ///< contiguous channels per lane
+  /// A half-warp rotates one row of one tensor: lane l of it holds channels [E*l, E*l + E), so
+  /// log2(E) butterfly levels run inside the lane and four across the half-warp (shuffles).
+  static constexpr int E = D / 16;
+  static constexpr int WORDS = E / 2; ///< 32-bit words of input per lane and row
+  static constexpr int HEADS_PER_PASS = 4; ///< heads a warp loads before it rotates any
   static constexpr int SHARED_BYTES = 0;
+  static_assert(D % 32 == 0 && E >= 2, "head_dim must be a multiple of 32");
   AppendParams p;
-  int warp, lane;
+  int warp, lane, half, halfLane;
+  bool vectorLoads; ///< inputs aligned for E-element vector loads (else element loads)
   static __device__ __forceinline__ AppendContext begin(const AppendParams &params) {
     AppendContext c;
     c.p = params;
     c.warp = threadIdx.x / 32;
     c.lane = threadIdx.x % 32;
+    c.half = c.lane / 16;
+    c.halfLane = c.lane % 16;
+    constexpr uint64_t vectorBytes = (2 * E) < 16 ? (2 * E) : 16;
+    c.vectorLoads = ((reinterpret_cast<uint64_t>(params.key) | reinterpret_cast<uint64_t>(params.value) |
+                      uint64_t(params.keyStride * 2) | uint64_t(params.valueStride * 2)) %
+                     vectorBytes) == 0;
     return c;
   }
 };
 
-/// Rotates one token's K and V rows of every kv head (warp FWHT) and writes its pool row.
+/// Loads `Words` 32-bit words (2 * Words activation values) with the widest aligned vectors.
+template <int Words> __device__ __forceinline__ void loadWords(uint32_t (&w)[Words], const void *source) {
+  if constexpr (Words % 4 == 0) {
+#pragma unroll
+    for (int k = 0; k < Words / 4; ++k) {
+      const uint4 v = reinterpret_cast<const uint4 *>(source)[k];
+      w[4 * k] = v.x, w[4 * k + 1] = v.y, w[4 * k + 2] = v.z, w[4 * k + 3] = v.w;
+    }
+  } else if constexpr (Words == 2) {
+    const uint2 v = *reinterpret_cast<const uint2 *>(source);
+    w[0] = v.x, w[1] = v.y;
+  } else {
+#pragma unroll
+    for (int k = 0; k < Words; ++k)
+      w[k] = reinterpret_cast<const uint32_t *>(source)[k];
+  }
+}
+
+/// Rotates one token's K and V rows of every kv head (half-warp FWHT per row) and writes its pool
+/// rows. A warp takes HEADS_PER_PASS heads per pass (K in its lower half-warp, V in the upper) and
+/// issues all their loads, and the slot lookup, before it rotates any.
 template <int KB, int VB, int G, int D, int Q, int W, int S, int SP, int R, bool C, typename T>
 __device__ __forceinline__ void rotateRow(AppendContext<KB, VB, G, D, Q, W, S, SP, R, C, T> &c,
                                           int row) {
-  constexpr int E = D / 32;
-  const int64_t slot = c.p.slotMapping[row];
-  if (slot < 0)
-    return;
+  typedef AppendContext<KB, VB, G, D, Q, W, S, SP, R, C, T> Ctx;
+  constexpr int E = Ctx::E, WORDS = Ctx::WORDS, PASS = Ctx::HEADS_PER_PASS;
+  const int64_t slot = c.p.slotMapping[row]; // not waited for until the stores
+  const T *tensor = static_cast<const T *>(c.half ? c.p.value : c.p.key) +
+                    row * (c.half ? c.p.valueStride : c.p.keyStride) + c.halfLane * E;
+  Half *pool = static_cast<Half *>(c.half ? c.p.poolValue : c.p.poolKey) + c.halfLane * E;
   const float scale = hadamardScale<D>();
-  for (int item = c.warp; item < 2 * c.p.numKvHeads; item += W) {
-    const int head = item >> 1;
-    const bool isValue = item & 1;
-    const T *source = static_cast<const T *>(isValue ? c.p.value : c.p.key) +
-                      row * (isValue ? c.p.valueStride : c.p.keyStride) + head * D + c.lane * E;
-    float x[E];
+  for (int first = c.warp; first < c.p.numKvHeads; first += W * PASS) {
+    // Step 1. Every load of the pass.
+    uint32_t words[PASS][WORDS];
 #pragma unroll
-    for (int e = 0; e < E; ++e)
-      x[e] = toFloat<T>(source[e]);
-    // Step 1. Butterflies inside the lane's contiguous chunk, then across lanes.
+    for (int k = 0; k < PASS; ++k) {
+      const int head = first + k * W;
+      if (head >= c.p.numKvHeads)
+        break;
+      const T *source = tensor + head * D;
+      if (c.vectorLoads) {
+        loadWords(words[k], source);
+      } else {
 #pragma unroll
-    for (int h = 1; h < E; h <<= 1)
-#pragma unroll
-      for (int e = 0; e < E; ++e)
-        if ((e & h) == 0) {
-          const float a = x[e], b = x[e + h];
-          x[e] = a + b;
-          x[e + h] = a - b;
-        }
-#pragma unroll
-    for (int laneMask = 1; laneMask < 32; laneMask <<= 1) {
-      const bool upper = (c.lane & laneMask) != 0;
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const float partner = __shfl_xor_sync(0xffffffffu, x[e], laneMask);
-        x[e] = upper ? partner - x[e] : x[e] + partner;
+        for (int w = 0; w < WORDS; ++w)
+          words[k][w] = uint32_t(reinterpret_cast<const unsigned short *>(source)[2 * w]) |
+                        (uint32_t(reinterpret_cast<const unsigned short *>(source)[2 * w + 1]) << 16);
       }
     }
-    // Step 2. Scale by fp16(1/sqrt(D)), round to fp16, store.
-    Half *target = static_cast<Half *>(isValue ? c.p.poolValue : c.p.poolKey) +
-                     (slot * c.p.numKvHeads + head) * D + c.lane * E;
+    // Step 2. Butterflies inside the lane's contiguous chunk, then across the half-warp; scale by
+    // fp16(1/sqrt(D)), round to fp16, store.
 #pragma unroll
-    for (int e = 0; e < E; e += 2)
-      *reinterpret_cast<uint32_t *>(target + e) = packHalf2(x[e] * scale, x[e + 1] * scale);
+    for (int k = 0; k < PASS; ++k) {
+      const int head = first + k * W;
+      if (head >= c.p.numKvHeads)
+        break;
+      float x[E];
+#pragma unroll
+      for (int w = 0; w < WORDS; ++w) {
+        const float2 pair = unpackPair<T>(words[k][w]);
+        x[2 * w] = pair.x;
+        x[2 * w + 1] = pair.y;
+      }
+#pragma unroll
+      for (int h = 1; h < E; h <<= 1)
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+          if ((e & h) == 0) {
+            const float a = x[e], b = x[e + h];
+            x[e] = a + b;
+            x[e + h] = a - b;
+          }
+#pragma unroll
+      for (int laneMask = 1; laneMask < 16; laneMask <<= 1) {
+        const bool upper = (c.halfLane & laneMask) != 0;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float partner = __shfl_xor_sync(0xffffffffu, x[e], laneMask);
+          x[e] = upper ? partner - x[e] : x[e] + partner;
+        }
+      }
+      if (slot < 0)
+        continue;
+      uint32_t out[WORDS];
+#pragma unroll
+      for (int w = 0; w < WORDS; ++w)
+        out[w] = packHalf2(x[2 * w] * scale, x[2 * w + 1] * scale);
+      storeWords(pool + (slot * c.p.numKvHeads + head) * D, out);
+    }
   }
 }
 

@@ -66,6 +66,30 @@ __device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
 template <typename A, typename B> struct SameType { static constexpr bool value = false; };
 template <typename A> struct SameType<A, A> { static constexpr bool value = true; };
 
+/// Two activation-dtype values packed in 32 bits (low half first) as fp32.
+template <typename T> __device__ __forceinline__ float2 unpackPair(uint32_t bits) {
+  if constexpr (SameType<T, Half>::value)
+    return unpackHalf2(bits);
+  else
+    return make_float2(__uint_as_float(bits << 16), __uint_as_float(bits & 0xffff0000u));
+}
+
+/// Stores `Words` 32-bit words with the widest vectors their count allows (the target is aligned
+/// to 4 * min(Words, 4) bytes).
+template <int Words> __device__ __forceinline__ void storeWords(void *target, const uint32_t (&w)[Words]) {
+  if constexpr (Words % 4 == 0) {
+#pragma unroll
+    for (int k = 0; k < Words / 4; ++k)
+      reinterpret_cast<uint4 *>(target)[k] = make_uint4(w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3]);
+  } else if constexpr (Words == 2) {
+    *reinterpret_cast<uint2 *>(target) = make_uint2(w[0], w[1]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < Words; ++k)
+      reinterpret_cast<uint32_t *>(target)[k] = w[k];
+  }
+}
+
 /// Raw storage of `Bytes` packed bytes, loaded with one vector instruction.
 template <int Bytes> struct Packed;
 template <> struct Packed<2> { typedef unsigned short Type; };
@@ -89,34 +113,51 @@ __device__ __forceinline__ uint32_t duplicateBytes(uint32_t low, uint32_t high, 
   return __byte_perm(low, high, selector);
 }
 
-/// The center subtracted from `Bits`-wide codes before the MMA (keeps the operands and the
-/// accumulators small; exact in fp16 together with the magic constant below).
-template <int Bits> __device__ __forceinline__ constexpr int codeCenter() {
-  return Bits == 4 ? 8 : 1;
+/// (a & Mask) | Bits in one LOP3 (written as PTX: from C++ the compiler splits it into two,
+/// since a LOP3 takes one immediate).
+template <uint32_t Mask, uint32_t Bits> __device__ __forceinline__ uint32_t andOr(uint32_t a) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(a), "n"(Mask), "n"(Bits));
+  return r;
+}
+
+/// 2^x on the SFU (ex2.approx.ftz: about 2 ulp; results below 2^-126 flush to zero, 2^-inf = 0).
+__device__ __forceinline__ float fastExp2(float x) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
+  return r;
 }
 
 /// Two `Bits`-wide codes at bit `Shift` of each 16-bit half of `duplicated`, as the exact fp16
-/// pair (code - center): one LOP3 makes 1024 + code * 2^Shift, one HFMA2 scales and subtracts
-/// 1024 * 2^-Shift + center (every constant and result is exact in fp16).
-template <int Bits, int Shift>
-__device__ __forceinline__ uint32_t centeredCodes(uint32_t duplicated) {
+/// pair: one LOP3 makes 1024 + code * 2^Shift, one HFMA2 scales by 2^-Shift and subtracts
+/// 1024 * 2^-Shift (every constant and result is exact in fp16). The codes are not centered: the
+/// MMAs accumulate in fp32 over at most D or G terms of one sign pattern, so the zero-point and
+/// bias terms can be accumulated with them instead of being corrected afterwards.
+template <int Bits, int Shift> __device__ __forceinline__ uint32_t codePair(uint32_t duplicated) {
   constexpr uint32_t mask = ((1u << Bits) - 1u) << Shift;
-  const uint32_t magic = (duplicated & (mask | (mask << 16))) | 0x64006400u;
+  const uint32_t magic = andOr<mask | (mask << 16), 0x64006400u>(duplicated);
   const float unscale = 1.0f / float(1 << Shift);
-  const float offset = -(1024.0f * unscale + float(codeCenter<Bits>()));
+  const float offset = -1024.0f * unscale;
   return hfma2(magic, packHalf2(unscale, unscale), packHalf2(offset, offset));
 }
 
 /// The four A registers of an m16n8k16 code tile from two duplicated code words (rows r and
 /// r + 8): the codes at bit `Shift` (0, or 4 for the high nibble of 2-bit codes) and the next
-/// `Bits` bits of each 16-bit half, centered.
+/// `Bits` bits of each 16-bit half.
 template <int Bits, int Shift>
-__device__ __forceinline__ void centeredFragment(uint32_t first, uint32_t second, uint32_t &a0,
-                                                 uint32_t &a1, uint32_t &a2, uint32_t &a3) {
-  a0 = centeredCodes<Bits, Shift>(first);
-  a1 = centeredCodes<Bits, Shift + Bits>(first);
-  a2 = centeredCodes<Bits, Shift>(second);
-  a3 = centeredCodes<Bits, Shift + Bits>(second);
+__device__ __forceinline__ void codeFragment(uint32_t first, uint32_t second, uint32_t &a0,
+                                             uint32_t &a1, uint32_t &a2, uint32_t &a3) {
+  a0 = codePair<Bits, Shift>(first);
+  a1 = codePair<Bits, Shift + Bits>(first);
+  a2 = codePair<Bits, Shift>(second);
+  a3 = codePair<Bits, Shift + Bits>(second);
+}
+
+/// a * b per fp16 half, rounded once (no contraction into a later add).
+__device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
+  uint32_t r;
+  asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
 }
 
 /// D += A(16x16, fp16, row) * B(16x8, fp16, col), fp32 accumulate (tensor cores).

@@ -71,8 +71,7 @@ struct DecodeContext {
   float scores[NQ][P][4];
   uint32_t weights[NQ][P][2];      ///< P' as PV B fragments (after the transpose)
   uint32_t weightsLow[NQ][P][2];   ///< record pages: P' - fp16(P'), the second fp16 term
-  float valueBias[NQ][2];
-  float weightSum[NQ][2];          ///< page sum of the rounded PV weights (scaled by 2^e)
+  float valueBias[NQ][2];          ///< sum_g w[g] V_zp[g] of the page, times the P' prescale
   float weightUnscale;             ///< one-term record pages: 2^-e, undoes the P' prescale
   float runningMax[NQ][2], runningSum[NQ][2];
   float out[NQ][KC][4];
@@ -148,12 +147,7 @@ struct DecodeContext {
     return min(G, seqLen - page * G);
   }
   __device__ __forceinline__ float2 queryFloat2(int n, int kc, int half) const {
-    if constexpr (SameType<T, Half>::value) {
-      return unpackHalf2(query[n][kc][half]);
-    } else {
-      const uint32_t bits = query[n][kc][half];
-      return make_float2(__uint_as_float(bits << 16), __uint_as_float(bits & 0xffff0000u));
-    }
+    return unpackPair<T>(query[n][kc][half]);
   }
 };
 
@@ -261,9 +255,10 @@ template <typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int p
 
 /// Scores of a record page (log2 domain, softmax scale folded):
 /// s[g] = K_s_row[g] * (sum_d (q[d] K_s_col[d]) code[d][g] + sum_d q[d] K_zp[d]).
-/// The MMAs run on the centered codes (code - center, exact in fp16) with q' split into two
-/// fp16 terms (about 22 significant bits) or, with one operand term, rounded once to fp16; the
-/// fp32 epilogue adds center * sum_d q'[d] (of what the MMAs saw) back.
+/// The MMAs run on the codes (exact in fp16) with q' = q_rot * K_s_col split into two fp16 terms
+/// (high = q' rounded once, low = the rounded residual: about 22 significant bits) or, with one
+/// operand term, rounded once. The zero-point bias starts the accumulators, so the epilogue only
+/// applies K_s_row and the softmax scale.
 template <typename Ctx>
 __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
   copyAsyncWait<Ctx::NSTAGES - 1>(); // this page's group; the later pages' may still fly
@@ -274,34 +269,68 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
   const Half *keyScaleCol = reinterpret_cast<const Half *>(staging);
   const Half *keyZeroPoint = keyScaleCol + Ctx::HD;
   const Half *keyScaleRow = keyZeroPoint + Ctx::HD;
-  float bias[Ctx::NQ], querySum[Ctx::NQ];
   uint32_t b[Ctx::NQ][Ctx::KC][2], bLow[Ctx::NQ][Ctx::KC][2]; // q' = high + low (fp16 each)
+  float bias[Ctx::NQ][4];
+  // Step 1. q' = q_rot * K_s_col as fp16 B fragments, and the bias sum_d q[d] K_zp[d] of each
+  // query (accumulator order: queries 2t, 2t + 1, 2t, 2t + 1).
+  if constexpr (SameType<typename Ctx::Type, Half>::value) {
+    // fp16 queries: HMUL2 rounds the exact product q * K_s_col once, HFMA2 the exact residual;
+    // the bias is one MMA per k-chunk with every row of A holding K_zp (exact products).
 #pragma unroll
-  for (int n = 0; n < Ctx::NQ; ++n)
-    bias[n] = querySum[n] = 0.0f;
-  // Step 1. q' = q_rot * K_s_col (fp16 B fragments), sum_d q'[d] of the rounded values, and the
-  // zero-point bias sum_d q[d] K_zp[d].
+    for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
-  for (int kc = 0; kc < Ctx::KC; ++kc) {
-    const int channel = 16 * kc + 4 * c.t;
-    const uint2 scaleBits = *reinterpret_cast<const uint2 *>(keyScaleCol + channel);
-    const uint2 zeroBits = *reinterpret_cast<const uint2 *>(keyZeroPoint + channel);
-    const float2 s01 = unpackHalf2(scaleBits.x), s23 = unpackHalf2(scaleBits.y);
-    const float2 z01 = unpackHalf2(zeroBits.x), z23 = unpackHalf2(zeroBits.y);
+      for (int e = 0; e < 4; ++e)
+        bias[n][e] = 0.0f;
+#pragma unroll
+    for (int kc = 0; kc < Ctx::KC; ++kc) {
+      const int channel = 16 * kc + 4 * c.t;
+      const uint2 scaleBits = *reinterpret_cast<const uint2 *>(keyScaleCol + channel);
+      const uint2 zeroBits = *reinterpret_cast<const uint2 *>(keyZeroPoint + channel);
+#pragma unroll
+      for (int n = 0; n < Ctx::NQ; ++n) {
+        b[n][kc][0] = hmul2(c.query[n][kc][0], scaleBits.x);
+        b[n][kc][1] = hmul2(c.query[n][kc][1], scaleBits.y);
+        if constexpr (Ctx::Q_TERMS == 2) {
+          bLow[n][kc][0] = hfma2(c.query[n][kc][0], scaleBits.x, b[n][kc][0] ^ 0x80008000u);
+          bLow[n][kc][1] = hfma2(c.query[n][kc][1], scaleBits.y, b[n][kc][1] ^ 0x80008000u);
+        }
+        mma16816(bias[n], zeroBits.x, zeroBits.x, zeroBits.y, zeroBits.y, c.query[n][kc][0],
+                 c.query[n][kc][1]);
+      }
+    }
+  } else {
+    // bf16 queries: q' in fp32, split into fp16 terms; the bias in fp32, summed over the lanes.
+    float partial[Ctx::NQ];
+#pragma unroll
+    for (int n = 0; n < Ctx::NQ; ++n)
+      partial[n] = 0.0f;
+#pragma unroll
+    for (int kc = 0; kc < Ctx::KC; ++kc) {
+      const int channel = 16 * kc + 4 * c.t;
+      const uint2 scaleBits = *reinterpret_cast<const uint2 *>(keyScaleCol + channel);
+      const uint2 zeroBits = *reinterpret_cast<const uint2 *>(keyZeroPoint + channel);
+      const float2 s01 = unpackHalf2(scaleBits.x), s23 = unpackHalf2(scaleBits.y);
+      const float2 z01 = unpackHalf2(zeroBits.x), z23 = unpackHalf2(zeroBits.y);
+#pragma unroll
+      for (int n = 0; n < Ctx::NQ; ++n) {
+        const float2 q01 = c.queryFloat2(n, kc, 0), q23 = c.queryFloat2(n, kc, 1);
+        const float p0 = q01.x * s01.x, p1 = q01.y * s01.y, p2 = q23.x * s23.x, p3 = q23.y * s23.y;
+        b[n][kc][0] = packHalf2(p0, p1);
+        b[n][kc][1] = packHalf2(p2, p3);
+        if constexpr (Ctx::Q_TERMS == 2) {
+          const float2 h01 = unpackHalf2(b[n][kc][0]), h23 = unpackHalf2(b[n][kc][1]);
+          bLow[n][kc][0] = packHalf2(p0 - h01.x, p1 - h01.y);
+          bLow[n][kc][1] = packHalf2(p2 - h23.x, p3 - h23.y);
+        }
+        partial[n] += q01.x * z01.x + q01.y * z01.y + q23.x * z23.x + q23.y * z23.y;
+      }
+    }
+    // Queries 2t, 2t + 1 get their bias from lanes 8t and 8t + 4 after the reduction over t.
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
-      const float2 q01 = c.queryFloat2(n, kc, 0), q23 = c.queryFloat2(n, kc, 1);
-      const float p0 = q01.x * s01.x, p1 = q01.y * s01.y, p2 = q23.x * s23.x, p3 = q23.y * s23.y;
-      b[n][kc][0] = packHalf2(p0, p1);
-      b[n][kc][1] = packHalf2(p2, p3);
-      const float2 h01 = unpackHalf2(b[n][kc][0]), h23 = unpackHalf2(b[n][kc][1]);
-      bLow[n][kc][0] = packHalf2(p0 - h01.x, p1 - h01.y);
-      bLow[n][kc][1] = packHalf2(p2 - h23.x, p3 - h23.y);
-      if constexpr (Ctx::Q_TERMS == 2)
-        querySum[n] += (p0 + p1) + (p2 + p3);
-      else // the MMA sees the rounded q' only
-        querySum[n] += (h01.x + h01.y) + (h23.x + h23.y);
-      bias[n] += q01.x * z01.x + q01.y * z01.y + q23.x * z23.x + q23.y * z23.y;
+      const float full = warpSumXor(partial[n], 1, 2);
+      bias[n][0] = bias[n][2] = __shfl_sync(0xffffffffu, full, 8 * c.t);
+      bias[n][1] = bias[n][3] = __shfl_sync(0xffffffffu, full, 8 * c.t + 4);
     }
   }
   // Step 2. MMA over the code tiles: rows = tokens (TPI*i + 2*pt, + 1), k = channels.
@@ -311,7 +340,7 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
     for (int pt = 0; pt < Ctx::P; ++pt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        c.scores[n][pt][e] = 0.0f;
+        c.scores[n][pt][e] = bias[n][e];
   const unsigned char *keyCodes = c.stageShared(stage);
 #pragma unroll
   for (int kc = 0; kc < Ctx::KC; ++kc) {
@@ -329,9 +358,9 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
                                           part32(words[3], byteIndex / 4), byteIndex % 4);
       uint32_t a0, a1, a2, a3;
       if ((pt % PAIRS_PER_BYTE) == 0)
-        centeredFragment<KBITS, 0>(x01, x23, a0, a1, a2, a3);
+        codeFragment<KBITS, 0>(x01, x23, a0, a1, a2, a3);
       else // 2-bit codes, second token pair of the byte
-        centeredFragment<KBITS, 4>(x01, x23, a0, a1, a2, a3);
+        codeFragment<KBITS, 4>(x01, x23, a0, a1, a2, a3);
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n) {
         mma16816(c.scores[n][pt], a0, a1, a2, a3, b[n][kc][0], b[n][kc][1]);
@@ -340,30 +369,27 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
       }
     }
   }
-  // Step 3. Epilogue per (token, query): queries 2t, 2t+1 get their per-query terms from lanes
-  // 8t and 8t+4 after the reduction over t.
+  // Step 3. Epilogue: K_s_row and the softmax scale per token; tokens past the end masked.
   const float scale = c.p.softmaxScale * 1.4426950408889634f;
   const int valid = c.validTokens(page);
 #pragma unroll
-  for (int n = 0; n < Ctx::NQ; ++n) {
-    const float fullBias = warpSumXor(bias[n], 1, 2);
-    const float fullSum = warpSumXor(querySum[n], 1, 2);
-    const float bias0 = __shfl_sync(0xffffffffu, fullBias, 8 * c.t);
-    const float bias1 = __shfl_sync(0xffffffffu, fullBias, 8 * c.t + 4);
-    constexpr float center = float(codeCenter<KBITS>());
-    const float offset0 = bias0 + center * __shfl_sync(0xffffffffu, fullSum, 8 * c.t);
-    const float offset1 = bias1 + center * __shfl_sync(0xffffffffu, fullSum, 8 * c.t + 4);
+  for (int pt = 0; pt < Ctx::P; ++pt) {
+    const int token = Ctx::TPI * c.i + 2 * pt;
+    const float2 rowScale = unpackHalf2(*reinterpret_cast<const uint32_t *>(keyScaleRow + token));
+    const float r0 = rowScale.x * scale, r1 = rowScale.y * scale;
 #pragma unroll
-    for (int pt = 0; pt < Ctx::P; ++pt) {
-      const int token = Ctx::TPI * c.i + 2 * pt;
-      const float2 rowScale =
-          unpackHalf2(*reinterpret_cast<const uint32_t *>(keyScaleRow + token));
-      const float r0 = rowScale.x * scale, r1 = rowScale.y * scale;
+    for (int n = 0; n < Ctx::NQ; ++n) {
       float *sc = c.scores[n][pt];
-      sc[0] = token < valid ? r0 * (sc[0] + offset0) : -KVARN_INFINITY;
-      sc[1] = token < valid ? r0 * (sc[1] + offset1) : -KVARN_INFINITY;
-      sc[2] = token + 1 < valid ? r1 * (sc[2] + offset0) : -KVARN_INFINITY;
-      sc[3] = token + 1 < valid ? r1 * (sc[3] + offset1) : -KVARN_INFINITY;
+      sc[0] *= r0;
+      sc[1] *= r0;
+      sc[2] *= r1;
+      sc[3] *= r1;
+      if (valid < Ctx::TG) { // the last page of a request
+        sc[0] = token < valid ? sc[0] : -KVARN_INFINITY;
+        sc[1] = token < valid ? sc[1] : -KVARN_INFINITY;
+        sc[2] = token + 1 < valid ? sc[2] : -KVARN_INFINITY;
+        sc[3] = token + 1 < valid ? sc[3] : -KVARN_INFINITY;
+      }
     }
   }
 }
@@ -393,7 +419,7 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
   }
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n) {
-    float alpha[2], newMax[2], bias[2] = {0.0f, 0.0f}, weightSum[2] = {0.0f, 0.0f};
+    float alpha[2], newMax[2], bias[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
       float local = -KVARN_INFINITY;
@@ -402,24 +428,29 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
         local = fmaxf(local, fmaxf(c.scores[n][pt][q], c.scores[n][pt][q + 2]));
       local = warpMaxXor(local, 4, 16);
       newMax[q] = fmaxf(c.runningMax[n][q], local);
-      alpha[q] = newMax[q] == -KVARN_INFINITY ? 1.0f : exp2f(c.runningMax[n][q] - newMax[q]);
+      // -inf (nothing attended yet) is subtracted as 0, so masked scores give weight 0, not NaN.
+      const float safeMax = newMax[q] == -KVARN_INFINITY ? 0.0f : newMax[q];
+      alpha[q] = fastExp2(c.runningMax[n][q] - safeMax);
       c.runningMax[n][q] = newMax[q];
+      newMax[q] = safeMax;
       c.runningSum[n][q] *= alpha[q];
     }
+    // Once the running maximum settles, most pages leave it alone: skip the rescale then.
+    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
-    for (int m = 0; m < Ctx::KC; ++m) {
-      c.out[n][m][0] *= alpha[0];
-      c.out[n][m][1] *= alpha[1];
-      c.out[n][m][2] *= alpha[0];
-      c.out[n][m][3] *= alpha[1];
+      for (int m = 0; m < Ctx::KC; ++m) {
+        c.out[n][m][0] *= alpha[0];
+        c.out[n][m][1] *= alpha[1];
+        c.out[n][m][2] *= alpha[0];
+        c.out[n][m][3] *= alpha[1];
+      }
     }
 #pragma unroll
     for (int pt = 0; pt < Ctx::P; ++pt) {
       float w[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float m = newMax[e % 2];
-        w[e] = m == -KVARN_INFINITY ? 0.0f : exp2f(c.scores[n][pt][e] - m);
+        w[e] = fastExp2(c.scores[n][pt][e] - newMax[e % 2]);
         c.runningSum[n][e % 2] += w[e];
       }
       if constexpr (Record) {
@@ -437,25 +468,17 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
         w[3] *= scaled1;
       }
       const uint32_t first = packHalf2(w[0], w[1]), second = packHalf2(w[2], w[3]);
-      if constexpr (Record) { // P' = high + low fp16 terms; sums for the centered codes
+      if constexpr (Record && Ctx::P_TERMS == 2) { // P' = high + low fp16 terms
         const float2 f = unpackHalf2(first), g = unpackHalf2(second);
-        if constexpr (Ctx::P_TERMS == 2) {
-          weightSum[0] += w[0] + w[2];
-          weightSum[1] += w[1] + w[3];
-          c.weightsLow[n][pt][0] = transpose8x8(packHalf2(w[0] - f.x, w[1] - f.y));
-          c.weightsLow[n][pt][1] = transpose8x8(packHalf2(w[2] - g.x, w[3] - g.y));
-        } else { // the MMA sees the rounded weights only
-          weightSum[0] += f.x + g.x;
-          weightSum[1] += f.y + g.y;
-        }
+        c.weightsLow[n][pt][0] = transpose8x8(packHalf2(w[0] - f.x, w[1] - f.y));
+        c.weightsLow[n][pt][1] = transpose8x8(packHalf2(w[2] - g.x, w[3] - g.y));
       }
       c.weights[n][pt][0] = transpose8x8(first);
       c.weights[n][pt][1] = transpose8x8(second);
     }
-    c.valueBias[n][0] = Record ? warpSumXor(bias[0], 4, 16) : 0.0f;
-    c.valueBias[n][1] = Record ? warpSumXor(bias[1], 4, 16) : 0.0f;
-    c.weightSum[n][0] = Record ? warpSumXor(weightSum[0], 4, 16) : 0.0f;
-    c.weightSum[n][1] = Record ? warpSumXor(weightSum[1], 4, 16) : 0.0f;
+    // The zero-point term in the units of P' (times the prescale), to start the PV accumulators.
+    c.valueBias[n][0] = Record ? warpSumXor(bias[0], 4, 16) * weightScale : 0.0f;
+    c.valueBias[n][1] = Record ? warpSumXor(bias[1], 4, 16) * weightScale : 0.0f;
   }
 
 }
@@ -467,8 +490,9 @@ template <typename Ctx> __device__ __forceinline__ void onlineSoftmax(Ctx &c, in
 }
 
 /// Output update of a record page: o[d] += V_s_col[d] * (sum_g P'[g] code[g][d] + bias).
-/// The MMAs run on the centered codes (exact in fp16) and P' split into two fp16 terms, into
-/// per-page accumulators; the fp32 epilogue adds center * sum_g P'[g] back and applies V_s_col.
+/// The MMAs run on the codes (exact in fp16) and P' (one or two fp16 terms) into per-page
+/// accumulators that start at the zero-point bias; the fp32 epilogue applies V_s_col (and undoes
+/// the P' prescale).
 template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int stage) {
   constexpr int VBITS = Ctx::VBITS;
   constexpr int CHANNELS_PER_BYTE = 8 / VBITS;
@@ -484,7 +508,7 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
     for (int m = 0; m < Ctx::KC; ++m)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        acc[n][m][e] = 0.0f;
+        acc[n][m][e] = c.valueBias[n][e % 2];
 #pragma unroll
   for (int pt = 0; pt < Ctx::P; ++pt) {
     // Token rows 2pt, 2pt+1, TPI+2pt, TPI+2pt+1 of this lane's group; channels CPI*i ...
@@ -505,9 +529,9 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
           duplicateBytes(part32(r1, byteIndex / 4), part32(r3, byteIndex / 4), byteIndex % 4);
       uint32_t a0, a1, a2, a3;
       if (shiftEven == 0)
-        centeredFragment<VBITS, 0>(x02, x13, a0, a1, a2, a3);
+        codeFragment<VBITS, 0>(x02, x13, a0, a1, a2, a3);
       else // 2-bit codes in the high nibble
-        centeredFragment<VBITS, 4>(x02, x13, a0, a1, a2, a3);
+        codeFragment<VBITS, 4>(x02, x13, a0, a1, a2, a3);
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n) {
         mma16816(acc[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
@@ -516,21 +540,19 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
       }
     }
   }
-  constexpr float center = float(codeCenter<VBITS>());
   const float unscale = Ctx::P_TERMS == 1 ? c.weightUnscale : 1.0f;
 #pragma unroll
   for (int m = 0; m < Ctx::KC; ++m) {
     const int channel = Ctx::CPI * c.i + 2 * m;
     const float2 colScale =
         unpackHalf2(*reinterpret_cast<const uint32_t *>(valueScaleCol + channel));
+    const float s0 = colScale.x * unscale, s1 = colScale.y * unscale; // exact: 2^-e
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
-      const float center0 = center * c.weightSum[n][0], center1 = center * c.weightSum[n][1];
-      const float bias0 = c.valueBias[n][0], bias1 = c.valueBias[n][1];
-      c.out[n][m][0] += colScale.x * fmaf(acc[n][m][0] + center0, unscale, bias0);
-      c.out[n][m][1] += colScale.x * fmaf(acc[n][m][1] + center1, unscale, bias1);
-      c.out[n][m][2] += colScale.y * fmaf(acc[n][m][2] + center0, unscale, bias0);
-      c.out[n][m][3] += colScale.y * fmaf(acc[n][m][3] + center1, unscale, bias1);
+      c.out[n][m][0] = fmaf(s0, acc[n][m][0], c.out[n][m][0]);
+      c.out[n][m][1] = fmaf(s0, acc[n][m][1], c.out[n][m][1]);
+      c.out[n][m][2] = fmaf(s1, acc[n][m][2], c.out[n][m][2]);
+      c.out[n][m][3] = fmaf(s1, acc[n][m][3], c.out[n][m][3]);
     }
   }
 }
