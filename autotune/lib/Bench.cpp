@@ -139,9 +139,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       KVARN_TRY(dIdentity->upload(identity.data(), identity.size() * 4));
       KVARN_TRY(dLens->upload(lens.data(), lens.size() * 4));
       KVARN_TRY(dQuery->upload(queries.data(), queries.size() * 2));
-      const DecodePlan plan = schedule.splits > 0
-          ? DecodePlan{schedule.splits}
-          : planDecode(batch, hk, context, g, info.smCount, schedule.warps);
+      const DecodePlan plan = planDecode(*module, batch, hk, context, g, info.smCount);
       Expected<DeviceBuffer> partial =
           DeviceBuffer::allocate(size_t(batch) * o.numQueryHeads * plan.numSplits * d * 4);
       Expected<DeviceBuffer> lse =

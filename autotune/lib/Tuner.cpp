@@ -438,10 +438,8 @@ Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const 
   const synthetic::PagedCache &cache = check.cache;
   const int batch = int(cache.seqLens.size()), d = spec.format.headDim;
   const int maxLen = *std::max_element(cache.seqLens.begin(), cache.seqLens.end());
-  const DecodePlan plan = schedule.splits > 0
-                              ? DecodePlan{schedule.splits}
-                              : planDecode(batch, cache.numKvHeads, maxLen, spec.format.tileTokens,
-                                           info.smCount, schedule.warps);
+  const DecodePlan plan =
+      planDecode(module, batch, cache.numKvHeads, maxLen, spec.format.tileTokens, info.smCount);
   const size_t rows = check.query.size() / d;
   Expected<DeviceBuffer> dq = uploaded(check.query), dRecords = uploaded(cache.records),
                          dKey = uploaded(cache.poolKey), dValue = uploaded(cache.poolValue),
@@ -518,9 +516,11 @@ public:
   Status prepareTiming(const std::vector<Schedule> &group) override {
     const int g = spec_.format.tileTokens, d = spec_.format.headDim;
     pages_ = (o_.context + g - 1) / g;
+    // Workspace for the largest plan any schedule of the group can get (the plan depends on the
+    // loaded kernel's occupancy, not known yet).
     int maxSplits = 1;
     for (const Schedule &s : group)
-      maxSplits = std::max(maxSplits, plan(s).numSplits);
+      maxSplits = std::max(maxSplits, s.splits > 0 ? s.splits : maxPlannedSplits);
     if (records_ && maxSplits <= workspaceSplits_)
       return Status::success();
     release();
@@ -559,7 +559,8 @@ public:
   Status launch(const KernelModule &module, const Schedule &schedule, int iteration,
                 CUstream stream) override {
     const int d = spec_.format.headDim;
-    const DecodePlan p = plan(schedule);
+    const DecodePlan p = planDecode(module, o_.batch, o_.numKvHeads, o_.context,
+                                    spec_.format.tileTokens, info_.smCount);
     dev::DecodeParams params{query_->as<void>(), out_->as<void>(), records_->as<unsigned char>(),
                              pool_->as<void>(), pool_->as<void>(), slots_->as<int>(),
                              table_->as<int>() + size_t(iteration % copies_) * o_.batch * pages_,
@@ -587,11 +588,7 @@ public:
   }
 
 private:
-  DecodePlan plan(const Schedule &s) const {
-    return s.splits > 0 ? DecodePlan{s.splits}
-                        : planDecode(o_.batch, o_.numKvHeads, o_.context, spec_.format.tileTokens,
-                                     info_.smCount, s.warps);
-  }
+  static constexpr int maxPlannedSplits = 64; // planDecode's default bound
   KernelSpec spec_;
   const TuneOptions &o_;
   DeviceInfo info_;

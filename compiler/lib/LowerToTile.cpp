@@ -49,34 +49,37 @@ Value constantI32(OpBuilder &builder, Location loc, int64_t value) {
 }
 
 /// Decode: each warp walks its pages through a ring of `stages` staging slots (a rolling
-/// software pipeline): the loads of the first stages - 1 pages are issued before the loop, and
-/// each step issues the loads of the page stages - 1 ahead (into slot (k + stages - 1) mod
-/// stages) before it computes its own page k (record pages on codes from slot k mod stages, pool
-/// pages directly). Slots are runtime values, so the loop holds one copy of the compute code;
-/// with one stage a page is loaded and then computed.
+/// software pipeline): the loads of the first stages - 1 pages (of the first page with one
+/// stage) are issued before the query rotation, so their latency overlaps it; each step issues
+/// the loads of the page stages - 1 ahead (into slot (k + stages - 1) mod stages) before it
+/// computes its own page k (record pages on codes from slot k mod stages, pool pages directly).
+/// Slots are runtime values, so the loop holds one copy of the compute code. With one stage a
+/// step computes its page and then loads the next into the freed slot.
 void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const KernelTraits &t) {
   Value ctx = beginContext(builder, loc, params, t);
-  TileRotateQueryOp::create(builder, loc, ctx);
   auto range = TilePageRangeOp::create(builder, loc, builder.getI32Type(), builder.getI32Type(),
                                        builder.getI32Type(), ctx);
   const int64_t stages = t.schedule.getStages();
   Value ahead = stages <= 2 ? range.getStep()
                            : Value(arith::MulIOp::create(builder, loc, range.getStep(),
                                                          constantI32(builder, loc, stages - 1)));
-  // Step 1. Prologue: the loads of the first stages - 1 pages.
+  // Step 1. Prologue: the loads of the first max(stages - 1, 1) pages, then the query rotation.
   Value page = range.getFirst();
-  for (int64_t slot = 0; slot + 1 < stages; ++slot) {
+  for (int64_t slot = 0; slot + 1 < std::max<int64_t>(stages, 2); ++slot) {
     if (slot > 0)
       page = arith::AddIOp::create(builder, loc, page, range.getStep());
     TileLoadRecordOp::create(builder, loc, ctx, page, constantI32(builder, loc, slot));
   }
-  // Step 2. The page loop: prefetch stages - 1 pages ahead, then compute this page.
+  TileRotateQueryOp::create(builder, loc, ctx);
+  // Step 2. The page loop: prefetch stages - 1 pages ahead, then compute this page (one stage:
+  // compute, then load the next page).
   auto loop = scf::ForOp::create(builder, loc, range.getFirst(), range.getEnd(), range.getStep());
   builder.setInsertionPointToStart(loop.getBody());
   page = loop.getInductionVar();
   Value slot, aheadSlot, aheadPage = page;
   if (stages == 1) {
     slot = aheadSlot = constantI32(builder, loc, 0);
+    aheadPage = arith::AddIOp::create(builder, loc, page, range.getStep());
   } else {
     Value count = constantI32(builder, loc, stages);
     Value k = arith::DivSIOp::create(
@@ -88,7 +91,8 @@ void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const Kerne
         count);
     aheadPage = arith::AddIOp::create(builder, loc, page, ahead);
   }
-  TileLoadRecordOp::create(builder, loc, ctx, aheadPage, aheadSlot);
+  if (stages > 1)
+    TileLoadRecordOp::create(builder, loc, ctx, aheadPage, aheadSlot);
   Value pool = TileIsPoolPageOp::create(builder, loc, builder.getI1Type(), ctx, page);
   auto poolIf = scf::IfOp::create(builder, loc, pool, /*withElseRegion=*/true);
   builder.setInsertionPointToStart(poolIf.thenBlock());
@@ -97,6 +101,10 @@ void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const Kerne
   TileScoresOnCodesOp::create(builder, loc, ctx, page, slot);
   TileOnlineSoftmaxOp::create(builder, loc, ctx, slot);
   TilePvOnCodesOp::create(builder, loc, ctx, slot);
+  if (stages == 1) {
+    builder.setInsertionPointAfter(poolIf);
+    TileLoadRecordOp::create(builder, loc, ctx, aheadPage, aheadSlot);
+  }
   builder.setInsertionPointAfter(loop);
   // Step 3. Merge the warps, then store the final output or this split's partial.
   if (t.schedule.getWarps() > 1)

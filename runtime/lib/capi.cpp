@@ -354,12 +354,9 @@ kvarn_status kvarn_plan_decode(kvarn_kernel kernel, int batch, int num_kv_heads,
   KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Decode, "kvarn_plan_decode: not a decode kernel");
   KVARN_REQUIRE(batch >= 0 && num_kv_heads > 0 && max_seq_len >= 0,
                 "kvarn_plan_decode: negative batch or length, or no kv heads");
-  *num_splits = kernel->schedule.splits > 0
-                    ? kernel->schedule.splits
-                    : kvarn::planDecode(batch, num_kv_heads, max_seq_len,
-                                        kernel->spec.format.tileTokens, kernel->smCount,
-                                        kernel->schedule.warps)
-                          .numSplits;
+  *num_splits = kvarn::planDecode(kernel->module, batch, num_kv_heads, max_seq_len,
+                                  kernel->spec.format.tileTokens, kernel->smCount)
+                    .numSplits;
   return ok();
 }
 

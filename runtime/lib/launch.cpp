@@ -69,7 +69,8 @@ KernelModule::~KernelModule() {
 }
 KernelModule::KernelModule(KernelModule &&other) noexcept
     : module_(std::exchange(other.module_, nullptr)), functions_(std::move(other.functions_)),
-      schedule_(other.schedule_), sharedBytes_(other.sharedBytes_) {}
+      schedule_(other.schedule_), sharedBytes_(other.sharedBytes_),
+      residentCtasPerSm_(other.residentCtasPerSm_) {}
 KernelModule &KernelModule::operator=(KernelModule &&other) noexcept {
   if (this != &other) {
     if (module_)
@@ -78,9 +79,41 @@ KernelModule &KernelModule::operator=(KernelModule &&other) noexcept {
     functions_ = std::move(other.functions_);
     schedule_ = other.schedule_;
     sharedBytes_ = other.sharedBytes_;
+    residentCtasPerSm_ = other.residentCtasPerSm_;
   }
   return *this;
 }
+
+namespace {
+
+/// CTAs of `warps` warps and `sharedBytes` of dynamic shared memory that fit on one
+/// multiprocessor of the current device at once: registers (allocated per warp in units of 256
+/// from each sub-partition's quarter of the file), shared memory (plus the 1 KB the driver
+/// reserves per CTA), threads and the CTA limit.
+Expected<int> residentCtas(const Driver &d, CUfunction function, int warps, size_t sharedBytes) {
+  CUdevice device;
+  if (Status s = KVARN_CU(d.cuCtxGetDevice(&device)); !s)
+    return s.error();
+  int registers = 0, registersPerSm = 0, sharedPerSm = 0, threadsPerSm = 0, ctasPerSm = 0;
+  for (auto [value, attribute] :
+       {std::pair{&registersPerSm, CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR},
+        {&sharedPerSm, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR},
+        {&threadsPerSm, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR},
+        {&ctasPerSm, CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR}})
+    if (Status s = KVARN_CU(d.cuDeviceGetAttribute(value, attribute, device)); !s)
+      return s.error();
+  if (Status s = KVARN_CU(d.cuFuncGetAttribute(&registers, CU_FUNC_ATTRIBUTE_NUM_REGS, function)); !s)
+    return s.error();
+  warps = std::max(1, warps);
+  const int registersPerWarp = std::max(256, (registers * 32 + 255) / 256 * 256);
+  const int warpsByRegisters = 4 * ((registersPerSm / 4) / registersPerWarp);
+  int fit = std::min({warpsByRegisters / warps, threadsPerSm / (32 * warps), ctasPerSm});
+  if (sharedBytes > 0)
+    fit = std::min(fit, int(size_t(sharedPerSm) / (sharedBytes + 1024)));
+  return std::max(1, fit);
+}
+
+} // namespace
 
 Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
                                           const std::vector<std::string> &names,
@@ -106,6 +139,12 @@ Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
                                            " bytes of shared memory: " + s.error().message);
     module.functions_.push_back(function);
   }
+  if (!module.functions_.empty()) {
+    Expected<int> resident = residentCtas(d, module.functions_.front(), schedule.warps, sharedBytes);
+    if (!resident)
+      return resident.error();
+    module.residentCtasPerSm_ = *resident;
+  }
   return module;
 }
 
@@ -121,17 +160,34 @@ int KernelModule::localBytes(size_t index) const {
 }
 
 DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, int smCount,
-                      int warps, int maxSplits, int minPagesPerSplit) {
-  DecodePlan plan;
+                      int warps, int ctasPerSm, int maxSplits) {
+  constexpr double ctaOverhead = 1.0, mergeOverhead = 1.0; // in page times of one warp
   const int pages = std::max(1, (maxSeqLen + tileTokens - 1) / tileTokens);
-  const int ctas = std::max(1, batch * numKvHeads);
-  // Several waves of resident CTAs (each warp walks its own pages), so the last, partial wave
-  // costs little; never fewer than minPagesPerSplit pages per warp.
-  const int target = 8 * smCount * std::max(1, 4 / std::max(1, warps));
-  int splits = (target + ctas - 1) / ctas;
-  splits = std::min(splits, std::max(1, pages / std::max(1, minPagesPerSplit * warps)));
-  plan.numSplits = std::clamp(splits, 1, maxSplits);
+  const int64_t ctas = std::max(1, batch * numKvHeads);
+  const int64_t slots = int64_t(std::max(1, smCount)) * std::max(1, ctasPerSm);
+  const int perCtaWarps = std::max(1, warps);
+  DecodePlan plan;
+  double best = 0.0;
+  for (int splits = 1; splits <= std::min(std::max(1, maxSplits), pages); ++splits) {
+    const int64_t waves = (ctas * splits + slots - 1) / slots;
+    const int pagesPerSplit = (pages + splits - 1) / splits;
+    const double cost = double(waves) * ((pagesPerSplit + perCtaWarps - 1) / perCtaWarps + ctaOverhead) +
+                        (splits > 1 ? mergeOverhead : 0.0);
+    if (splits == 1 || cost < best - 1e-9) {
+      best = cost;
+      plan.numSplits = splits;
+    }
+  }
   return plan;
+}
+
+DecodePlan planDecode(const KernelModule &module, int batch, int numKvHeads, int maxSeqLen,
+                      int tileTokens, int smCount) {
+  const Schedule &schedule = module.schedule();
+  if (schedule.splits > 0)
+    return DecodePlan{schedule.splits};
+  return planDecode(batch, numKvHeads, maxSeqLen, tileTokens, smCount, schedule.warps,
+                    module.residentCtasPerSm());
 }
 
 Status launchDecode(const KernelModule &module, dev::DecodeParams params, int numQueryHeadsPerKv,

@@ -132,10 +132,10 @@ double runDecode(const DecodeCase &dc, uint64_t seed, bool planned = true) {
   for (int32_t len : dc.lengths)
     maxLen = std::max(maxLen, len);
   Schedule schedule = *parseSchedule(dc.schedule);
-  DecodePlan plan = schedule.splits > 0 ? DecodePlan{schedule.splits}
-                    : planned ? planDecode(batch, dc.numKvHeads, maxLen, format.tileTokens,
-                                           gpu()->smCount, schedule.warps)
-                              : DecodePlan{1};
+  DecodePlan plan = planned || schedule.splits > 0
+                        ? planDecode(module, batch, dc.numKvHeads, maxLen, format.tileTokens,
+                                     gpu()->smCount)
+                        : DecodePlan{1};
   DeviceBuffer dPartial = allocate(size_t(batch) * hq * plan.numSplits * dc.headDim * 4);
   DeviceBuffer dLse = allocate(size_t(batch) * hq * plan.numSplits * 4);
   dev::DecodeParams params{};

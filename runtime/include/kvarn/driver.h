@@ -20,7 +20,7 @@ namespace kvarn {
   X(cuEventElapsedTime) X(cuEventDestroy) X(cuStreamCreate) X(cuStreamSynchronize)               \
   X(cuStreamDestroy) X(cuStreamBeginCapture) X(cuStreamEndCapture) X(cuGraphInstantiate)         \
   X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy) X(cuGetErrorName) X(cuGetErrorString) \
-  X(cuDevicePrimaryCtxReset)
+  X(cuDevicePrimaryCtxReset) X(cuCtxGetDevice)
 
 /// Function table of the loaded driver.
 struct Driver {

@@ -57,12 +57,15 @@ public:
   /// Registers per thread and local (spill) bytes of function `index`.
   int registers(size_t index) const;
   int localBytes(size_t index) const;
+  /// CTAs of function 0 resident per multiprocessor (registers, shared memory, threads).
+  int residentCtasPerSm() const { return residentCtasPerSm_; }
 
 private:
   CUmodule module_ = nullptr;
   std::vector<CUfunction> functions_;
   Schedule schedule_;
   size_t sharedBytes_ = 0;
+  int residentCtasPerSm_ = 1;
 };
 
 /// Host-side split plan of a decode launch (fixed grid for CUDA-graph capture).
@@ -70,10 +73,18 @@ struct DecodePlan {
   int numSplits = 1;
 };
 
-/// Chooses splits so that batch * kv heads * splits CTAs fill `smCount` multiprocessors,
-/// keeping at least `minPagesPerSplit` pages per split.
+/// Chooses the split count of a decode launch from a makespan model in units of one warp's
+/// page time: batch * kv heads * splits CTAs run in waves of smCount * ctasPerSm resident CTAs;
+/// a CTA takes its split's pages spread over its warps plus a fixed cost (query rotation, the
+/// first page's latency, the warp merge and partial store) of about one page; several splits add
+/// the merge kernel. The smallest split count of the least cost wins.
 DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, int smCount,
-                      int warps, int maxSplits = 64, int minPagesPerSplit = 2);
+                      int warps, int ctasPerSm, int maxSplits = 64);
+
+/// The plan of a loaded decode kernel: its schedule's fixed split count, else planDecode with its
+/// warps and resident CTAs per multiprocessor.
+DecodePlan planDecode(const KernelModule &module, int batch, int numKvHeads, int maxSeqLen,
+                      int tileTokens, int smCount);
 
 /// Launches decode (and its merge kernel when the plan has several splits).
 Status launchDecode(const KernelModule &module, dev::DecodeParams params, int numQueryHeadsPerKv,

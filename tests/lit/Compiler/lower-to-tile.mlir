@@ -1,17 +1,18 @@
 // RUN: kvarn-opt %s -kvarn-specialize -kvarn-lower-to-tile | FileCheck %s
-// The schedule shapes the kernel: one stage loads then computes each page, two stages run a
-// rolling pipeline (a prologue load, then the next page's load into the other slot before each
-// page's compute, one copy of the compute code with a computed slot); one warp
-// needs no warp merge; a fixed single split needs no merge kernel.
+// The schedule shapes the kernel: one stage loads the first page before the query rotation,
+// then computes each page and loads the next into the freed slot; two stages run a rolling
+// pipeline (a prologue load, then the next page's load into the other slot before each page's
+// compute, one copy of the compute code with a computed slot); one warp needs no warp merge; a
+// fixed single split needs no merge kernel.
 
 // CHECK-LABEL: func.func @one_stage(%{{.*}}: !kvarn.params<decode>) attributes {kvarn.kernel, kvarn.threads = 128 : i64}
 // CHECK: %[[CTX:.*]] = kvarn.tile.begin
-// CHECK: kvarn.tile.rotate_query %[[CTX]]
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
-// CHECK-NOT: kvarn.tile.load_record
+// CHECK: kvarn.tile.load_record %[[CTX]], %[[FIRST]], slot %{{.*}}
+// CHECK-NEXT: kvarn.tile.rotate_query %[[CTX]]
 // CHECK: scf.for %[[PAGE:.*]] = %[[FIRST]] to %[[END]] step %[[STEP]] : i32 {
 // CHECK:   %[[ZERO:.*]] = arith.constant 0 : i32
-// CHECK:   kvarn.tile.load_record %[[CTX]], %[[PAGE]], slot %[[ZERO]]
+// CHECK:   %[[NEXT:.*]] = arith.addi %[[PAGE]], %[[STEP]] : i32
 // CHECK:   %[[POOL:.*]] = kvarn.tile.is_pool_page %[[CTX]], %[[PAGE]]
 // CHECK:   scf.if %[[POOL]] {
 // CHECK-NEXT: kvarn.tile.attend_pool_page %[[CTX]], %[[PAGE]]
@@ -19,6 +20,8 @@
 // CHECK-NEXT: kvarn.tile.scores_on_codes %[[CTX]], %[[PAGE]], slot %[[ZERO]]
 // CHECK-NEXT: kvarn.tile.online_softmax %[[CTX]], slot %[[ZERO]]
 // CHECK-NEXT: kvarn.tile.pv_on_codes %[[CTX]], slot %[[ZERO]]
+// CHECK-NEXT: }
+// CHECK-NEXT: kvarn.tile.load_record %[[CTX]], %[[NEXT]], slot %[[ZERO]]
 // CHECK: kvarn.tile.merge_warps %[[CTX]]
 // CHECK: kvarn.tile.store_output %[[CTX]] {partial = true}
 // CHECK-LABEL: func.func @one_stage_merge
@@ -41,6 +44,7 @@ func.func @one_stage(%q: memref<?x64x128xf16>, %cache: memref<?x8x13824xi8>,
 // CHECK: %[[CTX:.*]] = kvarn.tile.begin
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
 // CHECK: kvarn.tile.load_record %[[CTX]], %[[FIRST]], slot %{{.*}}
+// CHECK-NEXT: kvarn.tile.rotate_query %[[CTX]]
 // CHECK: scf.for %[[PAGE:.*]] = %[[FIRST]] to %[[END]] step %[[STEP]] : i32 {
 // CHECK:   %[[TWO:.*]] = arith.constant 2 : i32
 // CHECK:   %[[OFFSET:.*]] = arith.subi %[[PAGE]], %[[FIRST]] : i32

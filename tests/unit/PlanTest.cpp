@@ -1,0 +1,50 @@
+// The decode split planner (host only): waves of resident CTAs, pages per warp, merge cost.
+#include "kvarn/launch.h"
+
+#include <gtest/gtest.h>
+
+namespace {
+
+using kvarn::planDecode;
+
+constexpr int kSms = 132, kTile = 128, kWarps = 4, kResident = 3; // 396 resident CTAs
+
+int splits(int batch, int context, int resident = kResident, int warps = kWarps) {
+  return planDecode(batch, 8, context, kTile, kSms, warps, resident).numSplits;
+}
+
+TEST(DecodePlan, OneLongRequestFillsOneWaveInsteadOfSpillingIntoASecond) {
+  // 8 kv heads, 1,024 pages: at most 49 splits (392 CTAs) fit one wave, each warp then walks
+  // ceil(ceil(1024 / 49) / 4) = 6 pages; 64 splits would need a second, mostly empty wave.
+  const int s = splits(1, 131072);
+  EXPECT_LE(8 * s, kSms * kResident);
+  EXPECT_LE(((1024 + s - 1) / s + kWarps - 1) / kWarps, 6) << s << " splits";
+}
+
+TEST(DecodePlan, LargeBatchesDoNotSplitMoreThanTheWavesNeed) {
+  // 512 CTAs already exceed one wave: splitting further only helps until the waves are full.
+  const int s = splits(64, 16384);
+  const int ctas = 64 * 8 * s;
+  const int waves = (ctas + kSms * kResident - 1) / (kSms * kResident);
+  EXPECT_GE(double(ctas) / (waves * kSms * kResident), 0.85) << s << " splits";
+}
+
+TEST(DecodePlan, MoreResidentCtasAllowMoreSplits) {
+  EXPECT_LE(splits(1, 131072, 1), splits(1, 131072, 3));
+  EXPECT_LE(splits(1, 131072, 3), splits(1, 131072, 6));
+}
+
+TEST(DecodePlan, ShortAndEmptyRequestsAreNotSplit) {
+  EXPECT_EQ(splits(64, 0), 1);
+  EXPECT_EQ(splits(64, 128), 1);
+  EXPECT_EQ(splits(1, 128), 1);           // one page cannot be split
+  EXPECT_LE(splits(1, 640), 5);           // never more splits than pages
+  EXPECT_EQ(splits(0, 4096), splits(1, 4096)); // an empty batch plans like one request
+}
+
+TEST(DecodePlan, RespectsTheSplitBound) {
+  EXPECT_LE(planDecode(1, 1, 1 << 20, kTile, kSms, kWarps, kResident, 16).numSplits, 16);
+  EXPECT_GE(planDecode(1, 1, 1 << 20, kTile, kSms, kWarps, kResident, 16).numSplits, 8);
+}
+
+} // namespace
