@@ -5,6 +5,7 @@
 #include "kvarn/driver.h"
 #include "kvarn/jit.h"
 #include "kvarn/kvarn.h"
+#include "kvarn/kvarn.hpp"
 #include "kvarn/reference.h"
 
 #include <gtest/gtest.h>
@@ -46,8 +47,9 @@ protected:
   template <typename T> CUdeviceptr upload(const std::vector<T> &host) {
     CUdeviceptr pointer = 0;
     EXPECT_TRUE(KVARN_CU(driver().cuMemAlloc(&pointer, std::max<size_t>(16, host.size() * sizeof(T)))));
-    if (!host.empty())
+    if (!host.empty()) {
       EXPECT_TRUE(KVARN_CU(driver().cuMemcpyHtoD(pointer, host.data(), host.size() * sizeof(T))));
+    }
     allocations.push_back(pointer);
     return pointer;
   }
@@ -168,6 +170,62 @@ TEST_F(CApiGpuTest, DecodeThroughTheCApiAndACudaGraphReplayedWithNewLengths) {
   driver().cuGraphExecDestroy(exec);
   driver().cuGraphDestroy(graph);
   driver().cuStreamDestroy(stream);
+}
+
+TEST_F(CApiGpuTest, CppWrapperPreparesPlansAndLaunchesLikeTheCApi) {
+  // The same decode through kvarn.hpp (its own runtime, RAII) and through the C API: identical
+  // plan, workspace size, schedule and output bytes; a bad spec throws kvarn::api::Error.
+  Format format = *parseFormat("kvarn_k4v2_g128", 128);
+  const std::vector<int32_t> lengths = {700, 1300};
+  const int hk = 2, batch = 2;
+  DecodeFixture fx(format, hk, 8, lengths, 23);
+  const std::string spec = "decode:kvarn_k4v2_g128:d128:q8:f16";
+  kvarn_kernel cKernel = nullptr;
+  ASSERT_KVARN(kvarn_prepare(runtime, spec.c_str(), nullptr, &cKernel));
+  kvarn::api::Runtime::Options options;
+  options.cacheDir = cacheDir + "/cpp";
+  kvarn::api::Runtime cpp(options);
+  kvarn::api::check(kvarn_jit_install(cpp.handle()));
+  const char *arch = nullptr;
+  int smCount = 0;
+  ASSERT_KVARN(kvarn_runtime_device(runtime, &arch, &smCount));
+  EXPECT_EQ(cpp.device(), std::make_pair(std::string(arch), smCount));
+  const kvarn::api::Kernel kernel = cpp.prepare(spec);
+  const char *cSchedule = nullptr, *cHow = nullptr;
+  ASSERT_KVARN(kvarn_kernel_describe(cKernel, &cSchedule, &cHow));
+  EXPECT_EQ(kernel.describe().first, std::string(cSchedule));
+  int cSplits = 0;
+  ASSERT_KVARN(kvarn_plan_decode(cKernel, batch, hk, 1300, &cSplits));
+  const int splits = kernel.planDecode(batch, hk, 1300);
+  EXPECT_EQ(splits, cSplits);
+  size_t cBytes = 0;
+  ASSERT_KVARN(kvarn_decode_workspace_size(cKernel, batch, hk, splits, &cBytes));
+  EXPECT_EQ(kernel.decodeWorkspaceBytes(batch, hk, splits), cBytes);
+  CUdeviceptr dq = upload(fx.q), dRecords = upload(fx.cache.records), dPk = upload(fx.cache.poolKey),
+              dPv = upload(fx.cache.poolValue), dSlots = upload(fx.cache.blockToSlot),
+              dTable = upload(fx.cache.blockTable), dLens = upload(lengths),
+              dOutC = allocate(fx.q.size() * 2), dOutCpp = allocate(fx.q.size() * 2),
+              dWork = allocate(cBytes);
+  kvarn_decode_args args{reinterpret_cast<void *>(dq), reinterpret_cast<void *>(dOutC),
+                         reinterpret_cast<void *>(dRecords), reinterpret_cast<void *>(dPk),
+                         reinterpret_cast<void *>(dPv), reinterpret_cast<int32_t *>(dSlots),
+                         reinterpret_cast<int32_t *>(dTable), reinterpret_cast<int32_t *>(dLens),
+                         reinterpret_cast<void *>(dWork), batch, hk, fx.cache.maxBlocks, 0.0f};
+  ASSERT_KVARN(kvarn_launch_decode(cKernel, &args, splits, nullptr));
+  ASSERT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
+  args.out = reinterpret_cast<void *>(dOutCpp);
+  kernel.decode(args, splits);
+  ASSERT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
+  const std::vector<uint16_t> viaC = download<uint16_t>(dOutC, fx.q.size());
+  EXPECT_EQ(download<uint16_t>(dOutCpp, fx.q.size()), viaC);
+  EXPECT_LE(errorAgainst(viaC, fx.reference(lengths)), 1e-3);
+  try {
+    cpp.prepare("decode:kvarn_k4v2_g128:d96:q8:f16");
+    ADD_FAILURE() << "a head_dim of 96 was accepted";
+  } catch (const kvarn::api::Error &error) {
+    EXPECT_EQ(error.status(), KVARN_ERROR_INVALID_ARGUMENT) << error.what();
+    EXPECT_NE(std::string(error.what()).find("96"), std::string::npos) << error.what();
+  }
 }
 
 TEST_F(CApiGpuTest, LaunchesFromSeveralThreadsOnSeveralStreams) {
