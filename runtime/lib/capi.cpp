@@ -187,6 +187,9 @@ kvarn_status kvarn_runtime_create(const kvarn_runtime_options *options, kvarn_ru
   kvarn::Expected<kvarn::DeviceInfo> device = kvarn::openDevice(o.device);
   if (!device)
     return fail(KVARN_ERROR_NO_DEVICE, device.error().message);
+  if (kvarn::Status supported = kvarn::validateArch(device->arch()); !supported)
+    return fail(KVARN_ERROR_UNSUPPORTED, "GPU " + std::to_string(o.device) + " (" + device->name +
+                                             "): " + supported.error().message);
   auto created = std::make_unique<kvarn_runtime_t>();
   created->options = o;
   created->device = *device;

@@ -49,14 +49,24 @@ Expected<OpKind> parseOpKind(std::string_view text) {
 }
 
 Status validateArch(std::string_view arch) {
-  for (const char *known : {"sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_90a",
-                            "sm_100", "sm_100a", "sm_120", "sm_120a"})
-    if (arch == known)
+  static constexpr const char *known[] = {"sm_80",  "sm_86",   "sm_87",  "sm_89",   "sm_90",
+                                          "sm_90a", "sm_100",  "sm_100a", "sm_120", "sm_120a",
+                                          "sm_121", "sm_121a"};
+  for (const char *name : known)
+    if (arch == name)
       return Status::success();
+  std::string list;
+  for (const char *name : known)
+    list += std::string(list.empty() ? "" : ", ") + name;
+  // Compute capability below 8.0: no cp.async, no f16x2 conversions, no m16n8k16 MMA.
+  static constexpr const char *older[] = {"sm_50", "sm_52", "sm_53", "sm_60", "sm_61",
+                                          "sm_62", "sm_70", "sm_72", "sm_75"};
+  if (std::find(std::begin(older), std::end(older), arch) != std::end(older))
+    return makeError(ErrorCode::Unsupported,
+                     "arch '" + std::string(arch) + "' is older than sm_80: kvarn kernels need " +
+                         "cp.async, f16x2 conversions and m16n8k16 MMAs (supported: " + list + ")");
   return makeError(ErrorCode::InvalidArgument,
-                   "unsupported arch '" + std::string(arch) +
-                       "' (supported: sm_75, sm_80, sm_86, sm_87, sm_89, sm_90, sm_90a, sm_100, "
-                       "sm_100a, sm_120, sm_120a)");
+                   "unsupported arch '" + std::string(arch) + "' (supported: " + list + ")");
 }
 
 std::string KernelSpec::str() const {
@@ -269,9 +279,7 @@ SharedMemoryLimits sharedMemoryLimits(std::string_view arch) {
     return {163, 164};
   if (arch == "sm_90" || arch == "sm_90a" || arch == "sm_100" || arch == "sm_100a")
     return {227, 228};
-  if (arch == "sm_75")
-    return {64, 64};
-  return {99, 100}; // sm_86, sm_89, sm_120
+  return {99, 100}; // sm_86, sm_89, sm_120, sm_121
 }
 
 } // namespace

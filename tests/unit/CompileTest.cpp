@@ -85,6 +85,20 @@ TEST(NvrtcCompile, EveryVariantCompilesWithoutWarnings) {
     EXPECT_EQ(job.failure, "") << job.spec << " schedule '" << job.schedule << "'";
 }
 
+TEST(NvrtcCompile, NewerAndConsumerArchitecturesCompileWithoutWarnings) {
+  // sm_89 (Ada), sm_100a (Blackwell datacenter), sm_120 and sm_121 (Blackwell consumer / GB10):
+  // the tuned decode and the flush, default schedules.
+  std::vector<Job> jobs;
+  for (const char *arch : {"sm_89", "sm_100a", "sm_120", "sm_121"}) {
+    jobs.push_back({std::string("decode:kvarn_k4v2_g128:d128:q8:f16:") + arch,
+                    "warps=4,mma=m16n8k16.single-p,min_ctas=3"});
+    jobs.push_back({std::string("flush:kvarn_k4v2_g128:d128:q1:f16:") + arch, ""});
+  }
+  compileAll(jobs);
+  for (const Job &job : jobs)
+    EXPECT_EQ(job.failure, "") << job.spec << " [" << job.schedule << "]";
+}
+
 TEST(NvrtcCompile, ImpossibleSchedulesAreRejectedBeforeNvrtc) {
   std::vector<Job> jobs = {{"flush:kvarn_k4v2_g128:d256:q1:f16:sm_80", ""},
                            {"decode:kvarn_k4v2_g128:d256:q16:f16:sm_89", "warps=8"}};

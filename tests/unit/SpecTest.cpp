@@ -52,6 +52,8 @@ TEST(KernelSpec, ErrorsNameTheFieldTheValueAndWhatIsAllowed) {
               HasSubstr("field 5 (dtype) is 'f32'; expected f16 or bf16"));
   EXPECT_THAT(specError("decode:kvarn_k4v2_g128:d128:q8:f16:sm_91"),
               HasSubstr("field 6 (arch) is 'sm_91'; unsupported arch 'sm_91'"));
+  EXPECT_THAT(specError("decode:kvarn_k4v2_g128:d128:q8:f16:sm_75"),
+              HasSubstr("arch 'sm_75' is older than sm_80: kvarn kernels need cp.async"));
   EXPECT_THAT(specError("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a:it"),
               HasSubstr("field 7 (option) is 'it'; expected it<iterations> or compact"));
 }
