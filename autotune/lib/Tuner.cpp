@@ -520,7 +520,7 @@ public:
     // loaded kernel's occupancy, not known yet).
     int maxSplits = 1;
     for (const Schedule &s : group)
-      maxSplits = std::max(maxSplits, s.splits > 0 ? s.splits : maxPlannedSplits);
+      maxSplits = std::max(maxSplits, s.splits > 0 ? s.splits : kMaxPlannedSplits);
     if (records_ && maxSplits <= workspaceSplits_)
       return Status::success();
     release();
@@ -588,7 +588,6 @@ public:
   }
 
 private:
-  static constexpr int maxPlannedSplits = 64; // planDecode's default bound
   KernelSpec spec_;
   const TuneOptions &o_;
   DeviceInfo info_;

@@ -78,8 +78,9 @@ struct DecodePlan {
 /// a CTA takes its split's pages spread over its warps plus a fixed cost (query rotation, the
 /// first page's latency, the warp merge and partial store) of about one page; several splits add
 /// the merge kernel. The smallest split count of the least cost wins.
+constexpr int kMaxPlannedSplits = 64; ///< planDecode's default bound (workspaces size for it)
 DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, int smCount,
-                      int warps, int ctasPerSm, int maxSplits = 64);
+                      int warps, int ctasPerSm, int maxSplits = kMaxPlannedSplits);
 
 /// The plan of a loaded decode kernel: its schedule's fixed split count, else planDecode with its
 /// warps and resident CTAs per multiprocessor.
