@@ -60,6 +60,10 @@ protected:
     return host;
   }
   static const Driver &driver() { return **Driver::get(); }
+  /// Device copies of a fixture for `lengths` (output NaN-poisoned, `workspaceBytes` of
+  /// workspace) and the decode arguments over them.
+  kvarn_decode_args uploadDecode(const DecodeFixture &fx, const std::vector<int32_t> &lengths,
+                                 int hk, size_t workspaceBytes);
   /// Decodes a fixture through a prepared kernel (planned splits, default stream, NaN-poisoned
   /// output) and returns the relative error against the float64 reference.
   double decode(kvarn_kernel kernel, const DecodeFixture &fx, const std::vector<int32_t> &lengths,
@@ -104,6 +108,19 @@ double errorAgainst(const std::vector<uint16_t> &actual, const std::vector<uint1
   return reference::relativeFrobeniusError(toFloats(actual, DType::F16), toFloats(expected, DType::F16));
 }
 
+kvarn_decode_args CApiGpuTest::uploadDecode(const DecodeFixture &fx,
+                                            const std::vector<int32_t> &lengths, int hk,
+                                            size_t workspaceBytes) {
+  auto pointer = [](CUdeviceptr p) { return reinterpret_cast<void *>(p); };
+  auto ints = [](CUdeviceptr p) { return reinterpret_cast<int32_t *>(p); };
+  return kvarn_decode_args{pointer(upload(fx.q)), pointer(allocate(fx.q.size() * 2)),
+                           pointer(upload(fx.cache.records)), pointer(upload(fx.cache.poolKey)),
+                           pointer(upload(fx.cache.poolValue)), ints(upload(fx.cache.blockToSlot)),
+                           ints(upload(fx.cache.blockTable)), ints(upload(lengths)),
+                           pointer(allocate(workspaceBytes)), int(lengths.size()), hk,
+                           fx.cache.maxBlocks, 0.0f};
+}
+
 double CApiGpuTest::decode(kvarn_kernel kernel, const DecodeFixture &fx,
                            const std::vector<int32_t> &lengths, int hk) {
   const int batch = int(lengths.size());
@@ -112,18 +129,10 @@ double CApiGpuTest::decode(kvarn_kernel kernel, const DecodeFixture &fx,
   size_t workspaceBytes = 0;
   EXPECT_EQ(kvarn_plan_decode(kernel, batch, hk, maxLen, &splits), KVARN_OK) << kvarn_last_error();
   EXPECT_EQ(kvarn_decode_workspace_size(kernel, batch, hk, splits, &workspaceBytes), KVARN_OK);
-  CUdeviceptr dq = upload(fx.q), dRecords = upload(fx.cache.records), dPk = upload(fx.cache.poolKey),
-              dPv = upload(fx.cache.poolValue), dSlots = upload(fx.cache.blockToSlot),
-              dTable = upload(fx.cache.blockTable), dLens = upload(lengths),
-              dOut = allocate(fx.q.size() * 2), dWork = allocate(workspaceBytes);
-  kvarn_decode_args args{reinterpret_cast<void *>(dq), reinterpret_cast<void *>(dOut),
-                         reinterpret_cast<void *>(dRecords), reinterpret_cast<void *>(dPk),
-                         reinterpret_cast<void *>(dPv), reinterpret_cast<int32_t *>(dSlots),
-                         reinterpret_cast<int32_t *>(dTable), reinterpret_cast<int32_t *>(dLens),
-                         reinterpret_cast<void *>(dWork), batch, hk, fx.cache.maxBlocks, 0.0f};
+  const kvarn_decode_args args = uploadDecode(fx, lengths, hk, workspaceBytes);
   EXPECT_EQ(kvarn_launch_decode(kernel, &args, splits, nullptr), KVARN_OK) << kvarn_last_error();
   EXPECT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
-  return errorAgainst(download<uint16_t>(dOut, fx.q.size()), fx.reference(lengths));
+  return errorAgainst(download<uint16_t>(CUdeviceptr(args.out), fx.q.size()), fx.reference(lengths));
 }
 
 TEST_F(CApiGpuTest, DecodeThroughTheCApiAndACudaGraphReplayedWithNewLengths) {
@@ -136,15 +145,8 @@ TEST_F(CApiGpuTest, DecodeThroughTheCApiAndACudaGraphReplayedWithNewLengths) {
   ASSERT_KVARN(kvarn_plan_decode(kernel, 3, 2, 1500, &splits));
   size_t workspaceBytes = 0;
   ASSERT_KVARN(kvarn_decode_workspace_size(kernel, 3, 2, splits, &workspaceBytes));
-  CUdeviceptr dq = upload(fx.q), dRecords = upload(fx.cache.records), dPk = upload(fx.cache.poolKey),
-              dPv = upload(fx.cache.poolValue), dSlots = upload(fx.cache.blockToSlot),
-              dTable = upload(fx.cache.blockTable), dLens = upload(maxLengths),
-              dOut = allocate(fx.q.size() * 2), dWork = allocate(workspaceBytes);
-  kvarn_decode_args args{reinterpret_cast<void *>(dq), reinterpret_cast<void *>(dOut),
-                         reinterpret_cast<void *>(dRecords), reinterpret_cast<void *>(dPk),
-                         reinterpret_cast<void *>(dPv), reinterpret_cast<int32_t *>(dSlots),
-                         reinterpret_cast<int32_t *>(dTable), reinterpret_cast<int32_t *>(dLens),
-                         reinterpret_cast<void *>(dWork), 3, 2, fx.cache.maxBlocks, 0.0f};
+  const kvarn_decode_args args = uploadDecode(fx, maxLengths, 2, workspaceBytes);
+  const CUdeviceptr dOut = CUdeviceptr(args.out), dLens = CUdeviceptr(args.seq_lens);
   // Step 1. A plain launch.
   ASSERT_KVARN(kvarn_launch_decode(kernel, &args, splits, nullptr));
   ASSERT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
@@ -201,16 +203,8 @@ TEST_F(CApiGpuTest, CppWrapperPreparesPlansAndLaunchesLikeTheCApi) {
   size_t cBytes = 0;
   ASSERT_KVARN(kvarn_decode_workspace_size(cKernel, batch, hk, splits, &cBytes));
   EXPECT_EQ(kernel.decodeWorkspaceBytes(batch, hk, splits), cBytes);
-  CUdeviceptr dq = upload(fx.q), dRecords = upload(fx.cache.records), dPk = upload(fx.cache.poolKey),
-              dPv = upload(fx.cache.poolValue), dSlots = upload(fx.cache.blockToSlot),
-              dTable = upload(fx.cache.blockTable), dLens = upload(lengths),
-              dOutC = allocate(fx.q.size() * 2), dOutCpp = allocate(fx.q.size() * 2),
-              dWork = allocate(cBytes);
-  kvarn_decode_args args{reinterpret_cast<void *>(dq), reinterpret_cast<void *>(dOutC),
-                         reinterpret_cast<void *>(dRecords), reinterpret_cast<void *>(dPk),
-                         reinterpret_cast<void *>(dPv), reinterpret_cast<int32_t *>(dSlots),
-                         reinterpret_cast<int32_t *>(dTable), reinterpret_cast<int32_t *>(dLens),
-                         reinterpret_cast<void *>(dWork), batch, hk, fx.cache.maxBlocks, 0.0f};
+  kvarn_decode_args args = uploadDecode(fx, lengths, hk, cBytes);
+  const CUdeviceptr dOutC = CUdeviceptr(args.out), dOutCpp = allocate(fx.q.size() * 2);
   ASSERT_KVARN(kvarn_launch_decode(cKernel, &args, splits, nullptr));
   ASSERT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
   args.out = reinterpret_cast<void *>(dOutCpp);
