@@ -38,24 +38,6 @@ struct AppendContext {
   }
 };
 
-/// Loads `Words` 32-bit words (2 * Words activation values) with the widest aligned vectors.
-template <int Words> __device__ __forceinline__ void loadWords(uint32_t (&w)[Words], const void *source) {
-  if constexpr (Words % 4 == 0) {
-#pragma unroll
-    for (int k = 0; k < Words / 4; ++k) {
-      const uint4 v = reinterpret_cast<const uint4 *>(source)[k];
-      w[4 * k] = v.x, w[4 * k + 1] = v.y, w[4 * k + 2] = v.z, w[4 * k + 3] = v.w;
-    }
-  } else if constexpr (Words == 2) {
-    const uint2 v = *reinterpret_cast<const uint2 *>(source);
-    w[0] = v.x, w[1] = v.y;
-  } else {
-#pragma unroll
-    for (int k = 0; k < Words; ++k)
-      w[k] = reinterpret_cast<const uint32_t *>(source)[k];
-  }
-}
-
 /// Rotates one token's K and V rows of every kv head (half-warp FWHT per row) and writes its pool
 /// rows. A warp takes HEADS_PER_PASS heads per pass (K in its lower half-warp, V in the upper) and
 /// issues all their loads, and the slot lookup, before it rotates any.

@@ -63,6 +63,13 @@ __device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
   return r;
 }
 
+/// a * b per fp16 half, rounded once (no contraction into a later add).
+__device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
+  uint32_t r;
+  asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
 template <typename A, typename B> struct SameType { static constexpr bool value = false; };
 template <typename A> struct SameType<A, A> { static constexpr bool value = true; };
 
@@ -72,6 +79,24 @@ template <typename T> __device__ __forceinline__ float2 unpackPair(uint32_t bits
     return unpackHalf2(bits);
   else
     return make_float2(__uint_as_float(bits << 16), __uint_as_float(bits & 0xffff0000u));
+}
+
+/// Loads `Words` 32-bit words (2 * Words activation values) with the widest aligned vectors.
+template <int Words> __device__ __forceinline__ void loadWords(uint32_t (&w)[Words], const void *source) {
+  if constexpr (Words % 4 == 0) {
+#pragma unroll
+    for (int k = 0; k < Words / 4; ++k) {
+      const uint4 v = reinterpret_cast<const uint4 *>(source)[k];
+      w[4 * k] = v.x, w[4 * k + 1] = v.y, w[4 * k + 2] = v.z, w[4 * k + 3] = v.w;
+    }
+  } else if constexpr (Words == 2) {
+    const uint2 v = *reinterpret_cast<const uint2 *>(source);
+    w[0] = v.x, w[1] = v.y;
+  } else {
+#pragma unroll
+    for (int k = 0; k < Words; ++k)
+      w[k] = reinterpret_cast<const uint32_t *>(source)[k];
+  }
 }
 
 /// Stores `Words` 32-bit words with the widest vectors their count allows (the target is aligned
@@ -151,13 +176,6 @@ __device__ __forceinline__ void codeFragment(uint32_t first, uint32_t second, ui
   a1 = codePair<Bits, Shift + Bits>(first);
   a2 = codePair<Bits, Shift>(second);
   a3 = codePair<Bits, Shift + Bits>(second);
-}
-
-/// a * b per fp16 half, rounded once (no contraction into a later add).
-__device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
-  uint32_t r;
-  asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  return r;
 }
 
 /// D += A(16x16, fp16, row) * B(16x8, fp16, col), fp32 accumulate (tensor cores).
