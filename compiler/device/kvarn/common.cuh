@@ -138,14 +138,6 @@ __device__ __forceinline__ uint32_t duplicateBytes(uint32_t low, uint32_t high, 
   return __byte_perm(low, high, selector);
 }
 
-/// (a & Mask) | Bits in one LOP3 (written as PTX: from C++ the compiler splits it into two,
-/// since a LOP3 takes one immediate).
-template <uint32_t Mask, uint32_t Bits> __device__ __forceinline__ uint32_t andOr(uint32_t a) {
-  uint32_t r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(a), "n"(Mask), "n"(Bits));
-  return r;
-}
-
 /// 2^x on the SFU (ex2.approx.ftz: about 2 ulp; results below 2^-126 flush to zero, 2^-inf = 0).
 __device__ __forceinline__ float fastExp2(float x) {
   float r;
@@ -153,29 +145,72 @@ __device__ __forceinline__ float fastExp2(float x) {
   return r;
 }
 
-/// Two `Bits`-wide codes at bit `Shift` of each 16-bit half of `duplicated`, as the exact fp16
-/// pair: one LOP3 makes 1024 + code * 2^Shift, one HFMA2 scales by 2^-Shift and subtracts
-/// 1024 * 2^-Shift (every constant and result is exact in fp16). The codes are not centered: the
+/// How `codePair` turns packed codes into fp16 MMA operands.
+enum class CodeForm {
+  /// The code itself: one LOP3 makes the fp16 1024 + code * 2^bit, one HFMA2 scales by 2^-bit
+  /// and subtracts 1024 * 2^-bit (every constant and result exact in fp16).
+  Integer,
+  /// code * 2^(bit - 24), in place, in one AND: with a zero exponent field the half is a
+  /// subnormal whose value is its mantissa times 2^-24. The tensor cores multiply fp16
+  /// subnormals exactly, but the fp32 sums of an MMA over codes low in the mantissa keep fewer
+  /// bits than over normal operands (measured with V codes at bits 0..7: an output error that
+  /// grows with the context, 1.1e-3 at 128K tokens against 1.4e-4). Used for K, whose score
+  /// errors do not add up over pages (128K: 2.1e-4, as with Integer).
+  Subnormal,
+  /// Subnormal, with every code first moved to mantissa bits 6..9 (one shift per word, shared by
+  /// half the codes): one unit is 2^-18 or 2^-16, close to the normal range.
+  SubnormalHigh,
+};
+
+/// Where code `k` of a byte (bits k*Bits ..) is read in `Form`, from a 16-bit half that holds
+/// the byte twice ([byte, byte], see `duplicateBytes`): the right shift applied to the word
+/// first, and the bit the code then starts at. SubnormalHigh reads 2-bit codes 0 and 3 in place
+/// (bit 8 of the upper copy, bit 6 of the lower one) and codes 1 and 2 after a shift by 4 (bits
+/// 6, 8); 4-bit codes after a shift by 2 or 6 (bit 6). Bits shifted in from the other half land
+/// above bit 9, outside every mask.
+template <CodeForm Form, int Bits> __host__ __device__ constexpr int codeSourceShift(int k) {
+  return Form != CodeForm::SubnormalHigh ? 0 : Bits == 2 ? (k == 1 || k == 2 ? 4 : 0) : 2 + 4 * k;
+}
+template <CodeForm Form, int Bits> __host__ __device__ constexpr int codeBit(int k) {
+  return Form != CodeForm::SubnormalHigh ? k * Bits : Bits == 2 ? (k == 0 || k == 2 ? 8 : 6) : 6;
+}
+
+/// The value one unit of code `k` has in `codePair`'s output: 1, or 2^(bit - 24).
+template <CodeForm Form, int Bits> __host__ __device__ constexpr float codeUnit(int k) {
+  return Form == CodeForm::Integer ? 1.0f : float(1 << codeBit<Form, Bits>(k)) / 16777216.0f;
+}
+
+/// Code `K` of the byte held twice in each 16-bit half of `duplicated`, for both halves, as an
+/// fp16 pair in `Form` (exact; one code unit is `codeUnit`). The codes are not centered: the
 /// MMAs accumulate in fp32 over at most D or G terms of one sign pattern, so the zero-point and
-/// bias terms can be accumulated with them instead of being corrected afterwards.
-template <int Bits, int Shift> __device__ __forceinline__ uint32_t codePair(uint32_t duplicated) {
-  constexpr uint32_t mask = ((1u << Bits) - 1u) << Shift;
-  const uint32_t magic = andOr<mask | (mask << 16), 0x64006400u>(duplicated);
-  const float unscale = 1.0f / float(1 << Shift);
-  const float offset = -1024.0f * unscale;
-  return hfma2(magic, packHalf2(unscale, unscale), packHalf2(offset, offset));
+/// bias terms start the accumulators (in code units) instead of being corrected afterwards.
+template <CodeForm Form, int Bits, int K>
+__device__ __forceinline__ uint32_t codePair(uint32_t duplicated) {
+  constexpr int bit = codeBit<Form, Bits>(K);
+  constexpr uint32_t mask = ((1u << Bits) - 1u) << bit;
+  const uint32_t source = duplicated >> codeSourceShift<Form, Bits>(K);
+  if constexpr (Form != CodeForm::Integer) {
+    return source & (mask | (mask << 16));
+  } else {
+    uint32_t magic; // (source & mask) | 1024 in one LOP3 (from C++ it would take two)
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n"
+        : "=r"(magic)
+        : "r"(source), "n"(mask | (mask << 16)), "n"(0x64006400u));
+    const float unscale = 1.0f / float(1 << bit);
+    const float offset = -1024.0f * unscale;
+    return hfma2(magic, packHalf2(unscale, unscale), packHalf2(offset, offset));
+  }
 }
 
 /// The four A registers of an m16n8k16 code tile from two duplicated code words (rows r and
-/// r + 8): the codes at bit `Shift` (0, or 4 for the high nibble of 2-bit codes) and the next
-/// `Bits` bits of each 16-bit half.
-template <int Bits, int Shift>
+/// r + 8): code `K` of each byte in rows r and code `K + 1` in rows r + 8.
+template <CodeForm Form, int Bits, int K>
 __device__ __forceinline__ void codeFragment(uint32_t first, uint32_t second, uint32_t &a0,
                                              uint32_t &a1, uint32_t &a2, uint32_t &a3) {
-  a0 = codePair<Bits, Shift>(first);
-  a1 = codePair<Bits, Shift + Bits>(first);
-  a2 = codePair<Bits, Shift>(second);
-  a3 = codePair<Bits, Shift + Bits>(second);
+  a0 = codePair<Form, Bits, K>(first);
+  a1 = codePair<Form, Bits, K + 1>(first);
+  a2 = codePair<Form, Bits, K>(second);
+  a3 = codePair<Form, Bits, K + 1>(second);
 }
 
 /// D += A(16x16, fp16, row) * B(16x8, fp16, col), fp32 accumulate (tensor cores).

@@ -5,12 +5,20 @@
 //  - K code rows 16*kc + 4*t + j (j = 0..3) over tokens TPI*i .. TPI*i + TPI - 1,
 //  - V code rows (tokens) 2*TPI*t .. 2*TPI*t + 2*TPI - 1 over channels CPI*i .. CPI*i + CPI - 1,
 // so both loads are whole rows per warp instruction and every fragment is built in registers
-// (PRMT + LOP3 + HFMA2) with no shared-memory round trip. Scores move from the QK accumulator
+// (PRMT, then one AND or LOP3 + HFMA2 per code pair: see CodeForm) with no shared-memory
+// round trip. Scores move from the QK accumulator
 // layout to the PV operand layout with MOVMATRIX.
 #pragma once
 
 #include "kvarn/common.cuh"
 #include "kvarn/params.h"
+
+#ifndef KVARN_KEY_FORM
+#define KVARN_KEY_FORM CodeForm::Subnormal
+#endif
+#ifndef KVARN_VALUE_FORM
+#define KVARN_VALUE_FORM CodeForm::SubnormalHigh
+#endif
 
 namespace kvarn {
 namespace dev {
@@ -36,6 +44,8 @@ struct DecodeContext {
   /// fp16 terms per fp32 MMA operand, q' (scores) and P' (output update): 2 = high + low
   /// (about 22 bits), 1 = rounded once.
   static constexpr int Q_TERMS = QUERY_TERMS, P_TERMS = WEIGHT_TERMS;
+  /// Operand form of the K and V codes (see CodeForm).
+  static constexpr CodeForm KEY_FORM = KVARN_KEY_FORM, VALUE_FORM = KVARN_VALUE_FORM;
   static_assert((Q_TERMS == 1 || Q_TERMS == 2) && (P_TERMS == 1 || P_TERMS == 2),
                 "one or two fp16 terms per operand");
   static_assert(KB == 2 || KB == 4, "key bits must be 2 or 4");
@@ -253,12 +263,24 @@ template <typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int p
   copyAsyncCommit();
 }
 
+/// Index within its byte of the K codes of m-tile `pt`, rows r (half 0) or r + 8 (half 1): one
+/// token per nibble for 4-bit codes, two token pairs per byte for 2-bit codes.
+template <int KBITS> __host__ __device__ constexpr int keyCode(int pt, int half) {
+  return (pt % (4 / KBITS)) * (4 / KBITS) + half;
+}
+
+/// Index within its byte of the V codes of m-tile `m` (channels 2m in rows r, 2m + 1 in rows
+/// r + 8).
+template <int VBITS> __host__ __device__ constexpr int valueCode(int m, int half) {
+  return (2 * m) % (8 / VBITS) + half;
+}
+
 /// Scores of a record page (log2 domain, softmax scale folded):
 /// s[g] = K_s_row[g] * (sum_d (q[d] K_s_col[d]) code[d][g] + sum_d q[d] K_zp[d]).
 /// The MMAs run on the codes (exact in fp16) with q' = q_rot * K_s_col split into two fp16 terms
 /// (high = q' rounded once, low = the rounded residual: about 22 significant bits) or, with one
-/// operand term, rounded once. The zero-point bias starts the accumulators, so the epilogue only
-/// applies K_s_row and the softmax scale.
+/// operand term, rounded once. The zero-point bias (in code units) starts the accumulators, so
+/// the epilogue only applies K_s_row, the code unit and the softmax scale.
 template <typename Ctx>
 __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
   copyAsyncWait<Ctx::NSTAGES - 1>(); // this page's group; the later pages' may still fly
@@ -333,14 +355,15 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
       bias[n][1] = bias[n][3] = __shfl_sync(0xffffffffu, full, 8 * c.t + 4);
     }
   }
-  // Step 2. MMA over the code tiles: rows = tokens (TPI*i + 2*pt, + 1), k = channels.
+  // Step 2. MMA over the code tiles: rows = tokens (TPI*i + 2*pt, + 1), k = channels. Each
+  // row's accumulator starts at the bias in its code unit (exact: a power of two).
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
     for (int pt = 0; pt < Ctx::P; ++pt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        c.scores[n][pt][e] = bias[n][e];
+        c.scores[n][pt][e] = bias[n][e] * codeUnit<Ctx::KEY_FORM, KBITS>(keyCode<KBITS>(pt, e / 2));
   const unsigned char *keyCodes = c.stageShared(stage);
 #pragma unroll
   for (int kc = 0; kc < Ctx::KC; ++kc) {
@@ -357,10 +380,10 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
       const uint32_t x23 = duplicateBytes(part32(words[2], byteIndex / 4),
                                           part32(words[3], byteIndex / 4), byteIndex % 4);
       uint32_t a0, a1, a2, a3;
-      if ((pt % PAIRS_PER_BYTE) == 0)
-        codeFragment<KBITS, 0>(x01, x23, a0, a1, a2, a3);
+      if (keyCode<KBITS>(pt, 0) == 0)
+        codeFragment<Ctx::KEY_FORM, KBITS, 0>(x01, x23, a0, a1, a2, a3);
       else // 2-bit codes, second token pair of the byte
-        codeFragment<KBITS, 4>(x01, x23, a0, a1, a2, a3);
+        codeFragment<Ctx::KEY_FORM, KBITS, 2>(x01, x23, a0, a1, a2, a3);
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n) {
         mma16816(c.scores[n][pt], a0, a1, a2, a3, b[n][kc][0], b[n][kc][1]);
@@ -376,7 +399,8 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
   for (int pt = 0; pt < Ctx::P; ++pt) {
     const int token = Ctx::TPI * c.i + 2 * pt;
     const float2 rowScale = unpackHalf2(*reinterpret_cast<const uint32_t *>(keyScaleRow + token));
-    const float r0 = rowScale.x * scale, r1 = rowScale.y * scale;
+    const float r0 = rowScale.x * (scale / codeUnit<Ctx::KEY_FORM, KBITS>(keyCode<KBITS>(pt, 0)));
+    const float r1 = rowScale.y * (scale / codeUnit<Ctx::KEY_FORM, KBITS>(keyCode<KBITS>(pt, 1)));
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
       float *sc = c.scores[n][pt];
@@ -490,9 +514,9 @@ template <typename Ctx> __device__ __forceinline__ void onlineSoftmax(Ctx &c, in
 }
 
 /// Output update of a record page: o[d] += V_s_col[d] * (sum_g P'[g] code[g][d] + bias).
-/// The MMAs run on the codes (exact in fp16) and P' (one or two fp16 terms) into per-page
-/// accumulators that start at the zero-point bias; the fp32 epilogue applies V_s_col (and undoes
-/// the P' prescale).
+/// The MMAs run on the codes (exact in fp16, see CodeForm) and P' (one or two fp16 terms) into
+/// per-page accumulators that start at the zero-point bias in code units; the fp32 epilogue
+/// applies V_s_col and undoes the code unit and the P' prescale.
 template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int stage) {
   constexpr int VBITS = Ctx::VBITS;
   constexpr int CHANNELS_PER_BYTE = 8 / VBITS;
@@ -508,7 +532,8 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
     for (int m = 0; m < Ctx::KC; ++m)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        acc[n][m][e] = c.valueBias[n][e % 2];
+        acc[n][m][e] =
+            c.valueBias[n][e % 2] * codeUnit<Ctx::VALUE_FORM, VBITS>(valueCode<VBITS>(m, e / 2));
 #pragma unroll
   for (int pt = 0; pt < Ctx::P; ++pt) {
     // Token rows 2pt, 2pt+1, TPI+2pt, TPI+2pt+1 of this lane's group; channels CPI*i ...
@@ -522,16 +547,15 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
     for (int m = 0; m < Ctx::KC; ++m) {
       // Channels 2m (rows i) and 2m + 1 (rows i + 8) of the lane's word.
       const int byteIndex = (2 * m) / CHANNELS_PER_BYTE;
-      const int shiftEven = ((2 * m) % CHANNELS_PER_BYTE) * VBITS;
       const uint32_t x02 =
           duplicateBytes(part32(r0, byteIndex / 4), part32(r2, byteIndex / 4), byteIndex % 4);
       const uint32_t x13 =
           duplicateBytes(part32(r1, byteIndex / 4), part32(r3, byteIndex / 4), byteIndex % 4);
       uint32_t a0, a1, a2, a3;
-      if (shiftEven == 0)
-        codeFragment<VBITS, 0>(x02, x13, a0, a1, a2, a3);
+      if (valueCode<VBITS>(m, 0) == 0)
+        codeFragment<Ctx::VALUE_FORM, VBITS, 0>(x02, x13, a0, a1, a2, a3);
       else // 2-bit codes in the high nibble
-        codeFragment<VBITS, 4>(x02, x13, a0, a1, a2, a3);
+        codeFragment<Ctx::VALUE_FORM, VBITS, 2>(x02, x13, a0, a1, a2, a3);
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n) {
         mma16816(acc[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
@@ -546,7 +570,10 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
     const int channel = Ctx::CPI * c.i + 2 * m;
     const float2 colScale =
         unpackHalf2(*reinterpret_cast<const uint32_t *>(valueScaleCol + channel));
-    const float s0 = colScale.x * unscale, s1 = colScale.y * unscale; // exact: 2^-e
+    // exact: 2^-e and the code unit's reciprocal are powers of two
+    constexpr CodeForm F = Ctx::VALUE_FORM;
+    const float s0 = colScale.x * (unscale / codeUnit<F, VBITS>(valueCode<VBITS>(m, 0)));
+    const float s1 = colScale.y * (unscale / codeUnit<F, VBITS>(valueCode<VBITS>(m, 1)));
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
       c.out[n][m][0] = fmaf(s0, acc[n][m][0], c.out[n][m][0]);
