@@ -216,6 +216,7 @@ TEST(GpuDecode, LongContextAndSplitsAgree) {
       {"", 1e-3},
       {"mma=m16n8k16.single-p", 1e-3},
       {"warps=4,min_ctas=3,mma=m16n8k16.single-p", 1e-3},
+      {"warps=4,min_ctas=2,mma=m16n8k16.single-p", 1e-3},
       {"warps=2,stages=2,min_ctas=6", 1e-3},
       {"warps=2,stages=3,mma=m16n8k16.single-p", 1e-3},
       {"mma=m16n8k16.single", 2e-3},
