@@ -19,6 +19,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <random>
 
 namespace kvarn::autotune {
@@ -63,7 +64,8 @@ Expected<KernelModule> buildKernel(const std::string &specText, const std::strin
       return status_;                                                                            \
   } while (0)
 
-Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwidth) {
+Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
+                   const LaunchGate *gate) {
   Expected<Format> format = parseFormat(o.preset, o.headDim);
   if (!format)
     return format.error();
@@ -169,7 +171,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
         p.blockTable = dTables->as<int>() + size_t(iteration % fp16Copies) * batch * pages;
         return launchDecode(*module, p, q, plan, nullptr);
       };
-      Expected<std::vector<double>> ms = timeInterleaved({runKvarn, runFp16}, o.iterations);
+      Expected<std::vector<double>> ms = timeInterleaved({runKvarn, runFp16}, o.iterations, gate);
       if (!ms)
         return ms.error();
       const double kvarnGBs = kvarnBytes / ((*ms)[0] * 1e-3) / 1e9;
@@ -193,7 +195,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   return Status::success();
 }
 
-Status benchFlush(const BenchOptions &o, const DeviceInfo &info) {
+Status benchFlush(const BenchOptions &o, const DeviceInfo &info, const LaunchGate *gate) {
   std::printf("\n%-18s %5s %8s | %10s %10s\n", "flush", "D", "records", "ms", "us/record");
   for (int d : {128, 256}) {
     Expected<Format> format = parseFormat(o.preset, d);
@@ -223,7 +225,8 @@ Status benchFlush(const BenchOptions &o, const DeviceInfo &info) {
     dev::FlushParams params{dPool->as<void>(), dPool->as<void>(), dList->as<int>(),
                             dCache->as<unsigned char>(), dStatus->as<int>(), entries, hk};
     Expected<std::vector<double>> ms =
-        timeInterleaved({[&](int) { return launchFlush(*module, params, nullptr); }}, o.iterations);
+        timeInterleaved({[&](int) { return launchFlush(*module, params, nullptr); }}, o.iterations,
+                        gate);
     if (!ms)
       return ms.error();
     std::printf("%-18s %5d %8d | %10.4f %10.3f   (%d registers, %zu B shared)\n",
@@ -234,7 +237,7 @@ Status benchFlush(const BenchOptions &o, const DeviceInfo &info) {
 }
 
 Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
-                           const std::string &schedule) {
+                           const std::string &schedule, const LaunchGate *gate) {
   const int tokens = 8192, hk = 8, d = 128, g = 128;
   Expected<KernelModule> module =
       buildKernel("append:" + o.preset + ":d128:q1:f16:" + info.arch(), schedule, o, info);
@@ -255,7 +258,7 @@ Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double
                            poolKey->as<void>(), poolValue->as<void>(), tokens, hk,
                            (long long)hk * d, (long long)hk * d};
   Expected<std::vector<double>> ms = timeInterleaved(
-      {[&](int) { return launchAppend(*module, params, nullptr); }}, o.iterations);
+      {[&](int) { return launchAppend(*module, params, nullptr); }}, o.iterations, gate);
   if (!ms)
     return ms.error();
   const double bytes = 4.0 * elements * 2 + tokens * 8; // read K, V; write both; slot map
@@ -266,10 +269,11 @@ Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double
   return Status::success();
 }
 
-Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwidth) {
+Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
+                   const LaunchGate *gate) {
   for (const char *schedule : {"", "warps=8,rows_per_cta=1", "warps=8,rows_per_cta=8",
                                "warps=16,rows_per_cta=16"})
-    KVARN_TRY(benchAppendSchedule(o, info, bandwidth, schedule));
+    KVARN_TRY(benchAppendSchedule(o, info, bandwidth, schedule, gate));
   return Status::success();
 }
 
@@ -320,12 +324,25 @@ Status runBench(const BenchOptions &options) {
     return bandwidth.error();
   std::printf("measured read bandwidth: %.0f GB/s (streaming read of 4 GiB, median of 10)\n",
               *bandwidth);
+  std::optional<LaunchGate> gate;
+  if (options.hideLaunchLatency) {
+    Expected<LaunchGate> created = LaunchGate::create(*info);
+    if (!created)
+      return created.error();
+    gate = std::move(*created);
+    std::printf("kernel times exclude the host's launch latency: each timed launch is queued "
+                "behind a %u us spin kernel (--no-gate: time from an idle GPU)\n",
+                gate->microseconds());
+  } else {
+    std::printf("kernel times include the host's launch latency (timed from an idle GPU)\n");
+  }
+  const LaunchGate *g = gate ? &*gate : nullptr;
   if (options.decode)
-    KVARN_TRY(benchDecode(options, *info, *bandwidth));
+    KVARN_TRY(benchDecode(options, *info, *bandwidth, g));
   if (options.flush)
-    KVARN_TRY(benchFlush(options, *info));
+    KVARN_TRY(benchFlush(options, *info, g));
   if (options.append)
-    KVARN_TRY(benchAppend(options, *info, *bandwidth));
+    KVARN_TRY(benchAppend(options, *info, *bandwidth, g));
   if (options.lookup)
     KVARN_TRY(benchLookup(options));
   return Status::success();

@@ -16,8 +16,35 @@ double percentile(const std::vector<double> &sorted, double fraction) {
 }
 } // namespace
 
+Expected<LaunchGate> LaunchGate::create(const DeviceInfo &info, unsigned microseconds) {
+  const char *source = R"(
+extern "C" __global__ void spin(unsigned long long nanoseconds) {
+  unsigned long long start, now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (now - start < nanoseconds);
+})";
+  Expected<NvrtcOutput> compiled = compileCuda(source, "launch_gate", info.arch(), {});
+  if (!compiled)
+    return compiled.error();
+  Schedule schedule;
+  schedule.warps = 1;
+  Expected<KernelModule> module = KernelModule::load(compiled->cubin, {"spin"}, schedule, 0);
+  if (!module)
+    return module.error();
+  return LaunchGate(std::move(*module), microseconds);
+}
+
+Status LaunchGate::hold() const {
+  unsigned long long nanoseconds = 1000ull * microseconds_;
+  void *arguments[] = {&nanoseconds};
+  return KVARN_CU(driver().cuLaunchKernel(module_->function(0), 1, 1, 1, 32, 1, 1, 0, nullptr,
+                                          arguments, nullptr));
+}
+
 Expected<std::vector<Timing>> timeInterleavedStats(
-    const std::vector<std::function<Status(int)>> &runs, int iterations) {
+    const std::vector<std::function<Status(int)>> &runs, int iterations, const LaunchGate *gate) {
   const Driver &d = driver();
   CUevent start, stop;
   if (Status s = KVARN_CU(d.cuEventCreate(&start, CU_EVENT_DEFAULT)); !s)
@@ -37,8 +64,13 @@ Expected<std::vector<Timing>> timeInterleavedStats(
       }
   for (int it = 0; it < iterations; ++it)
     for (size_t k = 0; k < runs.size(); ++k) {
+      Status s = gate ? gate->hold() : Status::success();
+      if (!s) {
+        release();
+        return s.error();
+      }
       d.cuEventRecord(start, nullptr);
-      Status s = runs[k](it);
+      s = runs[k](it);
       d.cuEventRecord(stop, nullptr);
       if (s)
         s = KVARN_CU(d.cuEventSynchronize(stop));
@@ -65,8 +97,8 @@ Expected<std::vector<Timing>> timeInterleavedStats(
 }
 
 Expected<std::vector<double>> timeInterleaved(const std::vector<std::function<Status(int)>> &runs,
-                                              int iterations) {
-  Expected<std::vector<Timing>> stats = timeInterleavedStats(runs, iterations);
+                                              int iterations, const LaunchGate *gate) {
+  Expected<std::vector<Timing>> stats = timeInterleavedStats(runs, iterations, gate);
   if (!stats)
     return stats.error();
   std::vector<double> medians;

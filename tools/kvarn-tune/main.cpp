@@ -420,6 +420,10 @@ int main(int argc, char **argv) {
   benchCommand->add_option("--context", bench.contexts, "context lengths")->capture_default_str();
   benchCommand->add_option("--iterations", bench.iterations, "timed launches per kernel")
       ->capture_default_str();
+  benchCommand->add_flag_callback(
+      "--no-gate", [&bench] { bench.hideLaunchLatency = false; },
+      "time each launch from an idle GPU (include the host's launch latency) instead of queuing "
+      "it behind a 20 us spin kernel");
   benchCommand->add_option("--schedule", bench.schedule, "decode schedule knobs");
   benchCommand->add_option("--only", benchOnly, "subset: decode, flush, append, lookup");
   benchCommand->add_option("--configs", bench.configsDirectory,

@@ -22,6 +22,9 @@ struct BenchOptions {
   std::string configsDirectory = "configs"; ///< tuned configs for the schedule choice
   std::string reportPrefix;    ///< write <prefix>.json and <prefix>.html ("" = none)
   bool decode = true, flush = true, append = true, lookup = true;
+  /// Queue each timed launch behind a 20 us spin kernel (LaunchGate) so the times exclude the
+  /// host's launch latency; false times from an idle GPU (the host latency included).
+  bool hideLaunchLatency = true;
 };
 
 /// One decode measurement: KVarN and fp16 paged decode over the same block table.

@@ -4,9 +4,11 @@
 #pragma once
 
 #include "kvarn/driver.h"
+#include "kvarn/launch.h"
 #include "kvarn/status.h"
 
 #include <functional>
+#include <memory>
 #include <vector>
 
 namespace kvarn::autotune {
@@ -18,14 +20,35 @@ struct Timing {
   int samples = 0;
 };
 
+/// A kernel that keeps the GPU busy for `microseconds` (a spin on the global timer), launched
+/// before the start event of a timed launch: the host enqueues the timed kernels while it runs,
+/// so the events time the GPU's work without the host's launch latency, as in an engine whose
+/// layers are queued back to back or replayed from a CUDA graph.
+class LaunchGate {
+public:
+  static Expected<LaunchGate> create(const DeviceInfo &info, unsigned microseconds = 20);
+  /// Launches the spin on the default stream.
+  Status hold() const;
+  unsigned microseconds() const { return microseconds_; }
+
+private:
+  LaunchGate(KernelModule module, unsigned microseconds)
+      : module_(std::make_shared<KernelModule>(std::move(module))), microseconds_(microseconds) {}
+  std::shared_ptr<KernelModule> module_;
+  unsigned microseconds_ = 0;
+};
+
 /// `iterations` event-timed launches of each run (called with the iteration index, so a run can
-/// rotate its inputs), interleaved, after three warm-up rounds: median and spread per run.
+/// rotate its inputs), interleaved, after three warm-up rounds: median and spread per run. With
+/// a gate, each timed launch is queued behind the gate's spin (see LaunchGate); without one, the
+/// GPU is idle at the start event and the time includes the host's launch latency.
 Expected<std::vector<Timing>> timeInterleavedStats(
-    const std::vector<std::function<Status(int)>> &runs, int iterations);
+    const std::vector<std::function<Status(int)>> &runs, int iterations,
+    const LaunchGate *gate = nullptr);
 
 /// The medians of timeInterleavedStats.
 Expected<std::vector<double>> timeInterleaved(const std::vector<std::function<Status(int)>> &runs,
-                                              int iterations);
+                                              int iterations, const LaunchGate *gate = nullptr);
 
 /// Captures one launch (issued on `stream`) into a CUDA graph and returns the median time (ms)
 /// of `iterations` replays after three warm-ups.
