@@ -175,6 +175,27 @@ template <CodeForm Form, int Bits> __host__ __device__ constexpr int codeBit(int
   return Form != CodeForm::SubnormalHigh ? k * Bits : Bits == 2 ? (k == 0 || k == 2 ? 8 : 6) : 6;
 }
 
+/// Every code of a byte is read from its own bits (bit + shift is code k's position in the lower
+/// or the upper copy), inside the fp16 mantissa (bits 0..9), and the shift brings the other
+/// half's bits no lower than bit 10.
+template <CodeForm Form, int Bits> __host__ __device__ constexpr bool codeReadsAreExact() {
+  for (int k = 0; k < 8 / Bits; ++k) {
+    const int bit = codeBit<Form, Bits>(k), shift = codeSourceShift<Form, Bits>(k);
+    if (bit + Bits > 10 || 16 - shift < 10)
+      return false;
+    if (bit + shift != k * Bits && bit + shift != 8 + k * Bits)
+      return false;
+  }
+  return true;
+}
+static_assert(codeReadsAreExact<CodeForm::Integer, 2>() &&
+                  codeReadsAreExact<CodeForm::Integer, 4>() &&
+                  codeReadsAreExact<CodeForm::Subnormal, 2>() &&
+                  codeReadsAreExact<CodeForm::Subnormal, 4>() &&
+                  codeReadsAreExact<CodeForm::SubnormalHigh, 2>() &&
+                  codeReadsAreExact<CodeForm::SubnormalHigh, 4>(),
+              "a code form reads a code from the wrong bits or outside the mantissa");
+
 /// The value one unit of code `k` has in `codePair`'s output: 1, or 2^(bit - 24).
 template <CodeForm Form, int Bits> __host__ __device__ constexpr float codeUnit(int k) {
   return Form == CodeForm::Integer ? 1.0f : float(1 << codeBit<Form, Bits>(k)) / 16777216.0f;
