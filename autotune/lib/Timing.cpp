@@ -10,6 +10,17 @@ namespace kvarn::autotune {
 namespace {
 const Driver &driver() { return **Driver::get(); }
 
+/// Compiles a one-kernel CUDA source for the device and loads its function `name`.
+Expected<KernelModule> loadUtilityKernel(const DeviceInfo &info, const char *source,
+                                         const char *programName, const char *name, int warps) {
+  Expected<NvrtcOutput> compiled = compileCuda(source, programName, info.arch(), {});
+  if (!compiled)
+    return compiled.error();
+  Schedule schedule;
+  schedule.warps = warps;
+  return KernelModule::load(compiled->cubin, {name}, schedule, 0);
+}
+
 double percentile(const std::vector<double> &sorted, double fraction) {
   const size_t index = size_t(fraction * double(sorted.size() - 1) + 0.5);
   return sorted[std::min(index, sorted.size() - 1)];
@@ -25,12 +36,7 @@ extern "C" __global__ void spin(unsigned long long nanoseconds) {
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
   } while (now - start < nanoseconds);
 })";
-  Expected<NvrtcOutput> compiled = compileCuda(source, "launch_gate", info.arch(), {});
-  if (!compiled)
-    return compiled.error();
-  Schedule schedule;
-  schedule.warps = 1;
-  Expected<KernelModule> module = KernelModule::load(compiled->cubin, {"spin"}, schedule, 0);
+  Expected<KernelModule> module = loadUtilityKernel(info, source, "launch_gate", "spin", 1);
   if (!module)
     return module.error();
   return LaunchGate(std::move(*module), microseconds);
@@ -39,7 +45,7 @@ extern "C" __global__ void spin(unsigned long long nanoseconds) {
 Status LaunchGate::hold() const {
   unsigned long long nanoseconds = 1000ull * microseconds_;
   void *arguments[] = {&nanoseconds};
-  return KVARN_CU(driver().cuLaunchKernel(module_->function(0), 1, 1, 1, 32, 1, 1, 0, nullptr,
+  return KVARN_CU(driver().cuLaunchKernel(module_.function(0), 1, 1, 1, 32, 1, 1, 0, nullptr,
                                           arguments, nullptr));
 }
 
@@ -167,12 +173,7 @@ extern "C" __global__ void readAll(const uint4 *data, unsigned long long count, 
   }
   if (acc == 0x12345678u) sink[0] = acc;
 })";
-  Expected<NvrtcOutput> compiled = compileCuda(source, "read_bandwidth", info.arch(), {});
-  if (!compiled)
-    return compiled.error();
-  Schedule readSchedule;
-  readSchedule.warps = 16;
-  Expected<KernelModule> module = KernelModule::load(compiled->cubin, {"readAll"}, readSchedule, 0);
+  Expected<KernelModule> module = loadUtilityKernel(info, source, "read_bandwidth", "readAll", 16);
   if (!module)
     return module.error();
   const size_t bytes = size_t(4) << 30;

@@ -8,7 +8,6 @@
 #include "kvarn/status.h"
 
 #include <functional>
-#include <memory>
 #include <vector>
 
 namespace kvarn::autotune {
@@ -33,8 +32,8 @@ public:
 
 private:
   LaunchGate(KernelModule module, unsigned microseconds)
-      : module_(std::make_shared<KernelModule>(std::move(module))), microseconds_(microseconds) {}
-  std::shared_ptr<KernelModule> module_;
+      : module_(std::move(module)), microseconds_(microseconds) {}
+  KernelModule module_;
   unsigned microseconds_ = 0;
 };
 
