@@ -145,20 +145,19 @@ __device__ __forceinline__ float fastExp2(float x) {
   return r;
 }
 
-/// How `codePair` turns packed codes into fp16 MMA operands.
+/// How `codePair` turns packed codes into fp16 MMA operands: code * 2^(bit - 24) in one AND.
+/// With a zero exponent field a 16-bit half is a subnormal worth its mantissa times 2^-24, so the
+/// masked code is exact with no offset to subtract (the earlier form, a LOP3 to 1024 + code * 2^bit
+/// and an HFMA2 to the code, took two instructions per pair). The tensor cores multiply fp16
+/// subnormals exactly, but the fp32 sums of an MMA over codes low in the mantissa keep fewer bits
+/// (measured with V codes at bits 0..7: an output error that grows with the context, 1.1e-3 at
+/// 128K tokens against 1.4e-4).
 enum class CodeForm {
-  /// The code itself: one LOP3 makes the fp16 1024 + code * 2^bit, one HFMA2 scales by 2^-bit
-  /// and subtracts 1024 * 2^-bit (every constant and result exact in fp16).
-  Integer,
-  /// code * 2^(bit - 24), in place, in one AND: with a zero exponent field the half is a
-  /// subnormal whose value is its mantissa times 2^-24. The tensor cores multiply fp16
-  /// subnormals exactly, but the fp32 sums of an MMA over codes low in the mantissa keep fewer
-  /// bits than over normal operands (measured with V codes at bits 0..7: an output error that
-  /// grows with the context, 1.1e-3 at 128K tokens against 1.4e-4). Used for K, whose score
-  /// errors do not add up over pages (128K: 2.1e-4, as with Integer).
+  /// In place. Used for K, whose score errors do not add up over pages (128K: 2.1e-4, as with
+  /// the two-instruction form).
   Subnormal,
-  /// Subnormal, with every code first moved to mantissa bits 6..9 (one shift per word, shared by
-  /// half the codes): one unit is 2^-18 or 2^-16, close to the normal range.
+  /// Each code first moved to mantissa bits 6..9 (one shift per word, shared by half the codes):
+  /// one unit is 2^-18 or 2^-16, close to the normal range. Used for V.
   SubnormalHigh,
 };
 
@@ -169,10 +168,10 @@ enum class CodeForm {
 /// 6, 8); 4-bit codes after a shift by 2 or 6 (bit 6). Bits shifted in from the other half land
 /// above bit 9, outside every mask.
 template <CodeForm Form, int Bits> __host__ __device__ constexpr int codeSourceShift(int k) {
-  return Form != CodeForm::SubnormalHigh ? 0 : Bits == 2 ? (k == 1 || k == 2 ? 4 : 0) : 2 + 4 * k;
+  return Form == CodeForm::Subnormal ? 0 : Bits == 2 ? (k == 1 || k == 2 ? 4 : 0) : 2 + 4 * k;
 }
 template <CodeForm Form, int Bits> __host__ __device__ constexpr int codeBit(int k) {
-  return Form != CodeForm::SubnormalHigh ? k * Bits : Bits == 2 ? (k == 0 || k == 2 ? 8 : 6) : 6;
+  return Form == CodeForm::Subnormal ? k * Bits : Bits == 2 ? (k == 0 || k == 2 ? 8 : 6) : 6;
 }
 
 /// Every code of a byte is read from its own bits (bit + shift is code k's position in the lower
@@ -188,39 +187,25 @@ template <CodeForm Form, int Bits> __host__ __device__ constexpr bool codeReadsA
   }
   return true;
 }
-static_assert(codeReadsAreExact<CodeForm::Integer, 2>() &&
-                  codeReadsAreExact<CodeForm::Integer, 4>() &&
-                  codeReadsAreExact<CodeForm::Subnormal, 2>() &&
+static_assert(codeReadsAreExact<CodeForm::Subnormal, 2>() &&
                   codeReadsAreExact<CodeForm::Subnormal, 4>() &&
                   codeReadsAreExact<CodeForm::SubnormalHigh, 2>() &&
                   codeReadsAreExact<CodeForm::SubnormalHigh, 4>(),
               "a code form reads a code from the wrong bits or outside the mantissa");
 
-/// The value one unit of code `k` has in `codePair`'s output: 1, or 2^(bit - 24).
+/// The value one unit of code `k` has in `codePair`'s output: 2^(bit - 24).
 template <CodeForm Form, int Bits> __host__ __device__ constexpr float codeUnit(int k) {
-  return Form == CodeForm::Integer ? 1.0f : float(1 << codeBit<Form, Bits>(k)) / 16777216.0f;
+  return float(1 << codeBit<Form, Bits>(k)) / 16777216.0f;
 }
 
 /// Code `K` of the byte held twice in each 16-bit half of `duplicated`, for both halves, as an
-/// fp16 pair in `Form` (exact; one code unit is `codeUnit`). The codes are not centered: the
-/// MMAs accumulate in fp32 over at most D or G terms of one sign pattern, so the zero-point and
-/// bias terms start the accumulators (in code units) instead of being corrected afterwards.
+/// exact fp16 pair in `Form` (one code unit is `codeUnit`). The codes are not centered: the MMAs
+/// accumulate in fp32 over at most D or G terms of one sign pattern, so the zero-point and bias
+/// terms start the accumulators (in code units) instead of being corrected afterwards.
 template <CodeForm Form, int Bits, int K>
 __device__ __forceinline__ uint32_t codePair(uint32_t duplicated) {
-  constexpr int bit = codeBit<Form, Bits>(K);
-  constexpr uint32_t mask = ((1u << Bits) - 1u) << bit;
-  const uint32_t source = duplicated >> codeSourceShift<Form, Bits>(K);
-  if constexpr (Form != CodeForm::Integer) {
-    return source & (mask | (mask << 16));
-  } else {
-    uint32_t magic; // (source & mask) | 1024 in one LOP3 (from C++ it would take two)
-    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n"
-        : "=r"(magic)
-        : "r"(source), "n"(mask | (mask << 16)), "n"(0x64006400u));
-    const float unscale = 1.0f / float(1 << bit);
-    const float offset = -1024.0f * unscale;
-    return hfma2(magic, packHalf2(unscale, unscale), packHalf2(offset, offset));
-  }
+  constexpr uint32_t mask = ((1u << Bits) - 1u) << codeBit<Form, Bits>(K);
+  return (duplicated >> codeSourceShift<Form, Bits>(K)) & (mask | (mask << 16));
 }
 
 /// The four A registers of an m16n8k16 code tile from two duplicated code words (rows r and

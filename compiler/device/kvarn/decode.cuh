@@ -5,20 +5,12 @@
 //  - K code rows 16*kc + 4*t + j (j = 0..3) over tokens TPI*i .. TPI*i + TPI - 1,
 //  - V code rows (tokens) 2*TPI*t .. 2*TPI*t + 2*TPI - 1 over channels CPI*i .. CPI*i + CPI - 1,
 // so both loads are whole rows per warp instruction and every fragment is built in registers
-// (PRMT, then one AND or LOP3 + HFMA2 per code pair: see CodeForm) with no shared-memory
-// round trip. Scores move from the QK accumulator
-// layout to the PV operand layout with MOVMATRIX.
+// (PRMT, then one AND per code pair, see CodeForm) with no shared-memory round trip. Scores move
+// from the QK accumulator layout to the PV operand layout with MOVMATRIX.
 #pragma once
 
 #include "kvarn/common.cuh"
 #include "kvarn/params.h"
-
-#ifndef KVARN_KEY_FORM
-#define KVARN_KEY_FORM CodeForm::Subnormal
-#endif
-#ifndef KVARN_VALUE_FORM
-#define KVARN_VALUE_FORM CodeForm::SubnormalHigh
-#endif
 
 namespace kvarn {
 namespace dev {
@@ -45,7 +37,7 @@ struct DecodeContext {
   /// (about 22 bits), 1 = rounded once.
   static constexpr int Q_TERMS = QUERY_TERMS, P_TERMS = WEIGHT_TERMS;
   /// Operand form of the K and V codes (see CodeForm).
-  static constexpr CodeForm KEY_FORM = KVARN_KEY_FORM, VALUE_FORM = KVARN_VALUE_FORM;
+  static constexpr CodeForm KEY_FORM = CodeForm::Subnormal, VALUE_FORM = CodeForm::SubnormalHigh;
   static_assert((Q_TERMS == 1 || Q_TERMS == 2) && (P_TERMS == 1 || P_TERMS == 2),
                 "one or two fp16 terms per operand");
   static_assert(KB == 2 || KB == 4, "key bits must be 2 or 4");
