@@ -118,6 +118,8 @@ struct LowerToEmitCPass : impl::KvarnLowerToEmitCBase<LowerToEmitCPass> {
               .Case([](TileRotateQueryOp) { return TileRotateQueryOp::getDeviceFunction(); })
               .Case([](TileIsPoolPageOp) { return TileIsPoolPageOp::getDeviceFunction(); })
               .Case([](TileLoadRecordOp) { return TileLoadRecordOp::getDeviceFunction(); })
+              .Case([](TileLoadKeysOp) { return TileLoadKeysOp::getDeviceFunction(); })
+              .Case([](TileLoadValuesOp) { return TileLoadValuesOp::getDeviceFunction(); })
               .Case([](TileScoresOnCodesOp) { return TileScoresOnCodesOp::getDeviceFunction(); })
               .Case([](TileOnlineSoftmaxOp) { return TileOnlineSoftmaxOp::getDeviceFunction(); })
               .Case([](TilePvOnCodesOp) { return TilePvOnCodesOp::getDeviceFunction(); })

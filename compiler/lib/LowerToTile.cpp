@@ -53,8 +53,10 @@ Value constantI32(OpBuilder &builder, Location loc, int64_t value) {
 /// stage) are issued before the query rotation, so their latency overlaps it; each step issues
 /// the loads of the page stages - 1 ahead (into slot (k + stages - 1) mod stages) before it
 /// computes its own page k (record pages on codes from slot k mod stages, pool pages directly).
-/// Slots are runtime values, so the loop holds one copy of the compute code. With one stage a
-/// step computes its page and then loads the next into the freed slot.
+/// Slots are runtime values, so the loop holds one copy of the compute code. With one stage the
+/// page's loads are split in two copy groups that use the slot as soon as it frees up: the next
+/// page's K codes and scales after this page's scores, its V codes and scales after the output
+/// update, so each half lands while the warp computes the other half of a page.
 void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const KernelTraits &t) {
   Value ctx = beginContext(builder, loc, params, t);
   auto range = TilePageRangeOp::create(builder, loc, builder.getI32Type(), builder.getI32Type(),
@@ -65,14 +67,19 @@ void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const Kerne
                                                          constantI32(builder, loc, stages - 1)));
   // Step 1. Prologue: the loads of the first max(stages - 1, 1) pages, then the query rotation.
   Value page = range.getFirst();
-  for (int64_t slot = 0; slot + 1 < std::max<int64_t>(stages, 2); ++slot) {
+  if (stages == 1) {
+    Value zero = constantI32(builder, loc, 0);
+    TileLoadKeysOp::create(builder, loc, ctx, page, zero);
+    TileLoadValuesOp::create(builder, loc, ctx, page, zero);
+  }
+  for (int64_t slot = 0; slot + 1 < stages; ++slot) {
     if (slot > 0)
       page = arith::AddIOp::create(builder, loc, page, range.getStep());
     TileLoadRecordOp::create(builder, loc, ctx, page, constantI32(builder, loc, slot));
   }
   TileRotateQueryOp::create(builder, loc, ctx);
   // Step 2. The page loop: prefetch stages - 1 pages ahead, then compute this page (one stage:
-  // compute, then load the next page).
+  // the next page's K half after the scores, its V half after the output update).
   auto loop = scf::ForOp::create(builder, loc, range.getFirst(), range.getEnd(), range.getStep());
   builder.setInsertionPointToStart(loop.getBody());
   page = loop.getInductionVar();
@@ -97,13 +104,17 @@ void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const Kerne
   auto poolIf = scf::IfOp::create(builder, loc, pool, /*withElseRegion=*/true);
   builder.setInsertionPointToStart(poolIf.thenBlock());
   TileAttendPoolPageOp::create(builder, loc, ctx, page);
+  if (stages == 1) // every path closes the same copy groups
+    TileLoadKeysOp::create(builder, loc, ctx, aheadPage, aheadSlot);
   builder.setInsertionPointToStart(poolIf.elseBlock());
   TileScoresOnCodesOp::create(builder, loc, ctx, page, slot);
+  if (stages == 1)
+    TileLoadKeysOp::create(builder, loc, ctx, aheadPage, aheadSlot);
   TileOnlineSoftmaxOp::create(builder, loc, ctx, slot);
   TilePvOnCodesOp::create(builder, loc, ctx, slot);
   if (stages == 1) {
     builder.setInsertionPointAfter(poolIf);
-    TileLoadRecordOp::create(builder, loc, ctx, aheadPage, aheadSlot);
+    TileLoadValuesOp::create(builder, loc, ctx, aheadPage, aheadSlot);
   }
   builder.setInsertionPointAfter(loop);
   // Step 3. Merge the warps, then store the final output or this split's partial.

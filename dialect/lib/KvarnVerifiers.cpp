@@ -216,6 +216,21 @@ LogicalResult TileBeginOp::verify() {
 LogicalResult TileLoadRecordOp::verify() {
   return verifySlot(getOperation(), getContext(), getSlot());
 }
+/// Split loads count two copy groups per page: the device code pairs them with one stage.
+static LogicalResult verifyLoadPart(Operation *op, Value context, Value slot) {
+  if (failed(verifySlot(op, context, slot)))
+    return failure();
+  if (ScheduleAttr schedule = scheduleOf(context); schedule && schedule.getStages() != 1)
+    return op->emitOpError() << "splits a page's loads, which needs a one-stage schedule (this "
+                             << "one has " << schedule.getStages() << " stages)";
+  return success();
+}
+LogicalResult TileLoadKeysOp::verify() {
+  return verifyLoadPart(getOperation(), getContext(), getSlot());
+}
+LogicalResult TileLoadValuesOp::verify() {
+  return verifyLoadPart(getOperation(), getContext(), getSlot());
+}
 LogicalResult TileScoresOnCodesOp::verify() {
   return verifySlot(getOperation(), getContext(), getSlot());
 }

@@ -33,6 +33,11 @@ struct DecodeContext {
   typedef T Type;
   static constexpr int KBITS = KB, VBITS = VB, TG = G, HD = D, QH = Q, NWARPS = WARPS;
   static constexpr int NSTAGES = STAGES;
+  /// One stage: each page is staged in two copy groups (loadKeys, loadValues) that use the slot
+  /// as soon as it frees up; more stages: one group per page (loadRecord).
+  static constexpr bool SPLIT_LOADS = STAGES == 1;
+  /// Copy groups a consumer may leave in flight: the later groups of the pipeline.
+  static constexpr int GROUPS_IN_FLIGHT = SPLIT_LOADS ? 1 : STAGES - 1;
   /// fp16 terms per fp32 MMA operand, q' (scores) and P' (output update): 2 = high + low
   /// (about 22 bits), 1 = rounded once.
   static constexpr int Q_TERMS = QUERY_TERMS, P_TERMS = WEIGHT_TERMS;
@@ -200,10 +205,15 @@ template <typename Ctx> __device__ __forceinline__ bool isPoolPage(Ctx &c, int p
   return c.lookup(page).y >= 0;
 }
 
-/// Issues the asynchronous copies of a record page (codes and scales) into this warp's staging
-/// buffer of stage `stage` (16-byte cp.async, bypassing L1) if the page is in this warp's range
-/// and quantized, and closes one copy group either way (the pipeline counts groups).
-template <typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int page, int stage) {
+/// Parts of a record page that one copy group stages.
+enum RecordPart : int { KeyPart = 1, ValuePart = 2, WholeRecord = KeyPart | ValuePart };
+
+/// Issues the asynchronous copies of the parts `PARTS` of a record page (codes and scales) into
+/// this warp's staging buffer of stage `stage` (16-byte cp.async, bypassing L1) if the page is in
+/// this warp's range and quantized, and closes one copy group either way (the pipeline counts
+/// groups).
+template <int PARTS, typename Ctx>
+__device__ __forceinline__ void stageRecord(Ctx &c, int page, int stage) {
   typedef typename Ctx::Layout L;
   __syncwarp(); // every lane is done reading the slot's previous page
   if (page >= c.pageEnd) {
@@ -223,7 +233,7 @@ template <typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int p
   constexpr int KEY_PER_ROW = Ctx::KEY_ROW / 16, KEY_STEP_ROWS = 32 / KEY_PER_ROW;
   constexpr int KEY_CHUNKS = Ctx::HD * Ctx::KEY_ROW / 16;
   static_assert(KEY_STEP_ROWS % 4 == 0 && KEY_CHUNKS % 32 == 0, "key staging pattern");
-  {
+  if constexpr ((PARTS & KeyPart) != 0) {
     const int row = c.lane / KEY_PER_ROW, column = 16 * (c.lane % KEY_PER_ROW);
     unsigned char *dst = staging + (row / 4) * Ctx::KEY_GROUP + (row % 4) * Ctx::KEY_ROW + column;
     const unsigned char *src = rec + L::keyPacked + 16 * c.lane;
@@ -236,7 +246,7 @@ template <typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int p
   static_assert(VALUE_PER_ROW <= 32 && 32 % VALUE_PER_ROW == 0 && VALUE_CHUNKS % 32 == 0,
                 "value staging pattern");
   constexpr int VALUE_STEP_ROWS = 32 / VALUE_PER_ROW, PAD_ROWS = 2 * Ctx::TPI;
-  {
+  if constexpr ((PARTS & ValuePart) != 0) {
     const int row = c.lane / VALUE_PER_ROW, column = 16 * (c.lane % VALUE_PER_ROW);
     unsigned char *dst = staging + Ctx::KEY_BYTES + row * Ctx::VALUE_ROW +
                          (row / PAD_ROWS) * Ctx::VALUE_PAD + column;
@@ -248,11 +258,29 @@ template <typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int p
                   src + 512 * k);
   }
   unsigned char *scales = c.scaleShared(stage);
-  for (int chunk = c.lane; chunk < L::keyScaleBytes / 16; chunk += 32)
-    copyAsync16(scales + 16 * chunk, rec + L::keyScaleCol + 16 * chunk);
-  for (int chunk = c.lane; chunk < L::valueScaleBytes / 16; chunk += 32)
-    copyAsync16(scales + L::keyScaleBytes + 16 * chunk, rec + L::valueScaleCol + 16 * chunk);
+  if constexpr ((PARTS & KeyPart) != 0)
+    for (int chunk = c.lane; chunk < L::keyScaleBytes / 16; chunk += 32)
+      copyAsync16(scales + 16 * chunk, rec + L::keyScaleCol + 16 * chunk);
+  if constexpr ((PARTS & ValuePart) != 0)
+    for (int chunk = c.lane; chunk < L::valueScaleBytes / 16; chunk += 32)
+      copyAsync16(scales + L::keyScaleBytes + 16 * chunk, rec + L::valueScaleCol + 16 * chunk);
   copyAsyncCommit();
+}
+
+/// The whole page in one copy group (pipelines of two or more stages).
+template <typename Ctx> __device__ __forceinline__ void loadRecord(Ctx &c, int page, int stage) {
+  stageRecord<WholeRecord>(c, page, stage);
+}
+/// The page's K codes and K scales in one copy group (one-stage pipeline, after the scores).
+template <typename Ctx> __device__ __forceinline__ void loadKeys(Ctx &c, int page, int stage) {
+  static_assert(Ctx::SPLIT_LOADS, "split loads pair with the one-stage pipeline");
+  stageRecord<KeyPart>(c, page, stage);
+}
+/// The page's V codes and V scales in one copy group (one-stage pipeline, after the output
+/// update).
+template <typename Ctx> __device__ __forceinline__ void loadValues(Ctx &c, int page, int stage) {
+  static_assert(Ctx::SPLIT_LOADS, "split loads pair with the one-stage pipeline");
+  stageRecord<ValuePart>(c, page, stage);
 }
 
 /// Index within its byte of the K codes of m-tile `pt`, rows r (half 0) or r + 8 (half 1): one
@@ -275,7 +303,7 @@ template <int VBITS> __host__ __device__ constexpr int valueCode(int m, int half
 /// the epilogue only applies K_s_row, the code unit and the softmax scale.
 template <typename Ctx>
 __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
-  copyAsyncWait<Ctx::NSTAGES - 1>(); // this page's group; the later pages' may still fly
+  copyAsyncWait<Ctx::GROUPS_IN_FLIGHT>(); // this page's (K) group; later groups may still fly
   __syncwarp();
   constexpr int KBITS = Ctx::KBITS;
   constexpr int PAIRS_PER_BYTE = 4 / KBITS; // token pairs per code byte
@@ -500,6 +528,10 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
 }
 
 template <typename Ctx> __device__ __forceinline__ void onlineSoftmax(Ctx &c, int stage) {
+  if constexpr (Ctx::SPLIT_LOADS) { // this page's V group; the next page's K group may still fly
+    copyAsyncWait<1>();
+    __syncwarp();
+  }
   const unsigned char *staging = c.scaleShared(stage) + Ctx::Layout::keyScaleBytes;
   const Half *valueScaleRow = reinterpret_cast<const Half *>(staging) + Ctx::HD;
   softmaxStep<true>(c, valueScaleRow, valueScaleRow + Ctx::TG);
@@ -759,31 +791,64 @@ template <bool Partial, typename Ctx> __device__ __forceinline__ void storeOutpu
 }
 
 /// Merges the splits of one (request, kv head, query head = blockIdx.z) by LSE, un-rotates and
-/// stores (grid: kv heads x requests x Q; one thread per channel).
+/// stores (grid: kv heads x requests x Q; one thread per channel). The split count only bounds
+/// loops: the LSE maximum is a block reduction and the weights of up to MERGE_CHUNK splits at a
+/// time go through shared memory, so each thread's partial loads are independent and the kernel
+/// waits on a few memory round trips, not one per split.
 template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   typedef typename Ctx::Type T;
+  constexpr int MERGE_CHUNK = 256;
   if (c.numSplits == 1)
     return; // the decode kernel stored the final output
-  float *row = c.mergeShared();
+  float *row = c.mergeShared();                   // [D]
+  float *weights = row + Ctx::HD;                 // [MERGE_CHUNK]
+  float *warpMaxima = weights + MERGE_CHUNK;      // [WARPS]
   const int query = blockIdx.z;
   const int numQueryHeads = c.p.numKvHeads * Ctx::QH;
   const int64_t head = int64_t(c.request) * numQueryHeads + int64_t(c.kvHead) * Ctx::QH + query;
   const float *lse = c.p.partialLse + head * c.numSplits;
   const float *partial = c.p.partialOut + head * c.numSplits * Ctx::HD;
+  // Step 1. The largest LSE (-inf when no split attended anything).
   float best = -KVARN_INFINITY;
-  for (int s = 0; s < c.numSplits; ++s)
+  for (int s = threadIdx.x; s < c.numSplits; s += blockDim.x)
     best = fmaxf(best, lse[s]);
-  for (int channel = threadIdx.x; channel < Ctx::HD; channel += blockDim.x) {
-    float total = 0.0f, value = 0.0f;
-    if (best != -KVARN_INFINITY) {
-#pragma unroll 4
-      for (int s = 0; s < c.numSplits; ++s) {
-        const float weight = __expf(lse[s] - best);
-        total += weight;
-        value += weight * partial[s * Ctx::HD + channel];
+  best = warpMaxXor(best, 1, 16);
+  if (c.lane == 0)
+    warpMaxima[c.warp] = best;
+  __syncthreads();
+  best = warpMaxima[0];
+#pragma unroll
+  for (int w = 1; w < Ctx::NWARPS; ++w)
+    best = fmaxf(best, warpMaxima[w]);
+  // Step 2. Weighted sum over the splits, a chunk of weights at a time.
+  constexpr int THREADS = Ctx::NWARPS * 32, PER_THREAD = (Ctx::HD + THREADS - 1) / THREADS;
+  static_assert((Ctx::HD + MERGE_CHUNK + Ctx::NWARPS) * 4 <= Ctx::SHARED_BYTES - Ctx::STAGING_OFFSET,
+                "merge scratch fits the merge area");
+  float total = 0.0f, value[PER_THREAD] = {};
+  if (best != -KVARN_INFINITY)
+    for (int first = 0; first < c.numSplits; first += MERGE_CHUNK) {
+      const int count = min(MERGE_CHUNK, c.numSplits - first);
+      __syncthreads(); // the previous chunk's weights are consumed
+      for (int s = threadIdx.x; s < count; s += blockDim.x)
+        weights[s] = __expf(lse[first + s] - best);
+      __syncthreads();
+      const float *chunk = partial + int64_t(first) * Ctx::HD;
+#pragma unroll
+      for (int k = 0; k < PER_THREAD; ++k) {
+        const int channel = threadIdx.x + k * THREADS;
+        if (channel < Ctx::HD)
+#pragma unroll 16
+          for (int s = 0; s < count; ++s)
+            value[k] += weights[s] * chunk[s * Ctx::HD + channel];
       }
+      for (int s = 0; s < count; ++s)
+        total += weights[s];
     }
-    row[channel] = roundTo<T>(total > 0.0f ? value / total : 0.0f);
+#pragma unroll
+  for (int k = 0; k < PER_THREAD; ++k) {
+    const int channel = threadIdx.x + k * THREADS;
+    if (channel < Ctx::HD)
+      row[channel] = roundTo<T>(total > 0.0f ? value[k] / total : 0.0f);
   }
   sharedFwht<Ctx::HD>(row, 1, Ctx::HD);
   const float scale = hadamardScale<Ctx::HD>();

@@ -1,6 +1,8 @@
 // RUN: kvarn-opt %s -kvarn-specialize -kvarn-lower-to-tile | FileCheck %s
-// The schedule shapes the kernel: one stage loads the first page before the query rotation,
-// then computes each page and loads the next into the freed slot; two stages run a rolling
+// The schedule shapes the kernel: one stage loads the first page (K half, V half) before the
+// query rotation, then loads the next page's K half once the scores free it and its V half once
+// the output update frees it (on the pool-page path too, so every path closes the same copy
+// groups); two stages run a rolling
 // pipeline (a prologue load, then the next page's load into the other slot before each page's
 // compute, one copy of the compute code with a computed slot); one warp needs no warp merge; a
 // fixed single split needs no merge kernel.
@@ -8,7 +10,8 @@
 // CHECK-LABEL: func.func @one_stage(%{{.*}}: !kvarn.params<decode>) attributes {kvarn.kernel, kvarn.threads = 128 : i64}
 // CHECK: %[[CTX:.*]] = kvarn.tile.begin
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
-// CHECK: kvarn.tile.load_record %[[CTX]], %[[FIRST]], slot %{{.*}}
+// CHECK: kvarn.tile.load_keys %[[CTX]], %[[FIRST]], slot %[[SLOT0:.*]] :
+// CHECK-NEXT: kvarn.tile.load_values %[[CTX]], %[[FIRST]], slot %[[SLOT0]] :
 // CHECK-NEXT: kvarn.tile.rotate_query %[[CTX]]
 // CHECK: scf.for %[[PAGE:.*]] = %[[FIRST]] to %[[END]] step %[[STEP]] : i32 {
 // CHECK:   %[[ZERO:.*]] = arith.constant 0 : i32
@@ -16,12 +19,15 @@
 // CHECK:   %[[POOL:.*]] = kvarn.tile.is_pool_page %[[CTX]], %[[PAGE]]
 // CHECK:   scf.if %[[POOL]] {
 // CHECK-NEXT: kvarn.tile.attend_pool_page %[[CTX]], %[[PAGE]]
+// CHECK-NEXT: kvarn.tile.load_keys %[[CTX]], %[[NEXT]], slot %[[ZERO]]
 // CHECK-NEXT: } else {
 // CHECK-NEXT: kvarn.tile.scores_on_codes %[[CTX]], %[[PAGE]], slot %[[ZERO]]
+// CHECK-NEXT: kvarn.tile.load_keys %[[CTX]], %[[NEXT]], slot %[[ZERO]]
 // CHECK-NEXT: kvarn.tile.online_softmax %[[CTX]], slot %[[ZERO]]
 // CHECK-NEXT: kvarn.tile.pv_on_codes %[[CTX]], slot %[[ZERO]]
 // CHECK-NEXT: }
-// CHECK-NEXT: kvarn.tile.load_record %[[CTX]], %[[NEXT]], slot %[[ZERO]]
+// CHECK-NEXT: kvarn.tile.load_values %[[CTX]], %[[NEXT]], slot %[[ZERO]]
+// CHECK-NOT: kvarn.tile.load_record
 // CHECK: kvarn.tile.merge_warps %[[CTX]]
 // CHECK: kvarn.tile.store_output %[[CTX]] {partial = true}
 // CHECK-LABEL: func.func @one_stage_merge
@@ -53,6 +59,7 @@ func.func @one_stage(%q: memref<?x64x128xf16>, %cache: memref<?x8x13824xi8>,
 // CHECK:   %[[NEXTK:.*]] = arith.addi %[[K]], %{{.*}} : i32
 // CHECK:   %[[AHEADSLOT:.*]] = arith.remsi %[[NEXTK]], %[[TWO]] : i32
 // CHECK:   %[[AHEAD:.*]] = arith.addi %[[PAGE]], %[[STEP]] : i32
+// CHECK-NOT: kvarn.tile.load_keys
 // CHECK:   kvarn.tile.load_record %[[CTX]], %[[AHEAD]], slot %[[AHEADSLOT]]
 // CHECK:   kvarn.tile.scores_on_codes %[[CTX]], %[[PAGE]], slot %[[SLOT]]
 // CHECK:   kvarn.tile.pv_on_codes %[[CTX]], slot %[[SLOT]]

@@ -339,6 +339,18 @@ func.func @slot(%p: !kvarn.params<decode>, %page: i32) {
 
 // -----
 
+func.func @split_loads_need_one_stage(%p: !kvarn.params<decode>, %page: i32) {
+  %c = kvarn.tile.begin %p {format = #kvarn.format<kvarn_k4v2_g128, head_dim = 128>,
+      schedule = #kvarn.schedule<decode, stages = 2>, q_per_kv = 8 : i64, dtype = f16}
+      : !kvarn.params<decode> -> !kvarn.context<decode>
+  %slot = arith.constant 0 : i32
+  // expected-error @+1 {{splits a page's loads, which needs a one-stage schedule (this one has 2 stages)}}
+  kvarn.tile.load_values %c, %page, slot %slot : !kvarn.context<decode>, i32
+  return
+}
+
+// -----
+
 func.func @slot_context(%c: !kvarn.context<flush>, %page: i32, %slot: i32) {
   // expected-error @+1 {{needs a decode context}}
   kvarn.tile.scores_on_codes %c, %page, slot %slot : !kvarn.context<flush>, i32

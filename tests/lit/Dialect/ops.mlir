@@ -101,6 +101,19 @@ func.func @tile_ops(%params: !kvarn.params<decode>) {
   return
 }
 
+// CHECK-LABEL: func.func @split_loads
+// CHECK: kvarn.tile.load_keys %[[CTX:.*]], %[[PAGE:.*]], slot %[[SLOT:.*]] : !kvarn.context<decode>, i32
+// CHECK-NEXT: kvarn.tile.load_values %[[CTX]], %[[PAGE]], slot %[[SLOT]] : !kvarn.context<decode>, i32
+func.func @split_loads(%params: !kvarn.params<decode>, %page: i32) {
+  %ctx = kvarn.tile.begin %params {format = #kvarn.format<kvarn_k4v2_g128, head_dim = 128>,
+      schedule = #kvarn.schedule<decode>, q_per_kv = 8 : i64, dtype = f16}
+      : !kvarn.params<decode> -> !kvarn.context<decode>
+  %slot = arith.constant 0 : i32
+  kvarn.tile.load_keys %ctx, %page, slot %slot : !kvarn.context<decode>, i32
+  kvarn.tile.load_values %ctx, %page, slot %slot : !kvarn.context<decode>, i32
+  return
+}
+
 // CHECK-LABEL: func.func @flush_tile_ops
 // CHECK: kvarn.tile.load_tile %{{.*}} {tensor = 1 : i64}
 // CHECK: kvarn.tile.normalize %{{.*}} {iterations = 8 : i64}

@@ -221,6 +221,27 @@ def Kvarn_TileLoadRecordOp : Kvarn_TileOp<"load_record"> {
   let deviceFunction = "loadRecord";
 }
 
+class Kvarn_LoadPartOp<string mnemonic, string function, string what>
+    : Kvarn_TileOp<mnemonic> {
+  let summary = "Issues the asynchronous loads of one record page's " # what;
+  let description = [{
+    The one-stage pipeline loads a page in two copy groups, so each half lands while the warp
+    computes: `load_keys` (K codes and K scales) after the scores of the previous page, and
+    `load_values` (V codes and V scales) after its output update. Like `load_record`, each
+    always closes one copy group. Valid only with a one-stage schedule (the device code's waits
+    count two groups per page).
+  }];
+  let arguments = (ins Kvarn_ContextType:$context, I32:$page, I32:$slot);
+  let assemblyFormat =
+      "$context `,` $page `,` `slot` $slot attr-dict `:` qualified(type($context)) `,` type($page)";
+  let hasVerifier = 1;
+  let deviceFunction = function;
+}
+
+def Kvarn_TileLoadKeysOp : Kvarn_LoadPartOp<"load_keys", "loadKeys", "K codes and K scales">;
+def Kvarn_TileLoadValuesOp
+    : Kvarn_LoadPartOp<"load_values", "loadValues", "V codes and V scales">;
+
 class Kvarn_SlotOp<string mnemonic, string function> : Kvarn_TileOp<mnemonic> {
   let arguments = (ins Kvarn_ContextType:$context, I32:$slot);
   let assemblyFormat = "$context `,` `slot` $slot attr-dict `:` qualified(type($context))";
