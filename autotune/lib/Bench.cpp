@@ -271,8 +271,10 @@ Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double
 
 Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
                    const LaunchGate *gate) {
-  for (const char *schedule : {"", "warps=8,rows_per_cta=1", "warps=8,rows_per_cta=8",
-                               "warps=16,rows_per_cta=16"})
+  if (!o.schedule.empty()) // one schedule from --schedule
+    return benchAppendSchedule(o, info, bandwidth, o.schedule, gate);
+  for (const char *schedule : {"", "warps=2,rows_per_cta=2", "warps=8,rows_per_cta=8",
+                               "warps=4,rows_per_cta=8"})
     KVARN_TRY(benchAppendSchedule(o, info, bandwidth, schedule, gate));
   return Status::success();
 }

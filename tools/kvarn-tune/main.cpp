@@ -424,7 +424,7 @@ int main(int argc, char **argv) {
       "--no-gate", [&bench] { bench.hideLaunchLatency = false; },
       "time each launch from an idle GPU (include the host's launch latency) instead of queuing "
       "it behind a 20 us spin kernel");
-  benchCommand->add_option("--schedule", bench.schedule, "decode schedule knobs");
+  benchCommand->add_option("--schedule", bench.schedule, "schedule knobs of the decode table, or of append with --only append");
   benchCommand->add_option("--only", benchOnly, "subset: decode, flush, append, lookup");
   benchCommand->add_option("--configs", bench.configsDirectory,
                            "tuned configs that choose the schedules when --schedule is not given")

@@ -17,7 +17,7 @@ struct AppendContext {
   /// log2(E) butterfly levels run inside the lane and four across the half-warp (shuffles).
   static constexpr int E = D / 16;
   static constexpr int WORDS = E / 2; ///< 32-bit words of input per lane and row
-  static constexpr int HEADS_PER_PASS = 4; ///< heads a warp loads before it rotates any
+  static constexpr int HEADS_PER_PASS = 8; ///< heads a warp loads before it rotates any
   static constexpr int SHARED_BYTES = 0;
   static_assert(D % 32 == 0 && E >= 2, "head_dim must be a multiple of 32");
   AppendParams p;
@@ -39,8 +39,9 @@ struct AppendContext {
 };
 
 /// Rotates one token's K and V rows of every kv head (half-warp FWHT per row) and writes its pool
-/// rows. A warp takes HEADS_PER_PASS heads per pass (K in its lower half-warp, V in the upper) and
-/// issues all their loads, and the slot lookup, before it rotates any.
+/// rows. One warp owns the token: it takes HEADS_PER_PASS heads per pass (K in its lower
+/// half-warp, V in the upper) and issues all their loads, and the slot lookup, before it rotates
+/// any, so a warp waits on one memory round trip per pass.
 template <int KB, int VB, int G, int D, int Q, int W, int S, int SP, int R, bool C, typename T>
 __device__ __forceinline__ void rotateRow(AppendContext<KB, VB, G, D, Q, W, S, SP, R, C, T> &c,
                                           int row) {
@@ -51,12 +52,12 @@ __device__ __forceinline__ void rotateRow(AppendContext<KB, VB, G, D, Q, W, S, S
                     row * (c.half ? c.p.valueStride : c.p.keyStride) + c.halfLane * E;
   Half *pool = static_cast<Half *>(c.half ? c.p.poolValue : c.p.poolKey) + c.halfLane * E;
   const float scale = hadamardScale<D>();
-  for (int first = c.warp; first < c.p.numKvHeads; first += W * PASS) {
+  for (int first = 0; first < c.p.numKvHeads; first += PASS) {
     // Step 1. Every load of the pass.
     uint32_t words[PASS][WORDS];
 #pragma unroll
     for (int k = 0; k < PASS; ++k) {
-      const int head = first + k * W;
+      const int head = first + k;
       if (head >= c.p.numKvHeads)
         break;
       const T *source = tensor + head * D;
@@ -73,7 +74,7 @@ __device__ __forceinline__ void rotateRow(AppendContext<KB, VB, G, D, Q, W, S, S
     // fp16(1/sqrt(D)), round to fp16, store.
 #pragma unroll
     for (int k = 0; k < PASS; ++k) {
-      const int head = first + k * W;
+      const int head = first + k;
       if (head >= c.p.numKvHeads)
         break;
       float x[E];
@@ -114,7 +115,7 @@ __device__ __forceinline__ void rotateRow(AppendContext<KB, VB, G, D, Q, W, S, S
 
 template <int KB, int VB, int G, int D, int Q, int W, int S, int SP, int R, bool C, typename T>
 __device__ __forceinline__ int rowFirst(AppendContext<KB, VB, G, D, Q, W, S, SP, R, C, T> &c) {
-  return blockIdx.x * R;
+  return blockIdx.x * R + c.warp;
 }
 template <int KB, int VB, int G, int D, int Q, int W, int S, int SP, int R, bool C, typename T>
 __device__ __forceinline__ int rowEnd(AppendContext<KB, VB, G, D, Q, W, S, SP, R, C, T> &c) {
@@ -122,7 +123,7 @@ __device__ __forceinline__ int rowEnd(AppendContext<KB, VB, G, D, Q, W, S, SP, R
 }
 template <int KB, int VB, int G, int D, int Q, int W, int S, int SP, int R, bool C, typename T>
 __device__ __forceinline__ int rowStep(AppendContext<KB, VB, G, D, Q, W, S, SP, R, C, T> &c) {
-  return 1;
+  return W; // the CTA's warps take its rows in turn
 }
 
 template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS, int ROWS,
