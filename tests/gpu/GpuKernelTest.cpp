@@ -99,7 +99,8 @@ struct DecodeCase {
 };
 
 /// Runs GPU decode on a random cache; returns the relative error against the float64 reference.
-double runDecode(const DecodeCase &dc, uint64_t seed, bool planned = true) {
+/// `forcedSplits` > 0 launches that many splits instead of the plan (or one split).
+double runDecode(const DecodeCase &dc, uint64_t seed, bool planned = true, int forcedSplits = 0) {
   Format format = *parseFormat(dc.preset, dc.headDim);
   PagedCache cache(format, dc.numKvHeads, dc.lengths, seed);
   const int batch = int(dc.lengths.size()), hq = dc.numKvHeads * dc.q;
@@ -136,6 +137,8 @@ double runDecode(const DecodeCase &dc, uint64_t seed, bool planned = true) {
                         ? planDecode(module, batch, dc.numKvHeads, maxLen, format.tileTokens,
                                      gpu()->smCount)
                         : DecodePlan{1};
+  if (forcedSplits > 0)
+    plan.numSplits = forcedSplits;
   DeviceBuffer dPartial = allocate(size_t(batch) * hq * plan.numSplits * dc.headDim * 4);
   DeviceBuffer dLse = allocate(size_t(batch) * hq * plan.numSplits * 4);
   dev::DecodeParams params{};
@@ -229,6 +232,20 @@ TEST(GpuDecode, LongContextAndSplitsAgree) {
     EXPECT_LE(single, bound) << schedule;
     std::printf("[ decode   ] 128K context '%s': relative error %.2e planned, %.2e one split\n",
                 schedule, planned, single);
+  }
+}
+
+TEST(GpuDecode, ManySplitsMergeInChunksAndEmptySplitsWeighNothing) {
+  KVARN_REQUIRE_GPU();
+  // The merge kernel weighs up to 256 splits at a time: 257 and 300 splits take a second, partial
+  // chunk; the short requests leave most splits without a page (LSE -inf, weight 0).
+  for (int splits : {257, 300}) {
+    DecodeCase dc{"kvarn_k4v2_g128", 128, 8, 1, DType::F16, {300 * 128 + 17, 5 * 128 + 37, 1},
+                  "mma=m16n8k16.single-p"};
+    const double error = runDecode(dc, 90 + splits, true, splits);
+    EXPECT_LE(error, 1e-3) << splits << " splits";
+    std::printf("[ decode   ] %d splits over 38,417 / 677 / 1 tokens: relative error %.2e\n",
+                splits, error);
   }
 }
 

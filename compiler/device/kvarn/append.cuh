@@ -60,15 +60,7 @@ __device__ __forceinline__ void rotateRow(AppendContext<KB, VB, G, D, Q, W, S, S
       const int head = first + k;
       if (head >= c.p.numKvHeads)
         break;
-      const T *source = tensor + head * D;
-      if (c.vectorLoads) {
-        loadWords(words[k], source);
-      } else {
-#pragma unroll
-        for (int w = 0; w < WORDS; ++w)
-          words[k][w] = uint32_t(reinterpret_cast<const unsigned short *>(source)[2 * w]) |
-                        (uint32_t(reinterpret_cast<const unsigned short *>(source)[2 * w + 1]) << 16);
-      }
+      loadPairs(words[k], tensor + head * D, c.vectorLoads);
     }
     // Step 2. Butterflies inside the lane's contiguous chunk, then across the half-warp; scale by
     // fp16(1/sqrt(D)), round to fp16, store.
@@ -84,24 +76,7 @@ __device__ __forceinline__ void rotateRow(AppendContext<KB, VB, G, D, Q, W, S, S
         x[2 * w] = pair.x;
         x[2 * w + 1] = pair.y;
       }
-#pragma unroll
-      for (int h = 1; h < E; h <<= 1)
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-          if ((e & h) == 0) {
-            const float a = x[e], b = x[e + h];
-            x[e] = a + b;
-            x[e + h] = a - b;
-          }
-#pragma unroll
-      for (int laneMask = 1; laneMask < 16; laneMask <<= 1) {
-        const bool upper = (c.halfLane & laneMask) != 0;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const float partner = __shfl_xor_sync(0xffffffffu, x[e], laneMask);
-          x[e] = upper ? partner - x[e] : x[e] + partner;
-        }
-      }
+      laneGroupFwht<E, 16>(x, c.halfLane);
       if (slot < 0)
         continue;
       uint32_t out[WORDS];

@@ -284,6 +284,55 @@ template <int D> __device__ __forceinline__ float hadamardScale() {
   return halfToFloat(floatToHalf(1.0f / sqrtf(float(D))));
 }
 
+/// Starts pulling the 128-byte line at `address` into L2 (no register, no wait).
+__device__ __forceinline__ void prefetchL2(const void *address) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(address));
+}
+
+/// Unnormalized Walsh-Hadamard butterflies of one row of E * LANES values held by LANES
+/// consecutive lanes, lane l holding the E contiguous values [E*l, E*l + E): log2(E) levels inside
+/// the lane, then log2(LANES) across lanes (shuffles; call with the whole warp converged). The
+/// levels run by increasing stride with `a + b`, `a - b` per pair, so the results are bit for
+/// bit those of sharedFwht.
+template <int E, int LANES>
+__device__ __forceinline__ void laneGroupFwht(float (&x)[E], int laneInGroup) {
+  static_assert(E >= 1 && (E & (E - 1)) == 0 && LANES >= 1 && LANES <= 32 &&
+                    (LANES & (LANES - 1)) == 0,
+                "powers of two");
+#pragma unroll
+  for (int h = 1; h < E; h <<= 1)
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      if ((e & h) == 0) {
+        const float a = x[e], b = x[e + h];
+        x[e] = a + b;
+        x[e + h] = a - b;
+      }
+#pragma unroll
+  for (int laneMask = 1; laneMask < LANES; laneMask <<= 1) {
+    const bool upper = (laneInGroup & laneMask) != 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const float partner = __shfl_xor_sync(0xffffffffu, x[e], laneMask);
+      x[e] = upper ? partner - x[e] : x[e] + partner;
+    }
+  }
+}
+
+/// Loads 2 * Words activation values from `source` as packed pairs: vector loads when the
+/// caller checked their alignment, 16-bit loads otherwise.
+template <int Words>
+__device__ __forceinline__ void loadPairs(uint32_t (&w)[Words], const void *source, bool vector) {
+  if (vector) {
+    loadWords(w, source);
+    return;
+  }
+  const unsigned short *element = static_cast<const unsigned short *>(source);
+#pragma unroll
+  for (int k = 0; k < Words; ++k)
+    w[k] = uint32_t(element[2 * k]) | (uint32_t(element[2 * k + 1]) << 16);
+}
+
 /// In-place unnormalized Walsh-Hadamard transform of `rows` rows of length D in shared memory,
 /// by all threads of the CTA (natural order, matches H16 up to the scale and summation order).
 template <int D>

@@ -98,6 +98,12 @@ struct DecodeContext {
     c.lane = threadIdx.x % 32;
     c.t = c.lane % 4;
     c.i = c.lane / 4;
+    // The queries are read after the first page's lookups: start pulling them into L2 now.
+    constexpr int QUERY_BYTES = Q * D * int(sizeof(T));
+    if (int(threadIdx.x) * 128 < QUERY_BYTES) // every address inside this group's rows
+      prefetchL2(static_cast<const unsigned char *>(params.query) +
+                 (int64_t(c.request) * params.numKvHeads + c.kvHead) * QUERY_BYTES +
+                 128 * threadIdx.x);
     c.seqLen = params.seqLens[c.request];
     const int pages = (c.seqLen + G - 1) / G;
     c.pageBegin = int(int64_t(c.split) * pages / c.numSplits);
@@ -162,22 +168,49 @@ struct DecodeContext {
 // Building blocks called by the generated kernels.
 //===----------------------------------------------------------------------===//
 
-/// q_rot = dtype(q * H16) for the GQA group (shared-memory FWHT), then each lane keeps its
-/// B-fragment pairs: channels 16*kc + 4*t + {0,1} and {2,3} of query 8*n + i.
+/// q_rot = dtype(q * H16) for the GQA group: a warp per query row, lane l holding its HD / 32
+/// contiguous channels (one vector load, butterflies in registers and across the warp), written
+/// to shared memory for the pool-page path; then each lane keeps its B-fragment pairs: channels
+/// 16*kc + 4*t + {0,1} and {2,3} of query 8*n + i.
 template <typename Ctx> __device__ __forceinline__ void rotateQuery(Ctx &c) {
   typedef typename Ctx::Type T;
+  constexpr int E = Ctx::HD / 32, WORDS = E / 2;
+  static_assert(E >= 2 && Ctx::HD % 32 == 0, "a lane holds at least one pair of channels");
   float *qs = c.queryShared();
-  const T *query = static_cast<const T *>(c.p.query);
-  const int64_t base = (int64_t(c.request) * c.p.numKvHeads + c.kvHead) * Ctx::QH * Ctx::HD;
-  for (int item = threadIdx.x; item < Ctx::Q8 * Ctx::HD; item += blockDim.x) {
-    const int row = item / Ctx::HD;
-    qs[item] = row < Ctx::QH ? toFloat<T>(query[base + item]) : 0.0f;
-  }
-  sharedFwht<Ctx::HD>(qs, Ctx::Q8, Ctx::HD);
-  // q_rot = dtype(q * H16), kept in shared memory for the pool-page path too.
+  const T *query = static_cast<const T *>(c.p.query) +
+                   (int64_t(c.request) * c.p.numKvHeads + c.kvHead) * Ctx::QH * Ctx::HD;
+  constexpr uint64_t vectorBytes = 2 * E < 16 ? 2 * E : 16; // rows start at multiples of HD
+  const bool vector = reinterpret_cast<uint64_t>(c.p.query) % vectorBytes == 0;
   const float scale = hadamardScale<Ctx::HD>();
-  for (int item = threadIdx.x; item < Ctx::Q8 * Ctx::HD; item += blockDim.x)
-    qs[item] = roundTo<T>(qs[item] * scale);
+  for (int row = c.warp; row < Ctx::Q8; row += Ctx::NWARPS) { // warp-uniform
+    float x[E];
+    if (row < Ctx::QH) {
+      uint32_t words[WORDS];
+      loadPairs(words, query + row * Ctx::HD + E * c.lane, vector);
+#pragma unroll
+      for (int w = 0; w < WORDS; ++w) {
+        const float2 pair = unpackPair<T>(words[w]);
+        x[2 * w] = pair.x;
+        x[2 * w + 1] = pair.y;
+      }
+      laneGroupFwht<E, 32>(x, c.lane);
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        x[e] = roundTo<T>(x[e] * scale);
+    } else {
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        x[e] = 0.0f; // padding rows of the last n8 tile
+    }
+    float *target = qs + row * Ctx::HD + E * c.lane;
+    if constexpr (E % 4 == 0) {
+#pragma unroll
+      for (int e = 0; e < E; e += 4)
+        *reinterpret_cast<float4 *>(target + e) = make_float4(x[e], x[e + 1], x[e + 2], x[e + 3]);
+    } else {
+      *reinterpret_cast<float2 *>(target) = make_float2(x[0], x[1]);
+    }
+  }
   __syncthreads();
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)
@@ -728,23 +761,35 @@ template <typename Ctx> __device__ __forceinline__ void mergeWarps(Ctx &c) {
       }
   }
   __syncthreads();
-  // Step 2. Combine, normalize; the result overwrites warp 0's slot.
-  for (int item = threadIdx.x; item < Ctx::Q8 * Ctx::HD; item += blockDim.x) {
-    const int query = item / Ctx::HD;
+  // Step 2. Per query: the combined maximum, each warp's weight exp2(max_w - max) / total (in
+  // place of its maximum) and the natural-log LSE; then every output element is a weighted sum
+  // of the warps' (the result overwrites warp 0's slot).
+  float *lseArea = sums + Ctx::NWARPS * Ctx::Q8;
+  for (int query = threadIdx.x; query < Ctx::Q8; query += blockDim.x) {
     float best = -KVARN_INFINITY;
+#pragma unroll
     for (int w = 0; w < Ctx::NWARPS; ++w)
       best = fmaxf(best, maxima[w * Ctx::Q8 + query]);
-    float total = 0.0f, value = 0.0f;
-    if (best != -KVARN_INFINITY)
-      for (int w = 0; w < Ctx::NWARPS; ++w) {
-        const float weight = exp2f(maxima[w * Ctx::Q8 + query] - best);
-        total += weight * sums[w * Ctx::Q8 + query];
-        value += weight * outputs[w * Ctx::Q8 * Ctx::HD + item];
-      }
-    outputs[item] = total > 0.0f ? value / total : 0.0f;
-    if (item % Ctx::HD == 0)
-      sums[Ctx::NWARPS * Ctx::Q8 + query] =
-          total > 0.0f ? (best + log2f(total)) * 0.6931471805599453f : -KVARN_INFINITY;
+    float total = 0.0f, weight[Ctx::NWARPS];
+#pragma unroll
+    for (int w = 0; w < Ctx::NWARPS; ++w) {
+      weight[w] = best == -KVARN_INFINITY ? 0.0f : exp2f(maxima[w * Ctx::Q8 + query] - best);
+      total += weight[w] * sums[w * Ctx::Q8 + query];
+    }
+    const float inverse = total > 0.0f ? 1.0f / total : 0.0f;
+#pragma unroll
+    for (int w = 0; w < Ctx::NWARPS; ++w)
+      maxima[w * Ctx::Q8 + query] = weight[w] * inverse;
+    lseArea[query] = total > 0.0f ? (best + log2f(total)) * 0.6931471805599453f : -KVARN_INFINITY;
+  }
+  __syncthreads();
+  for (int item = threadIdx.x; item < Ctx::Q8 * Ctx::HD; item += blockDim.x) {
+    const int query = item / Ctx::HD;
+    float value = 0.0f;
+#pragma unroll
+    for (int w = 0; w < Ctx::NWARPS; ++w)
+      value += maxima[w * Ctx::Q8 + query] * outputs[w * Ctx::Q8 * Ctx::HD + item];
+    outputs[item] = value;
   }
   __syncthreads();
   c.merged = true;
