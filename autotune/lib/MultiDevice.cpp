@@ -150,6 +150,11 @@ std::vector<std::string> workerArguments(const TuneOptions &o, int device,
     args.push_back("--graph");
   if (!o.flush)
     args.push_back("--no-flush");
+  if (!o.alsoBuckets.empty()) {
+    args.push_back("--also-at");
+    for (const auto &[batch, context] : o.alsoBuckets)
+      args.push_back(std::to_string(batch) + "x" + std::to_string(context));
+  }
   return args;
 }
 

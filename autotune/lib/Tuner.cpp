@@ -484,16 +484,24 @@ public:
   virtual Status launch(const KernelModule &module, const Schedule &schedule, int iteration,
                         CUstream stream) = 0;
   virtual double rooflineBytes() const = 0;
+  /// Shapes a candidate is timed at (decode buckets); prepareTiming, launch and rooflineBytes
+  /// refer to the one chosen with useBucket.
+  virtual int buckets() const { return 1; }
+  virtual void useBucket(int) {}
   /// Drops every device buffer (before a context reset).
   virtual void release() = 0;
 };
 
 /// Decode: checked on a short mixed batch and a 128K-token request (built once per spec),
-/// timed at the bucket (B x context, every page a record, L2-cold block ranges).
+/// timed at each bucket (B x context, every page a record, L2-cold block ranges).
 class DecodeWorkload : public Workload {
 public:
   DecodeWorkload(const KernelSpec &spec, const TuneOptions &o, const DeviceInfo &info)
-      : spec_(spec), o_(o), info_(info), layout_(recordLayout(spec.format)) {}
+      : spec_(spec), o_(o), info_(info), layout_(recordLayout(spec.format)),
+        buckets_(decodeBuckets(o)) {}
+
+  int buckets() const override { return int(buckets_.size()); }
+  void useBucket(int bucket) override { bucket_ = bucket; }
 
   Status check(const KernelModule &module, const Schedule &schedule) override {
     const int g = spec_.format.tileTokens;
@@ -515,29 +523,30 @@ public:
 
   Status prepareTiming(const std::vector<Schedule> &group) override {
     const int g = spec_.format.tileTokens, d = spec_.format.headDim;
-    pages_ = (o_.context + g - 1) / g;
+    pages_ = (context() + g - 1) / g;
     // Workspace for the largest plan any schedule of the group can get (the plan depends on the
     // loaded kernel's occupancy, not known yet).
     int maxSplits = 1;
     for (const Schedule &s : group)
       maxSplits = std::max(maxSplits, s.splits > 0 ? s.splits : kMaxPlannedSplits);
-    if (records_ && maxSplits <= workspaceSplits_)
+    if (records_ && maxSplits <= workspaceSplits_ && preparedBucket_ == bucket_)
       return Status::success();
     release();
-    const size_t bytes = size_t(o_.batch) * o_.numKvHeads * pages_ * layout_.tileBytesAligned;
+    preparedBucket_ = bucket_;
+    const size_t bytes = size_t(batch()) * o_.numKvHeads * pages_ * layout_.tileBytesAligned;
     copies_ = int(std::min<size_t>(8, 2 * size_t(info_.l2Bytes) / bytes + 1));
     std::vector<uint8_t> tiles(layout_.tileBytesAligned * 4);
     std::copy_n(checks_.back().cache.records.begin() + 2 * layout_.tileBytesAligned, tiles.size(),
                 tiles.begin());
-    std::vector<int32_t> table(size_t(copies_) * o_.batch * pages_), slots(table.size(), -1);
+    std::vector<int32_t> table(size_t(copies_) * batch() * pages_), slots(table.size(), -1);
     for (size_t k = 0; k < table.size(); ++k)
       table[k] = int32_t(k);
-    rows_ = size_t(o_.batch) * o_.numKvHeads * spec_.queryHeadsPerKvHead;
+    rows_ = size_t(batch()) * o_.numKvHeads * spec_.queryHeadsPerKvHead;
     std::vector<uint16_t> query(rows_ * d, floatToHalf(0.25f));
     Expected<DeviceBuffer> records = DeviceBuffer::allocate(bytes * copies_);
     Expected<DeviceBuffer> pool = uploaded(std::vector<uint16_t>(size_t(g) * o_.numKvHeads * d, 0));
     Expected<DeviceBuffer> q = uploaded(query), t = uploaded(table), sl = uploaded(slots),
-                           lens = uploaded(std::vector<int32_t>(o_.batch, o_.context)),
+                           lens = uploaded(std::vector<int32_t>(batch(), context())),
                            out = DeviceBuffer::allocate(rows_ * d * 2),
                            work = DeviceBuffer::allocate(rows_ * maxSplits * (d + 1) * 4);
     if (!records || !pool || !q || !t || !sl || !lens || !out || !work)
@@ -559,20 +568,20 @@ public:
   Status launch(const KernelModule &module, const Schedule &schedule, int iteration,
                 CUstream stream) override {
     const int d = spec_.format.headDim;
-    const DecodePlan p = planDecode(module, o_.batch, o_.numKvHeads, o_.context,
+    const DecodePlan p = planDecode(module, batch(), o_.numKvHeads, context(),
                                     spec_.format.tileTokens, info_.smCount);
     dev::DecodeParams params{query_->as<void>(), out_->as<void>(), records_->as<unsigned char>(),
                              pool_->as<void>(), pool_->as<void>(), slots_->as<int>(),
-                             table_->as<int>() + size_t(iteration % copies_) * o_.batch * pages_,
+                             table_->as<int>() + size_t(iteration % copies_) * batch() * pages_,
                              lens_->as<int>(), work_->as<float>(),
-                             work_->as<float>() + rows_ * p.numSplits * d, o_.batch,
+                             work_->as<float>() + rows_ * p.numSplits * d, batch(),
                              o_.numKvHeads, pages_, p.numSplits, 1.0f / std::sqrt(float(d))};
     return launchDecode(module, params, spec_.queryHeadsPerKvHead, p, stream);
   }
 
   double rooflineBytes() const override {
-    const int pages = (o_.context + spec_.format.tileTokens - 1) / spec_.format.tileTokens;
-    return double(o_.batch) * o_.numKvHeads * pages * layout_.tileBytesAligned;
+    const int pages = (context() + spec_.format.tileTokens - 1) / spec_.format.tileTokens;
+    return double(batch()) * o_.numKvHeads * pages * layout_.tileBytesAligned;
   }
 
   void release() override {
@@ -588,12 +597,17 @@ public:
   }
 
 private:
+  int batch() const { return buckets_[bucket_].first; }
+  int context() const { return buckets_[bucket_].second; }
+
   KernelSpec spec_;
   const TuneOptions &o_;
   DeviceInfo info_;
   RecordLayout layout_;
   std::vector<DecodeCheck> checks_;
   std::optional<DeviceBuffer> records_, pool_, query_, table_, slots_, lens_, out_, work_;
+  std::vector<std::pair<int, int>> buckets_;
+  int bucket_ = 0, preparedBucket_ = -1;
   int pages_ = 0, copies_ = 1, workspaceSplits_ = 0;
   size_t rows_ = 0;
 };
@@ -799,7 +813,7 @@ std::vector<Expected<Timing>> measureGroup(Workload &workload, const KernelSpec 
     if (contextBroken())
       contextLost(crashes, spec, {group[i]}, checked.error().message);
   }
-  // Step 2. Interleaved timing of the survivors.
+  // The survivors of the checks.
   std::vector<size_t> alive;
   for (size_t i = 0; i < group.size(); ++i)
     if (modules[i])
@@ -809,36 +823,47 @@ std::vector<Expected<Timing>> measureGroup(Workload &workload, const KernelSpec 
   std::vector<Schedule> aliveSchedules;
   for (size_t i : alive)
     aliveSchedules.push_back(group[i]);
-  if (Status s = workload.prepareTiming(aliveSchedules); !s) {
-    for (size_t i : alive)
-      results[i] = s.error();
-    return results;
-  }
-  std::vector<std::function<Status(int)>> runs;
-  for (size_t i : alive)
-    runs.push_back([&, i](int iteration) {
-      return workload.launch(*modules[i], group[i], iteration, nullptr);
-    });
-  Expected<std::vector<Timing>> timings = timeInterleavedStats(runs, o.iterations);
-  if (!timings) {
-    if (contextBroken()) // which of the interleaved kernels did it is unknown: blame the group
-      contextLost(crashes, spec, aliveSchedules, "during timing: " + timings.error().message);
-    for (size_t i : alive)
-      results[i] = makeError(ErrorCode::Internal, "failed during timing: " + timings.error().message);
-    return results;
-  }
-  for (size_t k = 0; k < alive.size(); ++k) {
-    Timing t = (*timings)[k];
-    if (o.graphTiming) {
-      const size_t i = alive[k];
-      Expected<double> graph = timeGraphReplay(
-          [&](CUstream stream) { return workload.launch(*modules[i], group[i], 0, stream); },
-          o.iterations);
-      if (graph)
-        t.graphMs = *graph;
+  // Step 2. Interleaved timing of the survivors at each bucket; several buckets combine into
+  // their geometric mean.
+  std::vector<std::vector<Timing>> perBucket(alive.size());
+  for (int bucket = 0; bucket < workload.buckets(); ++bucket) {
+    workload.useBucket(bucket);
+    if (Status s = workload.prepareTiming(aliveSchedules); !s) {
+      for (size_t i : alive)
+        results[i] = s.error();
+      return results;
     }
-    results[alive[k]] = t;
+    std::vector<std::function<Status(int)>> runs;
+    for (size_t i : alive)
+      runs.push_back([&, i](int iteration) {
+        return workload.launch(*modules[i], group[i], iteration, nullptr);
+      });
+    Expected<std::vector<Timing>> timings = timeInterleavedStats(runs, o.iterations);
+    if (!timings) {
+      if (contextBroken()) // which of the interleaved kernels did it is unknown: blame the group
+        contextLost(crashes, spec, aliveSchedules, "during timing: " + timings.error().message);
+      for (size_t i : alive)
+        results[i] =
+            makeError(ErrorCode::Internal, "failed during timing: " + timings.error().message);
+      return results;
+    }
+    for (size_t k = 0; k < alive.size(); ++k) {
+      Timing t = (*timings)[k];
+      if (o.graphTiming) {
+        const size_t i = alive[k];
+        Expected<double> graph = timeGraphReplay(
+            [&](CUstream stream) { return workload.launch(*modules[i], group[i], 0, stream); },
+            o.iterations);
+        if (graph)
+          t.graphMs = *graph;
+      }
+      perBucket[k].push_back(t);
+    }
   }
+  workload.useBucket(0);
+  for (size_t k = 0; k < alive.size(); ++k)
+    results[alive[k]] =
+        perBucket[k].size() == 1 ? perBucket[k].front() : combineBucketTimings(perBucket[k]);
   return results;
 }
 
@@ -896,7 +921,57 @@ Status validateTuneOptions(const TuneOptions &o) {
     return makeError(ErrorCode::InvalidArgument, "--budget must not be negative");
   if (o.earlyStop < 0 || o.earlyStop > 1)
     return makeError(ErrorCode::InvalidArgument, "--early-stop is a fraction of the roofline in [0, 1]");
+  for (const auto &[batch, context] : decodeBuckets(o))
+    if (batch < 1 || batch > 4096 || context < 1 || context > (1 << 22))
+      return makeError(ErrorCode::InvalidArgument,
+                       "decode bucket " + std::to_string(batch) + "x" + std::to_string(context) +
+                           " is out of range (batch 1 to 4096, context 1 to 4194304 tokens)");
   return Status::success();
+}
+
+Expected<std::pair<int, int>> parseBucket(const std::string &text) {
+  const size_t x = text.find('x');
+  auto number = [](const std::string &digits, int &value) {
+    if (digits.empty() || digits.size() > 9 ||
+        digits.find_first_not_of("0123456789") != std::string::npos)
+      return false;
+    value = std::stoi(digits);
+    return true;
+  };
+  std::pair<int, int> bucket;
+  if (x == std::string::npos || !number(text.substr(0, x), bucket.first) ||
+      !number(text.substr(x + 1), bucket.second))
+    return makeError(ErrorCode::InvalidArgument,
+                     "decode bucket '" + text + "' is not <batch>x<context>, e.g. 32x32768");
+  return bucket;
+}
+
+std::vector<std::pair<int, int>> decodeBuckets(const TuneOptions &o) {
+  std::vector<std::pair<int, int>> buckets = {{o.batch, o.context}};
+  buckets.insert(buckets.end(), o.alsoBuckets.begin(), o.alsoBuckets.end());
+  return buckets;
+}
+
+Timing combineBucketTimings(const std::vector<Timing> &perBucket) {
+  Timing combined;
+  if (perBucket.empty())
+    return combined;
+  double median = 0, p10 = 0, p90 = 0, graph = 0;
+  bool graphs = true;
+  for (const Timing &t : perBucket) {
+    median += std::log(t.medianMs);
+    p10 += std::log(t.p10Ms);
+    p90 += std::log(t.p90Ms);
+    graphs = graphs && t.graphMs > 0;
+    graph += graphs ? std::log(t.graphMs) : 0.0;
+    combined.samples += t.samples;
+  }
+  const double n = double(perBucket.size());
+  combined.medianMs = std::exp(median / n);
+  combined.p10Ms = std::exp(p10 / n);
+  combined.p90Ms = std::exp(p90 / n);
+  combined.graphMs = graphs ? std::exp(graph / n) : 0.0;
+  return combined;
 }
 
 Expected<pid_t> spawnProcess(std::vector<std::string> args) {
@@ -1001,7 +1076,17 @@ Status runTune(const TuneOptions &o) {
     else
       workload = std::make_unique<FlushWorkload>(spec);
     SelectOptions select;
-    select.rooflineMs = workload->rooflineBytes() / (*bandwidth * 1e9) * 1e3;
+    { // the geometric mean over the buckets, like the candidates' scores
+      double logRoofline = 0;
+      for (int bucket = 0; bucket < workload->buckets(); ++bucket) {
+        workload->useBucket(bucket);
+        logRoofline += std::log(workload->rooflineBytes() / (*bandwidth * 1e9) * 1e3);
+      }
+      workload->useBucket(0);
+      select.rooflineMs = workload->buckets() == 1
+                              ? workload->rooflineBytes() / (*bandwidth * 1e9) * 1e3
+                              : std::exp(logRoofline / workload->buckets());
+    }
     select.earlyStop = o.earlyStop;
     select.exhaustive = o.exhaustive;
     select.outOfBudget = outOfBudget;
@@ -1040,6 +1125,12 @@ Status runTune(const TuneOptions &o) {
                             {"nvrtc", nvrtcVersion()},
                             {"kvarn", KVARN_VERSION}};
   configs["bucket"] = {{"batch", o.batch}, {"context", o.context}, {"kv_heads", o.numKvHeads}};
+  if (!o.alsoBuckets.empty()) { // decode medians are geometric means over all buckets
+    nlohmann::json also = nlohmann::json::array();
+    for (const auto &[batch, context] : o.alsoBuckets)
+      also.push_back({{"batch", batch}, {"context", context}});
+    configs["also_buckets"] = also;
+  }
   configs["entries"] = nlohmann::json::parse(configEntriesJson(results));
   const std::string path = o.configsDirectory + "/" + key + ".json";
   if (Status s = writeAtomically(path, configs.dump(2) + "\n"); !s)

@@ -309,6 +309,54 @@ TEST(MultiDevice, WorkersGetTheRunsOptions) {
   EXPECT_EQ(std::stod(after("--budget")), 60.0);
 }
 
+TEST(MultiBucket, BucketsParseValidateAndReachTheWorkers) {
+  Expected<std::pair<int, int>> bucket = parseBucket("32x32768");
+  ASSERT_TRUE(bucket) << bucket.error().str();
+  EXPECT_EQ(*bucket, std::make_pair(32, 32768));
+  for (const char *bad : {"32", "x32768", "32x", "32*32768", "-1x4096", "32x32768x2", "1e3x5"}) {
+    Expected<std::pair<int, int>> parsed = parseBucket(bad);
+    ASSERT_FALSE(parsed) << bad;
+    EXPECT_NE(parsed.error().message.find("<batch>x<context>"), std::string::npos) << bad;
+  }
+  TuneOptions o;
+  o.alsoBuckets = {{1, 131072}, {32, 32768}};
+  const std::vector<std::pair<int, int>> all = decodeBuckets(o);
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(all[0], std::make_pair(o.batch, o.context)); // the configs' bucket comes first
+  EXPECT_EQ(all[2], std::make_pair(32, 32768));
+  EXPECT_TRUE(validateTuneOptions(o));
+  o.alsoBuckets.push_back({0, 4096});
+  Status zero = validateTuneOptions(o);
+  ASSERT_FALSE(zero);
+  EXPECT_NE(zero.error().message.find("0x4096 is out of range"), std::string::npos);
+  o.alsoBuckets.pop_back();
+  std::vector<std::string> args = workerArguments(o, 0, "", "/tmp/c");
+  auto at = std::find(args.begin(), args.end(), "--also-at");
+  ASSERT_NE(at, args.end());
+  ASSERT_GE(args.end() - at, 3);
+  EXPECT_EQ(*(at + 1), "1x131072");
+  EXPECT_EQ(*(at + 2), "32x32768");
+  const std::vector<std::string> plain = workerArguments(TuneOptions{}, 0, "", "/tmp/c");
+  EXPECT_EQ(std::find(plain.begin(), plain.end(), "--also-at"), plain.end());
+}
+
+TEST(MultiBucket, ScoresAreGeometricMeansSoNoShapeDominates) {
+  Timing small{0.05, 0.04, 0.06, 0.0, 10}, large{2.0, 1.9, 2.2, 1.8, 10};
+  Timing combined = combineBucketTimings({small, large});
+  EXPECT_NEAR(combined.medianMs, std::sqrt(0.05 * 2.0), 1e-12);
+  EXPECT_NEAR(combined.p10Ms, std::sqrt(0.04 * 1.9), 1e-12);
+  EXPECT_NEAR(combined.p90Ms, std::sqrt(0.06 * 2.2), 1e-12);
+  EXPECT_EQ(combined.graphMs, 0.0); // one bucket has no graph time
+  EXPECT_EQ(combined.samples, 20);
+  // A schedule 10% faster at the small shape and 5% slower at the large one wins on the mean,
+  // which a sum of times (dominated by the large shape) would rank the other way.
+  Timing a = combineBucketTimings({small, large});
+  Timing b = combineBucketTimings({Timing{0.045, 0.04, 0.05, 0.0, 10}, Timing{2.1, 2.0, 2.2, 0.0, 10}});
+  EXPECT_LT(b.medianMs, a.medianMs);
+  EXPECT_GT(0.045 + 2.1, 0.05 + 2.0);
+  EXPECT_EQ(combineBucketTimings({large}).medianMs, large.medianMs);
+}
+
 TEST(StaticModel, OrdersByTensorCoreWorkOverOccupancy) {
   KernelSpec spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
   Schedule twoCtas = defaultSchedule(OpKind::Decode), threeCtas = twoCtas, twoStages = twoCtas,

@@ -465,6 +465,10 @@ int main(int argc, char **argv) {
       ->capture_default_str();
   tuneCommand->add_option("--context", tune.context, "decode context of the tuning bucket")
       ->capture_default_str();
+  std::vector<std::string> alsoBuckets;
+  tuneCommand->add_option("--also-at", alsoBuckets,
+                          "more decode buckets <batch>x<context> (e.g. 1x131072 32x32768): each "
+                          "candidate is timed at every bucket and scored by the geometric mean");
   tuneCommand->add_option("--configs", tune.configsDirectory, "where to write the configs")
       ->capture_default_str();
   tuneCommand->add_option("--iterations", tune.iterations, "timed launches per candidate (>= 10)")
@@ -536,6 +540,14 @@ int main(int argc, char **argv) {
   if (app.got_subcommand(bundleCommand))
     return runBundleCommand(bundleAction, bundlePath, bundleArch, bundleConfigs);
   if (app.got_subcommand(tuneCommand)) {
+    for (const std::string &text : alsoBuckets) {
+      Expected<std::pair<int, int>> bucket = autotune::parseBucket(text);
+      if (!bucket) {
+        std::fprintf(stderr, "kvarn-tune tune: %s\n", bucket.error().message.c_str());
+        return 2;
+      }
+      tune.alsoBuckets.push_back(*bucket);
+    }
     if (!replayPath.empty()) {
       std::ifstream in(replayPath);
       std::stringstream text;

@@ -13,6 +13,7 @@
 #include <functional>
 #include <sys/types.h>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kvarn::autotune {
@@ -100,6 +101,10 @@ struct TuneOptions {
   int numKvHeads = 8;
   int batch = 16; ///< decode bucket the configs are tuned at
   int context = 16384;
+  /// More decode buckets (batch, context) to time every candidate at: a candidate's score is
+  /// then the geometric mean of its medians over all buckets (the roofline likewise), so no
+  /// single shape decides. Empty: the one bucket above.
+  std::vector<std::pair<int, int>> alsoBuckets;
   int iterations = 10;
   std::string configsDirectory = "configs";
   double budgetSeconds = 0; ///< 0: no budget
@@ -118,8 +123,19 @@ struct TuneOptions {
   std::string crashLog;
 };
 
-/// The argument errors of a tuning run (iterations, budget, early stop), before any GPU work.
+/// The argument errors of a tuning run (iterations, budget, early stop, buckets), before any
+/// GPU work.
 Status validateTuneOptions(const TuneOptions &options);
+
+/// A decode bucket written `<batch>x<context>` ("32x32768"); a clear error otherwise.
+Expected<std::pair<int, int>> parseBucket(const std::string &text);
+
+/// The decode buckets a run times at: (batch, context) first, then alsoBuckets.
+std::vector<std::pair<int, int>> decodeBuckets(const TuneOptions &options);
+
+/// One candidate's timings at several buckets as one: the geometric mean of the medians, of the
+/// p10s and p90s, and of the graph times when every bucket has one; the samples add up.
+Timing combineBucketTimings(const std::vector<Timing> &perBucket);
 
 /// Starts `args[0]` with `args` (the environment inherited) and returns its pid.
 Expected<pid_t> spawnProcess(std::vector<std::string> args);
