@@ -862,8 +862,7 @@ std::vector<Expected<Timing>> measureGroup(Workload &workload, const KernelSpec 
   }
   workload.useBucket(0);
   for (size_t k = 0; k < alive.size(); ++k)
-    results[alive[k]] =
-        perBucket[k].size() == 1 ? perBucket[k].front() : combineBucketTimings(perBucket[k]);
+    results[alive[k]] = combineBucketTimings(perBucket[k]);
   return results;
 }
 
@@ -952,25 +951,33 @@ std::vector<std::pair<int, int>> decodeBuckets(const TuneOptions &o) {
   return buckets;
 }
 
+namespace {
+/// The geometric mean of positive values; a single value is returned as it is.
+double geometricMean(const std::vector<double> &values) {
+  if (values.size() == 1)
+    return values.front();
+  double logSum = 0;
+  for (double v : values)
+    logSum += std::log(v);
+  return values.empty() ? 0.0 : std::exp(logSum / double(values.size()));
+}
+} // namespace
+
 Timing combineBucketTimings(const std::vector<Timing> &perBucket) {
+  std::vector<double> medians, p10s, p90s, graphs;
   Timing combined;
-  if (perBucket.empty())
-    return combined;
-  double median = 0, p10 = 0, p90 = 0, graph = 0;
-  bool graphs = true;
   for (const Timing &t : perBucket) {
-    median += std::log(t.medianMs);
-    p10 += std::log(t.p10Ms);
-    p90 += std::log(t.p90Ms);
-    graphs = graphs && t.graphMs > 0;
-    graph += graphs ? std::log(t.graphMs) : 0.0;
+    medians.push_back(t.medianMs);
+    p10s.push_back(t.p10Ms);
+    p90s.push_back(t.p90Ms);
+    if (t.graphMs > 0)
+      graphs.push_back(t.graphMs);
     combined.samples += t.samples;
   }
-  const double n = double(perBucket.size());
-  combined.medianMs = std::exp(median / n);
-  combined.p10Ms = std::exp(p10 / n);
-  combined.p90Ms = std::exp(p90 / n);
-  combined.graphMs = graphs ? std::exp(graph / n) : 0.0;
+  combined.medianMs = geometricMean(medians);
+  combined.p10Ms = geometricMean(p10s);
+  combined.p90Ms = geometricMean(p90s);
+  combined.graphMs = graphs.size() == perBucket.size() ? geometricMean(graphs) : 0.0;
   return combined;
 }
 
@@ -1077,15 +1084,13 @@ Status runTune(const TuneOptions &o) {
       workload = std::make_unique<FlushWorkload>(spec);
     SelectOptions select;
     { // the geometric mean over the buckets, like the candidates' scores
-      double logRoofline = 0;
+      std::vector<double> rooflines;
       for (int bucket = 0; bucket < workload->buckets(); ++bucket) {
         workload->useBucket(bucket);
-        logRoofline += std::log(workload->rooflineBytes() / (*bandwidth * 1e9) * 1e3);
+        rooflines.push_back(workload->rooflineBytes() / (*bandwidth * 1e9) * 1e3);
       }
       workload->useBucket(0);
-      select.rooflineMs = workload->buckets() == 1
-                              ? workload->rooflineBytes() / (*bandwidth * 1e9) * 1e3
-                              : std::exp(logRoofline / workload->buckets());
+      select.rooflineMs = geometricMean(rooflines);
     }
     select.earlyStop = o.earlyStop;
     select.exhaustive = o.exhaustive;
