@@ -30,7 +30,7 @@ struct AppendContext {
     c.lane = threadIdx.x % 32;
     c.half = c.lane / 16;
     c.halfLane = c.lane % 16;
-    constexpr uint64_t vectorBytes = (2 * E) < 16 ? (2 * E) : 16;
+    constexpr uint64_t vectorBytes = pairVectorBytes<WORDS>();
     c.vectorLoads = ((reinterpret_cast<uint64_t>(params.key) | reinterpret_cast<uint64_t>(params.value) |
                       uint64_t(params.keyStride * 2) | uint64_t(params.valueStride * 2)) %
                      vectorBytes) == 0;

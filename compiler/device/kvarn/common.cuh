@@ -319,8 +319,13 @@ __device__ __forceinline__ void laneGroupFwht(float (&x)[E], int laneInGroup) {
   }
 }
 
+/// The alignment loadPairs's vector path needs: its widest vector, at most 16 bytes.
+template <int Words> __device__ __forceinline__ constexpr uint64_t pairVectorBytes() {
+  return 4 * Words < 16 ? 4 * Words : 16;
+}
+
 /// Loads 2 * Words activation values from `source` as packed pairs: vector loads when the
-/// caller checked their alignment, 16-bit loads otherwise.
+/// caller checked their alignment (pairVectorBytes), 16-bit loads otherwise.
 template <int Words>
 __device__ __forceinline__ void loadPairs(uint32_t (&w)[Words], const void *source, bool vector) {
   if (vector) {

@@ -179,8 +179,8 @@ template <typename Ctx> __device__ __forceinline__ void rotateQuery(Ctx &c) {
   float *qs = c.queryShared();
   const T *query = static_cast<const T *>(c.p.query) +
                    (int64_t(c.request) * c.p.numKvHeads + c.kvHead) * Ctx::QH * Ctx::HD;
-  constexpr uint64_t vectorBytes = 2 * E < 16 ? 2 * E : 16; // rows start at multiples of HD
-  const bool vector = reinterpret_cast<uint64_t>(c.p.query) % vectorBytes == 0;
+  // Rows start at multiples of HD elements, so the base pointer decides the alignment.
+  const bool vector = reinterpret_cast<uint64_t>(c.p.query) % pairVectorBytes<WORDS>() == 0;
   const float scale = hadamardScale<Ctx::HD>();
   for (int row = c.warp; row < Ctx::Q8; row += Ctx::NWARPS) { // warp-uniform
     float x[E];
