@@ -643,55 +643,60 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
 
 /// Scores, softmax step and output update of one fp16 pool page. Lane t reads channels
 /// [D/4 * t, D/4 * (t + 1)) of its key rows and lane i channels [CPI * i, CPI * (i + 1)) of its
-/// value rows with 16-byte loads; rows past the request's end are neither loaded nor weighted.
+/// value rows with 16-byte loads, one vector of each row at a time, so the path holds few rows in
+/// registers and leaves the kernel's register count to the record path. Rows past the request's
+/// end are never read (a lane whose row is past it reads the last valid row, so the loads need no
+/// branches) and weigh nothing.
 template <typename Ctx> __device__ __forceinline__ void attendPoolPage(Ctx &c, int page) {
-  constexpr int D = Ctx::HD, KEY_VECTORS = D / 32, VALUE_VECTORS = Ctx::CPI / 8;
+  constexpr int D = Ctx::HD, VALUE_VECTORS = Ctx::CPI / 8;
   const int slot = c.lookup(page).y;
   const int valid = c.validTokens(page);
   const int64_t rowStride = int64_t(c.p.numKvHeads) * D;
   const int64_t pageBase = (int64_t(slot) * Ctx::TG * c.p.numKvHeads + c.kvHead) * D;
-  const Half *keyBase = static_cast<const Half *>(c.p.poolKey) + pageBase;
-  const Half *valueBase = static_cast<const Half *>(c.p.poolValue) + pageBase;
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-  // Step 1. B fragments of q_rot in this path's channel order (from the rotated queries).
-  uint32_t b[Ctx::NQ][Ctx::KC][2];
+  const Half *keyBase = static_cast<const Half *>(c.p.poolKey) + pageBase + (D / 4) * c.t;
+  const Half *valueBase = static_cast<const Half *>(c.p.poolValue) + pageBase + Ctx::CPI * c.i;
+  const float scale = c.p.softmaxScale * 1.4426950408889634f;
+  // Step 1. B fragments of q_rot in this path's channel order (lane t: channels
+  // [D/4 * t, D/4 * (t + 1)), from the rotated queries in shared memory).
+  uint32_t bq[Ctx::NQ][Ctx::KC][2];
   const float *qs = c.queryShared();
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
     for (int kc = 0; kc < Ctx::KC; ++kc) {
-      const float4 q = *reinterpret_cast<const float4 *>(qs + (8 * n + c.i) * D + (D / 4) * c.t + 4 * kc);
-      b[n][kc][0] = packHalf2(q.x, q.y);
-      b[n][kc][1] = packHalf2(q.z, q.w);
+      const float4 q =
+          *reinterpret_cast<const float4 *>(qs + (8 * n + c.i) * D + (D / 4) * c.t + 4 * kc);
+      bq[n][kc][0] = packHalf2(q.x, q.y);
+      bq[n][kc][1] = packHalf2(q.z, q.w);
     }
   // Step 2. S^T = K q_rot: per token pair, two key rows in 16-byte vectors.
 #pragma unroll
   for (int pt = 0; pt < Ctx::P; ++pt) {
     const int token = Ctx::TPI * c.i + 2 * pt;
-    uint4 row0[KEY_VECTORS], row1[KEY_VECTORS];
-#pragma unroll
-    for (int u = 0; u < KEY_VECTORS; ++u) {
-      const int64_t offset = (D / 4) * c.t + 8 * u;
-      row0[u] = token < valid ? *reinterpret_cast<const uint4 *>(keyBase + token * rowStride + offset) : zero;
-      row1[u] = token + 1 < valid
-                    ? *reinterpret_cast<const uint4 *>(keyBase + (token + 1) * rowStride + offset)
-                    : zero;
-    }
+    // Rows past the end read the last valid row (branch-free loads) and are zeroed.
+    const Half *row0 = keyBase + min(token, valid - 1) * rowStride;
+    const Half *row1 = keyBase + min(token + 1, valid - 1) * rowStride;
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         c.scores[n][pt][e] = 0.0f;
 #pragma unroll
-    for (int kc = 0; kc < Ctx::KC; ++kc) {
-      const int u = kc / 2, first = (kc % 2) * 2;
-      const uint32_t a0 = part32(row0[u], first), a1 = part32(row1[u], first);
-      const uint32_t a2 = part32(row0[u], first + 1), a3 = part32(row1[u], first + 1);
+    for (int u = 0; u < D / 32; ++u) {
+      uint4 k0 = *reinterpret_cast<const uint4 *>(row0 + 8 * u);
+      uint4 k1 = *reinterpret_cast<const uint4 *>(row1 + 8 * u);
+      k0 = token < valid ? k0 : make_uint4(0u, 0u, 0u, 0u);
+      k1 = token + 1 < valid ? k1 : make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
-      for (int n = 0; n < Ctx::NQ; ++n)
-        mma16816(c.scores[n][pt], a0, a1, a2, a3, b[n][kc][0], b[n][kc][1]);
+      for (int half = 0; half < 2; ++half) {
+        const int kc = 2 * u + half;
+#pragma unroll
+        for (int n = 0; n < Ctx::NQ; ++n)
+          mma16816(c.scores[n][pt], part32(k0, 2 * half), part32(k1, 2 * half),
+                   part32(k0, 2 * half + 1), part32(k1, 2 * half + 1), bq[n][kc][0],
+                   bq[n][kc][1]);
+      }
     }
-    const float scale = c.p.softmaxScale * 1.4426950408889634f;
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
       float *s = c.scores[n][pt];
@@ -703,31 +708,32 @@ template <typename Ctx> __device__ __forceinline__ void attendPoolPage(Ctx &c, i
   }
   // Step 3. Softmax step (no scales).
   softmaxStep<false>(c, nullptr, nullptr);
-  // Step 4. O^T += V^T P: per k-chunk, four value rows in 16-byte vectors.
+  // Step 4. O^T += V^T P: per k-chunk and 8 channels, four value rows.
 #pragma unroll
   for (int pt = 0; pt < Ctx::P; ++pt) {
     const int first = 2 * Ctx::TPI * c.t;
     const int rows[4] = {first + 2 * pt, first + 2 * pt + 1, first + Ctx::TPI + 2 * pt,
                          first + Ctx::TPI + 2 * pt + 1};
-    uint4 v[4][VALUE_VECTORS];
 #pragma unroll
-    for (int r = 0; r < 4; ++r)
+    for (int u = 0; u < VALUE_VECTORS; ++u) { // 8 channels (four m-tiles) at a time
+      uint4 v[4];
 #pragma unroll
-      for (int u = 0; u < VALUE_VECTORS; ++u)
-        v[r][u] = rows[r] < valid
-                      ? *reinterpret_cast<const uint4 *>(valueBase + rows[r] * rowStride +
-                                                         Ctx::CPI * c.i + 8 * u)
-                      : zero;
+      for (int r = 0; r < 4; ++r) { // as for the keys: clamped row, then zeroed past the end
+        v[r] = *reinterpret_cast<const uint4 *>(valueBase + min(rows[r], valid - 1) * rowStride +
+                                                8 * u);
+        v[r] = rows[r] < valid ? v[r] : make_uint4(0u, 0u, 0u, 0u);
+      }
 #pragma unroll
-    for (int m = 0; m < Ctx::KC; ++m) {
-      const int u = (2 * m) / 8, word = m % 4;
-      const uint32_t x0 = part32(v[0][u], word), x1 = part32(v[1][u], word);
-      const uint32_t x2 = part32(v[2][u], word), x3 = part32(v[3][u], word);
-      const uint32_t a0 = __byte_perm(x0, x2, 0x5410), a1 = __byte_perm(x0, x2, 0x7632);
-      const uint32_t a2 = __byte_perm(x1, x3, 0x5410), a3 = __byte_perm(x1, x3, 0x7632);
+      for (int word = 0; word < 4; ++word) {
+        const int m = 4 * u + word;
+        const uint32_t x0 = part32(v[0], word), x1 = part32(v[1], word);
+        const uint32_t x2 = part32(v[2], word), x3 = part32(v[3], word);
+        const uint32_t a0 = __byte_perm(x0, x2, 0x5410), a1 = __byte_perm(x0, x2, 0x7632);
+        const uint32_t a2 = __byte_perm(x1, x3, 0x5410), a3 = __byte_perm(x1, x3, 0x7632);
 #pragma unroll
-      for (int n = 0; n < Ctx::NQ; ++n)
-        mma16816(c.out[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
+        for (int n = 0; n < Ctx::NQ; ++n)
+          mma16816(c.out[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
+      }
     }
   }
 }
