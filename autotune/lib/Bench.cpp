@@ -74,17 +74,25 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   const int q = o.numQueryHeads / hk;
   const std::string spec = "decode:" + format->presetName() + ":d" + std::to_string(d) + ":q" +
                            std::to_string(q) + ":f16:" + info.arch();
-  Schedule schedule;
+  Schedule schedule, baselineSchedule;
   Expected<KernelModule> module = buildKernel(spec, o.schedule, o, info, &schedule);
   if (!module)
     return module.error();
+  Expected<KernelModule> baseline = buildKernel(
+      spec, o.baselineSchedule.empty() ? defaultSchedule(OpKind::Decode).str() : o.baselineSchedule,
+      o, info, &baselineSchedule);
+  if (!baseline)
+    return baseline.error();
   BenchReport report;
   report.gpu = info.name + " (" + info.arch() + ", " + std::to_string(info.smCount) + " SMs)";
   report.spec = spec;
   report.schedule = schedule.str();
+  report.baselineSchedule = baselineSchedule.str();
   report.bandwidthGBs = bandwidth;
   std::printf("decode kernel %s: %d registers, %d B local memory, %zu B shared memory\n",
               spec.c_str(), module->registers(0), module->localBytes(0), module->sharedBytes());
+  std::printf("fp16 baseline: the same kernel on fp16 pool pages, schedule %s (%d registers)\n",
+              report.baselineSchedule.c_str(), baseline->registers(0));
   // A few distinct records, replicated (contents do not change the timing).
   std::vector<uint8_t> pattern(size_t(16) * layout.tileBytesAligned);
   {
@@ -142,10 +150,14 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       KVARN_TRY(dLens->upload(lens.data(), lens.size() * 4));
       KVARN_TRY(dQuery->upload(queries.data(), queries.size() * 2));
       const DecodePlan plan = planDecode(*module, batch, hk, context, g, info.smCount);
+      const DecodePlan baselinePlan = planDecode(*baseline, batch, hk, context, g, info.smCount);
+      const int maxSplits = std::max(plan.numSplits, baselinePlan.numSplits);
       Expected<DeviceBuffer> partial =
-          DeviceBuffer::allocate(size_t(batch) * o.numQueryHeads * plan.numSplits * d * 4);
+          DeviceBuffer::allocate(size_t(batch) * o.numQueryHeads * maxSplits * d * 4);
       Expected<DeviceBuffer> lse =
-          DeviceBuffer::allocate(size_t(batch) * o.numQueryHeads * plan.numSplits * 4);
+          DeviceBuffer::allocate(size_t(batch) * o.numQueryHeads * maxSplits * 4);
+      if (!partial || !lse)
+        return makeError(ErrorCode::Internal, "cannot allocate the split partials");
       dev::DecodeParams params{};
       params.query = dQuery->as<void>();
       params.out = dOut->as<void>();
@@ -169,7 +181,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
         dev::DecodeParams p = params;
         p.blockToSlot = dIdentity->as<int>();
         p.blockTable = dTables->as<int>() + size_t(iteration % fp16Copies) * batch * pages;
-        return launchDecode(*module, p, q, plan, nullptr);
+        return launchDecode(*baseline, p, q, baselinePlan, nullptr);
       };
       Expected<std::vector<double>> ms = timeInterleaved({runKvarn, runFp16}, o.iterations, gate);
       if (!ms)

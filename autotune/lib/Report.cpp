@@ -27,6 +27,7 @@ std::string benchReportJson(const BenchReport &report) {
   return nlohmann::json{{"gpu", report.gpu},
                         {"spec", report.spec},
                         {"schedule", report.schedule},
+                        {"baseline_schedule", report.baselineSchedule},
                         {"measured_bandwidth_gb_s", report.bandwidthGBs},
                         {"rows", rows}}
              .dump(2) +
@@ -130,7 +131,8 @@ std::string benchReportHtml(const BenchReport &report) {
                      "border-bottom:1px solid #ddd}</style></head><body>\n";
   html += "<h2>KVarN decode vs fp16 paged decode: " + escape(report.gpu) + "</h2>\n";
   html += "<p>" + escape(report.spec) + ", schedule <code>" + escape(report.schedule) +
-          "</code>; solid: KVarN (compressed bytes), dashed: fp16; measured read bandwidth " +
+          "</code>; solid: KVarN (compressed bytes), dashed: fp16 (schedule <code>" +
+          escape(report.baselineSchedule) + "</code>); measured read bandwidth " +
           number(report.bandwidthGBs, "%.0f") + " GB/s.</p>\n";
   html += svg;
   html += "<table><tr><th>batch</th><th>context</th><th>KVarN ms</th><th>GB/s</th><th>of BW</th>"

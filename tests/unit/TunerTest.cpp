@@ -19,8 +19,8 @@ namespace {
 
 TEST(SearchSpace, EnumeratesEveryKnobCombinationOverTheDefaults) {
   std::vector<Schedule> decode = scheduleSearchSpace(OpKind::Decode);
-  // mma {m16n8k16, .single-p} x warps {1,2,4,8} x stages {1,2} x min_ctas {0,3,4,6}
-  EXPECT_EQ(decode.size(), 64u);
+  // mma {m16n8k16, .single-p} x warps {1,2,4,6,8} x stages {1,2} x min_ctas {0,2,3,4,6}
+  EXPECT_EQ(decode.size(), 100u);
   std::map<std::string, int> perMma;
   for (const Schedule &s : decode) {
     EXPECT_EQ(s.splits, 0) << "decode splits stay planned";
@@ -30,7 +30,7 @@ TEST(SearchSpace, EnumeratesEveryKnobCombinationOverTheDefaults) {
   }
   EXPECT_EQ(perMma.size(), 2u);
   for (const auto &[mma, count] : perMma)
-    EXPECT_EQ(count, 32) << mma;
+    EXPECT_EQ(count, 50) << mma;
   EXPECT_EQ(scheduleSearchSpace(OpKind::Append).size(), 12u); // warps {2,4,8} x rows {1,2,4,8}
   EXPECT_EQ(scheduleSearchSpace(OpKind::Flush).size(), 3u);
 }
@@ -91,6 +91,16 @@ std::vector<Expected<Timing>> fakeGroup(const std::vector<Schedule> &group, int 
   return out;
 }
 
+TEST(StaticPrune, RegisterBudgetFollowsTheMostLoadedSchedulerPartition) {
+  EXPECT_EQ(registerBudget(1), 255);
+  EXPECT_EQ(registerBudget(8), 255);  // two warps per partition
+  EXPECT_EQ(registerBudget(10), 168); // 5 warps x 2 CTAs: one partition holds three
+  EXPECT_EQ(registerBudget(12), 168);
+  EXPECT_EQ(registerBudget(16), 128);
+  EXPECT_EQ(registerBudget(24), 80);
+  EXPECT_EQ(registerBudget(64), 32);
+}
+
 TEST(StaticPrune, MinCtasMustBindFitAndLeaveRegisters) {
   KernelSpec spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
   Schedule s = defaultSchedule(OpKind::Decode);
@@ -99,6 +109,12 @@ TEST(StaticPrune, MinCtasMustBindFitAndLeaveRegisters) {
   EXPECT_EQ(staticPruneReason(spec, s), "");
   s.warps = 2;
   EXPECT_THAT(staticPruneReason(spec, s), HasSubstr("does not bind"));
+  s.warps = 6; // 12 warps per SM in CTA slots of 6 warps: 168 registers
+  s.minCtas = 2;
+  EXPECT_EQ(staticPruneReason(spec, s), "");
+  s.warps = 4; // 8 warps per SM: 255 registers, the bound is idle
+  EXPECT_THAT(staticPruneReason(spec, s), HasSubstr("does not bind"));
+  s.minCtas = 3;
   s.warps = 8;
   EXPECT_THAT(staticPruneReason(spec, s), HasSubstr("fewer than 128"));
   s.warps = 4;

@@ -425,6 +425,9 @@ int main(int argc, char **argv) {
       "time each launch from an idle GPU (include the host's launch latency) instead of queuing "
       "it behind a 20 us spin kernel");
   benchCommand->add_option("--schedule", bench.schedule, "schedule knobs of the decode table, or of append with --only append");
+  benchCommand->add_option("--baseline-schedule", bench.baselineSchedule,
+                           "schedule knobs of the fp16 baseline (default: the decode op's default "
+                           "schedule, whatever --schedule or the configs choose for KVarN)");
   benchCommand->add_option("--only", benchOnly, "subset: decode, flush, append, lookup");
   benchCommand->add_option("--configs", bench.configsDirectory,
                            "tuned configs that choose the schedules when --schedule is not given")

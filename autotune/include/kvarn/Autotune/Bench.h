@@ -19,6 +19,10 @@ struct BenchOptions {
   std::vector<int> contexts = {4096, 16384, 32768, 131072};
   int iterations = 20;
   std::string schedule;        ///< decode schedule knobs ("": the tuned configs' choice)
+  /// Schedule knobs of the fp16 baseline (the decode kernel on fp16 pool pages only). Fixed,
+  /// not the KVarN schedule, so that changing the KVarN schedule does not move the baseline
+  /// ("": the decode op's default schedule).
+  std::string baselineSchedule;
   std::string configsDirectory = "configs"; ///< tuned configs for the schedule choice
   std::string reportPrefix;    ///< write <prefix>.json and <prefix>.html ("" = none)
   bool decode = true, flush = true, append = true, lookup = true;
@@ -34,7 +38,7 @@ struct BenchRow {
 };
 
 struct BenchReport {
-  std::string gpu, spec, schedule;
+  std::string gpu, spec, schedule, baselineSchedule;
   double bandwidthGBs = 0; ///< measured read bandwidth (the roofline)
   std::vector<BenchRow> rows;
 };
