@@ -200,6 +200,10 @@ TEST(GpuDecode, MatchesTheFloat64ReferenceAcrossFormatsShapesAndDtypes) {
   cases.push_back({"kvarn_k4v4_g64", 256, 16, 2, DType::BF16, lengths64,
                    "warps=2,stages=3,mma=m16n8k16.single,min_ctas=6"});
   cases.push_back({"kvarn_k4v2_g128", 128, 8, 2, DType::BF16, lengths128, "warps=8,splits=1"});
+  // Six warps in two CTAs per SM (168 registers), in the tuner's search space.
+  cases.push_back({"kvarn_k4v2_g128", 128, 8, 3, DType::F16, lengths128,
+                   "warps=6,min_ctas=2,mma=m16n8k16.single-p"});
+  cases.push_back({"kvarn_k4v4_g64", 128, 5, 2, DType::BF16, lengths64, "warps=6,min_ctas=2"});
   cases.push_back({"kvarn_k4v4_g64", 128, 4, 2, DType::F16, lengths64, "warps=1,splits=3"});
   uint64_t seed = 1000;
   for (const DecodeCase &dc : cases) {
@@ -220,6 +224,7 @@ TEST(GpuDecode, LongContextAndSplitsAgree) {
       {"mma=m16n8k16.single-p", 1e-3},
       {"warps=4,min_ctas=3,mma=m16n8k16.single-p", 1e-3},
       {"warps=4,min_ctas=2,mma=m16n8k16.single-p", 1e-3},
+      {"warps=6,min_ctas=2,mma=m16n8k16.single-p", 1e-3},
       {"warps=2,stages=2,min_ctas=6", 1e-3},
       {"warps=2,stages=3,mma=m16n8k16.single-p", 1e-3},
       {"mma=m16n8k16.single", 2e-3},
