@@ -18,6 +18,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iterator>
+#include <tuple>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -607,6 +608,17 @@ int main(int argc, char **argv) {
       bench.append = has("append");
       bench.lookup = has("lookup");
     }
+    // Knob typos are reported before any GPU work (or the lack of a GPU).
+    const bool appendOnly = bench.append && !bench.decode && !bench.flush && !bench.lookup;
+    for (const auto &[option, text, op] :
+         {std::tuple{"--schedule", bench.schedule, appendOnly ? OpKind::Append : OpKind::Decode},
+          std::tuple{"--baseline-schedule", bench.baselineSchedule, OpKind::Decode}})
+      if (!text.empty())
+        if (Expected<Schedule> parsed = parseSchedule(text, op); !parsed) {
+          std::fprintf(stderr, "kvarn-tune bench: %s: %s\n", option,
+                       parsed.error().message.c_str());
+          return 1;
+        }
     Status status = autotune::runBench(bench);
     if (!status) {
       std::fprintf(stderr, "kvarn-tune bench: %s\n", status.error().message.c_str());
