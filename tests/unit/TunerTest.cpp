@@ -239,6 +239,7 @@ TEST(BenchReport, JsonAndASelfContainedSvgChart) {
   report.gpu = "Test GPU <1>";
   report.spec = "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a";
   report.schedule = "warps=4";
+  report.baselineSchedule = "warps=8,min_ctas=0";
   report.bandwidthGBs = 4000;
   for (int batch : {1, 32})
     for (int context : {4096, 32768, 131072})
@@ -247,7 +248,10 @@ TEST(BenchReport, JsonAndASelfContainedSvgChart) {
   ASSERT_EQ(json["rows"].size(), 6u);
   EXPECT_DOUBLE_EQ(json["rows"][0]["speedup"].get<double>(), 2.0);
   EXPECT_DOUBLE_EQ(json["rows"][0]["fp16_fraction_of_bandwidth"].get<double>(), 0.75);
+  EXPECT_EQ(json["schedule"], "warps=4");
+  EXPECT_EQ(json["baseline_schedule"], "warps=8,min_ctas=0") << "the baseline's own schedule";
   const std::string html = benchReportHtml(report);
+  EXPECT_THAT(html, HasSubstr("fp16 (schedule <code>warps=8,min_ctas=0</code>)"));
   EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
   EXPECT_THAT(html, HasSubstr("<svg"));
   EXPECT_THAT(html, HasSubstr("Test GPU &lt;1&gt;"));
