@@ -283,7 +283,7 @@ Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double
 
 Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
                    const LaunchGate *gate) {
-  if (!o.schedule.empty()) // one schedule from --schedule
+  if (!o.schedule.empty() && o.scheduleOp() == OpKind::Append) // one schedule from --schedule
     return benchAppendSchedule(o, info, bandwidth, o.schedule, gate);
   for (const char *schedule : {"", "warps=2,rows_per_cta=2", "warps=8,rows_per_cta=8",
                                "warps=4,rows_per_cta=8"})

@@ -40,16 +40,6 @@ Expected<KernelModule> compileAndLoad(const KernelSpec &spec, const Schedule &sc
   return KernelModule::load(compiled->cubin, compiled->kernelNames, schedule, compiled->sharedBytes);
 }
 
-int registerBudget(int warpsPerSm) {
-  // Each of the SM's four schedulers has a quarter of the 64K registers and holds its own warps
-  // (assigned in turn), so the most loaded one decides; a warp's allocation is a multiple of 8
-  // registers per thread, and a thread addresses at most 255.
-  constexpr int registersPerScheduler = 16384, schedulers = 4;
-  const int warpsPerScheduler = (std::max(warpsPerSm, 1) + schedulers - 1) / schedulers;
-  const int perThread = registersPerScheduler / (32 * warpsPerScheduler);
-  return perThread >= 256 ? 255 : perThread / 8 * 8;
-}
-
 std::string staticPruneReason(const KernelSpec &spec, const Schedule &schedule) {
   if (Status legal = validateSchedule(spec, schedule); !legal)
     return legal.error().message;

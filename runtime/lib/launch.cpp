@@ -86,10 +86,24 @@ KernelModule &KernelModule::operator=(KernelModule &&other) noexcept {
 
 namespace {
 
+/// The register file's scheduler partitions and the allocation unit of one warp.
+constexpr int kRegisterPartitions = 4, kWarpRegisterUnit = 256;
+
+} // namespace
+
+int registerBudget(int warpsPerSm, int registersPerSm) {
+  const int warpsPerPartition =
+      (std::max(warpsPerSm, 1) + kRegisterPartitions - 1) / kRegisterPartitions;
+  const int perWarp = (registersPerSm / kRegisterPartitions) / warpsPerPartition;
+  return std::min(255, perWarp / kWarpRegisterUnit * kWarpRegisterUnit / 32);
+}
+
+namespace {
+
 /// CTAs of `warps` warps and `sharedBytes` of dynamic shared memory that fit on one
-/// multiprocessor of the current device at once: registers (allocated per warp in units of 256
-/// from each sub-partition's quarter of the file), shared memory (plus the 1 KB the driver
-/// reserves per CTA), threads and the CTA limit.
+/// multiprocessor of the current device at once: registers (registerBudget's model: per warp in
+/// units of 256 from each partition's quarter of the file), shared memory (plus the 1 KB the
+/// driver reserves per CTA), threads and the CTA limit.
 Expected<int> residentCtas(const Driver &d, CUfunction function, int warps, size_t sharedBytes) {
   CUdevice device;
   if (Status s = KVARN_CU(d.cuCtxGetDevice(&device)); !s)
@@ -105,8 +119,10 @@ Expected<int> residentCtas(const Driver &d, CUfunction function, int warps, size
   if (Status s = KVARN_CU(d.cuFuncGetAttribute(&registers, CU_FUNC_ATTRIBUTE_NUM_REGS, function)); !s)
     return s.error();
   warps = std::max(1, warps);
-  const int registersPerWarp = std::max(256, (registers * 32 + 255) / 256 * 256);
-  const int warpsByRegisters = 4 * ((registersPerSm / 4) / registersPerWarp);
+  const int registersPerWarp =
+      std::max(1, (registers * 32 + kWarpRegisterUnit - 1) / kWarpRegisterUnit) * kWarpRegisterUnit;
+  const int warpsByRegisters =
+      kRegisterPartitions * ((registersPerSm / kRegisterPartitions) / registersPerWarp);
   int fit = std::min({warpsByRegisters / warps, threadsPerSm / (32 * warps), ctasPerSm});
   if (sharedBytes > 0)
     fit = std::min(fit, int(size_t(sharedPerSm) / (sharedBytes + 1024)));

@@ -425,7 +425,9 @@ int main(int argc, char **argv) {
       "--no-gate", [&bench] { bench.hideLaunchLatency = false; },
       "time each launch from an idle GPU (include the host's launch latency) instead of queuing "
       "it behind a 20 us spin kernel");
-  benchCommand->add_option("--schedule", bench.schedule, "schedule knobs of the decode table, or of append with --only append");
+  benchCommand->add_option("--schedule", bench.schedule,
+                           "schedule knobs of the decode table, or of append when the decode "
+                           "table does not run (--only append)");
   benchCommand->add_option("--baseline-schedule", bench.baselineSchedule,
                            "schedule knobs of the fp16 baseline (default: the decode op's default "
                            "schedule, whatever --schedule or the configs choose for KVarN)");
@@ -609,9 +611,8 @@ int main(int argc, char **argv) {
       bench.lookup = has("lookup");
     }
     // Knob typos are reported before any GPU work (or the lack of a GPU).
-    const bool appendOnly = bench.append && !bench.decode && !bench.flush && !bench.lookup;
     for (const auto &[option, text, op] :
-         {std::tuple{"--schedule", bench.schedule, appendOnly ? OpKind::Append : OpKind::Decode},
+         {std::tuple{"--schedule", bench.schedule, bench.scheduleOp()},
           std::tuple{"--baseline-schedule", bench.baselineSchedule, OpKind::Decode}})
       if (!text.empty())
         if (Expected<Schedule> parsed = parseSchedule(text, op); !parsed) {

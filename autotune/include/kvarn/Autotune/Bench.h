@@ -2,6 +2,7 @@
 // same run), flush and append. Medians of event-timed launches with a cold L2.
 #pragma once
 
+#include "kvarn/spec.h"
 #include "kvarn/status.h"
 
 #include <string>
@@ -18,7 +19,8 @@ struct BenchOptions {
   std::vector<int> batches = {1, 4, 16, 32, 64};
   std::vector<int> contexts = {4096, 16384, 32768, 131072};
   int iterations = 20;
-  std::string schedule;        ///< decode schedule knobs ("": the tuned configs' choice)
+  /// Schedule knobs of the op scheduleOp() names ("": the tuned configs' choice).
+  std::string schedule;
   /// Schedule knobs of the fp16 baseline (the decode kernel on fp16 pool pages only). Fixed,
   /// not the KVarN schedule, so that changing the KVarN schedule does not move the baseline
   /// ("": the decode op's default schedule).
@@ -29,6 +31,8 @@ struct BenchOptions {
   /// Queue each timed launch behind a 20 us spin kernel (LaunchGate) so the times exclude the
   /// host's launch latency; false times from an idle GPU (the host latency included).
   bool hideLaunchLatency = true;
+  /// The op `schedule` applies to: the decode table when it runs, else append.
+  OpKind scheduleOp() const { return decode ? OpKind::Decode : OpKind::Append; }
 };
 
 /// One decode measurement: KVarN and fp16 paged decode over the same block table.

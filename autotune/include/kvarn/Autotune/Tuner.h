@@ -45,11 +45,6 @@ struct TuneResult {
   std::vector<Candidate> candidates;
 };
 
-/// Registers per thread that `warpsPerSm` resident warps leave on an SM of sm_80 or later (65,536
-/// registers in four scheduler partitions, warps assigned to them in turn, allocations of 8
-/// registers per thread, at most 255): 8 warps 255, 12 warps 168, 16 warps 128.
-int registerBudget(int warpsPerSm);
-
 /// Why a candidate is not worth measuring ("" if it is): illegal (validateSchedule), or a
 /// `min_ctas` bound that does not bind, leaves fewer than 128 registers, or cannot fit that many
 /// CTAs' shared memory on one SM.
