@@ -229,7 +229,8 @@ Status launchFlush(const KernelModule &module, const dev::FlushParams &params, C
     return Status::success();
   dev::FlushParams copy = params;
   void *arguments[] = {&copy};
-  return KVARN_CU(driver().cuLaunchKernel(module.function(0), params.numEntries, 1, 1,
+  // CTA 2e quantizes entry e's K tile, CTA 2e + 1 its V tile (flush.cuh).
+  return KVARN_CU(driver().cuLaunchKernel(module.function(0), 2 * unsigned(params.numEntries), 1, 1,
                                           module.threads(), 1, 1, unsigned(module.sharedBytes()),
                                           stream, arguments, nullptr));
 }

@@ -313,10 +313,11 @@ size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
     return q * d * 4 + std::max(staging, merge);
   }
   case OpKind::Flush: {
-    // The tile (fp32, rows padded by one), ten row/column vectors, reductions, and the codes
-    // (flush.cuh, FlushContext::SHARED_BYTES).
-    const size_t tile = std::max(d * (g + 1), g * (d + 1));
-    return tile * 4 + 10 * std::max(d, g) * 4 + 64 * 4 + d * g;
+    // The X tile (fp32, rows padded by four), one (sum, sum of squares) pair per thread or line,
+    // ten row/column vectors and a scratch area (flush.cuh, FlushContext::SHARED_BYTES).
+    const size_t tile = std::max(d * (g + 4), g * (d + 4));
+    const size_t partials = std::max(32 * warps, std::max(d, g));
+    return tile * 4 + partials * 16 + 10 * std::max(d, g) * 4 + 64 * 4;
   }
   case OpKind::Append:
     return 0;

@@ -1,5 +1,19 @@
 // kvarn device library: flush building blocks (Sinkhorn normalization, RTN, folding, packing)
-// with the tile held in shared memory. One CTA quantizes one (block, kv head) entry.
+// with the tile held in shared memory. One CTA quantizes one tensor (K or V) of one
+// (block, kv head) entry: CTA 2e handles entry e's K tile, CTA 2e + 1 its V tile, and each
+// building block acts only on its CTA's tensor.
+//
+// The normalization keeps the reference's arithmetic (kvarn-format.md §4.1): every element of
+// X = M / c[col] / r[row] is two correctly rounded fp32 divisions and the stds are one-pass sums
+// in double, so the records agree code for code with the CPU reference and the golden records.
+// What changes is how often the divisions run. M stays in the pool (L2) and is read again for
+// each pass that needs it; shared memory holds only X. Per iteration:
+//   Y = M / c_new                  one division per element, into the X buffer
+//   row stds of Y / r_old          one division per element, summed on the fly
+//   X = Y / r_new                  one division per element, rewritten in place, row stds
+//   column stds of X               a plain sweep over the X buffer
+// so three divisions per element and iteration instead of six, and each sweep is split over all
+// threads (chains of whole rows or columns, partial sums combined in a fixed order).
 #pragma once
 
 #include "kvarn/common.cuh"
@@ -13,20 +27,26 @@ template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS
 struct FlushContext {
   typedef RecordLayout<KB, VB, G, D, COMPACT> Layout;
   static constexpr int TG = G, HD = D, NWARPS = WARPS, KBITS = KB, VBITS = VB;
+  static constexpr int THREADS = WARPS * 32;
   static constexpr int MAX_DIM = D > G ? D : G;
-  static constexpr int TILE_FLOATS = (D * (G + 1) > G * (D + 1)) ? D * (G + 1) : G * (D + 1);
-  static constexpr int VECTORS = 10; // col/row: scale, inverse scale, log, best, std
-  static constexpr int SHARED_BYTES = TILE_FLOATS * 4 + VECTORS * MAX_DIM * 4 + 64 * 4 + D * G;
+  /// X as fp32, rows padded by 4 floats (a warp's 16-byte loads down 32 rows hit distinct
+  /// banks); the partial sums of the row or column chains; the scale vectors.
+  static constexpr int X_FLOATS = D * (G + 4) > G * (D + 4) ? D * (G + 4) : G * (D + 4);
+  static constexpr int PARTIALS = THREADS > MAX_DIM ? THREADS : MAX_DIM; ///< (sum, sum of squares)
+  static constexpr int VECTORS = 10; // col/row: scale, inverse, log, best, std
+  static constexpr int PARTIAL_OFFSET = X_FLOATS * 4;
+  static constexpr int VECTOR_OFFSET = PARTIAL_OFFSET + PARTIALS * 16;
+  static constexpr int SHARED_BYTES = VECTOR_OFFSET + VECTORS * MAX_DIM * 4 + 64 * 4;
+  static_assert(D % 32 == 0 && G % 32 == 0, "rows and columns are multiples of 32");
 
   FlushParams p;
-  int block, head, slot, warp, lane;
-  int rows, cols;  ///< current tensor's view: K = [D][G], V = [G][D]
-  float *tile;     ///< [rows][cols + 1]
+  int block, head, slot, tensor, warp, lane;
+  bool active; ///< the tile loaded last is this CTA's tensor and is finite
+  float *x;        ///< [rows][cols + 4]: M, Y or X of the current pass, N when packing
+  double2 *partials;
   float *colScale, *rowScale, *colLog, *rowLog, *colBest, *rowBest, *colStd, *rowStd;
   float *colInverse, *rowInverse; ///< IEEE 1/scale, for exact divisions by multiplication
-  float *scratch;  ///< 64 floats: reductions and the best imbalance
-  unsigned char *codes;
-  bool bad;
+  float *scratch;  ///< 64 floats: the imbalance
 
   static __device__ __forceinline__ FlushContext begin(const FlushParams &params) {
     FlushContext c;
@@ -34,15 +54,17 @@ struct FlushContext {
     if (dynamicSharedBytes() < SHARED_BYTES)
       __trap();
     c.p = params;
-    const int entry = blockIdx.x;
+    const int entry = blockIdx.x / 2;
+    c.tensor = blockIdx.x % 2;
     c.block = params.entries[3 * entry];
     c.head = params.entries[3 * entry + 1];
     c.slot = params.entries[3 * entry + 2];
     c.warp = threadIdx.x / 32;
     c.lane = threadIdx.x % 32;
-    float *base = reinterpret_cast<float *>(kvarnShared);
-    c.tile = base;
-    float *vectors = base + TILE_FLOATS;
+    c.active = false;
+    c.x = reinterpret_cast<float *>(kvarnShared);
+    c.partials = reinterpret_cast<double2 *>(kvarnShared + PARTIAL_OFFSET);
+    float *vectors = reinterpret_cast<float *>(kvarnShared + VECTOR_OFFSET);
     c.colScale = vectors;
     c.rowScale = vectors + MAX_DIM;
     c.colLog = vectors + 2 * MAX_DIM;
@@ -54,13 +76,26 @@ struct FlushContext {
     c.colInverse = vectors + 8 * MAX_DIM;
     c.rowInverse = vectors + 9 * MAX_DIM;
     c.scratch = vectors + VECTORS * MAX_DIM;
-    c.codes = reinterpret_cast<unsigned char *>(c.scratch + 64);
-    c.bad = false;
     return c;
   }
   __device__ __forceinline__ unsigned char *record() const {
     return p.cache + (int64_t(block) * p.numKvHeads + head) * Layout::tileBytesAligned;
   }
+};
+
+/// Rows and columns of tensor `Tensor`'s view: K = [D][G], V = [G][D].
+template <int Tensor, typename Ctx> struct TileView {
+  static constexpr int ROWS = Tensor == 0 ? Ctx::HD : Ctx::TG;
+  static constexpr int COLS = Tensor == 0 ? Ctx::TG : Ctx::HD;
+  static constexpr int STRIDE = COLS + 4; ///< floats per row of the X buffer
+  static constexpr int CHUNKS = COLS / 4; ///< four-column chunks per row
+  /// Row chains: each row split into ROW_SEGMENTS runs of chunks. Column chains: each column
+  /// split into COL_SEGMENTS runs of rows.
+  static constexpr int ROW_SEGMENTS = Ctx::THREADS > ROWS ? Ctx::THREADS / ROWS : 1;
+  static constexpr int COL_SEGMENTS = Ctx::THREADS > COLS ? Ctx::THREADS / COLS : 1;
+  static_assert(CHUNKS % ROW_SEGMENTS == 0 && ROWS % COL_SEGMENTS == 0, "chain split");
+  static_assert(ROWS * ROW_SEGMENTS <= Ctx::PARTIALS && COLS * COL_SEGMENTS <= Ctx::PARTIALS,
+                "partial sums fit");
 };
 
 /// Sample std, one pass, as the reference: var = max(sum x^2/n - mean^2, 0) * n/(n-1).
@@ -71,39 +106,6 @@ __device__ __forceinline__ float sampleStd(double sum, double sumSquares, int co
   return sqrtf(variance * (n / (n - 1.0f)));
 }
 
-__device__ __forceinline__ double warpSumDouble(double value) {
-  for (int mask = 16; mask > 0; mask >>= 1)
-    value += __shfl_xor_sync(0xffffffffu, value, mask);
-  return value;
-}
-
-/// Loads the pool tile of tensor `Tensor` (0 = K as [D][G], 1 = V as [G][D]) into shared memory.
-template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx &c) {
-  constexpr int G = Ctx::TG, D = Ctx::HD;
-  c.rows = Tensor == 0 ? D : G;
-  c.cols = Tensor == 0 ? G : D;
-  const Half *pool = static_cast<const Half *>(Tensor == 0 ? c.p.poolKey : c.p.poolValue);
-  const int64_t rowStride = int64_t(c.p.numKvHeads) * D;
-  const Half *base = pool + (int64_t(c.slot) * G * c.p.numKvHeads + c.head) * D;
-  bool nonFinite = false;
-  for (int item = threadIdx.x; item < G * D / 2; item += blockDim.x) {
-    const int token = (2 * item) / D, channel = (2 * item) % D;
-    const float2 v =
-        unpackHalf2(*reinterpret_cast<const uint32_t *>(base + token * rowStride + channel));
-    nonFinite |= !isFinite(v.x) || !isFinite(v.y);
-    if (Tensor == 0) {
-      c.tile[channel * (G + 1) + token] = v.x;
-      c.tile[(channel + 1) * (G + 1) + token] = v.y;
-    } else {
-      c.tile[token * (D + 1) + channel] = v.x;
-      c.tile[token * (D + 1) + channel + 1] = v.y;
-    }
-  }
-  c.bad = __syncthreads_or(nonFinite) != 0;
-  if (c.bad && threadIdx.x == 0)
-    atomicOr(c.p.status, 1);
-}
-
 /// a / b, correctly rounded, from the correctly rounded inverse of b (one Newton correction
 /// with FMA: the same value as an IEEE division in the normal range, three instructions).
 __device__ __forceinline__ float divideExact(float a, float b, float inverse) {
@@ -112,60 +114,186 @@ __device__ __forceinline__ float divideExact(float a, float b, float inverse) {
   return fmaf(r, inverse, q);
 }
 
-/// X = M / colScale[col] / rowScale[row] (two exact divisions, as the reference), one element.
-template <typename Ctx>
-__device__ __forceinline__ float scaled(const Ctx &c, float m, int row, int col) {
-  return divideExact(divideExact(m, c.colScale[col], c.colInverse[col]), c.rowScale[row],
-                     c.rowInverse[row]);
+__device__ __forceinline__ void accumulate(double &sum, double &sumSquares, float value) {
+  sum += double(value);
+  sumSquares += double(value * value); // x*x rounded in fp32, as the reference
 }
 
-/// Column and/or row std of X = M / colScale[col] / rowScale[row] (two exact divisions, as the
-/// reference), sums in double. One thread per column or row walks it sequentially (the padded
-/// row stride keeps a warp's accesses on distinct banks); with both, the row threads follow the
-/// column threads, so both run at once.
-template <typename Ctx> __device__ __forceinline__ void tileStds(Ctx &c, bool columns, bool rows) {
-  const int stride = c.cols + 1;
-  const int columnThreads = columns ? c.cols : 0;
-  const int tid = threadIdx.x;
-  for (int col = tid; col < columnThreads; col += blockDim.x) {
-    double sum = 0.0, sumSquares = 0.0;
-    const float scale = c.colScale[col], inverse = c.colInverse[col];
-    for (int row = 0; row < c.rows; ++row) {
-      const float x = divideExact(divideExact(c.tile[row * stride + col], scale, inverse),
-                                  c.rowScale[row], c.rowInverse[row]);
-      sum += x;
-      sumSquares += x * x;
+__device__ __forceinline__ float clampf(float v, float lo, float hi) {
+  return fminf(fmaxf(v, lo), hi);
+}
+
+/// Eight consecutive floats of a scale vector (32-byte aligned).
+__device__ __forceinline__ void load8(const float *src, float (&dst)[8]) {
+  const float4 a = reinterpret_cast<const float4 *>(src)[0];
+  const float4 b = reinterpret_cast<const float4 *>(src)[1];
+  dst[0] = a.x, dst[1] = a.y, dst[2] = a.z, dst[3] = a.w;
+  dst[4] = b.x, dst[5] = b.y, dst[6] = b.z, dst[7] = b.w;
+}
+
+/// Writes M / c[col] / r[row] of this CTA's pool tile into the X buffer, dividing by the column
+/// scales (DIVIDE_COLS) and then the row scales (DIVIDE_ROWS) exactly, or copying M (neither).
+/// A thread reads eight channels of one token (16 bytes). For V (rows = tokens) a warp reads
+/// consecutive pieces of token rows; for K (rows = channels) a warp reads one piece of 32
+/// consecutive tokens, so its transposed stores fall on distinct banks. Returns true if the
+/// tile holds NaN or Inf (checked on request only: CHECK; synchronizes then).
+template <int Tensor, bool DIVIDE_COLS, bool DIVIDE_ROWS, bool CHECK, typename Ctx>
+__device__ __forceinline__ bool storeScaled(Ctx &c) {
+  typedef TileView<Tensor, Ctx> V;
+  constexpr int G = Ctx::TG, D = Ctx::HD, PIECES = D / 8;
+  const Half *pool = static_cast<const Half *>(Tensor == 0 ? c.p.poolKey : c.p.poolValue);
+  const int64_t rowStride = int64_t(c.p.numKvHeads) * D;
+  const Half *base = pool + (int64_t(c.slot) * G * c.p.numKvHeads + c.head) * D;
+  const bool vector = reinterpret_cast<uint64_t>(pool) % 16 == 0;
+  uint32_t nonFinite = 0;
+#pragma unroll 2
+  for (int item = threadIdx.x; item < G * PIECES; item += Ctx::THREADS) {
+    const int token = Tensor == 0 ? item % G : item / PIECES;
+    const int channel = 8 * (Tensor == 0 ? item / G : item % PIECES);
+    const Half *src = base + token * rowStride + channel;
+    uint32_t words[4];
+    if (vector) {
+      const uint4 v = *reinterpret_cast<const uint4 *>(src);
+      words[0] = v.x, words[1] = v.y, words[2] = v.z, words[3] = v.w;
+    } else {
+#pragma unroll
+      for (int w = 0; w < 4; ++w)
+        words[w] = *reinterpret_cast<const uint32_t *>(src + 2 * w);
     }
-    c.colStd[col] = sampleStd(sum, sumSquares, c.rows);
-  }
-  if (rows) {
-    // Row threads start after the column threads (wrapping around the block).
-    const int first = (tid - columnThreads % int(blockDim.x) + int(blockDim.x)) % int(blockDim.x);
-    for (int row = first; row < c.rows; row += blockDim.x) {
-      double sum = 0.0, sumSquares = 0.0;
-      const float scale = c.rowScale[row], inverse = c.rowInverse[row];
-      for (int col = 0; col < c.cols; ++col) {
-        const float x = divideExact(divideExact(c.tile[row * stride + col], c.colScale[col],
-                                                c.colInverse[col]),
-                                    scale, inverse);
-        sum += x;
-        sumSquares += x * x;
+    float v[8];
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      if (CHECK) {
+        nonFinite |= (words[w] & 0x7c00u) == 0x7c00u;
+        nonFinite |= (words[w] & 0x7c000000u) == 0x7c000000u;
       }
-      c.rowStd[row] = sampleStd(sum, sumSquares, c.cols);
+      const float2 pair = unpackHalf2(words[w]);
+      v[2 * w] = pair.x;
+      v[2 * w + 1] = pair.y;
+    }
+    // The eight elements share their token: one scale of the token's vector, eight of the
+    // channels' (columns: tokens for K, channels for V; rows the other way round).
+    const float *tokenScale = Tensor == 0 ? c.colScale : c.rowScale;
+    const float *tokenInverse = Tensor == 0 ? c.colInverse : c.rowInverse;
+    const float *channelScale = Tensor == 0 ? c.rowScale : c.colScale;
+    const float *channelInverse = Tensor == 0 ? c.rowInverse : c.colInverse;
+    constexpr bool BY_TOKEN = Tensor == 0 ? DIVIDE_COLS : DIVIDE_ROWS;
+    constexpr bool BY_CHANNEL = Tensor == 0 ? DIVIDE_ROWS : DIVIDE_COLS;
+    float s[8], inv[8];
+    float ts = 1.0f, ti = 1.0f;
+    if (BY_TOKEN) {
+      ts = tokenScale[token];
+      ti = tokenInverse[token];
+    }
+    if (BY_CHANNEL) {
+      load8(channelScale + channel, s);
+      load8(channelInverse + channel, inv);
+    }
+    // Columns first, then rows (the reference's order of the two divisions).
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      if (Tensor == 0) {
+        if (BY_TOKEN)
+          v[e] = divideExact(v[e], ts, ti);
+        if (BY_CHANNEL)
+          v[e] = divideExact(v[e], s[e], inv[e]);
+      } else {
+        if (BY_CHANNEL)
+          v[e] = divideExact(v[e], s[e], inv[e]);
+        if (BY_TOKEN)
+          v[e] = divideExact(v[e], ts, ti);
+      }
+    }
+    if (Tensor == 0) { // K: channel-major rows
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        c.x[(channel + e) * V::STRIDE + token] = v[e];
+    } else { // V: token-major rows (16-byte aligned)
+      float4 *dst = reinterpret_cast<float4 *>(c.x + token * V::STRIDE + channel);
+      dst[0] = make_float4(v[0], v[1], v[2], v[3]);
+      dst[1] = make_float4(v[4], v[5], v[6], v[7]);
     }
   }
-  __syncthreads();
+  return CHECK && __syncthreads_or(int(nonFinite)) != 0;
+}
+
+/// Loads the pool tile of tensor `Tensor` (X = M) if it is this CTA's tensor; a tile holding
+/// NaN/Inf sets status bit 0 and leaves its record alone.
+template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx &c) {
+  c.active = false;
+  if (c.tensor != Tensor) // CTA-uniform
+    return;
+  const bool bad = storeScaled<Tensor, false, false, true>(c);
+  if (bad && threadIdx.x == 0)
+    atomicOr(c.p.status, 1);
+  c.active = !bad;
+}
+
+/// Row sums of the X buffer divided by r[row] (DIVIDE; REWRITE stores the quotient back) into
+/// the partials: chain k = segment * ROWS + row.
+template <bool DIVIDE, bool REWRITE, typename V, typename Ctx>
+__device__ __forceinline__ void rowSums(Ctx &c) {
+  constexpr int PER = V::CHUNKS / V::ROW_SEGMENTS;
+  for (int chain = threadIdx.x; chain < V::ROWS * V::ROW_SEGMENTS; chain += Ctx::THREADS) {
+    const int row = chain % V::ROWS, segment = chain / V::ROWS;
+    const float scale = c.rowScale[row], inverse = c.rowInverse[row];
+    float *line = c.x + row * V::STRIDE + 4 * PER * segment;
+    double sum = 0.0, sumSquares = 0.0;
+#pragma unroll 4
+    for (int k = 0; k < PER; ++k) {
+      float4 v = *reinterpret_cast<const float4 *>(line + 4 * k);
+      if (DIVIDE)
+        v = make_float4(divideExact(v.x, scale, inverse), divideExact(v.y, scale, inverse),
+                        divideExact(v.z, scale, inverse), divideExact(v.w, scale, inverse));
+      if (REWRITE)
+        *reinterpret_cast<float4 *>(line + 4 * k) = v;
+      accumulate(sum, sumSquares, v.x);
+      accumulate(sum, sumSquares, v.y);
+      accumulate(sum, sumSquares, v.z);
+      accumulate(sum, sumSquares, v.w);
+    }
+    c.partials[chain] = make_double2(sum, sumSquares);
+  }
+}
+
+/// Column sums of the X buffer into the partials: chain k = segment * COLS + col.
+template <typename V, typename Ctx> __device__ __forceinline__ void columnSums(Ctx &c) {
+  constexpr int PER = V::ROWS / V::COL_SEGMENTS;
+  for (int chain = threadIdx.x; chain < V::COLS * V::COL_SEGMENTS; chain += Ctx::THREADS) {
+    const int col = chain % V::COLS, segment = chain / V::COLS;
+    const float *line = c.x + PER * segment * V::STRIDE + col;
+    double sum = 0.0, sumSquares = 0.0;
+#pragma unroll 8
+    for (int k = 0; k < PER; ++k)
+      accumulate(sum, sumSquares, line[k * V::STRIDE]);
+    c.partials[chain] = make_double2(sum, sumSquares);
+  }
+}
+
+/// The std of line `k` (of `lines`, `count` elements each) from its segments' partial sums,
+/// added in segment order.
+template <int SEGMENTS, typename Ctx>
+__device__ __forceinline__ float combinedStd(const Ctx &c, int k, int lines, int count) {
+  double sum = 0.0, sumSquares = 0.0;
+#pragma unroll
+  for (int s = 0; s < SEGMENTS; ++s) {
+    const double2 part = c.partials[s * lines + k];
+    sum += part.x;
+    sumSquares += part.y;
+  }
+  return sampleStd(sum, sumSquares, count);
 }
 
 /// max/min(col std) + max/min(row std), computed by warp 0 and broadcast through shared memory.
-template <typename Ctx> __device__ __forceinline__ float imbalance(Ctx &c) {
+template <typename V, typename Ctx> __device__ __forceinline__ float imbalance(Ctx &c) {
+  __syncthreads(); // the std vectors are complete
   if (c.warp == 0) {
     float colMax = 0.0f, colMin = KVARN_INFINITY, rowMax = 0.0f, rowMin = KVARN_INFINITY;
-    for (int k = c.lane; k < c.cols; k += 32) {
+    for (int k = c.lane; k < V::COLS; k += 32) {
       colMax = fmaxf(colMax, c.colStd[k]);
       colMin = fminf(colMin, c.colStd[k]);
     }
-    for (int k = c.lane; k < c.rows; k += 32) {
+    for (int k = c.lane; k < V::ROWS; k += 32) {
       rowMax = fmaxf(rowMax, c.rowStd[k]);
       rowMin = fminf(rowMin, c.rowStd[k]);
     }
@@ -177,123 +305,166 @@ template <typename Ctx> __device__ __forceinline__ float imbalance(Ctx &c) {
       c.scratch[1] = colMax / fmaxf(colMin, 1e-8f) + rowMax / fmaxf(rowMin, 1e-8f);
   }
   __syncthreads();
-  const float value = c.scratch[1];
-  __syncthreads();
-  return value;
+  return c.scratch[1];
 }
 
-__device__ __forceinline__ float clampf(float v, float lo, float hi) {
-  return fminf(fmaxf(v, lo), hi);
-}
-
-/// Log-domain Sinkhorn normalization with best-iterate tracking (kvarn-format.md §4.1).
-template <int Iterations, typename Ctx> __device__ __forceinline__ void normalize(Ctx &c) {
-  if (c.bad)
-    return;
-  for (int k = threadIdx.x; k < Ctx::MAX_DIM; k += blockDim.x) {
+/// Log-domain Sinkhorn normalization with best-iterate tracking (kvarn-format.md §4.1) of the
+/// tile `Tensor` (compile-time shape).
+template <int Iterations, int Tensor, typename Ctx>
+__device__ __forceinline__ void normalizeTile(Ctx &c) {
+  typedef TileView<Tensor, Ctx> V;
+  constexpr int R = V::ROWS, C = V::COLS;
+  const int tid = threadIdx.x;
+  for (int k = tid; k < Ctx::MAX_DIM; k += Ctx::THREADS) {
     c.colScale[k] = c.rowScale[k] = c.colBest[k] = c.rowBest[k] = 1.0f;
     c.colInverse[k] = c.rowInverse[k] = 1.0f;
     c.colLog[k] = c.rowLog[k] = 0.0f;
   }
+  // Iteration 0: the stds of M itself (loadTile left X = M).
+  rowSums<false, false, V>(c);
   __syncthreads();
-  tileStds(c, true, true);
-  float best = imbalance(c);
+  for (int k = tid; k < R; k += Ctx::THREADS)
+    c.rowStd[k] = combinedStd<V::ROW_SEGMENTS>(c, k, R, C);
+  __syncthreads();
+  columnSums<V>(c);
+  __syncthreads();
+  for (int k = tid; k < C; k += Ctx::THREADS)
+    c.colStd[k] = combinedStd<V::COL_SEGMENTS>(c, k, C, R);
+  float best = imbalance<V>(c);
   for (int iteration = 0; iteration < Iterations; ++iteration) {
-    // colStd holds the stds of the current X (the previous iteration's last pass).
-    for (int k = threadIdx.x; k < c.cols; k += blockDim.x) {
+    // Columns: colStd holds the column stds of the current X.
+    for (int k = tid; k < C; k += Ctx::THREADS) {
       c.colLog[k] = clampf(c.colLog[k] + logf(clampf(c.colStd[k], 1e-3f, 1e3f)), -0.3f, 10.0f);
       c.colScale[k] = expf(c.colLog[k]);
       c.colInverse[k] = 1.0f / c.colScale[k];
     }
     __syncthreads();
-    tileStds(c, false, true);
-    for (int k = threadIdx.x; k < c.rows; k += blockDim.x) {
-      c.rowLog[k] = clampf(c.rowLog[k] + logf(clampf(c.rowStd[k], 1e-3f, 1e3f)), -0.3f, 10.0f);
+    storeScaled<Tensor, true, false, false>(c); // Y = M / c
+    __syncthreads();
+    rowSums<true, false, V>(c); // rows of X = Y / r_old
+    __syncthreads();
+    for (int k = tid; k < R; k += Ctx::THREADS) {
+      const float previous = combinedStd<V::ROW_SEGMENTS>(c, k, R, C); // X with the old r
+      c.rowLog[k] = clampf(c.rowLog[k] + logf(clampf(previous, 1e-3f, 1e3f)), -0.3f, 10.0f);
       c.rowScale[k] = expf(c.rowLog[k]);
       c.rowInverse[k] = 1.0f / c.rowScale[k];
     }
     __syncthreads();
-    tileStds(c, true, true);
-    const float current = imbalance(c);
+    rowSums<true, true, V>(c); // X = Y / r_new, in place, and its rows
+    __syncthreads();
+    for (int k = tid; k < R; k += Ctx::THREADS)
+      c.rowStd[k] = combinedStd<V::ROW_SEGMENTS>(c, k, R, C);
+    __syncthreads();
+    columnSums<V>(c);
+    __syncthreads();
+    for (int k = tid; k < C; k += Ctx::THREADS)
+      c.colStd[k] = combinedStd<V::COL_SEGMENTS>(c, k, C, R);
+    const float current = imbalance<V>(c); // synchronizes
     if (current <= best) { // ties: the later iterate wins
       best = current;
-      for (int k = threadIdx.x; k < c.cols; k += blockDim.x)
+      for (int k = tid; k < C; k += Ctx::THREADS)
         c.colBest[k] = c.colScale[k];
-      for (int k = threadIdx.x; k < c.rows; k += blockDim.x)
+      for (int k = tid; k < R; k += Ctx::THREADS)
         c.rowBest[k] = c.rowScale[k];
     }
-    __syncthreads();
   }
+}
+
+/// The normalization of the tile loaded last, if it is this CTA's (finite) tensor.
+template <int Iterations, typename Ctx> __device__ __forceinline__ void normalize(Ctx &c) {
+  if (!c.active)
+    return;
+  if (c.tensor == 0)
+    normalizeTile<Iterations, 0>(c);
+  else
+    normalizeTile<Iterations, 1>(c);
 }
 
 __device__ __forceinline__ Half saturateHalf(float value) {
   return floatToHalf(clampf(value, -65504.0f, 65504.0f));
 }
 
-/// RTN per row (half to even), folds the scales and packs the codes into the record.
+/// RTN per row (half to even), folds the scales and packs the codes into the record. A warp
+/// per row; lane l holds the row's columns CPL*l .. CPL*l + CPL - 1 in registers.
 template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack(Ctx &c) {
   typedef typename Ctx::Layout L;
-  if (c.bad)
+  typedef TileView<Tensor, Ctx> V;
+  if (!c.active || c.tensor != Tensor)
     return;
+  c.active = false;
+  constexpr int R = V::ROWS, C = V::COLS, CPL = C / 32;
   constexpr int bits = Tensor == 0 ? Ctx::KBITS : Ctx::VBITS;
-  constexpr int perByte = 8 / bits;
+  constexpr int LANE_BITS = CPL * bits; // 4, 8, 16 or 32
+  static_assert(LANE_BITS == 4 || LANE_BITS == 8 || LANE_BITS == 16 || LANE_BITS == 32,
+                "packing pattern");
   const float qmax = float((1 << bits) - 1);
-  const int stride = c.cols + 1;
-  const int rowBytes = c.cols / perByte;
+  constexpr int rowBytes = C * bits / 8;
   unsigned char *rec = c.record();
-  const int packedOffset = Tensor == 0 ? L::keyPacked : L::valuePacked;
-  const int rowScaleOffset = Tensor == 0 ? L::keyScaleCol : L::valueScaleRow;
-  const int rowZeroOffset = Tensor == 0 ? L::keyZeroPoint : L::valueZeroPoint;
-  const int colScaleOffset = Tensor == 0 ? L::keyScaleRow : L::valueScaleCol;
+  constexpr int packedOffset = Tensor == 0 ? L::keyPacked : L::valuePacked;
+  constexpr int rowScaleOffset = Tensor == 0 ? L::keyScaleCol : L::valueScaleRow;
+  constexpr int rowZeroOffset = Tensor == 0 ? L::keyZeroPoint : L::valueZeroPoint;
+  constexpr int colScaleOffset = Tensor == 0 ? L::keyScaleRow : L::valueScaleCol;
   Half *rowScales = reinterpret_cast<Half *>(rec + rowScaleOffset);
   Half *rowZeros = reinterpret_cast<Half *>(rec + rowZeroOffset);
   Half *colScales = reinterpret_cast<Half *>(rec + colScaleOffset);
   // Step 0. The chosen iterate becomes the current scales (and their inverses).
-  for (int k = threadIdx.x; k < c.cols; k += blockDim.x) {
+  for (int k = threadIdx.x; k < C; k += Ctx::THREADS) {
     c.colScale[k] = c.colBest[k];
     c.colInverse[k] = 1.0f / c.colBest[k];
+    colScales[k] = saturateHalf(c.colBest[k]);
   }
-  for (int k = threadIdx.x; k < c.rows; k += blockDim.x) {
+  for (int k = threadIdx.x; k < R; k += Ctx::THREADS) {
     c.rowScale[k] = c.rowBest[k];
     c.rowInverse[k] = 1.0f / c.rowBest[k];
   }
   __syncthreads();
-  for (int row = c.warp; row < c.rows; row += Ctx::NWARPS) {
-    // Step 1. N = M / best_c / best_r; the row's range.
+  // Step 1. N = M / best_c / best_r (two true divisions) into the X buffer.
+  storeScaled<Tensor, true, true, false>(c);
+  __syncthreads();
+  for (int row = c.warp; row < R; row += Ctx::NWARPS) {
+    // Step 2. The row's range.
+    float n[CPL];
+    const float *line = c.x + row * V::STRIDE + CPL * c.lane;
+    const float rowScale = c.rowScale[row];
     float lo = KVARN_INFINITY, hi = -KVARN_INFINITY;
-    const float rowBest = c.rowBest[row];
-    for (int col = c.lane; col < c.cols; col += 32) {
-      const float n = scaled(c, c.tile[row * stride + col], row, col);
-      c.tile[row * stride + col] = n;
-      lo = fminf(lo, n);
-      hi = fmaxf(hi, n);
+#pragma unroll
+    for (int e = 0; e < CPL; e += 2) {
+      const float2 pair = *reinterpret_cast<const float2 *>(line + e);
+      n[e] = pair.x;
+      n[e + 1] = pair.y;
+      lo = fminf(lo, fminf(n[e], n[e + 1]));
+      hi = fmaxf(hi, fmaxf(n[e], n[e + 1]));
     }
     lo = warpMin(lo);
     hi = warpMaxXor(hi, 1, 16);
     const float scale = fmaxf((hi - lo) / qmax, 1e-10f);
-    // Step 2. Codes into shared memory, then packed bytes (little-endian within a byte).
-    for (int col = c.lane; col < c.cols; col += 32) {
-      const float code = rintf((c.tile[row * stride + col] - lo) / scale);
-      c.codes[row * c.cols + col] = (unsigned char)clampf(code, 0.0f, qmax);
+    // Step 3. Codes (true division, half to even), packed little-endian within each byte.
+    uint32_t packed = 0;
+#pragma unroll
+    for (int e = 0; e < CPL; ++e) {
+      const float code = clampf(rintf(__fdiv_rn(n[e] - lo, scale)), 0.0f, qmax);
+      packed |= uint32_t(code) << (e * bits);
     }
-    __syncwarp();
-    for (int byte = c.lane; byte < rowBytes; byte += 32) {
-      unsigned value = 0;
-      for (int k = 0; k < perByte; ++k)
-        value |= unsigned(c.codes[row * c.cols + byte * perByte + k]) << (k * bits);
-      rec[packedOffset + row * rowBytes + byte] = (unsigned char)value;
+    unsigned char *dst = rec + packedOffset + row * rowBytes;
+    if constexpr (LANE_BITS == 4) { // two lanes per byte
+      const uint32_t upper = __shfl_down_sync(0xffffffffu, packed, 1);
+      if (c.lane % 2 == 0)
+        dst[c.lane / 2] = (unsigned char)(packed | (upper << 4));
+    } else if constexpr (LANE_BITS == 8) {
+      dst[c.lane] = (unsigned char)packed;
+    } else if constexpr (LANE_BITS == 16) {
+      reinterpret_cast<unsigned short *>(dst)[c.lane] = (unsigned short)packed;
+    } else {
+      reinterpret_cast<uint32_t *>(dst)[c.lane] = packed;
     }
     if (c.lane == 0) {
-      rowScales[row] = saturateHalf(rowBest * scale);
-      rowZeros[row] = saturateHalf(rowBest * lo);
+      rowScales[row] = saturateHalf(rowScale * scale);
+      rowZeros[row] = saturateHalf(rowScale * lo);
     }
   }
-  for (int col = threadIdx.x; col < c.cols; col += blockDim.x)
-    colScales[col] = saturateHalf(c.colBest[col]);
   if (Tensor == 1)
-    for (int byte = L::tileBytes + threadIdx.x; byte < L::tileBytesAligned; byte += blockDim.x)
+    for (int byte = L::tileBytes + threadIdx.x; byte < L::tileBytesAligned; byte += Ctx::THREADS)
       rec[byte] = 0;
-  __syncthreads();
 }
 
 } // namespace dev
