@@ -167,8 +167,8 @@ std::string Schedule::str() const {
 Schedule defaultSchedule(OpKind op) {
   Schedule schedule;
   switch (op) {
-  case OpKind::Flush: // one CTA per tile: a thread per row or column in the Sinkhorn sweeps
-    schedule.warps = 8;
+  case OpKind::Flush: // one CTA per tile; its sweeps split every row or column over 512 threads
+    schedule.warps = 16;
     break;
   case OpKind::Append:
     schedule.warps = 4;

@@ -45,25 +45,26 @@ TEST(Retarget, BundleSourcesRecompileForAnotherArch) {
     EXPECT_EQ(read->headers[i].content, built->headers[i].content);
   }
   EXPECT_EQ(cubinSm(read->entries[0].artifact.cubin), 90);
-  // Step 2. Recompiled for sm_80: the D = 256 flush needs more shared memory than sm_80 has and
-  // is skipped with the reason; the decode gets an sm_80 cubin under its sm_80 key.
+  // Step 2. Recompiled for sm_86: the D = 256 flush (150 KB of shared memory) does not fit
+  // sm_86's 99 KB and is skipped with the reason; the decode gets an sm_86 cubin under its
+  // sm_86 key.
   std::vector<std::string> skipped;
-  Expected<Bundle> moved = retargetBundle(*read, "sm_80", &skipped);
+  Expected<Bundle> moved = retargetBundle(*read, "sm_86", &skipped);
   ASSERT_TRUE(moved) << moved.error().str();
-  EXPECT_EQ(moved->arch, "sm_80");
+  EXPECT_EQ(moved->arch, "sm_86");
   ASSERT_EQ(moved->entries.size(), 1u);
   ASSERT_EQ(skipped.size(), 1u);
   EXPECT_THAT(skipped[0], HasSubstr("flush:kvarn_k4v2_g128:d256"));
   EXPECT_THAT(skipped[0], HasSubstr("shared memory"));
   const BundleEntry &entry = moved->entries[0];
-  KernelSpec sm80 = specs[0];
-  sm80.arch = "sm_80";
-  EXPECT_EQ(entry.spec, sm80.str());
-  EXPECT_EQ(entry.key, preparedKernelKey(sm80, *parseSchedule(entry.schedule)));
+  KernelSpec sm86 = specs[0];
+  sm86.arch = "sm_86";
+  EXPECT_EQ(entry.spec, sm86.str());
+  EXPECT_EQ(entry.key, preparedKernelKey(sm86, *parseSchedule(entry.schedule)));
   EXPECT_NE(entry.key, read->entries[0].key);
-  EXPECT_EQ(cubinSm(entry.artifact.cubin), 80);
-  EXPECT_THAT(entry.artifact.metadata, HasSubstr("sm_80"));
-  EXPECT_THAT(entry.artifact.ptx, HasSubstr(".target sm_80"));
+  EXPECT_EQ(cubinSm(entry.artifact.cubin), 86);
+  EXPECT_THAT(entry.artifact.metadata, HasSubstr("sm_86"));
+  EXPECT_THAT(entry.artifact.ptx, HasSubstr(".target sm_86"));
   // Step 3. Without device-library headers there is nothing to recompile: a clear refusal.
   Bundle bare = *read;
   bare.headers.clear();
