@@ -425,24 +425,38 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
     for (int j = 0; j < 4; ++j) // code row 16*kc + 4*t + j, tokens TPI*i ...
       words[j] = *reinterpret_cast<const typename Ctx::KeyWord *>(
           keyCodes + (4 * kc + c.t) * Ctx::KEY_GROUP + j * Ctx::KEY_ROW + c.i * Ctx::KEY_WORD);
+    // GROUP m-tiles at a time: their high-term MMAs, then their low-term MMAs, so an MMA does
+    // not wait on the one just issued into the same accumulator.
+    constexpr int GROUP = Ctx::P % 4 == 0 ? 4 : (Ctx::P % 2 == 0 ? 2 : 1);
 #pragma unroll
-    for (int pt = 0; pt < Ctx::P; ++pt) {
-      const int byteIndex = pt / PAIRS_PER_BYTE;
-      const uint32_t x01 = duplicateBytes(part32(words[0], byteIndex / 4),
-                                          part32(words[1], byteIndex / 4), byteIndex % 4);
-      const uint32_t x23 = duplicateBytes(part32(words[2], byteIndex / 4),
-                                          part32(words[3], byteIndex / 4), byteIndex % 4);
-      uint32_t a0, a1, a2, a3;
-      if (keyCode<KBITS>(pt, 0) == 0)
-        codeFragment<Ctx::KEY_FORM, KBITS, 0>(x01, x23, a0, a1, a2, a3);
-      else // 2-bit codes, second token pair of the byte
-        codeFragment<Ctx::KEY_FORM, KBITS, 2>(x01, x23, a0, a1, a2, a3);
+    for (int first = 0; first < Ctx::P; first += GROUP) {
+      uint32_t a[GROUP][4];
 #pragma unroll
-      for (int n = 0; n < Ctx::NQ; ++n) {
-        mma16816(c.scores[n][pt], a0, a1, a2, a3, b[n][kc][0], b[n][kc][1]);
-        if constexpr (Ctx::Q_TERMS == 2)
-          mma16816(c.scores[n][pt], a0, a1, a2, a3, bLow[n][kc][0], bLow[n][kc][1]);
+      for (int g = 0; g < GROUP; ++g) {
+        const int pt = first + g;
+        const int byteIndex = pt / PAIRS_PER_BYTE;
+        const uint32_t x01 = duplicateBytes(part32(words[0], byteIndex / 4),
+                                            part32(words[1], byteIndex / 4), byteIndex % 4);
+        const uint32_t x23 = duplicateBytes(part32(words[2], byteIndex / 4),
+                                            part32(words[3], byteIndex / 4), byteIndex % 4);
+        if (keyCode<KBITS>(pt, 0) == 0)
+          codeFragment<Ctx::KEY_FORM, KBITS, 0>(x01, x23, a[g][0], a[g][1], a[g][2], a[g][3]);
+        else // 2-bit codes, second token pair of the byte
+          codeFragment<Ctx::KEY_FORM, KBITS, 2>(x01, x23, a[g][0], a[g][1], a[g][2], a[g][3]);
       }
+#pragma unroll
+      for (int n = 0; n < Ctx::NQ; ++n)
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g)
+          mma16816(c.scores[n][first + g], a[g][0], a[g][1], a[g][2], a[g][3], b[n][kc][0],
+                   b[n][kc][1]);
+      if constexpr (Ctx::Q_TERMS == 2)
+#pragma unroll
+        for (int n = 0; n < Ctx::NQ; ++n)
+#pragma unroll
+          for (int g = 0; g < GROUP; ++g)
+            mma16816(c.scores[n][first + g], a[g][0], a[g][1], a[g][2], a[g][3], bLow[n][kc][0],
+                     bLow[n][kc][1]);
     }
   }
   // Step 3. Epilogue: K_s_row and the softmax scale per token; tokens past the end masked.
