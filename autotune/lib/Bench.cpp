@@ -213,9 +213,10 @@ Status benchFlush(const BenchOptions &o, const DeviceInfo &info, const LaunchGat
     Expected<Format> format = parseFormat(o.preset, d);
     const RecordLayout layout = recordLayout(*format);
     const int g = format->tileTokens, hk = 8, blocks = 64, entries = blocks * hk;
+    const std::string schedule = o.scheduleOp() == OpKind::Flush ? o.schedule : std::string();
     Expected<KernelModule> module = buildKernel(
-        "flush:" + format->presetName() + ":d" + std::to_string(d) + ":q1:f16:" + info.arch(), "",
-        o, info);
+        "flush:" + format->presetName() + ":d" + std::to_string(d) + ":q1:f16:" + info.arch(),
+        schedule, o, info);
     if (!module)
       return module.error();
     std::mt19937_64 rng(d);

@@ -234,6 +234,17 @@ TEST(TuneReport, RoundTripsAndResumesWhatIsMissing) {
   EXPECT_NEAR(entries[0]["fraction_of_roofline"].get<double>(), 0.5 / result.bestMs, 1e-12);
 }
 
+TEST(BenchOptions, ScheduleNamesTheDecodeTableElseAppendElseFlush) {
+  autotune::BenchOptions o;
+  EXPECT_EQ(o.scheduleOp(), OpKind::Decode); // everything runs
+  o.decode = false;
+  EXPECT_EQ(o.scheduleOp(), OpKind::Append); // --only flush append
+  o.append = false;
+  EXPECT_EQ(o.scheduleOp(), OpKind::Flush); // --only flush
+  o.flush = false;
+  EXPECT_EQ(o.scheduleOp(), OpKind::Append); // --only lookup: checked as append knobs
+}
+
 TEST(BenchReport, JsonAndASelfContainedSvgChart) {
   BenchReport report;
   report.gpu = "Test GPU <1>";

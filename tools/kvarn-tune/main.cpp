@@ -426,8 +426,8 @@ int main(int argc, char **argv) {
       "time each launch from an idle GPU (include the host's launch latency) instead of queuing "
       "it behind a 20 us spin kernel");
   benchCommand->add_option("--schedule", bench.schedule,
-                           "schedule knobs of the decode table, or of append when the decode "
-                           "table does not run (--only append)");
+                           "schedule knobs of the decode table; when it does not run, of "
+                           "append (--only append), else of flush (--only flush)");
   benchCommand->add_option("--baseline-schedule", bench.baselineSchedule,
                            "schedule knobs of the fp16 baseline (default: the decode op's default "
                            "schedule, whatever --schedule or the configs choose for KVarN)");

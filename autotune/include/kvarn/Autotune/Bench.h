@@ -31,8 +31,11 @@ struct BenchOptions {
   /// Queue each timed launch behind a 20 us spin kernel (LaunchGate) so the times exclude the
   /// host's launch latency; false times from an idle GPU (the host latency included).
   bool hideLaunchLatency = true;
-  /// The op `schedule` applies to: the decode table when it runs, else append.
-  OpKind scheduleOp() const { return decode ? OpKind::Decode : OpKind::Append; }
+  /// The op `schedule` applies to: the decode table when it runs, else append when it runs,
+  /// else flush.
+  OpKind scheduleOp() const {
+    return decode ? OpKind::Decode : (append || !flush ? OpKind::Append : OpKind::Flush);
+  }
 };
 
 /// One decode measurement: KVarN and fp16 paged decode over the same block table.
