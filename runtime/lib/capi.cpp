@@ -414,6 +414,9 @@ kvarn_status kvarn_launch_flush(kvarn_kernel kernel, const kvarn_flush_args *arg
   KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Flush, "kvarn_launch_flush: not a flush kernel");
   KVARN_REQUIRE(args->pool_key && args->pool_value && args->entries && args->cache && args->status,
                 "kvarn_launch_flush: a required pointer is NULL");
+  // Two CTAs per entry (K and V tiles): the grid's x dimension bounds the entries.
+  KVARN_REQUIRE(args->num_entries >= 0 && args->num_entries <= (1 << 30) && args->num_kv_heads > 0,
+                "kvarn_launch_flush: num_entries must be 0 to 2^30 and num_kv_heads positive");
   kvarn::dev::FlushParams params{args->pool_key, args->pool_value, args->entries,
                                  static_cast<unsigned char *>(args->cache), args->status,
                                  args->num_entries, args->num_kv_heads};
@@ -428,6 +431,8 @@ kvarn_status kvarn_launch_append(kvarn_kernel kernel, const kvarn_append_args *a
   KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Append, "kvarn_launch_append: not an append kernel");
   KVARN_REQUIRE(args->key && args->value && args->slot_mapping && args->pool_key && args->pool_value,
                 "kvarn_launch_append: a required pointer is NULL");
+  KVARN_REQUIRE(args->num_tokens >= 0 && args->num_kv_heads > 0,
+                "kvarn_launch_append: num_tokens must be >= 0 and num_kv_heads positive");
   kvarn::dev::AppendParams params{args->key, args->value,
                                   reinterpret_cast<const long long *>(args->slot_mapping),
                                   args->pool_key, args->pool_value, args->num_tokens,
@@ -444,6 +449,8 @@ kvarn_status kvarn_launch_dequantize(kvarn_kernel kernel, const kvarn_dequantize
                 "kvarn_launch_dequantize: not a dequantize kernel");
   KVARN_REQUIRE(args->cache && args->entries && args->key && args->value,
                 "kvarn_launch_dequantize: a required pointer is NULL");
+  KVARN_REQUIRE(args->num_entries >= 0 && args->num_entries <= (1 << 23) && args->num_kv_heads > 0,
+                "kvarn_launch_dequantize: num_entries must be 0 to 2^23 and num_kv_heads positive");
   kvarn::dev::DequantizeParams params{static_cast<const unsigned char *>(args->cache),
                                       args->entries, args->key, args->value, args->num_entries,
                                       args->num_kv_heads};

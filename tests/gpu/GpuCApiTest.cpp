@@ -306,6 +306,20 @@ TEST_F(CApiGpuTest, EveryOpThroughTheCApi) {
   kvarn_dequantize_args dqArgs{reinterpret_cast<void *>(dCache), reinterpret_cast<int32_t *>(dDqEntries),
                                reinterpret_cast<void *>(dK), reinterpret_cast<void *>(dV), 2, hk};
   ASSERT_KVARN(kvarn_launch_dequantize(dequantize, &dqArgs, nullptr));
+  // Counts out of range are refused before any launch.
+  for (auto [entries, heads] : {std::pair{-1, hk}, {(1 << 30) + 1, hk}, {2, 0}}) {
+    kvarn_flush_args badFlush = flushArgs;
+    badFlush.num_entries = entries;
+    badFlush.num_kv_heads = heads;
+    EXPECT_EQ(kvarn_launch_flush(flush, &badFlush, nullptr), KVARN_ERROR_INVALID_ARGUMENT);
+  }
+  kvarn_append_args badAppend = appendArgs;
+  badAppend.num_tokens = -1;
+  EXPECT_EQ(kvarn_launch_append(append, &badAppend, nullptr), KVARN_ERROR_INVALID_ARGUMENT);
+  kvarn_dequantize_args badDequantize = dqArgs;
+  badDequantize.num_kv_heads = 0;
+  EXPECT_EQ(kvarn_launch_dequantize(dequantize, &badDequantize, nullptr),
+            KVARN_ERROR_INVALID_ARGUMENT);
   ASSERT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
   // Reference: records written by the CPU from the GPU's pool rows must match the GPU records'
   // K codes; the dequantized rows must match the CPU's dequantization of the GPU records.

@@ -94,7 +94,7 @@ typedef struct kvarn_flush_args {
   const int32_t *entries; /* [E, 3] (block, kv head, pool slot) */
   void *cache;
   int32_t *status;        /* device int; bit 0 set for a tile with NaN/Inf */
-  int num_entries, num_kv_heads;
+  int num_entries, num_kv_heads; /* 0 <= num_entries <= 2^30; else KVARN_ERROR_INVALID_ARGUMENT */
 } kvarn_flush_args;
 kvarn_status kvarn_launch_flush(kvarn_kernel kernel, const kvarn_flush_args *args,
                                 kvarn_stream stream);
@@ -113,7 +113,7 @@ typedef struct kvarn_dequantize_args {
   const void *cache;
   const int32_t *entries; /* [E, 2] (block, kv head) */
   void *key, *value;      /* fp16 [E, G, D] */
-  int num_entries, num_kv_heads;
+  int num_entries, num_kv_heads; /* 0 <= num_entries <= 2^23 */
 } kvarn_dequantize_args;
 kvarn_status kvarn_launch_dequantize(kvarn_kernel kernel, const kvarn_dequantize_args *args,
                                      kvarn_stream stream);
