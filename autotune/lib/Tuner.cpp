@@ -6,6 +6,7 @@
 #include "kvarn/Autotune/MultiDevice.h"
 #include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/launch.h"
+#include "kvarn/parallel.h"
 #include "kvarn/reference.h"
 #include "kvarn/synthetic.h"
 
@@ -747,16 +748,12 @@ void compileInParallel(const KernelSpec &spec, const std::vector<Schedule> &spac
   for (const Schedule &s : space)
     if (staticPruneReason(spec, s).empty())
       legal.push_back(s);
-  std::atomic<size_t> next{0};
-  std::vector<std::thread> pool;
-  const int count = std::max(1, std::min<int>(threads, int(legal.size())));
-  for (int t = 0; t < count; ++t)
-    pool.emplace_back([&] {
-      for (size_t k = next++; k < legal.size(); k = next++)
+  parallelFor(
+      legal.size(),
+      [&](size_t k) {
         (void)compiler::compileKernel(spec, legal[k], cache); // failures show again at load
-    });
-  for (std::thread &t : pool)
-    t.join();
+      },
+      threads);
 }
 
 /// A sticky error (illegal address, trap) leaves the process's GPU context unusable: a worker
@@ -1057,7 +1054,7 @@ Status runTune(const TuneOptions &o) {
   ArtifactCache cache(ArtifactCache::Options{});
   const CrashLog crashes(o.crashLog);
   const int threads =
-      o.compileThreads > 0 ? o.compileThreads : int(std::max(1u, std::thread::hardware_concurrency()));
+      o.compileThreads > 0 ? o.compileThreads : hostThreads();
   // Step 3. Tune each spec; the report is rewritten after each so a run can be resumed.
   std::vector<std::string> untuned;
   const std::vector<KernelSpec> todo = specsToTune(plan, results);

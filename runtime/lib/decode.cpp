@@ -1,6 +1,8 @@
 // Float64 reference decode attention over the paged cache (kvarn-format.md §6).
 #include "kvarn/reference.h"
 
+#include "kvarn/parallel.h"
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -62,19 +64,27 @@ Status attend(const DecodeProblem &p, int numSplits, bool rotate, const BlockLoa
   auto roundDType = [&](double v) {
     return dtypeToFloat(floatToDType(static_cast<float>(v), p.dtype), p.dtype);
   };
-  std::vector<double> key(static_cast<size_t>(g) * d), value(key.size());
-  for (int b = 0; b < p.batch; ++b) {
+  // One task per (request, kv head) on every host thread; each writes only its own heads'
+  // outputs, and the first error in task order is returned.
+  const size_t tasks = static_cast<size_t>(p.batch) * p.numKvHeads;
+  std::vector<Status> results(tasks, Status::success());
+  parallelFor(tasks, [&](size_t task) {
+    const int b = static_cast<int>(task / p.numKvHeads), kvh = static_cast<int>(task % p.numKvHeads);
     const int len = p.seqLens[b];
     const int blocks = (len + g - 1) / g;
     const int splits = std::max(1, std::min(numSplits, std::max(blocks, 1)));
-    for (int kvh = 0; kvh < p.numKvHeads; ++kvh) {
+    std::vector<double> key(static_cast<size_t>(g) * d), value(key.size());
+    {
       // Step 1. Gather the request's tokens for this kv head.
       std::vector<double> keys(static_cast<size_t>(len) * d), values(keys.size());
       for (int k = 0; k < blocks; ++k) {
         const int32_t bid = p.blockTable[static_cast<size_t>(b) * p.maxBlocksPerRequest + k];
-        if (Status s = load(bid, kvh, key, value); !s)
-          return makeError(s.error().code, "request " + std::to_string(b) + ", block " +
-                                                std::to_string(k) + ": " + s.error().message);
+        if (Status s = load(bid, kvh, key, value); !s) {
+          results[task] = makeError(s.error().code, "request " + std::to_string(b) + ", block " +
+                                                        std::to_string(k) + ": " +
+                                                        s.error().message);
+          return;
+        }
         const int n = std::min(g, len - k * g);
         std::copy_n(key.begin(), static_cast<size_t>(n) * d,
                     keys.begin() + static_cast<size_t>(k) * g * d);
@@ -154,7 +164,10 @@ Status attend(const DecodeProblem &p, int numSplits, bool rotate, const BlockLoa
         }
       }
     }
-  }
+  });
+  for (Status &result : results)
+    if (!result)
+      return result;
   return Status::success();
 }
 
@@ -177,10 +190,11 @@ Status decodeQuantized(const DecodeProblem &problem, const PagedCacheView &cache
   if (cache.poolKey.size() != cache.poolValue.size() || cache.poolKey.size() % pageElements != 0)
     return makeError(ErrorCode::BufferSize, "decode: pools must be [slots][G][Hk][D] fp16");
   const size_t poolSlots = cache.poolKey.size() / pageElements;
-  std::vector<float> keyTile(static_cast<size_t>(f.tileTokens) * f.headDim),
-      valueTile(keyTile.size());
   BlockLoader load = [&](int32_t bid, int head, std::vector<double> &key,
                          std::vector<double> &value) -> Status {
+    // Called from several threads at once: scratch tiles of its own.
+    std::vector<float> keyTile(static_cast<size_t>(f.tileTokens) * f.headDim),
+        valueTile(keyTile.size());
     if (bid < 0 || static_cast<size_t>(bid) >= numBlocks)
       return makeError(ErrorCode::InvalidArgument,
                        "block id " + std::to_string(bid) + " outside [0, " +

@@ -1,6 +1,8 @@
 // Synthetic paged caches for tests, tuner checks and benchmarks.
 #include "kvarn/synthetic.h"
 
+#include "kvarn/parallel.h"
+
 #include <algorithm>
 #include <span>
 
@@ -42,7 +44,31 @@ PagedCache::PagedCache(const Format &f, int hk, const std::vector<int32_t> &leng
   records.assign(size_t(std::max(numBlocks, 1)) * hk * layout.tileBytesAligned, 0);
   blockToSlot.assign(std::max(numBlocks, 1), -1);
   int nextSlot = 0;
-  // Step 2. Fill each block: pool rows up to the request's end, or a record per head.
+  // Step 2. Fill each block: pool rows up to the request's end, or a record per head. The rows
+  // are drawn in block order (one generator, so the cache depends only on the seed); the
+  // records of a batch of blocks are then written on every host thread.
+  struct Quantized {
+    int block;
+    std::vector<uint16_t> keys, values;
+  };
+  std::vector<Quantized> batch;
+  auto writeBatch = [&] {
+    std::vector<Status> results(batch.size() * hk, Status::success());
+    parallelFor(results.size(), [&](size_t task) {
+      const Quantized &q = batch[task / hk];
+      const int h = int(task % hk);
+      std::span<uint8_t> record(
+          records.data() + (size_t(q.block) * hk + h) * layout.tileBytesAligned,
+          layout.tileBytesAligned);
+      results[task] = reference::writeRecord(f, std::span(q.keys).subspan(size_t(h) * d),
+                                             std::span(q.values).subspan(size_t(h) * d),
+                                             size_t(hk) * d, record);
+    });
+    for (Status &result : results)
+      if (status && !result)
+        status = std::move(result);
+    batch.clear();
+  };
   for (size_t b = 0; b < lengths.size(); ++b) {
     const int pages = (lengths[b] + g - 1) / g;
     for (int k = 0; k < pages; ++k) {
@@ -60,15 +86,12 @@ PagedCache::PagedCache(const Format &f, int hk, const std::vector<int32_t> &leng
           }
         continue;
       }
-      for (int h = 0; h < hk && status; ++h) {
-        std::span<uint8_t> record(records.data() + (size_t(block) * hk + h) * layout.tileBytesAligned,
-                                  layout.tileBytesAligned);
-        status = reference::writeRecord(f, std::span(keys).subspan(size_t(h) * d),
-                                        std::span(values).subspan(size_t(h) * d), size_t(hk) * d,
-                                        record);
-      }
+      batch.push_back({block, std::move(keys), std::move(values)});
+      if (batch.size() == 64)
+        writeBatch();
     }
   }
+  writeBatch();
 }
 
 reference::PagedCacheView PagedCache::view() const {

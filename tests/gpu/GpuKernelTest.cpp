@@ -5,6 +5,7 @@
 #include "kvarn/Autotune/Tuner.h"
 #include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/launch.h"
+#include "kvarn/parallel.h"
 #include "kvarn/reference.h"
 
 #include <gmock/gmock.h>
@@ -100,25 +101,52 @@ struct DecodeCase {
 
 /// Runs GPU decode on a random cache; returns the relative error against the float64 reference.
 /// `forcedSplits` > 0 launches that many splits instead of the plan (or one split).
-double runDecode(const DecodeCase &dc, uint64_t seed, bool planned = true, int forcedSplits = 0) {
+/// The cache, queries and float64 reference output of one decode problem. The last one is kept:
+/// the schedules of a case (and its planned and one-split launches) share it.
+struct ReferenceCase {
+  std::string key;
+  PagedCache cache;
+  std::vector<uint16_t> q, expected;
+};
+
+const ReferenceCase &referenceCase(const DecodeCase &dc, uint64_t seed) {
+  static ReferenceCase last;
+  std::string key = dc.preset + ":" + std::to_string(dc.headDim) + ":" + std::to_string(dc.q) +
+                    ":" + std::to_string(dc.numKvHeads) + ":" + std::to_string(int(dc.dtype)) +
+                    ":" + std::to_string(seed);
+  for (int32_t len : dc.lengths)
+    key += "," + std::to_string(len);
+  if (last.key == key)
+    return last;
+  last = ReferenceCase{};
   Format format = *parseFormat(dc.preset, dc.headDim);
-  PagedCache cache(format, dc.numKvHeads, dc.lengths, seed);
+  last.cache = PagedCache(format, dc.numKvHeads, dc.lengths, seed);
   const int batch = int(dc.lengths.size()), hq = dc.numKvHeads * dc.q;
-  std::vector<uint16_t> q = randomQueries(size_t(batch) * hq * dc.headDim, dc.dtype, seed + 1);
-  // Step 1. Reference.
+  last.q = randomQueries(size_t(batch) * hq * dc.headDim, dc.dtype, seed + 1);
   reference::DecodeProblem problem;
   problem.format = format;
   problem.batch = batch;
   problem.numQueryHeads = hq;
   problem.numKvHeads = dc.numKvHeads;
-  problem.maxBlocksPerRequest = cache.maxBlocks;
+  problem.maxBlocksPerRequest = last.cache.maxBlocks;
   problem.dtype = dc.dtype;
-  problem.query = q;
-  problem.blockTable = cache.blockTable;
-  problem.seqLens = cache.seqLens;
-  std::vector<uint16_t> expected(q.size());
-  Status s = reference::decodeQuantized(problem, cache.view(), 1, expected);
+  problem.query = last.q;
+  problem.blockTable = last.cache.blockTable;
+  problem.seqLens = last.cache.seqLens;
+  last.expected.assign(last.q.size(), 0);
+  Status s = reference::decodeQuantized(problem, last.cache.view(), 1, last.expected);
   EXPECT_TRUE(s) << s.error().str();
+  last.key = s ? key : std::string(); // a failed reference is not reused
+  return last;
+}
+
+double runDecode(const DecodeCase &dc, uint64_t seed, bool planned = true, int forcedSplits = 0) {
+  Format format = *parseFormat(dc.preset, dc.headDim);
+  // Step 1. Reference (shared with the previous call when the case and seed are the same).
+  const ReferenceCase &reference = referenceCase(dc, seed);
+  const PagedCache &cache = reference.cache;
+  const std::vector<uint16_t> &q = reference.q, &expected = reference.expected;
+  const int batch = int(dc.lengths.size()), hq = dc.numKvHeads * dc.q;
   // Step 2. GPU, output poisoned with NaN.
   const std::string dtype = dc.dtype == DType::F16 ? "f16" : "bf16";
   const KernelModule &module = kernel("decode:" + dc.preset + ":d" + std::to_string(dc.headDim) +
@@ -350,13 +378,18 @@ void checkFlush(const std::string &preset, int headDim, int tiles, uint64_t seed
   // Step 2. Against the CPU reference.
   size_t keyEqual = 0, keyBytes = 0, valueEqual = 0, valueBytes = 0;
   double worstScale = 0;
+  std::vector<std::vector<uint8_t>> records(tiles, std::vector<uint8_t>(layout.tileBytesAligned));
+  std::vector<Status> written(tiles, Status::success());
+  parallelFor(size_t(tiles), [&](size_t e) { // the CPU records, on every host thread
+    const size_t rowBase = (size_t(e / hk) * g * hk + e % hk) * headDim;
+    written[e] = reference::writeRecord(format, std::span(poolKey).subspan(rowBase),
+                                        std::span(poolValue).subspan(rowBase),
+                                        size_t(hk) * headDim, records[e]);
+  });
   for (int e = 0; e < tiles; ++e) {
-    const int head = e % hk, slot = e / hk;
-    const size_t rowBase = (size_t(slot) * g * hk + head) * headDim;
-    std::vector<uint8_t> expected(layout.tileBytesAligned);
-    ASSERT_OK(reference::writeRecord(format, std::span(poolKey).subspan(rowBase),
-                                     std::span(poolValue).subspan(rowBase), size_t(hk) * headDim,
-                                     expected));
+    const int head = e % hk;
+    ASSERT_OK(written[e]);
+    const std::vector<uint8_t> &expected = records[e];
     const uint8_t *actual = results[0].data() + (size_t(2 * e + 1) * hk + head) * layout.tileBytesAligned;
     for (size_t i = 0; i < layout.keyPackedBytes; ++i)
       keyEqual += actual[layout.keyPacked + i] == expected[layout.keyPacked + i];

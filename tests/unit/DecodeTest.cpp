@@ -5,7 +5,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 
 using namespace kvarn;
@@ -95,6 +97,41 @@ Request makeRequest(const PagedFixture &f, int hq, std::vector<int32_t> seqLens,
   r.problem.blockTable = r.table;
   r.problem.seqLens = r.seqLens;
   return r;
+}
+
+/// Builds a synthetic cache and decodes it with KVARN_HOST_THREADS = `threads`.
+std::pair<std::vector<uint8_t>, std::vector<uint16_t>> cacheAndDecode(const char *threads) {
+  setenv("KVARN_HOST_THREADS", threads, 1);
+  const Format format = *parseFormat("kvarn_k4v2_g64", 64);
+  const std::vector<int32_t> lengths = {5 * 64 + 37, 3 * 64, 0, 2 * 64 + 1, 70 * 64};
+  synthetic::PagedCache cache(format, 3, lengths, 11);
+  EXPECT_TRUE(cache.status);
+  DecodeProblem problem;
+  problem.format = format;
+  problem.batch = int(lengths.size());
+  problem.numQueryHeads = 12;
+  problem.numKvHeads = 3;
+  problem.maxBlocksPerRequest = cache.maxBlocks;
+  problem.dtype = DType::BF16;
+  std::vector<uint16_t> q = synthetic::randomQueries(size_t(problem.batch) * 12 * 64, DType::BF16, 12);
+  problem.query = q;
+  problem.blockTable = cache.blockTable;
+  problem.seqLens = cache.seqLens;
+  std::vector<uint16_t> out(q.size(), 0xffff);
+  EXPECT_TRUE(decodeQuantized(problem, cache.view(), 3, out));
+  unsetenv("KVARN_HOST_THREADS");
+  return {cache.records, out};
+}
+
+TEST(DecodeReference, HostThreadsDoNotChangeABit) {
+  // Records and the float64 decode are written from every host thread; the thread count must
+  // not change a byte of either.
+  const auto [records1, out1] = cacheAndDecode("1");
+  const auto [records5, out5] = cacheAndDecode("5");
+  ASSERT_EQ(records1.size(), records5.size());
+  EXPECT_TRUE(records1 == records5);
+  EXPECT_TRUE(out1 == out5);
+  EXPECT_NE(std::count(out1.begin(), out1.end(), uint16_t(0xffff)), long(out1.size()));
 }
 
 TEST(DecodeReference, SplitsDoNotChangeTheResult) {
