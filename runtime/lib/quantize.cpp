@@ -77,12 +77,17 @@ struct StdVectors {
   std::vector<float> rows, cols;
 };
 
+std::vector<float> rowStds(const std::vector<float> &x, int rows, int cols) {
+  std::vector<float> out(rows);
+  for (int r = 0; r < rows; ++r)
+    out[r] = sampleStd(&x[static_cast<size_t>(r) * cols], cols, 1);
+  return out;
+}
+
 StdVectors rowColStd(const std::vector<float> &x, int rows, int cols) {
   StdVectors out;
-  out.rows.resize(rows);
+  out.rows = rowStds(x, rows, cols);
   out.cols.resize(cols);
-  for (int r = 0; r < rows; ++r)
-    out.rows[r] = sampleStd(&x[static_cast<size_t>(r) * cols], cols, 1);
   for (int c = 0; c < cols; ++c)
     out.cols[c] = sampleStd(&x[c], rows, cols);
   return out;
@@ -121,22 +126,25 @@ Normalization normalizeVariance(std::span<const float> matrix, int rows, int col
   result.colScale.assign(cols, 1.0f);
   result.rowScale.assign(rows, 1.0f);
   std::vector<float> x(matrix.begin(), matrix.end());
-  result.imbalance = imbalanceOf(rowColStd(x, rows, cols));
+  // The stds of the current X: the column stds that start an iteration are the ones the previous
+  // iteration's imbalance measured (X has not changed since), so they are not recomputed.
+  StdVectors stds = rowColStd(x, rows, cols);
+  result.imbalance = imbalanceOf(stds);
   std::vector<float> logc(cols, 0.0f), logr(rows, 0.0f), expc(cols, 1.0f), expr(rows, 1.0f);
   for (int it = 1; it <= iterations; ++it) {
-    std::vector<float> colStd = rowColStd(x, rows, cols).cols;
     for (int c = 0; c < cols; ++c) {
-      logc[c] = clampf(logc[c] + std::log(clampf(colStd[c], 1e-3f, 1e3f)), -0.3f, 10.0f);
+      logc[c] = clampf(logc[c] + std::log(clampf(stds.cols[c], 1e-3f, 1e3f)), -0.3f, 10.0f);
       expc[c] = std::exp(logc[c]);
     }
     applyScales(matrix, expc, expr, rows, cols, x);
-    std::vector<float> rowStd = rowColStd(x, rows, cols).rows;
+    const std::vector<float> rowStd = rowStds(x, rows, cols);
     for (int r = 0; r < rows; ++r) {
       logr[r] = clampf(logr[r] + std::log(clampf(rowStd[r], 1e-3f, 1e3f)), -0.3f, 10.0f);
       expr[r] = std::exp(logr[r]);
     }
     applyScales(matrix, expc, expr, rows, cols, x);
-    float imbalance = imbalanceOf(rowColStd(x, rows, cols));
+    stds = rowColStd(x, rows, cols);
+    const float imbalance = imbalanceOf(stds);
     if (imbalance <= result.imbalance) { // ties: the later iterate wins
       result.imbalance = imbalance;
       result.colScale = expc;
