@@ -207,8 +207,13 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   return Status::success();
 }
 
-Status benchFlush(const BenchOptions &o, const DeviceInfo &info, const LaunchGate *gate) {
-  std::printf("\n%-18s %5s %8s | %10s %10s\n", "flush", "D", "records", "ms", "us/record");
+/// Flush of 64 blocks x 8 kv heads at D = 128 and 256. Bytes moved: the K and V pool tiles read
+/// (fp16) and the records written; the kernel is not bound by them (the Sinkhorn sweeps are), so
+/// the fraction of the bandwidth says how far from memory-bound it is.
+Status benchFlush(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
+                  const LaunchGate *gate) {
+  std::printf("\n%-18s %5s %8s | %10s %10s %9s %8s %6s\n", "flush", "D", "records", "ms",
+              "us/record", "MB moved", "GB/s", "of BW");
   for (int d : {128, 256}) {
     Expected<Format> format = parseFormat(o.preset, d);
     const RecordLayout layout = recordLayout(*format);
@@ -242,9 +247,13 @@ Status benchFlush(const BenchOptions &o, const DeviceInfo &info, const LaunchGat
                         gate);
     if (!ms)
       return ms.error();
-    std::printf("%-18s %5d %8d | %10.4f %10.3f   (%d registers, %zu B shared)\n",
+    const double bytes = double(entries) * (2.0 * g * d * 2 + layout.tileBytes);
+    const double gbs = bytes / ((*ms)[0] * 1e-3) / 1e9;
+    std::printf("%-18s %5d %8d | %10.4f %10.3f %9.1f %8.0f %5.1f%%   (%d registers, %zu B "
+                "shared)\n",
                 format->presetName().c_str(), d, entries, (*ms)[0], 1000 * (*ms)[0] / entries,
-                module->registers(0), module->sharedBytes());
+                bytes / 1e6, gbs, 100.0 * gbs / bandwidth, module->registers(0),
+                module->sharedBytes());
   }
   return Status::success();
 }
@@ -355,7 +364,7 @@ Status runBench(const BenchOptions &options) {
   if (options.decode)
     KVARN_TRY(benchDecode(options, *info, *bandwidth, g));
   if (options.flush)
-    KVARN_TRY(benchFlush(options, *info, g));
+    KVARN_TRY(benchFlush(options, *info, *bandwidth, g));
   if (options.append)
     KVARN_TRY(benchAppend(options, *info, *bandwidth, g));
   if (options.lookup)
