@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <memory>
 #include <random>
 
@@ -43,7 +44,41 @@ const Expected<DeviceInfo> &gpu() {
     ASSERT_TRUE(status_) << status_.error().str();                                               \
   } while (0)
 
-/// Compiles (spec, schedule) for this GPU and loads it; cached per process.
+/// Kernels compiled ahead by precompile(), by "spec|schedule".
+std::map<std::string, compiler::CompiledKernel> &precompiled() {
+  static std::map<std::string, compiler::CompiledKernel> kernels;
+  return kernels;
+}
+
+/// Compiles (spec, schedule) for this GPU.
+Expected<compiler::CompiledKernel> compileFor(const std::string &specText,
+                                              const std::string &scheduleText) {
+  Expected<KernelSpec> spec = parseKernelSpec(specText + ":" + gpu()->arch());
+  if (!spec)
+    return spec.error();
+  Expected<Schedule> schedule = parseSchedule(scheduleText, spec->op);
+  if (!schedule)
+    return schedule.error();
+  return compiler::compileKernel(*spec, *schedule);
+}
+
+/// Compiles the kernels a test is about to load on every host thread (NVRTC takes seconds per
+/// kernel; the loads that follow find them here). Failures are left to kernel() to report.
+void precompile(const std::vector<std::pair<std::string, std::string>> &jobs) {
+  (void)gpu(); // the arch, before the threads
+  std::vector<std::optional<compiler::CompiledKernel>> results(jobs.size());
+  parallelFor(jobs.size(), [&](size_t k) {
+    if (precompiled().count(jobs[k].first + "|" + jobs[k].second) == 0)
+      if (Expected<compiler::CompiledKernel> compiled = compileFor(jobs[k].first, jobs[k].second))
+        results[k] = std::move(*compiled);
+  });
+  for (size_t k = 0; k < jobs.size(); ++k)
+    if (results[k])
+      precompiled().emplace(jobs[k].first + "|" + jobs[k].second, std::move(*results[k]));
+}
+
+/// Compiles (spec, schedule) for this GPU (or takes it from precompile()) and loads it; cached
+/// per process.
 const KernelModule &kernel(const std::string &specText, const std::string &scheduleText = "") {
   static std::map<std::string, std::unique_ptr<KernelModule>> cache;
   const std::string key = specText + "|" + scheduleText;
@@ -54,7 +89,12 @@ const KernelModule &kernel(const std::string &specText, const std::string &sched
   EXPECT_TRUE(spec) << spec.error().str();
   Expected<Schedule> schedule = parseSchedule(scheduleText, spec->op);
   EXPECT_TRUE(schedule) << schedule.error().str();
-  Expected<compiler::CompiledKernel> compiled = compiler::compileKernel(*spec, *schedule);
+  auto ahead = precompiled().find(key);
+  Expected<compiler::CompiledKernel> compiled =
+      ahead != precompiled().end() ? Expected<compiler::CompiledKernel>(std::move(ahead->second))
+                                   : compileFor(specText, scheduleText);
+  if (ahead != precompiled().end())
+    precompiled().erase(ahead);
   EXPECT_TRUE(compiled) << compiled.error().str();
   EXPECT_EQ(compiled->nvrtcLog, "") << "NVRTC warnings for " << key;
   Expected<KernelModule> module = KernelModule::load(compiled->cubin, compiled->kernelNames,
@@ -101,6 +141,20 @@ struct DecodeCase {
 
 /// Runs GPU decode on a random cache; returns the relative error against the float64 reference.
 /// `forcedSplits` > 0 launches that many splits instead of the plan (or one split).
+/// The decode kernel spec of a case (without the arch).
+std::string decodeSpec(const DecodeCase &dc) {
+  return "decode:" + dc.preset + ":d" + std::to_string(dc.headDim) + ":q" + std::to_string(dc.q) +
+         ":" + (dc.dtype == DType::F16 ? "f16" : "bf16");
+}
+
+/// Compiles the kernels of `cases` ahead, in parallel.
+void precompile(const std::vector<DecodeCase> &cases) {
+  std::vector<std::pair<std::string, std::string>> jobs;
+  for (const DecodeCase &dc : cases)
+    jobs.emplace_back(decodeSpec(dc), dc.schedule);
+  precompile(jobs);
+}
+
 /// The cache, queries and float64 reference output of one decode problem. The last one is kept:
 /// the schedules of a case (and its planned and one-split launches) share it.
 struct ReferenceCase {
@@ -148,10 +202,7 @@ double runDecode(const DecodeCase &dc, uint64_t seed, bool planned = true, int f
   const std::vector<uint16_t> &q = reference.q, &expected = reference.expected;
   const int batch = int(dc.lengths.size()), hq = dc.numKvHeads * dc.q;
   // Step 2. GPU, output poisoned with NaN.
-  const std::string dtype = dc.dtype == DType::F16 ? "f16" : "bf16";
-  const KernelModule &module = kernel("decode:" + dc.preset + ":d" + std::to_string(dc.headDim) +
-                                          ":q" + std::to_string(dc.q) + ":" + dtype,
-                                      dc.schedule);
+  const KernelModule &module = kernel(decodeSpec(dc), dc.schedule);
   DeviceBuffer dq = upload(q), dRecords = upload(cache.records), dPoolKey = upload(cache.poolKey),
                dPoolValue = upload(cache.poolValue), dSlots = upload(cache.blockToSlot),
                dTable = upload(cache.blockTable), dLens = upload(cache.seqLens);
@@ -233,6 +284,7 @@ TEST(GpuDecode, MatchesTheFloat64ReferenceAcrossFormatsShapesAndDtypes) {
                    "warps=6,min_ctas=2,mma=m16n8k16.single-p"});
   cases.push_back({"kvarn_k4v4_g64", 128, 5, 2, DType::BF16, lengths64, "warps=6,min_ctas=2"});
   cases.push_back({"kvarn_k4v4_g64", 128, 4, 2, DType::F16, lengths64, "warps=1,splits=3"});
+  precompile(cases);
   uint64_t seed = 1000;
   for (const DecodeCase &dc : cases) {
     const double error = runDecode(dc, ++seed);
@@ -257,6 +309,10 @@ TEST(GpuDecode, LongContextAndSplitsAgree) {
       {"warps=2,stages=3,mma=m16n8k16.single-p", 1e-3},
       {"mma=m16n8k16.single", 2e-3},
       {"mma=m16n8k16.single-q", 2e-3}};
+  std::vector<DecodeCase> cases;
+  for (const auto &[schedule, bound] : schedules)
+    cases.push_back({"kvarn_k4v2_g128", 128, 8, 1, DType::F16, {128 * 1024}, schedule});
+  precompile(cases);
   for (const auto &[schedule, bound] : schedules) {
     DecodeCase dc{"kvarn_k4v2_g128", 128, 8, 1, DType::F16, {128 * 1024}, schedule};
     const double planned = runDecode(dc, 77, true);
@@ -417,6 +473,12 @@ void checkFlush(const std::string &preset, int headDim, int tiles, uint64_t seed
 
 TEST(GpuFlush, MatchesTheCpuReferenceForEveryPresetAndHeadDim) {
   KVARN_REQUIRE_GPU();
+  std::vector<std::pair<std::string, std::string>> jobs;
+  for (const char *preset : {"kvarn_k4v2_g128", "kvarn_k4v4_g128", "kvarn_k2v2_g128",
+                             "kvarn_k4v2_g64", "kvarn_k4v4_g64", "kvarn_k2v2_g64"})
+    for (int d : {64, 128, 256})
+      jobs.emplace_back("flush:" + std::string(preset) + ":d" + std::to_string(d) + ":q1:f16", "");
+  precompile(jobs);
   uint64_t seed = 50;
   for (const char *preset : {"kvarn_k4v2_g128", "kvarn_k4v4_g128", "kvarn_k2v2_g128",
                              "kvarn_k4v2_g64", "kvarn_k4v4_g64", "kvarn_k2v2_g64"})
