@@ -20,6 +20,7 @@
 #include <iterator>
 #include <tuple>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -116,8 +117,17 @@ int runCompile(const std::string &specText, const std::string &scheduleText,
 }
 
 /// `kvarn-tune compile-time`: median wall time of the whole pipeline (IR, passes, C++ emission,
-/// NVRTC to cubin) per variant, after one warm-up compile.
-int runCompileTime(const std::vector<std::string> &specs, int repeats) {
+/// NVRTC to cubin) per variant, after one warm-up compile. NVRTC (12.9 and later) keeps its own
+/// cache of compiled programs in the CUDA driver's compute cache when a driver is present, so
+/// a repeated compile of the same source is a cache hit; unless `nvrtcCache` is set, the cache
+/// is switched off (CUDA_CACHE_DISABLE=1, read when NVRTC first compiles) and every timed compile
+/// is a full one.
+int runCompileTime(const std::vector<std::string> &specs, int repeats, bool nvrtcCache) {
+  if (!nvrtcCache)
+    setenv("CUDA_CACHE_DISABLE", "1", 1);
+  std::printf("NVRTC's compile cache: %s\n",
+              nvrtcCache ? "allowed (repeats of a source may be cache hits)"
+                         : "off (CUDA_CACHE_DISABLE=1): every compile is a full compile");
   std::printf("%-48s %10s %10s %10s\n", "spec", "median ms", "min ms", "max ms");
   for (const std::string &text : specs) {
     Expected<KernelSpec> spec = parseKernelSpec(text);
@@ -445,10 +455,14 @@ int main(int argc, char **argv) {
                                          "append:kvarn_k4v2_g128:d128:q1:f16:sm_90a",
                                          "dequantize:kvarn_k4v2_g128:d128:q1:f16:sm_90a"};
   int repeats = 5;
+  bool nvrtcCache = false;
   CLI::App *compileTime = app.add_subcommand(
       "compile-time", "Benchmark the compile pipeline (IR to cubin) per kernel variant, warm");
   compileTime->add_option("--spec", timedSpecs, "kernel specs to time")->capture_default_str();
   compileTime->add_option("--repeats", repeats, "timed compiles per spec")->capture_default_str();
+  compileTime->add_flag("--nvrtc-cache", nvrtcCache,
+                        "let NVRTC's own compile cache serve repeats (off by default: the times "
+                        "are full compiles)");
 
   autotune::TuneOptions tune;
   std::string devicesText;
@@ -599,7 +613,7 @@ int main(int argc, char **argv) {
   if (app.got_subcommand(infoCommand))
     return runInfo(tune.device, infoConfigs);
   if (app.got_subcommand(compileTime))
-    return runCompileTime(timedSpecs, repeats);
+    return runCompileTime(timedSpecs, repeats, nvrtcCache);
   if (app.got_subcommand(benchCommand)) {
     if (!benchOnly.empty()) {
       auto has = [&](const char *what) {
