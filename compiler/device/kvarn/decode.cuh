@@ -445,18 +445,14 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
           codeFragment<Ctx::KEY_FORM, KBITS, 2>(x01, x23, a[g][0], a[g][1], a[g][2], a[g][3]);
       }
 #pragma unroll
-      for (int n = 0; n < Ctx::NQ; ++n)
-#pragma unroll
-        for (int g = 0; g < GROUP; ++g)
-          mma16816(c.scores[n][first + g], a[g][0], a[g][1], a[g][2], a[g][3], b[n][kc][0],
-                   b[n][kc][1]);
-      if constexpr (Ctx::Q_TERMS == 2)
+      for (int term = 0; term < Ctx::Q_TERMS; ++term) // high terms, then low terms
 #pragma unroll
         for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
-          for (int g = 0; g < GROUP; ++g)
-            mma16816(c.scores[n][first + g], a[g][0], a[g][1], a[g][2], a[g][3], bLow[n][kc][0],
-                     bLow[n][kc][1]);
+          for (int g = 0; g < GROUP; ++g) {
+            const uint32_t(&q)[2] = term == 0 ? b[n][kc] : bLow[n][kc];
+            mma16816(c.scores[n][first + g], a[g][0], a[g][1], a[g][2], a[g][3], q[0], q[1]);
+          }
     }
   }
   // Step 3. Epilogue: K_s_row and the softmax scale per token; tokens past the end masked.

@@ -284,6 +284,20 @@ __device__ __forceinline__ float combinedStd(const Ctx &c, int k, int lines, int
   return sampleStd(sum, sumSquares, count);
 }
 
+/// rowStd and colStd of X: of the X buffer as it is, or (DIVIDE) after dividing it by the row
+/// scales in place. The column sums read the finished buffer.
+template <bool DIVIDE, typename V, typename Ctx> __device__ __forceinline__ void currentStds(Ctx &c) {
+  rowSums<DIVIDE, DIVIDE, V>(c);
+  __syncthreads();
+  for (int k = threadIdx.x; k < V::ROWS; k += Ctx::THREADS)
+    c.rowStd[k] = combinedStd<V::ROW_SEGMENTS>(c, k, V::ROWS, V::COLS);
+  __syncthreads(); // the partials are read before the column sums reuse them
+  columnSums<V>(c);
+  __syncthreads();
+  for (int k = threadIdx.x; k < V::COLS; k += Ctx::THREADS)
+    c.colStd[k] = combinedStd<V::COL_SEGMENTS>(c, k, V::COLS, V::ROWS);
+}
+
 /// max/min(col std) + max/min(row std), computed by warp 0 and broadcast through shared memory.
 template <typename V, typename Ctx> __device__ __forceinline__ float imbalance(Ctx &c) {
   __syncthreads(); // the std vectors are complete
@@ -321,15 +335,7 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
     c.colLog[k] = c.rowLog[k] = 0.0f;
   }
   // Iteration 0: the stds of M itself (loadTile left X = M).
-  rowSums<false, false, V>(c);
-  __syncthreads();
-  for (int k = tid; k < R; k += Ctx::THREADS)
-    c.rowStd[k] = combinedStd<V::ROW_SEGMENTS>(c, k, R, C);
-  __syncthreads();
-  columnSums<V>(c);
-  __syncthreads();
-  for (int k = tid; k < C; k += Ctx::THREADS)
-    c.colStd[k] = combinedStd<V::COL_SEGMENTS>(c, k, C, R);
+  currentStds<false, V>(c);
   float best = imbalance<V>(c);
   for (int iteration = 0; iteration < Iterations; ++iteration) {
     // Columns: colStd holds the column stds of the current X.
@@ -350,15 +356,7 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
       c.rowInverse[k] = 1.0f / c.rowScale[k];
     }
     __syncthreads();
-    rowSums<true, true, V>(c); // X = Y / r_new, in place, and its rows
-    __syncthreads();
-    for (int k = tid; k < R; k += Ctx::THREADS)
-      c.rowStd[k] = combinedStd<V::ROW_SEGMENTS>(c, k, R, C);
-    __syncthreads();
-    columnSums<V>(c);
-    __syncthreads();
-    for (int k = tid; k < C; k += Ctx::THREADS)
-      c.colStd[k] = combinedStd<V::COL_SEGMENTS>(c, k, C, R);
+    currentStds<true, V>(c); // X = Y / r_new, in place, and its stds
     const float current = imbalance<V>(c); // synchronizes
     if (current <= best) { // ties: the later iterate wins
       best = current;
