@@ -2,6 +2,7 @@
 #include "kvarn/Autotune/MultiDevice.h"
 
 #include "kvarn/driver.h"
+#include "kvarn/parallel.h"
 
 #include <nlohmann/json.hpp>
 
@@ -13,7 +14,6 @@
 #include <optional>
 #include <sstream>
 #include <sys/wait.h>
-#include <thread>
 
 namespace kvarn::autotune {
 namespace {
@@ -169,7 +169,7 @@ Status runTuneOnDevices(const TuneOptions &o, const std::vector<int> &devices,
   // Step 1. One worker per GPU, compile threads shared between them.
   TuneOptions worker = o;
   if (worker.compileThreads == 0)
-    worker.compileThreads = std::max(1, int(std::thread::hardware_concurrency()) / int(devices.size()));
+    worker.compileThreads = std::max(1, hostThreads() / int(devices.size()));
   std::vector<std::pair<int, pid_t>> children;
   for (int device : devices) {
     const std::string report = work + "/gpu" + std::to_string(device) + ".tune.json";

@@ -17,13 +17,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <atomic>
 #include <chrono>
 #include <memory>
 #include <optional>
 #include <random>
 #include <sstream>
-#include <thread>
 #include <map>
 #include <spawn.h>
 #include <sys/wait.h>
