@@ -169,6 +169,26 @@ TEST_F(CApiGpuTest, DecodeThroughTheCApiAndACudaGraphReplayedWithNewLengths) {
     const double error = errorAgainst(download<uint16_t>(dOut, fx.q.size()), fx.reference(lengths));
     EXPECT_LE(error, 1e-3) << lengths[0] << "," << lengths[1] << "," << lengths[2];
   }
+  // Step 3. The same workspace for other plans that fit it: one request with twice the splits
+  // (some of them empty), then two splits.
+  ASSERT_GT(splits, 1) << "the plan should split these lengths";
+  for (int otherSplits : {2 * splits, 2}) {
+    size_t bytes = 0;
+    ASSERT_KVARN(kvarn_decode_workspace_size(kernel, 1, 2, otherSplits, &bytes));
+    ASSERT_LE(bytes, workspaceBytes);
+    kvarn_decode_args one = args;
+    one.batch = 1;
+    const std::vector<int32_t> lengths = {900, 0, 0}; // request 0's table holds 900 tokens
+    ASSERT_TRUE(KVARN_CU(driver().cuMemcpyHtoD(dLens, lengths.data(), lengths.size() * 4)));
+    ASSERT_TRUE(KVARN_CU(driver().cuMemsetD8(dOut, 0xff, fx.q.size() * 2)));
+    ASSERT_KVARN(kvarn_launch_decode(kernel, &one, otherSplits, nullptr));
+    ASSERT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
+    const size_t requestElements = fx.q.size() / 3;
+    std::vector<uint16_t> expected = fx.reference(lengths);
+    expected.resize(requestElements);
+    EXPECT_LE(errorAgainst(download<uint16_t>(dOut, requestElements), expected), 1e-3)
+        << otherSplits << " splits, one request";
+  }
   driver().cuGraphExecDestroy(exec);
   driver().cuGraphDestroy(graph);
   driver().cuStreamDestroy(stream);

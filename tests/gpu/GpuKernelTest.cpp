@@ -326,8 +326,9 @@ TEST(GpuDecode, LongContextAndSplitsAgree) {
 
 TEST(GpuDecode, ManySplitsMergeInChunksAndEmptySplitsWeighNothing) {
   KVARN_REQUIRE_GPU();
-  // The merge kernel weighs up to 256 splits at a time: 257 and 300 splits take a second, partial
-  // chunk; the short requests leave most splits without a page (LSE -inf, weight 0).
+  // The merge kernel keeps the first splits' partials in registers and weighs up to 256 splits
+  // at a time: 257 and 300 splits take a second, partial chunk; the short requests leave most
+  // splits without a page (LSE -inf, weight 0).
   for (int splits : {257, 300}) {
     DecodeCase dc{"kvarn_k4v2_g128", 128, 8, 1, DType::F16, {300 * 128 + 17, 5 * 128 + 37, 1},
                   "mma=m16n8k16.single-p"};

@@ -852,13 +852,19 @@ template <bool Partial, typename Ctx> __device__ __forceinline__ void storeOutpu
 }
 
 /// Merges the splits of one (request, kv head, query head = blockIdx.z) by LSE, un-rotates and
-/// stores (grid: kv heads x requests x Q; one thread per channel). The split count only bounds
-/// loops: the LSE maximum is a block reduction and the weights of up to MERGE_CHUNK splits at a
-/// time go through shared memory, so each thread's partial loads are independent and the kernel
-/// waits on a few memory round trips, not one per split.
+/// stores (grid: kv heads x requests x Q; one thread per channel). The kernel is a short chain of
+/// memory round trips, so it issues what does not depend on the LSEs first: the partials of the
+/// first EARLY splits load while the LSE maximum is reduced. Further splits follow in chunks of
+/// MERGE_CHUNK weights in shared memory. Each channel's sum runs in split order whatever the
+/// chunking; one warp un-rotates the row (laneGroupFwht, the same levels in the same order as
+/// sharedFwht) and stores it.
 template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   typedef typename Ctx::Type T;
   constexpr int MERGE_CHUNK = 256;
+  constexpr int THREADS = Ctx::NWARPS * 32, PER_THREAD = (Ctx::HD + THREADS - 1) / THREADS;
+  constexpr int EARLY = 64 / PER_THREAD < 32 ? 64 / PER_THREAD : 32; // at most 64 registers
+  static_assert((Ctx::HD + MERGE_CHUNK + Ctx::NWARPS) * 4 <= Ctx::SHARED_BYTES - Ctx::STAGING_OFFSET,
+                "merge scratch fits the merge area");
   if (c.numSplits == 1)
     return; // the decode kernel stored the final output
   float *row = c.mergeShared();                   // [D]
@@ -869,7 +875,18 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   const int64_t head = int64_t(c.request) * numQueryHeads + int64_t(c.kvHead) * Ctx::QH + query;
   const float *lse = c.p.partialLse + head * c.numSplits;
   const float *partial = c.p.partialOut + head * c.numSplits * Ctx::HD;
-  // Step 1. The largest LSE (-inf when no split attended anything).
+  // Step 1. The first EARLY splits' partials of this thread's channels (they do not depend on
+  // the LSEs), then the LSEs, all in flight together.
+  const int early = min(EARLY, c.numSplits);
+  float earlyPartial[PER_THREAD][EARLY];
+#pragma unroll
+  for (int k = 0; k < PER_THREAD; ++k) {
+    const int channel = threadIdx.x + k * THREADS;
+#pragma unroll
+    for (int s = 0; s < EARLY; ++s)
+      earlyPartial[k][s] = channel < Ctx::HD && s < early ? partial[s * Ctx::HD + channel] : 0.0f;
+  }
+  // Step 2. The largest LSE (-inf when no split attended anything).
   float best = -KVARN_INFINITY;
   for (int s = threadIdx.x; s < c.numSplits; s += blockDim.x)
     best = fmaxf(best, lse[s]);
@@ -881,10 +898,8 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
 #pragma unroll
   for (int w = 1; w < Ctx::NWARPS; ++w)
     best = fmaxf(best, warpMaxima[w]);
-  // Step 2. Weighted sum over the splits, a chunk of weights at a time.
-  constexpr int THREADS = Ctx::NWARPS * 32, PER_THREAD = (Ctx::HD + THREADS - 1) / THREADS;
-  static_assert((Ctx::HD + MERGE_CHUNK + Ctx::NWARPS) * 4 <= Ctx::SHARED_BYTES - Ctx::STAGING_OFFSET,
-                "merge scratch fits the merge area");
+  // Step 3. Weighted sum over the splits, a chunk of weights at a time (the first chunk's first
+  // EARLY splits from registers).
   float total = 0.0f, value[PER_THREAD] = {};
   if (best != -KVARN_INFINITY)
     for (int first = 0; first < c.numSplits; first += MERGE_CHUNK) {
@@ -894,13 +909,19 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
         weights[s] = __expf(lse[first + s] - best);
       __syncthreads();
       const float *chunk = partial + int64_t(first) * Ctx::HD;
+      const int fromRegisters = first == 0 ? early : 0;
 #pragma unroll
       for (int k = 0; k < PER_THREAD; ++k) {
         const int channel = threadIdx.x + k * THREADS;
-        if (channel < Ctx::HD)
+        if (channel < Ctx::HD) {
+#pragma unroll
+          for (int s = 0; s < EARLY; ++s)
+            if (s < fromRegisters)
+              value[k] += weights[s] * earlyPartial[k][s];
 #pragma unroll 16
-          for (int s = 0; s < count; ++s)
+          for (int s = fromRegisters; s < count; ++s)
             value[k] += weights[s] * chunk[s * Ctx::HD + channel];
+        }
       }
       for (int s = 0; s < count; ++s)
         total += weights[s];
@@ -911,11 +932,21 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
     if (channel < Ctx::HD)
       row[channel] = roundTo<T>(total > 0.0f ? value[k] / total : 0.0f);
   }
-  sharedFwht<Ctx::HD>(row, 1, Ctx::HD);
+  __syncthreads();
+  // Step 4. Warp 0 un-rotates the row in registers and stores it.
+  if (c.warp != 0)
+    return;
+  constexpr int E = Ctx::HD / 32;
+  float x[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e)
+    x[e] = row[E * c.lane + e];
+  laneGroupFwht<E, 32>(x, c.lane);
   const float scale = hadamardScale<Ctx::HD>();
-  T *out = static_cast<T *>(c.p.out) + head * Ctx::HD;
-  for (int channel = threadIdx.x; channel < Ctx::HD; channel += blockDim.x)
-    out[channel] = fromFloat<T>(row[channel] * scale);
+  T *out = static_cast<T *>(c.p.out) + head * Ctx::HD + E * c.lane;
+#pragma unroll
+  for (int e = 0; e < E; ++e)
+    out[e] = fromFloat<T>(x[e] * scale);
 }
 
 } // namespace dev
