@@ -152,11 +152,9 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       const DecodePlan plan = planDecode(*module, batch, hk, context, g, info.smCount);
       const DecodePlan baselinePlan = planDecode(*baseline, batch, hk, context, g, info.smCount);
       const int maxSplits = std::max(plan.numSplits, baselinePlan.numSplits);
-      Expected<DeviceBuffer> partial =
-          DeviceBuffer::allocate(size_t(batch) * o.numQueryHeads * maxSplits * d * 4);
-      Expected<DeviceBuffer> lse =
-          DeviceBuffer::allocate(size_t(batch) * o.numQueryHeads * maxSplits * 4);
-      if (!partial || !lse)
+      Expected<DeviceBuffer> workspace =
+          DeviceBuffer::allocate(decodeWorkspaceBytes(batch, hk, q, d, maxSplits));
+      if (!workspace)
         return makeError(ErrorCode::Internal, "cannot allocate the split partials");
       dev::DecodeParams params{};
       params.query = dQuery->as<void>();
@@ -165,8 +163,6 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       params.poolKey = poolKey->as<void>();
       params.poolValue = poolValue->as<void>();
       params.seqLens = dLens->as<int>();
-      params.partialOut = partial->as<float>();
-      params.partialLse = lse->as<float>();
       params.batch = batch;
       params.numKvHeads = hk;
       params.maxBlocksPerRequest = pages;
@@ -175,12 +171,14 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
         dev::DecodeParams p = params;
         p.blockToSlot = dQuantized->as<int>();
         p.blockTable = dTables->as<int>() + size_t(iteration % copies) * batch * pages;
+        bindDecodeWorkspace(p, workspace->as<void>(), q, d, plan.numSplits);
         return launchDecode(*module, p, q, plan, nullptr);
       };
       auto runFp16 = [&](int iteration) {
         dev::DecodeParams p = params;
         p.blockToSlot = dIdentity->as<int>();
         p.blockTable = dTables->as<int>() + size_t(iteration % fp16Copies) * batch * pages;
+        bindDecodeWorkspace(p, workspace->as<void>(), q, d, baselinePlan.numSplits);
         return launchDecode(*baseline, p, q, baselinePlan, nullptr);
       };
       Expected<std::vector<double>> ms = timeInterleaved({runKvarn, runFp16}, o.iterations, gate);

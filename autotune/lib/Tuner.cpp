@@ -437,23 +437,23 @@ Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const 
   const int maxLen = *std::max_element(cache.seqLens.begin(), cache.seqLens.end());
   const DecodePlan plan =
       planDecode(module, batch, cache.numKvHeads, maxLen, spec.format.tileTokens, info.smCount);
-  const size_t rows = check.query.size() / d;
   Expected<DeviceBuffer> dq = uploaded(check.query), dRecords = uploaded(cache.records),
                          dKey = uploaded(cache.poolKey), dValue = uploaded(cache.poolValue),
                          dSlots = uploaded(cache.blockToSlot), dTable = uploaded(cache.blockTable),
                          dLens = uploaded(cache.seqLens),
                          dOut = DeviceBuffer::allocate(check.query.size() * 2),
-                         dWork = DeviceBuffer::allocate(rows * plan.numSplits * (d + 1) * 4);
+                         dWork = DeviceBuffer::allocate(decodeWorkspaceBytes(
+                             batch, cache.numKvHeads, spec.queryHeadsPerKvHead, d, plan.numSplits));
   if (!dq || !dRecords || !dKey || !dValue || !dSlots || !dTable || !dLens || !dOut || !dWork)
     return makeError(ErrorCode::Internal, "cannot allocate the check buffers");
   if (Status s = dOut->fill(0xff); !s)
     return s;
   dev::DecodeParams params{dq->as<void>(), dOut->as<void>(), dRecords->as<unsigned char>(),
                            dKey->as<void>(), dValue->as<void>(), dSlots->as<int>(),
-                           dTable->as<int>(), dLens->as<int>(), dWork->as<float>(),
-                           dWork->as<float>() + rows * plan.numSplits * d, batch,
+                           dTable->as<int>(), dLens->as<int>(), nullptr, nullptr, batch,
                            cache.numKvHeads, cache.maxBlocks, plan.numSplits,
                            1.0f / std::sqrt(float(d))};
+  bindDecodeWorkspace(params, dWork->as<void>(), spec.queryHeadsPerKvHead, d, plan.numSplits);
   if (poison)
     params.cache = reinterpret_cast<const unsigned char *>(uintptr_t(16)); // an illegal address
   if (Status s = launchDecode(module, params, spec.queryHeadsPerKvHead, plan, nullptr); !s)
@@ -545,7 +545,8 @@ public:
     Expected<DeviceBuffer> q = uploaded(query), t = uploaded(table), sl = uploaded(slots),
                            lens = uploaded(std::vector<int32_t>(batch(), context())),
                            out = DeviceBuffer::allocate(rows_ * d * 2),
-                           work = DeviceBuffer::allocate(rows_ * maxSplits * (d + 1) * 4);
+                           work = DeviceBuffer::allocate(decodeWorkspaceBytes(
+                               batch(), o_.numKvHeads, spec_.queryHeadsPerKvHead, d, maxSplits));
     if (!records || !pool || !q || !t || !sl || !lens || !out || !work)
       return makeError(ErrorCode::Internal, "cannot allocate the decode timing buffers");
     if (Status s = records->fillWithPattern(tiles); !s)
@@ -570,9 +571,9 @@ public:
     dev::DecodeParams params{query_->as<void>(), out_->as<void>(), records_->as<unsigned char>(),
                              pool_->as<void>(), pool_->as<void>(), slots_->as<int>(),
                              table_->as<int>() + size_t(iteration % copies_) * batch() * pages_,
-                             lens_->as<int>(), work_->as<float>(),
-                             work_->as<float>() + rows_ * p.numSplits * d, batch(),
-                             o_.numKvHeads, pages_, p.numSplits, 1.0f / std::sqrt(float(d))};
+                             lens_->as<int>(), nullptr, nullptr, batch(), o_.numKvHeads,
+                             pages_, p.numSplits, 1.0f / std::sqrt(float(d))};
+    bindDecodeWorkspace(params, work_->as<void>(), spec_.queryHeadsPerKvHead, d, p.numSplits);
     return launchDecode(module, params, spec_.queryHeadsPerKvHead, p, stream);
   }
 

@@ -366,8 +366,8 @@ kvarn_status kvarn_plan_decode(kvarn_kernel kernel, int batch, int num_kv_heads,
 kvarn_status kvarn_decode_workspace_size(kvarn_kernel kernel, int batch, int num_kv_heads,
                                          int num_splits, size_t *bytes) {
   KVARN_REQUIRE(kernel && bytes, "kvarn_decode_workspace_size: NULL argument");
-  const size_t rows = size_t(batch) * num_kv_heads * kernel->spec.queryHeadsPerKvHead * num_splits;
-  *bytes = rows * (size_t(kernel->spec.format.headDim) + 1) * sizeof(float);
+  *bytes = kvarn::decodeWorkspaceBytes(batch, num_kv_heads, kernel->spec.queryHeadsPerKvHead,
+                                       kernel->spec.format.headDim, num_splits);
   return ok();
 }
 
@@ -385,7 +385,6 @@ kvarn_status kvarn_launch_decode(kvarn_kernel kernel, const kvarn_decode_args *a
   if (args->batch == 0)
     return ok();
   const int d = kernel->spec.format.headDim;
-  const size_t rows = size_t(args->batch) * args->num_kv_heads * kernel->spec.queryHeadsPerKvHead * num_splits;
   kvarn::dev::DecodeParams params{};
   params.query = args->query;
   params.out = args->out;
@@ -395,10 +394,10 @@ kvarn_status kvarn_launch_decode(kvarn_kernel kernel, const kvarn_decode_args *a
   params.blockToSlot = args->block_to_slot;
   params.blockTable = args->block_table;
   params.seqLens = args->seq_lens;
-  params.partialOut = static_cast<float *>(args->workspace);
-  params.partialLse = params.partialOut ? params.partialOut + rows * d : nullptr;
   params.batch = args->batch;
   params.numKvHeads = args->num_kv_heads;
+  kvarn::bindDecodeWorkspace(params, args->workspace, kernel->spec.queryHeadsPerKvHead, d,
+                             num_splits);
   params.maxBlocksPerRequest = args->max_blocks_per_request;
   params.softmaxScale = args->softmax_scale > 0 ? args->softmax_scale : 1.0f / std::sqrt(float(d));
   if (kvarn::Status s = kvarn::launchDecode(kernel->module, params, kernel->spec.queryHeadsPerKvHead,

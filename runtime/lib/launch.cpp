@@ -206,6 +206,19 @@ DecodePlan planDecode(const KernelModule &module, int batch, int numKvHeads, int
                     module.residentCtasPerSm());
 }
 
+size_t decodeWorkspaceBytes(int batch, int numKvHeads, int queryHeadsPerKv, int headDim,
+                            int splits) {
+  const size_t rows = size_t(batch) * numKvHeads * queryHeadsPerKv * splits;
+  return rows * (size_t(headDim) + 1) * sizeof(float);
+}
+
+void bindDecodeWorkspace(dev::DecodeParams &params, void *workspace, int queryHeadsPerKv,
+                         int headDim, int splits) {
+  const size_t rows = size_t(params.batch) * params.numKvHeads * queryHeadsPerKv * splits;
+  params.partialOut = static_cast<float *>(workspace);
+  params.partialLse = params.partialOut ? params.partialOut + rows * headDim : nullptr;
+}
+
 Status launchDecode(const KernelModule &module, dev::DecodeParams params, int numQueryHeadsPerKv,
                     const DecodePlan &plan, CUstream stream) {
   const Driver &d = driver();

@@ -200,7 +200,7 @@ double runDecode(const DecodeCase &dc, uint64_t seed, bool planned = true, int f
   const ReferenceCase &reference = referenceCase(dc, seed);
   const PagedCache &cache = reference.cache;
   const std::vector<uint16_t> &q = reference.q, &expected = reference.expected;
-  const int batch = int(dc.lengths.size()), hq = dc.numKvHeads * dc.q;
+  const int batch = int(dc.lengths.size());
   // Step 2. GPU, output poisoned with NaN.
   const KernelModule &module = kernel(decodeSpec(dc), dc.schedule);
   DeviceBuffer dq = upload(q), dRecords = upload(cache.records), dPoolKey = upload(cache.poolKey),
@@ -218,8 +218,8 @@ double runDecode(const DecodeCase &dc, uint64_t seed, bool planned = true, int f
                         : DecodePlan{1};
   if (forcedSplits > 0)
     plan.numSplits = forcedSplits;
-  DeviceBuffer dPartial = allocate(size_t(batch) * hq * plan.numSplits * dc.headDim * 4);
-  DeviceBuffer dLse = allocate(size_t(batch) * hq * plan.numSplits * 4);
+  DeviceBuffer workspace =
+      allocate(decodeWorkspaceBytes(batch, dc.numKvHeads, dc.q, dc.headDim, plan.numSplits));
   dev::DecodeParams params{};
   params.query = dq.as<void>();
   params.out = dOut.as<void>();
@@ -229,12 +229,11 @@ double runDecode(const DecodeCase &dc, uint64_t seed, bool planned = true, int f
   params.blockToSlot = dSlots.as<int>();
   params.blockTable = dTable.as<int>();
   params.seqLens = dLens.as<int>();
-  params.partialOut = dPartial.as<float>();
-  params.partialLse = dLse.as<float>();
   params.batch = batch;
   params.numKvHeads = dc.numKvHeads;
   params.maxBlocksPerRequest = cache.maxBlocks;
   params.softmaxScale = 1.0f / std::sqrt(float(dc.headDim));
+  bindDecodeWorkspace(params, workspace.as<void>(), dc.q, dc.headDim, plan.numSplits);
   Status launched = launchDecode(module, params, dc.q, plan, nullptr);
   EXPECT_TRUE(launched) << launched.error().str();
   EXPECT_TRUE(KVARN_CU((*Driver::get())->cuCtxSynchronize()));
@@ -362,13 +361,12 @@ TEST(GpuDecode, GoldenCaseMatchesTheReferenceBackend) {
   for (int splits : {1, 3}) {
     DeviceBuffer dOut = allocate(q.size() * 2);
     ASSERT_OK(dOut.fill(0xff));
-    DeviceBuffer dPartial = allocate(q.size() * splits * 4);
-    DeviceBuffer dLse = allocate(q.size() / 128 * splits * 4);
+    DeviceBuffer workspace = allocate(decodeWorkspaceBytes(3, 4, 4, 128, splits));
     dev::DecodeParams params{dq.as<void>(), dOut.as<void>(), dRecords.as<unsigned char>(),
                              dPoolKey.as<void>(), dPoolValue.as<void>(), dSlots.as<int>(),
-                             dTable.as<int>(), dLens.as<int>(), dPartial.as<float>(),
-                             dLse.as<float>(), 3, 4, maxBlocks, splits,
-                             1.0f / std::sqrt(128.0f)};
+                             dTable.as<int>(), dLens.as<int>(), nullptr, nullptr, 3, 4, maxBlocks,
+                             splits, 1.0f / std::sqrt(128.0f)};
+    bindDecodeWorkspace(params, workspace.as<void>(), 4, 128, splits);
     ASSERT_OK(launchDecode(module, params, 4, DecodePlan{splits}, nullptr));
     ASSERT_OK(KVARN_CU((*Driver::get())->cuCtxSynchronize()));
     std::vector<uint16_t> out = download<uint16_t>(dOut, q.size());

@@ -1,11 +1,17 @@
-// The decode split planner (host only): waves of resident CTAs, pages per warp, merge cost.
+// The decode split planner (host only): waves of resident CTAs, pages per warp, merge cost; the
+// decode workspace layout.
 #include "kvarn/launch.h"
 
 #include <gtest/gtest.h>
 
+#include <vector>
+
 namespace {
 
+using kvarn::bindDecodeWorkspace;
+using kvarn::decodeWorkspaceBytes;
 using kvarn::planDecode;
+namespace dev = kvarn::dev;
 
 constexpr int kSms = 132, kTile = 128, kWarps = 4, kResident = 3; // 396 resident CTAs
 
@@ -45,6 +51,23 @@ TEST(DecodePlan, ShortAndEmptyRequestsAreNotSplit) {
 TEST(DecodePlan, RespectsTheSplitBound) {
   EXPECT_LE(planDecode(1, 1, 1 << 20, kTile, kSms, kWarps, kResident, 16).numSplits, 16);
   EXPECT_GE(planDecode(1, 1, 1 << 20, kTile, kSms, kWarps, kResident, 16).numSplits, 8);
+}
+
+TEST(DecodeWorkspace, PartialsThenLsesSizedByTheSplitPlan) {
+  // B = 3, Hk = 2, 4 query heads per kv head, D = 128, 5 splits: 120 partial rows.
+  EXPECT_EQ(decodeWorkspaceBytes(3, 2, 4, 128, 5), size_t(120) * 129 * 4);
+  EXPECT_EQ(decodeWorkspaceBytes(0, 2, 4, 128, 5), 0u);
+  dev::DecodeParams params{};
+  params.batch = 3;
+  params.numKvHeads = 2;
+  std::vector<float> workspace(decodeWorkspaceBytes(3, 2, 4, 128, 5) / 4);
+  bindDecodeWorkspace(params, workspace.data(), 4, 128, 5);
+  EXPECT_EQ(params.partialOut, workspace.data());
+  EXPECT_EQ(params.partialLse, workspace.data() + 120 * 128);
+  EXPECT_EQ(params.partialLse + 120, workspace.data() + workspace.size()); // nothing left over
+  bindDecodeWorkspace(params, nullptr, 4, 128, 5);
+  EXPECT_EQ(params.partialOut, nullptr);
+  EXPECT_EQ(params.partialLse, nullptr);
 }
 
 } // namespace

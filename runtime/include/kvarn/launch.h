@@ -94,6 +94,16 @@ DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, 
 DecodePlan planDecode(const KernelModule &module, int batch, int numKvHeads, int maxSeqLen,
                       int tileTokens, int smCount);
 
+/// The decode workspace of a launch with `splits` splits: fp32 partial outputs [B, Hq, splits, D],
+/// then their LSEs [B, Hq, splits]. One split needs none. The one definition of the layout: the C
+/// API, the benchmark, the tuner and the tests size and bind workspaces through these two.
+size_t decodeWorkspaceBytes(int batch, int numKvHeads, int queryHeadsPerKv, int headDim,
+                            int splits);
+/// Points `params`' partial outputs and LSEs into `workspace` (the layout above, for params.batch
+/// and params.numKvHeads); a null workspace gives null pointers.
+void bindDecodeWorkspace(dev::DecodeParams &params, void *workspace, int queryHeadsPerKv,
+                         int headDim, int splits);
+
 /// Launches decode (and its merge kernel when the plan has several splits).
 Status launchDecode(const KernelModule &module, dev::DecodeParams params, int numQueryHeadsPerKv,
                     const DecodePlan &plan, CUstream stream);
