@@ -310,11 +310,13 @@ __device__ __forceinline__ void laneGroupFwht(float (&x)[E], int laneInGroup) {
       }
 #pragma unroll
   for (int laneMask = 1; laneMask < LANES; laneMask <<= 1) {
-    const bool upper = (laneInGroup & laneMask) != 0;
+    // partner + x (lower lane) or partner - x (upper lane) as one fma with a sign of +-1: the
+    // product is exact, so the result is the same correctly rounded sum, without a select.
+    const float sign = (laneInGroup & laneMask) != 0 ? -1.0f : 1.0f;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const float partner = __shfl_xor_sync(0xffffffffu, x[e], laneMask);
-      x[e] = upper ? partner - x[e] : x[e] + partner;
+      x[e] = __fmaf_rn(sign, x[e], partner);
     }
   }
 }
