@@ -17,7 +17,9 @@ struct AppendContext {
   /// log2(E) butterfly levels run inside the lane and four across the half-warp (shuffles).
   static constexpr int E = D / 16;
   static constexpr int WORDS = E / 2; ///< 32-bit words of input per lane and row
-  static constexpr int HEADS_PER_PASS = 8; ///< heads a warp loads before it rotates any
+  /// Heads a warp loads before it rotates any: 4 keeps the kernel at 56 registers (more warps per
+  /// SM); 8 (72 registers) was 4-5% slower (docs/benchmarks.md).
+  static constexpr int HEADS_PER_PASS = 4;
   static constexpr int SHARED_BYTES = 0;
   static_assert(D % 32 == 0 && E >= 2, "head_dim must be a multiple of 32");
   AppendParams p;
