@@ -811,17 +811,25 @@ template <typename Ctx> __device__ __forceinline__ void mergeWarps(Ctx &c) {
   c.merged = true;
 }
 
-/// out = dtype(dtype(o_rot) * H16) of `rows` rows held in shared memory [rows][D].
+/// out = dtype(dtype(o_rot) * H16) of the QH rows held in shared memory [QH][D] (complete: the
+/// warp merge ends with a barrier): a warp per row, the register FWHT (laneGroupFwht, the same
+/// levels in the same order as sharedFwht).
 template <typename Ctx>
 __device__ __forceinline__ void storeUnrotated(Ctx &c, float *rowsShared, int64_t outBase) {
   typedef typename Ctx::Type T;
-  for (int item = threadIdx.x; item < Ctx::QH * Ctx::HD; item += blockDim.x)
-    rowsShared[item] = roundTo<T>(rowsShared[item]);
-  sharedFwht<Ctx::HD>(rowsShared, Ctx::QH, Ctx::HD);
+  constexpr int E = Ctx::HD / 32;
   const float scale = hadamardScale<Ctx::HD>();
-  T *out = static_cast<T *>(c.p.out);
-  for (int item = threadIdx.x; item < Ctx::QH * Ctx::HD; item += blockDim.x)
-    out[outBase + item] = fromFloat<T>(rowsShared[item] * scale);
+  T *out = static_cast<T *>(c.p.out) + outBase;
+  for (int row = c.warp; row < Ctx::QH; row += Ctx::NWARPS) { // warp-uniform
+    float x[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      x[e] = roundTo<T>(rowsShared[row * Ctx::HD + E * c.lane + e]);
+    laneGroupFwht<E, 32>(x, c.lane);
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      out[row * Ctx::HD + E * c.lane + e] = fromFloat<T>(x[e] * scale);
+  }
 }
 
 /// This split's normalized output and LSE, for mergeSplits.
