@@ -292,8 +292,9 @@ __device__ __forceinline__ void prefetchL2(const void *address) {
 /// Unnormalized Walsh-Hadamard butterflies of one row of E * LANES values held by LANES
 /// consecutive lanes, lane l holding the E contiguous values [E*l, E*l + E): log2(E) levels inside
 /// the lane, then log2(LANES) across lanes (shuffles; call with the whole warp converged). The
-/// levels run by increasing stride with `a + b`, `a - b` per pair, so the results are bit for
-/// bit those of sharedFwht.
+/// levels run by increasing stride with `a + b`, `a - b` per pair (natural order; H16 up to the
+/// scale and summation order), so every caller with the same row gets the same bits: the
+/// query rotation, append, and the output un-rotation of decode and of its merge kernel.
 template <int E, int LANES>
 __device__ __forceinline__ void laneGroupFwht(float (&x)[E], int laneInGroup) {
   static_assert(E >= 1 && (E & (E - 1)) == 0 && LANES >= 1 && LANES <= 32 &&
@@ -338,24 +339,6 @@ __device__ __forceinline__ void loadPairs(uint32_t (&w)[Words], const void *sour
 #pragma unroll
   for (int k = 0; k < Words; ++k)
     w[k] = uint32_t(element[2 * k]) | (uint32_t(element[2 * k + 1]) << 16);
-}
-
-/// In-place unnormalized Walsh-Hadamard transform of `rows` rows of length D in shared memory,
-/// by all threads of the CTA (natural order, matches H16 up to the scale and summation order).
-template <int D>
-__device__ __forceinline__ void sharedFwht(float *data, int rows, int rowStride) {
-  for (int half = 1; half < D; half <<= 1) {
-    __syncthreads();
-    for (int item = threadIdx.x; item < rows * (D / 2); item += blockDim.x) {
-      const int row = item / (D / 2), pair = item % (D / 2);
-      const int low = (pair / half) * (2 * half) + (pair % half);
-      float *base = data + row * rowStride;
-      const float a = base[low], b = base[low + half];
-      base[low] = a + b;
-      base[low + half] = a - b;
-    }
-  }
-  __syncthreads();
 }
 
 /// Record layout constants (kvarn-format.md §5).

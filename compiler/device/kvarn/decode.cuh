@@ -812,8 +812,7 @@ template <typename Ctx> __device__ __forceinline__ void mergeWarps(Ctx &c) {
 }
 
 /// out = dtype(dtype(o_rot) * H16) of the QH rows held in shared memory [QH][D] (complete: the
-/// warp merge ends with a barrier): a warp per row, the register FWHT (laneGroupFwht, the same
-/// levels in the same order as sharedFwht).
+/// warp merge ends with a barrier): a warp per row, the register FWHT (laneGroupFwht).
 template <typename Ctx>
 __device__ __forceinline__ void storeUnrotated(Ctx &c, float *rowsShared, int64_t outBase) {
   typedef typename Ctx::Type T;
@@ -864,8 +863,7 @@ template <bool Partial, typename Ctx> __device__ __forceinline__ void storeOutpu
 /// memory round trips, so it issues what does not depend on the LSEs first: the partials of the
 /// first EARLY splits load while the LSE maximum is reduced. Further splits follow in chunks of
 /// MERGE_CHUNK weights in shared memory. Each channel's sum runs in split order whatever the
-/// chunking; one warp un-rotates the row (laneGroupFwht, the same levels in the same order as
-/// sharedFwht) and stores it.
+/// chunking; one warp un-rotates the row (laneGroupFwht) and stores it.
 template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   typedef typename Ctx::Type T;
   constexpr int MERGE_CHUNK = 256;
