@@ -1,8 +1,16 @@
-// Presets, validation messages and the record layout table of kvarn-format.md §5.
+// Presets, validation messages and the record layout table of kvarn-format.md §5; the float
+// identity the FWHT butterflies rely on (§2).
 #include "kvarn/format.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
 
 using namespace kvarn;
 using ::testing::HasSubstr;
@@ -120,6 +128,46 @@ TEST(ParseFormat, RejectsBadIterationCounts) {
   EXPECT_THAT(parseFormat("kvarn_k4v2_g128", 128, 65).error().message,
               HasSubstr("Sinkhorn iteration count: 65"));
   EXPECT_TRUE(parseFormat("kvarn_k4v2_g128", 128, 0));
+}
+
+TEST(Rotation, ButterflyAsSignedFmaIsBitIdenticalToAddAndSubtract) {
+  // laneGroupFwht (compiler/device/kvarn/common.cuh) computes a cross-lane butterfly as
+  // fma(+-1, x, partner) in place of x + partner and partner - x: the product by +-1 is exact,
+  // so the fma rounds the same sum once. Checked here with the host's correctly rounded fma on
+  // random magnitudes, subnormals, signed zeros, infinities and values that cancel.
+  auto bits = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  std::vector<float> values = {0.0f, -0.0f, 1.0f, -1.0f, 1e-45f, -1e-45f, 1.17549435e-38f,
+                               3.4028235e38f, -3.4028235e38f,
+                               std::numeric_limits<float>::infinity(),
+                               -std::numeric_limits<float>::infinity()};
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> mantissa(-2.0f, 2.0f);
+  std::uniform_int_distribution<int> exponent(-140, 120);
+  for (int k = 0; k < 20000; ++k)
+    values.push_back(std::ldexp(mantissa(rng), exponent(rng)));
+  size_t checked = 0;
+  for (size_t a = 0; a < values.size(); a += 97)
+    for (size_t b = 0; b < values.size(); b += 89) {
+      const float x = values[a], partner = values[b];
+      for (const float y : {x, -partner, partner}) { // also exact cancellation partner - partner
+        const float sum = y + partner, difference = partner - y;
+        const float fmaSum = std::fma(1.0f, y, partner), fmaDifference = std::fma(-1.0f, y, partner);
+        if (std::isnan(sum))
+          EXPECT_TRUE(std::isnan(fmaSum));
+        else
+          ASSERT_EQ(bits(fmaSum), bits(sum)) << y << " + " << partner;
+        if (std::isnan(difference))
+          EXPECT_TRUE(std::isnan(fmaDifference));
+        else
+          ASSERT_EQ(bits(fmaDifference), bits(difference)) << partner << " - " << y;
+        ++checked;
+      }
+    }
+  EXPECT_GT(checked, 100000u);
 }
 
 } // namespace
