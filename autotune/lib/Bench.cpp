@@ -28,33 +28,53 @@ namespace {
 const Driver &driver() { return **Driver::get(); }
 
 /// The schedule of `spec`: the given knobs, else the tuned configs' choice for this GPU (printed
-/// with its reason).
-Expected<Schedule> chooseBenchSchedule(const KernelSpec &spec, const std::string &knobs,
-                                       const BenchOptions &o, const DeviceInfo &info) {
-  if (!knobs.empty())
-    return parseSchedule(knobs, spec.op);
+/// with its reason), with its decode variants.
+Expected<ScheduleChoice> chooseBenchSchedule(const KernelSpec &spec, const std::string &knobs,
+                                             const BenchOptions &o, const DeviceInfo &info) {
+  if (!knobs.empty()) {
+    Expected<Schedule> parsed = parseSchedule(knobs, spec.op);
+    if (!parsed)
+      return parsed.error();
+    ScheduleChoice explicitChoice;
+    explicitChoice.schedule = *parsed;
+    explicitChoice.rule = "explicit";
+    return explicitChoice;
+  }
   ScheduleChoice choice =
       chooseSchedule(loadConfigDirectory(o.configsDirectory), spec, environmentOf(info));
   std::printf("%s: schedule %s (%s)\n", spec.str().c_str(), choice.schedule.str().c_str(),
               choice.explanation.c_str());
-  return choice.schedule;
+  return choice;
+}
+
+ArtifactCache &benchCache() {
+  static ArtifactCache cache{ArtifactCache::Options{}};
+  return cache;
 }
 
 /// Compiles (through the default artifact cache) and loads `spec` with `schedule` knobs, or
-/// with the configs' choice when `knobs` is empty.
-Expected<KernelModule> buildKernel(const std::string &specText, const std::string &knobs,
-                                   const BenchOptions &o, const DeviceInfo &info,
-                                   Schedule *chosen = nullptr) {
+/// with the configs' choice when `knobs` is empty; `variants` receives the choice's decode
+/// variants, each with its module.
+Expected<KernelModule> buildKernel(
+    const std::string &specText, const std::string &knobs, const BenchOptions &o,
+    const DeviceInfo &info, Schedule *chosen = nullptr,
+    std::vector<std::pair<ScheduleVariant, KernelModule>> *variants = nullptr) {
   Expected<KernelSpec> spec = parseKernelSpec(specText);
   if (!spec)
     return spec.error();
-  Expected<Schedule> schedule = chooseBenchSchedule(*spec, knobs, o, info);
-  if (!schedule)
-    return schedule.error();
+  Expected<ScheduleChoice> choice = chooseBenchSchedule(*spec, knobs, o, info);
+  if (!choice)
+    return choice.error();
   if (chosen)
-    *chosen = *schedule;
-  static ArtifactCache cache{ArtifactCache::Options{}};
-  return compileAndLoad(*spec, *schedule, cache);
+    *chosen = choice->schedule;
+  if (variants)
+    for (const ScheduleVariant &variant : choice->variants) {
+      Expected<KernelModule> module = compileAndLoad(*spec, variant.schedule, benchCache());
+      if (!module)
+        return module.error();
+      variants->emplace_back(variant, std::move(*module));
+    }
+  return compileAndLoad(*spec, choice->schedule, benchCache());
 }
 
 #define KVARN_TRY(expression)                                                                    \
@@ -75,7 +95,8 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   const std::string spec = "decode:" + format->presetName() + ":d" + std::to_string(d) + ":q" +
                            std::to_string(q) + ":f16:" + info.arch();
   Schedule schedule, baselineSchedule;
-  Expected<KernelModule> module = buildKernel(spec, o.schedule, o, info, &schedule);
+  std::vector<std::pair<ScheduleVariant, KernelModule>> variants; // configs' larger-launch schedules
+  Expected<KernelModule> module = buildKernel(spec, o.schedule, o, info, &schedule, &variants);
   if (!module)
     return module.error();
   Expected<KernelModule> baseline = buildKernel(
@@ -91,6 +112,10 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   report.bandwidthGBs = bandwidth;
   std::printf("decode kernel %s: %d registers, %d B local memory, %zu B shared memory\n",
               spec.c_str(), module->registers(0), module->localBytes(0), module->sharedBytes());
+  for (const auto &[variant, variantModule] : variants)
+    std::printf("  from %d (request, kv head) pairs: %s, %d registers, %d B local memory\n",
+                variant.minWorkItems, variant.schedule.str().c_str(), variantModule.registers(0),
+                variantModule.localBytes(0));
   std::printf("fp16 baseline: the same kernel on fp16 pool pages, schedule %s (%d registers)\n",
               report.baselineSchedule.c_str(), baseline->registers(0));
   // A few distinct records, replicated (contents do not change the timing).
@@ -149,7 +174,12 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       KVARN_TRY(dIdentity->upload(identity.data(), identity.size() * 4));
       KVARN_TRY(dLens->upload(lens.data(), lens.size() * 4));
       KVARN_TRY(dQuery->upload(queries.data(), queries.size() * 2));
-      const DecodePlan plan = planDecode(*module, batch, hk, context, g, info.smCount);
+      std::vector<ScheduleVariant> thresholds;
+      for (const auto &entry : variants)
+        thresholds.push_back(entry.first);
+      const int variant = variantForWork(thresholds, int64_t(batch) * hk);
+      const KernelModule &kernel = variant < 0 ? *module : variants[size_t(variant)].second;
+      const DecodePlan plan = planDecode(kernel, batch, hk, context, g, info.smCount);
       const DecodePlan baselinePlan = planDecode(*baseline, batch, hk, context, g, info.smCount);
       const int maxSplits = std::max(plan.numSplits, baselinePlan.numSplits);
       Expected<DeviceBuffer> workspace =
@@ -172,7 +202,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
         p.blockToSlot = dQuantized->as<int>();
         p.blockTable = dTables->as<int>() + size_t(iteration % copies) * batch * pages;
         bindDecodeWorkspace(p, workspace->as<void>(), q, d, plan.numSplits);
-        return launchDecode(*module, p, q, plan, nullptr);
+        return launchDecode(kernel, p, q, plan, nullptr);
       };
       auto runFp16 = [&](int iteration) {
         dev::DecodeParams p = params;
@@ -186,11 +216,15 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
         return ms.error();
       const double kvarnGBs = kvarnBytes / ((*ms)[0] * 1e-3) / 1e9;
       const double fp16GBs = fp16Bytes / ((*ms)[1] * 1e-3) / 1e9;
-      std::printf("%6d %8d | %10.4f %9.0f %5.0f%% | %10.4f %9.0f %5.0f%% | %7.2fx  (splits %d)\n",
+      const std::string variantText =
+          variant < 0 ? std::string() : variants[size_t(variant)].first.schedule.str();
+      std::printf("%6d %8d | %10.4f %9.0f %5.0f%% | %10.4f %9.0f %5.0f%% | %7.2fx  (splits %d%s)\n",
                   batch, context, (*ms)[0], kvarnGBs, 100 * kvarnGBs / bandwidth, (*ms)[1],
-                  fp16GBs, 100 * fp16GBs / bandwidth, (*ms)[1] / (*ms)[0], plan.numSplits);
+                  fp16GBs, 100 * fp16GBs / bandwidth, (*ms)[1] / (*ms)[0], plan.numSplits,
+                  variantText.empty() ? "" : (", " + variantText).c_str());
       std::fflush(stdout);
-      report.rows.push_back({batch, context, plan.numSplits, (*ms)[0], kvarnGBs, (*ms)[1], fp16GBs});
+      report.rows.push_back({batch, context, plan.numSplits, (*ms)[0], kvarnGBs, (*ms)[1], fp16GBs,
+                             variantText});
     }
   if (!o.reportPrefix.empty()) {
     for (const auto &[suffix, text] : {std::pair<std::string, std::string>{".json", benchReportJson(report)},

@@ -23,7 +23,8 @@ std::string benchReportJson(const BenchReport &report) {
                     {"fp16_ms", r.fp16Ms},
                     {"fp16_gb_s", r.fp16GBs},
                     {"fp16_fraction_of_bandwidth", r.fp16GBs / report.bandwidthGBs},
-                    {"speedup", r.fp16Ms / r.kvarnMs}});
+                    {"speedup", r.fp16Ms / r.kvarnMs},
+                    {"schedule", r.schedule.empty() ? report.schedule : r.schedule}});
   return nlohmann::json{{"gpu", report.gpu},
                         {"spec", report.spec},
                         {"schedule", report.schedule},
@@ -144,6 +145,7 @@ std::string benchReportHtml(const BenchReport &report) {
             number(r.fp16Ms, "%.4f") + "</td><td>" + number(r.fp16GBs, "%.0f") + "</td><td>" +
             number(100 * r.fp16GBs / report.bandwidthGBs, "%.0f") + "%</td><td>" +
             number(r.fp16Ms / r.kvarnMs, "%.2f") + "x</td><td>" + std::to_string(r.splits) +
+            (r.schedule.empty() ? std::string() : " (<code>" + escape(r.schedule) + "</code>)") +
             "</td></tr>\n";
   html += "</table></body></html>\n";
   return html;

@@ -234,15 +234,70 @@ Expected<Regret> replayRegret(const std::string &reportJson, double earlyStop,
   return regretOf(replayed);
 }
 
+std::vector<ScheduleVariant> decodeVariants(const TuneResult &result,
+                                            const std::vector<int64_t> &bucketWork,
+                                            double minGain) {
+  std::vector<ScheduleVariant> variants;
+  if (!result.found || bucketWork.size() < 2)
+    return variants;
+  auto timedEverywhere = [&](const Candidate &c) {
+    return c.rejected.empty() && c.timing.bucketMs.size() == bucketWork.size();
+  };
+  auto groupMs = [&](const Candidate &c, const std::vector<size_t> &group) {
+    double logSum = 0;
+    for (size_t b : group)
+      logSum += std::log(std::max(c.timing.bucketMs[b], 1e-9));
+    return std::exp(logSum / double(group.size()));
+  };
+  std::vector<int64_t> works(bucketWork);
+  std::sort(works.begin(), works.end());
+  works.erase(std::unique(works.begin(), works.end()), works.end());
+  const Candidate *current = nullptr;
+  for (const Candidate &c : result.candidates)
+    if (c.schedule == result.best && timedEverywhere(c))
+      current = &c;
+  if (!current)
+    return variants;
+  for (size_t w = 1; w < works.size(); ++w) { // the smallest group stays with `best`
+    std::vector<size_t> group;
+    for (size_t b = 0; b < bucketWork.size(); ++b)
+      if (bucketWork[b] == works[w])
+        group.push_back(b);
+    const Candidate *fastest = nullptr;
+    double fastestMs = 0;
+    for (const Candidate &c : result.candidates)
+      if (timedEverywhere(c) && (!fastest || groupMs(c, group) < fastestMs)) {
+        fastest = &c;
+        fastestMs = groupMs(c, group);
+      }
+    if (fastest && fastest != current && fastestMs < (1.0 - minGain) * groupMs(*current, group) &&
+        works[w] <= (int64_t(1) << 30)) {
+      variants.push_back({int(works[w]), fastest->schedule, fastestMs});
+      current = fastest;
+    }
+  }
+  return variants;
+}
+
 std::string configEntriesJson(const std::vector<TuneResult> &results) {
   nlohmann::json entries = nlohmann::json::array();
   for (const TuneResult &r : results)
-    if (r.found)
-      entries.push_back({{"spec", r.spec.str()},
-                         {"schedule", r.best.str()},
-                         {"median_ms", r.bestMs},
-                         {"fraction_of_roofline", r.rooflineMs > 0 ? r.rooflineMs / r.bestMs : 0.0},
-                         {"candidates", r.candidates.size()}});
+    if (r.found) {
+      nlohmann::json entry = {{"spec", r.spec.str()},
+                              {"schedule", r.best.str()},
+                              {"median_ms", r.bestMs},
+                              {"fraction_of_roofline", r.rooflineMs > 0 ? r.rooflineMs / r.bestMs : 0.0},
+                              {"candidates", r.candidates.size()}};
+      if (!r.variants.empty()) {
+        nlohmann::json variants = nlohmann::json::array();
+        for (const ScheduleVariant &v : r.variants)
+          variants.push_back({{"min_work_items", v.minWorkItems},
+                              {"schedule", v.schedule.str()},
+                              {"median_ms", v.medianMs}});
+        entry["variants"] = variants;
+      }
+      entries.push_back(entry);
+    }
   return entries.dump();
 }
 
@@ -280,9 +335,13 @@ std::string resultsToJson(const std::vector<TuneResult> &results, const std::str
       if (!c.rejected.empty())
         item["rejected"] = c.rejected;
       else
+      {
         item["timing"] = {{"median_ms", c.timing.medianMs}, {"p10_ms", c.timing.p10Ms},
                           {"p90_ms", c.timing.p90Ms},       {"graph_ms", c.timing.graphMs},
                           {"samples", c.timing.samples}};
+        if (!c.timing.bucketMs.empty())
+          item["timing"]["bucket_ms"] = c.timing.bucketMs;
+      }
       candidates.push_back(item);
     }
     nlohmann::json item = {{"spec", r.spec.str()},      {"found", r.found},
@@ -346,7 +405,8 @@ Expected<std::vector<TuneResult>> resultsFromJson(const std::string &text) {
           const nlohmann::json &t = c["timing"];
           candidate.timing = {t.value("median_ms", 0.0), t.value("p10_ms", 0.0),
                               t.value("p90_ms", 0.0), t.value("graph_ms", 0.0),
-                              t.value("samples", 0)};
+                              t.value("samples", 0),
+                              t.value("bucket_ms", std::vector<double>())};
           candidate.ms = candidate.timing.medianMs;
         }
         r.candidates.push_back(candidate);
@@ -972,6 +1032,8 @@ Timing combineBucketTimings(const std::vector<Timing> &perBucket) {
   combined.p10Ms = geometricMean(p10s);
   combined.p90Ms = geometricMean(p90s);
   combined.graphMs = graphs.size() == perBucket.size() ? geometricMean(graphs) : 0.0;
+  if (perBucket.size() > 1)
+    combined.bucketMs = medians;
   return combined;
 }
 
@@ -1129,6 +1191,19 @@ Status runTune(const TuneOptions &o) {
     for (const auto &[batch, context] : o.alsoBuckets)
       also.push_back({{"batch", batch}, {"context", context}});
     configs["also_buckets"] = also;
+  }
+  { // decode variants from every result's per-bucket medians (resumed ones included)
+    std::vector<int64_t> work;
+    for (const auto &[batch, context] : decodeBuckets(o))
+      work.push_back(int64_t(batch) * o.numKvHeads);
+    for (TuneResult &r : results)
+      if (r.spec.op == OpKind::Decode) {
+        r.variants = decodeVariants(r, work);
+        for (const ScheduleVariant &v : r.variants)
+          progress.line(r.spec.str() + ": from " + std::to_string(v.minWorkItems) +
+                        " work items " + v.schedule.str() + " (" + std::to_string(v.medianMs) +
+                        " ms at those buckets)");
+      }
   }
   configs["entries"] = nlohmann::json::parse(configEntriesJson(results));
   const std::string path = o.configsDirectory + "/" + key + ".json";

@@ -6,6 +6,8 @@
 #include "kvarn/jit.h"
 #include "kvarn/nvrtc.h"
 
+#include <algorithm>
+
 namespace kvarn::compiler {
 
 Expected<Bundle> buildBundle(const std::vector<KernelSpec> &specs, const std::string &configsJson,
@@ -31,12 +33,21 @@ Expected<Bundle> buildBundle(const std::vector<KernelSpec> &specs, const std::st
     const ScheduleChoice choice = chooseSchedule(configs, spec, environment);
     if (choices)
       choices->push_back(spec.str() + ": " + choice.schedule.str() + " (" + choice.explanation + ")");
-    Expected<CompiledKernel> kernel = compileKernel(spec, choice.schedule, cache);
-    if (!kernel)
-      return kernel.error();
-    bundle.entries.push_back({preparedKernelKey(spec, choice.schedule), spec.str(),
-                              choice.schedule.str(), toArtifact(*kernel, spec, choice.schedule),
-                              kernel->cudaSource});
+    // The chosen schedule and its decode variants: a runtime prepares all of them from the bundle.
+    std::vector<Schedule> schedules = {choice.schedule};
+    for (const ScheduleVariant &variant : choice.variants)
+      schedules.push_back(variant.schedule);
+    for (const Schedule &schedule : schedules) {
+      const std::string key = preparedKernelKey(spec, schedule);
+      if (std::any_of(bundle.entries.begin(), bundle.entries.end(),
+                      [&](const BundleEntry &e) { return e.key == key; }))
+        continue;
+      Expected<CompiledKernel> kernel = compileKernel(spec, schedule, cache);
+      if (!kernel)
+        return kernel.error();
+      bundle.entries.push_back({key, spec.str(), schedule.str(), toArtifact(*kernel, spec, schedule),
+                                kernel->cudaSource});
+    }
   }
   return bundle;
 }

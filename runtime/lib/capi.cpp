@@ -22,6 +22,17 @@ struct kvarn_kernel_t {
   std::string scheduleText, how; ///< kvarn_kernel_describe
   kvarn::KernelModule module;
   int smCount = 0;
+  /// Decode variants of a config-chosen schedule (configs.h): a launch of at least
+  /// variants[k].minWorkItems (request, kv head) pairs runs variantModules[k].
+  std::vector<kvarn::ScheduleVariant> variants;
+  std::vector<kvarn::KernelModule> variantModules;
+  std::vector<std::string> variantTexts; ///< kvarn_decode_schedule
+
+  /// The module of a decode launch of `workItems` (request, kv head) pairs.
+  const kvarn::KernelModule &moduleFor(int64_t workItems) const {
+    const int k = kvarn::variantForWork(variants, workItems);
+    return k < 0 ? module : variantModules[size_t(k)];
+  }
 };
 
 struct kvarn_runtime_t {
@@ -81,6 +92,44 @@ std::vector<std::string> kernelNames(const std::string &metadata) {
     start = end + 1;
   }
   return names;
+}
+
+/// The kernel of `spec` with `schedule` from the runtime's cache, or built by the JIT on a miss
+/// (when enabled); a cubin that fails to load is rebuilt once (when JIT is on), then reported.
+/// The caller holds the runtime's mutex.
+kvarn::Expected<kvarn::KernelModule> loadKernel(kvarn_runtime runtime, const kvarn::KernelSpec &spec,
+                                                const kvarn::Schedule &schedule) {
+  const std::string key = kvarn::preparedKernelKey(spec, schedule);
+  std::optional<kvarn::Artifact> artifact = runtime->cache->lookup(key);
+  if (!artifact) {
+    if (!runtime->options.enable_jit || !runtime->jit)
+      return kvarn::makeError(
+          kvarn::ErrorCode::NotFound,
+          "no kernel for " + spec.str() + " (schedule " + schedule.str() + ") in the cache" +
+              (runtime->options.enable_jit ? " and no JIT compiler installed (link libkvarn_jit "
+                                             "and call kvarn_jit_install)"
+                                           : "; JIT is disabled"));
+    kvarn::Expected<kvarn::Artifact> built = runtime->jit(spec, schedule);
+    if (!built)
+      return built.error();
+    runtime->cache->store(key, *built);
+    artifact = std::move(*built);
+  }
+  std::vector<std::string> names = kernelNames(artifact->metadata);
+  if (names.empty())
+    return kvarn::makeError(kvarn::ErrorCode::InvalidData,
+                            "cache entry for " + spec.str() + " names no kernels");
+  kvarn::Expected<kvarn::KernelModule> module = kvarn::KernelModule::load(
+      artifact->cubin, names, schedule, kvarn::sharedMemoryBytes(spec, schedule));
+  if (!module && runtime->options.enable_jit && runtime->jit) {
+    kvarn::Expected<kvarn::Artifact> rebuilt = runtime->jit(spec, schedule);
+    if (!rebuilt)
+      return rebuilt.error();
+    runtime->cache->store(key, *rebuilt);
+    module = kvarn::KernelModule::load(rebuilt->cubin, kernelNames(rebuilt->metadata), schedule,
+                                       kvarn::sharedMemoryBytes(spec, schedule));
+  }
+  return module;
 }
 
 } // namespace
@@ -279,6 +328,7 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
   if (!parsed)
     return fail(parsed.error());
   std::string how = "explicit";
+  std::vector<kvarn::ScheduleVariant> chosenVariants; ///< explicit schedules have none
   kvarn::Expected<kvarn::Schedule> knobs = kvarn::defaultSchedule(parsed->op);
   if (schedule && *schedule) {
     knobs = kvarn::parseSchedule(schedule, parsed->op);
@@ -288,49 +338,40 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
         kvarn::chooseSchedule(runtime->configs, *parsed, runtime->environment);
     knobs = choice.schedule;
     how = choice.explanation;
+    if (parsed->op == kvarn::OpKind::Decode)
+      chosenVariants = choice.variants;
   }
   if (!knobs)
     return fail(knobs.error());
   if (kvarn::Status s = kvarn::validateSchedule(*parsed, *knobs); !s)
     return fail(s.error());
-  const std::string key = kvarn::preparedKernelKey(*parsed, *knobs);
+  // A config's variants make another prepared kernel than the same schedule given explicitly.
+  const std::string key =
+      kvarn::preparedKernelKey(*parsed, *knobs) + kvarn::describeVariants(chosenVariants);
   std::lock_guard<std::mutex> lock(runtime->mutex);
   if (auto found = runtime->kernels.find(key); found != runtime->kernels.end()) {
     *kernel = found->second.get();
     runtime->byText[text] = *kernel;
     return ok();
   }
-  // Step 2. Cache, or JIT on a miss.
-  std::optional<kvarn::Artifact> artifact = runtime->cache->lookup(key);
-  if (!artifact) {
-    if (!runtime->options.enable_jit || !runtime->jit)
-      return fail(KVARN_ERROR_NOT_FOUND,
-                  "no kernel for " + parsed->str() + " (schedule " + knobs->str() + ") in the cache" +
-                      (runtime->options.enable_jit ? " and no JIT compiler installed (link libkvarn_jit "
-                                                     "and call kvarn_jit_install)"
-                                                   : "; JIT is disabled"));
-    kvarn::Expected<kvarn::Artifact> built = runtime->jit(*parsed, *knobs);
-    if (!built)
-      return fail(built.error());
-    runtime->cache->store(key, *built);
-    artifact = std::move(*built);
-  }
-  // Step 3. Load; a cubin that fails to load is rebuilt once (when JIT is on), then reported.
-  std::vector<std::string> names = kernelNames(artifact->metadata);
-  if (names.empty())
-    return fail(KVARN_ERROR_INVALID_DATA, "cache entry for " + parsed->str() + " names no kernels");
-  kvarn::Expected<kvarn::KernelModule> module = kvarn::KernelModule::load(
-      artifact->cubin, names, *knobs, kvarn::sharedMemoryBytes(*parsed, *knobs));
-  if (!module && runtime->options.enable_jit && runtime->jit) {
-    kvarn::Expected<kvarn::Artifact> rebuilt = runtime->jit(*parsed, *knobs);
-    if (!rebuilt)
-      return fail(rebuilt.error());
-    runtime->cache->store(key, *rebuilt);
-    module = kvarn::KernelModule::load(rebuilt->cubin, kernelNames(rebuilt->metadata), *knobs,
-                                       kvarn::sharedMemoryBytes(*parsed, *knobs));
-  }
+  // Step 2. The kernel from the cache, or JIT on a miss; then the config's decode variants.
+  kvarn::Expected<kvarn::KernelModule> module = loadKernel(runtime, *parsed, *knobs);
   if (!module)
     return fail(module.error());
+  std::vector<kvarn::ScheduleVariant> variants;
+  std::vector<kvarn::KernelModule> variantModules;
+  for (const kvarn::ScheduleVariant &variant : chosenVariants) {
+    kvarn::Expected<kvarn::KernelModule> loaded = loadKernel(runtime, *parsed, variant.schedule);
+    if (!loaded) { // the kernel still works with its own schedule at every size
+      how += "; variant " + variant.schedule.str() + " not used: " + loaded.error().message;
+      if (runtime->options.log_level > 0)
+        std::fprintf(stderr, "kvarn: warning: %s: variant %s not used: %s\n", parsed->str().c_str(),
+                     variant.schedule.str().c_str(), loaded.error().message.c_str());
+      continue;
+    }
+    variants.push_back(variant);
+    variantModules.push_back(std::move(*loaded));
+  }
   auto prepared = std::make_unique<kvarn_kernel_t>();
   prepared->spec = *parsed;
   prepared->schedule = *knobs;
@@ -338,6 +379,10 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
   prepared->how = how;
   prepared->module = std::move(*module);
   prepared->smCount = runtime->device.smCount;
+  prepared->variants = std::move(variants);
+  prepared->variantModules = std::move(variantModules);
+  for (const kvarn::ScheduleVariant &variant : prepared->variants)
+    prepared->variantTexts.push_back(variant.schedule.str());
   *kernel = prepared.get();
   runtime->byText[text] = *kernel;
   runtime->kernels.emplace(key, std::move(prepared));
@@ -351,14 +396,25 @@ kvarn_status kvarn_kernel_describe(kvarn_kernel kernel, const char **schedule, c
   return ok();
 }
 
+kvarn_status kvarn_decode_schedule(kvarn_kernel kernel, int batch, int num_kv_heads,
+                                   const char **schedule) {
+  KVARN_REQUIRE(kernel && schedule, "kvarn_decode_schedule: NULL argument");
+  KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Decode, "kvarn_decode_schedule: not a decode kernel");
+  KVARN_REQUIRE(batch >= 0 && num_kv_heads > 0, "kvarn_decode_schedule: negative batch or no kv heads");
+  const int k = kvarn::variantForWork(kernel->variants, int64_t(batch) * num_kv_heads);
+  *schedule = k < 0 ? kernel->scheduleText.c_str() : kernel->variantTexts[size_t(k)].c_str();
+  return ok();
+}
+
 kvarn_status kvarn_plan_decode(kvarn_kernel kernel, int batch, int num_kv_heads, int max_seq_len,
                                int *num_splits) {
   KVARN_REQUIRE(kernel && num_splits, "kvarn_plan_decode: NULL argument");
   KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Decode, "kvarn_plan_decode: not a decode kernel");
   KVARN_REQUIRE(batch >= 0 && num_kv_heads > 0 && max_seq_len >= 0,
                 "kvarn_plan_decode: negative batch or length, or no kv heads");
-  *num_splits = kvarn::planDecode(kernel->module, batch, num_kv_heads, max_seq_len,
-                                  kernel->spec.format.tileTokens, kernel->smCount)
+  *num_splits = kvarn::planDecode(kernel->moduleFor(int64_t(batch) * num_kv_heads), batch,
+                                  num_kv_heads, max_seq_len, kernel->spec.format.tileTokens,
+                                  kernel->smCount)
                     .numSplits;
   return ok();
 }
@@ -378,9 +434,12 @@ kvarn_status kvarn_launch_decode(kvarn_kernel kernel, const kvarn_decode_args *a
   KVARN_REQUIRE(args->query && args->out && args->block_table && args->seq_lens && args->block_to_slot,
                 "kvarn_launch_decode: a required pointer is NULL");
   KVARN_REQUIRE(num_splits >= 1 && num_splits <= 65535, "kvarn_launch_decode: num_splits out of range");
-  KVARN_REQUIRE(kernel->schedule.splits == 0 || kernel->schedule.splits == num_splits,
+  KVARN_REQUIRE(args->batch >= 0 && args->batch <= 65535 && args->num_kv_heads > 0,
+                "kvarn_launch_decode: batch must be 0 to 65535 and num_kv_heads positive");
+  const kvarn::KernelModule &module = kernel->moduleFor(int64_t(args->batch) * args->num_kv_heads);
+  KVARN_REQUIRE(module.schedule().splits == 0 || module.schedule().splits == num_splits,
                 "kvarn_launch_decode: this kernel's schedule fixes splits = " +
-                    std::to_string(kernel->schedule.splits));
+                    std::to_string(module.schedule().splits));
   KVARN_REQUIRE(num_splits == 1 || args->workspace, "kvarn_launch_decode: splits need a workspace");
   if (args->batch == 0)
     return ok();
@@ -400,7 +459,7 @@ kvarn_status kvarn_launch_decode(kvarn_kernel kernel, const kvarn_decode_args *a
                              num_splits);
   params.maxBlocksPerRequest = args->max_blocks_per_request;
   params.softmaxScale = args->softmax_scale > 0 ? args->softmax_scale : 1.0f / std::sqrt(float(d));
-  if (kvarn::Status s = kvarn::launchDecode(kernel->module, params, kernel->spec.queryHeadsPerKvHead,
+  if (kvarn::Status s = kvarn::launchDecode(module, params, kernel->spec.queryHeadsPerKvHead,
                                             kvarn::DecodePlan{num_splits}, CUstream(stream));
       !s)
     return fail(s.error());

@@ -50,7 +50,35 @@ Expected<ConfigFile> parseConfigFile(const std::string &text, const std::string 
     double ms = 0;
     if (item.contains("median_ms") && item["median_ms"].is_number())
       ms = item["median_ms"].get<double>();
-    file.entries.push_back({*spec, *schedule, ms});
+    TunedEntry entry{*spec, *schedule, ms, {}};
+    if (item.contains("variants")) {
+      const nlohmann::json &list = item["variants"];
+      if (!list.is_array())
+        return bad(where + ".variants is not an array");
+      if (!list.empty() && spec->op != OpKind::Decode)
+        return bad(where + ".variants: only decode entries have variants");
+      for (size_t v = 0; v < list.size(); ++v) {
+        const nlohmann::json &variant = list[v];
+        const std::string at = where + ".variants[" + std::to_string(v) + "]";
+        if (!variant.is_object() || !variant.contains("min_work_items") ||
+            !variant["min_work_items"].is_number_integer() || !variant.contains("schedule") ||
+            !variant["schedule"].is_string())
+          return bad(at + " needs an integer 'min_work_items' and a 'schedule' string");
+        const int64_t minWork = variant["min_work_items"].get<int64_t>();
+        const int64_t previous = entry.variants.empty() ? 0 : entry.variants.back().minWorkItems;
+        if (minWork <= previous || minWork > (int64_t(1) << 30))
+          return bad(at + ".min_work_items = " + std::to_string(minWork) +
+                     ": thresholds must be positive, ascending and at most 2^30");
+        Expected<Schedule> knobs = parseSchedule(variant["schedule"].get<std::string>(), spec->op);
+        if (!knobs)
+          return bad(at + ": " + knobs.error().message);
+        double variantMs = 0;
+        if (variant.contains("median_ms") && variant["median_ms"].is_number())
+          variantMs = variant["median_ms"].get<double>();
+        entry.variants.push_back({int(minWork), *knobs, variantMs});
+      }
+    }
+    file.entries.push_back(std::move(entry));
   }
   return file;
 }
@@ -77,6 +105,27 @@ std::vector<ConfigFile> loadConfigDirectory(const std::string &directory,
       warnings->push_back(file.error().message + " (skipped)");
   }
   return files;
+}
+
+int variantForWork(const std::vector<ScheduleVariant> &variants, int64_t workItems) {
+  int chosen = -1;
+  for (size_t k = 0; k < variants.size(); ++k)
+    if (workItems >= variants[k].minWorkItems)
+      chosen = int(k);
+  return chosen;
+}
+
+const Schedule &scheduleForWork(const Schedule &base, const std::vector<ScheduleVariant> &variants,
+                                int64_t workItems) {
+  const int k = variantForWork(variants, workItems);
+  return k < 0 ? base : variants[size_t(k)].schedule;
+}
+
+std::string describeVariants(const std::vector<ScheduleVariant> &variants) {
+  std::string text;
+  for (const ScheduleVariant &v : variants)
+    text += "; from " + std::to_string(v.minWorkItems) + " work items: " + v.schedule.str();
+  return text;
 }
 
 namespace {
@@ -161,6 +210,24 @@ ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const Kern
     return choice;
   }
   choice.schedule = best->schedule;
+  // Variants: those legal here, their thresholds scaled to this GPU's SM count (a grid that
+  // fills the tuning GPU fills a GPU of twice the SMs at twice the work).
+  int droppedVariants = 0;
+  for (const ScheduleVariant &variant : best->variants) {
+    if (!validateSchedule(spec, variant.schedule)) {
+      ++droppedVariants;
+      continue;
+    }
+    ScheduleVariant scaled = variant;
+    if (bestFile->environment.smCount > 0 && here.smCount > 0 &&
+        bestFile->environment.smCount != here.smCount)
+      scaled.minWorkItems = int(std::max<int64_t>(
+          1, (int64_t(variant.minWorkItems) * here.smCount + bestFile->environment.smCount - 1) /
+                 bestFile->environment.smCount));
+    if (!choice.variants.empty() && scaled.minWorkItems <= choice.variants.back().minWorkItems)
+      continue; // a rounding collision: keep the first
+    choice.variants.push_back(scaled);
+  }
   const bool exact = best->spec == spec && sameSilicon(bestFile->environment, here) &&
                      softwareDifferences(bestFile->environment, here) == 0;
   choice.rule = exact ? "tuned" : "nearest";
@@ -180,6 +247,10 @@ ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const Kern
                             std::to_string(here.memoryClockKhz / 1000) + ")";
   }
   choice.explanation += describeSoftware(bestFile->environment, here);
+  choice.explanation += describeVariants(choice.variants);
+  if (droppedVariants)
+    choice.explanation += "; " + std::to_string(droppedVariants) +
+                          " variants are not legal for this spec here";
   return choice;
 }
 

@@ -196,9 +196,9 @@ std::vector<Schedule> scheduleSearchSpace(OpKind op) {
     // single and single-q round q' once: 1.0-1.2e-3 relative error at 128K tokens on the H200,
     // over the 1e-3 bound, so they are explicit-only (docs/benchmarks.md).
     mma = {"m16n8k16", "m16n8k16.single-p"};
-    // 6 warps x 2 CTAs: 12 warps per SM at 168 registers with one CTA slot per 6 warps (the
-    // large-batch alternative measured in docs/benchmarks.md).
-    warps = {1, 2, 4, 6, 8};
+    // 6 warps x 2 CTAs or 12 x 1: 12 warps per SM at 168 registers (faster once the grid fills
+    // the GPU, slower at small batches: the configs keep them as variants, docs/benchmarks.md).
+    warps = {1, 2, 4, 6, 8, 12};
     minCtas = {0, 2, 3, 4, 6}; // the tuner prunes the bounds that do not bind or starve registers
     break;
   case OpKind::Flush:

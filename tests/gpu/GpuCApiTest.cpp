@@ -216,6 +216,9 @@ TEST_F(CApiGpuTest, CppWrapperPreparesPlansAndLaunchesLikeTheCApi) {
   const char *cSchedule = nullptr, *cHow = nullptr;
   ASSERT_KVARN(kvarn_kernel_describe(cKernel, &cSchedule, &cHow));
   EXPECT_EQ(kernel.describe().first, std::string(cSchedule));
+  const char *cLaunchSchedule = nullptr;
+  ASSERT_KVARN(kvarn_decode_schedule(cKernel, 64, 8, &cLaunchSchedule));
+  EXPECT_EQ(kernel.decodeSchedule(64, 8), std::string(cLaunchSchedule));
   int cSplits = 0;
   ASSERT_KVARN(kvarn_plan_decode(cKernel, batch, hk, 1300, &cSplits));
   const int splits = kernel.planDecode(batch, hk, 1300);
@@ -432,6 +435,75 @@ TEST_F(CApiGpuTest, BundleExportImportLaunchUsesTheTunedSchedule) {
   EXPECT_EQ(std::string(how).rfind("tuned: ", 0), 0u) << how;
   DecodeFixture fx(*parseFormat("kvarn_k4v2_g128", 128), 2, 8, {700, 129, 1}, 31);
   EXPECT_LE(decode(kernel, fx, {700, 129, 1}, 2), 1e-3);
+  kvarn_runtime_destroy(production);
+}
+
+/// Tuned configs with decode variants, through a bundle into a production runtime (no JIT): the
+/// bundle carries every variant's kernel, plan and launch pick the schedule by batch x kv heads,
+/// and each variant decodes correctly (12 warps per CTA over fewer pages than warps included).
+/// An explicit schedule has no variants.
+TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
+  const char *arch = nullptr;
+  int smCount = 0;
+  ASSERT_KVARN(kvarn_runtime_device(runtime, &arch, &smCount));
+  DeviceInfo info = *openDevice(0);
+  const std::string spec = std::string("decode:kvarn_k4v2_g128:d128:q8:f16:") + arch;
+  const std::string configs =
+      std::string(R"({"environment": {"arch": ")") + arch + R"(", "sm_count": )" +
+      std::to_string(info.smCount) + R"(, "l2_bytes": )" + std::to_string(info.l2Bytes) +
+      R"(, "memory_clock_khz": )" + std::to_string(info.memoryClockKhz) +
+      R"(}, "entries": [{"spec": ")" + spec +
+      R"(", "schedule": "warps=2,mma=m16n8k16.single-p", "variants": [
+           {"min_work_items": 4, "schedule": "warps=12,mma=m16n8k16.single-p"},
+           {"min_work_items": 6, "schedule": "warps=6,min_ctas=2,mma=m16n8k16.single-p"}]}]})";
+  TuningEnvironment environment;
+  environment.arch = arch;
+  environment.smCount = info.smCount;
+  environment.l2Bytes = info.l2Bytes;
+  environment.memoryClockKhz = info.memoryClockKhz;
+  ArtifactCache buildCache(ArtifactCache::Options{cacheDir + "/build"});
+  Expected<Bundle> bundle = compiler::buildBundle({*parseKernelSpec(spec)}, configs, environment,
+                                                  buildCache);
+  ASSERT_TRUE(bundle) << bundle.error().str();
+  ASSERT_EQ(bundle->entries.size(), 3u) << "the tuned schedule and its two variants";
+  const std::string path = cacheDir + "/variants.kvarnbundle";
+  ASSERT_TRUE(writeBundle(path, *bundle));
+  const std::string productionCache = cacheDir + "/production";
+  kvarn_runtime_options options{0, productionCache.c_str(), 0, 0, nullptr};
+  kvarn_runtime production = nullptr;
+  ASSERT_KVARN(kvarn_runtime_create(&options, &production));
+  ASSERT_KVARN(kvarn_load_bundle(production, path.c_str()));
+  kvarn_kernel kernel = nullptr;
+  ASSERT_KVARN(kvarn_prepare(production, "decode:kvarn_k4v2_g128:d128:q8:f16", nullptr, &kernel));
+  const char *schedule = nullptr, *how = nullptr;
+  ASSERT_KVARN(kvarn_kernel_describe(kernel, &schedule, &how));
+  EXPECT_NE(std::string(how).find("from 4 work items: warps=12"), std::string::npos) << how;
+  EXPECT_EQ(std::string(how).find("not used"), std::string::npos) << how;
+  auto scheduleAt = [&](kvarn_kernel k, int batch, int hk) {
+    const char *text = nullptr;
+    EXPECT_EQ(kvarn_decode_schedule(k, batch, hk, &text), KVARN_OK) << kvarn_last_error();
+    return std::string(text ? text : "");
+  };
+  EXPECT_NE(scheduleAt(kernel, 1, 2).find("warps=2,"), std::string::npos);
+  EXPECT_NE(scheduleAt(kernel, 2, 2).find("warps=12,"), std::string::npos);
+  EXPECT_NE(scheduleAt(kernel, 3, 2).find("warps=6,"), std::string::npos);
+  EXPECT_NE(scheduleAt(kernel, 64, 8).find("warps=6,"), std::string::npos);
+  // Each size through its schedule, against the float64 reference (NaN-poisoned outputs).
+  const Format format = *parseFormat("kvarn_k4v2_g128", 128);
+  for (const std::vector<int32_t> &lengths :
+       {std::vector<int32_t>{700}, {900, 300}, {700, 129, 1}, {1500, 2049, 0}}) {
+    DecodeFixture fx(format, 2, 8, lengths, 51 + lengths.size());
+    EXPECT_LE(decode(kernel, fx, lengths, 2), 1e-3)
+        << lengths.size() << " requests: " << scheduleAt(kernel, int(lengths.size()), 2);
+  }
+  // The same schedule given explicitly: no variants at any size.
+  kvarn_kernel plain = nullptr;
+  ASSERT_KVARN(kvarn_prepare(runtime, "decode:kvarn_k4v2_g128:d128:q8:f16",
+                             "warps=2,mma=m16n8k16.single-p", &plain));
+  EXPECT_NE(plain, kernel);
+  EXPECT_EQ(scheduleAt(plain, 64, 8), scheduleAt(plain, 1, 1));
+  const char *unused = nullptr;
+  EXPECT_EQ(kvarn_decode_schedule(kernel, -1, 2, &unused), KVARN_ERROR_INVALID_ARGUMENT);
   kvarn_runtime_destroy(production);
 }
 

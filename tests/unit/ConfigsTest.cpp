@@ -122,6 +122,94 @@ TEST(Configs, NothingSuitableFallsBackToTheDefault) {
             "default");
 }
 
+const char *kWithVariants = R"({
+  "environment": {"arch": "sm_90a", "sm_count": 132, "l2_bytes": 62914560,
+                  "memory_clock_khz": 3201000, "driver": 13000, "nvrtc": "13.0", "kvarn": "0.1.0"},
+  "entries": [
+    {"spec": "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", "schedule": "warps=4", "median_ms": 0.1,
+     "variants": [{"min_work_items": 128, "schedule": "warps=12", "median_ms": 0.09},
+                  {"min_work_items": 512, "schedule": "warps=6,min_ctas=2"}]}
+  ]})";
+
+TEST(Configs, DecodeVariantsParseAndPickByWorkItems) {
+  ConfigFile file = parsed(kWithVariants);
+  ASSERT_EQ(file.entries.size(), 1u);
+  const TunedEntry &entry = file.entries[0];
+  ASSERT_EQ(entry.variants.size(), 2u);
+  EXPECT_EQ(entry.variants[0].minWorkItems, 128);
+  EXPECT_EQ(entry.variants[0].schedule.warps, 12);
+  EXPECT_DOUBLE_EQ(entry.variants[0].medianMs, 0.09);
+  EXPECT_EQ(entry.variants[1].schedule.minCtas, 2);
+  // Below the first threshold the entry's own schedule; at and above each threshold its variant.
+  EXPECT_EQ(variantForWork(entry.variants, 0), -1);
+  EXPECT_EQ(variantForWork(entry.variants, 127), -1);
+  EXPECT_EQ(variantForWork(entry.variants, 128), 0);
+  EXPECT_EQ(variantForWork(entry.variants, 511), 0);
+  EXPECT_EQ(variantForWork(entry.variants, 512), 1);
+  EXPECT_EQ(variantForWork(entry.variants, int64_t(1) << 40), 1);
+  EXPECT_EQ(scheduleForWork(entry.schedule, entry.variants, 8).warps, 4);
+  EXPECT_EQ(scheduleForWork(entry.schedule, entry.variants, 256).warps, 12);
+  EXPECT_EQ(scheduleForWork(entry.schedule, entry.variants, 4096).warps, 6);
+
+  ScheduleChoice choice = chooseSchedule(
+      {file}, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a"), h200());
+  EXPECT_EQ(choice.rule, "tuned");
+  ASSERT_EQ(choice.variants.size(), 2u);
+  EXPECT_EQ(choice.variants[0].minWorkItems, 128) << "same SM count: thresholds unchanged";
+  EXPECT_THAT(choice.explanation, HasSubstr("from 128 work items: warps=12"));
+  EXPECT_THAT(choice.explanation, HasSubstr("from 512 work items: warps=6"));
+}
+
+TEST(Configs, VariantThresholdsScaleWithTheSmCount) {
+  TuningEnvironment half = h200();
+  half.smCount = 66;
+  ScheduleChoice choice = chooseSchedule(
+      {parsed(kWithVariants)}, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a"), half);
+  EXPECT_EQ(choice.rule, "nearest");
+  ASSERT_EQ(choice.variants.size(), 2u);
+  EXPECT_EQ(choice.variants[0].minWorkItems, 64);
+  EXPECT_EQ(choice.variants[1].minWorkItems, 256);
+}
+
+TEST(Configs, MalformedVariantsAreRefusedWithTheField) {
+  auto error = [](const char *variants, const char *spec = "decode:kvarn_k4v2_g128:d128:q8") {
+    const std::string json =
+        std::string(R"({"environment": {"arch": "sm_90a"}, "entries": [{"spec": ")") + spec +
+        R"(:f16:sm_90a", "schedule": "warps=4", "variants": )" +
+        variants + "}]}";
+    Expected<ConfigFile> file = parseConfigFile(json, "v.json");
+    return file ? std::string("parsed") : file.error().message;
+  };
+  EXPECT_THAT(error("{}"), HasSubstr("entries[0].variants is not an array"));
+  EXPECT_THAT(error(R"([{"schedule": "warps=8"}])"),
+              HasSubstr("entries[0].variants[0] needs an integer 'min_work_items'"));
+  EXPECT_THAT(error(R"([{"min_work_items": 0, "schedule": "warps=8"}])"),
+              HasSubstr("positive, ascending"));
+  EXPECT_THAT(error(R"([{"min_work_items": 64, "schedule": "warps=8"},
+                        {"min_work_items": 64, "schedule": "warps=6"}])"),
+              HasSubstr("variants[1].min_work_items = 64"));
+  EXPECT_THAT(error(R"([{"min_work_items": 64, "schedule": "warps=seven"}])"),
+              HasSubstr("variants[0]"));
+  const char *flush = "flush:kvarn_k4v2_g128:d128:q1";
+  EXPECT_THAT(error(R"([{"min_work_items": 64, "schedule": "warps=8"}])", flush),
+              HasSubstr("only decode entries have variants"));
+  EXPECT_EQ(error("[]", flush), "parsed");
+}
+
+TEST(Configs, VariantsIllegalHereAreDroppedAndCounted) {
+  // 32 warps per CTA exceed the 1,024 threads of a CTA: validateSchedule refuses the variant.
+  ConfigFile file = parsed(R"({"environment": {"arch": "sm_90a", "sm_count": 132},
+      "entries": [{"spec": "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", "schedule": "warps=4",
+                   "variants": [{"min_work_items": 64, "schedule": "warps=64"},
+                                {"min_work_items": 256, "schedule": "warps=6"}]}]})");
+  TuningEnvironment here = h200();
+  ScheduleChoice choice =
+      chooseSchedule({file}, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a"), here);
+  ASSERT_EQ(choice.variants.size(), 1u);
+  EXPECT_EQ(choice.variants[0].schedule.warps, 6);
+  EXPECT_THAT(choice.explanation, HasSubstr("1 variants are not legal"));
+}
+
 TEST(Configs, DirectoryLoadingSkipsBadFilesWithAWarning) {
   const std::string dir = testing::TempDir() + "/kvarn-configs-test";
   std::filesystem::remove_all(dir);

@@ -19,8 +19,8 @@ namespace {
 
 TEST(SearchSpace, EnumeratesEveryKnobCombinationOverTheDefaults) {
   std::vector<Schedule> decode = scheduleSearchSpace(OpKind::Decode);
-  // mma {m16n8k16, .single-p} x warps {1,2,4,6,8} x stages {1,2} x min_ctas {0,2,3,4,6}
-  EXPECT_EQ(decode.size(), 100u);
+  // mma {m16n8k16, .single-p} x warps {1,2,4,6,8,12} x stages {1,2} x min_ctas {0,2,3,4,6}
+  EXPECT_EQ(decode.size(), 120u);
   std::map<std::string, int> perMma;
   for (const Schedule &s : decode) {
     EXPECT_EQ(s.splits, 0) << "decode splits stay planned";
@@ -30,7 +30,7 @@ TEST(SearchSpace, EnumeratesEveryKnobCombinationOverTheDefaults) {
   }
   EXPECT_EQ(perMma.size(), 2u);
   for (const auto &[mma, count] : perMma)
-    EXPECT_EQ(count, 50) << mma;
+    EXPECT_EQ(count, 60) << mma;
   EXPECT_EQ(scheduleSearchSpace(OpKind::Append).size(), 12u); // warps {2,4,8} x rows {1,2,4,8}
   EXPECT_EQ(scheduleSearchSpace(OpKind::Flush).size(), 3u);
 }
@@ -386,6 +386,96 @@ TEST(MultiBucket, ScoresAreGeometricMeansSoNoShapeDominates) {
   EXPECT_LT(b.medianMs, a.medianMs);
   EXPECT_GT(0.045 + 2.1, 0.05 + 2.0);
   EXPECT_EQ(combineBucketTimings({large}).medianMs, large.medianMs);
+}
+
+/// A decode result over buckets of 8, 128, 256 and 512 work items, with per-bucket medians.
+TuneResult bucketedResult(const std::vector<std::pair<std::string, std::vector<double>>> &timed) {
+  TuneResult result;
+  result.spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+  for (const auto &[knobs, ms] : timed) {
+    Candidate c;
+    c.schedule = *parseSchedule(knobs, OpKind::Decode);
+    std::vector<Timing> perBucket;
+    for (double m : ms)
+      perBucket.push_back(Timing{m, m, m, 0.0, 10});
+    c.timing = combineBucketTimings(perBucket);
+    c.ms = c.timing.medianMs;
+    result.candidates.push_back(c);
+  }
+  // The geometric-mean winner, as selectSchedule picks it.
+  const Candidate *best = &result.candidates[0];
+  for (const Candidate &c : result.candidates)
+    if (c.ms < best->ms)
+      best = &c;
+  result.found = true;
+  result.best = best->schedule;
+  result.bestMs = best->ms;
+  return result;
+}
+
+TEST(DecodeVariants, LargerLaunchesGetTheirFastestScheduleWhenItGainsEnough) {
+  const std::vector<int64_t> work = {256, 8, 128, 512}; // bucket order of a run: 32x, 1x, 16x, 64x
+  TuneResult result = bucketedResult({
+      {"warps=4", {0.300, 0.055, 0.096, 0.310}},
+      {"warps=12", {0.293, 0.065, 0.086, 0.313}},
+      {"warps=6,min_ctas=2", {0.292, 0.061, 0.096, 0.297}},
+  });
+  ASSERT_EQ(result.best.warps, 4) << "the geometric mean over all buckets";
+  std::vector<ScheduleVariant> variants = decodeVariants(result, work);
+  // 128: warps=12 is 10% faster; 256: warps=6 is under 2% faster than warps=12 (kept); 512:
+  // warps=6 is 5% faster than warps=12.
+  ASSERT_EQ(variants.size(), 2u);
+  EXPECT_EQ(variants[0].minWorkItems, 128);
+  EXPECT_EQ(variants[0].schedule.warps, 12);
+  EXPECT_DOUBLE_EQ(variants[0].medianMs, 0.086);
+  EXPECT_EQ(variants[1].minWorkItems, 512);
+  EXPECT_EQ(variants[1].schedule.warps, 6);
+  // With a 20% bar nothing qualifies; one bucket or no per-bucket medians give no variants.
+  EXPECT_TRUE(decodeVariants(result, work, 0.2).empty());
+  EXPECT_TRUE(decodeVariants(result, {256}).empty());
+  TuneResult single = result;
+  for (Candidate &c : single.candidates)
+    c.timing.bucketMs.clear();
+  EXPECT_TRUE(decodeVariants(single, work).empty());
+}
+
+TEST(DecodeVariants, EqualWorkBucketsDecideTogetherAndTheSmallestStaysWithTheBest) {
+  // Two buckets of 256 work items (32 x 32K and 32 x 128K, say): warps=6 wins one by 10% and
+  // loses the other by 1%, so on their geometric mean it is about 4.5% faster. The smallest
+  // group (8) prefers warps=8, but it stays with the overall best.
+  TuneResult result = bucketedResult({
+      {"warps=4", {0.050, 0.300, 1.00}},
+      {"warps=6,min_ctas=2", {0.070, 0.270, 1.01}},
+      {"warps=8", {0.049, 0.400, 1.30}},
+  });
+  std::vector<ScheduleVariant> variants = decodeVariants(result, {8, 256, 256});
+  ASSERT_EQ(variants.size(), 1u);
+  EXPECT_EQ(variants[0].minWorkItems, 256);
+  EXPECT_EQ(variants[0].schedule.warps, 6);
+  EXPECT_NEAR(variants[0].medianMs, std::sqrt(0.270 * 1.01), 1e-12);
+}
+
+TEST(DecodeVariants, BucketMediansSurviveTheReportAndVariantsReachTheConfigs) {
+  TuneResult result = bucketedResult({
+      {"warps=4", {0.300, 0.055}},
+      {"warps=12", {0.250, 0.070}},
+  });
+  Expected<std::vector<TuneResult>> back = resultsFromJson(resultsToJson({result}, "key"));
+  ASSERT_TRUE(back) << back.error().str();
+  ASSERT_EQ((*back)[0].candidates[1].timing.bucketMs, (std::vector<double>{0.250, 0.070}));
+  TuneResult resumed = (*back)[0];
+  resumed.variants = decodeVariants(resumed, {256, 8});
+  ASSERT_EQ(resumed.variants.size(), 1u);
+  nlohmann::json entries = nlohmann::json::parse(configEntriesJson({resumed}));
+  ASSERT_TRUE(entries[0].contains("variants"));
+  EXPECT_EQ(entries[0]["variants"][0]["min_work_items"], 256);
+  EXPECT_EQ(entries[0]["variants"][0]["schedule"], resumed.variants[0].schedule.str());
+  // The configs file a run writes parses back with the variant.
+  nlohmann::json file = {{"environment", {{"arch", "sm_90a"}}}, {"entries", entries}};
+  Expected<ConfigFile> parsed = parseConfigFile(file.dump(), "tuned.json");
+  ASSERT_TRUE(parsed) << parsed.error().str();
+  ASSERT_EQ(parsed->entries[0].variants.size(), 1u);
+  EXPECT_EQ(parsed->entries[0].variants[0].schedule.warps, 12);
 }
 
 TEST(StaticModel, OrdersByTensorCoreWorkOverOccupancy) {

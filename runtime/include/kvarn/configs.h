@@ -3,7 +3,11 @@
 //
 // A config file (configs/<silicon key>.json, or the configs of a bundle) records the GPU it was
 // tuned on (`environment`: arch, SM count, L2 bytes, memory clock, driver, NVRTC, kvarn version)
-// and one entry per kernel spec: the selected schedule and its median time.
+// and one entry per kernel spec: the selected schedule and its median time. A decode entry may
+// add `variants`: schedules that replace the entry's own for launches of at least
+// `min_work_items` (request, kv head) pairs, where the tuner measured another schedule faster
+// (more warps per SM pay once the grid fills the GPU; the fixed cost of more warps does not at
+// small batches).
 //
 // chooseSchedule(): among the entries of the same op, format (preset, head_dim, layout) and arch,
 //  1. "tuned": the same silicon (SM count, L2, memory clock), the same driver, NVRTC and kvarn
@@ -19,6 +23,7 @@
 #include "kvarn/spec.h"
 #include "kvarn/status.h"
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -41,10 +46,18 @@ struct DeviceInfo; // kvarn/driver.h
 /// defined in libkvarn, which has the driver and NVRTC.
 TuningEnvironment environmentOf(const DeviceInfo &device);
 
+/// A schedule for decode launches of at least `minWorkItems` (request, kv head) pairs.
+struct ScheduleVariant {
+  int minWorkItems = 0;
+  Schedule schedule;
+  double medianMs = 0; ///< at the tuning shapes it was chosen for (0: not recorded)
+};
+
 struct TunedEntry {
   KernelSpec spec;
   Schedule schedule;
   double medianMs = 0;
+  std::vector<ScheduleVariant> variants; ///< ascending, distinct minWorkItems > 0
 };
 
 struct ConfigFile {
@@ -63,9 +76,22 @@ std::vector<ConfigFile> loadConfigDirectory(const std::string &directory,
 
 struct ScheduleChoice {
   Schedule schedule;
+  /// The entry's variants legal here (thresholds scaled by this GPU's SM count when it differs
+  /// from the tuning GPU's).
+  std::vector<ScheduleVariant> variants;
   std::string rule;        ///< "tuned", "nearest" or "default"
   std::string explanation; ///< which entry of which file, and what differs
 };
+
+/// The schedule of a decode launch of `workItems` = batch * kv heads: the variant with the
+/// largest threshold at or below it, else `base`.
+const Schedule &scheduleForWork(const Schedule &base, const std::vector<ScheduleVariant> &variants,
+                                int64_t workItems);
+/// Index into `variants` of scheduleForWork's pick, or -1 for `base`.
+int variantForWork(const std::vector<ScheduleVariant> &variants, int64_t workItems);
+
+/// "; from <n> work items: <schedule>" per variant (for explanations and reports).
+std::string describeVariants(const std::vector<ScheduleVariant> &variants);
 
 ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const KernelSpec &spec,
                               const TuningEnvironment &here);

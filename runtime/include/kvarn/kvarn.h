@@ -66,6 +66,13 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
  * rule and explanation). The strings live as long as the runtime. */
 kvarn_status kvarn_kernel_describe(kvarn_kernel kernel, const char **schedule, const char **how);
 
+/* Decode: the schedule a launch of batch x num_kv_heads (request, kv head) pairs runs. A kernel
+ * prepared with the configs' schedule may carry variants for larger launches (more warps per SM
+ * pay once the grid fills the GPU); plan and launch pick the same one from batch x num_kv_heads,
+ * so a plan stays valid for its launch and CUDA graphs. Explicit schedules have no variants. */
+kvarn_status kvarn_decode_schedule(kvarn_kernel kernel, int batch, int num_kv_heads,
+                                   const char **schedule);
+
 /* Decode: host-side plan (splits) and the workspace it needs. */
 kvarn_status kvarn_plan_decode(kvarn_kernel kernel, int batch, int num_kv_heads,
                                int max_seq_len, int *num_splits);

@@ -38,6 +38,12 @@ public:
     check(kvarn_kernel_describe(handle_, &schedule, &how));
     return {schedule, how};
   }
+  /// The schedule a decode launch of batch x numKvHeads runs (a config variant or the kernel's).
+  std::string decodeSchedule(int batch, int numKvHeads) const {
+    const char *schedule = nullptr;
+    check(kvarn_decode_schedule(handle_, batch, numKvHeads, &schedule));
+    return schedule;
+  }
   int planDecode(int batch, int numKvHeads, int maxSeqLen) const {
     int splits = 0;
     check(kvarn_plan_decode(handle_, batch, numKvHeads, maxSeqLen, &splits));

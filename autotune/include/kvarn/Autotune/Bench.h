@@ -42,6 +42,7 @@ struct BenchOptions {
 struct BenchRow {
   int batch = 0, context = 0, splits = 0;
   double kvarnMs = 0, kvarnGBs = 0, fp16Ms = 0, fp16GBs = 0;
+  std::string schedule; ///< the KVarN schedule of this shape when a config variant ran ("" = report's)
 };
 
 struct BenchReport {

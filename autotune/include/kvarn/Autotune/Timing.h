@@ -13,10 +13,12 @@
 namespace kvarn::autotune {
 
 /// Median and spread (10th and 90th percentile) of a kernel's samples, in ms; graphMs is the
-/// median of CUDA-graph replays (0 when not measured).
+/// median of CUDA-graph replays (0 when not measured). A timing over several decode buckets also
+/// keeps each bucket's median (bucketMs, in bucket order; empty for one bucket).
 struct Timing {
   double medianMs = 0, p10Ms = 0, p90Ms = 0, graphMs = 0;
   int samples = 0;
+  std::vector<double> bucketMs;
 };
 
 /// A kernel that keeps the GPU busy for `microseconds` (a spin on the global timer), launched

@@ -6,6 +6,7 @@
 
 #include "kvarn/Autotune/Timing.h"
 #include "kvarn/cache.h"
+#include "kvarn/configs.h"
 #include "kvarn/launch.h"
 #include "kvarn/spec.h"
 #include "kvarn/status.h"
@@ -43,7 +44,20 @@ struct TuneResult {
   Schedule earlyBest;
   double earlyMs = 0;
   std::vector<Candidate> candidates;
+  /// Decode: schedules for larger launches (decodeVariants), written to the configs.
+  std::vector<ScheduleVariant> variants;
 };
+
+/// Decode variants from the candidates' per-bucket medians (Timing::bucketMs). `bucketWork` is
+/// each bucket's (request, kv head) pairs, batch * kv heads. Buckets of equal work form a group;
+/// groups are visited by ascending work, the smallest one left to `best` (the geometric-mean
+/// winner over all buckets). At each further group the schedule in force so far is replaced by
+/// the group's fastest candidate (geometric mean over the group) if that is at least `minGain`
+/// faster there; the replacement holds from the group's work upwards. Candidates without a
+/// median at every bucket are not considered.
+std::vector<ScheduleVariant> decodeVariants(const TuneResult &result,
+                                            const std::vector<int64_t> &bucketWork,
+                                            double minGain = 0.02);
 
 /// Why a candidate is not worth measuring ("" if it is): illegal (validateSchedule), or a
 /// `min_ctas` bound that does not bind, leaves fewer than 128 registers, or cannot fit that many
