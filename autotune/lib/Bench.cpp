@@ -175,9 +175,12 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       KVARN_TRY(dLens->upload(lens.data(), lens.size() * 4));
       KVARN_TRY(dQuery->upload(queries.data(), queries.size() * 2));
       std::vector<ScheduleVariant> thresholds;
-      for (const auto &entry : variants)
-        thresholds.push_back(entry.first);
-      const int variant = variantForWork(thresholds, int64_t(batch) * hk);
+      std::vector<int64_t> slots = {int64_t(info.smCount) * module->residentCtasPerSm()};
+      for (const auto &[variant, variantModule] : variants) {
+        thresholds.push_back(variant);
+        slots.push_back(int64_t(info.smCount) * variantModule.residentCtasPerSm());
+      }
+      const int variant = variantForLaunch(thresholds, slots, int64_t(batch) * hk);
       const KernelModule &kernel = variant < 0 ? *module : variants[size_t(variant)].second;
       const DecodePlan plan = planDecode(kernel, batch, hk, context, g, info.smCount);
       const DecodePlan baselinePlan = planDecode(*baseline, batch, hk, context, g, info.smCount);

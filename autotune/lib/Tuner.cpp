@@ -76,18 +76,22 @@ std::string percent(double fraction) {
 
 } // namespace
 
-double predictedCost(const KernelSpec &spec, const Schedule &schedule) {
-  if (spec.op != OpKind::Decode && spec.op != OpKind::Extend)
-    return 1.0;
-  // Occupancy: CTAs per SM bounded by shared memory, by registers (255 per thread unless
-  // min_ctas sets a budget) and by 64 warps per SM.
+int staticCtasPerSm(const KernelSpec &spec, const Schedule &schedule) {
+  // CTAs per SM bounded by shared memory, by registers (255 per thread unless min_ctas sets a
+  // budget) and by 64 warps per SM.
   constexpr double registerFile = 65536, maxWarps = 64;
   const double threads = 32.0 * schedule.warps;
   const double bySharedMemory =
       std::floor(double(sharedMemoryPerSm(spec.arch)) / double(sharedMemoryBytes(spec, schedule) + 1024));
   const double byRegisters =
       schedule.minCtas > 0 ? double(schedule.minCtas) : std::floor(registerFile / (255.0 * threads));
-  const double ctas = std::max(1.0, std::min({bySharedMemory, byRegisters, maxWarps / schedule.warps}));
+  return int(std::max(1.0, std::min({bySharedMemory, byRegisters, std::floor(maxWarps / schedule.warps)})));
+}
+
+double predictedCost(const KernelSpec &spec, const Schedule &schedule) {
+  if (spec.op != OpKind::Decode && spec.op != OpKind::Extend)
+    return 1.0;
+  const double ctas = staticCtasPerSm(spec, schedule);
   const double activeWarps = ctas * schedule.warps;
   // Tensor-core work per page relative to one fp16 term per operand.
   const MmaVariant *mma = findMma(schedule.mma);
@@ -234,12 +238,14 @@ Expected<Regret> replayRegret(const std::string &reportJson, double earlyStop,
   return regretOf(replayed);
 }
 
-std::vector<ScheduleVariant> decodeVariants(const TuneResult &result,
-                                            const std::vector<int64_t> &bucketWork,
-                                            double minGain) {
-  std::vector<ScheduleVariant> variants;
+DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
+                                      const std::vector<int64_t> &bucketWork, double minGain,
+                                      const std::function<int64_t(const Schedule &)> &slots) {
+  DecodeSchedules out;
+  out.base = result.best;
+  out.baseMs = result.bestMs;
   if (!result.found || bucketWork.size() < 2)
-    return variants;
+    return out;
   auto timedEverywhere = [&](const Candidate &c) {
     return c.rejected.empty() && c.timing.bucketMs.size() == bucketWork.size();
   };
@@ -249,44 +255,83 @@ std::vector<ScheduleVariant> decodeVariants(const TuneResult &result,
       logSum += std::log(std::max(c.timing.bucketMs[b], 1e-9));
     return std::exp(logSum / double(group.size()));
   };
+  auto candidateOf = [&](const Schedule &schedule) -> const Candidate * {
+    for (const Candidate &c : result.candidates)
+      if (c.schedule == schedule && timedEverywhere(c))
+        return &c;
+    return nullptr;
+  };
   std::vector<int64_t> works(bucketWork);
   std::sort(works.begin(), works.end());
   works.erase(std::unique(works.begin(), works.end()), works.end());
-  const Candidate *current = nullptr;
-  for (const Candidate &c : result.candidates)
-    if (c.schedule == result.best && timedEverywhere(c))
-      current = &c;
-  if (!current)
-    return variants;
-  for (size_t w = 1; w < works.size(); ++w) { // the smallest group stays with `best`
+  if (!candidateOf(result.best))
+    return out;
+  // The base, the variants so far and their slots, as the runtime sees them.
+  std::vector<const Candidate *> inForce = {candidateOf(result.best)};
+  auto slotsOf = [&](const std::vector<const Candidate *> &chain) {
+    std::vector<int64_t> list;
+    if (slots)
+      for (const Candidate *c : chain)
+        list.push_back(slots(c->schedule));
+    return list;
+  };
+  for (size_t w = 0; w < works.size(); ++w) {
     std::vector<size_t> group;
     for (size_t b = 0; b < bucketWork.size(); ++b)
       if (bucketWork[b] == works[w])
         group.push_back(b);
+    // What the runtime would run at this work with the choices so far.
+    std::vector<ScheduleVariant> variantsSoFar = out.variants;
+    const int running = variantForLaunch(variantsSoFar, slotsOf(inForce), works[w]);
+    const Candidate *current = inForce[size_t(running + 1)];
     const Candidate *fastest = nullptr;
     double fastestMs = 0;
-    for (const Candidate &c : result.candidates)
-      if (timedEverywhere(c) && (!fastest || groupMs(c, group) < fastestMs)) {
+    for (const Candidate &c : result.candidates) {
+      if (!timedEverywhere(c))
+        continue;
+      if (w > 0 && slots) { // would the runtime keep c as a new variant at this work?
+        std::vector<const Candidate *> chain = inForce;
+        chain.push_back(&c);
+        std::vector<ScheduleVariant> withC = out.variants;
+        withC.push_back({int(works[w]), c.schedule, 0});
+        if (variantForLaunch(withC, slotsOf(chain), works[w]) != int(withC.size()) - 1)
+          continue;
+      }
+      if (!fastest || groupMs(c, group) < fastestMs) {
         fastest = &c;
         fastestMs = groupMs(c, group);
       }
-    if (fastest && fastest != current && fastestMs < (1.0 - minGain) * groupMs(*current, group) &&
-        works[w] <= (int64_t(1) << 30)) {
-      variants.push_back({int(works[w]), fastest->schedule, fastestMs});
-      current = fastest;
+    }
+    // The base has no incumbent at the smallest launches (the geometric-mean winner is chosen
+    // over all buckets, where larger launches weigh as much), so the fastest there simply wins;
+    // a variant must beat the schedule the runtime would otherwise run by minGain.
+    const double bar = w == 0 ? 1.0 : 1.0 - minGain;
+    if (!fastest || fastest == current || fastestMs >= bar * groupMs(*current, group))
+      continue;
+    if (w == 0) { // the smallest launches: a new base
+      out.base = fastest->schedule;
+      out.baseMs = fastest->timing.medianMs;
+      inForce[0] = fastest;
+    } else if (works[w] <= (int64_t(1) << 30)) {
+      out.variants.push_back({int(works[w]), fastest->schedule, fastestMs});
+      inForce.push_back(fastest);
+    } else {
+      break;
     }
   }
-  return variants;
+  return out;
 }
 
 std::string configEntriesJson(const std::vector<TuneResult> &results) {
   nlohmann::json entries = nlohmann::json::array();
   for (const TuneResult &r : results)
     if (r.found) {
+      const Schedule &schedule = r.hasConfigBase ? r.configBase : r.best;
+      const double ms = r.hasConfigBase ? r.configBaseMs : r.bestMs;
       nlohmann::json entry = {{"spec", r.spec.str()},
-                              {"schedule", r.best.str()},
-                              {"median_ms", r.bestMs},
-                              {"fraction_of_roofline", r.rooflineMs > 0 ? r.rooflineMs / r.bestMs : 0.0},
+                              {"schedule", schedule.str()},
+                              {"median_ms", ms},
+                              {"fraction_of_roofline", r.rooflineMs > 0 ? r.rooflineMs / ms : 0.0},
                               {"candidates", r.candidates.size()}};
       if (!r.variants.empty()) {
         nlohmann::json variants = nlohmann::json::array();
@@ -1198,7 +1243,18 @@ Status runTune(const TuneOptions &o) {
       work.push_back(int64_t(batch) * o.numKvHeads);
     for (TuneResult &r : results)
       if (r.spec.op == OpKind::Decode) {
-        r.variants = decodeVariants(r, work);
+        const int smCount = info->smCount;
+        const KernelSpec spec = r.spec;
+        const DecodeSchedules byWork = decodeSchedulesByWork(
+            r, work, 0.02, [&](const Schedule &s) {
+              return int64_t(smCount) * staticCtasPerSm(spec, s);
+            });
+        r.hasConfigBase = !(byWork.base == r.best);
+        r.configBase = byWork.base;
+        r.configBaseMs = byWork.baseMs;
+        r.variants = byWork.variants;
+        if (r.hasConfigBase)
+          progress.line(r.spec.str() + ": the smallest launches " + byWork.base.str());
         for (const ScheduleVariant &v : r.variants)
           progress.line(r.spec.str() + ": from " + std::to_string(v.minWorkItems) +
                         " work items " + v.schedule.str() + " (" + std::to_string(v.medianMs) +

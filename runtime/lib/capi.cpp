@@ -27,10 +27,15 @@ struct kvarn_kernel_t {
   std::vector<kvarn::ScheduleVariant> variants;
   std::vector<kvarn::KernelModule> variantModules;
   std::vector<std::string> variantTexts; ///< kvarn_decode_schedule
+  std::vector<int64_t> slots;            ///< resident CTAs on the GPU: the base's, then each variant's
 
-  /// The module of a decode launch of `workItems` (request, kv head) pairs.
+  /// Index of the variant a decode launch of `workItems` (request, kv head) pairs runs (-1: the
+  /// kernel's own schedule).
+  int variantFor(int64_t workItems) const {
+    return variants.empty() ? -1 : kvarn::variantForLaunch(variants, slots, workItems);
+  }
   const kvarn::KernelModule &moduleFor(int64_t workItems) const {
-    const int k = kvarn::variantForWork(variants, workItems);
+    const int k = variantFor(workItems);
     return k < 0 ? module : variantModules[size_t(k)];
   }
 };
@@ -381,8 +386,12 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
   prepared->smCount = runtime->device.smCount;
   prepared->variants = std::move(variants);
   prepared->variantModules = std::move(variantModules);
-  for (const kvarn::ScheduleVariant &variant : prepared->variants)
-    prepared->variantTexts.push_back(variant.schedule.str());
+  prepared->slots.push_back(int64_t(prepared->smCount) * prepared->module.residentCtasPerSm());
+  for (size_t k = 0; k < prepared->variants.size(); ++k) {
+    prepared->variantTexts.push_back(prepared->variants[k].schedule.str());
+    prepared->slots.push_back(int64_t(prepared->smCount) *
+                              prepared->variantModules[k].residentCtasPerSm());
+  }
   *kernel = prepared.get();
   runtime->byText[text] = *kernel;
   runtime->kernels.emplace(key, std::move(prepared));
@@ -401,7 +410,7 @@ kvarn_status kvarn_decode_schedule(kvarn_kernel kernel, int batch, int num_kv_he
   KVARN_REQUIRE(kernel && schedule, "kvarn_decode_schedule: NULL argument");
   KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Decode, "kvarn_decode_schedule: not a decode kernel");
   KVARN_REQUIRE(batch >= 0 && num_kv_heads > 0, "kvarn_decode_schedule: negative batch or no kv heads");
-  const int k = kvarn::variantForWork(kernel->variants, int64_t(batch) * num_kv_heads);
+  const int k = kernel->variantFor(int64_t(batch) * num_kv_heads);
   *schedule = k < 0 ? kernel->scheduleText.c_str() : kernel->variantTexts[size_t(k)].c_str();
   return ok();
 }

@@ -115,6 +115,26 @@ int variantForWork(const std::vector<ScheduleVariant> &variants, int64_t workIte
   return chosen;
 }
 
+int variantForLaunch(const std::vector<ScheduleVariant> &variants,
+                     const std::vector<int64_t> &slots, int64_t workItems) {
+  int k = variantForWork(variants, workItems);
+  if (slots.size() != variants.size() + 1)
+    return k; // no occupancy known: the thresholds alone
+  auto waves = [&](int index) { // index -1: the base
+    const int64_t s = std::max<int64_t>(1, slots[size_t(index + 1)]);
+    return (std::max<int64_t>(workItems, 1) + s - 1) / s;
+  };
+  auto fewestBefore = [&](int index) {
+    int64_t fewest = waves(-1);
+    for (int j = 0; j < index; ++j)
+      fewest = std::min(fewest, waves(j));
+    return fewest;
+  };
+  while (k >= 0 && waves(k) > fewestBefore(k))
+    --k;
+  return k;
+}
+
 const Schedule &scheduleForWork(const Schedule &base, const std::vector<ScheduleVariant> &variants,
                                 int64_t workItems) {
   const int k = variantForWork(variants, workItems);

@@ -160,6 +160,25 @@ TEST(Configs, DecodeVariantsParseAndPickByWorkItems) {
   EXPECT_THAT(choice.explanation, HasSubstr("from 512 work items: warps=6"));
 }
 
+TEST(Configs, ALaunchStepsBackFromAVariantThatWouldNeedMoreWaves) {
+  // Base: 264 resident CTAs (4 warps x 2 per SM on 132 SMs); from 128 work items a 12-warp
+  // variant with 132; from 512 a 6-warp variant with 264.
+  std::vector<ScheduleVariant> variants = {{128, *parseSchedule("warps=12", OpKind::Decode), 0},
+                                           {512, *parseSchedule("warps=6,min_ctas=2", OpKind::Decode), 0}};
+  const std::vector<int64_t> slots = {264, 132, 264};
+  EXPECT_EQ(variantForLaunch(variants, slots, 8), -1);
+  EXPECT_EQ(variantForLaunch(variants, slots, 128), 0) << "one wave either way";
+  EXPECT_EQ(variantForLaunch(variants, slots, 132), 0);
+  EXPECT_EQ(variantForLaunch(variants, slots, 133), -1) << "two waves where the base needs one";
+  EXPECT_EQ(variantForLaunch(variants, slots, 256), -1);
+  EXPECT_EQ(variantForLaunch(variants, slots, 300), -1) << "3 waves against 2";
+  EXPECT_EQ(variantForLaunch(variants, slots, 512), 1) << "2 waves against the 12-warp's 4";
+  EXPECT_EQ(variantForLaunch(variants, slots, 4096), 1);
+  // Without occupancy (a mismatched list) the thresholds alone decide.
+  EXPECT_EQ(variantForLaunch(variants, {}, 256), 0);
+  EXPECT_EQ(variantForLaunch({}, {264}, 256), -1);
+}
+
 TEST(Configs, VariantThresholdsScaleWithTheSmCount) {
   TuningEnvironment half = h200();
   half.smCount = 66;

@@ -421,7 +421,10 @@ TEST(DecodeVariants, LargerLaunchesGetTheirFastestScheduleWhenItGainsEnough) {
       {"warps=6,min_ctas=2", {0.292, 0.061, 0.096, 0.297}},
   });
   ASSERT_EQ(result.best.warps, 4) << "the geometric mean over all buckets";
-  std::vector<ScheduleVariant> variants = decodeVariants(result, work);
+  const DecodeSchedules byWork = decodeSchedulesByWork(result, work);
+  EXPECT_EQ(byWork.base, result.best) << "warps=4 is also the fastest at the smallest launches";
+  EXPECT_DOUBLE_EQ(byWork.baseMs, result.bestMs);
+  const std::vector<ScheduleVariant> &variants = byWork.variants;
   // 128: warps=12 is 10% faster; 256: warps=6 is under 2% faster than warps=12 (kept); 512:
   // warps=6 is 5% faster than warps=12.
   ASSERT_EQ(variants.size(), 2u);
@@ -430,29 +433,59 @@ TEST(DecodeVariants, LargerLaunchesGetTheirFastestScheduleWhenItGainsEnough) {
   EXPECT_DOUBLE_EQ(variants[0].medianMs, 0.086);
   EXPECT_EQ(variants[1].minWorkItems, 512);
   EXPECT_EQ(variants[1].schedule.warps, 6);
-  // With a 20% bar nothing qualifies; one bucket or no per-bucket medians give no variants.
-  EXPECT_TRUE(decodeVariants(result, work, 0.2).empty());
-  EXPECT_TRUE(decodeVariants(result, {256}).empty());
+  // With a 20% bar no variant qualifies; one bucket or no per-bucket medians give none.
+  EXPECT_TRUE(decodeSchedulesByWork(result, work, 0.2).variants.empty());
+  EXPECT_TRUE(decodeSchedulesByWork(result, {256}).variants.empty());
   TuneResult single = result;
   for (Candidate &c : single.candidates)
     c.timing.bucketMs.clear();
-  EXPECT_TRUE(decodeVariants(single, work).empty());
+  EXPECT_TRUE(decodeSchedulesByWork(single, work).variants.empty());
 }
 
-TEST(DecodeVariants, EqualWorkBucketsDecideTogetherAndTheSmallestStaysWithTheBest) {
+TEST(DecodeVariants, EqualWorkBucketsDecideTogetherAndTheSmallestCanReplaceTheBase) {
   // Two buckets of 256 work items (32 x 32K and 32 x 128K, say): warps=6 wins one by 10% and
   // loses the other by 1%, so on their geometric mean it is about 4.5% faster. The smallest
-  // group (8) prefers warps=8, but it stays with the overall best.
+  // group (8) is faster with warps=8 than with the overall best, warps=4: warps=8 becomes the
+  // base (no bar: the smallest launches have no incumbent), and the variant is measured
+  // against it.
   TuneResult result = bucketedResult({
       {"warps=4", {0.050, 0.300, 1.00}},
       {"warps=6,min_ctas=2", {0.070, 0.270, 1.01}},
-      {"warps=8", {0.049, 0.400, 1.30}},
+      {"warps=8", {0.0495, 0.400, 1.30}},
   });
-  std::vector<ScheduleVariant> variants = decodeVariants(result, {8, 256, 256});
+  ASSERT_EQ(result.best.warps, 4);
+  const DecodeSchedules byWork = decodeSchedulesByWork(result, {8, 256, 256});
+  EXPECT_EQ(byWork.base.warps, 8);
+  EXPECT_NEAR(byWork.baseMs, std::cbrt(0.0495 * 0.400 * 1.30), 1e-12);
+  const std::vector<ScheduleVariant> &variants = byWork.variants;
   ASSERT_EQ(variants.size(), 1u);
   EXPECT_EQ(variants[0].minWorkItems, 256);
   EXPECT_EQ(variants[0].schedule.warps, 6);
   EXPECT_NEAR(variants[0].medianMs, std::sqrt(0.270 * 1.01), 1e-12);
+}
+
+TEST(DecodeVariants, WithOccupancyTheChoiceFollowsTheRuntimesWaveRule) {
+  // warps=12 holds 132 CTAs on the GPU, warps=4 and warps=6 (min_ctas=2) 264. At 256 work items
+  // warps=12 is fastest but the runtime would run the base there (2 waves against 1), so warps=6
+  // is chosen, measured against warps=4.
+  const std::vector<int64_t> work = {256, 8, 128, 512};
+  TuneResult result = bucketedResult({
+      {"warps=4", {0.300, 0.055, 0.096, 0.310}},
+      {"warps=12", {0.280, 0.065, 0.086, 0.313}},
+      {"warps=6,min_ctas=2", {0.292, 0.061, 0.096, 0.297}},
+  });
+  auto slots = [](const Schedule &s) -> int64_t { return s.warps == 12 ? 132 : 264; };
+  const DecodeSchedules byWork = decodeSchedulesByWork(result, work, 0.02, slots);
+  EXPECT_EQ(byWork.base.warps, 4);
+  ASSERT_EQ(byWork.variants.size(), 2u);
+  EXPECT_EQ(byWork.variants[0].minWorkItems, 128);
+  EXPECT_EQ(byWork.variants[0].schedule.warps, 12);
+  EXPECT_EQ(byWork.variants[1].minWorkItems, 256);
+  EXPECT_EQ(byWork.variants[1].schedule.warps, 6);
+  // Without occupancy warps=12 keeps 256 (fastest there) and warps=6 takes over at 512.
+  const DecodeSchedules blind = decodeSchedulesByWork(result, work);
+  ASSERT_EQ(blind.variants.size(), 2u);
+  EXPECT_EQ(blind.variants[1].minWorkItems, 512);
 }
 
 TEST(DecodeVariants, BucketMediansSurviveTheReportAndVariantsReachTheConfigs) {
@@ -464,7 +497,7 @@ TEST(DecodeVariants, BucketMediansSurviveTheReportAndVariantsReachTheConfigs) {
   ASSERT_TRUE(back) << back.error().str();
   ASSERT_EQ((*back)[0].candidates[1].timing.bucketMs, (std::vector<double>{0.250, 0.070}));
   TuneResult resumed = (*back)[0];
-  resumed.variants = decodeVariants(resumed, {256, 8});
+  resumed.variants = decodeSchedulesByWork(resumed, {256, 8}).variants;
   ASSERT_EQ(resumed.variants.size(), 1u);
   nlohmann::json entries = nlohmann::json::parse(configEntriesJson({resumed}));
   ASSERT_TRUE(entries[0].contains("variants"));
@@ -476,6 +509,13 @@ TEST(DecodeVariants, BucketMediansSurviveTheReportAndVariantsReachTheConfigs) {
   ASSERT_TRUE(parsed) << parsed.error().str();
   ASSERT_EQ(parsed->entries[0].variants.size(), 1u);
   EXPECT_EQ(parsed->entries[0].variants[0].schedule.warps, 12);
+  // A base other than the geometric-mean winner is what the configs entry records.
+  resumed.hasConfigBase = true;
+  resumed.configBase = *parseSchedule("warps=2", OpKind::Decode);
+  resumed.configBaseMs = 0.2;
+  nlohmann::json rebased = nlohmann::json::parse(configEntriesJson({resumed}));
+  EXPECT_EQ(rebased[0]["schedule"], resumed.configBase.str());
+  EXPECT_DOUBLE_EQ(rebased[0]["median_ms"].get<double>(), 0.2);
 }
 
 TEST(StaticModel, OrdersByTensorCoreWorkOverOccupancy) {

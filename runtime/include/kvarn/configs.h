@@ -90,6 +90,15 @@ const Schedule &scheduleForWork(const Schedule &base, const std::vector<Schedule
 /// Index into `variants` of scheduleForWork's pick, or -1 for `base`.
 int variantForWork(const std::vector<ScheduleVariant> &variants, int64_t workItems);
 
+/// variantForWork's pick for a launch, stepped back while the pick would need more waves of
+/// one-split CTAs than the base or an earlier variant (`slots[0]` resident CTAs of the base
+/// schedule, `slots[k + 1]` of variant k, on the whole GPU): a variant with fewer, larger CTAs,
+/// tuned where its grid fits one wave, is not stretched over launches it would run in more
+/// waves, where each CTA's fixed cost is paid once per wave (measured: 28% slower at 32 x 4K
+/// tokens). -1 for the base.
+int variantForLaunch(const std::vector<ScheduleVariant> &variants,
+                     const std::vector<int64_t> &slots, int64_t workItems);
+
 /// "; from <n> work items: <schedule>" per variant (for explanations and reports).
 std::string describeVariants(const std::vector<ScheduleVariant> &variants);
 

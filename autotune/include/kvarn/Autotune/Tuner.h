@@ -44,20 +44,39 @@ struct TuneResult {
   Schedule earlyBest;
   double earlyMs = 0;
   std::vector<Candidate> candidates;
-  /// Decode: schedules for larger launches (decodeVariants), written to the configs.
+  /// Decode over several buckets (decodeSchedulesByWork): the configs' schedule for the smallest
+  /// launches when it is not `best`, and the schedules for larger launches.
+  bool hasConfigBase = false;
+  Schedule configBase;
+  double configBaseMs = 0; ///< its geometric mean over all buckets
   std::vector<ScheduleVariant> variants;
 };
 
-/// Decode variants from the candidates' per-bucket medians (Timing::bucketMs). `bucketWork` is
-/// each bucket's (request, kv head) pairs, batch * kv heads. Buckets of equal work form a group;
-/// groups are visited by ascending work, the smallest one left to `best` (the geometric-mean
-/// winner over all buckets). At each further group the schedule in force so far is replaced by
-/// the group's fastest candidate (geometric mean over the group) if that is at least `minGain`
-/// faster there; the replacement holds from the group's work upwards. Candidates without a
-/// median at every bucket are not considered.
-std::vector<ScheduleVariant> decodeVariants(const TuneResult &result,
-                                            const std::vector<int64_t> &bucketWork,
-                                            double minGain = 0.02);
+/// What the configs record for a decode spec tuned over several buckets.
+struct DecodeSchedules {
+  Schedule base;      ///< launches below the first variant's threshold
+  double baseMs = 0;  ///< base's geometric mean over all buckets
+  std::vector<ScheduleVariant> variants;
+};
+
+/// Decode schedules by launch size from the candidates' per-bucket medians (Timing::bucketMs).
+/// `bucketWork` is each bucket's (request, kv head) pairs, batch * kv heads. Buckets of equal
+/// work form a group; groups are visited by ascending work, starting from `best` (the
+/// geometric-mean winner over all buckets). The smallest group's fastest candidate (geometric
+/// mean over the group) becomes the base. At each further group the schedule in force so far is
+/// replaced by the group's fastest candidate if that is at least `minGain` faster there: a
+/// variant that holds from the group's work upwards. Candidates without a median at every bucket
+/// are not considered; with fewer than two buckets the base is `best` and there are no variants.
+/// With `slots` (resident CTAs of a schedule on the whole GPU) the choice follows the runtime's
+/// variantForLaunch: the schedule to beat at a group is the one the runtime would run there, and
+/// a candidate the runtime would step back from at the group's work is not eligible.
+DecodeSchedules decodeSchedulesByWork(
+    const TuneResult &result, const std::vector<int64_t> &bucketWork, double minGain = 0.02,
+    const std::function<int64_t(const Schedule &)> &slots = nullptr);
+
+/// The static model's resident CTAs per SM of a decode schedule (shared memory, 255 registers
+/// per thread unless min_ctas sets a budget, 64 warps), at least 1.
+int staticCtasPerSm(const KernelSpec &spec, const Schedule &schedule);
 
 /// Why a candidate is not worth measuring ("" if it is): illegal (validateSchedule), or a
 /// `min_ctas` bound that does not bind, leaves fewer than 128 registers, or cannot fit that many
