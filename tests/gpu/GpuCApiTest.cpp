@@ -487,7 +487,10 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   EXPECT_NE(scheduleAt(kernel, 1, 2).find("warps=2,"), std::string::npos);
   EXPECT_NE(scheduleAt(kernel, 2, 2).find("warps=12,"), std::string::npos);
   EXPECT_NE(scheduleAt(kernel, 3, 2).find("warps=6,"), std::string::npos);
-  EXPECT_NE(scheduleAt(kernel, 64, 8).find("warps=6,"), std::string::npos);
+  // 512 pairs: past its threshold, but the 12-warp variant (one CTA per SM) would need more
+  // waves than the base there, so a launch never runs it (variantForLaunch).
+  EXPECT_EQ(scheduleAt(kernel, 64, 8).find("warps=12,"), std::string::npos);
+  EXPECT_EQ(scheduleAt(kernel, 2 * smCount, 1).find("warps=12,"), std::string::npos);
   // Each size through its schedule, against the float64 reference (NaN-poisoned outputs).
   const Format format = *parseFormat("kvarn_k4v2_g128", 128);
   for (const std::vector<int32_t> &lengths :
