@@ -12,6 +12,14 @@
 
 namespace kvarn {
 
+namespace {
+/// An entry's or variant's optional "median_ms" (0 when absent or not a number).
+double medianMsOf(const nlohmann::json &item) {
+  return item.contains("median_ms") && item["median_ms"].is_number() ? item["median_ms"].get<double>()
+                                                                     : 0.0;
+}
+} // namespace
+
 Expected<ConfigFile> parseConfigFile(const std::string &text, const std::string &origin) {
   auto bad = [&](const std::string &what) {
     return makeError(ErrorCode::InvalidData, "configs " + origin + ": " + what);
@@ -47,10 +55,7 @@ Expected<ConfigFile> parseConfigFile(const std::string &text, const std::string 
     Expected<Schedule> schedule = parseSchedule(item["schedule"].get<std::string>(), spec->op);
     if (!schedule)
       return bad(where + ": " + schedule.error().message);
-    double ms = 0;
-    if (item.contains("median_ms") && item["median_ms"].is_number())
-      ms = item["median_ms"].get<double>();
-    TunedEntry entry{*spec, *schedule, ms, {}};
+    TunedEntry entry{*spec, *schedule, medianMsOf(item), {}};
     if (item.contains("variants")) {
       const nlohmann::json &list = item["variants"];
       if (!list.is_array())
@@ -72,10 +77,7 @@ Expected<ConfigFile> parseConfigFile(const std::string &text, const std::string 
         Expected<Schedule> knobs = parseSchedule(variant["schedule"].get<std::string>(), spec->op);
         if (!knobs)
           return bad(at + ": " + knobs.error().message);
-        double variantMs = 0;
-        if (variant.contains("median_ms") && variant["median_ms"].is_number())
-          variantMs = variant["median_ms"].get<double>();
-        entry.variants.push_back({int(minWork), *knobs, variantMs});
+        entry.variants.push_back({int(minWork), *knobs, medianMsOf(variant)});
       }
     }
     file.entries.push_back(std::move(entry));

@@ -393,6 +393,16 @@ TEST_F(CApiGpuTest, ProductionModeWithoutJitUsesTheCacheOrSaysWhatIsMissing) {
 
 } // namespace
 
+/// A configs document for this GPU's silicon with one entry: `spec` and the JSON members that
+/// follow its spec (schedule, variants).
+std::string configsForThisGpu(const DeviceInfo &info, const std::string &spec,
+                              const std::string &members) {
+  return std::string(R"({"environment": {"arch": ")") + info.arch() + R"(", "sm_count": )" +
+         std::to_string(info.smCount) + R"(, "l2_bytes": )" + std::to_string(info.l2Bytes) +
+         R"(, "memory_clock_khz": )" + std::to_string(info.memoryClockKhz) +
+         R"(}, "entries": [{"spec": ")" + spec + R"(", )" + members + "}]}";
+}
+
 /// Bundle export -> a fresh runtime without JIT and with an empty cache -> load -> launch. The
 /// bundle carries tuned configs naming a non-default schedule; kvarn_prepare with no schedule
 /// must pick it ("tuned") and find its kernel in the bundle.
@@ -402,17 +412,9 @@ TEST_F(CApiGpuTest, BundleExportImportLaunchUsesTheTunedSchedule) {
   ASSERT_KVARN(kvarn_runtime_device(runtime, &arch, &smCount));
   DeviceInfo info = *openDevice(0);
   const std::string spec = std::string("decode:kvarn_k4v2_g128:d128:q8:f16:") + arch;
-  const std::string configs = std::string(R"({"environment": {"arch": ")") + arch +
-                              R"(", "sm_count": )" + std::to_string(info.smCount) +
-                              R"(, "l2_bytes": )" + std::to_string(info.l2Bytes) +
-                              R"(, "memory_clock_khz": )" + std::to_string(info.memoryClockKhz) +
-                              R"(}, "entries": [{"spec": ")" + spec +
-                              R"(", "schedule": "warps=2,mma=m16n8k16.single-p"}]})";
-  TuningEnvironment environment;
-  environment.arch = arch;
-  environment.smCount = info.smCount;
-  environment.l2Bytes = info.l2Bytes;
-  environment.memoryClockKhz = info.memoryClockKhz;
+  const std::string configs =
+      configsForThisGpu(info, spec, R"("schedule": "warps=2,mma=m16n8k16.single-p")");
+  const TuningEnvironment environment = environmentOf(info);
   ArtifactCache buildCache(ArtifactCache::Options{cacheDir + "/build"});
   Expected<Bundle> bundle = compiler::buildBundle({*parseKernelSpec(spec)}, configs, environment,
                                                   buildCache);
@@ -448,19 +450,10 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   ASSERT_KVARN(kvarn_runtime_device(runtime, &arch, &smCount));
   DeviceInfo info = *openDevice(0);
   const std::string spec = std::string("decode:kvarn_k4v2_g128:d128:q8:f16:") + arch;
-  const std::string configs =
-      std::string(R"({"environment": {"arch": ")") + arch + R"(", "sm_count": )" +
-      std::to_string(info.smCount) + R"(, "l2_bytes": )" + std::to_string(info.l2Bytes) +
-      R"(, "memory_clock_khz": )" + std::to_string(info.memoryClockKhz) +
-      R"(}, "entries": [{"spec": ")" + spec +
-      R"(", "schedule": "warps=2,mma=m16n8k16.single-p", "variants": [
+  const std::string configs = configsForThisGpu(info, spec, R"("schedule": "warps=2,mma=m16n8k16.single-p", "variants": [
            {"min_work_items": 4, "schedule": "warps=12,mma=m16n8k16.single-p"},
-           {"min_work_items": 6, "schedule": "warps=6,min_ctas=2,mma=m16n8k16.single-p"}]}]})";
-  TuningEnvironment environment;
-  environment.arch = arch;
-  environment.smCount = info.smCount;
-  environment.l2Bytes = info.l2Bytes;
-  environment.memoryClockKhz = info.memoryClockKhz;
+           {"min_work_items": 6, "schedule": "warps=6,min_ctas=2,mma=m16n8k16.single-p"}])");
+  const TuningEnvironment environment = environmentOf(info);
   ArtifactCache buildCache(ArtifactCache::Options{cacheDir + "/build"});
   Expected<Bundle> bundle = compiler::buildBundle({*parseKernelSpec(spec)}, configs, environment,
                                                   buildCache);
