@@ -63,6 +63,15 @@ __device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
   return r;
 }
 
+/// a * b - c per fp16 half, rounded once (the negation is HFMA2's operand modifier).
+__device__ __forceinline__ uint32_t hfma2Sub(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t r;
+  asm("{.reg .b32 n;\n neg.f16x2 n, %3;\n fma.rn.f16x2 %0, %1, %2, n;\n}"
+      : "=r"(r)
+      : "r"(a), "r"(b), "r"(c));
+  return r;
+}
+
 /// a * b per fp16 half, rounded once (no contraction into a later add).
 __device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
   uint32_t r;

@@ -127,6 +127,17 @@ struct DecodeContext {
     return c;
   }
 
+  /// Scores reach the softmax as t = s - reference(n, q): the running maximum, or 0 before the
+  /// first attended token. A page whose t all stay <= the step's threshold keeps the running
+  /// maximum (weights exp2(t) <= 2^threshold) and skips the reductions; see `recordSoftmax`.
+  __device__ __forceinline__ float reference(int n, int q) const {
+    return runningMax[n][q] == -KVARN_INFINITY ? 0.0f : runningMax[n][q];
+  }
+  /// log2 of the largest weight a record page may keep without moving the running maximum: with
+  /// one P' term the prescale leaves that headroom below fp16's range; with two P' terms (not
+  /// prescaled) weights stay <= 1. Pool pages always take their exact maximum.
+  static constexpr int RECORD_THRESHOLD = P_TERMS == 1 ? 2 : 0;
+
   __device__ __forceinline__ float *queryShared() { return reinterpret_cast<float *>(shared); }
   __device__ __forceinline__ unsigned char *stageShared(int stage) {
     return shared + STAGING_OFFSET + (warp * STAGES + stage) * STAGE_BYTES;
@@ -366,8 +377,8 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
         b[n][kc][0] = hmul2(c.query[n][kc][0], scaleBits.x);
         b[n][kc][1] = hmul2(c.query[n][kc][1], scaleBits.y);
         if constexpr (Ctx::Q_TERMS == 2) {
-          bLow[n][kc][0] = hfma2(c.query[n][kc][0], scaleBits.x, b[n][kc][0] ^ 0x80008000u);
-          bLow[n][kc][1] = hfma2(c.query[n][kc][1], scaleBits.y, b[n][kc][1] ^ 0x80008000u);
+          bLow[n][kc][0] = hfma2Sub(c.query[n][kc][0], scaleBits.x, b[n][kc][0]);
+          bLow[n][kc][1] = hfma2Sub(c.query[n][kc][1], scaleBits.y, b[n][kc][1]);
         }
         mma16816(bias[n], zeroBits.x, zeroBits.x, zeroBits.y, zeroBits.y, c.query[n][kc][0],
                  c.query[n][kc][1]);
@@ -455,9 +466,16 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
           }
     }
   }
-  // Step 3. Epilogue: K_s_row and the softmax scale per token; tokens past the end masked.
+  // Step 3. Epilogue: K_s_row and the softmax scale per token, minus the reference (one FFMA per
+  // score); tokens past the end masked.
   const float scale = c.p.softmaxScale * 1.4426950408889634f;
   const int valid = c.validTokens(page);
+  float reference[Ctx::NQ][2];
+#pragma unroll
+  for (int n = 0; n < Ctx::NQ; ++n)
+#pragma unroll
+    for (int q = 0; q < 2; ++q)
+      reference[n][q] = -c.reference(n, q);
 #pragma unroll
   for (int pt = 0; pt < Ctx::P; ++pt) {
     const int token = Ctx::TPI * c.i + 2 * pt;
@@ -467,10 +485,10 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
       float *sc = c.scores[n][pt];
-      sc[0] *= r0;
-      sc[1] *= r0;
-      sc[2] *= r1;
-      sc[3] *= r1;
+      sc[0] = fmaf(sc[0], r0, reference[n][0]);
+      sc[1] = fmaf(sc[1], r0, reference[n][1]);
+      sc[2] = fmaf(sc[2], r1, reference[n][0]);
+      sc[3] = fmaf(sc[3], r1, reference[n][1]);
       if (valid < Ctx::TG) { // the last page of a request
         sc[0] = token < valid ? sc[0] : -KVARN_INFINITY;
         sc[1] = token < valid ? sc[1] : -KVARN_INFINITY;
@@ -481,16 +499,79 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
   }
 }
 
-/// Online-softmax step on `c.scores`: running max/sum, output rescale, and the PV weights
-/// (times V_s_row and the V zero-point bias for record pages). With one operand term, record
-/// pages prescale P' = w * V_s_row by a power of two 2^e with max|V_s_row| * 2^e < 2^15
-/// (w <= 1), so the fp16 operands stay normal numbers however small the weights of a long
-/// context get; the PV epilogue multiplies by 2^-e (exact).
+/// Multiplies query tile n's output by the rescale factors of its two queries, unless every lane
+/// keeps both at 1 (once the running maximum settles, most pages leave it alone).
+template <typename Ctx>
+__device__ __forceinline__ void rescaleOutput(Ctx &c, int n, const float (&alpha)[2]) {
+  if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+    for (int m = 0; m < Ctx::KC; ++m) {
+      c.out[n][m][0] *= alpha[0];
+      c.out[n][m][1] *= alpha[1];
+      c.out[n][m][2] *= alpha[0];
+      c.out[n][m][3] *= alpha[1];
+    }
+  }
+}
+
+/// The page's weights of query tile n, w = exp2(score - offset[query]), added to the running
+/// sums and stored as the PV B fragments P' (times V_s_row and the prescale for record pages,
+/// with the V zero-point bias sum_g w[g] V_zp[g] to start the PV accumulators).
 template <bool Record, typename Ctx>
-__device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
+__device__ __forceinline__ void pageWeights(Ctx &c, int n, const float (&offset)[2],
+                                            float weightScale, const Half *valueScaleRow,
                                             const Half *valueZeroPoint) {
+  float bias[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int pt = 0; pt < Ctx::P; ++pt) {
+    float w[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      w[e] = fastExp2(c.scores[n][pt][e] - offset[e % 2]);
+      c.runningSum[n][e % 2] += w[e];
+    }
+    if constexpr (Record) {
+      const int token = Ctx::TPI * c.i + 2 * pt;
+      const float2 rowScale =
+          unpackHalf2(*reinterpret_cast<const uint32_t *>(valueScaleRow + token));
+      const float2 zero = unpackHalf2(*reinterpret_cast<const uint32_t *>(valueZeroPoint + token));
+      bias[0] += w[0] * zero.x + w[2] * zero.y;
+      bias[1] += w[1] * zero.x + w[3] * zero.y;
+      const float scaled0 = rowScale.x * weightScale, scaled1 = rowScale.y * weightScale;
+      w[0] *= scaled0;
+      w[1] *= scaled0;
+      w[2] *= scaled1;
+      w[3] *= scaled1;
+    }
+    const uint32_t first = packHalf2(w[0], w[1]), second = packHalf2(w[2], w[3]);
+    if constexpr (Record && Ctx::P_TERMS == 2) { // P' = high + low fp16 terms
+      const float2 f = unpackHalf2(first), g = unpackHalf2(second);
+      c.weightsLow[n][pt][0] = transpose8x8(packHalf2(w[0] - f.x, w[1] - f.y));
+      c.weightsLow[n][pt][1] = transpose8x8(packHalf2(w[2] - g.x, w[3] - g.y));
+    }
+    c.weights[n][pt][0] = transpose8x8(first);
+    c.weights[n][pt][1] = transpose8x8(second);
+  }
+  // The zero-point term in the units of P' (times the prescale), to start the PV accumulators.
+  c.valueBias[n][0] = Record ? warpSumXor(bias[0], 4, 16) * weightScale : 0.0f;
+  c.valueBias[n][1] = Record ? warpSumXor(bias[1], 4, 16) * weightScale : 0.0f;
+}
+
+/// Online-softmax step of a record page on `c.scores`, which hold t = s - reference (see
+/// `Ctx::reference`): running max/sum, output rescale, and the PV weights (times V_s_row, with
+/// the V zero-point bias). The running maximum moves only when some t exceeds RECORD_THRESHOLD
+/// (or nothing was attended yet); otherwise the weights are exp2(t) <= 2^RECORD_THRESHOLD and the
+/// step skips the cross-lane reductions, the rescale and the subtraction. With one operand term,
+/// P' = w * V_s_row is prescaled by a power of two 2^e with
+/// max|V_s_row| * 2^e < 2^(15 - RECORD_THRESHOLD), so the fp16 operands stay below fp16's range
+/// and normal numbers however small the weights of a long context get; the PV epilogue
+/// multiplies by 2^-e (exact).
+template <typename Ctx>
+__device__ __forceinline__ void recordSoftmax(Ctx &c, const Half *valueScaleRow,
+                                              const Half *valueZeroPoint) {
+  constexpr int THRESHOLD = Ctx::RECORD_THRESHOLD;
   float weightScale = 1.0f;
-  if constexpr (Record && Ctx::P_TERMS == 1) { // two terms keep ~22 bits: no prescale
+  if constexpr (Ctx::P_TERMS == 1) { // two terms keep ~22 bits: no prescale
     float largest = 0.0f;
 #pragma unroll
     for (int pt = 0; pt < Ctx::P; ++pt) {
@@ -499,14 +580,63 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
       largest = fmaxf(largest, fmaxf(fabsf(rowScale.x), fabsf(rowScale.y)));
     }
     largest = warpMaxXor(largest, 4, 16);
-    // largest is 0 or a finite fp16 value: its exponent is in [-24, 15], so e is in [-1, 38].
-    const int exponent = largest > 0.0f ? int((__float_as_uint(largest) >> 23) & 0xffu) - 127 : 14;
-    weightScale = __uint_as_float(uint32_t(127 + 14 - exponent) << 23);
-    c.weightUnscale = __uint_as_float(uint32_t(127 - 14 + exponent) << 23);
+    // largest is 0 or a finite fp16 value: its exponent is in [-24, 15], so e is in
+    // [-1 - THRESHOLD, 38 - THRESHOLD].
+    constexpr int TOP = 14 - THRESHOLD;
+    const int exponent =
+        largest > 0.0f ? int((__float_as_uint(largest) >> 23) & 0xffu) - 127 : TOP;
+    weightScale = __uint_as_float(uint32_t(127 + TOP - exponent) << 23);
+    c.weightUnscale = __uint_as_float(uint32_t(127 - TOP + exponent) << 23);
   }
+  // Does the running maximum move? Per lane: the largest t of each query, against the threshold.
+  float local[Ctx::NQ][2];
+  bool moves = false;
+#pragma unroll
+  for (int n = 0; n < Ctx::NQ; ++n)
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      local[n][q] = -KVARN_INFINITY;
+#pragma unroll
+      for (int pt = 0; pt < Ctx::P; ++pt)
+        local[n][q] = fmaxf(local[n][q], fmaxf(c.scores[n][pt][q], c.scores[n][pt][q + 2]));
+      moves |= local[n][q] > float(THRESHOLD) || c.runningMax[n][q] == -KVARN_INFINITY;
+    }
+  if (__any_sync(0xffffffffu, moves)) {
+#pragma unroll
+    for (int n = 0; n < Ctx::NQ; ++n) {
+      float alpha[2], shift[2];
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const float reference = c.reference(n, q);
+        const float newMax =
+            fmaxf(c.runningMax[n][q], reference + warpMaxXor(local[n][q], 4, 16));
+        // -inf (nothing attended yet) is subtracted as 0, so masked scores give weight 0.
+        const float safeMax = newMax == -KVARN_INFINITY ? 0.0f : newMax;
+        alpha[q] = fastExp2(c.runningMax[n][q] - safeMax);
+        shift[q] = safeMax - reference;
+        c.runningMax[n][q] = newMax;
+        c.runningSum[n][q] *= alpha[q];
+      }
+#pragma unroll
+      for (int pt = 0; pt < Ctx::P; ++pt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          c.scores[n][pt][e] -= shift[e % 2];
+      rescaleOutput(c, n, alpha);
+    }
+  }
+  const float none[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int n = 0; n < Ctx::NQ; ++n)
+    pageWeights<true>(c, n, none, weightScale, valueScaleRow, valueZeroPoint);
+}
+
+/// Online-softmax step of a pool page on `c.scores` (absolute scores): the page's maximum,
+/// running max/sum, output rescale and the PV weights P' = w (no scales).
+template <typename Ctx> __device__ __forceinline__ void poolSoftmax(Ctx &c) {
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n) {
-    float alpha[2], newMax[2], bias[2] = {0.0f, 0.0f};
+    float alpha[2], newMax[2];
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
       float local = -KVARN_INFINITY;
@@ -522,52 +652,9 @@ __device__ __forceinline__ void softmaxStep(Ctx &c, const Half *valueScaleRow,
       newMax[q] = safeMax;
       c.runningSum[n][q] *= alpha[q];
     }
-    // Once the running maximum settles, most pages leave it alone: skip the rescale then.
-    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
-#pragma unroll
-      for (int m = 0; m < Ctx::KC; ++m) {
-        c.out[n][m][0] *= alpha[0];
-        c.out[n][m][1] *= alpha[1];
-        c.out[n][m][2] *= alpha[0];
-        c.out[n][m][3] *= alpha[1];
-      }
-    }
-#pragma unroll
-    for (int pt = 0; pt < Ctx::P; ++pt) {
-      float w[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        w[e] = fastExp2(c.scores[n][pt][e] - newMax[e % 2]);
-        c.runningSum[n][e % 2] += w[e];
-      }
-      if constexpr (Record) {
-        const int token = Ctx::TPI * c.i + 2 * pt;
-        const float2 rowScale =
-            unpackHalf2(*reinterpret_cast<const uint32_t *>(valueScaleRow + token));
-        const float2 zero =
-            unpackHalf2(*reinterpret_cast<const uint32_t *>(valueZeroPoint + token));
-        bias[0] += w[0] * zero.x + w[2] * zero.y;
-        bias[1] += w[1] * zero.x + w[3] * zero.y;
-        const float scaled0 = rowScale.x * weightScale, scaled1 = rowScale.y * weightScale;
-        w[0] *= scaled0;
-        w[1] *= scaled0;
-        w[2] *= scaled1;
-        w[3] *= scaled1;
-      }
-      const uint32_t first = packHalf2(w[0], w[1]), second = packHalf2(w[2], w[3]);
-      if constexpr (Record && Ctx::P_TERMS == 2) { // P' = high + low fp16 terms
-        const float2 f = unpackHalf2(first), g = unpackHalf2(second);
-        c.weightsLow[n][pt][0] = transpose8x8(packHalf2(w[0] - f.x, w[1] - f.y));
-        c.weightsLow[n][pt][1] = transpose8x8(packHalf2(w[2] - g.x, w[3] - g.y));
-      }
-      c.weights[n][pt][0] = transpose8x8(first);
-      c.weights[n][pt][1] = transpose8x8(second);
-    }
-    // The zero-point term in the units of P' (times the prescale), to start the PV accumulators.
-    c.valueBias[n][0] = Record ? warpSumXor(bias[0], 4, 16) * weightScale : 0.0f;
-    c.valueBias[n][1] = Record ? warpSumXor(bias[1], 4, 16) * weightScale : 0.0f;
+    rescaleOutput(c, n, alpha);
+    pageWeights<false>(c, n, newMax, 1.0f, nullptr, nullptr);
   }
-
 }
 
 template <typename Ctx> __device__ __forceinline__ void onlineSoftmax(Ctx &c, int stage) {
@@ -577,7 +664,7 @@ template <typename Ctx> __device__ __forceinline__ void onlineSoftmax(Ctx &c, in
   }
   const unsigned char *staging = c.scaleShared(stage) + Ctx::Layout::keyScaleBytes;
   const Half *valueScaleRow = reinterpret_cast<const Half *>(staging) + Ctx::HD;
-  softmaxStep<true>(c, valueScaleRow, valueScaleRow + Ctx::TG);
+  recordSoftmax(c, valueScaleRow, valueScaleRow + Ctx::TG);
 }
 
 /// Output update of a record page: o[d] += V_s_col[d] * (sum_g P'[g] code[g][d] + bias).
@@ -717,7 +804,7 @@ template <typename Ctx> __device__ __forceinline__ void attendPoolPage(Ctx &c, i
     }
   }
   // Step 3. Softmax step (no scales).
-  softmaxStep<false>(c, nullptr, nullptr);
+  poolSoftmax(c);
   // Step 4. O^T += V^T P: per k-chunk and 8 channels, four value rows.
 #pragma unroll
   for (int pt = 0; pt < Ctx::P; ++pt) {
