@@ -304,9 +304,14 @@ size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
     // code rows + scales); the warp merge reuses that area (decode.cuh, DecodeContext).
     const size_t q = spec.queryHeadsPerKvHead <= 8 ? 8 : 16;
     const size_t stages = static_cast<size_t>(schedule.stages);
-    const size_t keyBytes = (d / 4) * (4 * (g * spec.format.keyBits / 8) + 32);
+    // 4-bit K codes of 128-token pages are read with LDMATRIX (DecodeContext::KEY_LDSM): K groups
+    // padded by 16 bytes, V rows padded every 8 rows instead of every G/4.
+    const bool keyLdsm = spec.format.keyBits == 4 && g == 128;
+    const size_t keyBytes = (d / 4) * (4 * (g * spec.format.keyBits / 8) + (keyLdsm ? 16 : 32));
     const size_t valueWord = (d / 8) * spec.format.valueBits / 8;
-    const size_t valueBytes = g * (d * spec.format.valueBits / 8) + 4 * 8 * valueWord;
+    const size_t valuePadRows = keyLdsm ? 8 : g / 4;
+    const size_t valueBytes =
+        g * (d * spec.format.valueBits / 8) + (g / valuePadRows) * 8 * valueWord;
     const size_t stageBytes = (keyBytes + valueBytes + 6 * (d + g) + 15) / 16 * 16;
     const size_t staging = warps * stages * stageBytes;
     const size_t merge = (warps * (q * d + 2 * q) + q) * 4;

@@ -237,6 +237,17 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+/// Four 8x8 matrices of 16-bit elements from shared memory, transposed (LDMATRIX.TRANS): lane L
+/// gives the address of row L % 8 of matrix L / 8 (16 bytes, 16-byte aligned); lane 4i + t
+/// receives, from matrix j, elements (2t, i) and (2t + 1, i) in the low and high half of rj.
+__device__ __forceinline__ void loadMatricesTransposed(const void *row, uint32_t &r0, uint32_t &r1,
+                                                       uint32_t &r2, uint32_t &r3) {
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(address));
+}
+
 /// Transposes an 8x8 matrix of 16-bit values held one pair per lane (MOVMATRIX).
 __device__ __forceinline__ uint32_t transpose8x8(uint32_t value) {
   uint32_t result;

@@ -5,8 +5,10 @@
 //  - K code rows 16*kc + 4*t + j (j = 0..3) over tokens TPI*i .. TPI*i + TPI - 1,
 //  - V code rows (tokens) 2*TPI*t .. 2*TPI*t + 2*TPI - 1 over channels CPI*i .. CPI*i + CPI - 1,
 // so both loads are whole rows per warp instruction and every fragment is built in registers
-// (PRMT, then one AND per code pair, see CodeForm) with no shared-memory round trip. Scores move
-// from the QK accumulator layout to the PV operand layout with MOVMATRIX.
+// (PRMT, then one AND per code pair, see CodeForm) with no shared-memory round trip. 4-bit K
+// codes of 128-token pages instead come transposed from LDMATRIX (DecodeContext::KEY_LDSM): the
+// lane owns tokens 64h + 4i + n (+ 32) of those rows, and V rows 8t .. 8t + 7 (+ 32, + 64, + 96).
+// Scores move from the QK accumulator layout to the PV operand layout with MOVMATRIX.
 #pragma once
 
 #include "kvarn/common.cuh"
@@ -14,6 +16,18 @@
 
 namespace kvarn {
 namespace dev {
+
+/// Index within its byte of the K codes of m-tile `pt`, rows r (half 0) or r + 8 (half 1): one
+/// token per nibble for 4-bit codes, two token pairs per byte for 2-bit codes.
+template <int KBITS> __host__ __device__ constexpr int keyCode(int pt, int half) {
+  return (pt % (4 / KBITS)) * (4 / KBITS) + half;
+}
+
+/// Index within its byte of the V codes of m-tile `m` (channels 2m in rows r, 2m + 1 in rows
+/// r + 8).
+template <int VBITS> __host__ __device__ constexpr int valueCode(int m, int half) {
+  return (2 * m) % (8 / VBITS) + half;
+}
 
 template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS, int ROWS,
           bool COMPACT, typename T, int QUERY_TERMS, int WEIGHT_TERMS>
@@ -50,16 +64,22 @@ struct DecodeContext {
   static_assert(Q >= 1 && Q <= 16, "1 to 16 query heads per kv head");
 
   /// Shared memory: rotated queries, then per warp and stage one staged record (K codes in groups
-  /// of four rows padded by 32 bytes, V codes in groups of 2*TPI rows padded by 8 value words, so
-  /// fragment reads are free of bank conflicts; then the scale vectors). The warp-merge state
-  /// reuses the staging area after the page loop.
+  /// of four rows padded by 32 bytes (16 with KEY_LDSM), V codes in groups of VALUE_PAD_ROWS rows
+  /// padded by 8 value words, so fragment reads are free of bank conflicts; then the scale
+  /// vectors). The warp-merge state reuses the staging area after the page loop.
   static constexpr int QUERY_FLOATS = Q8 * D;
   static constexpr int KEY_ROW = G * KB / 8;
-  static constexpr int KEY_GROUP = 4 * KEY_ROW + 32;
+  /// 4-bit K codes of 128-token pages are read with LDMATRIX.TRANS (see scoresOnCodes): QK row i
+  /// of m-tile pt then holds token 64(pt/4) + 4i + pt%4 (rows i + 8: + 32) instead of
+  /// TPI*i + 2pt (+ 1), and the staging pads suit that read (K groups by 16 bytes, V every 8
+  /// rows).
+  static constexpr bool KEY_LDSM = KB == 4 && G == 128;
+  static constexpr int KEY_GROUP = 4 * KEY_ROW + (KEY_LDSM ? 16 : 32);
   static constexpr int KEY_BYTES = (D / 4) * KEY_GROUP;
   static constexpr int VALUE_ROW = D * VB / 8;
   static constexpr int VALUE_PAD = 8 * VALUE_WORD;
-  static constexpr int VALUE_BYTES = G * VALUE_ROW + 4 * VALUE_PAD;
+  static constexpr int VALUE_PAD_ROWS = KEY_LDSM ? 8 : 2 * TPI; ///< rows per padded V group
+  static constexpr int VALUE_BYTES = G * VALUE_ROW + (G / VALUE_PAD_ROWS) * VALUE_PAD;
   static constexpr int STAGE_BYTES = (KEY_BYTES + VALUE_BYTES + SCALE_BYTES + 15) / 16 * 16;
   static constexpr int STAGING_OFFSET = QUERY_FLOATS * 4;
   static constexpr int STAGING_BYTES = WARPS * STAGES * STAGE_BYTES;
@@ -125,6 +145,38 @@ struct DecodeContext {
           c.out[n][m][e] = 0.0f;
     }
     return c;
+  }
+
+  /// The token of QK m-tile pt in row `row` (half 0) or `row` + 8 (half 1): rowPart(row) +
+  /// pagePart(pt, half). With the PV B fragments built by MOVMATRIX from those rows, PV k index
+  /// kk < 8 of k-chunk pt is token(pt, 0, kk) and kk >= 8 is token(pt, 1, kk - 8).
+  static __host__ __device__ constexpr int rowPart(int row) { return KEY_LDSM ? 4 * row : TPI * row; }
+  static __host__ __device__ constexpr int pagePart(int pt, int half) {
+    return KEY_LDSM ? 64 * (pt / 4) + 32 * half + pt % 4 : 2 * pt + half;
+  }
+  static __device__ __forceinline__ int tokenOf(int pt, int half, int row) {
+    return rowPart(row) + pagePart(pt, half);
+  }
+  /// The value of one unit of the K code in QK m-tile pt, rows c.i (half 0) or c.i + 8 (half 1).
+  static __host__ __device__ constexpr float keyUnit(int pt, int half) {
+    return codeUnit<KEY_FORM, KB>(KEY_LDSM ? pt % 2 : keyCode<KB>(pt, half));
+  }
+  /// fp16 vector `v` (one value per token) at this lane's two tokens of m-tile pt, as floats
+  /// (with LDMATRIX keys: tokens 64h + 4i + n and 64h + 32 + 4i + n, two 8-byte loads per h).
+  __device__ __forceinline__ float2 tokenPair(const Half *v, int pt) const {
+    if constexpr (KEY_LDSM) {
+      const uint2 first = *reinterpret_cast<const uint2 *>(v + tokenOf(pt & ~3, 0, i));
+      const uint2 second = *reinterpret_cast<const uint2 *>(v + tokenOf(pt & ~3, 1, i));
+      const float2 a = unpackHalf2(pt % 4 < 2 ? first.x : first.y);
+      const float2 b = unpackHalf2(pt % 4 < 2 ? second.x : second.y);
+      return pt % 2 == 0 ? make_float2(a.x, b.x) : make_float2(a.y, b.y);
+    } else {
+      return unpackHalf2(*reinterpret_cast<const uint32_t *>(v + tokenOf(pt, 0, i)));
+    }
+  }
+  /// Byte offset of V code row `token` in a staged record's V area.
+  static __host__ __device__ constexpr int valueRowOffset(int token) {
+    return token * VALUE_ROW + (token / VALUE_PAD_ROWS) * VALUE_PAD;
   }
 
   /// Scores reach the softmax as t = s - reference(n, q): the running maximum, or 0 before the
@@ -289,7 +341,9 @@ __device__ __forceinline__ void stageRecord(Ctx &c, int page, int stage) {
   constexpr int VALUE_CHUNKS = Ctx::TG * Ctx::VALUE_ROW / 16;
   static_assert(VALUE_PER_ROW <= 32 && 32 % VALUE_PER_ROW == 0 && VALUE_CHUNKS % 32 == 0,
                 "value staging pattern");
-  constexpr int VALUE_STEP_ROWS = 32 / VALUE_PER_ROW, PAD_ROWS = 2 * Ctx::TPI;
+  constexpr int VALUE_STEP_ROWS = 32 / VALUE_PER_ROW, PAD_ROWS = Ctx::VALUE_PAD_ROWS;
+  static_assert(VALUE_STEP_ROWS % PAD_ROWS == 0 || PAD_ROWS % VALUE_STEP_ROWS == 0,
+                "value staging pattern");
   if constexpr ((PARTS & ValuePart) != 0) {
     const int row = c.lane / VALUE_PER_ROW, column = 16 * (c.lane % VALUE_PER_ROW);
     unsigned char *dst = staging + Ctx::KEY_BYTES + row * Ctx::VALUE_ROW +
@@ -325,18 +379,6 @@ template <typename Ctx> __device__ __forceinline__ void loadKeys(Ctx &c, int pag
 template <typename Ctx> __device__ __forceinline__ void loadValues(Ctx &c, int page, int stage) {
   static_assert(Ctx::SPLIT_LOADS, "split loads pair with the one-stage pipeline");
   stageRecord<ValuePart>(c, page, stage);
-}
-
-/// Index within its byte of the K codes of m-tile `pt`, rows r (half 0) or r + 8 (half 1): one
-/// token per nibble for 4-bit codes, two token pairs per byte for 2-bit codes.
-template <int KBITS> __host__ __device__ constexpr int keyCode(int pt, int half) {
-  return (pt % (4 / KBITS)) * (4 / KBITS) + half;
-}
-
-/// Index within its byte of the V codes of m-tile `m` (channels 2m in rows r, 2m + 1 in rows
-/// r + 8).
-template <int VBITS> __host__ __device__ constexpr int valueCode(int m, int half) {
-  return (2 * m) % (8 / VBITS) + half;
 }
 
 /// Scores of a record page (log2 domain, softmax scale folded):
@@ -419,7 +461,7 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
       bias[n][1] = bias[n][3] = __shfl_sync(0xffffffffu, full, 8 * c.t + 4);
     }
   }
-  // Step 2. MMA over the code tiles: rows = tokens (TPI*i + 2*pt, + 1), k = channels. Each
+  // Step 2. MMA over the code tiles: rows = tokens (Ctx::tokenOf), k = channels. Each
   // row's accumulator starts at the bias in its code unit (exact: a power of two).
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)
@@ -427,8 +469,44 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
     for (int pt = 0; pt < Ctx::P; ++pt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        c.scores[n][pt][e] = bias[n][e] * codeUnit<Ctx::KEY_FORM, KBITS>(keyCode<KBITS>(pt, e / 2));
+        c.scores[n][pt][e] = bias[n][e] * Ctx::keyUnit(pt, e / 2);
   const unsigned char *keyCodes = c.stageShared(stage);
+  if constexpr (Ctx::KEY_LDSM) {
+    // 4-bit codes, 128 tokens: per k-chunk and half page h, one LDMATRIX.X4.TRANS. Matrix j
+    // holds channels 16kc + 4(r/2) + r%2 + 2(j/2) (row r; the B fragments' channel order) over
+    // tokens 64h + 32(j%2) .. + 31 (16 bytes); lane (i, t) gets channels 4t (+2), 4t + 1 (+2) of
+    // tokens 64h (+32) + 4i .. 4i + 3, one nibble per token: nibble n is QK m-tile 4h + n.
+    const int r = c.lane % 8, j = c.lane / 8;
+    const unsigned char *rowBase = keyCodes + (r / 2) * Ctx::KEY_GROUP +
+                                   (r % 2 + 2 * (j / 2)) * Ctx::KEY_ROW + 16 * (j % 2);
+#pragma unroll
+    for (int kc = 0; kc < Ctx::KC; ++kc)
+#pragma unroll
+      for (int h = 0; h < Ctx::P / 4; ++h) {
+        uint32_t x[4], y[4];
+        loadMatricesTransposed(rowBase + 4 * kc * Ctx::KEY_GROUP + 32 * h, x[0], x[1], x[2], x[3]);
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          y[k] = x[k] >> 8; // nibbles 2 and 3 of each half down to bits 0..7
+        uint32_t a[4][4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          a[0][k] = x[k] & 0x000f000fu;
+          a[1][k] = x[k] & 0x00f000f0u;
+          a[2][k] = y[k] & 0x000f000fu;
+          a[3][k] = y[k] & 0x00f000f0u;
+        }
+#pragma unroll
+        for (int term = 0; term < Ctx::Q_TERMS; ++term) // high terms, then low terms
+#pragma unroll
+          for (int n = 0; n < Ctx::NQ; ++n)
+#pragma unroll
+            for (int g = 0; g < 4; ++g) {
+              const uint32_t(&q)[2] = term == 0 ? b[n][kc] : bLow[n][kc];
+              mma16816(c.scores[n][4 * h + g], a[g][0], a[g][1], a[g][2], a[g][3], q[0], q[1]);
+            }
+      }
+  } else {
 #pragma unroll
   for (int kc = 0; kc < Ctx::KC; ++kc) {
     typename Ctx::KeyWord words[4];
@@ -466,6 +544,7 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
           }
     }
   }
+  }
   // Step 3. Epilogue: K_s_row and the softmax scale per token, minus the reference (one FFMA per
   // score); tokens past the end masked.
   const float scale = c.p.softmaxScale * 1.4426950408889634f;
@@ -478,10 +557,10 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
       reference[n][q] = -c.reference(n, q);
 #pragma unroll
   for (int pt = 0; pt < Ctx::P; ++pt) {
-    const int token = Ctx::TPI * c.i + 2 * pt;
-    const float2 rowScale = unpackHalf2(*reinterpret_cast<const uint32_t *>(keyScaleRow + token));
-    const float r0 = rowScale.x * (scale / codeUnit<Ctx::KEY_FORM, KBITS>(keyCode<KBITS>(pt, 0)));
-    const float r1 = rowScale.y * (scale / codeUnit<Ctx::KEY_FORM, KBITS>(keyCode<KBITS>(pt, 1)));
+    const int token0 = Ctx::tokenOf(pt, 0, c.i), token1 = Ctx::tokenOf(pt, 1, c.i);
+    const float2 rowScale = c.tokenPair(keyScaleRow, pt);
+    const float r0 = rowScale.x * (scale / Ctx::keyUnit(pt, 0));
+    const float r1 = rowScale.y * (scale / Ctx::keyUnit(pt, 1));
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
       float *sc = c.scores[n][pt];
@@ -490,10 +569,10 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
       sc[2] = fmaf(sc[2], r1, reference[n][0]);
       sc[3] = fmaf(sc[3], r1, reference[n][1]);
       if (valid < Ctx::TG) { // the last page of a request
-        sc[0] = token < valid ? sc[0] : -KVARN_INFINITY;
-        sc[1] = token < valid ? sc[1] : -KVARN_INFINITY;
-        sc[2] = token + 1 < valid ? sc[2] : -KVARN_INFINITY;
-        sc[3] = token + 1 < valid ? sc[3] : -KVARN_INFINITY;
+        sc[0] = token0 < valid ? sc[0] : -KVARN_INFINITY;
+        sc[1] = token0 < valid ? sc[1] : -KVARN_INFINITY;
+        sc[2] = token1 < valid ? sc[2] : -KVARN_INFINITY;
+        sc[3] = token1 < valid ? sc[3] : -KVARN_INFINITY;
       }
     }
   }
@@ -531,10 +610,8 @@ __device__ __forceinline__ void pageWeights(Ctx &c, int n, const float (&offset)
       c.runningSum[n][e % 2] += w[e];
     }
     if constexpr (Record) {
-      const int token = Ctx::TPI * c.i + 2 * pt;
-      const float2 rowScale =
-          unpackHalf2(*reinterpret_cast<const uint32_t *>(valueScaleRow + token));
-      const float2 zero = unpackHalf2(*reinterpret_cast<const uint32_t *>(valueZeroPoint + token));
+      const float2 rowScale = c.tokenPair(valueScaleRow, pt);
+      const float2 zero = c.tokenPair(valueZeroPoint, pt);
       bias[0] += w[0] * zero.x + w[2] * zero.y;
       bias[1] += w[1] * zero.x + w[3] * zero.y;
       const float scaled0 = rowScale.x * weightScale, scaled1 = rowScale.y * weightScale;
@@ -575,8 +652,7 @@ __device__ __forceinline__ void recordSoftmax(Ctx &c, const Half *valueScaleRow,
     float largest = 0.0f;
 #pragma unroll
     for (int pt = 0; pt < Ctx::P; ++pt) {
-      const float2 rowScale = unpackHalf2(
-          *reinterpret_cast<const uint32_t *>(valueScaleRow + Ctx::TPI * c.i + 2 * pt));
+      const float2 rowScale = c.tokenPair(valueScaleRow, pt);
       largest = fmaxf(largest, fmaxf(fabsf(rowScale.x), fabsf(rowScale.y)));
     }
     largest = warpMaxXor(largest, 4, 16);
@@ -676,9 +752,11 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
   constexpr int CHANNELS_PER_BYTE = 8 / VBITS;
   const Half *valueScaleCol =
       reinterpret_cast<const Half *>(c.scaleShared(stage) + Ctx::Layout::keyScaleBytes);
-  const unsigned char *rows = c.stageShared(stage) + Ctx::KEY_BYTES +
-                              (2 * Ctx::TPI * c.t) * Ctx::VALUE_ROW + c.t * Ctx::VALUE_PAD +
-                              c.i * Ctx::VALUE_WORD;
+  // This lane's V rows: token rowPart(2t + k) + pagePart(pt, half); rowPart(2t) is a multiple of
+  // the pad period, so the per-row offsets are constants.
+  static_assert(Ctx::rowPart(2) % Ctx::VALUE_PAD_ROWS == 0, "value rows per lane group");
+  const unsigned char *rows = c.stageShared(stage) + Ctx::KEY_BYTES + c.i * Ctx::VALUE_WORD +
+                              Ctx::valueRowOffset(Ctx::rowPart(2 * c.t));
   float acc[Ctx::NQ][Ctx::KC][4];
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)
@@ -690,13 +768,14 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
             c.valueBias[n][e % 2] * codeUnit<Ctx::VALUE_FORM, VBITS>(valueCode<VBITS>(m, e / 2));
 #pragma unroll
   for (int pt = 0; pt < Ctx::P; ++pt) {
-    // Token rows 2pt, 2pt+1, TPI+2pt, TPI+2pt+1 of this lane's group; channels CPI*i ...
+    // The token rows of PV k indices 2t, 2t + 8, 2t + 1, 2t + 9 of k-chunk pt (Ctx::tokenOf);
+    // channels CPI*i ...
     typedef typename Ctx::ValueWord Word;
-    const Word r0 = *reinterpret_cast<const Word *>(rows + (2 * pt) * Ctx::VALUE_ROW);
-    const Word r1 = *reinterpret_cast<const Word *>(rows + (2 * pt + 1) * Ctx::VALUE_ROW);
-    const Word r2 = *reinterpret_cast<const Word *>(rows + (Ctx::TPI + 2 * pt) * Ctx::VALUE_ROW);
-    const Word r3 =
-        *reinterpret_cast<const Word *>(rows + (Ctx::TPI + 2 * pt + 1) * Ctx::VALUE_ROW);
+    auto row = [&](int half, int k) {
+      return *reinterpret_cast<const Word *>(
+          rows + Ctx::valueRowOffset(Ctx::rowPart(k) + Ctx::pagePart(pt, half)));
+    };
+    const Word r0 = row(0, 0), r1 = row(1, 0), r2 = row(0, 1), r3 = row(1, 1);
 #pragma unroll
     for (int m = 0; m < Ctx::KC; ++m) {
       // Channels 2m (rows i) and 2m + 1 (rows i + 8) of the lane's word.
