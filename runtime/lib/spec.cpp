@@ -309,9 +309,12 @@ size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
     const bool keyLdsm = spec.format.keyBits == 4 && g == 128;
     const size_t keyBytes = (d / 4) * (4 * (g * spec.format.keyBits / 8) + (keyLdsm ? 16 : 32));
     const size_t valueWord = (d / 8) * spec.format.valueBits / 8;
-    const size_t valuePadRows = keyLdsm ? 8 : g / 4;
-    const size_t valueBytes =
-        g * (d * spec.format.valueBits / 8) + (g / valuePadRows) * 8 * valueWord;
+    // 2-bit V codes at D = 128 with LDMATRIX keys come through LDMATRIX too (VALUE_LDSM): V rows
+    // padded by 16 bytes every 4 rows.
+    const bool valueLdsm = keyLdsm && spec.format.valueBits == 2 && d == 128;
+    const size_t valuePadRows = valueLdsm ? 4 : keyLdsm ? 8 : g / 4;
+    const size_t valuePad = valueLdsm ? 16 : 8 * valueWord;
+    const size_t valueBytes = g * (d * spec.format.valueBits / 8) + (g / valuePadRows) * valuePad;
     const size_t stageBytes = (keyBytes + valueBytes + 6 * (d + g) + 15) / 16 * 16;
     const size_t staging = warps * stages * stageBytes;
     const size_t merge = (warps * (q * d + 2 * q) + q) * 4;

@@ -7,7 +7,9 @@
 // so both loads are whole rows per warp instruction and every fragment is built in registers
 // (PRMT, then one AND per code pair, see CodeForm) with no shared-memory round trip. 4-bit K
 // codes of 128-token pages instead come transposed from LDMATRIX (DecodeContext::KEY_LDSM): the
-// lane owns tokens 64h + 4i + n (+ 32) of those rows, and V rows 8t .. 8t + 7 (+ 32, + 64, + 96).
+// lane owns tokens 64h + 4i + n (+ 32) of those rows, and V rows 8t .. 8t + 7 (+ 32, + 64, + 96);
+// with 2-bit V codes and D = 128 the V codes come from LDMATRIX too (VALUE_LDSM) and the lane
+// owns output channels 8i .. 8i + 7 and 64 + 8i .. (DecodeContext::channelOf).
 // Scores move from the QK accumulator layout to the PV operand layout with MOVMATRIX.
 #pragma once
 
@@ -77,8 +79,12 @@ struct DecodeContext {
   static constexpr int KEY_GROUP = 4 * KEY_ROW + (KEY_LDSM ? 16 : 32);
   static constexpr int KEY_BYTES = (D / 4) * KEY_GROUP;
   static constexpr int VALUE_ROW = D * VB / 8;
-  static constexpr int VALUE_PAD = 8 * VALUE_WORD;
-  static constexpr int VALUE_PAD_ROWS = KEY_LDSM ? 8 : 2 * TPI; ///< rows per padded V group
+  /// 2-bit V codes with D = 128 (and LDMATRIX keys) come through LDMATRIX.TRANS too (see
+  /// pvOnCodes): V rows padded by 16 bytes every 4 rows, and lane group i owns output channels
+  /// 8i .. 8i + 7 and 64 + 8i .. 64 + 8i + 7 (channelOf) instead of CPI*i .. CPI*i + CPI - 1.
+  static constexpr bool VALUE_LDSM = KEY_LDSM && VB == 2 && D == 128;
+  static constexpr int VALUE_PAD = VALUE_LDSM ? 16 : 8 * VALUE_WORD;
+  static constexpr int VALUE_PAD_ROWS = VALUE_LDSM ? 4 : KEY_LDSM ? 8 : 2 * TPI; ///< V rows per pad
   static constexpr int VALUE_BYTES = G * VALUE_ROW + (G / VALUE_PAD_ROWS) * VALUE_PAD;
   static constexpr int STAGE_BYTES = (KEY_BYTES + VALUE_BYTES + SCALE_BYTES + 15) / 16 * 16;
   static constexpr int STAGING_OFFSET = QUERY_FLOATS * 4;
@@ -173,6 +179,16 @@ struct DecodeContext {
     } else {
       return unpackHalf2(*reinterpret_cast<const uint32_t *>(v + tokenOf(pt, 0, i)));
     }
+  }
+  /// Output channel of accumulator out[n][m] rows c.i (half 0) or c.i + 8 (half 1) of this lane.
+  __device__ __forceinline__ int channelOf(int m, int half) const {
+    return VALUE_LDSM ? 64 * half + 8 * i + m : CPI * i + 2 * m + half;
+  }
+  /// The value of one unit of the V code in PV m-tile m, rows c.i (half 0) or c.i + 8 (half 1):
+  /// with LDMATRIX values, code m % 8 of a 16-bit element sits at bits 8..9 (m even) or 6..7.
+  static __host__ __device__ constexpr float valueUnit(int m, int half) {
+    return VALUE_LDSM ? codeUnit<CodeForm::Subnormal, 2>(m % 2 == 0 ? 4 : 3)
+                      : codeUnit<VALUE_FORM, VB>(valueCode<VB>(m, half));
   }
   /// Byte offset of V code row `token` in a staged record's V area.
   static __host__ __device__ constexpr int valueRowOffset(int token) {
@@ -764,8 +780,53 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
     for (int m = 0; m < Ctx::KC; ++m)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        acc[n][m][e] =
-            c.valueBias[n][e % 2] * codeUnit<Ctx::VALUE_FORM, VBITS>(valueCode<VBITS>(m, e / 2));
+        acc[n][m][e] = c.valueBias[n][e % 2] * Ctx::valueUnit(m, e / 2);
+  if constexpr (Ctx::VALUE_LDSM) {
+    // Per k-chunk one LDMATRIX.X4.TRANS: matrix j holds the V rows of PV k indices 0..7 (j < 2)
+    // or 8..15 over channels 64(j%2) .. + 63 (16 bytes, 8 channels per 16-bit element); lane
+    // (i, t) gets channels 8i .. 8i + 7 (+ 64) of the tokens of k indices 2t, 2t + 1 (+ 8). Code
+    // m of an element is output channel 8i + m (rows i) or 64 + 8i + m (rows i + 8), moved to
+    // mantissa bits 6..9 (see valueUnit).
+    const int r = c.lane % 8, j = c.lane / 8;
+    static_assert(Ctx::rowPart(1) % Ctx::VALUE_PAD_ROWS == 0, "value rows per matrix row");
+    static_assert(Ctx::pagePart(0, 1) % Ctx::VALUE_PAD_ROWS == 0, "value row halves");
+    const unsigned char *rowBase =
+        c.stageShared(stage) + Ctx::KEY_BYTES + Ctx::valueRowOffset(Ctx::rowPart(r)) +
+        (j < 2 ? 0 : Ctx::valueRowOffset(Ctx::pagePart(0, 1))) + 16 * (j % 2);
+#pragma unroll
+    for (int pt = 0; pt < Ctx::P; ++pt) {
+      uint32_t x[4];
+      loadMatricesTransposed(rowBase + Ctx::valueRowOffset(Ctx::pagePart(pt, 0)), x[0], x[1], x[2],
+                             x[3]);
+      uint32_t up[4], down[4], swapped[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        up[k] = x[k] << 4;                   // codes 1, 2 to bits 6..9
+        down[k] = x[k] >> 4;                 // codes 5, 6
+        swapped[k] = __byte_perm(x[k], 0, 0x2301); // codes 0, 7 (bytes swapped in each half)
+      }
+#pragma unroll
+      for (int m = 0; m < Ctx::KC; ++m) {
+        uint32_t a[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const uint32_t source = m == 0 || m == 7 ? swapped[k]
+                                  : m == 1 || m == 2 ? up[k]
+                                  : m == 5 || m == 6 ? down[k]
+                                                     : x[k];
+          a[k] = source & (m % 2 == 0 ? 0x03000300u : 0x00c000c0u);
+        }
+        // a[0]: rows i (k 2t, 2t + 1), a[1]: rows i + 8, a[2], a[3]: k 2t + 8, 2t + 9.
+#pragma unroll
+        for (int n = 0; n < Ctx::NQ; ++n) {
+          mma16816(acc[n][m], a[0], a[1], a[2], a[3], c.weights[n][pt][0], c.weights[n][pt][1]);
+          if constexpr (Ctx::P_TERMS == 2)
+            mma16816(acc[n][m], a[0], a[1], a[2], a[3], c.weightsLow[n][pt][0],
+                     c.weightsLow[n][pt][1]);
+        }
+      }
+    }
+  } else {
 #pragma unroll
   for (int pt = 0; pt < Ctx::P; ++pt) {
     // The token rows of PV k indices 2t, 2t + 8, 2t + 1, 2t + 9 of k-chunk pt (Ctx::tokenOf);
@@ -797,16 +858,26 @@ template <typename Ctx> __device__ __forceinline__ void pvOnCodes(Ctx &c, int st
       }
     }
   }
+  }
   const float unscale = Ctx::P_TERMS == 1 ? c.weightUnscale : 1.0f;
+  // V_s_col at this lane's channels: with LDMATRIX values 8i .. 8i + 7 and 64 + 8i .. (two
+  // 16-byte loads), else the pair 2m, 2m + 1 of its CPI channels.
+  auto columnScales = [&](int m) {
+    if constexpr (Ctx::VALUE_LDSM) {
+      const uint4 low = *reinterpret_cast<const uint4 *>(valueScaleCol + c.channelOf(0, 0));
+      const uint4 high = *reinterpret_cast<const uint4 *>(valueScaleCol + c.channelOf(0, 1));
+      const float2 a = unpackHalf2(part32(low, m / 2)), b = unpackHalf2(part32(high, m / 2));
+      return m % 2 == 0 ? make_float2(a.x, b.x) : make_float2(a.y, b.y);
+    } else {
+      return unpackHalf2(*reinterpret_cast<const uint32_t *>(valueScaleCol + c.channelOf(m, 0)));
+    }
+  };
 #pragma unroll
   for (int m = 0; m < Ctx::KC; ++m) {
-    const int channel = Ctx::CPI * c.i + 2 * m;
-    const float2 colScale =
-        unpackHalf2(*reinterpret_cast<const uint32_t *>(valueScaleCol + channel));
     // exact: 2^-e and the code unit's reciprocal are powers of two
-    constexpr CodeForm F = Ctx::VALUE_FORM;
-    const float s0 = colScale.x * (unscale / codeUnit<F, VBITS>(valueCode<VBITS>(m, 0)));
-    const float s1 = colScale.y * (unscale / codeUnit<F, VBITS>(valueCode<VBITS>(m, 1)));
+    const float2 colScale = columnScales(m);
+    const float s0 = colScale.x * (unscale / Ctx::valueUnit(m, 0));
+    const float s1 = colScale.y * (unscale / Ctx::valueUnit(m, 1));
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
       c.out[n][m][0] = fmaf(s0, acc[n][m][0], c.out[n][m][0]);
@@ -830,7 +901,10 @@ template <typename Ctx> __device__ __forceinline__ void attendPoolPage(Ctx &c, i
   const int64_t rowStride = int64_t(c.p.numKvHeads) * D;
   const int64_t pageBase = (int64_t(slot) * Ctx::TG * c.p.numKvHeads + c.kvHead) * D;
   const Half *keyBase = static_cast<const Half *>(c.p.poolKey) + pageBase + (D / 4) * c.t;
-  const Half *valueBase = static_cast<const Half *>(c.p.poolValue) + pageBase + Ctx::CPI * c.i;
+  // This lane's value channels: CPI*i .. (VALUE_VECTORS vectors of 8), or with LDMATRIX values
+  // 8i .. 8i + 7 and 64 + 8i .. (Ctx::channelOf).
+  const Half *valueBase = static_cast<const Half *>(c.p.poolValue) + pageBase + c.channelOf(0, 0);
+  constexpr int VALUE_VECTOR_STEP = Ctx::VALUE_LDSM ? 64 : 8;
   const float scale = c.p.softmaxScale * 1.4426950408889634f;
   // Step 1. B fragments of q_rot in this path's channel order (lane t: channels
   // [D/4 * t, D/4 * (t + 1)), from the rotated queries in shared memory).
@@ -890,25 +964,48 @@ template <typename Ctx> __device__ __forceinline__ void attendPoolPage(Ctx &c, i
     const int first = 2 * Ctx::TPI * c.t;
     const int rows[4] = {first + 2 * pt, first + 2 * pt + 1, first + Ctx::TPI + 2 * pt,
                          first + Ctx::TPI + 2 * pt + 1};
+    auto valueRow = [&](int r, int u) { // as for the keys: clamped row, then zeroed past the end
+      const uint4 v = *reinterpret_cast<const uint4 *>(
+          valueBase + min(rows[r], valid - 1) * rowStride + VALUE_VECTOR_STEP * u);
+      return rows[r] < valid ? v : make_uint4(0u, 0u, 0u, 0u);
+    };
+    if constexpr (Ctx::VALUE_LDSM) {
+      // Output channel 8i + m (rows i) from vector 0 and 64 + 8i + m (rows i + 8) from vector 1.
+      uint4 v[4][2];
 #pragma unroll
-    for (int u = 0; u < VALUE_VECTORS; ++u) { // 8 channels (four m-tiles) at a time
-      uint4 v[4];
+      for (int r = 0; r < 4; ++r)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) { // as for the keys: clamped row, then zeroed past the end
-        v[r] = *reinterpret_cast<const uint4 *>(valueBase + min(rows[r], valid - 1) * rowStride +
-                                                8 * u);
-        v[r] = rows[r] < valid ? v[r] : make_uint4(0u, 0u, 0u, 0u);
-      }
+        for (int u = 0; u < 2; ++u)
+          v[r][u] = valueRow(r, u);
 #pragma unroll
-      for (int word = 0; word < 4; ++word) {
-        const int m = 4 * u + word;
-        const uint32_t x0 = part32(v[0], word), x1 = part32(v[1], word);
-        const uint32_t x2 = part32(v[2], word), x3 = part32(v[3], word);
-        const uint32_t a0 = __byte_perm(x0, x2, 0x5410), a1 = __byte_perm(x0, x2, 0x7632);
-        const uint32_t a2 = __byte_perm(x1, x3, 0x5410), a3 = __byte_perm(x1, x3, 0x7632);
+      for (int m = 0; m < Ctx::KC; ++m) {
+        const uint32_t select = m % 2 == 0 ? 0x5410 : 0x7632;
+        const uint32_t a0 = __byte_perm(part32(v[0][0], m / 2), part32(v[2][0], m / 2), select);
+        const uint32_t a1 = __byte_perm(part32(v[0][1], m / 2), part32(v[2][1], m / 2), select);
+        const uint32_t a2 = __byte_perm(part32(v[1][0], m / 2), part32(v[3][0], m / 2), select);
+        const uint32_t a3 = __byte_perm(part32(v[1][1], m / 2), part32(v[3][1], m / 2), select);
 #pragma unroll
         for (int n = 0; n < Ctx::NQ; ++n)
           mma16816(c.out[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
+      }
+    } else {
+#pragma unroll
+      for (int u = 0; u < VALUE_VECTORS; ++u) { // 8 channels (four m-tiles) at a time
+        uint4 v[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          v[r] = valueRow(r, u);
+#pragma unroll
+        for (int word = 0; word < 4; ++word) {
+          const int m = 4 * u + word;
+          const uint32_t x0 = part32(v[0], word), x1 = part32(v[1], word);
+          const uint32_t x2 = part32(v[2], word), x3 = part32(v[3], word);
+          const uint32_t a0 = __byte_perm(x0, x2, 0x5410), a1 = __byte_perm(x0, x2, 0x7632);
+          const uint32_t a2 = __byte_perm(x1, x3, 0x5410), a3 = __byte_perm(x1, x3, 0x7632);
+#pragma unroll
+          for (int n = 0; n < Ctx::NQ; ++n)
+            mma16816(c.out[n][m], a0, a1, a2, a3, c.weights[n][pt][0], c.weights[n][pt][1]);
+        }
       }
     }
   }
@@ -938,7 +1035,7 @@ template <typename Ctx> __device__ __forceinline__ void mergeWarps(Ctx &c) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int query = 8 * n + 2 * c.t + (e % 2);
-        const int channel = Ctx::CPI * c.i + 2 * m + e / 2;
+        const int channel = c.channelOf(m, e / 2);
         outputs[(c.warp * Ctx::Q8 + query) * Ctx::HD + channel] = c.out[n][m][e];
       }
   }
