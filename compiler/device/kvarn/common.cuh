@@ -202,9 +202,12 @@ static_assert(codeReadsAreExact<CodeForm::Subnormal, 2>() &&
                   codeReadsAreExact<CodeForm::SubnormalHigh, 4>(),
               "a code form reads a code from the wrong bits or outside the mantissa");
 
-/// The value one unit of code `k` has in `codePair`'s output: 2^(bit - 24).
+/// The value of one unit at bit `bit` of an fp16 subnormal: 2^(bit - 24).
+__host__ __device__ constexpr float bitUnit(int bit) { return float(1 << bit) / 16777216.0f; }
+
+/// The value one unit of code `k` has in `codePair`'s output.
 template <CodeForm Form, int Bits> __host__ __device__ constexpr float codeUnit(int k) {
-  return float(1 << codeBit<Form, Bits>(k)) / 16777216.0f;
+  return bitUnit(codeBit<Form, Bits>(k));
 }
 
 /// Code `K` of the byte held twice in each 16-bit half of `duplicated`, for both halves, as an

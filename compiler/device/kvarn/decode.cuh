@@ -187,7 +187,7 @@ struct DecodeContext {
   /// The value of one unit of the V code in PV m-tile m, rows c.i (half 0) or c.i + 8 (half 1):
   /// with LDMATRIX values, code m % 8 of a 16-bit element sits at bits 8..9 (m even) or 6..7.
   static __host__ __device__ constexpr float valueUnit(int m, int half) {
-    return VALUE_LDSM ? codeUnit<CodeForm::Subnormal, 2>(m % 2 == 0 ? 4 : 3)
+    return VALUE_LDSM ? bitUnit(m % 2 == 0 ? 8 : 6)
                       : codeUnit<VALUE_FORM, VB>(valueCode<VB>(m, half));
   }
   /// Byte offset of V code row `token` in a staged record's V area.
