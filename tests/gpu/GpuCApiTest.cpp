@@ -40,6 +40,8 @@ protected:
     ASSERT_KVARN(kvarn_jit_install(runtime));
   }
   void TearDown() override {
+    if (production)
+      kvarn_runtime_destroy(production);
     if (runtime)
       kvarn_runtime_destroy(runtime);
     std::filesystem::remove_all(cacheDir);
@@ -60,6 +62,13 @@ protected:
     return host;
   }
   static const Driver &driver() { return **Driver::get(); }
+  /// A production runtime as an engine would start it: an empty cache directory, no JIT
+  /// (`production`, destroyed at tear-down).
+  void createProductionRuntime() {
+    const std::string productionCache = cacheDir + "/production";
+    kvarn_runtime_options options{0, productionCache.c_str(), 0, 0, nullptr};
+    ASSERT_KVARN(kvarn_runtime_create(&options, &production));
+  }
   /// Device copies of a fixture for `lengths` (output NaN-poisoned, `workspaceBytes` of
   /// workspace) and the decode arguments over them.
   kvarn_decode_args uploadDecode(const DecodeFixture &fx, const std::vector<int32_t> &lengths,
@@ -75,6 +84,7 @@ protected:
 
   std::string cacheDir;
   kvarn_runtime runtime = nullptr;
+  kvarn_runtime production = nullptr;
   std::vector<CUdeviceptr> allocations;
 };
 
@@ -373,22 +383,22 @@ TEST_F(CApiGpuTest, EveryOpThroughTheCApi) {
 
 TEST_F(CApiGpuTest, ProductionModeWithoutJitUsesTheCacheOrSaysWhatIsMissing) {
   kvarn_runtime_options noJit{0, cacheDir.c_str(), 0, 0};
-  kvarn_runtime production = nullptr;
-  ASSERT_KVARN(kvarn_runtime_create(&noJit, &production));
+  kvarn_runtime reader = nullptr;
+  ASSERT_KVARN(kvarn_runtime_create(&noJit, &reader));
   kvarn_kernel kernel = nullptr;
-  EXPECT_EQ(kvarn_prepare(production, "dequantize:kvarn_k2v2_g64:d64:q1:f16", nullptr, &kernel),
+  EXPECT_EQ(kvarn_prepare(reader, "dequantize:kvarn_k2v2_g64:d64:q1:f16", nullptr, &kernel),
             KVARN_ERROR_NOT_FOUND);
   EXPECT_NE(std::string(kvarn_last_error()).find("JIT is disabled"), std::string::npos);
-  // The JIT runtime compiles it into the shared cache directory; production then finds it.
+  // The JIT runtime compiles it into the shared cache directory; a no-JIT reader then finds it.
   ASSERT_KVARN(kvarn_prepare(runtime, "dequantize:kvarn_k2v2_g64:d64:q1:f16", nullptr, &kernel));
-  kvarn_runtime production2 = nullptr;
-  ASSERT_KVARN(kvarn_runtime_create(&noJit, &production2));
-  ASSERT_KVARN(kvarn_prepare(production2, "dequantize:kvarn_k2v2_g64:d64:q1:f16", nullptr, &kernel));
-  EXPECT_EQ(kvarn_prepare(production2, "decode:kvarn_k4v2_g128:d96:q8:f16", nullptr, &kernel),
+  kvarn_runtime reader2 = nullptr;
+  ASSERT_KVARN(kvarn_runtime_create(&noJit, &reader2));
+  ASSERT_KVARN(kvarn_prepare(reader2, "dequantize:kvarn_k2v2_g64:d64:q1:f16", nullptr, &kernel));
+  EXPECT_EQ(kvarn_prepare(reader2, "decode:kvarn_k4v2_g128:d96:q8:f16", nullptr, &kernel),
             KVARN_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(kvarn_last_error()).find("unsupported head_dim: 96"), std::string::npos);
-  kvarn_runtime_destroy(production);
-  kvarn_runtime_destroy(production2);
+  kvarn_runtime_destroy(reader);
+  kvarn_runtime_destroy(reader2);
 }
 
 } // namespace
@@ -421,11 +431,7 @@ TEST_F(CApiGpuTest, BundleExportImportLaunchUsesTheTunedSchedule) {
   ASSERT_TRUE(bundle) << bundle.error().str();
   const std::string path = cacheDir + "/kernels.kvarnbundle";
   ASSERT_TRUE(writeBundle(path, *bundle));
-  // A production runtime: empty cache directory, no JIT.
-  const std::string productionCache = cacheDir + "/production";
-  kvarn_runtime_options options{0, productionCache.c_str(), 0, 0, nullptr};
-  kvarn_runtime production = nullptr;
-  ASSERT_KVARN(kvarn_runtime_create(&options, &production));
+  ASSERT_NO_FATAL_FAILURE(createProductionRuntime());
   kvarn_kernel kernel = nullptr;
   EXPECT_EQ(kvarn_prepare(production, "decode:kvarn_k4v2_g128:d128:q8:f16", nullptr, &kernel),
             KVARN_ERROR_NOT_FOUND) << "nothing is cached before the bundle";
@@ -437,7 +443,6 @@ TEST_F(CApiGpuTest, BundleExportImportLaunchUsesTheTunedSchedule) {
   EXPECT_EQ(std::string(how).rfind("tuned: ", 0), 0u) << how;
   DecodeFixture fx(*parseFormat("kvarn_k4v2_g128", 128), 2, 8, {700, 129, 1}, 31);
   EXPECT_LE(decode(kernel, fx, {700, 129, 1}, 2), 1e-3);
-  kvarn_runtime_destroy(production);
 }
 
 /// Tuned configs with decode variants, through a bundle into a production runtime (no JIT): the
@@ -461,10 +466,7 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   ASSERT_EQ(bundle->entries.size(), 3u) << "the tuned schedule and its two variants";
   const std::string path = cacheDir + "/variants.kvarnbundle";
   ASSERT_TRUE(writeBundle(path, *bundle));
-  const std::string productionCache = cacheDir + "/production";
-  kvarn_runtime_options options{0, productionCache.c_str(), 0, 0, nullptr};
-  kvarn_runtime production = nullptr;
-  ASSERT_KVARN(kvarn_runtime_create(&options, &production));
+  ASSERT_NO_FATAL_FAILURE(createProductionRuntime());
   ASSERT_KVARN(kvarn_load_bundle(production, path.c_str()));
   kvarn_kernel kernel = nullptr;
   ASSERT_KVARN(kvarn_prepare(production, "decode:kvarn_k4v2_g128:d128:q8:f16", nullptr, &kernel));
@@ -500,7 +502,6 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   EXPECT_EQ(scheduleAt(plain, 64, 8), scheduleAt(plain, 1, 1));
   const char *unused = nullptr;
   EXPECT_EQ(kvarn_decode_schedule(kernel, -1, 2, &unused), KVARN_ERROR_INVALID_ARGUMENT);
-  kvarn_runtime_destroy(production);
 }
 
 /// A bundle built for another arch is recompiled from its sources at load (no JIT) and runs.
@@ -517,14 +518,10 @@ TEST_F(CApiGpuTest, BundleForAnotherArchIsRecompiledFromItsSources) {
   ASSERT_TRUE(bundle) << bundle.error().str();
   const std::string path = cacheDir + "/other.kvarnbundle";
   ASSERT_TRUE(writeBundle(path, *bundle));
-  const std::string productionCache = cacheDir + "/production";
-  kvarn_runtime_options options{0, productionCache.c_str(), 0, 0, nullptr};
-  kvarn_runtime production = nullptr;
-  ASSERT_KVARN(kvarn_runtime_create(&options, &production));
+  ASSERT_NO_FATAL_FAILURE(createProductionRuntime());
   ASSERT_KVARN(kvarn_load_bundle(production, path.c_str()));
   kvarn_kernel kernel = nullptr;
   ASSERT_KVARN(kvarn_prepare(production, "decode:kvarn_k4v4_g64:d128:q4:f16", nullptr, &kernel));
   DecodeFixture fx(*parseFormat("kvarn_k4v4_g64", 128), 2, 4, {300, 65}, 41);
   EXPECT_LE(decode(kernel, fx, {300, 65}, 2), 1e-3);
-  kvarn_runtime_destroy(production);
 }
