@@ -573,7 +573,6 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
       reference[n][q] = -c.reference(n, q);
 #pragma unroll
   for (int pt = 0; pt < Ctx::P; ++pt) {
-    const int token0 = Ctx::tokenOf(pt, 0, c.i), token1 = Ctx::tokenOf(pt, 1, c.i);
     const float2 rowScale = c.tokenPair(keyScaleRow, pt);
     const float r0 = rowScale.x * (scale / Ctx::keyUnit(pt, 0));
     const float r1 = rowScale.y * (scale / Ctx::keyUnit(pt, 1));
@@ -584,7 +583,17 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
       sc[1] = fmaf(sc[1], r0, reference[n][1]);
       sc[2] = fmaf(sc[2], r1, reference[n][0]);
       sc[3] = fmaf(sc[3], r1, reference[n][1]);
-      if (valid < Ctx::TG) { // the last page of a request
+    }
+  }
+  // The last page of a request masks the tokens past its end: one branch for the whole page
+  // (inside the loop above ptxas kept one branch per m-tile).
+  if (valid < Ctx::TG) {
+#pragma unroll
+    for (int pt = 0; pt < Ctx::P; ++pt) {
+      const int token0 = Ctx::tokenOf(pt, 0, c.i), token1 = Ctx::tokenOf(pt, 1, c.i);
+#pragma unroll
+      for (int n = 0; n < Ctx::NQ; ++n) {
+        float *sc = c.scores[n][pt];
         sc[0] = token0 < valid ? sc[0] : -KVARN_INFINITY;
         sc[1] = token0 < valid ? sc[1] : -KVARN_INFINITY;
         sc[2] = token1 < valid ? sc[2] : -KVARN_INFINITY;
