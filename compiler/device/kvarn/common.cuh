@@ -279,6 +279,30 @@ __device__ __forceinline__ void copyAsync16(void *shared, const void *global) {
   const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
 }
+/// copyAsync16 if `enabled` (a predicated copy: no branch around it).
+__device__ __forceinline__ void copyAsync16If(void *shared, const void *global, bool enabled) {
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n"
+               " @p cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(address),
+               "l"(global), "r"(int(enabled)));
+}
+/// A warp copies `BYTES` (a multiple of 16) contiguous bytes, 16 per lane and round; the rounds
+/// are unrolled and only a partial last round is predicated, so no loop or branch remains.
+template <int BYTES>
+__device__ __forceinline__ void copyAsyncWarp(void *shared, const void *global, int lane) {
+  static_assert(BYTES % 16 == 0, "16-byte chunks");
+  constexpr int CHUNKS = BYTES / 16;
+#pragma unroll
+  for (int round = 0; round < (CHUNKS + 31) / 32; ++round) {
+    const int chunk = lane + 32 * round;
+    unsigned char *to = static_cast<unsigned char *>(shared) + 16 * chunk;
+    const unsigned char *from = static_cast<const unsigned char *>(global) + 16 * chunk;
+    if (CHUNKS % 32 == 0 || round < CHUNKS / 32)
+      copyAsync16(to, from);
+    else
+      copyAsync16If(to, from, chunk < CHUNKS);
+  }
+}
 __device__ __forceinline__ void copyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void copyAsyncWaitAll() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 /// Waits until at most `Pending` of this thread's most recent copy groups are still in flight.

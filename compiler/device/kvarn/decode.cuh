@@ -373,11 +373,9 @@ __device__ __forceinline__ void stageRecord(Ctx &c, int page, int stage) {
   }
   unsigned char *scales = c.scaleShared(stage);
   if constexpr ((PARTS & KeyPart) != 0)
-    for (int chunk = c.lane; chunk < L::keyScaleBytes / 16; chunk += 32)
-      copyAsync16(scales + 16 * chunk, rec + L::keyScaleCol + 16 * chunk);
+    copyAsyncWarp<L::keyScaleBytes>(scales, rec + L::keyScaleCol, c.lane);
   if constexpr ((PARTS & ValuePart) != 0)
-    for (int chunk = c.lane; chunk < L::valueScaleBytes / 16; chunk += 32)
-      copyAsync16(scales + L::keyScaleBytes + 16 * chunk, rec + L::valueScaleCol + 16 * chunk);
+    copyAsyncWarp<L::valueScaleBytes>(scales + L::keyScaleBytes, rec + L::valueScaleCol, c.lane);
   copyAsyncCommit();
 }
 
