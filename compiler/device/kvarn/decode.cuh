@@ -1037,14 +1037,30 @@ template <typename Ctx> __device__ __forceinline__ void mergeWarps(Ctx &c) {
         sums[c.warp * Ctx::Q8 + 8 * n + 2 * c.t + q] = total;
       }
     }
-#pragma unroll
-    for (int m = 0; m < Ctx::KC; ++m)
+    if constexpr (Ctx::VALUE_LDSM) {
+      // Channels 8i + m (and 64 + 8i + m) of m = 0..7 are contiguous: two 16-byte stores per
+      // (query, half) instead of eight 4-byte ones (8-way bank conflicts).
+      static_assert(Ctx::KC == 8, "eight m-tiles per half");
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int query = 8 * n + 2 * c.t + (e % 2);
-        const int channel = c.channelOf(m, e / 2);
-        outputs[(c.warp * Ctx::Q8 + query) * Ctx::HD + channel] = c.out[n][m][e];
+        float *row = outputs + (c.warp * Ctx::Q8 + 8 * n + 2 * c.t + e % 2) * Ctx::HD +
+                     c.channelOf(0, e / 2);
+#pragma unroll
+        for (int m = 0; m < Ctx::KC; m += 4)
+          *reinterpret_cast<float4 *>(row + m) =
+              make_float4(c.out[n][m][e], c.out[n][m + 1][e], c.out[n][m + 2][e],
+                          c.out[n][m + 3][e]);
       }
+    } else {
+#pragma unroll
+      for (int m = 0; m < Ctx::KC; ++m)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int query = 8 * n + 2 * c.t + (e % 2);
+          const int channel = c.channelOf(m, e / 2);
+          outputs[(c.warp * Ctx::Q8 + query) * Ctx::HD + channel] = c.out[n][m][e];
+        }
+    }
   }
   __syncthreads();
   // Step 2. Per query: the combined maximum, each warp's weight exp2(max_w - max) / total (in
