@@ -304,10 +304,10 @@ size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
     // code rows + scales); the warp merge reuses that area (decode.cuh, DecodeContext).
     const size_t q = spec.queryHeadsPerKvHead <= 8 ? 8 : 16;
     const size_t stages = static_cast<size_t>(schedule.stages);
-    // 4-bit K codes of 128-token pages are read with LDMATRIX (DecodeContext::KEY_LDSM): K groups
-    // padded by 16 bytes, V rows padded every 8 rows instead of every G/4.
+    // 4-bit K codes of 128-token pages are read with LDMATRIX (DecodeContext::KEY_LDSM): K rows
+    // swizzled without pads, V rows padded every 8 rows instead of every G/4.
     const bool keyLdsm = spec.format.keyBits == 4 && g == 128;
-    const size_t keyBytes = (d / 4) * (4 * (g * spec.format.keyBits / 8) + (keyLdsm ? 16 : 32));
+    const size_t keyBytes = (d / 4) * (4 * (g * spec.format.keyBits / 8) + (keyLdsm ? 0 : 32));
     const size_t valueWord = (d / 8) * spec.format.valueBits / 8;
     // 2-bit V codes at D = 128 with LDMATRIX keys come through LDMATRIX too (VALUE_LDSM): V rows
     // padded by 16 bytes every 4 rows.

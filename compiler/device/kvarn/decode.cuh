@@ -66,17 +66,24 @@ struct DecodeContext {
   static_assert(Q >= 1 && Q <= 16, "1 to 16 query heads per kv head");
 
   /// Shared memory: rotated queries, then per warp and stage one staged record (K codes in groups
-  /// of four rows padded by 32 bytes (16 with KEY_LDSM), V codes in groups of VALUE_PAD_ROWS rows
-  /// padded by 8 value words, so fragment reads are free of bank conflicts; then the scale
-  /// vectors). The warp-merge state reuses the staging area after the page loop.
+  /// of four rows padded by 32 bytes, or swizzled without pads with KEY_LDSM; V codes in groups
+  /// of VALUE_PAD_ROWS rows padded by VALUE_PAD bytes, so fragment reads are free of bank
+  /// conflicts; then the scale vectors). The warp-merge state reuses the staging area after the
+  /// page loop.
   static constexpr int QUERY_FLOATS = Q8 * D;
   static constexpr int KEY_ROW = G * KB / 8;
   /// 4-bit K codes of 128-token pages are read with LDMATRIX.TRANS (see scoresOnCodes): QK row i
   /// of m-tile pt then holds token 64(pt/4) + 4i + pt%4 (rows i + 8: + 32) instead of
-  /// TPI*i + 2pt (+ 1), and the staging pads suit that read (K groups by 16 bytes, V every 8
-  /// rows).
+  /// TPI*i + 2pt (+ 1). The K rows (64 bytes) are then stored without pads, 16-byte chunk c of
+  /// row R at 64R + 16(c ^ (R/4 % 4)) (keySwizzle): both that read and the copies are free of
+  /// bank conflicts, and each copy instruction writes 512 contiguous bytes. V rows are padded
+  /// every 8 rows.
   static constexpr bool KEY_LDSM = KB == 4 && G == 128;
-  static constexpr int KEY_GROUP = 4 * KEY_ROW + (KEY_LDSM ? 16 : 32);
+  static constexpr int KEY_GROUP = 4 * KEY_ROW + (KEY_LDSM ? 0 : 32);
+  /// With KEY_LDSM: the 16-byte chunk that chunk c of K row R is stored at.
+  static __host__ __device__ constexpr int keySwizzle(int row, int chunk) {
+    return chunk ^ ((row / 4) % 4);
+  }
   static constexpr int KEY_BYTES = (D / 4) * KEY_GROUP;
   static constexpr int VALUE_ROW = D * VB / 8;
   /// 2-bit V codes with D = 128 (and LDMATRIX keys) come through LDMATRIX.TRANS too (see
@@ -345,7 +352,18 @@ __device__ __forceinline__ void stageRecord(Ctx &c, int page, int stage) {
   constexpr int KEY_PER_ROW = Ctx::KEY_ROW / 16, KEY_STEP_ROWS = 32 / KEY_PER_ROW;
   constexpr int KEY_CHUNKS = Ctx::HD * Ctx::KEY_ROW / 16;
   static_assert(KEY_STEP_ROWS % 4 == 0 && KEY_CHUNKS % 32 == 0, "key staging pattern");
-  if constexpr ((PARTS & KeyPart) != 0) {
+  if constexpr ((PARTS & KeyPart) != 0 && Ctx::KEY_LDSM) {
+    // Rows lane / 4 + 8k, chunk lane % 4: the swizzle of row lane / 4 + 8k is that of row
+    // lane / 4 with bit 1 flipped for odd k, so two base addresses serve every k.
+    static_assert(KEY_PER_ROW == 4 && KEY_STEP_ROWS == 8, "64-byte K rows");
+    const int row = c.lane / 4, chunk = c.lane % 4;
+    unsigned char *even = staging + row * Ctx::KEY_ROW + 16 * Ctx::keySwizzle(row, chunk);
+    unsigned char *odd = staging + row * Ctx::KEY_ROW + 16 * Ctx::keySwizzle(row + 8, chunk);
+    const unsigned char *src = rec + L::keyPacked + 16 * c.lane;
+#pragma unroll
+    for (int k = 0; k < KEY_CHUNKS / 32; ++k)
+      copyAsync16((k % 2 == 0 ? even : odd) + 512 * k, src + 512 * k);
+  } else if constexpr ((PARTS & KeyPart) != 0) {
     const int row = c.lane / KEY_PER_ROW, column = 16 * (c.lane % KEY_PER_ROW);
     unsigned char *dst = staging + (row / 4) * Ctx::KEY_GROUP + (row % 4) * Ctx::KEY_ROW + column;
     const unsigned char *src = rec + L::keyPacked + 16 * c.lane;
@@ -490,15 +508,17 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
     // holds channels 16kc + 4(r/2) + r%2 + 2(j/2) (row r; the B fragments' channel order) over
     // tokens 64h + 32(j%2) .. + 31 (16 bytes); lane (i, t) gets channels 4t (+2), 4t + 1 (+2) of
     // tokens 64h (+32) + 4i .. 4i + 3, one nibble per token: nibble n is QK m-tile 4h + n.
-    const int r = c.lane % 8, j = c.lane / 8;
-    const unsigned char *rowBase = keyCodes + (r / 2) * Ctx::KEY_GROUP +
-                                   (r % 2 + 2 * (j / 2)) * Ctx::KEY_ROW + 16 * (j % 2);
+    // Row 4(r/2) + r%2 + 2(j/2) + 16kc, chunk 2h + j%2; its swizzle does not depend on kc.
+    const int r = c.lane % 8, j = c.lane / 8, row = 4 * (r / 2) + r % 2 + 2 * (j / 2);
+    const unsigned char *rowBase[2] = {
+        keyCodes + row * Ctx::KEY_ROW + 16 * Ctx::keySwizzle(row, j % 2),
+        keyCodes + row * Ctx::KEY_ROW + 16 * Ctx::keySwizzle(row, 2 + j % 2)};
 #pragma unroll
     for (int kc = 0; kc < Ctx::KC; ++kc)
 #pragma unroll
       for (int h = 0; h < Ctx::P / 4; ++h) {
         uint32_t x[4], y[4];
-        loadMatricesTransposed(rowBase + 4 * kc * Ctx::KEY_GROUP + 32 * h, x[0], x[1], x[2], x[3]);
+        loadMatricesTransposed(rowBase[h] + 4 * kc * Ctx::KEY_GROUP, x[0], x[1], x[2], x[3]);
 #pragma unroll
         for (int k = 0; k < 4; ++k)
           y[k] = x[k] >> 8; // nibbles 2 and 3 of each half down to bits 0..7
