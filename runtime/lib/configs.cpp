@@ -137,12 +137,6 @@ int variantForLaunch(const std::vector<ScheduleVariant> &variants,
   return k;
 }
 
-const Schedule &scheduleForWork(const Schedule &base, const std::vector<ScheduleVariant> &variants,
-                                int64_t workItems) {
-  const int k = variantForWork(variants, workItems);
-  return k < 0 ? base : variants[size_t(k)].schedule;
-}
-
 std::string describeVariants(const std::vector<ScheduleVariant> &variants) {
   std::string text;
   for (const ScheduleVariant &v : variants)

@@ -413,24 +413,35 @@ std::string configsForThisGpu(const DeviceInfo &info, const std::string &spec,
          R"(}, "entries": [{"spec": ")" + spec + R"(", )" + members + "}]}";
 }
 
-/// Bundle export -> a fresh runtime without JIT and with an empty cache -> load -> launch. The
-/// bundle carries tuned configs naming a non-default schedule; kvarn_prepare with no schedule
-/// must pick it ("tuned") and find its kernel in the bundle.
-TEST_F(CApiGpuTest, BundleExportImportLaunchUsesTheTunedSchedule) {
+/// Builds a bundle of the decode spec k4v2_g128 D128 Q8 for this GPU with configs for this GPU's
+/// silicon naming `members` (schedule, variants), writes it to `path` and returns its entry count.
+void writeTunedDecodeBundle(kvarn_runtime runtime, const std::string &members,
+                            const std::string &buildDir, const std::string &path,
+                            size_t *entries) {
   const char *arch = nullptr;
   int smCount = 0;
   ASSERT_KVARN(kvarn_runtime_device(runtime, &arch, &smCount));
   DeviceInfo info = *openDevice(0);
   const std::string spec = std::string("decode:kvarn_k4v2_g128:d128:q8:f16:") + arch;
-  const std::string configs =
-      configsForThisGpu(info, spec, R"("schedule": "warps=2,mma=m16n8k16.single-p")");
-  const TuningEnvironment environment = environmentOf(info);
-  ArtifactCache buildCache(ArtifactCache::Options{cacheDir + "/build"});
-  Expected<Bundle> bundle = compiler::buildBundle({*parseKernelSpec(spec)}, configs, environment,
-                                                  buildCache);
+  ArtifactCache buildCache(ArtifactCache::Options{buildDir});
+  Expected<Bundle> bundle = compiler::buildBundle(
+      {*parseKernelSpec(spec)}, configsForThisGpu(info, spec, members), environmentOf(info),
+      buildCache);
   ASSERT_TRUE(bundle) << bundle.error().str();
-  const std::string path = cacheDir + "/kernels.kvarnbundle";
   ASSERT_TRUE(writeBundle(path, *bundle));
+  *entries = bundle->entries.size();
+}
+
+/// Bundle export -> a fresh runtime without JIT and with an empty cache -> load -> launch. The
+/// bundle carries tuned configs naming a non-default schedule; kvarn_prepare with no schedule
+/// must pick it ("tuned") and find its kernel in the bundle.
+TEST_F(CApiGpuTest, BundleExportImportLaunchUsesTheTunedSchedule) {
+  const std::string path = cacheDir + "/kernels.kvarnbundle";
+  size_t entries = 0;
+  ASSERT_NO_FATAL_FAILURE(writeTunedDecodeBundle(
+      runtime, R"("schedule": "warps=2,mma=m16n8k16.single-p")", cacheDir + "/build", path,
+      &entries));
+  EXPECT_EQ(entries, 1u) << "the tuned schedule only";
   ASSERT_NO_FATAL_FAILURE(createProductionRuntime());
   kvarn_kernel kernel = nullptr;
   EXPECT_EQ(kvarn_prepare(production, "decode:kvarn_k4v2_g128:d128:q8:f16", nullptr, &kernel),
@@ -450,22 +461,16 @@ TEST_F(CApiGpuTest, BundleExportImportLaunchUsesTheTunedSchedule) {
 /// and each variant decodes correctly (12 warps per CTA over fewer pages than warps included).
 /// An explicit schedule has no variants.
 TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
+  const std::string path = cacheDir + "/variants.kvarnbundle";
+  size_t entries = 0;
+  ASSERT_NO_FATAL_FAILURE(writeTunedDecodeBundle(runtime, R"("schedule": "warps=2,mma=m16n8k16.single-p", "variants": [
+           {"min_work_items": 4, "schedule": "warps=12,mma=m16n8k16.single-p"},
+           {"min_work_items": 6, "schedule": "warps=6,min_ctas=2,mma=m16n8k16.single-p"}])",
+                                                 cacheDir + "/build", path, &entries));
+  ASSERT_EQ(entries, 3u) << "the tuned schedule and its two variants";
   const char *arch = nullptr;
   int smCount = 0;
   ASSERT_KVARN(kvarn_runtime_device(runtime, &arch, &smCount));
-  DeviceInfo info = *openDevice(0);
-  const std::string spec = std::string("decode:kvarn_k4v2_g128:d128:q8:f16:") + arch;
-  const std::string configs = configsForThisGpu(info, spec, R"("schedule": "warps=2,mma=m16n8k16.single-p", "variants": [
-           {"min_work_items": 4, "schedule": "warps=12,mma=m16n8k16.single-p"},
-           {"min_work_items": 6, "schedule": "warps=6,min_ctas=2,mma=m16n8k16.single-p"}])");
-  const TuningEnvironment environment = environmentOf(info);
-  ArtifactCache buildCache(ArtifactCache::Options{cacheDir + "/build"});
-  Expected<Bundle> bundle = compiler::buildBundle({*parseKernelSpec(spec)}, configs, environment,
-                                                  buildCache);
-  ASSERT_TRUE(bundle) << bundle.error().str();
-  ASSERT_EQ(bundle->entries.size(), 3u) << "the tuned schedule and its two variants";
-  const std::string path = cacheDir + "/variants.kvarnbundle";
-  ASSERT_TRUE(writeBundle(path, *bundle));
   ASSERT_NO_FATAL_FAILURE(createProductionRuntime());
   ASSERT_KVARN(kvarn_load_bundle(production, path.c_str()));
   kvarn_kernel kernel = nullptr;

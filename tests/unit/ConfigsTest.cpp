@@ -147,9 +147,9 @@ TEST(Configs, DecodeVariantsParseAndPickByWorkItems) {
   EXPECT_EQ(variantForWork(entry.variants, 511), 0);
   EXPECT_EQ(variantForWork(entry.variants, 512), 1);
   EXPECT_EQ(variantForWork(entry.variants, int64_t(1) << 40), 1);
-  EXPECT_EQ(scheduleForWork(entry.schedule, entry.variants, 8).warps, 4);
-  EXPECT_EQ(scheduleForWork(entry.schedule, entry.variants, 256).warps, 12);
-  EXPECT_EQ(scheduleForWork(entry.schedule, entry.variants, 4096).warps, 6);
+  EXPECT_EQ(entry.schedule.warps, 4);
+  EXPECT_EQ(entry.variants[size_t(variantForWork(entry.variants, 256))].schedule.warps, 12);
+  EXPECT_EQ(entry.variants[size_t(variantForWork(entry.variants, 4096))].schedule.warps, 6);
 
   ScheduleChoice choice = chooseSchedule(
       {file}, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a"), h200());

@@ -83,11 +83,9 @@ struct ScheduleChoice {
   std::string explanation; ///< which entry of which file, and what differs
 };
 
-/// The schedule of a decode launch of `workItems` = batch * kv heads: the variant with the
-/// largest threshold at or below it, else `base`.
-const Schedule &scheduleForWork(const Schedule &base, const std::vector<ScheduleVariant> &variants,
-                                int64_t workItems);
-/// Index into `variants` of scheduleForWork's pick, or -1 for `base`.
+/// Index into `variants` of the variant with the largest threshold at or below `workItems` =
+/// batch * kv heads, or -1 for the entry's own schedule (thresholds alone; launches go through
+/// variantForLaunch).
 int variantForWork(const std::vector<ScheduleVariant> &variants, int64_t workItems);
 
 /// variantForWork's pick for a launch, stepped back while the pick would need more waves of
