@@ -1,6 +1,8 @@
 // KernelSpec / Schedule text forms and their validation.
 #include "kvarn/spec.h"
 
+#include "kvarn/params.h"
+
 #include <algorithm>
 #include <charconv>
 #include <vector>
@@ -300,25 +302,12 @@ size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
   switch (spec.op) {
   case OpKind::Decode:
   case OpKind::Extend: {
-    // Rotated queries (fp32, padded to 8 rows), then per warp and stage one staged record (padded
-    // code rows + scales); the warp merge reuses that area (decode.cuh, DecodeContext).
-    const size_t q = spec.queryHeadsPerKvHead <= 8 ? 8 : 16;
-    const size_t stages = static_cast<size_t>(schedule.stages);
-    // 4-bit K codes of 128-token pages are read with LDMATRIX (DecodeContext::KEY_LDSM): K rows
-    // swizzled without pads, V rows padded every 8 rows instead of every G/4.
-    const bool keyLdsm = spec.format.keyBits == 4 && g == 128;
-    const size_t keyBytes = (d / 4) * (4 * (g * spec.format.keyBits / 8) + (keyLdsm ? 0 : 32));
-    const size_t valueWord = (d / 8) * spec.format.valueBits / 8;
-    // 2-bit V codes at D = 128 with LDMATRIX keys come through LDMATRIX too (VALUE_LDSM): V rows
-    // padded by 16 bytes every 4 rows.
-    const bool valueLdsm = keyLdsm && spec.format.valueBits == 2 && d == 128;
-    const size_t valuePadRows = valueLdsm ? 4 : keyLdsm ? 8 : g / 4;
-    const size_t valuePad = valueLdsm ? 16 : 8 * valueWord;
-    const size_t valueBytes = g * (d * spec.format.valueBits / 8) + (g / valuePadRows) * valuePad;
-    const size_t stageBytes = (keyBytes + valueBytes + 6 * (d + g) + 15) / 16 * 16;
-    const size_t staging = warps * stages * stageBytes;
-    const size_t merge = (warps * (q * d + 2 * q) + q) * 4;
-    return q * d * 4 + std::max(staging, merge);
+    // The layout DecodeContext uses (params.h); queries padded to 8 or 16 rows.
+    const dev::DecodeSharedLayout layout{spec.format.keyBits, spec.format.valueBits,
+                                         spec.format.tileTokens, spec.format.headDim,
+                                         spec.queryHeadsPerKvHead <= 8 ? 8 : 16, schedule.warps,
+                                         schedule.stages};
+    return static_cast<size_t>(layout.bytes());
   }
   case OpKind::Flush: {
     // The X tile (fp32, rows padded by four), one (sum, sum of squares) pair per thread or line,

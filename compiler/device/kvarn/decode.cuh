@@ -70,35 +70,39 @@ struct DecodeContext {
   /// of VALUE_PAD_ROWS rows padded by VALUE_PAD bytes, so fragment reads are free of bank
   /// conflicts; then the scale vectors). The warp-merge state reuses the staging area after the
   /// page loop.
+  static __host__ __device__ constexpr DecodeSharedLayout sharedLayout() {
+    return {KB, VB, G, D, Q8, WARPS, STAGES};
+  }
   static constexpr int QUERY_FLOATS = Q8 * D;
-  static constexpr int KEY_ROW = G * KB / 8;
+  static constexpr int KEY_ROW = sharedLayout().keyRow();
   /// 4-bit K codes of 128-token pages are read with LDMATRIX.TRANS (see scoresOnCodes): QK row i
   /// of m-tile pt then holds token 64(pt/4) + 4i + pt%4 (rows i + 8: + 32) instead of
   /// TPI*i + 2pt (+ 1). The K rows (64 bytes) are then stored without pads, 16-byte chunk c of
   /// row R at 64R + 16(c ^ (R/4 % 4)) (keySwizzle): both that read and the copies are free of
   /// bank conflicts, and each copy instruction writes 512 contiguous bytes. V rows are padded
   /// every 8 rows.
-  static constexpr bool KEY_LDSM = KB == 4 && G == 128;
-  static constexpr int KEY_GROUP = 4 * KEY_ROW + (KEY_LDSM ? 0 : 32);
+  static constexpr bool KEY_LDSM = sharedLayout().keyLdsm();
+  static constexpr int KEY_GROUP = sharedLayout().keyGroup();
   /// With KEY_LDSM: the 16-byte chunk that chunk c of K row R is stored at.
   static __host__ __device__ constexpr int keySwizzle(int row, int chunk) {
     return chunk ^ ((row / 4) % 4);
   }
-  static constexpr int KEY_BYTES = (D / 4) * KEY_GROUP;
-  static constexpr int VALUE_ROW = D * VB / 8;
+  static constexpr int KEY_BYTES = sharedLayout().keyBytes();
+  static constexpr int VALUE_ROW = sharedLayout().valueRow();
   /// 2-bit V codes with D = 128 (and LDMATRIX keys) come through LDMATRIX.TRANS too (see
   /// pvOnCodes): V rows padded by 16 bytes every 4 rows, and lane group i owns output channels
   /// 8i .. 8i + 7 and 64 + 8i .. 64 + 8i + 7 (channelOf) instead of CPI*i .. CPI*i + CPI - 1.
-  static constexpr bool VALUE_LDSM = KEY_LDSM && VB == 2 && D == 128;
-  static constexpr int VALUE_PAD = VALUE_LDSM ? 16 : 8 * VALUE_WORD;
-  static constexpr int VALUE_PAD_ROWS = VALUE_LDSM ? 4 : KEY_LDSM ? 8 : 2 * TPI; ///< V rows per pad
-  static constexpr int VALUE_BYTES = G * VALUE_ROW + (G / VALUE_PAD_ROWS) * VALUE_PAD;
-  static constexpr int STAGE_BYTES = (KEY_BYTES + VALUE_BYTES + SCALE_BYTES + 15) / 16 * 16;
-  static constexpr int STAGING_OFFSET = QUERY_FLOATS * 4;
-  static constexpr int STAGING_BYTES = WARPS * STAGES * STAGE_BYTES;
-  static constexpr int MERGE_BYTES = (WARPS * (Q8 * D + 2 * Q8) + Q8) * 4;
-  static constexpr int SHARED_BYTES =
-      STAGING_OFFSET + (STAGING_BYTES > MERGE_BYTES ? STAGING_BYTES : MERGE_BYTES);
+  static constexpr bool VALUE_LDSM = sharedLayout().valueLdsm();
+  static constexpr int VALUE_PAD = sharedLayout().valuePad();
+  static constexpr int VALUE_PAD_ROWS = sharedLayout().valuePadRows(); ///< V rows per pad
+  static constexpr int VALUE_BYTES = sharedLayout().valueBytes();
+  static constexpr int STAGE_BYTES = sharedLayout().stageBytes();
+  static constexpr int STAGING_OFFSET = sharedLayout().stagingOffset();
+  static constexpr int STAGING_BYTES = sharedLayout().stagingBytes();
+  static constexpr int MERGE_BYTES = sharedLayout().mergeBytes();
+  static constexpr int SHARED_BYTES = sharedLayout().bytes();
+  static_assert(sharedLayout().valueWord() == VALUE_WORD && sharedLayout().scaleBytes() == SCALE_BYTES,
+                "the shared layout's V word and scale vectors match the record's");
 
   DecodeParams p;
   int request, kvHead, split, numSplits, warp, lane, t, i;

@@ -24,6 +24,41 @@ struct DecodeParams {
   float softmaxScale;
 };
 
+/// The decode kernel's shared memory, defined once for DecodeContext (device) and
+/// sharedMemoryBytes (host): rotated queries (fp32, Q8 rows), then per warp and stage one staged
+/// record (K codes, V codes, scale vectors); the warp merge reuses the staging area.
+struct DecodeSharedLayout {
+  int keyBits, valueBits, tileTokens, headDim, queryRows, warps, stages; ///< queryRows = Q8
+
+  /// 4-bit K codes of 128-token pages are read with LDMATRIX.TRANS: K rows stored without pads,
+  /// 16-byte chunks swizzled (DecodeContext::keySwizzle). Otherwise groups of four K rows are
+  /// padded by 32 bytes.
+  constexpr bool keyLdsm() const { return keyBits == 4 && tileTokens == 128; }
+  /// 2-bit V codes with D = 128 (and LDMATRIX keys) come through LDMATRIX.TRANS too.
+  constexpr bool valueLdsm() const { return keyLdsm() && valueBits == 2 && headDim == 128; }
+  constexpr int keyRow() const { return tileTokens * keyBits / 8; }
+  constexpr int keyGroup() const { return 4 * keyRow() + (keyLdsm() ? 0 : 32); }
+  constexpr int keyBytes() const { return headDim / 4 * keyGroup(); }
+  constexpr int valueRow() const { return headDim * valueBits / 8; }
+  /// Bytes of one lane group's V word (headDim / 8 channels).
+  constexpr int valueWord() const { return headDim / 8 * valueBits / 8; }
+  /// V rows are padded by valuePad() bytes every valuePadRows() rows (no bank conflicts).
+  constexpr int valuePad() const { return valueLdsm() ? 16 : 8 * valueWord(); }
+  constexpr int valuePadRows() const { return valueLdsm() ? 4 : keyLdsm() ? 8 : tileTokens / 4; }
+  constexpr int valueBytes() const {
+    return tileTokens * valueRow() + tileTokens / valuePadRows() * valuePad();
+  }
+  /// K_s_col, K_zp, K_s_row, V_s_col, V_s_row, V_zp (fp16).
+  constexpr int scaleBytes() const { return 6 * (headDim + tileTokens); }
+  constexpr int stageBytes() const { return (keyBytes() + valueBytes() + scaleBytes() + 15) / 16 * 16; }
+  constexpr int stagingOffset() const { return queryRows * headDim * 4; }
+  constexpr int stagingBytes() const { return warps * stages * stageBytes(); }
+  constexpr int mergeBytes() const { return (warps * (queryRows * headDim + 2 * queryRows) + queryRows) * 4; }
+  constexpr int bytes() const {
+    return stagingOffset() + (stagingBytes() > mergeBytes() ? stagingBytes() : mergeBytes());
+  }
+};
+
 /// Flush (grid: x = entry).
 struct FlushParams {
   const void *poolKey;            ///< fp16 [slots, G, Hk, D]
