@@ -21,9 +21,6 @@ struct BFloat16 {
 
 #define KVARN_INFINITY (__int_as_float(0x7f800000))
 
-__device__ __forceinline__ bool isFinite(float x) {
-  return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u;
-}
 __device__ __forceinline__ float halfToFloat(Half h) {
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits));
@@ -56,11 +53,6 @@ __device__ __forceinline__ float2 unpackHalf2(uint32_t pair) {
   unsigned short low, high;
   asm("mov.b32 {%0, %1}, %2;" : "=h"(low), "=h"(high) : "r"(pair));
   return make_float2(halfToFloat(Half{low}), halfToFloat(Half{high}));
-}
-__device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
-  uint32_t r;
-  asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-  return r;
 }
 
 /// a * b - c per fp16 half, rounded once (the negation is HFMA2's operand modifier).
@@ -304,7 +296,6 @@ __device__ __forceinline__ void copyAsyncWarp(void *shared, const void *global, 
   }
 }
 __device__ __forceinline__ void copyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void copyAsyncWaitAll() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 /// Waits until at most `Pending` of this thread's most recent copy groups are still in flight.
 template <int Pending> __device__ __forceinline__ void copyAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
