@@ -118,6 +118,13 @@ uint16_t floatToHalfSaturate(float value) {
 
 float clampf(float v, float lo, float hi) { return std::min(std::max(v, lo), hi); }
 
+/// log and exp of a float, evaluated in double and rounded once: the correctly rounded float in
+/// all but ~1e-8 of arguments, so the CPU and the GPU (flush.cuh does the same) agree where
+/// their fp32 libraries differ in the last place. An ill-conditioned tile (a mean far above the
+/// spread) turns one such ulp into visible code differences.
+float logRounded(float x) { return static_cast<float>(std::log(static_cast<double>(x))); }
+float expRounded(float x) { return static_cast<float>(std::exp(static_cast<double>(x))); }
+
 } // namespace
 
 Normalization normalizeVariance(std::span<const float> matrix, int rows, int cols,
@@ -133,14 +140,14 @@ Normalization normalizeVariance(std::span<const float> matrix, int rows, int col
   std::vector<float> logc(cols, 0.0f), logr(rows, 0.0f), expc(cols, 1.0f), expr(rows, 1.0f);
   for (int it = 1; it <= iterations; ++it) {
     for (int c = 0; c < cols; ++c) {
-      logc[c] = clampf(logc[c] + std::log(clampf(stds.cols[c], 1e-3f, 1e3f)), -0.3f, 10.0f);
-      expc[c] = std::exp(logc[c]);
+      logc[c] = clampf(logc[c] + logRounded(clampf(stds.cols[c], 1e-3f, 1e3f)), -0.3f, 10.0f);
+      expc[c] = expRounded(logc[c]);
     }
     applyScales(matrix, expc, expr, rows, cols, x);
     const std::vector<float> rowStd = rowStds(x, rows, cols);
     for (int r = 0; r < rows; ++r) {
-      logr[r] = clampf(logr[r] + std::log(clampf(rowStd[r], 1e-3f, 1e3f)), -0.3f, 10.0f);
-      expr[r] = std::exp(logr[r]);
+      logr[r] = clampf(logr[r] + logRounded(clampf(rowStd[r], 1e-3f, 1e3f)), -0.3f, 10.0f);
+      expr[r] = expRounded(logr[r]);
     }
     applyScales(matrix, expc, expr, rows, cols, x);
     stds = rowColStd(x, rows, cols);

@@ -498,6 +498,16 @@ TEST(GpuFlush, EdgeTilesGiveFiniteScales) {
       x = floatToHalf(std::clamp(halfToFloat(x) * 9000.0f, -65504.0f, 65504.0f));
   });
   checkFlush("kvarn_k4v2_g64", 64, 2, 4, [](std::vector<uint16_t> &v) { v[17] = floatToHalf(60000.0f); });
+  // A mean far above the spread (the one-pass variance cancels) and tokens constant across
+  // their channels (zero row variance, rank-one tile).
+  checkFlush("kvarn_k4v2_g128", 128, 2, 5, [](std::vector<uint16_t> &v) {
+    for (uint16_t &x : v)
+      x = floatToHalf(40.0f + halfToFloat(x));
+  });
+  checkFlush("kvarn_k4v4_g128", 128, 2, 6, [](std::vector<uint16_t> &v) {
+    for (size_t row = 0; row < v.size() / 128; ++row)
+      std::fill_n(v.begin() + row * 128, 128, v[row * 128]);
+  });
 }
 
 TEST(GpuFlush, NonFiniteTileIsReportedAndItsRecordLeftAlone) {
