@@ -498,12 +498,14 @@ TEST(GpuFlush, EdgeTilesGiveFiniteScales) {
       x = floatToHalf(std::clamp(halfToFloat(x) * 9000.0f, -65504.0f, 65504.0f));
   });
   checkFlush("kvarn_k4v2_g64", 64, 2, 4, [](std::vector<uint16_t> &v) { v[17] = floatToHalf(60000.0f); });
-  // A mean far above the spread (the one-pass variance cancels) and tokens constant across
-  // their channels (zero row variance, rank-one tile).
-  checkFlush("kvarn_k4v2_g128", 128, 2, 5, [](std::vector<uint16_t> &v) {
-    for (uint16_t &x : v)
-      x = floatToHalf(40.0f + halfToFloat(x));
-  });
+  // Means of 6 and 7.5 times the spread (V takes the tolerance path, whose threshold is 8), a
+  // mean far above the spread (the one-pass variance cancels; V takes the exact path), and tokens
+  // constant across their channels (zero row variance, rank-one tile).
+  for (float offset : {6.0f, 7.5f, 40.0f})
+    checkFlush("kvarn_k4v2_g128", 128, 2, 5, [offset](std::vector<uint16_t> &v) {
+      for (uint16_t &x : v)
+        x = floatToHalf(offset + halfToFloat(x));
+    });
   checkFlush("kvarn_k4v4_g128", 128, 2, 6, [](std::vector<uint16_t> &v) {
     for (size_t row = 0; row < v.size() / 128; ++row)
       std::fill_n(v.begin() + row * 128, 128, v[row * 128]);
