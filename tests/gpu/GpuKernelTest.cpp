@@ -383,7 +383,8 @@ TEST(GpuDecode, GoldenCaseMatchesTheReferenceBackend) {
 
 /// Flushes `tiles` random pool tiles on the GPU into records; compares with the CPU reference.
 void checkFlush(const std::string &preset, int headDim, int tiles, uint64_t seed,
-                const std::function<void(std::vector<uint16_t> &)> &shape = {}) {
+                const std::function<void(std::vector<uint16_t> &)> &shape = {},
+                const std::string &schedule = "") {
   Format format = *parseFormat(preset, headDim);
   RecordLayout layout = recordLayout(format);
   const int g = format.tileTokens, hk = 2;
@@ -401,7 +402,8 @@ void checkFlush(const std::string &preset, int headDim, int tiles, uint64_t seed
     entries.insert(entries.end(), {2 * e + 1, e % hk, e / hk});
   const int blocks = 2 * tiles + 1;
   const size_t cacheBytes = size_t(blocks) * hk * layout.tileBytesAligned;
-  const KernelModule &module = kernel("flush:" + preset + ":d" + std::to_string(headDim) + ":q1:f16");
+  const std::string spec = "flush:" + preset + ":d" + std::to_string(headDim) + ":q1:f16";
+  const KernelModule &module = kernel(spec, schedule);
   DeviceBuffer dKey = upload(poolKey), dValue = upload(poolValue), dEntries = upload(entries);
   DeviceBuffer dStatus = upload(std::vector<int32_t>{0});
   std::vector<std::vector<uint8_t>> results;
@@ -466,8 +468,9 @@ void checkFlush(const std::string &preset, int headDim, int tiles, uint64_t seed
   EXPECT_EQ(keyEqual, keyBytes) << preset << " D=" << headDim;
   EXPECT_GE(double(valueEqual) / valueBytes, 0.999) << preset << " D=" << headDim;
   EXPECT_LE(worstScale, 0.02) << preset << " D=" << headDim;
-  std::printf("[ flush    ] %s D=%d: K bytes %zu/%zu, V bytes %zu/%zu, worst scale diff %.4f\n",
-              preset.c_str(), headDim, keyEqual, keyBytes, valueEqual, valueBytes, worstScale);
+  std::printf("[ flush    ] %s D=%d%s%s: K bytes %zu/%zu, V bytes %zu/%zu, worst scale diff %.4f\n",
+              preset.c_str(), headDim, schedule.empty() ? "" : " ", schedule.c_str(), keyEqual,
+              keyBytes, valueEqual, valueBytes, worstScale);
 }
 
 TEST(GpuFlush, MatchesTheCpuReferenceForEveryPresetAndHeadDim) {
@@ -483,6 +486,17 @@ TEST(GpuFlush, MatchesTheCpuReferenceForEveryPresetAndHeadDim) {
                              "kvarn_k4v2_g64", "kvarn_k4v4_g64", "kvarn_k2v2_g64"})
     for (int d : {64, 128, 256})
       checkFlush(preset, d, 6, ++seed);
+}
+
+TEST(GpuFlush, EveryScheduleWritesTheSameRecords) {
+  KVARN_REQUIRE_GPU();
+  // CTAs of 128 to 1024 threads: one to four threads per row in the RTN and packing step, and
+  // rows looped over when the CTA has fewer threads than the tile has rows.
+  for (const char *schedule : {"warps=4", "warps=8", "warps=32"}) {
+    checkFlush("kvarn_k4v2_g128", 256, 4, 90, {}, schedule);
+    checkFlush("kvarn_k2v2_g64", 64, 4, 91, {}, schedule);
+    checkFlush("kvarn_k4v4_g128", 128, 4, 92, {}, schedule);
+  }
 }
 
 TEST(GpuFlush, EdgeTilesGiveFiniteScales) {

@@ -532,26 +532,35 @@ __device__ __forceinline__ Half saturateHalf(float value) {
   return floatToHalf(clampf(value, -65504.0f, 65504.0f));
 }
 
-/// RTN per row (half to even), folds the scales and packs the codes into the record. A warp
-/// per row; lane l holds the row's columns CPL*l .. CPL*l + CPL - 1 in registers.
+/// RTN per row (half to even), folds the scales and packs the codes into the record. LANES
+/// adjacent threads share a row, each a contiguous segment of it (whole 32-bit words of codes):
+/// the row's range takes one shuffle per lane pair, and each code one exact division by the
+/// row's scale through its inverse.
 template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack(Ctx &c) {
   typedef typename Ctx::Layout L;
   typedef TileView<Tensor, Ctx> V;
   if (!c.active || c.tensor != Tensor)
     return;
   c.active = false;
-  constexpr int R = V::ROWS, C = V::COLS, CPL = C / 32;
+  constexpr int R = V::ROWS, C = V::COLS;
   constexpr int bits = Tensor == 0 ? Ctx::KBITS : Ctx::VBITS;
-  constexpr int LANE_BITS = CPL * bits; // 4, 8, 16 or 32
-  static_assert(LANE_BITS == 4 || LANE_BITS == 8 || LANE_BITS == 16 || LANE_BITS == 32,
-                "packing pattern");
-  const float qmax = float((1 << bits) - 1);
+  constexpr unsigned qmaxCode = (1u << bits) - 1;
+  constexpr int CODES_PER_WORD = 32 / bits;
+  // Threads per row: as many as the CTA has per row, at most 4, with at least two words each.
+  constexpr int BY_THREADS = Ctx::THREADS / R > 0 ? Ctx::THREADS / R : 1;
+  constexpr int BY_WORDS = C / CODES_PER_WORD / 2;
+  constexpr int LANES = BY_THREADS < 4 ? (BY_THREADS < BY_WORDS ? BY_THREADS : BY_WORDS)
+                                       : (4 < BY_WORDS ? 4 : BY_WORDS);
+  constexpr int SEGMENT = C / LANES; ///< columns per thread
+  static_assert(LANES >= 1 && SEGMENT % CODES_PER_WORD == 0 && SEGMENT % 4 == 0, "segments");
+  const float qmax = float(qmaxCode);
   constexpr int rowBytes = C * bits / 8;
   unsigned char *rec = c.record();
   constexpr int packedOffset = Tensor == 0 ? L::keyPacked : L::valuePacked;
   constexpr int rowScaleOffset = Tensor == 0 ? L::keyScaleCol : L::valueScaleRow;
   constexpr int rowZeroOffset = Tensor == 0 ? L::keyZeroPoint : L::valueZeroPoint;
   constexpr int colScaleOffset = Tensor == 0 ? L::keyScaleRow : L::valueScaleCol;
+  static_assert(packedOffset % 4 == 0 && rowBytes % 4 == 0, "word stores");
   Half *rowScales = reinterpret_cast<Half *>(rec + rowScaleOffset);
   Half *rowZeros = reinterpret_cast<Half *>(rec + rowZeroOffset);
   Half *colScales = reinterpret_cast<Half *>(rec + colScaleOffset);
@@ -569,43 +578,48 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
   // Step 1. N = M / best_c / best_r (two true divisions) into the X buffer.
   storeScaled<Tensor, true, true, false>(c);
   __syncthreads();
-  for (int row = c.warp; row < R; row += Ctx::NWARPS) {
+  const int part = threadIdx.x % LANES;
+  const unsigned group = ((1u << LANES) - 1) << (c.lane & ~(LANES - 1));
+  for (int row = threadIdx.x / LANES; row < R; row += Ctx::THREADS / LANES) {
+    const float *line = c.x + row * V::STRIDE + part * SEGMENT;
     // Step 2. The row's range.
-    float n[CPL];
-    const float *line = c.x + row * V::STRIDE + CPL * c.lane;
-    const float rowScale = c.rowScale[row];
     float lo = KVARN_INFINITY, hi = -KVARN_INFINITY;
-#pragma unroll
-    for (int e = 0; e < CPL; e += 2) {
-      const float2 pair = *reinterpret_cast<const float2 *>(line + e);
-      n[e] = pair.x;
-      n[e + 1] = pair.y;
-      lo = fminf(lo, fminf(n[e], n[e + 1]));
-      hi = fmaxf(hi, fmaxf(n[e], n[e + 1]));
+#pragma unroll 4
+    for (int k = 0; k < SEGMENT; k += 4) {
+      const float4 v = *reinterpret_cast<const float4 *>(line + k);
+      lo = fminf(lo, fminf(fminf(v.x, v.y), fminf(v.z, v.w)));
+      hi = fmaxf(hi, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
     }
-    lo = warpMin(lo);
-    hi = warpMaxXor(hi, 1, 16);
+#pragma unroll
+    for (int offset = 1; offset < LANES; offset *= 2) {
+      lo = fminf(lo, __shfl_xor_sync(group, lo, offset));
+      hi = fmaxf(hi, __shfl_xor_sync(group, hi, offset));
+    }
     const float scale = fmaxf((hi - lo) / qmax, 1e-10f);
-    // Step 3. Codes (true division, half to even), packed little-endian within each byte.
-    uint32_t packed = 0;
+    const float inverse = 1.0f / scale;
+    // Step 3. Codes (exact division, half to even), packed little-endian, a word at a time.
+    uint32_t *dst = reinterpret_cast<uint32_t *>(rec + packedOffset + row * rowBytes) +
+                    part * (SEGMENT / CODES_PER_WORD);
+#pragma unroll 2
+    for (int w = 0; w < SEGMENT / CODES_PER_WORD; ++w) {
+      uint32_t word = 0;
 #pragma unroll
-    for (int e = 0; e < CPL; ++e) {
-      const float code = clampf(rintf(__fdiv_rn(n[e] - lo, scale)), 0.0f, qmax);
-      packed |= uint32_t(code) << (e * bits);
+      for (int k = 0; k < CODES_PER_WORD; k += 4) {
+        const float4 v = *reinterpret_cast<const float4 *>(line + w * CODES_PER_WORD + k);
+        const float n[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          // The quotient is >= 0 and at most qmax (1 + 2^-23): rounding to an unsigned
+          // integer, half to even, and a min are the reference's rint and clamp.
+          const float quotient = divideExact(n[e] - lo, scale, inverse);
+          const unsigned code = min(__float2uint_rn(quotient), qmaxCode);
+          word |= code << ((k + e) * bits);
+        }
+      }
+      dst[w] = word;
     }
-    unsigned char *dst = rec + packedOffset + row * rowBytes;
-    if constexpr (LANE_BITS == 4) { // two lanes per byte
-      const uint32_t upper = __shfl_down_sync(0xffffffffu, packed, 1);
-      if (c.lane % 2 == 0)
-        dst[c.lane / 2] = (unsigned char)(packed | (upper << 4));
-    } else if constexpr (LANE_BITS == 8) {
-      dst[c.lane] = (unsigned char)packed;
-    } else if constexpr (LANE_BITS == 16) {
-      reinterpret_cast<unsigned short *>(dst)[c.lane] = (unsigned short)packed;
-    } else {
-      reinterpret_cast<uint32_t *>(dst)[c.lane] = packed;
-    }
-    if (c.lane == 0) {
+    if (part == 0) {
+      const float rowScale = c.rowScale[row];
       rowScales[row] = saturateHalf(rowScale * scale);
       rowZeros[row] = saturateHalf(rowScale * lo);
     }
