@@ -296,9 +296,6 @@ size_t maxSharedMemoryPerBlock(std::string_view arch) {
 size_t sharedMemoryPerSm(std::string_view arch) { return sharedMemoryLimits(arch).perSmKb * 1024; }
 
 size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
-  const size_t d = static_cast<size_t>(spec.format.headDim);
-  const size_t g = static_cast<size_t>(spec.format.tileTokens);
-  const size_t warps = static_cast<size_t>(schedule.warps);
   switch (spec.op) {
   case OpKind::Decode:
   case OpKind::Extend: {
@@ -310,11 +307,10 @@ size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
     return static_cast<size_t>(layout.bytes());
   }
   case OpKind::Flush: {
-    // The X tile (fp32, rows padded by four), one (sum, sum of squares) pair per thread or line,
-    // ten row/column vectors and a scratch area (flush.cuh, FlushContext::SHARED_BYTES).
-    const size_t tile = std::max(d * (g + 4), g * (d + 4));
-    const size_t partials = std::max(32 * warps, std::max(d, g));
-    return tile * 4 + partials * 16 + 10 * std::max(d, g) * 4 + 64 * 4;
+    // The layout FlushContext uses (params.h).
+    const dev::FlushSharedLayout layout{spec.format.tileTokens, spec.format.headDim,
+                                        schedule.warps};
+    return static_cast<size_t>(layout.bytes());
   }
   case OpKind::Append:
     return 0;

@@ -28,15 +28,15 @@ struct FlushContext {
   typedef RecordLayout<KB, VB, G, D, COMPACT> Layout;
   static constexpr int TG = G, HD = D, NWARPS = WARPS, KBITS = KB, VBITS = VB;
   static constexpr int THREADS = WARPS * 32;
-  static constexpr int MAX_DIM = D > G ? D : G;
-  /// X as fp32, rows padded by 4 floats (a warp's 16-byte loads down 32 rows hit distinct
-  /// banks); the partial sums of the row or column chains; the scale vectors.
-  static constexpr int X_FLOATS = D * (G + 4) > G * (D + 4) ? D * (G + 4) : G * (D + 4);
-  static constexpr int PARTIALS = THREADS > MAX_DIM ? THREADS : MAX_DIM; ///< (sum, sum of squares)
-  static constexpr int VECTORS = 10; // col/row: scale, inverse, log, best, std
-  static constexpr int PARTIAL_OFFSET = X_FLOATS * 4;
-  static constexpr int VECTOR_OFFSET = PARTIAL_OFFSET + PARTIALS * 16;
-  static constexpr int SHARED_BYTES = VECTOR_OFFSET + VECTORS * MAX_DIM * 4 + 64 * 4;
+  /// X as fp32 with padded rows, the partial sums of the row or column chains, the scale
+  /// vectors: FlushSharedLayout (params.h), which the host sizes launches with.
+  static constexpr FlushSharedLayout sharedLayout() { return FlushSharedLayout{G, D, WARPS}; }
+  static constexpr int MAX_DIM = sharedLayout().maxDim();
+  static constexpr int PARTIALS = sharedLayout().partials(); ///< (sum, sum of squares) pairs
+  static constexpr int VECTORS = FlushSharedLayout::VECTORS;
+  static constexpr int PARTIAL_OFFSET = sharedLayout().partialOffset();
+  static constexpr int VECTOR_OFFSET = sharedLayout().vectorOffset();
+  static constexpr int SHARED_BYTES = sharedLayout().bytes();
   static_assert(D % 32 == 0 && G % 32 == 0, "rows and columns are multiples of 32");
 
   FlushParams p;
