@@ -335,6 +335,15 @@ template <typename V, typename Ctx> __device__ __forceinline__ float imbalance(C
   return c.scratch[1];
 }
 
+/// Every scale 1 and every log 0: the identity iterate.
+template <typename Ctx> __device__ __forceinline__ void resetScales(Ctx &c, int tid) {
+  for (int k = tid; k < Ctx::MAX_DIM; k += Ctx::THREADS) {
+    c.colScale[k] = c.rowScale[k] = c.colBest[k] = c.rowBest[k] = 1.0f;
+    c.colInverse[k] = c.rowInverse[k] = 1.0f;
+    c.colLog[k] = c.rowLog[k] = 0.0f;
+  }
+}
+
 /// Log-domain Sinkhorn normalization with best-iterate tracking (kvarn-format.md §4.1) of the
 /// tile `Tensor` (compile-time shape).
 template <int Iterations, int Tensor, typename Ctx>
@@ -342,11 +351,7 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
   typedef TileView<Tensor, Ctx> V;
   constexpr int R = V::ROWS, C = V::COLS;
   const int tid = threadIdx.x;
-  for (int k = tid; k < Ctx::MAX_DIM; k += Ctx::THREADS) {
-    c.colScale[k] = c.rowScale[k] = c.colBest[k] = c.rowBest[k] = 1.0f;
-    c.colInverse[k] = c.rowInverse[k] = 1.0f;
-    c.colLog[k] = c.rowLog[k] = 0.0f;
-  }
+  resetScales(c, tid);
   // Iteration 0: the stds of M itself (loadTile left X = M).
   currentStds<false, V>(c);
   float best = imbalance<V>(c);
@@ -455,11 +460,7 @@ __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
   typedef TileView<Tensor, Ctx> V;
   constexpr int R = V::ROWS, C = V::COLS;
   const int tid = threadIdx.x;
-  for (int k = tid; k < Ctx::MAX_DIM; k += Ctx::THREADS) {
-    c.colScale[k] = c.rowScale[k] = c.colBest[k] = c.rowBest[k] = 1.0f;
-    c.colInverse[k] = c.rowInverse[k] = 1.0f;
-    c.colLog[k] = c.rowLog[k] = 0.0f;
-  }
+  resetScales(c, tid);
   __syncthreads();
   // Iteration 0: the stds of M itself, and whether some row or column has a mean far above its
   // spread (see the function's comment).
