@@ -1,7 +1,7 @@
 // kvarn device library: flush building blocks (Sinkhorn normalization, RTN, folding, packing)
 // with the tile held in shared memory. One CTA quantizes one tensor (K or V) of one
-// (block, kv head) entry: CTA 2e handles entry e's K tile, CTA 2e + 1 its V tile, and each
-// building block acts only on its CTA's tensor.
+// (block, kv head) entry: of the 2E CTAs, CTA e handles entry e's K tile and CTA E + e its V
+// tile, and each building block acts only on its CTA's tensor.
 //
 // The normalization keeps the reference's arithmetic (kvarn-format.md §4.1): every element of
 // X = M / c[col] / r[row] is two correctly rounded fp32 divisions and the stds are one-pass sums
@@ -54,8 +54,11 @@ struct FlushContext {
     if (dynamicSharedBytes() < SHARED_BYTES)
       __trap();
     c.p = params;
-    const int entry = blockIdx.x / 2;
-    c.tensor = blockIdx.x % 2;
+    // K tiles take about four times as long as V tiles: CTAs 0 .. E - 1 are the K tiles, so
+    // they start first and the short V tiles fill the SMs at the end (longest first).
+    const int entries = params.numEntries;
+    c.tensor = int(blockIdx.x) >= entries ? 1 : 0;
+    const int entry = int(blockIdx.x) - c.tensor * entries;
     c.block = params.entries[3 * entry];
     c.head = params.entries[3 * entry + 1];
     c.slot = params.entries[3 * entry + 2];
