@@ -6,14 +6,14 @@
 // The normalization keeps the reference's arithmetic (kvarn-format.md §4.1): every element of
 // X = M / c[col] / r[row] is two correctly rounded fp32 divisions and the stds are one-pass sums
 // in double, so the records agree code for code with the CPU reference and the golden records.
-// What changes is how often the divisions run. M stays in the pool (L2) and is read again for
-// each pass that needs it; shared memory holds only X. Per iteration:
-//   Y = M / c_new                  one division per element, into the X buffer
-//   row stds of Y / r_old          one division per element, summed on the fly
-//   X = Y / r_new                  one division per element, rewritten in place, row stds
-//   column stds of X               a plain sweep over the X buffer
-// so three divisions per element and iteration instead of six, and each sweep is split over all
-// threads (chains of whole rows or columns, partial sums combined in a fixed order).
+// Shared memory holds M itself, in fp16 as the pool has it (half the bytes of an fp32 buffer, so
+// more tiles fit an SM at once), and each pass computes the X it needs from M on the fly. Per
+// iteration:
+//   row stds of M / c_new / r_old  two divisions per element, summed on the fly
+//   row stds of M / c_new / r_new  the same with the new row scales
+//   column stds of the same X      the same, down the columns
+// and each sweep is split over all threads (chains of whole rows or columns, partial sums
+// combined in a fixed order).
 #pragma once
 
 #include "kvarn/common.cuh"
@@ -28,7 +28,7 @@ struct FlushContext {
   typedef RecordLayout<KB, VB, G, D, COMPACT> Layout;
   static constexpr int TG = G, HD = D, NWARPS = WARPS, KBITS = KB, VBITS = VB;
   static constexpr int THREADS = WARPS * 32;
-  /// X as fp32 with padded rows, the partial sums of the row or column chains, the scale
+  /// M as fp16 with padded rows, the partial sums of the row or column chains, the scale
   /// vectors: FlushSharedLayout (params.h), which the host sizes launches with.
   static constexpr FlushSharedLayout sharedLayout() { return FlushSharedLayout{G, D, WARPS}; }
   static constexpr int MAX_DIM = sharedLayout().maxDim();
@@ -42,7 +42,7 @@ struct FlushContext {
   FlushParams p;
   int block, head, slot, tensor, warp, lane;
   bool active; ///< the tile loaded last is this CTA's tensor and is finite
-  float *x;        ///< [rows][cols + 4]: M, Y or X of the current pass, N when packing
+  Half *m;         ///< [rows][cols + 4]: the tile M of this CTA's tensor (fp16)
   double2 *partials;
   float *colScale, *rowScale, *colLog, *rowLog, *colBest, *rowBest, *colStd, *rowStd;
   float *colInverse, *rowInverse; ///< IEEE 1/scale, for exact divisions by multiplication
@@ -65,7 +65,7 @@ struct FlushContext {
     c.warp = threadIdx.x / 32;
     c.lane = threadIdx.x % 32;
     c.active = false;
-    c.x = reinterpret_cast<float *>(kvarnShared);
+    c.m = reinterpret_cast<Half *>(kvarnShared);
     c.partials = reinterpret_cast<double2 *>(kvarnShared + PARTIAL_OFFSET);
     float *vectors = reinterpret_cast<float *>(kvarnShared + VECTOR_OFFSET);
     c.colScale = vectors;
@@ -90,7 +90,7 @@ struct FlushContext {
 template <int Tensor, typename Ctx> struct TileView {
   static constexpr int ROWS = Tensor == 0 ? Ctx::HD : Ctx::TG;
   static constexpr int COLS = Tensor == 0 ? Ctx::TG : Ctx::HD;
-  static constexpr int STRIDE = COLS + 4; ///< floats per row of the X buffer
+  static constexpr int STRIDE = COLS + 4; ///< fp16 elements per row of the M buffer
   static constexpr int CHUNKS = COLS / 4; ///< four-column chunks per row
   /// Row chains: each row split into ROW_SEGMENTS runs of chunks. Column chains: each column
   /// split into COL_SEGMENTS runs of rows.
@@ -133,23 +133,42 @@ __device__ __forceinline__ float clampf(float v, float lo, float hi) {
   return fminf(fmaxf(v, lo), hi);
 }
 
-/// Eight consecutive floats of a scale vector (32-byte aligned).
-__device__ __forceinline__ void load8(const float *src, float (&dst)[8]) {
-  const float4 a = reinterpret_cast<const float4 *>(src)[0];
-  const float4 b = reinterpret_cast<const float4 *>(src)[1];
-  dst[0] = a.x, dst[1] = a.y, dst[2] = a.z, dst[3] = a.w;
-  dst[4] = b.x, dst[5] = b.y, dst[6] = b.z, dst[7] = b.w;
+/// Four consecutive elements of M (8-byte aligned) as floats.
+__device__ __forceinline__ float4 loadHalf4(const Half *src) {
+  const uint2 w = *reinterpret_cast<const uint2 *>(src);
+  const float2 a = unpackHalf2(w.x), b = unpackHalf2(w.y);
+  return make_float4(a.x, a.y, b.x, b.y);
 }
 
-/// Writes M / c[col] / r[row] of this CTA's pool tile into the X buffer, dividing by the column
-/// scales (DIVIDE_COLS) and then the row scales (DIVIDE_ROWS) exactly, or copying M (neither).
-/// A thread reads eight channels of one token (16 bytes). For V (rows = tokens) a warp reads
-/// consecutive pieces of token rows; for K (rows = channels) a warp reads one piece of 32
-/// consecutive tokens, so its transposed stores fall on distinct banks. Returns true if the
-/// tile holds NaN or Inf (checked on request only: CHECK; synchronizes then).
-template <int Tensor, bool DIVIDE_COLS, bool DIVIDE_ROWS, bool CHECK, typename Ctx>
-__device__ __forceinline__ bool storeScaled(Ctx &c) {
+/// One element of X = M / c[col] / r[row]: two correctly rounded divisions, by the column scale
+/// first (the reference's order); DIVIDE off: scales of 1, no division.
+template <bool DIVIDE>
+__device__ __forceinline__ float scaled(float m, float colScale, float colInverse, float rowScale,
+                                        float rowInverse) {
+  return DIVIDE ? divideExact(divideExact(m, colScale, colInverse), rowScale, rowInverse) : m;
+}
+template <bool DIVIDE>
+__device__ __forceinline__ float4 scaled4(float4 m, float4 colScale, float4 colInverse,
+                                          float rowScale, float rowInverse) {
+  return make_float4(scaled<DIVIDE>(m.x, colScale.x, colInverse.x, rowScale, rowInverse),
+                     scaled<DIVIDE>(m.y, colScale.y, colInverse.y, rowScale, rowInverse),
+                     scaled<DIVIDE>(m.z, colScale.z, colInverse.z, rowScale, rowInverse),
+                     scaled<DIVIDE>(m.w, colScale.w, colInverse.w, rowScale, rowInverse));
+}
+template <typename V, typename Ctx> __device__ __forceinline__ float elementOf(const Ctx &c, int row, int col) {
+  return halfToFloat(c.m[row * V::STRIDE + col]);
+}
+
+/// Loads the pool tile of tensor `Tensor` into the M buffer if it is this CTA's tensor; a tile
+/// holding NaN/Inf sets status bit 0 and leaves its record alone. A thread reads eight channels of
+/// one token (16 bytes). For V (rows = tokens) a warp reads consecutive pieces of token rows; for
+/// K (rows = channels) a warp reads one piece of 32 consecutive tokens, so its transposed stores
+/// fall on distinct banks.
+template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx &c) {
   typedef TileView<Tensor, Ctx> V;
+  c.active = false;
+  if (c.tensor != Tensor) // CTA-uniform
+    return;
   constexpr int G = Ctx::TG, D = Ctx::HD, PIECES = D / 8;
   const Half *pool = static_cast<const Half *>(Tensor == 0 ? c.p.poolKey : c.p.poolValue);
   const int64_t rowStride = int64_t(c.p.numKvHeads) * D;
@@ -170,93 +189,46 @@ __device__ __forceinline__ bool storeScaled(Ctx &c) {
       for (int w = 0; w < 4; ++w)
         words[w] = *reinterpret_cast<const uint32_t *>(src + 2 * w);
     }
-    float v[8];
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
-      if (CHECK) {
-        nonFinite |= (words[w] & 0x7c00u) == 0x7c00u;
-        nonFinite |= (words[w] & 0x7c000000u) == 0x7c000000u;
-      }
-      const float2 pair = unpackHalf2(words[w]);
-      v[2 * w] = pair.x;
-      v[2 * w + 1] = pair.y;
-    }
-    // The eight elements share their token: one scale of the token's vector, eight of the
-    // channels' (columns: tokens for K, channels for V; rows the other way round).
-    const float *tokenScale = Tensor == 0 ? c.colScale : c.rowScale;
-    const float *tokenInverse = Tensor == 0 ? c.colInverse : c.rowInverse;
-    const float *channelScale = Tensor == 0 ? c.rowScale : c.colScale;
-    const float *channelInverse = Tensor == 0 ? c.rowInverse : c.colInverse;
-    constexpr bool BY_TOKEN = Tensor == 0 ? DIVIDE_COLS : DIVIDE_ROWS;
-    constexpr bool BY_CHANNEL = Tensor == 0 ? DIVIDE_ROWS : DIVIDE_COLS;
-    float s[8], inv[8];
-    float ts = 1.0f, ti = 1.0f;
-    if (BY_TOKEN) {
-      ts = tokenScale[token];
-      ti = tokenInverse[token];
-    }
-    if (BY_CHANNEL) {
-      load8(channelScale + channel, s);
-      load8(channelInverse + channel, inv);
-    }
-    // Columns first, then rows (the reference's order of the two divisions).
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      if (Tensor == 0) {
-        if (BY_TOKEN)
-          v[e] = divideExact(v[e], ts, ti);
-        if (BY_CHANNEL)
-          v[e] = divideExact(v[e], s[e], inv[e]);
-      } else {
-        if (BY_CHANNEL)
-          v[e] = divideExact(v[e], s[e], inv[e]);
-        if (BY_TOKEN)
-          v[e] = divideExact(v[e], ts, ti);
-      }
+      nonFinite |= (words[w] & 0x7c00u) == 0x7c00u;
+      nonFinite |= (words[w] & 0x7c000000u) == 0x7c000000u;
     }
     if (Tensor == 0) { // K: channel-major rows
 #pragma unroll
-      for (int e = 0; e < 8; ++e)
-        c.x[(channel + e) * V::STRIDE + token] = v[e];
-    } else { // V: token-major rows (16-byte aligned)
-      float4 *dst = reinterpret_cast<float4 *>(c.x + token * V::STRIDE + channel);
-      dst[0] = make_float4(v[0], v[1], v[2], v[3]);
-      dst[1] = make_float4(v[4], v[5], v[6], v[7]);
+      for (int w = 0; w < 4; ++w) {
+        c.m[(channel + 2 * w) * V::STRIDE + token] = Half{(unsigned short)(words[w] & 0xffffu)};
+        c.m[(channel + 2 * w + 1) * V::STRIDE + token] = Half{(unsigned short)(words[w] >> 16)};
+      }
+    } else { // V: token-major rows (8-byte aligned)
+      uint2 *dst = reinterpret_cast<uint2 *>(c.m + token * V::STRIDE + channel);
+      dst[0] = make_uint2(words[0], words[1]);
+      dst[1] = make_uint2(words[2], words[3]);
     }
   }
-  return CHECK && __syncthreads_or(int(nonFinite)) != 0;
-}
-
-/// Loads the pool tile of tensor `Tensor` (X = M) if it is this CTA's tensor; a tile holding
-/// NaN/Inf sets status bit 0 and leaves its record alone.
-template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx &c) {
-  c.active = false;
-  if (c.tensor != Tensor) // CTA-uniform
-    return;
-  const bool bad = storeScaled<Tensor, false, false, true>(c);
+  const bool bad = __syncthreads_or(int(nonFinite)) != 0;
   if (bad && threadIdx.x == 0)
     atomicOr(c.p.status, 1);
   c.active = !bad;
 }
 
-/// Row sums of the X buffer divided by r[row] (DIVIDE; REWRITE stores the quotient back) into
+/// Row sums of X = M / c / r (DIVIDE; M itself otherwise) with the current scale vectors into
 /// the partials: chain k = segment * ROWS + row.
-template <bool DIVIDE, bool REWRITE, typename V, typename Ctx>
-__device__ __forceinline__ void rowSums(Ctx &c) {
+template <bool DIVIDE, typename V, typename Ctx> __device__ __forceinline__ void rowSums(Ctx &c) {
   constexpr int PER = V::CHUNKS / V::ROW_SEGMENTS;
   for (int chain = threadIdx.x; chain < V::ROWS * V::ROW_SEGMENTS; chain += Ctx::THREADS) {
     const int row = chain % V::ROWS, segment = chain / V::ROWS;
     const float scale = c.rowScale[row], inverse = c.rowInverse[row];
-    float *line = c.x + row * V::STRIDE + 4 * PER * segment;
+    const int first = 4 * PER * segment;
+    const Half *line = c.m + row * V::STRIDE + first;
+    const float4 *colScales = reinterpret_cast<const float4 *>(c.colScale + first);
+    const float4 *colInverses = reinterpret_cast<const float4 *>(c.colInverse + first);
     double sum = 0.0, sumSquares = 0.0;
 #pragma unroll 4
     for (int k = 0; k < PER; ++k) {
-      float4 v = *reinterpret_cast<const float4 *>(line + 4 * k);
+      float4 v = loadHalf4(line + 4 * k);
       if (DIVIDE)
-        v = make_float4(divideExact(v.x, scale, inverse), divideExact(v.y, scale, inverse),
-                        divideExact(v.z, scale, inverse), divideExact(v.w, scale, inverse));
-      if (REWRITE)
-        *reinterpret_cast<float4 *>(line + 4 * k) = v;
+        v = scaled4<true>(v, colScales[k], colInverses[k], scale, inverse);
       accumulate(sum, sumSquares, v.x);
       accumulate(sum, sumSquares, v.y);
       accumulate(sum, sumSquares, v.z);
@@ -266,16 +238,21 @@ __device__ __forceinline__ void rowSums(Ctx &c) {
   }
 }
 
-/// Column sums of the X buffer into the partials: chain k = segment * COLS + col.
-template <typename V, typename Ctx> __device__ __forceinline__ void columnSums(Ctx &c) {
+/// Column sums of X = M / c / r (DIVIDE; M itself otherwise) into the partials: chain k =
+/// segment * COLS + col.
+template <bool DIVIDE, typename V, typename Ctx> __device__ __forceinline__ void columnSums(Ctx &c) {
   constexpr int PER = V::ROWS / V::COL_SEGMENTS;
   for (int chain = threadIdx.x; chain < V::COLS * V::COL_SEGMENTS; chain += Ctx::THREADS) {
     const int col = chain % V::COLS, segment = chain / V::COLS;
-    const float *line = c.x + PER * segment * V::STRIDE + col;
+    const float scale = c.colScale[col], inverse = c.colInverse[col];
+    const int first = PER * segment;
+    const Half *line = c.m + first * V::STRIDE + col;
     double sum = 0.0, sumSquares = 0.0;
 #pragma unroll 8
     for (int k = 0; k < PER; ++k)
-      accumulate(sum, sumSquares, line[k * V::STRIDE]);
+      accumulate(sum, sumSquares,
+                 scaled<DIVIDE>(halfToFloat(line[k * V::STRIDE]), scale, inverse,
+                                c.rowScale[first + k], c.rowInverse[first + k]));
     c.partials[chain] = make_double2(sum, sumSquares);
   }
 }
@@ -300,15 +277,14 @@ __device__ __forceinline__ float combinedStd(const Ctx &c, int k, int lines, int
   return sampleStd(sums.x, sums.y, count);
 }
 
-/// rowStd and colStd of X: of the X buffer as it is, or (DIVIDE) after dividing it by the row
-/// scales in place. The column sums read the finished buffer.
+/// rowStd and colStd of X = M / c / r with the current scales (DIVIDE), or of M itself.
 template <bool DIVIDE, typename V, typename Ctx> __device__ __forceinline__ void currentStds(Ctx &c) {
-  rowSums<DIVIDE, DIVIDE, V>(c);
+  rowSums<DIVIDE, V>(c);
   __syncthreads();
   for (int k = threadIdx.x; k < V::ROWS; k += Ctx::THREADS)
     c.rowStd[k] = combinedStd<V::ROW_SEGMENTS>(c, k, V::ROWS, V::COLS);
   __syncthreads(); // the partials are read before the column sums reuse them
-  columnSums<V>(c);
+  columnSums<DIVIDE, V>(c);
   __syncthreads();
   for (int k = threadIdx.x; k < V::COLS; k += Ctx::THREADS)
     c.colStd[k] = combinedStd<V::COL_SEGMENTS>(c, k, V::COLS, V::ROWS);
@@ -355,7 +331,8 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
   constexpr int R = V::ROWS, C = V::COLS;
   const int tid = threadIdx.x;
   resetScales(c, tid);
-  // Iteration 0: the stds of M itself (loadTile left X = M).
+  __syncthreads();
+  // Iteration 0: the stds of M itself.
   currentStds<false, V>(c);
   float best = imbalance<V>(c);
   for (int iteration = 0; iteration < Iterations; ++iteration) {
@@ -367,9 +344,7 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
       c.colInverse[k] = 1.0f / c.colScale[k];
     }
     __syncthreads();
-    storeScaled<Tensor, true, false, false>(c); // Y = M / c
-    __syncthreads();
-    rowSums<true, false, V>(c); // rows of X = Y / r_old
+    rowSums<true, V>(c); // rows of X = M / c_new / r_old
     __syncthreads();
     for (int k = tid; k < R; k += Ctx::THREADS) {
       const float previous = combinedStd<V::ROW_SEGMENTS>(c, k, R, C); // X with the old r
@@ -378,7 +353,7 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
       c.rowInverse[k] = 1.0f / c.rowScale[k];
     }
     __syncthreads();
-    currentStds<true, V>(c); // X = Y / r_new, in place, and its stds
+    currentStds<true, V>(c); // X = M / c_new / r_new: its stds
     const float current = imbalance<V>(c); // synchronizes
     if (current <= best) { // ties: the later iterate wins
       best = current;
@@ -410,14 +385,14 @@ template <typename V, typename Ctx> __device__ __forceinline__ void rowSumsScale
   constexpr int PER = V::CHUNKS / V::ROW_SEGMENTS;
   for (int chain = threadIdx.x; chain < V::ROWS * V::ROW_SEGMENTS; chain += Ctx::THREADS) {
     const int row = chain % V::ROWS, segment = chain / V::ROWS;
-    const float *line = c.x + row * V::STRIDE;
-    const float shift = line[0] * c.colInverse[0];
-    const float4 *values = reinterpret_cast<const float4 *>(line + 4 * PER * segment);
+    const Half *line = c.m + row * V::STRIDE;
+    const float shift = halfToFloat(line[0]) * c.colInverse[0];
+    const Half *values = line + 4 * PER * segment;
     const float4 *inverses = reinterpret_cast<const float4 *>(c.colInverse + 4 * PER * segment);
     float sum = 0.0f, sumSquares = 0.0f;
 #pragma unroll 4
     for (int k = 0; k < PER; ++k) {
-      const float4 m = values[k], inverse = inverses[k];
+      const float4 m = loadHalf4(values + 4 * k), inverse = inverses[k];
       accumulateShifted(sum, sumSquares, m.x * inverse.x - shift);
       accumulateShifted(sum, sumSquares, m.y * inverse.y - shift);
       accumulateShifted(sum, sumSquares, m.z * inverse.z - shift);
@@ -433,13 +408,13 @@ template <typename V, typename Ctx> __device__ __forceinline__ void columnSumsSc
   constexpr int PER = V::ROWS / V::COL_SEGMENTS;
   for (int chain = threadIdx.x; chain < V::COLS * V::COL_SEGMENTS; chain += Ctx::THREADS) {
     const int col = chain % V::COLS, segment = chain / V::COLS;
-    const float shift = c.x[col] * c.rowInverse[0];
-    const float *line = c.x + PER * segment * V::STRIDE + col;
+    const float shift = elementOf<V>(c, 0, col) * c.rowInverse[0];
+    const Half *line = c.m + PER * segment * V::STRIDE + col;
     const float *inverses = c.rowInverse + PER * segment;
     float sum = 0.0f, sumSquares = 0.0f;
 #pragma unroll 8
     for (int k = 0; k < PER; ++k) {
-      accumulateShifted(sum, sumSquares, line[k * V::STRIDE] * inverses[k] - shift);
+      accumulateShifted(sum, sumSquares, halfToFloat(line[k * V::STRIDE]) * inverses[k] - shift);
     }
     c.partials[chain] = make_double2(sum, sumSquares);
   }
@@ -452,12 +427,12 @@ template <typename V, typename Ctx> __device__ __forceinline__ void columnSumsSc
 /// times 1 / r) with no divisions and no double conversions per element, against three
 /// divisions and three double-summed sweeps on the exact path. The iteration's clamps,
 /// best-iterate tracking and the final N = M / best_c / best_r (two true divisions, in
-/// quantizePack) are the reference's. X stays M in the buffer throughout.
+/// quantizePack) are the reference's.
 ///
 /// Where a row or column of M has a mean above MEAN_DOMINANCE times its std, the reference's
 /// one-pass variance cancels: its fp32 rounding noise then moves the scales by more than this
 /// path's own error, and codes near a rounding boundary follow the noise. Such a tile (and a
-/// tile with a constant line) returns false without touching X, and takes the exact path.
+/// tile with a constant line) returns false, and takes the exact path.
 template <int Iterations, int Tensor, typename Ctx>
 __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
   typedef TileView<Tensor, Ctx> V;
@@ -473,7 +448,7 @@ __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
   for (int k = tid; k < R; k += Ctx::THREADS) {
     const double2 sums = combinedSums<V::ROW_SEGMENTS>(c, k, R);
     c.rowStd[k] = sampleStd(sums.x, sums.y, C);
-    cancels |= meanDominates(c.x[k * V::STRIDE], sums.x, C, c.rowStd[k]);
+    cancels |= meanDominates(elementOf<V>(c, k, 0), sums.x, C, c.rowStd[k]);
   }
   __syncthreads();
   columnSumsScaled<V>(c);
@@ -481,7 +456,7 @@ __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
   for (int k = tid; k < C; k += Ctx::THREADS) {
     const double2 sums = combinedSums<V::COL_SEGMENTS>(c, k, C);
     c.colStd[k] = sampleStd(sums.x, sums.y, R);
-    cancels |= meanDominates(c.x[k], sums.x, R, c.colStd[k]);
+    cancels |= meanDominates(elementOf<V>(c, 0, k), sums.x, R, c.colStd[k]);
   }
   if (__syncthreads_or(int(cancels)))
     return false;
@@ -579,18 +554,23 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
     c.rowInverse[k] = 1.0f / c.rowBest[k];
   }
   __syncthreads();
-  // Step 1. N = M / best_c / best_r (two true divisions) into the X buffer.
-  storeScaled<Tensor, true, true, false>(c);
-  __syncthreads();
   const int part = threadIdx.x % LANES;
   const unsigned group = ((1u << LANES) - 1) << (c.lane & ~(LANES - 1));
   for (int row = threadIdx.x / LANES; row < R; row += Ctx::THREADS / LANES) {
-    const float *line = c.x + row * V::STRIDE + part * SEGMENT;
+    // Step 1. N = M / best_c / best_r (two true divisions), computed from M where it is used.
+    const Half *line = c.m + row * V::STRIDE + part * SEGMENT;
+    const float *colScale = c.colScale + part * SEGMENT, *colInverse = c.colInverse + part * SEGMENT;
+    const float rowScale = c.rowScale[row], rowInverse = c.rowInverse[row];
+    auto normalized = [&](int k) {
+      return scaled4<true>(loadHalf4(line + k), *reinterpret_cast<const float4 *>(colScale + k),
+                           *reinterpret_cast<const float4 *>(colInverse + k), rowScale,
+                           rowInverse);
+    };
     // Step 2. The row's range.
     float lo = KVARN_INFINITY, hi = -KVARN_INFINITY;
 #pragma unroll 4
     for (int k = 0; k < SEGMENT; k += 4) {
-      const float4 v = *reinterpret_cast<const float4 *>(line + k);
+      const float4 v = normalized(k);
       lo = fminf(lo, fminf(fminf(v.x, v.y), fminf(v.z, v.w)));
       hi = fmaxf(hi, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
     }
@@ -609,7 +589,7 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
       uint32_t word = 0;
 #pragma unroll
       for (int k = 0; k < CODES_PER_WORD; k += 4) {
-        const float4 v = *reinterpret_cast<const float4 *>(line + w * CODES_PER_WORD + k);
+        const float4 v = normalized(w * CODES_PER_WORD + k);
         const float n[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -623,7 +603,6 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
       dst[w] = word;
     }
     if (part == 0) {
-      const float rowScale = c.rowScale[row];
       rowScales[row] = saturateHalf(rowScale * scale);
       rowZeros[row] = saturateHalf(rowScale * lo);
     }

@@ -60,21 +60,21 @@ struct DecodeSharedLayout {
 };
 
 /// The flush kernel's shared memory, defined once for FlushContext (device) and
-/// sharedMemoryBytes (host): the tile X in fp32 with rows padded by four floats (a warp's 16-byte
-/// loads down 32 rows hit distinct banks), one (sum, sum of squares) pair in double per thread
-/// or line, ten row/column vectors of floats and a scratch area of 64 floats.
+/// sharedMemoryBytes (host): the tile M in fp16 with rows padded by four elements (a warp's
+/// 8-byte loads down 16 rows hit distinct banks), one (sum, sum of squares) pair in double per
+/// thread or line, ten row/column vectors of floats and a scratch area of 64 floats.
 struct FlushSharedLayout {
   int tileTokens, headDim, warps;
 
   constexpr int maxDim() const { return headDim > tileTokens ? headDim : tileTokens; }
   /// K is [D][G + 4], V is [G][D + 4]; the buffer holds either.
-  constexpr int tileFloats() const {
+  constexpr int tileHalves() const {
     return headDim * (tileTokens + 4) > tileTokens * (headDim + 4) ? headDim * (tileTokens + 4)
                                                                    : tileTokens * (headDim + 4);
   }
   constexpr int partials() const { return 32 * warps > maxDim() ? 32 * warps : maxDim(); }
   static constexpr int VECTORS = 10; ///< col/row: scale, inverse, log, best, std
-  constexpr int partialOffset() const { return tileFloats() * 4; }
+  constexpr int partialOffset() const { return (tileHalves() * 2 + 15) / 16 * 16; }
   constexpr int vectorOffset() const { return partialOffset() + partials() * 16; }
   constexpr int bytes() const { return vectorOffset() + VECTORS * maxDim() * 4 + 64 * 4; }
 };
