@@ -150,6 +150,8 @@ std::vector<std::string> workerArguments(const TuneOptions &o, int device,
     args.push_back("--graph");
   if (!o.flush)
     args.push_back("--no-flush");
+  if (!o.decode)
+    args.push_back("--no-decode");
   if (!o.alsoBuckets.empty()) {
     args.push_back("--also-at");
     for (const auto &[batch, context] : o.alsoBuckets)

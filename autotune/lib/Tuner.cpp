@@ -1019,6 +1019,9 @@ Status validateTuneOptions(const TuneOptions &o) {
     return makeError(ErrorCode::InvalidArgument, "--budget must not be negative");
   if (o.earlyStop < 0 || o.earlyStop > 1)
     return makeError(ErrorCode::InvalidArgument, "--early-stop is a fraction of the roofline in [0, 1]");
+  if (!o.decode && !o.flush)
+    return makeError(ErrorCode::InvalidArgument,
+                     "--no-decode together with --no-flush leaves nothing to tune");
   for (const auto &[batch, context] : decodeBuckets(o))
     if (batch < 1 || batch > 4096 || context < 1 || context > (1 << 22))
       return makeError(ErrorCode::InvalidArgument,
@@ -1142,7 +1145,8 @@ Status runTune(const TuneOptions &o) {
       if (q < 1 || q > 16)
         return makeError(ErrorCode::InvalidArgument,
                          "--q " + std::to_string(q) + ": query heads per kv head must be 1 to 16");
-      plan.push_back(spec);
+      if (o.decode)
+        plan.push_back(spec);
     }
     KernelSpec flush;
     flush.op = OpKind::Flush;

@@ -338,6 +338,15 @@ TEST(MultiDevice, WorkersGetTheRunsOptions) {
   EXPECT_EQ(after("--q"), "4");
   EXPECT_NE(std::find(args.begin(), args.end(), "--exhaustive"), args.end());
   EXPECT_EQ(std::stod(after("--budget")), 60.0);
+  EXPECT_EQ(std::find(args.begin(), args.end(), "--no-decode"), args.end());
+  o.decode = false; // a flush-only run stays flush-only in every worker
+  args = workerArguments(o, 3, "/tmp/r.json", "/tmp/c");
+  EXPECT_NE(std::find(args.begin(), args.end(), "--no-decode"), args.end());
+  EXPECT_TRUE(validateTuneOptions(o));
+  o.flush = false;
+  Status nothing = validateTuneOptions(o);
+  ASSERT_FALSE(nothing);
+  EXPECT_NE(nothing.error().message.find("nothing to tune"), std::string::npos);
 }
 
 TEST(MultiBucket, BucketsParseValidateAndReachTheWorkers) {

@@ -514,6 +514,7 @@ int main(int argc, char **argv) {
                           "parallel candidate compiles (0: every hardware thread)")
       ->capture_default_str();
   tuneCommand->add_flag("!--no-flush", tune.flush, "tune decode only");
+  tuneCommand->add_flag("!--no-decode", tune.decode, "tune flush only");
   bool noIsolation = false, worker = false;
   std::string replayPath;
   tuneCommand->add_option("--replay", replayPath,

@@ -148,6 +148,7 @@ struct TuneOptions {
   std::string reportPath;   ///< JSON report; "" = <configs>/<gpu key>.tune.json
   int compileThreads = 0;   ///< 0: the machine's hardware threads
   bool flush = true;        ///< tune flush too
+  bool decode = true;       ///< tune decode (per GQA ratio) too
   /// Test hook: the decode candidate with this schedule text gets an invalid cache pointer in its
   /// check (an illegal address that breaks the context), to exercise crash isolation.
   std::string injectCrash;
