@@ -2,6 +2,7 @@
 #include "kvarn/reference.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <random>
 #include <string>
@@ -58,16 +59,29 @@ Status rotateRows(std::span<const uint16_t> input, DType dtype, int rows, int he
   return Status::success();
 }
 
+namespace {
+/// The fp32 sum and sum of squares (each x*x rounded in fp32, as the reference) of `count` > 0
+/// values, added in a fixed pairwise tree: a line of n values splits into its first
+/// bit_floor(n - 1) values and the rest, so a line of 2^k values adds in pairs, pairs of pairs,
+/// and so on. The GPU flush adds in the same tree (each thread a power-of-two segment, the
+/// segments pairwise), so both give the same bits in any summation layout.
+std::pair<float, float> pairwiseSums(const float *values, size_t count, size_t stride) {
+  if (count == 1)
+    return {values[0], values[0] * values[0]};
+  const size_t half = std::bit_floor(count - 1);
+  const auto [sum, squares] = pairwiseSums(values, half, stride);
+  const auto [restSum, restSquares] = pairwiseSums(values + half * stride, count - half, stride);
+  return {sum + restSum, squares + restSquares};
+}
+} // namespace
+
 float sampleStd(const float *values, size_t count, size_t stride) {
-  double sum = 0, sumSquares = 0;
-  for (size_t i = 0; i < count; ++i) {
-    float x = values[i * stride];
-    sum += x;
-    sumSquares += x * x; // x*x rounded in fp32 as the reference does
-  }
+  if (count == 0)
+    return 0.0f;
+  const auto [sum, sumSquares] = pairwiseSums(values, count, stride);
   const float n = static_cast<float>(count);
-  const float mean = static_cast<float>(sum) / n;
-  const float variance = std::max(static_cast<float>(sumSquares) / n - mean * mean, 0.0f);
+  const float mean = sum / n;
+  const float variance = std::max(sumSquares / n - mean * mean, 0.0f);
   return std::sqrt(variance * (n / (n - 1.0f)));
 }
 

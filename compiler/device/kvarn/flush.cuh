@@ -4,8 +4,9 @@
 // tile, and each building block acts only on its CTA's tensor.
 //
 // The normalization keeps the reference's arithmetic (kvarn-format.md §4.1): every element of
-// X = M / c[col] / r[row] is two correctly rounded fp32 divisions and the stds are one-pass sums
-// in double, so the records agree code for code with the CPU reference and the golden records.
+// X = M / c[col] / r[row] is two correctly rounded fp32 divisions and the stds are one-pass fp32
+// sums added in the CPU reference's fixed pairwise tree (sampleStd in reference.h), so the
+// records agree code for code with the CPU reference and the golden records.
 // Shared memory holds M itself, in fp16 as the pool has it (half the bytes of an fp32 buffer, so
 // more tiles fit an SM at once), and each pass computes the X it needs from M on the fly. Per
 // iteration:
@@ -43,7 +44,7 @@ struct FlushContext {
   int block, head, slot, tensor, warp, lane;
   bool active; ///< the tile loaded last is this CTA's tensor and is finite
   Half *m;         ///< [rows][cols + 4]: the tile M of this CTA's tensor (fp16)
-  double2 *partials;
+  float2 *partials; ///< (sum, sum of squares) of each chain
   float *colScale, *rowScale, *colLog, *rowLog, *colBest, *rowBest, *colStd, *rowStd;
   float *colInverse, *rowInverse; ///< IEEE 1/scale, for exact divisions by multiplication
   float *scratch;  ///< 64 floats: the imbalance
@@ -66,7 +67,7 @@ struct FlushContext {
     c.lane = threadIdx.x % 32;
     c.active = false;
     c.m = reinterpret_cast<Half *>(kvarnShared);
-    c.partials = reinterpret_cast<double2 *>(kvarnShared + PARTIAL_OFFSET);
+    c.partials = reinterpret_cast<float2 *>(kvarnShared + PARTIAL_OFFSET);
     float *vectors = reinterpret_cast<float *>(kvarnShared + VECTOR_OFFSET);
     c.colScale = vectors;
     c.rowScale = vectors + MAX_DIM;
@@ -93,21 +94,21 @@ template <int Tensor, typename Ctx> struct TileView {
   static constexpr int STRIDE = COLS + 4; ///< fp16 elements per row of the M buffer
   static constexpr int CHUNKS = COLS / 4; ///< four-column chunks per row
   /// Row chains: each row split into ROW_SEGMENTS runs of chunks. Column chains: each column
-  /// split into COL_SEGMENTS runs of rows.
-  static constexpr int ROW_SEGMENTS = Ctx::THREADS > ROWS ? Ctx::THREADS / ROWS : 1;
-  static constexpr int COL_SEGMENTS = Ctx::THREADS > COLS ? Ctx::THREADS / COLS : 1;
+  /// split into COL_SEGMENTS runs of rows (FlushSharedLayout, which sizes the partials).
+  static constexpr int ROW_SEGMENTS = FlushSharedLayout::rowSegments(Ctx::THREADS, ROWS, COLS);
+  static constexpr int COL_SEGMENTS = FlushSharedLayout::columnSegments(Ctx::THREADS, ROWS, COLS);
   static_assert(CHUNKS % ROW_SEGMENTS == 0 && ROWS % COL_SEGMENTS == 0, "chain split");
   static_assert(ROWS * ROW_SEGMENTS <= Ctx::PARTIALS && COLS * COL_SEGMENTS <= Ctx::PARTIALS,
                 "partial sums fit");
 };
 
 /// Sample std, one pass, as the reference: var = max(sum x^2/n - mean^2, 0) * n/(n-1).
-__device__ __forceinline__ float sampleStd(double sum, double sumSquares, int count) {
+__device__ __forceinline__ float sampleStd(float sum, float sumSquares, int count) {
   const float n = float(count);
-  const float mean = float(sum) / n;
+  const float mean = sum / n;
   // __fmul_rn: mean * mean rounded on its own, never fused into an FMA with the subtraction
   // (as the reference and the CPU reference compute it; the two differ where mean^2 cancels).
-  const float variance = fmaxf(float(sumSquares) / n - __fmul_rn(mean, mean), 0.0f);
+  const float variance = fmaxf(sumSquares / n - __fmul_rn(mean, mean), 0.0f);
   return sqrtf(variance * (n / (n - 1.0f)));
 }
 
@@ -119,9 +120,25 @@ __device__ __forceinline__ float divideExact(float a, float b, float inverse) {
   return fmaf(r, inverse, q);
 }
 
-__device__ __forceinline__ void accumulate(double &sum, double &sumSquares, float value) {
-  sum += double(value);
-  sumSquares += double(value * value); // x*x rounded in fp32, as the reference
+/// (sum, sum of squares) of two pairwise partial sums; rounded adds that are never fused.
+__device__ __forceinline__ float2 addSums(float2 a, float2 b) {
+  return make_float2(__fadd_rn(a.x, b.x), __fadd_rn(a.y, b.y));
+}
+/// (x, x*x) of one element, x*x rounded in fp32 as the reference.
+__device__ __forceinline__ float2 leafSums(float x) { return make_float2(x, __fmul_rn(x, x)); }
+/// The pairwise sums of four consecutive elements: (x + y) + (z + w).
+__device__ __forceinline__ float2 leafSums4(float4 v) {
+  return addSums(addSums(leafSums(v.x), leafSums(v.y)), addSums(leafSums(v.z), leafSums(v.w)));
+}
+/// The pairwise sums of leaves first .. first + N - 1 (N a power of two): the two halves' sums,
+/// added (the tree of sampleStd in reference.h). leaf(i) gives leaf i's (sum, sum of squares).
+template <int N, typename Leaf>
+__device__ __forceinline__ float2 treeSums(const Leaf &leaf, int first) {
+  static_assert(N >= 1 && (N & (N - 1)) == 0, "a power of two");
+  if constexpr (N == 1)
+    return leaf(first);
+  else
+    return addSums(treeSums<N / 2>(leaf, first), treeSums<N / 2>(leaf, first + N / 2));
 }
 
 /// log and exp evaluated in double and rounded once, as the CPU reference does: the two agree
@@ -223,18 +240,14 @@ template <bool DIVIDE, typename V, typename Ctx> __device__ __forceinline__ void
     const Half *line = c.m + row * V::STRIDE + first;
     const float4 *colScales = reinterpret_cast<const float4 *>(c.colScale + first);
     const float4 *colInverses = reinterpret_cast<const float4 *>(c.colInverse + first);
-    double sum = 0.0, sumSquares = 0.0;
-#pragma unroll 4
-    for (int k = 0; k < PER; ++k) {
-      float4 v = loadHalf4(line + 4 * k);
-      if (DIVIDE)
-        v = scaled4<true>(v, colScales[k], colInverses[k], scale, inverse);
-      accumulate(sum, sumSquares, v.x);
-      accumulate(sum, sumSquares, v.y);
-      accumulate(sum, sumSquares, v.z);
-      accumulate(sum, sumSquares, v.w);
-    }
-    c.partials[chain] = make_double2(sum, sumSquares);
+    c.partials[chain] = treeSums<PER>(
+        [&](int k) {
+          float4 v = loadHalf4(line + 4 * k);
+          if (DIVIDE)
+            v = scaled4<true>(v, colScales[k], colInverses[k], scale, inverse);
+          return leafSums4(v);
+        },
+        0);
   }
 }
 
@@ -247,33 +260,25 @@ template <bool DIVIDE, typename V, typename Ctx> __device__ __forceinline__ void
     const float scale = c.colScale[col], inverse = c.colInverse[col];
     const int first = PER * segment;
     const Half *line = c.m + first * V::STRIDE + col;
-    double sum = 0.0, sumSquares = 0.0;
-#pragma unroll 8
-    for (int k = 0; k < PER; ++k)
-      accumulate(sum, sumSquares,
-                 scaled<DIVIDE>(halfToFloat(line[k * V::STRIDE]), scale, inverse,
-                                c.rowScale[first + k], c.rowInverse[first + k]));
-    c.partials[chain] = make_double2(sum, sumSquares);
+    c.partials[chain] = treeSums<PER>(
+        [&](int k) {
+          return leafSums(scaled<DIVIDE>(halfToFloat(line[k * V::STRIDE]), scale, inverse,
+                                         c.rowScale[first + k], c.rowInverse[first + k]));
+        },
+        0);
   }
 }
 
-/// The std of line `k` (of `lines`, `count` elements each) from its segments' partial sums,
-/// added in segment order.
+/// The sums of line `k` (of `lines`) from its segments' partial sums, added pairwise (segment s
+/// holds the line's s-th run of elements, so this finishes the line's tree).
 template <int SEGMENTS, typename Ctx>
-__device__ __forceinline__ double2 combinedSums(const Ctx &c, int k, int lines) {
-  double sum = 0.0, sumSquares = 0.0;
-#pragma unroll
-  for (int s = 0; s < SEGMENTS; ++s) {
-    const double2 part = c.partials[s * lines + k];
-    sum += part.x;
-    sumSquares += part.y;
-  }
-  return make_double2(sum, sumSquares);
+__device__ __forceinline__ float2 combinedSums(const Ctx &c, int k, int lines) {
+  return treeSums<SEGMENTS>([&](int s) { return c.partials[s * lines + k]; }, 0);
 }
 
 template <int SEGMENTS, typename Ctx>
 __device__ __forceinline__ float combinedStd(const Ctx &c, int k, int lines, int count) {
-  const double2 sums = combinedSums<SEGMENTS>(c, k, lines);
+  const float2 sums = combinedSums<SEGMENTS>(c, k, lines);
   return sampleStd(sums.x, sums.y, count);
 }
 
@@ -373,7 +378,7 @@ __device__ __forceinline__ void accumulateShifted(float &sum, float &sumSquares,
 /// |mean| > MEAN_DOMINANCE * std for a line of `count` elements whose shifted sum is
 /// `shiftedSum` (shifted by `shift`, its first element).
 constexpr float MEAN_DOMINANCE = 8.0f;
-__device__ __forceinline__ bool meanDominates(float shift, double shiftedSum, int count,
+__device__ __forceinline__ bool meanDominates(float shift, float shiftedSum, int count,
                                               float std) {
   return fabsf(shift + float(shiftedSum) / float(count)) > MEAN_DOMINANCE * std;
 }
@@ -398,7 +403,7 @@ template <typename V, typename Ctx> __device__ __forceinline__ void rowSumsScale
       accumulateShifted(sum, sumSquares, m.z * inverse.z - shift);
       accumulateShifted(sum, sumSquares, m.w * inverse.w - shift);
     }
-    c.partials[chain] = make_double2(sum, sumSquares);
+    c.partials[chain] = make_float2(sum, sumSquares);
   }
 }
 
@@ -416,7 +421,7 @@ template <typename V, typename Ctx> __device__ __forceinline__ void columnSumsSc
     for (int k = 0; k < PER; ++k) {
       accumulateShifted(sum, sumSquares, halfToFloat(line[k * V::STRIDE]) * inverses[k] - shift);
     }
-    c.partials[chain] = make_double2(sum, sumSquares);
+    c.partials[chain] = make_float2(sum, sumSquares);
   }
 }
 
@@ -424,8 +429,8 @@ template <typename V, typename Ctx> __device__ __forceinline__ void columnSumsSc
 /// >= 99.9% of V code bytes equal, scales within 2%) rather than the K path's exact arithmetic.
 /// The stds factor: rowstd(M / c / r) = rowstd(M / c) / r and colstd(M / c / r) =
 /// colstd(M / r) / c, so an iteration is two fp32 sweeps over M (rows times 1 / c, columns
-/// times 1 / r) with no divisions and no double conversions per element, against three
-/// divisions and three double-summed sweeps on the exact path. The iteration's clamps,
+/// times 1 / r) with no divisions per element, against six divisions per element on the exact
+/// path. The iteration's clamps,
 /// best-iterate tracking and the final N = M / best_c / best_r (two true divisions, in
 /// quantizePack) are the reference's.
 ///
@@ -446,7 +451,7 @@ __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
   __syncthreads();
   bool cancels = false;
   for (int k = tid; k < R; k += Ctx::THREADS) {
-    const double2 sums = combinedSums<V::ROW_SEGMENTS>(c, k, R);
+    const float2 sums = combinedSums<V::ROW_SEGMENTS>(c, k, R);
     c.rowStd[k] = sampleStd(sums.x, sums.y, C);
     cancels |= meanDominates(elementOf<V>(c, k, 0), sums.x, C, c.rowStd[k]);
   }
@@ -454,7 +459,7 @@ __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
   columnSumsScaled<V>(c);
   __syncthreads();
   for (int k = tid; k < C; k += Ctx::THREADS) {
-    const double2 sums = combinedSums<V::COL_SEGMENTS>(c, k, C);
+    const float2 sums = combinedSums<V::COL_SEGMENTS>(c, k, C);
     c.colStd[k] = sampleStd(sums.x, sums.y, R);
     cancels |= meanDominates(elementOf<V>(c, 0, k), sums.x, R, c.colStd[k]);
   }

@@ -61,7 +61,7 @@ struct DecodeSharedLayout {
 
 /// The flush kernel's shared memory, defined once for FlushContext (device) and
 /// sharedMemoryBytes (host): the tile M in fp16 with rows padded by four elements (a warp's
-/// 8-byte loads down 16 rows hit distinct banks), one (sum, sum of squares) pair in double per
+/// 8-byte loads down 16 rows hit distinct banks), one fp32 (sum, sum of squares) pair per
 /// thread or line, ten row/column vectors of floats and a scratch area of 64 floats.
 struct FlushSharedLayout {
   int tileTokens, headDim, warps;
@@ -72,10 +72,26 @@ struct FlushSharedLayout {
     return headDim * (tileTokens + 4) > tileTokens * (headDim + 4) ? headDim * (tileTokens + 4)
                                                                    : tileTokens * (headDim + 4);
   }
-  constexpr int partials() const { return 32 * warps > maxDim() ? 32 * warps : maxDim(); }
+  /// Chains per row of a [rows][cols] view: one per thread when the threads outnumber the rows,
+  /// and runs of at most 32 elements (a short, fully unrolled pairwise tree each).
+  static constexpr int rowSegments(int threads, int rows, int cols) {
+    return maxOf(maxOf(threads / rows, cols / 32), 1);
+  }
+  /// Chains per column: likewise, runs of at most 16 elements.
+  static constexpr int columnSegments(int threads, int rows, int cols) {
+    return maxOf(maxOf(threads / cols, rows / 16), 1);
+  }
+  /// Chains of a view (rows split into row chains, or columns into column chains), the most of
+  /// either view and either direction.
+  constexpr int partials() const {
+    const int threads = 32 * warps, d = headDim, g = tileTokens;
+    return maxOf(maxOf(d * rowSegments(threads, d, g), g * columnSegments(threads, d, g)),
+                 maxOf(g * rowSegments(threads, g, d), d * columnSegments(threads, g, d)));
+  }
+  static constexpr int maxOf(int a, int b) { return a > b ? a : b; }
   static constexpr int VECTORS = 10; ///< col/row: scale, inverse, log, best, std
   constexpr int partialOffset() const { return (tileHalves() * 2 + 15) / 16 * 16; }
-  constexpr int vectorOffset() const { return partialOffset() + partials() * 16; }
+  constexpr int vectorOffset() const { return partialOffset() + partials() * 8; }
   constexpr int bytes() const { return vectorOffset() + VECTORS * maxDim() * 4 + 64 * 4; }
 };
 

@@ -28,7 +28,8 @@ struct Normalization {
   int chosenIteration = 0;     ///< 0 = identity
 };
 
-/// Sample standard deviation as the reference computes it (one pass, fp32 result).
+/// Sample standard deviation as the reference computes it: one pass in fp32, var = max(sum x^2/n -
+/// mean^2, 0) * n/(n-1), the sums added in a fixed pairwise tree (the GPU flush's order).
 float sampleStd(const float *values, size_t count, size_t stride);
 
 /// Runs the log-domain Sinkhorn normalization with best-iterate tracking.
