@@ -106,6 +106,22 @@ TEST(Quantize, NormalizationReducesErrorOnOutlierChannels) {
   }
 }
 
+TEST(Normalization, StdSumsInThePairwiseTree) {
+  // Four values near 3000 whose fp32 sums depend on the order: added pairwise, (x0 + x1) +
+  // (x2 + x3), the one-pass std is exactly 4; added left to right it would be 4.3204942.
+  const float values[4] = {3000.83056640625f, 3003.627197265625f, 2994.75732421875f,
+                           2995.4150390625f};
+  EXPECT_EQ(sampleStd(values, 4, 1), 4.0f);
+  // Strided lines (columns) take the same tree.
+  float column[8] = {};
+  for (int i = 0; i < 4; ++i)
+    column[2 * i] = values[i];
+  EXPECT_EQ(sampleStd(column, 4, 2), 4.0f);
+  // A constant line has a variance of exactly 0.
+  const float constant[3] = {7.5f, 7.5f, 7.5f};
+  EXPECT_EQ(sampleStd(constant, 3, 1), 0.0f);
+}
+
 TEST(Normalization, IdentityIsACandidateAndScalesStayClamped) {
   std::vector<float> m = randomMatrix(128, 64, 9, 30.0f);
   Normalization n = normalizeVariance(m, 128, 64, 8);
