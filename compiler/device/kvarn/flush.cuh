@@ -172,7 +172,9 @@ __device__ __forceinline__ float4 scaled4(float4 m, float4 colScale, float4 colI
                      scaled<DIVIDE>(m.z, colScale.z, colInverse.z, rowScale, rowInverse),
                      scaled<DIVIDE>(m.w, colScale.w, colInverse.w, rowScale, rowInverse));
 }
-template <typename V, typename Ctx> __device__ __forceinline__ float elementOf(const Ctx &c, int row, int col) {
+/// Element (row, col) of M as a float.
+template <typename V, typename Ctx>
+__device__ __forceinline__ float elementOf(const Ctx &c, int row, int col) {
   return halfToFloat(c.m[row * V::STRIDE + col]);
 }
 
@@ -253,7 +255,8 @@ template <bool DIVIDE, typename V, typename Ctx> __device__ __forceinline__ void
 
 /// Column sums of X = M / c / r (DIVIDE; M itself otherwise) into the partials: chain k =
 /// segment * COLS + col.
-template <bool DIVIDE, typename V, typename Ctx> __device__ __forceinline__ void columnSums(Ctx &c) {
+template <bool DIVIDE, typename V, typename Ctx>
+__device__ __forceinline__ void columnSums(Ctx &c) {
   constexpr int PER = V::ROWS / V::COL_SEGMENTS;
   for (int chain = threadIdx.x; chain < V::COLS * V::COL_SEGMENTS; chain += Ctx::THREADS) {
     const int col = chain % V::COLS, segment = chain / V::COLS;
@@ -283,7 +286,8 @@ __device__ __forceinline__ float combinedStd(const Ctx &c, int k, int lines, int
 }
 
 /// rowStd and colStd of X = M / c / r with the current scales (DIVIDE), or of M itself.
-template <bool DIVIDE, typename V, typename Ctx> __device__ __forceinline__ void currentStds(Ctx &c) {
+template <bool DIVIDE, typename V, typename Ctx>
+__device__ __forceinline__ void currentStds(Ctx &c) {
   rowSums<DIVIDE, V>(c);
   __syncthreads();
   for (int k = threadIdx.x; k < V::ROWS; k += Ctx::THREADS)
@@ -430,9 +434,8 @@ template <typename V, typename Ctx> __device__ __forceinline__ void columnSumsSc
 /// The stds factor: rowstd(M / c / r) = rowstd(M / c) / r and colstd(M / c / r) =
 /// colstd(M / r) / c, so an iteration is two fp32 sweeps over M (rows times 1 / c, columns
 /// times 1 / r) with no divisions per element, against six divisions per element on the exact
-/// path. The iteration's clamps,
-/// best-iterate tracking and the final N = M / best_c / best_r (two true divisions, in
-/// quantizePack) are the reference's.
+/// path. The iteration's clamps, best-iterate tracking and the final N = M / best_c / best_r
+/// (two true divisions, in quantizePack) are the reference's.
 ///
 /// Where a row or column of M has a mean above MEAN_DOMINANCE times its std, the reference's
 /// one-pass variance cancels: its fp32 rounding noise then moves the scales by more than this
@@ -564,7 +567,8 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
   for (int row = threadIdx.x / LANES; row < R; row += Ctx::THREADS / LANES) {
     // Step 1. N = M / best_c / best_r (two true divisions), computed from M where it is used.
     const Half *line = c.m + row * V::STRIDE + part * SEGMENT;
-    const float *colScale = c.colScale + part * SEGMENT, *colInverse = c.colInverse + part * SEGMENT;
+    const float *colScale = c.colScale + part * SEGMENT;
+    const float *colInverse = c.colInverse + part * SEGMENT;
     const float rowScale = c.rowScale[row], rowInverse = c.rowInverse[row];
     auto normalized = [&](int k) {
       return scaled4<true>(loadHalf4(line + k), *reinterpret_cast<const float4 *>(colScale + k),
