@@ -98,7 +98,7 @@ TEST(NvrtcCompile, NewerAndConsumerArchitecturesCompileWithoutWarnings) {
 }
 
 TEST(NvrtcCompile, ImpossibleSchedulesAreRejectedBeforeNvrtc) {
-  std::vector<Job> jobs = {{"flush:kvarn_k4v2_g128:d256:q1:f16:sm_89", ""},
+  std::vector<Job> jobs = {{"decode:kvarn_k4v2_g128:d256:q16:f16:sm_89", ""},
                            {"decode:kvarn_k4v2_g128:d256:q16:f16:sm_89", "warps=8"}};
   compileAll(jobs);
   EXPECT_THAT(jobs[0].failure, ::testing::HasSubstr("bytes of shared memory per CTA; sm_89 allows"));

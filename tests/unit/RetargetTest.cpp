@@ -31,6 +31,7 @@ TEST(Retarget, BundleSourcesRecompileForAnotherArch) {
   h200.arch = "sm_90a";
   const std::vector<KernelSpec> specs = {
       *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a"),
+      *parseKernelSpec("decode:kvarn_k4v2_g128:d256:q16:f16:sm_90a"),
       *parseKernelSpec("flush:kvarn_k4v2_g128:d256:q1:f16:sm_90a")};
   Expected<Bundle> built = compiler::buildBundle(specs, "", h200, cache);
   ASSERT_TRUE(built) << built.error().str();
@@ -45,17 +46,19 @@ TEST(Retarget, BundleSourcesRecompileForAnotherArch) {
     EXPECT_EQ(read->headers[i].content, built->headers[i].content);
   }
   EXPECT_EQ(cubinSm(read->entries[0].artifact.cubin), 90);
-  // Step 2. Recompiled for sm_86: the D = 256 flush (150 KB of shared memory) does not fit
-  // sm_86's 99 KB and is skipped with the reason; the decode gets an sm_86 cubin under its
-  // sm_86 key.
+  // Step 2. Recompiled for sm_86: the D = 256, Q = 16 decode (its default schedule needs more
+  // than sm_86's 99 KB of shared memory) is skipped with the reason; the other decode and the
+  // D = 256 flush (94 KB) get sm_86 cubins under their sm_86 keys.
   std::vector<std::string> skipped;
   Expected<Bundle> moved = retargetBundle(*read, "sm_86", &skipped);
   ASSERT_TRUE(moved) << moved.error().str();
   EXPECT_EQ(moved->arch, "sm_86");
-  ASSERT_EQ(moved->entries.size(), 1u);
+  ASSERT_EQ(moved->entries.size(), 2u);
   ASSERT_EQ(skipped.size(), 1u);
-  EXPECT_THAT(skipped[0], HasSubstr("flush:kvarn_k4v2_g128:d256"));
+  EXPECT_THAT(skipped[0], HasSubstr("decode:kvarn_k4v2_g128:d256:q16"));
   EXPECT_THAT(skipped[0], HasSubstr("shared memory"));
+  EXPECT_THAT(moved->entries[1].spec, HasSubstr("flush:kvarn_k4v2_g128:d256"));
+  EXPECT_EQ(cubinSm(moved->entries[1].artifact.cubin), 86);
   const BundleEntry &entry = moved->entries[0];
   KernelSpec sm86 = specs[0];
   sm86.arch = "sm_86";

@@ -79,10 +79,12 @@ TEST(Schedule, ValidationChecksTheTargetLimits) {
   EXPECT_THAT(validateSchedule(decode, big).error().message, HasSubstr("sm_89 allows 101376"));
   decode.arch = "sm_90a";
   EXPECT_TRUE(validateSchedule(decode, big));
+  // The flush holds its tile in fp16: D = 256 needs 94 KB at the default 16 warps, which fits
+  // sm_89's 99 KB (and every other supported architecture).
   KernelSpec flush = *parseKernelSpec("flush:kvarn_k4v2_g128:d256:q1:f16:sm_89");
-  EXPECT_THAT(validateSchedule(flush, defaultSchedule(OpKind::Flush)).error().message,
-              HasSubstr("sm_89 allows"));
-  flush.arch = "sm_80"; // the fp32 tile of D = 256 (150 KB) fits the A100's 163 KB
+  EXPECT_TRUE(validateSchedule(flush, defaultSchedule(OpKind::Flush)));
+  EXPECT_LE(sharedMemoryBytes(flush, defaultSchedule(OpKind::Flush)), 101376u);
+  flush.arch = "sm_80";
   EXPECT_TRUE(validateSchedule(flush, defaultSchedule(OpKind::Flush)));
   EXPECT_THAT(validateSchedule(decode, *parseSchedule("heads_per_cta=4")).error().message,
               HasSubstr("heads_per_cta = 4"));
