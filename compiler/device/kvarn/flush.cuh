@@ -164,13 +164,13 @@ __device__ __forceinline__ float scaled(float m, float colScale, float colInvers
                                         float rowInverse) {
   return DIVIDE ? divideExact(divideExact(m, colScale, colInverse), rowScale, rowInverse) : m;
 }
-template <bool DIVIDE>
+/// Four consecutive elements of X (one row, four columns).
 __device__ __forceinline__ float4 scaled4(float4 m, float4 colScale, float4 colInverse,
                                           float rowScale, float rowInverse) {
-  return make_float4(scaled<DIVIDE>(m.x, colScale.x, colInverse.x, rowScale, rowInverse),
-                     scaled<DIVIDE>(m.y, colScale.y, colInverse.y, rowScale, rowInverse),
-                     scaled<DIVIDE>(m.z, colScale.z, colInverse.z, rowScale, rowInverse),
-                     scaled<DIVIDE>(m.w, colScale.w, colInverse.w, rowScale, rowInverse));
+  return make_float4(scaled<true>(m.x, colScale.x, colInverse.x, rowScale, rowInverse),
+                     scaled<true>(m.y, colScale.y, colInverse.y, rowScale, rowInverse),
+                     scaled<true>(m.z, colScale.z, colInverse.z, rowScale, rowInverse),
+                     scaled<true>(m.w, colScale.w, colInverse.w, rowScale, rowInverse));
 }
 /// Element (row, col) of M as a float.
 template <typename V, typename Ctx>
@@ -246,7 +246,7 @@ template <bool DIVIDE, typename V, typename Ctx> __device__ __forceinline__ void
         [&](int k) {
           float4 v = loadHalf4(line + 4 * k);
           if (DIVIDE)
-            v = scaled4<true>(v, colScales[k], colInverses[k], scale, inverse);
+            v = scaled4(v, colScales[k], colInverses[k], scale, inverse);
           return leafSums4(v);
         },
         0);
@@ -571,7 +571,7 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
     const float *colInverse = c.colInverse + part * SEGMENT;
     const float rowScale = c.rowScale[row], rowInverse = c.rowInverse[row];
     auto normalized = [&](int k) {
-      return scaled4<true>(loadHalf4(line + k), *reinterpret_cast<const float4 *>(colScale + k),
+      return scaled4(loadHalf4(line + k), *reinterpret_cast<const float4 *>(colScale + k),
                            *reinterpret_cast<const float4 *>(colInverse + k), rowScale,
                            rowInverse);
     };
