@@ -332,6 +332,19 @@ template <typename Ctx> __device__ __forceinline__ void resetScales(Ctx &c, int 
   }
 }
 
+/// The current scales become the best iterate if `current` is at most `best` (ties: the later
+/// iterate wins). `current` is CTA-uniform (imbalance broadcasts it).
+template <typename V, typename Ctx>
+__device__ __forceinline__ void keepIfBest(Ctx &c, int tid, float current, float &best) {
+  if (current <= best) {
+    best = current;
+    for (int k = tid; k < V::COLS; k += Ctx::THREADS)
+      c.colBest[k] = c.colScale[k];
+    for (int k = tid; k < V::ROWS; k += Ctx::THREADS)
+      c.rowBest[k] = c.rowScale[k];
+  }
+}
+
 /// Log-domain Sinkhorn normalization with best-iterate tracking (kvarn-format.md §4.1) of the
 /// tile `Tensor` (compile-time shape).
 template <int Iterations, int Tensor, typename Ctx>
@@ -364,13 +377,7 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
     __syncthreads();
     currentStds<true, V>(c); // X = M / c_new / r_new: its stds
     const float current = imbalance<V>(c); // synchronizes
-    if (current <= best) { // ties: the later iterate wins
-      best = current;
-      for (int k = tid; k < C; k += Ctx::THREADS)
-        c.colBest[k] = c.colScale[k];
-      for (int k = tid; k < R; k += Ctx::THREADS)
-        c.rowBest[k] = c.rowScale[k];
-    }
+    keepIfBest<V>(c, tid, current, best);
   }
 }
 
@@ -492,13 +499,7 @@ __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
     for (int k = tid; k < C; k += Ctx::THREADS)
       c.colStd[k] = combinedStd<V::COL_SEGMENTS>(c, k, C, R) * c.colInverse[k];
     const float current = imbalance<V>(c); // synchronizes
-    if (current <= best) { // ties: the later iterate wins
-      best = current;
-      for (int k = tid; k < C; k += Ctx::THREADS)
-        c.colBest[k] = c.colScale[k];
-      for (int k = tid; k < R; k += Ctx::THREADS)
-        c.rowBest[k] = c.rowScale[k];
-    }
+    keepIfBest<V>(c, tid, current, best);
   }
   return true;
 }
