@@ -235,11 +235,10 @@ Status runTuneOnDevices(const TuneOptions &o, const std::vector<int> &devices,
     configs["entries"] = nlohmann::json::parse(configEntriesJson(list));
     configs["merged_from_gpus"] = mergedFrom;
     const std::string path = o.configsDirectory + "/" + environment + ".json";
-    std::ofstream out(path, std::ios::trunc);
-    out << configs.dump(2) << "\n";
-    if (!out)
-      return makeError(ErrorCode::Io, "cannot write " + path);
-    std::printf("merged configs written to %s\n", path.c_str());
+    if (Status s = writeConfigs(path, configs.dump()); !s)
+      return s;
+    std::printf("merged configs written to %s (entries of specs this run did not tune kept)\n",
+                path.c_str());
   }
   std::printf("%zu specs merged from %zu GPU(s), %d disagreement(s)%s\n", merged.size(),
               results.size(), disagreements,

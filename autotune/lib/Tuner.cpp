@@ -346,6 +346,33 @@ std::string configEntriesJson(const std::vector<TuneResult> &results) {
   return entries.dump();
 }
 
+Expected<std::string> mergeConfigEntries(const std::string &existingFile, const std::string &path,
+                                         const std::string &runEntries) {
+  const nlohmann::json run = nlohmann::json::parse(runEntries);
+  if (existingFile.empty())
+    return run.dump();
+  const nlohmann::json existing = nlohmann::json::parse(existingFile, nullptr, false);
+  if (existing.is_discarded() || !existing.is_object() || !existing.contains("entries") ||
+      !existing["entries"].is_array())
+    return makeError(ErrorCode::InvalidArgument,
+                     path + " exists but is not a configs file (no \"entries\" array); it was "
+                            "left as it is: move it away or fix it, then run again with --resume");
+  nlohmann::json merged = nlohmann::json::array();
+  auto specOf = [](const nlohmann::json &entry) {
+    return entry.is_object() && entry.contains("spec") && entry["spec"].is_string()
+               ? entry["spec"].get<std::string>()
+               : std::string();
+  };
+  for (const nlohmann::json &entry : existing["entries"]) {
+    const std::string spec = specOf(entry);
+    if (std::none_of(run.begin(), run.end(), [&](const nlohmann::json &r) { return specOf(r) == spec; }))
+      merged.push_back(entry);
+  }
+  for (const nlohmann::json &entry : run)
+    merged.push_back(entry);
+  return merged.dump();
+}
+
 std::vector<KernelSpec> specsToTune(const std::vector<KernelSpec> &plan,
                                     const std::vector<TuneResult> &done) {
   std::vector<KernelSpec> todo;
@@ -1012,6 +1039,21 @@ Status writeAtomically(const std::string &path, const std::string &text) {
 
 } // namespace
 
+Status writeConfigs(const std::string &path, const std::string &configs) {
+  nlohmann::json file = nlohmann::json::parse(configs);
+  std::string existing;
+  if (std::ifstream in(path); in) {
+    std::stringstream text;
+    text << in.rdbuf();
+    existing = text.str();
+  }
+  Expected<std::string> entries = mergeConfigEntries(existing, path, file["entries"].dump());
+  if (!entries)
+    return entries.error();
+  file["entries"] = nlohmann::json::parse(*entries);
+  return writeAtomically(path, file.dump(2) + "\n");
+}
+
 Status validateTuneOptions(const TuneOptions &o) {
   if (o.iterations < 10)
     return makeError(ErrorCode::InvalidArgument, "--iterations must be at least 10");
@@ -1267,9 +1309,10 @@ Status runTune(const TuneOptions &o) {
   }
   configs["entries"] = nlohmann::json::parse(configEntriesJson(results));
   const std::string path = o.configsDirectory + "/" + key + ".json";
-  if (Status s = writeAtomically(path, configs.dump(2) + "\n"); !s)
+  if (Status s = writeConfigs(path, configs.dump()); !s)
     return s;
-  progress.line("tuned configs written to " + path + "; report: " + reportPath);
+  progress.line("tuned configs written to " + path + " (entries of specs this run did not tune "
+                "kept); report: " + reportPath);
   if (o.exhaustive) {
     const Regret regret = regretOf(results);
     char text[160];

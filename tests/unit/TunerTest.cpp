@@ -7,6 +7,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
 #include <map>
 
 #include <nlohmann/json.hpp>
@@ -567,3 +571,63 @@ TEST(EnvironmentKey, NamesTheSiliconNotTheProduct) {
 }
 
 } // namespace
+
+TEST(TuneConfigs, ARunKeepsTheEntriesOfSpecsItDidNotTuneAndReplacesThoseItDid) {
+  const std::string existing = R"({"environment": {"name": "x"}, "entries": [
+      {"spec": "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", "schedule": "warps=4", "median_ms": 0.13},
+      {"spec": "flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "schedule": "warps=8", "median_ms": 0.18}]})";
+  const std::string run =
+      R"([{"spec": "flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "schedule": "warps=4", "median_ms": 0.17},
+          {"spec": "flush:kvarn_k4v2_g128:d256:q1:f16:sm_90a", "schedule": "warps=8", "median_ms": 0.34}])";
+  Expected<std::string> merged = mergeConfigEntries(existing, "c/x.json", run);
+  ASSERT_TRUE(merged) << merged.error().message;
+  const nlohmann::json entries = nlohmann::json::parse(*merged);
+  ASSERT_EQ(entries.size(), 3u);
+  EXPECT_EQ(entries[0]["spec"], "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a"); // a flush-only run
+  EXPECT_EQ(entries[0]["schedule"], "warps=4");                                // kept it as it was
+  EXPECT_EQ(entries[1]["spec"], "flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a");
+  EXPECT_EQ(entries[1]["schedule"], "warps=4"); // the run's choice replaced the old one
+  EXPECT_EQ(entries[2]["spec"], "flush:kvarn_k4v2_g128:d256:q1:f16:sm_90a");
+
+  Expected<std::string> fresh = mergeConfigEntries("", "c/x.json", run); // no file before
+  ASSERT_TRUE(fresh);
+  EXPECT_EQ(nlohmann::json::parse(*fresh), nlohmann::json::parse(run));
+
+  for (const std::string bad : {"{not json", R"({"entries": 3})", "[]"}) {
+    Expected<std::string> refused = mergeConfigEntries(bad, "c/x.json", run);
+    ASSERT_FALSE(refused) << bad;
+    EXPECT_NE(refused.error().message.find("c/x.json exists but is not a configs file"),
+              std::string::npos)
+        << refused.error().message;
+  }
+}
+
+TEST(TuneConfigs, WritingKeepsOtherSpecsAndNeverOverwritesAFileItCannotRead) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("kvarn-configs-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "gpu.json").string();
+  auto read = [&] {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  auto write = [&](const std::string &text) { std::ofstream(path, std::ios::trunc) << text; };
+  write(R"({"entries": [{"spec": "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", "schedule": "warps=4"}]})");
+  ASSERT_TRUE(writeConfigs(
+      path, R"({"environment": {"name": "H"}, "entries": [{"spec": "flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "schedule": "warps=4"}]})"));
+  const nlohmann::json written = nlohmann::json::parse(read());
+  EXPECT_EQ(written["environment"]["name"], "H");
+  ASSERT_EQ(written["entries"].size(), 2u);
+  EXPECT_EQ(written["entries"][0]["spec"], "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+  EXPECT_EQ(written["entries"][1]["spec"], "flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a");
+
+  write("{truncated");
+  Status refused = writeConfigs(path, R"({"entries": []})");
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("not a configs file"), std::string::npos);
+  EXPECT_EQ(read(), "{truncated"); // left as it was
+  std::filesystem::remove_all(dir);
+}

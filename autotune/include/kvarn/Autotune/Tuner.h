@@ -192,6 +192,19 @@ std::string environmentKey(int computeMajor, int computeMinor, int smCount, int 
 /// The `entries` array of a configs file for the results that found a schedule (JSON text).
 std::string configEntriesJson(const std::vector<TuneResult> &results);
 
+/// The `entries` of a configs file after a run: `existingFile` (the file's text before the run;
+/// empty when there was none) keeps the entries of the specs the run did not tune (a run with
+/// --no-decode, --no-flush or another head size leaves the other entries alone), each spec of
+/// `runEntries` (JSON text, configEntriesJson) replaces its earlier entry. An existing file
+/// that is not a configs file is an error, so a run never overwrites what it cannot read.
+Expected<std::string> mergeConfigEntries(const std::string &existingFile, const std::string &path,
+                                         const std::string &runEntries);
+
+/// Writes a configs file (`configs`: JSON object text whose `entries` are this run's) to `path`
+/// atomically, with the entries it already had for specs the run did not tune
+/// (mergeConfigEntries); an existing file it cannot read is left alone and reported.
+Status writeConfigs(const std::string &path, const std::string &configs);
+
 /// The specs of `plan` that `done` does not cover yet (what a resumed run still tunes).
 std::vector<KernelSpec> specsToTune(const std::vector<KernelSpec> &plan,
                                     const std::vector<TuneResult> &done);
