@@ -3,18 +3,19 @@
 // (block, kv head) entry: of the 2E CTAs, CTA e handles entry e's K tile and CTA E + e its V
 // tile, and each building block acts only on its CTA's tensor.
 //
-// The normalization keeps the reference's arithmetic (kvarn-format.md §4.1): every element of
+// The K path keeps the reference's arithmetic (kvarn-format.md §4.1): every element of
 // X = M / c[col] / r[row] is two correctly rounded fp32 divisions and the stds are one-pass fp32
 // sums added in the CPU reference's fixed pairwise tree (sampleStd in reference.h), so the
 // records agree code for code with the CPU reference and the golden records.
 // Shared memory holds M itself, in fp16 as the pool has it (half the bytes of an fp32 buffer, so
-// more tiles fit an SM at once), and each pass computes the X it needs from M on the fly. Per
-// iteration:
-//   row stds of M / c_new / r_old  two divisions per element, summed on the fly
-//   row stds of M / c_new / r_new  the same with the new row scales
-//   column stds of the same X      the same, down the columns
-// and each sweep is split over all threads (chains of whole rows or columns, partial sums
-// combined in a fixed order).
+// more tiles fit an SM at once), and each sweep computes the X it needs from M on the fly. A
+// thread owns a block of rows x 8 columns and a warp a tile of 4 x 8 blocks (blockSums), so one
+// sweep yields both the row and the column sums of the same elements. Per iteration:
+//   row stds of M / c_new / r_old            two divisions per element, summed on the fly
+//   row and column stds of M / c_new / r_new  the same with the new row scales, both trees
+// then the best-iterate update and the next column step in one phase (endIterate).
+// The V path (normalizeTileWithinTolerance) meets the format's V tolerance with fp32 sweeps and
+// no division per element; a V tile whose means dominate takes the exact path.
 #pragma once
 
 #include "kvarn/common.cuh"
@@ -47,7 +48,7 @@ struct FlushContext {
   float2 *partials; ///< (sum, sum of squares) of each chain
   float *colScale, *rowScale, *colLog, *rowLog, *colBest, *rowBest, *colStd, *rowStd;
   float *colInverse, *rowInverse; ///< IEEE 1/scale, for exact divisions by multiplication
-  float *scratch;  ///< 64 floats: the imbalance
+  float *scratch;  ///< one float: the imbalance, where one warp reduces it
 
   static __device__ __forceinline__ FlushContext begin(const FlushParams &params) {
     FlushContext c;
@@ -91,7 +92,8 @@ struct FlushContext {
 template <int Tensor, typename Ctx> struct TileView {
   static constexpr int ROWS = Tensor == 0 ? Ctx::HD : Ctx::TG;
   static constexpr int COLS = Tensor == 0 ? Ctx::TG : Ctx::HD;
-  static constexpr int STRIDE = COLS + 4; ///< fp16 elements per row of the M buffer
+  /// fp16 elements per row of the M buffer (K rows start 16-byte aligned, V rows 8-byte).
+  static constexpr int STRIDE = COLS + FlushSharedLayout::rowPad(Tensor == 0);
   static constexpr int CHUNKS = COLS / 4; ///< four-column chunks per row
   /// Row chains: each row split into ROW_SEGMENTS runs of chunks. Column chains: each column
   /// split into COL_SEGMENTS runs of rows (FlushSharedLayout, which sizes the partials).
@@ -100,6 +102,16 @@ template <int Tensor, typename Ctx> struct TileView {
   static_assert(CHUNKS % ROW_SEGMENTS == 0 && ROWS % COL_SEGMENTS == 0, "chain split");
   static_assert(ROWS * ROW_SEGMENTS <= Ctx::PARTIALS && COLS * COL_SEGMENTS <= Ctx::PARTIALS,
                 "partial sums fit");
+  /// The exact path's blocks (FlushSharedLayout::blockRows): BLOCK_ROWS x 8 elements per thread,
+  /// a warp's lanes a 4 x 8 grid of blocks, tiles of TILE_ROWS x 64 taken by the warps in turn.
+  static constexpr int BLOCK_ROWS = FlushSharedLayout::blockRows(Ctx::THREADS, ROWS, COLS);
+  static constexpr int TILE_ROWS = 4 * BLOCK_ROWS;
+  static constexpr int BLOCK_ROW_SEGMENTS = COLS / 64;        ///< row partials per row
+  static constexpr int BLOCK_COL_SEGMENTS = ROWS / TILE_ROWS; ///< column partials per column
+  static constexpr int TILES = BLOCK_ROW_SEGMENTS * BLOCK_COL_SEGMENTS;
+  static_assert(COLS % 64 == 0 && ROWS % TILE_ROWS == 0, "block tiles");
+  static_assert(ROWS * BLOCK_ROW_SEGMENTS + COLS * BLOCK_COL_SEGMENTS <= Ctx::PARTIALS,
+                "block partial sums fit");
 };
 
 /// Sample std, one pass, as the reference: var = max(sum x^2/n - mean^2, 0) * n/(n-1).
@@ -126,10 +138,6 @@ __device__ __forceinline__ float2 addSums(float2 a, float2 b) {
 }
 /// (x, x*x) of one element, x*x rounded in fp32 as the reference.
 __device__ __forceinline__ float2 leafSums(float x) { return make_float2(x, __fmul_rn(x, x)); }
-/// The pairwise sums of four consecutive elements: (x + y) + (z + w).
-__device__ __forceinline__ float2 leafSums4(float4 v) {
-  return addSums(addSums(leafSums(v.x), leafSums(v.y)), addSums(leafSums(v.z), leafSums(v.w)));
-}
 /// The pairwise sums of leaves first .. first + N - 1 (N a power of two): the two halves' sums,
 /// added (the tree of sampleStd in reference.h). leaf(i) gives leaf i's (sum, sum of squares).
 template <int N, typename Leaf>
@@ -231,52 +239,159 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
   c.active = !bad;
 }
 
-/// Row sums of X = M / c / r (DIVIDE; M itself otherwise) with the current scale vectors into
-/// the partials: chain k = segment * ROWS + row.
-template <bool DIVIDE, typename V, typename Ctx> __device__ __forceinline__ void rowSums(Ctx &c) {
-  constexpr int PER = V::CHUNKS / V::ROW_SEGMENTS;
-  for (int chain = threadIdx.x; chain < V::ROWS * V::ROW_SEGMENTS; chain += Ctx::THREADS) {
-    const int row = chain % V::ROWS, segment = chain / V::ROWS;
-    const float scale = c.rowScale[row], inverse = c.rowInverse[row];
-    const int first = 4 * PER * segment;
-    const Half *line = c.m + row * V::STRIDE + first;
-    const float4 *colScales = reinterpret_cast<const float4 *>(c.colScale + first);
-    const float4 *colInverses = reinterpret_cast<const float4 *>(c.colInverse + first);
-    c.partials[chain] = treeSums<PER>(
-        [&](int k) {
-          float4 v = loadHalf4(line + 4 * k);
-          if (DIVIDE)
-            v = scaled4(v, colScales[k], colInverses[k], scale, inverse);
-          return leafSums4(v);
-        },
-        0);
+__device__ __forceinline__ float2 shuffleXor(float2 v, int mask) {
+  return make_float2(__shfl_xor_sync(0xffffffffu, v.x, mask),
+                     __shfl_xor_sync(0xffffffffu, v.y, mask));
+}
+
+/// Adds the pairs v[0 .. N) of the lanes that differ in lane bit MASK, then 2 MASK, ... (LEVELS
+/// levels); each level adds two adjacent runs of the same lines, one level of their pairwise
+/// trees. While a lane holds more than one pair, a level halves them (the lane with the bit clear
+/// keeps the first half and adds its partner's first half, the other the second halves); once a
+/// lane holds one pair, both lanes of a level add the same two runs. Afterwards a lane holds the
+/// pairs first .. first + max(N >> LEVELS, 1) - 1 in v[0 ..]; returns first.
+template <int N, int MASK, int LEVELS>
+__device__ __forceinline__ int laneTreeSums(float2 *v, int lane) {
+  if constexpr (LEVELS == 0) {
+    return 0;
+  } else if constexpr (N == 1) {
+    v[0] = addSums(v[0], shuffleXor(v[0], MASK));
+    return laneTreeSums<1, 2 * MASK, LEVELS - 1>(v, lane);
+  } else {
+    const bool upper = (lane & MASK) != 0;
+#pragma unroll
+    for (int j = 0; j < N / 2; ++j) {
+      const float2 send = upper ? v[j] : v[j + N / 2];
+      const float2 keep = upper ? v[j + N / 2] : v[j];
+      v[j] = addSums(keep, shuffleXor(send, MASK)); // a + b == b + a: the same bits either way
+    }
+    return (upper ? N / 2 : 0) + laneTreeSums<N / 2, 2 * MASK, LEVELS - 1>(v, lane);
+  }
+}
+/// The lane bits of laneTreeSums<N, MASK, LEVELS>'s levels where both lanes hold the same pair
+/// (lanes with any of them set hold a copy).
+template <int N, int MASK, int LEVELS> constexpr int laneTreeCopies() {
+  int copies = 0;
+  for (int level = 0, n = N, mask = MASK; level < LEVELS; ++level, mask *= 2) {
+    if (n == 1)
+      copies |= mask;
+    else
+      n /= 2;
+  }
+  return copies;
+}
+
+/// The (sum, sum of squares) pairs of eight columns.
+struct ColumnSums {
+  float2 v[8];
+};
+/// The pairwise sums of rows first .. first + N - 1 (N a power of two) of eight columns; row(i)
+/// gives row i's leaves. The tree is walked depth first, so at most log2(N) + 1 rows of sums are
+/// live at once.
+template <int N, typename Row>
+__device__ __forceinline__ ColumnSums columnTree(const Row &row, int first) {
+  if constexpr (N == 1) {
+    return row(first);
+  } else {
+    ColumnSums a = columnTree<N / 2>(row, first);
+    const ColumnSums b = columnTree<N / 2>(row, first + N / 2);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      a.v[j] = addSums(a.v[j], b.v[j]);
+    return a;
   }
 }
 
-/// Column sums of X = M / c / r (DIVIDE; M itself otherwise) into the partials: chain k =
-/// segment * COLS + col.
-template <bool DIVIDE, typename V, typename Ctx>
-__device__ __forceinline__ void columnSums(Ctx &c) {
-  constexpr int PER = V::ROWS / V::COL_SEGMENTS;
-  for (int chain = threadIdx.x; chain < V::COLS * V::COL_SEGMENTS; chain += Ctx::THREADS) {
-    const int col = chain % V::COLS, segment = chain / V::COLS;
-    const float scale = c.colScale[col], inverse = c.colInverse[col];
-    const int first = PER * segment;
-    const Half *line = c.m + first * V::STRIDE + col;
-    c.partials[chain] = treeSums<PER>(
-        [&](int k) {
-          return leafSums(scaled<DIVIDE>(halfToFloat(line[k * V::STRIDE]), scale, inverse,
-                                         c.rowScale[first + k], c.rowInverse[first + k]));
-        },
-        0);
+/// One sweep of the exact path over X = M / c / r (DIVIDE; M itself otherwise). Each thread
+/// computes the elements of its block once (TileView::BLOCK_ROWS rows x 8 columns) and adds its
+/// rows' runs of 8 and, with COLUMNS, its columns' runs of BLOCK_ROWS as pairwise trees; the
+/// lanes of a warp then add their runs (laneTreeSums) up to runs of 64 columns and TILE_ROWS rows.
+/// Row partials go to partials[segment * ROWS + row], column partials to
+/// partials[ROWS * BLOCK_ROW_SEGMENTS + segment * COLS + col]. Per element: one fp16 load (16
+/// bytes per 8 for K rows), two divisions, x * x, and the adds of one or both trees.
+template <bool DIVIDE, bool COLUMNS, typename V, typename Ctx>
+__device__ __forceinline__ void blockSums(Ctx &c) {
+  constexpr int RB = V::BLOCK_ROWS;
+  const int laneRow = c.lane / 8, laneCol = c.lane % 8;
+  float2 *rowPartials = c.partials;
+  float2 *colPartials = c.partials + V::ROWS * V::BLOCK_ROW_SEGMENTS;
+  // A loop of a fixed trip count (tiles are dealt to warps in turn; a warp with no tile left skips
+  // its last round, which only happens where the warps do not divide the tiles).
+#pragma unroll 1
+  for (int round = 0; round < (V::TILES + Ctx::NWARPS - 1) / Ctx::NWARPS; ++round) {
+    const int tile = c.warp + round * Ctx::NWARPS;
+    if (V::TILES % Ctx::NWARPS != 0 && tile >= V::TILES)
+      break;
+    const int tileRow = tile / V::BLOCK_ROW_SEGMENTS, tileCol = tile % V::BLOCK_ROW_SEGMENTS;
+    const int row0 = tileRow * V::TILE_ROWS + laneRow * RB, col0 = tileCol * 64 + 8 * laneCol;
+    // The column scales are read again for every row (broadcast loads) rather than kept: the
+    // column trees' partial sums need the registers.
+    const float *colScale = c.colScale + col0, *colInverse = c.colInverse + col0;
+    // Row i of the block: its eight elements, their row run's sums into rows[i], and the column
+    // leaves.
+    float2 rows[RB];
+    auto row = [&](int i) {
+      const Half *src = c.m + (row0 + i) * V::STRIDE + col0;
+      uint32_t w[4];
+      if constexpr (V::STRIDE % 8 == 0) { // 16-byte aligned rows
+        const uint4 q = *reinterpret_cast<const uint4 *>(src);
+        w[0] = q.x, w[1] = q.y, w[2] = q.z, w[3] = q.w;
+      } else {
+        const uint2 a = reinterpret_cast<const uint2 *>(src)[0];
+        const uint2 b = reinterpret_cast<const uint2 *>(src)[1];
+        w[0] = a.x, w[1] = a.y, w[2] = b.x, w[3] = b.y;
+      }
+      const float rowScale = DIVIDE ? c.rowScale[row0 + i] : 1.0f;
+      const float rowInverse = DIVIDE ? c.rowInverse[row0 + i] : 1.0f;
+      ColumnSums leaves;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 s = DIVIDE ? *reinterpret_cast<const float2 *>(colScale + 2 * k)
+                                : make_float2(1.0f, 1.0f);
+        const float2 inv = DIVIDE ? *reinterpret_cast<const float2 *>(colInverse + 2 * k)
+                                  : make_float2(1.0f, 1.0f);
+        const float2 m = unpackHalf2(w[k]);
+        leaves.v[2 * k] = leafSums(
+            scaled<DIVIDE>(m.x, s.x, inv.x, rowScale, rowInverse));
+        leaves.v[2 * k + 1] = leafSums(
+            scaled<DIVIDE>(m.y, s.y, inv.y, rowScale, rowInverse));
+      }
+      rows[i] = treeSums<8>([&](int j) { return leaves.v[j]; }, 0);
+      return leaves;
+    };
+    ColumnSums cols;
+    if (COLUMNS) {
+      cols = columnTree<RB>(row, 0);
+    } else {
+#pragma unroll
+      for (int i = 0; i < RB; ++i)
+        row(i);
+    }
+    // The lanes' runs, added across the warp in one group of shuffles per tile.
+    const int firstRow = laneTreeSums<RB, 1, 3>(rows, c.lane);
+    if ((c.lane & laneTreeCopies<RB, 1, 3>()) == 0) {
+#pragma unroll
+      for (int k = 0; k < (RB >= 8 ? RB / 8 : 1); ++k)
+        rowPartials[tileCol * V::ROWS + row0 + firstRow + k] = rows[k];
+    }
+    if (COLUMNS) {
+      const int firstCol = laneTreeSums<8, 8, 2>(cols.v, c.lane);
+#pragma unroll
+      for (int k = 0; k < 2; ++k)
+        colPartials[tileRow * V::COLS + col0 + firstCol + k] = cols.v[k];
+    }
   }
 }
 
 /// The sums of line `k` (of `lines`) from its segments' partial sums, added pairwise (segment s
 /// holds the line's s-th run of elements, so this finishes the line's tree).
+template <int SEGMENTS>
+__device__ __forceinline__ float2 lineSums(const float2 *partials, int k, int lines) {
+  return treeSums<SEGMENTS>([&](int s) { return partials[s * lines + k]; }, 0);
+}
 template <int SEGMENTS, typename Ctx>
 __device__ __forceinline__ float2 combinedSums(const Ctx &c, int k, int lines) {
-  return treeSums<SEGMENTS>([&](int s) { return c.partials[s * lines + k]; }, 0);
+  return lineSums<SEGMENTS>(c.partials, k, lines);
 }
 
 template <int SEGMENTS, typename Ctx>
@@ -285,42 +400,55 @@ __device__ __forceinline__ float combinedStd(const Ctx &c, int k, int lines, int
   return sampleStd(sums.x, sums.y, count);
 }
 
-/// rowStd and colStd of X = M / c / r with the current scales (DIVIDE), or of M itself.
-template <bool DIVIDE, typename V, typename Ctx>
-__device__ __forceinline__ void currentStds(Ctx &c) {
-  rowSums<DIVIDE, V>(c);
-  __syncthreads();
-  for (int k = threadIdx.x; k < V::ROWS; k += Ctx::THREADS)
-    c.rowStd[k] = combinedStd<V::ROW_SEGMENTS>(c, k, V::ROWS, V::COLS);
-  __syncthreads(); // the partials are read before the column sums reuse them
-  columnSums<DIVIDE, V>(c);
-  __syncthreads();
-  for (int k = threadIdx.x; k < V::COLS; k += Ctx::THREADS)
-    c.colStd[k] = combinedStd<V::COL_SEGMENTS>(c, k, V::COLS, V::ROWS);
+/// rowStd and colStd from the partial sums of a sweep with COLUMNS (blockSums).
+template <typename V, typename Ctx> __device__ __forceinline__ void blockStds(Ctx &c) {
+  const float2 *colPartials = c.partials + V::ROWS * V::BLOCK_ROW_SEGMENTS;
+  for (int k = threadIdx.x; k < V::ROWS + V::COLS; k += Ctx::THREADS) {
+    if (k < V::ROWS) {
+      const float2 sums = lineSums<V::BLOCK_ROW_SEGMENTS>(c.partials, k, V::ROWS);
+      c.rowStd[k] = sampleStd(sums.x, sums.y, V::COLS);
+    } else {
+      const float2 sums = lineSums<V::BLOCK_COL_SEGMENTS>(colPartials, k - V::ROWS, V::COLS);
+      c.colStd[k - V::ROWS] = sampleStd(sums.x, sums.y, V::ROWS);
+    }
+  }
 }
 
-/// max/min(col std) + max/min(row std), computed by warp 0 and broadcast through shared memory.
-template <typename V, typename Ctx> __device__ __forceinline__ float imbalance(Ctx &c) {
-  __syncthreads(); // the std vectors are complete
-  if (c.warp == 0) {
-    float colMax = 0.0f, colMin = KVARN_INFINITY, rowMax = 0.0f, rowMin = KVARN_INFINITY;
-    for (int k = c.lane; k < V::COLS; k += 32) {
-      colMax = fmaxf(colMax, c.colStd[k]);
-      colMin = fminf(colMin, c.colStd[k]);
-    }
-    for (int k = c.lane; k < V::ROWS; k += 32) {
-      rowMax = fmaxf(rowMax, c.rowStd[k]);
-      rowMin = fminf(rowMin, c.rowStd[k]);
-    }
-    colMax = warpMaxXor(colMax, 1, 16);
-    rowMax = warpMaxXor(rowMax, 1, 16);
-    colMin = warpMin(colMin);
-    rowMin = warpMin(rowMin);
-    if (c.lane == 0)
-      c.scratch[1] = colMax / fmaxf(colMin, 1e-8f) + rowMax / fmaxf(rowMin, 1e-8f);
+/// max/min(col std) + max/min(row std) of the std vectors, which are complete, reduced by one warp.
+template <typename V, typename Ctx> __device__ __forceinline__ float warpImbalance(const Ctx &c) {
+  float colMax = 0.0f, colMin = KVARN_INFINITY, rowMax = 0.0f, rowMin = KVARN_INFINITY;
+  for (int k = c.lane; k < V::COLS; k += 32) {
+    colMax = fmaxf(colMax, c.colStd[k]);
+    colMin = fminf(colMin, c.colStd[k]);
   }
-  __syncthreads();
-  return c.scratch[1];
+  for (int k = c.lane; k < V::ROWS; k += 32) {
+    rowMax = fmaxf(rowMax, c.rowStd[k]);
+    rowMin = fminf(rowMin, c.rowStd[k]);
+  }
+  colMax = warpMaxXor(colMax, 1, 16);
+  rowMax = warpMaxXor(rowMax, 1, 16);
+  colMin = warpMin(colMin);
+  rowMin = warpMin(rowMin);
+  return colMax / fmaxf(colMin, 1e-8f) + rowMax / fmaxf(rowMin, 1e-8f);
+}
+
+/// The imbalance of the current iterate, after a barrier that completed the std vectors. Where
+/// the CTA's warps reading every std cost little (at most 1,024 warp-line reads), every warp
+/// reduces them itself; otherwise warp 0 does and broadcasts the result through shared memory,
+/// one barrier later (on the H200 the first is 1.4% faster for the D = 128 flush at 4 warps, the
+/// second 3% faster at D = 256 with 8 warps, docs/benchmarks.md).
+template <typename V, typename Ctx> __device__ __forceinline__ float imbalance(Ctx &c) {
+  if constexpr (Ctx::NWARPS * (V::ROWS + V::COLS) <= 1024) {
+    return warpImbalance<V>(c);
+  } else {
+    if (c.warp == 0) {
+      const float value = warpImbalance<V>(c);
+      if (c.lane == 0)
+        *c.scratch = value;
+    }
+    __syncthreads();
+    return *c.scratch;
+  }
 }
 
 /// Every scale 1 and every log 0: the identity iterate.
@@ -332,17 +460,32 @@ template <typename Ctx> __device__ __forceinline__ void resetScales(Ctx &c, int 
   }
 }
 
-/// The current scales become the best iterate if `current` is at most `best` (ties: the later
-/// iterate wins). `current` is CTA-uniform (imbalance broadcasts it).
-template <typename V, typename Ctx>
-__device__ __forceinline__ void keepIfBest(Ctx &c, int tid, float current, float &best) {
-  if (current <= best) {
-    best = current;
-    for (int k = tid; k < V::COLS; k += Ctx::THREADS)
+/// The end of an iterate (iteration 0, the identity, first, included) whose row and column stds
+/// are being written: waits for them, keeps the current scales as the best iterate if its
+/// imbalance is at most `best` (ties: the later iterate wins; iteration 0 always), and, unless it is the last, takes the next
+/// iteration's column step from the column stds, each column's thread doing both, so one
+/// barrier later the next iteration's row sweep can start. EXACT: log and exp evaluated in
+/// double and rounded once (the K path); otherwise fp32 library functions.
+template <bool EXACT, typename V, typename Ctx>
+__device__ __forceinline__ void endIterate(Ctx &c, float &best, bool first, bool last) {
+  __syncthreads(); // the std vectors are complete
+  const float current = imbalance<V>(c);
+  const bool keep = first || current <= best; // iteration 0 sets best (the scales are all 1)
+  best = keep ? current : best;
+  for (int k = threadIdx.x; k < V::COLS; k += Ctx::THREADS) {
+    if (keep)
       c.colBest[k] = c.colScale[k];
-    for (int k = tid; k < V::ROWS; k += Ctx::THREADS)
-      c.rowBest[k] = c.rowScale[k];
+    if (!last) {
+      const float std = clampf(c.colStd[k], 1e-3f, 1e3f);
+      c.colLog[k] = clampf(c.colLog[k] + (EXACT ? logRounded(std) : logf(std)), -0.3f, 10.0f);
+      c.colScale[k] = EXACT ? expRounded(c.colLog[k]) : expf(c.colLog[k]);
+      c.colInverse[k] = 1.0f / c.colScale[k];
+    }
   }
+  if (keep)
+    for (int k = threadIdx.x; k < V::ROWS; k += Ctx::THREADS)
+      c.rowBest[k] = c.rowScale[k];
+  __syncthreads(); // the new column scales (and the bests) are complete
 }
 
 /// Log-domain Sinkhorn normalization with best-iterate tracking (kvarn-format.md §4.1) of the
@@ -355,29 +498,26 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
   resetScales(c, tid);
   __syncthreads();
   // Iteration 0: the stds of M itself.
-  currentStds<false, V>(c);
-  float best = imbalance<V>(c);
+  blockSums<false, true, V>(c);
+  __syncthreads();
+  blockStds<V>(c);
+  float best = 0.0f; // set by iteration 0
+  endIterate<true, V>(c, best, true, Iterations == 0); // c_1 from the column stds of M
   for (int iteration = 0; iteration < Iterations; ++iteration) {
-    // Columns: colStd holds the column stds of the current X.
-    for (int k = tid; k < C; k += Ctx::THREADS) {
-      const float logStd = logRounded(clampf(c.colStd[k], 1e-3f, 1e3f));
-      c.colLog[k] = clampf(c.colLog[k] + logStd, -0.3f, 10.0f);
-      c.colScale[k] = expRounded(c.colLog[k]);
-      c.colInverse[k] = 1.0f / c.colScale[k];
-    }
-    __syncthreads();
-    rowSums<true, V>(c); // rows of X = M / c_new / r_old
+    blockSums<true, false, V>(c); // rows of X = M / c_new / r_old
     __syncthreads();
     for (int k = tid; k < R; k += Ctx::THREADS) {
-      const float previous = combinedStd<V::ROW_SEGMENTS>(c, k, R, C); // X with the old r
+      const float2 sums = lineSums<V::BLOCK_ROW_SEGMENTS>(c.partials, k, R);
+      const float previous = sampleStd(sums.x, sums.y, C); // X with the old r
       c.rowLog[k] = clampf(c.rowLog[k] + logRounded(clampf(previous, 1e-3f, 1e3f)), -0.3f, 10.0f);
       c.rowScale[k] = expRounded(c.rowLog[k]);
       c.rowInverse[k] = 1.0f / c.rowScale[k];
     }
     __syncthreads();
-    currentStds<true, V>(c); // X = M / c_new / r_new: its stds
-    const float current = imbalance<V>(c); // synchronizes
-    keepIfBest<V>(c, tid, current, best);
+    blockSums<true, true, V>(c); // X = M / c_new / r_new: its row and column sums in one sweep
+    __syncthreads();
+    blockStds<V>(c);
+    endIterate<true, V>(c, best, false, iteration + 1 == Iterations);
   }
 }
 
@@ -475,14 +615,9 @@ __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
   }
   if (__syncthreads_or(int(cancels)))
     return false;
-  float best = imbalance<V>(c);
+  float best = 0.0f; // set by iteration 0
+  endIterate<false, V>(c, best, true, Iterations == 0); // c_1 from the column stds of M
   for (int iteration = 0; iteration < Iterations; ++iteration) {
-    for (int k = tid; k < C; k += Ctx::THREADS) {
-      c.colLog[k] = clampf(c.colLog[k] + logf(clampf(c.colStd[k], 1e-3f, 1e3f)), -0.3f, 10.0f);
-      c.colScale[k] = expf(c.colLog[k]);
-      c.colInverse[k] = 1.0f / c.colScale[k];
-    }
-    __syncthreads();
     rowSumsScaled<V>(c); // rowstd(M / c_new), r not applied
     __syncthreads();
     for (int k = tid; k < R; k += Ctx::THREADS) {
@@ -498,8 +633,7 @@ __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
     __syncthreads();
     for (int k = tid; k < C; k += Ctx::THREADS)
       c.colStd[k] = combinedStd<V::COL_SEGMENTS>(c, k, C, R) * c.colInverse[k];
-    const float current = imbalance<V>(c); // synchronizes
-    keepIfBest<V>(c, tid, current, best);
+    endIterate<false, V>(c, best, false, iteration + 1 == Iterations);
   }
   return true;
 }
