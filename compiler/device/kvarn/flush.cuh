@@ -521,6 +521,19 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
   }
 }
 
+/// chain(k) for this thread's chains k = threadIdx.x, threadIdx.x + THREADS, ... < CHAINS, in a
+/// loop of a fixed trip count that is unrolled, so a thread's chains are independent work the
+/// compiler interleaves (each chain's own order of adds is unchanged).
+template <int CHAINS, int THREADS, typename Chain>
+__device__ __forceinline__ void forEachChain(const Chain &chain) {
+#pragma unroll
+  for (int i = 0; i < (CHAINS + THREADS - 1) / THREADS; ++i) {
+    const int k = int(threadIdx.x) + i * THREADS;
+    if (CHAINS % THREADS == 0 || k < CHAINS)
+      chain(k);
+  }
+}
+
 __device__ __forceinline__ void accumulateShifted(float &sum, float &sumSquares, float value) {
   sum += value;
   sumSquares = fmaf(value, value, sumSquares);
@@ -539,7 +552,7 @@ __device__ __forceinline__ bool meanDominates(float shift, float shiftedSum, int
 /// partials: chain k = segment * ROWS + row.
 template <typename V, typename Ctx> __device__ __forceinline__ void rowSumsScaled(Ctx &c) {
   constexpr int PER = V::CHUNKS / V::ROW_SEGMENTS;
-  for (int chain = threadIdx.x; chain < V::ROWS * V::ROW_SEGMENTS; chain += Ctx::THREADS) {
+  forEachChain<V::ROWS * V::ROW_SEGMENTS, Ctx::THREADS>([&](int chain) {
     const int row = chain % V::ROWS, segment = chain / V::ROWS;
     const Half *line = c.m + row * V::STRIDE;
     const float shift = halfToFloat(line[0]) * c.colInverse[0];
@@ -555,14 +568,14 @@ template <typename V, typename Ctx> __device__ __forceinline__ void rowSumsScale
       accumulateShifted(sum, sumSquares, m.w * inverse.w - shift);
     }
     c.partials[chain] = make_float2(sum, sumSquares);
-  }
+  });
 }
 
 /// Column sums of M * (1 / r[row]) in fp32, shifted by the column's first such product, into
 /// the partials: chain k = segment * COLS + col.
 template <typename V, typename Ctx> __device__ __forceinline__ void columnSumsScaled(Ctx &c) {
   constexpr int PER = V::ROWS / V::COL_SEGMENTS;
-  for (int chain = threadIdx.x; chain < V::COLS * V::COL_SEGMENTS; chain += Ctx::THREADS) {
+  forEachChain<V::COLS * V::COL_SEGMENTS, Ctx::THREADS>([&](int chain) {
     const int col = chain % V::COLS, segment = chain / V::COLS;
     const float shift = elementOf<V>(c, 0, col) * c.rowInverse[0];
     const Half *line = c.m + PER * segment * V::STRIDE + col;
@@ -573,7 +586,7 @@ template <typename V, typename Ctx> __device__ __forceinline__ void columnSumsSc
       accumulateShifted(sum, sumSquares, halfToFloat(line[k * V::STRIDE]) * inverses[k] - shift);
     }
     c.partials[chain] = make_float2(sum, sumSquares);
-  }
+  });
 }
 
 /// The Sinkhorn normalization of a V tile, to the format's tolerance for V (kvarn-format.md §7:
