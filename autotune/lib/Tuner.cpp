@@ -365,7 +365,8 @@ Expected<std::string> mergeConfigEntries(const std::string &existingFile, const 
   };
   for (const nlohmann::json &entry : existing["entries"]) {
     const std::string spec = specOf(entry);
-    if (std::none_of(run.begin(), run.end(), [&](const nlohmann::json &r) { return specOf(r) == spec; }))
+    auto tunedNow = [&](const nlohmann::json &r) { return specOf(r) == spec; };
+    if (std::none_of(run.begin(), run.end(), tunedNow))
       merged.push_back(entry);
   }
   for (const nlohmann::json &entry : run)

@@ -43,12 +43,12 @@ struct FlushContext {
 
   FlushParams p;
   int block, head, slot, tensor, warp, lane;
-  bool active; ///< the tile loaded last is this CTA's tensor and is finite
-  Half *m;         ///< [rows][cols + 4]: the tile M of this CTA's tensor (fp16)
+  bool active;      ///< the tile loaded last is this CTA's tensor and is finite
+  Half *m;          ///< [rows][TileView::STRIDE]: the tile M of this CTA's tensor (fp16)
   float2 *partials; ///< (sum, sum of squares) of each chain
   float *colScale, *rowScale, *colLog, *rowLog, *colBest, *rowBest, *colStd, *rowStd;
   float *colInverse, *rowInverse; ///< IEEE 1/scale, for exact divisions by multiplication
-  float *scratch;  ///< one float: the imbalance, where one warp reduces it
+  float *scratch;                 ///< one float: the imbalance, where one warp reduces it
 
   static __device__ __forceinline__ FlushContext begin(const FlushParams &params) {
     FlushContext c;
@@ -346,15 +346,13 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
       ColumnSums leaves;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        const float2 s = DIVIDE ? *reinterpret_cast<const float2 *>(colScale + 2 * k)
-                                : make_float2(1.0f, 1.0f);
+        const float2 s =
+            DIVIDE ? *reinterpret_cast<const float2 *>(colScale + 2 * k) : make_float2(1.0f, 1.0f);
         const float2 inv = DIVIDE ? *reinterpret_cast<const float2 *>(colInverse + 2 * k)
                                   : make_float2(1.0f, 1.0f);
         const float2 m = unpackHalf2(w[k]);
-        leaves.v[2 * k] = leafSums(
-            scaled<DIVIDE>(m.x, s.x, inv.x, rowScale, rowInverse));
-        leaves.v[2 * k + 1] = leafSums(
-            scaled<DIVIDE>(m.y, s.y, inv.y, rowScale, rowInverse));
+        leaves.v[2 * k] = leafSums(scaled<DIVIDE>(m.x, s.x, inv.x, rowScale, rowInverse));
+        leaves.v[2 * k + 1] = leafSums(scaled<DIVIDE>(m.y, s.y, inv.y, rowScale, rowInverse));
       }
       rows[i] = treeSums<8>([&](int j) { return leaves.v[j]; }, 0);
       return leaves;
@@ -462,10 +460,10 @@ template <typename Ctx> __device__ __forceinline__ void resetScales(Ctx &c, int 
 
 /// The end of an iterate (iteration 0, the identity, first, included) whose row and column stds
 /// are being written: waits for them, keeps the current scales as the best iterate if its
-/// imbalance is at most `best` (ties: the later iterate wins; iteration 0 always), and, unless it is the last, takes the next
-/// iteration's column step from the column stds, each column's thread doing both, so one
-/// barrier later the next iteration's row sweep can start. EXACT: log and exp evaluated in
-/// double and rounded once (the K path); otherwise fp32 library functions.
+/// imbalance is at most `best` (ties: the later iterate wins; iteration 0 always), and, unless it
+/// is the last, takes the next iteration's column step from the column stds, each column's thread
+/// doing both, so one barrier later the next iteration's row sweep can start. EXACT: log and exp
+/// evaluated in double and rounded once (the K path); otherwise fp32 library functions.
 template <bool EXACT, typename V, typename Ctx>
 __device__ __forceinline__ void endIterate(Ctx &c, float &best, bool first, bool last) {
   __syncthreads(); // the std vectors are complete
@@ -542,8 +540,7 @@ __device__ __forceinline__ void accumulateShifted(float &sum, float &sumSquares,
 /// |mean| > MEAN_DOMINANCE * std for a line of `count` elements whose shifted sum is
 /// `shiftedSum` (shifted by `shift`, its first element).
 constexpr float MEAN_DOMINANCE = 8.0f;
-__device__ __forceinline__ bool meanDominates(float shift, float shiftedSum, int count,
-                                              float std) {
+__device__ __forceinline__ bool meanDominates(float shift, float shiftedSum, int count, float std) {
   return fabsf(shift + float(shiftedSum) / float(count)) > MEAN_DOMINANCE * std;
 }
 
@@ -720,8 +717,7 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
     const float rowScale = c.rowScale[row], rowInverse = c.rowInverse[row];
     auto normalized = [&](int k) {
       return scaled4(loadHalf4(line + k), *reinterpret_cast<const float4 *>(colScale + k),
-                           *reinterpret_cast<const float4 *>(colInverse + k), rowScale,
-                           rowInverse);
+                     *reinterpret_cast<const float4 *>(colInverse + k), rowScale, rowInverse);
     };
     // Step 2. The row's range.
     float lo = KVARN_INFINITY, hi = -KVARN_INFINITY;
