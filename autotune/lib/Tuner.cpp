@@ -346,23 +346,24 @@ std::string configEntriesJson(const std::vector<TuneResult> &results) {
   return entries.dump();
 }
 
-Expected<std::string> mergeConfigEntries(const std::string &existingFile, const std::string &path,
-                                         const std::string &runEntries) {
-  const nlohmann::json run = nlohmann::json::parse(runEntries);
+namespace {
+/// mergeConfigEntries on parsed entries (`run`: a JSON array).
+Expected<nlohmann::json> mergedEntries(const std::string &existingFile, const std::string &path,
+                                       const nlohmann::json &run) {
   if (existingFile.empty())
-    return run.dump();
+    return run;
   const nlohmann::json existing = nlohmann::json::parse(existingFile, nullptr, false);
   if (existing.is_discarded() || !existing.is_object() || !existing.contains("entries") ||
       !existing["entries"].is_array())
     return makeError(ErrorCode::InvalidArgument,
                      path + " exists but is not a configs file (no \"entries\" array); it was "
                             "left as it is: move it away or fix it, then run again with --resume");
-  nlohmann::json merged = nlohmann::json::array();
   auto specOf = [](const nlohmann::json &entry) {
     return entry.is_object() && entry.contains("spec") && entry["spec"].is_string()
                ? entry["spec"].get<std::string>()
                : std::string();
   };
+  nlohmann::json merged = nlohmann::json::array();
   for (const nlohmann::json &entry : existing["entries"]) {
     const std::string spec = specOf(entry);
     auto tunedNow = [&](const nlohmann::json &r) { return specOf(r) == spec; };
@@ -371,7 +372,17 @@ Expected<std::string> mergeConfigEntries(const std::string &existingFile, const 
   }
   for (const nlohmann::json &entry : run)
     merged.push_back(entry);
-  return merged.dump();
+  return merged;
+}
+} // namespace
+
+Expected<std::string> mergeConfigEntries(const std::string &existingFile, const std::string &path,
+                                         const std::string &runEntries) {
+  Expected<nlohmann::json> merged =
+      mergedEntries(existingFile, path, nlohmann::json::parse(runEntries));
+  if (!merged)
+    return merged.error();
+  return merged->dump();
 }
 
 std::vector<KernelSpec> specsToTune(const std::vector<KernelSpec> &plan,
@@ -1048,10 +1059,10 @@ Status writeConfigs(const std::string &path, const std::string &configs) {
     text << in.rdbuf();
     existing = text.str();
   }
-  Expected<std::string> entries = mergeConfigEntries(existing, path, file["entries"].dump());
+  Expected<nlohmann::json> entries = mergedEntries(existing, path, file["entries"]);
   if (!entries)
     return entries.error();
-  file["entries"] = nlohmann::json::parse(*entries);
+  file["entries"] = std::move(*entries);
   return writeAtomically(path, file.dump(2) + "\n");
 }
 

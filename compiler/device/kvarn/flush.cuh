@@ -109,8 +109,10 @@ template <int Tensor, typename Ctx> struct TileView {
   static constexpr int BLOCK_ROW_SEGMENTS = COLS / 64;        ///< row partials per row
   static constexpr int BLOCK_COL_SEGMENTS = ROWS / TILE_ROWS; ///< column partials per column
   static constexpr int TILES = BLOCK_ROW_SEGMENTS * BLOCK_COL_SEGMENTS;
+  /// The column partials follow the row partials in the partials buffer.
+  static constexpr int BLOCK_COL_PARTIALS = ROWS * BLOCK_ROW_SEGMENTS;
   static_assert(COLS % 64 == 0 && ROWS % TILE_ROWS == 0, "block tiles");
-  static_assert(ROWS * BLOCK_ROW_SEGMENTS + COLS * BLOCK_COL_SEGMENTS <= Ctx::PARTIALS,
+  static_assert(BLOCK_COL_PARTIALS + COLS * BLOCK_COL_SEGMENTS <= Ctx::PARTIALS,
                 "block partial sums fit");
 };
 
@@ -314,7 +316,7 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
   constexpr int RB = V::BLOCK_ROWS;
   const int laneRow = c.lane / 8, laneCol = c.lane % 8;
   float2 *rowPartials = c.partials;
-  float2 *colPartials = c.partials + V::ROWS * V::BLOCK_ROW_SEGMENTS;
+  float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
   // A loop of a fixed trip count (tiles are dealt to warps in turn; a warp with no tile left skips
   // its last round, which only happens where the warps do not divide the tiles).
 #pragma unroll 1
@@ -388,19 +390,14 @@ __device__ __forceinline__ float2 lineSums(const float2 *partials, int k, int li
   return treeSums<SEGMENTS>([&](int s) { return partials[s * lines + k]; }, 0);
 }
 template <int SEGMENTS, typename Ctx>
-__device__ __forceinline__ float2 combinedSums(const Ctx &c, int k, int lines) {
-  return lineSums<SEGMENTS>(c.partials, k, lines);
-}
-
-template <int SEGMENTS, typename Ctx>
 __device__ __forceinline__ float combinedStd(const Ctx &c, int k, int lines, int count) {
-  const float2 sums = combinedSums<SEGMENTS>(c, k, lines);
+  const float2 sums = lineSums<SEGMENTS>(c.partials, k, lines);
   return sampleStd(sums.x, sums.y, count);
 }
 
 /// rowStd and colStd from the partial sums of a sweep with COLUMNS (blockSums).
 template <typename V, typename Ctx> __device__ __forceinline__ void blockStds(Ctx &c) {
-  const float2 *colPartials = c.partials + V::ROWS * V::BLOCK_ROW_SEGMENTS;
+  const float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
   for (int k = threadIdx.x; k < V::ROWS + V::COLS; k += Ctx::THREADS) {
     if (k < V::ROWS) {
       const float2 sums = lineSums<V::BLOCK_ROW_SEGMENTS>(c.partials, k, V::ROWS);
@@ -611,7 +608,7 @@ __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
   __syncthreads();
   bool cancels = false;
   for (int k = tid; k < R; k += Ctx::THREADS) {
-    const float2 sums = combinedSums<V::ROW_SEGMENTS>(c, k, R);
+    const float2 sums = lineSums<V::ROW_SEGMENTS>(c.partials, k, R);
     c.rowStd[k] = sampleStd(sums.x, sums.y, C);
     cancels |= meanDominates(elementOf<V>(c, k, 0), sums.x, C, c.rowStd[k]);
   }
@@ -619,7 +616,7 @@ __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
   columnSumsScaled<V>(c);
   __syncthreads();
   for (int k = tid; k < C; k += Ctx::THREADS) {
-    const float2 sums = combinedSums<V::COL_SEGMENTS>(c, k, C);
+    const float2 sums = lineSums<V::COL_SEGMENTS>(c.partials, k, C);
     c.colStd[k] = sampleStd(sums.x, sums.y, R);
     cancels |= meanDominates(elementOf<V>(c, 0, k), sums.x, R, c.colStd[k]);
   }
