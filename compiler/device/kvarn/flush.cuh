@@ -174,14 +174,6 @@ __device__ __forceinline__ float scaled(float m, float colScale, float colInvers
                                         float rowInverse) {
   return DIVIDE ? divideExact(divideExact(m, colScale, colInverse), rowScale, rowInverse) : m;
 }
-/// Four consecutive elements of X (one row, four columns).
-__device__ __forceinline__ float4 scaled4(float4 m, float4 colScale, float4 colInverse,
-                                          float rowScale, float rowInverse) {
-  return make_float4(scaled<true>(m.x, colScale.x, colInverse.x, rowScale, rowInverse),
-                     scaled<true>(m.y, colScale.y, colInverse.y, rowScale, rowInverse),
-                     scaled<true>(m.z, colScale.z, colInverse.z, rowScale, rowInverse),
-                     scaled<true>(m.w, colScale.w, colInverse.w, rowScale, rowInverse));
-}
 /// Element (row, col) of M as a float.
 template <typename V, typename Ctx>
 __device__ __forceinline__ float elementOf(const Ctx &c, int row, int col) {
@@ -218,11 +210,11 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
       for (int w = 0; w < 4; ++w)
         words[w] = *reinterpret_cast<const uint32_t *>(src + 2 * w);
     }
+    // A half is NaN/Inf when its exponent bits are all set: adding 0x0400 to the masked
+    // exponent then carries into its sign bit (and never across halves).
 #pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      nonFinite |= (words[w] & 0x7c00u) == 0x7c00u;
-      nonFinite |= (words[w] & 0x7c000000u) == 0x7c000000u;
-    }
+    for (int w = 0; w < 4; ++w)
+      nonFinite |= (words[w] & 0x7c007c00u) + 0x04000400u;
     if (Tensor == 0) { // K: channel-major rows
 #pragma unroll
       for (int w = 0; w < 4; ++w) {
@@ -235,7 +227,7 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
       dst[1] = make_uint2(words[2], words[3]);
     }
   }
-  const bool bad = __syncthreads_or(int(nonFinite)) != 0;
+  const bool bad = __syncthreads_or(int((nonFinite & 0x80008000u) != 0)) != 0;
   if (bad && threadIdx.x == 0)
     atomicOr(c.p.status, 1);
   c.active = !bad;
@@ -565,21 +557,56 @@ template <typename V, typename Ctx> __device__ __forceinline__ void rowSumsScale
   });
 }
 
+/// W consecutive elements of M (4W-byte aligned, W = 1, 2 or 4) as floats.
+template <int W> __device__ __forceinline__ void loadHalves(const Half *src, float (&out)[W]) {
+  static_assert(W == 1 || W == 2 || W == 4, "one, two or four halves");
+  if constexpr (W == 4) {
+    const float4 v = loadHalf4(src);
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  } else if constexpr (W == 2) {
+    const float2 v = unpackHalf2(*reinterpret_cast<const uint32_t *>(src));
+    out[0] = v.x, out[1] = v.y;
+  } else {
+    out[0] = halfToFloat(*src);
+  }
+}
+
 /// Column sums of M * (1 / r[row]) in fp32, shifted by the column's first such product, into
-/// the partials: chain k = segment * COLS + col.
+/// the partials: chain k = segment * COLS + col. A thread takes the chains of W adjacent columns
+/// of one segment together (one load of M and one row inverse per row for all W; W = 4 unless
+/// that would leave threads without chains), each chain adding its elements in row order as on
+/// its own.
 template <typename V, typename Ctx> __device__ __forceinline__ void columnSumsScaled(Ctx &c) {
   constexpr int PER = V::ROWS / V::COL_SEGMENTS;
-  forEachChain<V::COLS * V::COL_SEGMENTS, Ctx::THREADS>([&](int chain) {
-    const int col = chain % V::COLS, segment = chain / V::COLS;
-    const float shift = elementOf<V>(c, 0, col) * c.rowInverse[0];
+  constexpr int W = V::COLS / 4 * V::COL_SEGMENTS >= Ctx::THREADS   ? 4
+                    : V::COLS / 2 * V::COL_SEGMENTS >= Ctx::THREADS ? 2
+                                                                    : 1;
+  constexpr int GROUPS = V::COLS / W;
+  static_assert(V::COLS % W == 0 && V::STRIDE % W == 0, "aligned column groups");
+  forEachChain<GROUPS * V::COL_SEGMENTS, Ctx::THREADS>([&](int group) {
+    const int col = W * (group % GROUPS), segment = group / GROUPS;
+    const float first = c.rowInverse[0];
+    float shift[W], sum[W], sumSquares[W];
+    loadHalves<W>(c.m + col, shift);
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      shift[j] *= first;
+      sum[j] = sumSquares[j] = 0.0f;
+    }
     const Half *line = c.m + PER * segment * V::STRIDE + col;
     const float *inverses = c.rowInverse + PER * segment;
-    float sum = 0.0f, sumSquares = 0.0f;
 #pragma unroll 8
     for (int k = 0; k < PER; ++k) {
-      accumulateShifted(sum, sumSquares, halfToFloat(line[k * V::STRIDE]) * inverses[k] - shift);
+      float m[W];
+      loadHalves<W>(line + k * V::STRIDE, m);
+      const float inverse = inverses[k];
+#pragma unroll
+      for (int j = 0; j < W; ++j)
+        accumulateShifted(sum[j], sumSquares[j], m[j] * inverse - shift[j]);
     }
-    c.partials[chain] = make_float2(sum, sumSquares);
+#pragma unroll
+    for (int j = 0; j < W; ++j)
+      c.partials[segment * V::COLS + col + j] = make_float2(sum[j], sumSquares[j]);
   });
 }
 
@@ -712,15 +739,26 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
     const float *colScale = c.colScale + part * SEGMENT;
     const float *colInverse = c.colInverse + part * SEGMENT;
     const float rowScale = c.rowScale[row], rowInverse = c.rowInverse[row];
-    auto normalized = [&](int k) {
-      return scaled4(loadHalf4(line + k), *reinterpret_cast<const float4 *>(colScale + k),
-                     *reinterpret_cast<const float4 *>(colInverse + k), rowScale, rowInverse);
+    // Y = M / best_c (one true division) and N = Y / best_r.
+    auto columnScaled = [&](int k) {
+      const float4 m = loadHalf4(line + k);
+      const float4 s = *reinterpret_cast<const float4 *>(colScale + k);
+      const float4 inv = *reinterpret_cast<const float4 *>(colInverse + k);
+      return make_float4(divideExact(m.x, s.x, inv.x), divideExact(m.y, s.y, inv.y),
+                         divideExact(m.z, s.z, inv.z), divideExact(m.w, s.w, inv.w));
     };
-    // Step 2. The row's range.
+    auto normalized = [&](int k) {
+      const float4 y = columnScaled(k);
+      return make_float4(divideExact(y.x, rowScale, rowInverse), divideExact(y.y, rowScale, rowInverse),
+                         divideExact(y.z, rowScale, rowInverse), divideExact(y.w, rowScale, rowInverse));
+    };
+    // Step 2. The row's range. A correctly rounded division by the row's scale (> 0) is
+    // monotonic, so min/max of N are the row's min/max of Y divided once: the same values as
+    // the reference's min/max over N, for one division per element fewer.
     float lo = KVARN_INFINITY, hi = -KVARN_INFINITY;
 #pragma unroll 4
     for (int k = 0; k < SEGMENT; k += 4) {
-      const float4 v = normalized(k);
+      const float4 v = columnScaled(k);
       lo = fminf(lo, fminf(fminf(v.x, v.y), fminf(v.z, v.w)));
       hi = fmaxf(hi, fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)));
     }
@@ -729,6 +767,8 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
       lo = fminf(lo, __shfl_xor_sync(group, lo, offset));
       hi = fmaxf(hi, __shfl_xor_sync(group, hi, offset));
     }
+    lo = divideExact(lo, rowScale, rowInverse);
+    hi = divideExact(hi, rowScale, rowInverse);
     const float scale = fmaxf((hi - lo) / qmax, 1e-10f);
     const float inverse = 1.0f / scale;
     // Step 3. Codes (exact division, half to even), packed little-endian, a word at a time.
