@@ -238,28 +238,33 @@ __device__ __forceinline__ float2 shuffleXor(float2 v, int mask) {
                      __shfl_xor_sync(0xffffffffu, v.y, mask));
 }
 
+/// The first line a lane keeps in laneTreeSums<N, MASK, LEVELS>: at each level that halves its
+/// lines, the lane with the level's bit set keeps the upper half (N / 2 added).
+template <int N, int MASK, int LEVELS> __device__ __forceinline__ int laneTreeFirst(int lane) {
+  if constexpr (LEVELS == 0 || N == 1)
+    return 0;
+  else
+    return ((lane & MASK) != 0 ? N / 2 : 0) + laneTreeFirst<N / 2, 2 * MASK, LEVELS - 1>(lane);
+}
 /// Adds the pairs v[0 .. N) of the lanes that differ in lane bit MASK, then 2 MASK, ... (LEVELS
 /// levels); each level adds two adjacent runs of the same lines, one level of their pairwise
-/// trees. While a lane holds more than one pair, a level halves them (the lane with the bit clear
-/// keeps the first half and adds its partner's first half, the other the second halves); once a
-/// lane holds one pair, both lanes of a level add the same two runs. Afterwards a lane holds the
-/// pairs first .. first + max(N >> LEVELS, 1) - 1 in v[0 ..]; returns first.
-template <int N, int MASK, int LEVELS>
-__device__ __forceinline__ int laneTreeSums(float2 *v, int lane) {
+/// trees. The caller stores line j ^ laneTreeFirst(lane) in v[j], so at a level that halves the
+/// lines every lane keeps v[0 .. N/2) and sends v[N/2 .. N), which then hold the same lines of
+/// the lane pair (no lane-dependent selects); once a lane holds one pair, both lanes of a level add
+/// the same two runs. Afterwards v[k] holds line laneTreeFirst(lane) + k,
+/// k < max(N >> LEVELS, 1). XOR-permuting the slots swaps subtrees of a pairwise tree, and
+/// a + b == b + a, so sums over the slots in slot order have the same bits as in line order.
+template <int N, int MASK, int LEVELS> __device__ __forceinline__ void laneTreeSums(float2 *v) {
   if constexpr (LEVELS == 0) {
-    return 0;
+    return;
   } else if constexpr (N == 1) {
     v[0] = addSums(v[0], shuffleXor(v[0], MASK));
-    return laneTreeSums<1, 2 * MASK, LEVELS - 1>(v, lane);
+    laneTreeSums<1, 2 * MASK, LEVELS - 1>(v);
   } else {
-    const bool upper = (lane & MASK) != 0;
 #pragma unroll
-    for (int j = 0; j < N / 2; ++j) {
-      const float2 send = upper ? v[j] : v[j + N / 2];
-      const float2 keep = upper ? v[j + N / 2] : v[j];
-      v[j] = addSums(keep, shuffleXor(send, MASK)); // a + b == b + a: the same bits either way
-    }
-    return (upper ? N / 2 : 0) + laneTreeSums<N / 2, 2 * MASK, LEVELS - 1>(v, lane);
+    for (int j = 0; j < N / 2; ++j)
+      v[j] = addSums(v[j], shuffleXor(v[j + N / 2], MASK));
+    laneTreeSums<N / 2, 2 * MASK, LEVELS - 1>(v);
   }
 }
 /// The lane bits of laneTreeSums<N, MASK, LEVELS>'s levels where both lanes hold the same pair
@@ -307,6 +312,10 @@ template <bool DIVIDE, bool COLUMNS, typename V, typename Ctx>
 __device__ __forceinline__ void blockSums(Ctx &c) {
   constexpr int RB = V::BLOCK_ROWS;
   const int laneRow = c.lane / 8, laneCol = c.lane % 8;
+  // Slot i of the block's rows holds row i ^ rowPerm and, with COLUMNS, slot pair k of its
+  // columns holds columns 2 (k ^ pairPerm) and + 1, the orders laneTreeSums takes.
+  const int rowPerm = laneTreeFirst<RB, 1, 3>(c.lane);
+  const int pairPerm = COLUMNS ? laneTreeFirst<8, 8, 2>(c.lane) / 2 : 0;
   float2 *rowPartials = c.partials;
   float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
   // A loop of a fixed trip count (tiles are dealt to warps in turn; a warp with no tile left skips
@@ -324,10 +333,15 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     // Row i of the block: its eight elements, their row run's sums into rows[i], and the column
     // leaves.
     float2 rows[RB];
-    auto row = [&](int i) {
+    auto row = [&](int slot) {
+      const int i = slot ^ rowPerm;
       const Half *src = c.m + (row0 + i) * V::STRIDE + col0;
       uint32_t w[4];
-      if constexpr (V::STRIDE % 8 == 0) { // 16-byte aligned rows
+      if constexpr (COLUMNS) { // the pairs in slot order
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          w[k] = *reinterpret_cast<const uint32_t *>(src + 2 * (k ^ pairPerm));
+      } else if constexpr (V::STRIDE % 8 == 0) { // 16-byte aligned rows
         const uint4 q = *reinterpret_cast<const uint4 *>(src);
         w[0] = q.x, w[1] = q.y, w[2] = q.z, w[3] = q.w;
       } else {
@@ -340,15 +354,16 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
       ColumnSums leaves;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        const float2 s =
-            DIVIDE ? *reinterpret_cast<const float2 *>(colScale + 2 * k) : make_float2(1.0f, 1.0f);
-        const float2 inv = DIVIDE ? *reinterpret_cast<const float2 *>(colInverse + 2 * k)
+        const int pair = k ^ pairPerm;
+        const float2 s = DIVIDE ? *reinterpret_cast<const float2 *>(colScale + 2 * pair)
+                                : make_float2(1.0f, 1.0f);
+        const float2 inv = DIVIDE ? *reinterpret_cast<const float2 *>(colInverse + 2 * pair)
                                   : make_float2(1.0f, 1.0f);
         const float2 m = unpackHalf2(w[k]);
         leaves.v[2 * k] = leafSums(scaled<DIVIDE>(m.x, s.x, inv.x, rowScale, rowInverse));
         leaves.v[2 * k + 1] = leafSums(scaled<DIVIDE>(m.y, s.y, inv.y, rowScale, rowInverse));
       }
-      rows[i] = treeSums<8>([&](int j) { return leaves.v[j]; }, 0);
+      rows[slot] = treeSums<8>([&](int j) { return leaves.v[j]; }, 0);
       return leaves;
     };
     ColumnSums cols;
@@ -360,17 +375,17 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
         row(i);
     }
     // The lanes' runs, added across the warp in one group of shuffles per tile.
-    const int firstRow = laneTreeSums<RB, 1, 3>(rows, c.lane);
+    laneTreeSums<RB, 1, 3>(rows);
     if ((c.lane & laneTreeCopies<RB, 1, 3>()) == 0) {
 #pragma unroll
       for (int k = 0; k < (RB >= 8 ? RB / 8 : 1); ++k)
-        rowPartials[tileCol * V::ROWS + row0 + firstRow + k] = rows[k];
+        rowPartials[tileCol * V::ROWS + row0 + rowPerm + k] = rows[k];
     }
     if (COLUMNS) {
-      const int firstCol = laneTreeSums<8, 8, 2>(cols.v, c.lane);
+      laneTreeSums<8, 8, 2>(cols.v);
 #pragma unroll
       for (int k = 0; k < 2; ++k)
-        colPartials[tileRow * V::COLS + col0 + firstCol + k] = cols.v[k];
+        colPartials[tileRow * V::COLS + col0 + 2 * pairPerm + k] = cols.v[k];
     }
   }
 }
