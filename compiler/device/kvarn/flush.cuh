@@ -330,8 +330,8 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     // The column scales are read again for every row (broadcast loads) rather than kept: the
     // column trees' partial sums need the registers.
     const float *colScale = c.colScale + col0, *colInverse = c.colInverse + col0;
-    // Row i of the block: its eight elements, their row run's sums into rows[i], and the column
-    // leaves.
+    // Slot `slot` of the block's rows (row slot ^ rowPerm): its eight elements, their row run's
+    // sums into rows[slot], and the column leaves (in slot order).
     float2 rows[RB];
     auto row = [&](int slot) {
       const int i = slot ^ rowPerm;
