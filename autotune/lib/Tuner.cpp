@@ -1054,7 +1054,12 @@ Status writeAtomically(const std::string &path, const std::string &text) {
 Status writeConfigs(const std::string &path, const std::string &configs) {
   nlohmann::json file = nlohmann::json::parse(configs);
   std::string existing;
-  if (std::ifstream in(path); in) {
+  std::error_code missing;
+  if (std::filesystem::exists(path, missing)) {
+    std::ifstream in(path);
+    if (!in || !std::filesystem::is_regular_file(path, missing))
+      return makeError(ErrorCode::Io, "cannot read " + path + "; it was left as it is: move it "
+                                      "away or fix it, then run again with --resume");
     std::stringstream text;
     text << in.rdbuf();
     existing = text.str();

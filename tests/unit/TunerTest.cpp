@@ -9,9 +9,9 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <unistd.h>
-#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -570,7 +570,6 @@ TEST(EnvironmentKey, NamesTheSiliconNotTheProduct) {
   EXPECT_EQ(environmentKey(9, 0, 132, 60 << 20, 3201000), "sm90-132sm-60mb-l2-3201mhz");
 }
 
-} // namespace
 
 TEST(TuneConfigs, ARunKeepsTheEntriesOfSpecsItDidNotTuneAndReplacesThoseItDid) {
   const std::string existing = R"({"environment": {"name": "x"}, "entries": [
@@ -630,5 +629,17 @@ TEST(TuneConfigs, WritingKeepsOtherSpecsAndNeverOverwritesAFileItCannotRead) {
   ASSERT_FALSE(refused);
   EXPECT_NE(refused.error().message.find("not a configs file"), std::string::npos);
   EXPECT_EQ(read(), "{truncated"); // left as it was
+
+  // Something at the path that is not a readable file (here a directory) is refused, not
+  // replaced.
+  std::filesystem::remove(path);
+  std::filesystem::create_directories(dir / "gpu.json" / "inside");
+  Status unreadable = writeConfigs(path, R"({"entries": []})");
+  ASSERT_FALSE(unreadable);
+  EXPECT_NE(unreadable.error().message.find("cannot read " + path), std::string::npos)
+      << unreadable.error().message;
+  EXPECT_TRUE(std::filesystem::is_directory(dir / "gpu.json" / "inside"));
   std::filesystem::remove_all(dir);
 }
+
+} // namespace
