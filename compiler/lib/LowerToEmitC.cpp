@@ -126,6 +126,7 @@ struct LowerToEmitCPass : impl::KvarnLowerToEmitCBase<LowerToEmitCPass> {
               .Case([](TileAttendPoolPageOp) { return TileAttendPoolPageOp::getDeviceFunction(); })
               .Case([](TileMergeWarpsOp) { return TileMergeWarpsOp::getDeviceFunction(); })
               .Case([](TileStoreOutputOp) { return TileStoreOutputOp::getDeviceFunction(); })
+              .Case([](TileReleaseMergeOp) { return TileReleaseMergeOp::getDeviceFunction(); })
               .Case([](TileMergeSplitsOp) { return TileMergeSplitsOp::getDeviceFunction(); })
               .Case([](TileLoadTileOp) { return TileLoadTileOp::getDeviceFunction(); })
               .Case([](TileNormalizeOp) { return TileNormalizeOp::getDeviceFunction(); })

@@ -78,6 +78,8 @@ void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const Kerne
     TileLoadRecordOp::create(builder, loc, ctx, page, constantI32(builder, loc, slot));
   }
   TileRotateQueryOp::create(builder, loc, ctx);
+  if (t.schedule.getSplits() != 1) // a merge kernel may follow: let it launch now
+    TileReleaseMergeOp::create(builder, loc, ctx);
   // Step 2. The page loop: prefetch stages - 1 pages ahead, then compute this page (one stage:
   // the next page's K half after the scores, its V half after the output update).
   auto loop = scf::ForOp::create(builder, loc, range.getFirst(), range.getEnd(), range.getStep());

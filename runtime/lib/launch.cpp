@@ -70,7 +70,8 @@ KernelModule::~KernelModule() {
 KernelModule::KernelModule(KernelModule &&other) noexcept
     : module_(std::exchange(other.module_, nullptr)), functions_(std::move(other.functions_)),
       schedule_(other.schedule_), sharedBytes_(other.sharedBytes_),
-      residentCtasPerSm_(other.residentCtasPerSm_) {}
+      residentCtasPerSm_(other.residentCtasPerSm_),
+      programmaticMerge_(other.programmaticMerge_) {}
 KernelModule &KernelModule::operator=(KernelModule &&other) noexcept {
   if (this != &other) {
     if (module_)
@@ -80,6 +81,7 @@ KernelModule &KernelModule::operator=(KernelModule &&other) noexcept {
     schedule_ = other.schedule_;
     sharedBytes_ = other.sharedBytes_;
     residentCtasPerSm_ = other.residentCtasPerSm_;
+    programmaticMerge_ = other.programmaticMerge_;
   }
   return *this;
 }
@@ -161,6 +163,16 @@ Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
       return resident.error();
     module.residentCtasPerSm_ = *resident;
   }
+  if (module.functions_.size() > 1) {
+    // The device library waits for its prerequisite grid (griddepcontrol) where it was compiled
+    // for sm_90 or later: the PTX version the second function was generated for says so.
+    int ptxVersion = 0;
+    if (Status s = KVARN_CU(d.cuFuncGetAttribute(&ptxVersion, CU_FUNC_ATTRIBUTE_PTX_VERSION,
+                                                 module.functions_[1]));
+        !s)
+      return s.error();
+    module.programmaticMerge_ = ptxVersion >= 90;
+  }
   return module;
 }
 
@@ -230,11 +242,24 @@ Status launchDecode(const KernelModule &module, dev::DecodeParams params, int nu
                                            nullptr));
       !s)
     return s;
-  if (plan.numSplits > 1 && module.functionCount() > 1)
-    return KVARN_CU(d.cuLaunchKernel(module.function(1), params.numKvHeads, params.batch,
-                                     numQueryHeadsPerKv, module.threads(), 1, 1,
-                                     unsigned(module.sharedBytes()), stream, arguments, nullptr));
-  return Status::success();
+  if (plan.numSplits <= 1 || module.functionCount() < 2)
+    return Status::success();
+  // The merge launches as the decode's programmatic dependent where the kernels support it: its
+  // CTAs start while the decode's last pages run and wait for the partials on the device.
+  CUlaunchAttribute attribute{};
+  attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+  attribute.value.programmaticStreamSerializationAllowed = 1;
+  CUlaunchConfig config{};
+  config.gridDimX = unsigned(params.numKvHeads);
+  config.gridDimY = unsigned(params.batch);
+  config.gridDimZ = unsigned(numQueryHeadsPerKv);
+  config.blockDimX = unsigned(module.threads());
+  config.blockDimY = config.blockDimZ = 1;
+  config.sharedMemBytes = unsigned(module.sharedBytes());
+  config.hStream = stream;
+  config.attrs = module.programmaticMerge() ? &attribute : nullptr;
+  config.numAttrs = module.programmaticMerge() ? 1 : 0;
+  return KVARN_CU(d.cuLaunchKernelEx(&config, module.function(1), arguments, nullptr));
 }
 
 Status launchFlush(const KernelModule &module, const dev::FlushParams &params, CUstream stream) {

@@ -327,6 +327,22 @@ __device__ __forceinline__ void prefetchL2(const void *address) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(address));
 }
 
+/// Programmatic dependent launch (sm_90 and later; no-ops before). A kernel launched after this
+/// one with programmatic stream serialization may start once every CTA here has called
+/// releaseDependents (or exited); it calls awaitPrerequisites before it reads anything this one
+/// writes, which waits for this grid to complete and its writes to be visible. Without that
+/// launch attribute both return at once.
+__device__ __forceinline__ void releaseDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void awaitPrerequisites() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 /// Unnormalized Walsh-Hadamard butterflies of one row of E * LANES values held by LANES
 /// consecutive lanes, lane l holding the E contiguous values [E*l, E*l + E): log2(E) levels inside
 /// the lane, then log2(LANES) across lanes (shuffles; call with the whole warp converged). The

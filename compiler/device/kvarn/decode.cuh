@@ -1154,6 +1154,13 @@ __device__ __forceinline__ void storePartial(Ctx &c, const float *merged, const 
   }
 }
 
+/// Lets the split-merge kernel, launched as this kernel's programmatic dependent, start early:
+/// its CTAs take free slots and wait there (awaitPrerequisites in mergeSplits) for this grid to
+/// finish, so the merge's launch and set-up overlap the decode's last pages.
+template <typename Ctx> __device__ __forceinline__ void releaseMerge(Ctx &) {
+  releaseDependents();
+}
+
 /// Final output (one split) or this split's partial (output, LSE) for mergeSplits.
 template <bool Partial, typename Ctx> __device__ __forceinline__ void storeOutput(Ctx &c) {
   if (!c.merged)
@@ -1191,6 +1198,7 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   const int64_t head = int64_t(c.request) * numQueryHeads + int64_t(c.kvHead) * Ctx::QH + query;
   const float *lse = c.p.partialLse + head * c.numSplits;
   const float *partial = c.p.partialOut + head * c.numSplits * Ctx::HD;
+  awaitPrerequisites(); // the decode kernel's partials (launched early as its dependent)
   // Step 1. The first EARLY splits' partials of this thread's channels (they do not depend on
   // the LSEs), then the LSEs, all in flight together.
   const int early = min(EARLY, c.numSplits);

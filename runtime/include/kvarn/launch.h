@@ -59,6 +59,9 @@ public:
   int localBytes(size_t index) const;
   /// CTAs of function 0 resident per multiprocessor (registers, shared memory, threads).
   int residentCtasPerSm() const { return residentCtasPerSm_; }
+  /// Function 1 (a decode's split merge) waits for function 0's grid on the device, so it may
+  /// launch as function 0's programmatic dependent (kernels generated for sm_90 or later).
+  bool programmaticMerge() const { return programmaticMerge_; }
 
 private:
   CUmodule module_ = nullptr;
@@ -66,6 +69,7 @@ private:
   Schedule schedule_;
   size_t sharedBytes_ = 0;
   int residentCtasPerSm_ = 1;
+  bool programmaticMerge_ = false;
 };
 
 /// Registers per thread that `warpsPerSm` resident warps leave on an SM of sm_80 or later with

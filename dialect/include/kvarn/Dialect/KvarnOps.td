@@ -311,6 +311,20 @@ def Kvarn_TileStoreOutputOp : Kvarn_ContextOp<"store_output", "storeOutput", (in
   let assemblyFormat = "$context attr-dict `:` qualified(type($context))";
 }
 
+def Kvarn_TileReleaseMergeOp : Kvarn_ContextOp<"release_merge", "releaseMerge"> {
+  let summary = "Lets the split-merge kernel start early (programmatic dependent launch)";
+  let description = [{
+    Emitted in decode kernels that may run several splits. On sm_90 and later the runtime
+    launches the merge kernel as this kernel's programmatic dependent; once every CTA has passed
+    this op the merge's CTAs may become resident and wait, inside `kvarn.tile.merge_splits`,
+    for this grid to complete. Earlier architectures ignore it.
+    ```mlir
+    kvarn.tile.release_merge %ctx : !kvarn.context<decode>
+    ```
+  }];
+  let assemblyFormat = "$context attr-dict `:` qualified(type($context))";
+}
+
 def Kvarn_TileMergeSplitsOp : Kvarn_ContextOp<"merge_splits", "mergeSplits"> {
   let summary = "Merges the splits' partial outputs by LSE, un-rotates and stores";
   let description = [{ ```mlir
