@@ -10,6 +10,7 @@
 // CHECK: call_opaque "kvarn::dev::loadKeys"(%[[CTX]], %{{.*}}, %{{.*}}) : (!emitc.opaque
 // CHECK: call_opaque "kvarn::dev::loadValues"(%[[CTX]], %{{.*}}, %{{.*}}) : (!emitc.opaque
 // CHECK: call_opaque "kvarn::dev::rotateQuery"(%[[CTX]])
+// CHECK-NEXT: call_opaque "kvarn::dev::releaseMerge"(%[[CTX]])
 // CHECK: for
 // CHECK: call_opaque "kvarn::dev::scoresOnCodes"(%[[CTX]], %{{.*}}, %{{.*}}) : (!emitc.opaque
 // CHECK: call_opaque "kvarn::dev::loadKeys"(%[[CTX]], %{{.*}}, %{{.*}}) : (!emitc.opaque

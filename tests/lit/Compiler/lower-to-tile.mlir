@@ -5,7 +5,8 @@
 // groups); two stages run a rolling
 // pipeline (a prologue load, then the next page's load into the other slot before each page's
 // compute, one copy of the compute code with a computed slot); one warp needs no warp merge; a
-// fixed single split needs no merge kernel.
+// fixed single split needs no merge kernel, and so releases none (release_merge lets the merge
+// kernel launch early).
 
 // CHECK-LABEL: func.func @one_stage(%{{.*}}: !kvarn.params<decode>) attributes {kvarn.kernel, kvarn.threads = 128 : i64}
 // CHECK: %[[CTX:.*]] = kvarn.tile.begin
@@ -13,6 +14,7 @@
 // CHECK: kvarn.tile.load_keys %[[CTX]], %[[FIRST]], slot %[[SLOT0:.*]] :
 // CHECK-NEXT: kvarn.tile.load_values %[[CTX]], %[[FIRST]], slot %[[SLOT0]] :
 // CHECK-NEXT: kvarn.tile.rotate_query %[[CTX]]
+// CHECK-NEXT: kvarn.tile.release_merge %[[CTX]]
 // CHECK: scf.for %[[PAGE:.*]] = %[[FIRST]] to %[[END]] step %[[STEP]] : i32 {
 // CHECK:   %[[ZERO:.*]] = arith.constant 0 : i32
 // CHECK:   %[[NEXT:.*]] = arith.addi %[[PAGE]], %[[STEP]] : i32
@@ -51,6 +53,7 @@ func.func @one_stage(%q: memref<?x64x128xf16>, %cache: memref<?x8x13824xi8>,
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
 // CHECK: kvarn.tile.load_record %[[CTX]], %[[FIRST]], slot %{{.*}}
 // CHECK-NEXT: kvarn.tile.rotate_query %[[CTX]]
+// CHECK-NOT: kvarn.tile.release_merge
 // CHECK: scf.for %[[PAGE:.*]] = %[[FIRST]] to %[[END]] step %[[STEP]] : i32 {
 // CHECK:   %[[TWO:.*]] = arith.constant 2 : i32
 // CHECK:   %[[OFFSET:.*]] = arith.subi %[[PAGE]], %[[FIRST]] : i32

@@ -71,6 +71,7 @@ func.func @dequantize(%cache: memref<?x8x32768xi8>, %entries: memref<?x2xi32>,
 // CHECK-LABEL: func.func @tile_ops
 // CHECK: %[[CTX:.*]] = kvarn.tile.begin %{{.*}} {dtype = f16, format = #kvarn.format<kvarn_k4v2_g128, head_dim = 128>, q_per_kv = 8 : i64, schedule = #kvarn.schedule<decode, stages = 2>} : !kvarn.params<decode> -> !kvarn.context<decode>
 // CHECK: kvarn.tile.rotate_query %[[CTX]]
+// CHECK: kvarn.tile.release_merge %[[CTX]]
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
 // CHECK: kvarn.tile.is_pool_page %[[CTX]], %[[FIRST]]
 // CHECK: %[[SLOT:.*]] = arith.constant 1 : i32
@@ -87,6 +88,7 @@ func.func @tile_ops(%params: !kvarn.params<decode>) {
       schedule = #kvarn.schedule<decode, stages = 2>, q_per_kv = 8 : i64, dtype = f16}
       : !kvarn.params<decode> -> !kvarn.context<decode>
   kvarn.tile.rotate_query %ctx : !kvarn.context<decode>
+  kvarn.tile.release_merge %ctx : !kvarn.context<decode>
   %first, %end, %step = kvarn.tile.page_range %ctx : !kvarn.context<decode> -> i32, i32, i32
   %pool = kvarn.tile.is_pool_page %ctx, %first : !kvarn.context<decode>, i32
   %slot = arith.constant 1 : i32
