@@ -65,7 +65,10 @@ void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const Kerne
   Value ahead = stages <= 2 ? range.getStep()
                            : Value(arith::MulIOp::create(builder, loc, range.getStep(),
                                                          constantI32(builder, loc, stages - 1)));
-  // Step 1. Prologue: the loads of the first max(stages - 1, 1) pages, then the query rotation.
+  // Step 1. Prologue: the query rotation, then the loads of the first max(stages - 1, 1) pages.
+  // In this order the query loads do not queue behind every warp's page copies (measured on the
+  // H200: 2-4 us off a launch's first page at B = 1).
+  TileRotateQueryOp::create(builder, loc, ctx);
   Value page = range.getFirst();
   if (stages == 1) {
     Value zero = constantI32(builder, loc, 0);
@@ -77,7 +80,6 @@ void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const Kerne
       page = arith::AddIOp::create(builder, loc, page, range.getStep());
     TileLoadRecordOp::create(builder, loc, ctx, page, constantI32(builder, loc, slot));
   }
-  TileRotateQueryOp::create(builder, loc, ctx);
   if (t.schedule.getSplits() != 1) // a merge kernel may follow: let it launch now
     TileReleaseMergeOp::create(builder, loc, ctx);
   // Step 2. The page loop: prefetch stages - 1 pages ahead, then compute this page (one stage:

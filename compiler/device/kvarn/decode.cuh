@@ -135,7 +135,8 @@ struct DecodeContext {
     c.lane = threadIdx.x % 32;
     c.t = c.lane % 4;
     c.i = c.lane / 4;
-    // The queries are read after the first page's lookups: start pulling them into L2 now.
+    // rotateQuery reads the queries next, before the first page's lookups and copies: every
+    // thread of the group's rows starts pulling its line into L2 now.
     constexpr int QUERY_BYTES = Q * D * int(sizeof(T));
     if (int(threadIdx.x) * 128 < QUERY_BYTES) // every address inside this group's rows
       prefetchL2(static_cast<const unsigned char *>(params.query) +

@@ -1,6 +1,7 @@
 // RUN: kvarn-opt %s -kvarn-specialize -kvarn-lower-to-tile | FileCheck %s
-// The schedule shapes the kernel: one stage loads the first page (K half, V half) before the
-// query rotation, then loads the next page's K half once the scores free it and its V half once
+// The schedule shapes the kernel: the query rotation comes first (its loads would otherwise
+// queue behind every warp's page copies); one stage loads the first page (K half, V half), then
+// loads the next page's K half once the scores free it and its V half once
 // the output update frees it (on the pool-page path too, so every path closes the same copy
 // groups); two stages run a rolling
 // pipeline (a prologue load, then the next page's load into the other slot before each page's
@@ -11,9 +12,9 @@
 // CHECK-LABEL: func.func @one_stage(%{{.*}}: !kvarn.params<decode>) attributes {kvarn.kernel, kvarn.threads = 128 : i64}
 // CHECK: %[[CTX:.*]] = kvarn.tile.begin
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
+// CHECK-NEXT: kvarn.tile.rotate_query %[[CTX]]
 // CHECK: kvarn.tile.load_keys %[[CTX]], %[[FIRST]], slot %[[SLOT0:.*]] :
 // CHECK-NEXT: kvarn.tile.load_values %[[CTX]], %[[FIRST]], slot %[[SLOT0]] :
-// CHECK-NEXT: kvarn.tile.rotate_query %[[CTX]]
 // CHECK-NEXT: kvarn.tile.release_merge %[[CTX]]
 // CHECK: scf.for %[[PAGE:.*]] = %[[FIRST]] to %[[END]] step %[[STEP]] : i32 {
 // CHECK:   %[[ZERO:.*]] = arith.constant 0 : i32
@@ -51,8 +52,8 @@ func.func @one_stage(%q: memref<?x64x128xf16>, %cache: memref<?x8x13824xi8>,
 // CHECK-LABEL: func.func @two_stages
 // CHECK: %[[CTX:.*]] = kvarn.tile.begin
 // CHECK: %[[FIRST:.*]], %[[END:.*]], %[[STEP:.*]] = kvarn.tile.page_range %[[CTX]]
-// CHECK: kvarn.tile.load_record %[[CTX]], %[[FIRST]], slot %{{.*}}
 // CHECK-NEXT: kvarn.tile.rotate_query %[[CTX]]
+// CHECK: kvarn.tile.load_record %[[CTX]], %[[FIRST]], slot %{{.*}}
 // CHECK-NOT: kvarn.tile.release_merge
 // CHECK: scf.for %[[PAGE:.*]] = %[[FIRST]] to %[[END]] step %[[STEP]] : i32 {
 // CHECK:   %[[TWO:.*]] = arith.constant 2 : i32
