@@ -222,8 +222,9 @@ double runDecode(const DecodeCase &dc, uint64_t seed, bool planned = true, int f
       allocate(decodeWorkspaceBytes(batch, dc.numKvHeads, dc.q, dc.headDim, plan.numSplits));
   // NaN partials: the merge (launched early as the decode's programmatic dependent on sm_90)
   // must read only what this launch's decode wrote, or the output check below finds NaN.
-  if (workspace.as<void>() != nullptr)
+  if (workspace.as<void>() != nullptr) {
     EXPECT_TRUE(workspace.fill(0xff));
+  }
   dev::DecodeParams params{};
   params.query = dq.as<void>();
   params.out = dOut.as<void>();
