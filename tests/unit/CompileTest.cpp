@@ -97,6 +97,45 @@ TEST(NvrtcCompile, NewerAndConsumerArchitecturesCompileWithoutWarnings) {
     EXPECT_EQ(job.failure, "") << job.spec << " [" << job.schedule << "]";
 }
 
+/// The PTX of entry `name` (from its `.entry` line to the next entry or the end).
+std::string entryPtx(const std::string &ptx, const std::string &name) {
+  const size_t begin = ptx.find(".entry " + name + "(");
+  if (begin == std::string::npos)
+    return "";
+  const size_t end = ptx.find(".entry ", begin + 1);
+  return ptx.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+}
+
+TEST(NvrtcCompile, TheSplitMergeIsAProgrammaticDependentOnlyFromSm90) {
+  // sm_90a: the decode kernel releases its merge kernel early and the merge waits for the
+  // decode's grid before it reads the partials; sm_80 has neither instruction (the runtime then
+  // launches the merge plainly); one fixed split has no merge kernel and releases nothing.
+  struct Case {
+    const char *spec, *schedule;
+    bool release, wait;
+  };
+  for (const Case &c : {Case{"decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", "", true, true},
+                        Case{"decode:kvarn_k4v2_g128:d128:q8:f16:sm_80", "", false, false},
+                        Case{"decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", "splits=1", false, false}}) {
+    Expected<KernelSpec> spec = parseKernelSpec(c.spec);
+    ASSERT_TRUE(spec) << spec.error().message;
+    Expected<Schedule> schedule = parseSchedule(c.schedule, spec->op);
+    ASSERT_TRUE(schedule) << schedule.error().message;
+    Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(*spec, *schedule);
+    ASSERT_TRUE(kernel) << kernel.error().message;
+    const std::string decode = entryPtx(kernel->ptx, kernel->kernelNames.at(0));
+    ASSERT_NE(decode, "") << c.spec;
+    EXPECT_EQ(decode.find("griddepcontrol.launch_dependents") != std::string::npos, c.release)
+        << c.spec << " '" << c.schedule << "'";
+    EXPECT_EQ(kernel->kernelNames.size(), std::string(c.schedule) == "splits=1" ? 1u : 2u);
+    if (kernel->kernelNames.size() > 1) {
+      const std::string merge = entryPtx(kernel->ptx, kernel->kernelNames.at(1));
+      ASSERT_NE(merge, "") << c.spec;
+      EXPECT_EQ(merge.find("griddepcontrol.wait") != std::string::npos, c.wait) << c.spec;
+    }
+  }
+}
+
 TEST(NvrtcCompile, ImpossibleSchedulesAreRejectedBeforeNvrtc) {
   std::vector<Job> jobs = {{"decode:kvarn_k4v2_g128:d256:q16:f16:sm_89", ""},
                            {"decode:kvarn_k4v2_g128:d256:q16:f16:sm_89", "warps=8"}};
