@@ -93,6 +93,10 @@ typedef struct kvarn_decode_args {
   float softmax_scale;        /* 0: 1/sqrt(D) */
 } kvarn_decode_args;
 
+/* Decode: one kernel, plus the split-merge kernel when num_splits > 1, both on `stream` (CUDA-graph
+ * capture works). On sm_90 and later the merge launches as the decode kernel's programmatic
+ * dependent: it may start while the decode runs and waits on the device for its partials. Work
+ * queued after the launch still waits for both kernels, as with plain launches. */
 kvarn_status kvarn_launch_decode(kvarn_kernel kernel, const kvarn_decode_args *args,
                                  int num_splits, kvarn_stream stream);
 
