@@ -164,14 +164,13 @@ Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
     module.residentCtasPerSm_ = *resident;
   }
   if (module.functions_.size() > 1) {
-    // The device library waits for its prerequisite grid (griddepcontrol) where it was compiled
-    // for sm_90 or later: the PTX version the second function was generated for says so.
-    int ptxVersion = 0;
-    if (Status s = KVARN_CU(d.cuFuncGetAttribute(&ptxVersion, CU_FUNC_ATTRIBUTE_PTX_VERSION,
-                                                 module.functions_[1]));
-        !s)
-      return s.error();
-    module.programmaticMerge_ = ptxVersion >= 90;
+    // A merge that waits for the decode grid (griddepcontrol, sm_90 and later) comes with this
+    // marker; a module without it (built for sm_80, or by an earlier device library and found
+    // in a cache or bundle) has its merge launched plainly.
+    CUdeviceptr marker = 0;
+    size_t markerBytes = 0;
+    module.programmaticMerge_ = d.cuModuleGetGlobal(&marker, &markerBytes, module.module_,
+                                                    "kvarn_merge_awaits_decode") == CUDA_SUCCESS;
   }
   return module;
 }

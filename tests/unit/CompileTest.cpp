@@ -132,6 +132,11 @@ TEST(NvrtcCompile, TheSplitMergeIsAProgrammaticDependentOnlyFromSm90) {
       const std::string merge = entryPtx(kernel->ptx, kernel->kernelNames.at(1));
       ASSERT_NE(merge, "") << c.spec;
       EXPECT_EQ(merge.find("griddepcontrol.wait") != std::string::npos, c.wait) << c.spec;
+      // The marker the runtime looks for before it launches the merge early.
+      EXPECT_EQ(kernel->ptx.find(".global .align 4 .u32 kvarn_merge_awaits_decode") !=
+                    std::string::npos,
+                c.wait)
+          << c.spec;
     }
   }
 }

@@ -1176,6 +1176,14 @@ template <bool Partial, typename Ctx> __device__ __forceinline__ void storeOutpu
     storePartial(c, merged, lse, headBase);
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+/// Present in modules whose merge kernel waits for the decode grid (awaitPrerequisites in
+/// mergeSplits): the runtime launches only such a merge as the decode's programmatic dependent
+/// (a module built by an earlier library, or for sm_80, launches it plainly).
+extern "C" __device__ int kvarn_merge_awaits_decode;
+__device__ int kvarn_merge_awaits_decode = 1;
+#endif
+
 /// Merges the splits of one (request, kv head, query head = blockIdx.z) by LSE, un-rotates and
 /// stores (grid: kv heads x requests x Q; one thread per channel). The kernel is a short chain of
 /// memory round trips, so it issues what does not depend on the LSEs first: the partials of the

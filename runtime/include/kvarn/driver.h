@@ -15,7 +15,7 @@ namespace kvarn {
   X(cuDeviceGetAttribute) X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease)               \
   X(cuCtxSetCurrent) X(cuCtxSynchronize) X(cuModuleLoadData) X(cuModuleUnload)                   \
   X(cuModuleGetFunction) X(cuFuncSetAttribute) X(cuFuncGetAttribute) X(cuLaunchKernel)           \
-  X(cuLaunchKernelEx)                                                                            \
+  X(cuLaunchKernelEx) X(cuModuleGetGlobal)                                                       \
   X(cuMemAlloc) X(cuMemFree) X(cuMemcpyHtoD) X(cuMemcpyDtoH) X(cuMemcpyDtoD) X(cuMemsetD8)       \
   X(cuMemsetD32) X(cuMemcpyHtoDAsync) X(cuEventCreate) X(cuEventRecord) X(cuEventSynchronize)    \
   X(cuEventElapsedTime) X(cuEventDestroy) X(cuStreamCreate) X(cuStreamSynchronize)               \

@@ -60,7 +60,8 @@ public:
   /// CTAs of function 0 resident per multiprocessor (registers, shared memory, threads).
   int residentCtasPerSm() const { return residentCtasPerSm_; }
   /// Function 1 (a decode's split merge) waits for function 0's grid on the device, so it may
-  /// launch as function 0's programmatic dependent (kernels generated for sm_90 or later).
+  /// launch as function 0's programmatic dependent: the module carries the device library's
+  /// `kvarn_merge_awaits_decode` marker (kernels generated for sm_90 or later by this library).
   bool programmaticMerge() const { return programmaticMerge_; }
 
 private:
