@@ -3,6 +3,7 @@
 
 #include "kvarn/Compiler/DeviceLibrary.h"
 #include "kvarn/Compiler/Pipeline.h"
+#include "kvarn/device_library_hash.h"
 #include "kvarn/jit.h"
 #include "kvarn/nvrtc.h"
 
@@ -22,6 +23,7 @@ Expected<Bundle> buildBundle(const std::vector<KernelSpec> &specs, const std::st
   }
   Bundle bundle;
   bundle.kvarnVersion = KVARN_VERSION;
+  bundle.deviceLibrary = KVARN_DEVICE_LIBRARY_HASH;
   bundle.arch = environment.arch;
   bundle.nvrtcVersion = nvrtcVersion();
   bundle.configs = configsJson;

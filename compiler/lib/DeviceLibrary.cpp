@@ -1,10 +1,7 @@
 // Access to the embedded device library.
 #include "kvarn/Compiler/DeviceLibrary.h"
 
-#include <xxhash.h>
-
-#include <cstdio>
-#include <cstring>
+#include "kvarn/device_library_hash.h"
 
 namespace kvarn::compiler {
 
@@ -19,19 +16,7 @@ const std::vector<SourceHeader> &deviceLibraryHeaders() {
 }
 
 const std::string &deviceLibraryFingerprint() {
-  static const std::string fingerprint = [] {
-    XXH3_state_t *state = XXH3_createState();
-    XXH3_64bits_reset(state);
-    for (const SourceHeader &header : deviceLibraryHeaders()) {
-      XXH3_64bits_update(state, header.name.data(), header.name.size() + 1);
-      XXH3_64bits_update(state, header.content.data(), header.content.size() + 1);
-    }
-    const unsigned long long hash = XXH3_64bits_digest(state);
-    XXH3_freeState(state);
-    char text[17];
-    std::snprintf(text, sizeof(text), "%016llx", hash);
-    return std::string(text);
-  }();
+  static const std::string fingerprint = KVARN_DEVICE_LIBRARY_HASH;
   return fingerprint;
 }
 

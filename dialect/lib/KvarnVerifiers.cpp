@@ -116,7 +116,7 @@ LogicalResult verifyAttention(AttentionOp op, OpKind kind) {
       failed(checkSameDim(o, op.getCache(), 0, "cache", op.getBlockToSlot(), 0, "block_to_slot")))
     return failure();
   int64_t hq = staticDim(op.getQuery(), 1), hk = staticDim(op.getCache(), 1);
-  if (hq >= 0 && hk >= 0 && hq != hk * op.getQPerKv())
+  if (hq >= 0 && hk >= 0 && hq != hk * int64_t(op.getQPerKv()))
     return op.emitOpError() << "query heads (" << hq << ") must equal kv heads (" << hk
                             << ") times q_per_kv (" << op.getQPerKv() << ")";
   Type dtype = cast<MemRefType>(op.getQuery().getType()).getElementType();

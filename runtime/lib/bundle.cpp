@@ -48,6 +48,7 @@ Status writeBundle(const std::string &path, const Bundle &bundle) {
     headers.push_back({{"name", header.name}, {"content", blob(header.content)}});
   nlohmann::json manifest = {{"schema", kSchema},
                              {"kvarn_version", bundle.kvarnVersion},
+                             {"device_library", bundle.deviceLibrary},
                              {"arch", bundle.arch},
                              {"nvrtc", bundle.nvrtcVersion},
                              {"configs", bundle.configs},
@@ -121,6 +122,7 @@ Expected<Bundle> readBundle(const std::string &path) {
   };
   Bundle bundle;
   bundle.kvarnVersion = manifest.value("kvarn_version", "");
+  bundle.deviceLibrary = manifest.value("device_library", ""); // absent before it was recorded
   bundle.arch = manifest.value("arch", "");
   bundle.nvrtcVersion = manifest.value("nvrtc", "");
   bundle.configs = manifest.value("configs", "");
@@ -153,11 +155,15 @@ Expected<Bundle> readBundle(const std::string &path) {
 }
 
 std::string bundleMismatch(const Bundle &bundle, const std::string &arch,
-                           const std::string &kvarnVersion) {
+                           const std::string &kvarnVersion, const std::string &deviceLibrary) {
   if (bundle.arch != arch)
     return "bundle is for " + bundle.arch + ", this GPU is " + arch;
   if (bundle.kvarnVersion != kvarnVersion)
     return "bundle is from kvarn " + bundle.kvarnVersion + ", this runtime is kvarn " + kvarnVersion;
+  if (bundle.deviceLibrary != deviceLibrary)
+    return "bundle's kernels come from device library " +
+           (bundle.deviceLibrary.empty() ? std::string("(not recorded)") : bundle.deviceLibrary) +
+           ", this runtime's is " + deviceLibrary + " (export the bundle again with this build)";
   return "";
 }
 

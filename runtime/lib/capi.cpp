@@ -1,6 +1,7 @@
 // The C API (kvarn.h) over the runtime: status codes, thread-local errors, prepared kernels.
 #include "kvarn/bundle.h"
 #include "kvarn/configs.h"
+#include "kvarn/device_library_hash.h"
 #include "kvarn/jit.h"
 #include "kvarn/kvarn.h"
 #include "kvarn/launch.h"
@@ -149,7 +150,7 @@ void setJitCompiler(kvarn_runtime runtime, JitCompiler compiler) {
 std::string preparedKernelKey(const KernelSpec &spec, const Schedule &schedule) {
   ArtifactKeyInputs inputs;
   inputs.source = "prepared:" + spec.str() + "|" + schedule.str();
-  inputs.deviceLibraryFingerprint = KVARN_VERSION;
+  inputs.deviceLibraryFingerprint = KVARN_VERSION "/" KVARN_DEVICE_LIBRARY_HASH;
   inputs.arch = spec.arch;
   return artifactKey(inputs);
 }
@@ -281,7 +282,8 @@ kvarn_status kvarn_load_bundle(kvarn_runtime runtime, const char *path) {
     return fail(bundle.error());
   const std::string arch = runtime->device.arch();
   std::string skipped;
-  if (bundle->kvarnVersion == KVARN_VERSION && bundle->arch != arch) {
+  if (bundle->kvarnVersion == KVARN_VERSION && bundle->deviceLibrary == KVARN_DEVICE_LIBRARY_HASH &&
+      bundle->arch != arch) {
     // Another GPU: recompile the sources for this one (refused if the bundle has none).
     std::vector<std::string> notes;
     kvarn::Expected<kvarn::Bundle> retargeted = kvarn::retargetBundle(*bundle, arch, &notes);
@@ -292,7 +294,9 @@ kvarn_status kvarn_load_bundle(kvarn_runtime runtime, const char *path) {
       skipped += (skipped.empty() ? "" : "; ") + note;
     *bundle = std::move(*retargeted);
   }
-  if (std::string why = kvarn::bundleMismatch(*bundle, arch, KVARN_VERSION); !why.empty())
+  if (std::string why =
+          kvarn::bundleMismatch(*bundle, arch, KVARN_VERSION, KVARN_DEVICE_LIBRARY_HASH);
+      !why.empty())
     return fail(KVARN_ERROR_UNSUPPORTED, std::string("bundle ") + path + " not used: " + why);
   std::optional<kvarn::ConfigFile> configs;
   if (!bundle->configs.empty()) {

@@ -33,6 +33,7 @@ protected:
       bundle.entries.push_back(entry);
     }
     bundle.kvarnVersion = "0.1.0";
+    bundle.deviceLibrary = "0123456789abcdef";
     bundle.arch = "sm_90a";
     bundle.nvrtcVersion = "13.0";
     bundle.configs = "{\"entries\":[]}";
@@ -55,6 +56,7 @@ TEST_F(BundleTest, RoundTripsEveryField) {
   Expected<Bundle> read = readBundle(path);
   ASSERT_TRUE(read) << read.error().str();
   EXPECT_EQ(read->kvarnVersion, "0.1.0");
+  EXPECT_EQ(read->deviceLibrary, "0123456789abcdef");
   EXPECT_EQ(read->arch, "sm_90a");
   EXPECT_EQ(read->nvrtcVersion, "13.0");
   EXPECT_EQ(read->configs, bundle.configs);
@@ -96,10 +98,20 @@ TEST_F(BundleTest, CorruptFilesAreRejectedWithTheReason) {
 }
 
 TEST_F(BundleTest, MismatchesAreStatedNeverIgnored) {
-  EXPECT_EQ(bundleMismatch(bundle, "sm_90a", "0.1.0"), "");
-  EXPECT_EQ(bundleMismatch(bundle, "sm_80", "0.1.0"), "bundle is for sm_90a, this GPU is sm_80");
-  EXPECT_EQ(bundleMismatch(bundle, "sm_90a", "0.2.0"),
+  const std::string library = "0123456789abcdef";
+  EXPECT_EQ(bundleMismatch(bundle, "sm_90a", "0.1.0", library), "");
+  EXPECT_EQ(bundleMismatch(bundle, "sm_80", "0.1.0", library),
+            "bundle is for sm_90a, this GPU is sm_80");
+  EXPECT_EQ(bundleMismatch(bundle, "sm_90a", "0.2.0", library),
             "bundle is from kvarn 0.1.0, this runtime is kvarn 0.2.0");
+  // Same version, other device code: its kernels would not match this runtime's launches.
+  EXPECT_EQ(bundleMismatch(bundle, "sm_90a", "0.1.0", "fedcba9876543210"),
+            "bundle's kernels come from device library 0123456789abcdef, this runtime's is "
+            "fedcba9876543210 (export the bundle again with this build)");
+  Bundle unrecorded = bundle;
+  unrecorded.deviceLibrary.clear(); // written before bundles recorded it
+  EXPECT_THAT(bundleMismatch(unrecorded, "sm_90a", "0.1.0", library),
+              ::testing::HasSubstr("device library (not recorded)"));
 }
 
 TEST_F(BundleTest, ImportPutsEveryEntryInTheCache) {

@@ -408,8 +408,9 @@ TEST_F(CacheTest, WritersKilledAtRandomPointsLeaveOnlyValidEntriesOrMisses) {
     ArtifactCache reader(options(false));
     for (int k = 0; k < keys; ++k) {
       std::optional<Artifact> got = reader.lookup(keyNamed(3000 + k));
-      if (got)
+      if (got) {
         ASSERT_EQ(*got, artifactFor(keyNamed(3000 + k), 200000)) << "after kill " << kill;
+      }
     }
     ASSERT_TRUE(reader.warnings().empty()) << reader.warnings()[0];
   }

@@ -287,8 +287,10 @@ int runBundleCommand(const std::string &action, const std::string &path, const s
     std::printf("imported %zu kernels into %s\n", bundle->entries.size(), cache.directory().c_str());
     return 0;
   }
-  std::printf("%s: kvarn %s, %s, NVRTC %s, %zu kernels, %s\n", path.c_str(),
-              bundle->kvarnVersion.c_str(), bundle->arch.c_str(), bundle->nvrtcVersion.c_str(),
+  std::printf("%s: kvarn %s (device library %s), %s, NVRTC %s, %zu kernels, %s\n", path.c_str(),
+              bundle->kvarnVersion.c_str(),
+              bundle->deviceLibrary.empty() ? "not recorded" : bundle->deviceLibrary.c_str(),
+              bundle->arch.c_str(), bundle->nvrtcVersion.c_str(),
               bundle->entries.size(), bundle->configs.empty() ? "no configs" : "with configs");
   for (const BundleEntry &entry : bundle->entries)
     std::printf("  %-46s %8zu B cubin  %s\n", entry.spec.c_str(), entry.artifact.cubin.size(),

@@ -23,6 +23,7 @@ struct BundleEntry {
 
 struct Bundle {
   std::string kvarnVersion;
+  std::string deviceLibrary; ///< KVARN_DEVICE_LIBRARY_HASH of the build that made the kernels
   std::string arch;
   std::string nvrtcVersion;
   std::vector<BundleEntry> entries;
@@ -36,9 +37,10 @@ struct Bundle {
 Status writeBundle(const std::string &path, const Bundle &bundle);
 /// Reads and checks a bundle file: magic, schema, checksums, manifest fields.
 Expected<Bundle> readBundle(const std::string &path);
-/// Why a bundle cannot serve this runtime ("" when it can): arch or kvarn version mismatch.
+/// Why a bundle cannot serve this runtime ("" when it can): arch, kvarn version or device library
+/// mismatch (its kernels are keyed for the library they were generated from).
 std::string bundleMismatch(const Bundle &bundle, const std::string &arch,
-                           const std::string &kvarnVersion);
+                           const std::string &kvarnVersion, const std::string &deviceLibrary);
 /// Stores every entry in the cache under its key.
 void importBundle(const Bundle &bundle, ArtifactCache &cache);
 

@@ -20,7 +20,9 @@ extern const int kEmbeddedFileCount;
 /// Every header of the device library, named as generated sources include them.
 const std::vector<SourceHeader> &deviceLibraryHeaders();
 
-/// xxh3-64 of the names and contents of every header, as 16 hex digits (part of artifact keys).
+/// The build's hash of the names and contents of every header, 16 hex digits
+/// (KVARN_DEVICE_LIBRARY_HASH, the one the runtime's prepared-kernel keys use; part of artifact
+/// keys).
 const std::string &deviceLibraryFingerprint();
 
 } // namespace kvarn::compiler
