@@ -165,8 +165,8 @@ Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
   }
   if (module.functions_.size() > 1) {
     // A merge that waits for the decode grid (griddepcontrol, sm_90 and later) comes with this
-    // marker; a module without it (built for sm_80, or by an earlier device library and found
-    // in a cache or bundle) has its merge launched plainly.
+    // marker; a module without it (built for sm_80, or by a device library whose merge does not
+    // wait) has its merge launched plainly.
     CUdeviceptr marker = 0;
     size_t markerBytes = 0;
     module.programmaticMerge_ = d.cuModuleGetGlobal(&marker, &markerBytes, module.module_,

@@ -7,6 +7,7 @@
 #include "kvarn/bundle.h"
 #include "kvarn/cache.h"
 #include "kvarn/configs.h"
+#include "kvarn/device_library_hash.h"
 #include "kvarn/jit.h"
 #include "kvarn/driver.h"
 #include "kvarn/format.h"
@@ -282,6 +283,15 @@ int runBundleCommand(const std::string &action, const std::string &path, const s
     return 1;
   }
   if (action == "import") {
+    // Its kernels are keyed for the kvarn version and device library that made them: from
+    // another build they would sit in the cache unused, so say so instead (the arch is not
+    // checked here: a cache may be filled for another GPU).
+    if (std::string why =
+            bundleMismatch(*bundle, bundle->arch, KVARN_VERSION, KVARN_DEVICE_LIBRARY_HASH);
+        !why.empty()) {
+      std::fprintf(stderr, "kvarn-tune: %s not imported: %s\n", path.c_str(), why.c_str());
+      return 1;
+    }
     ArtifactCache cache(ArtifactCache::Options{});
     importBundle(*bundle, cache);
     std::printf("imported %zu kernels into %s\n", bundle->entries.size(), cache.directory().c_str());

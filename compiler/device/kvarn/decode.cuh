@@ -1179,7 +1179,7 @@ template <bool Partial, typename Ctx> __device__ __forceinline__ void storeOutpu
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 /// Present in modules whose merge kernel waits for the decode grid (awaitPrerequisites in
 /// mergeSplits): the runtime launches only such a merge as the decode's programmatic dependent
-/// (a module built by an earlier library, or for sm_80, launches it plainly).
+/// (a module built for sm_80, whose merge does not wait, launches it plainly).
 extern "C" __device__ int kvarn_merge_awaits_decode;
 __device__ int kvarn_merge_awaits_decode = 1;
 #endif
