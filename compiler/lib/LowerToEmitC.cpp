@@ -28,7 +28,9 @@ std::string structPrefix(dialect::OpKind kind) {
 }
 
 /// `kvarn::dev::DecodeContext<KB, VB, G, D, Q, Warps, Stages, Splits, Rows, Compact, DType,
-/// QueryTerms, WeightTerms>` (decode only: fp16 terms per MMA operand, from the schedule's `mma`).
+/// QueryTerms, WeightTerms, EarlyWindow>` (decode only: fp16 terms per MMA operand, from the
+/// schedule's `mma`, and whether the first lookup window opens before the query rotation,
+/// `earlyLookupWindow` of the schedule).
 std::string contextTypeName(TileBeginOp begin) {
   FormatAttr f = begin.getFormat();
   ScheduleAttr s = begin.getSchedule();
@@ -43,7 +45,8 @@ std::string contextTypeName(TileBeginOp begin) {
                      (begin.getDtype().isBF16() ? "kvarn::dev::BFloat16" : "kvarn::dev::Half");
   if (begin.getParams().getType().getKind() == dialect::OpKind::decode) {
     const MmaVariant *mma = findMma(s.getMma()); // verified by the schedule attribute
-    name += ", " + std::to_string(mma->queryTerms) + ", " + std::to_string(mma->weightTerms);
+    name += ", " + std::to_string(mma->queryTerms) + ", " + std::to_string(mma->weightTerms) +
+            (::kvarn::earlyLookupWindow(toSchedule(s)) ? ", true" : ", false");
   }
   name += ">";
   return name;

@@ -88,20 +88,6 @@ KernelModule &KernelModule::operator=(KernelModule &&other) noexcept {
 
 namespace {
 
-/// The register file's scheduler partitions and the allocation unit of one warp.
-constexpr int kRegisterPartitions = 4, kWarpRegisterUnit = 256;
-
-} // namespace
-
-int registerBudget(int warpsPerSm, int registersPerSm) {
-  const int warpsPerPartition =
-      (std::max(warpsPerSm, 1) + kRegisterPartitions - 1) / kRegisterPartitions;
-  const int perWarp = (registersPerSm / kRegisterPartitions) / warpsPerPartition;
-  return std::min(255, perWarp / kWarpRegisterUnit * kWarpRegisterUnit / 32);
-}
-
-namespace {
-
 /// CTAs of `warps` warps and `sharedBytes` of dynamic shared memory that fit on one
 /// multiprocessor of the current device at once: registers (registerBudget's model: per warp in
 /// units of 256 from each partition's quarter of the file), shared memory (plus the 1 KB the

@@ -201,7 +201,9 @@ std::vector<Schedule> scheduleSearchSpace(OpKind op) {
     // 6 warps x 2 CTAs or 12 x 1: 12 warps per SM at 168 registers (faster once the grid fills
     // the GPU, slower at small batches: the configs keep them as variants, docs/benchmarks.md).
     warps = {1, 2, 4, 6, 8, 12};
-    minCtas = {0, 2, 3, 4, 6}; // the tuner prunes the bounds that do not bind or starve registers
+    // The tuner prunes the bounds that starve registers and those above 1 that do not bind
+    // (1 stays: an explicit bound lets ptxas use its whole cap).
+    minCtas = {0, 1, 2, 3, 4, 6};
     break;
   case OpKind::Flush:
     warps = {4, 8, 16};
@@ -288,6 +290,19 @@ SharedMemoryLimits sharedMemoryLimits(std::string_view arch) {
 }
 
 } // namespace
+
+int registerBudget(int warpsPerSm, int registersPerSm) {
+  const int warpsPerPartition =
+      (std::max(warpsPerSm, 1) + kRegisterPartitions - 1) / kRegisterPartitions;
+  const int perWarp = (registersPerSm / kRegisterPartitions) / warpsPerPartition;
+  return std::min(255, perWarp / kWarpRegisterUnit * kWarpRegisterUnit / 32);
+}
+
+int scheduleRegisterBudget(const Schedule &schedule) {
+  return registerBudget(std::max(schedule.minCtas, 1) * std::max(schedule.warps, 1));
+}
+
+bool earlyLookupWindow(const Schedule &schedule) { return scheduleRegisterBudget(schedule) >= 255; }
 
 size_t maxSharedMemoryPerBlock(std::string_view arch) {
   return sharedMemoryLimits(arch).perBlockKb * 1024;

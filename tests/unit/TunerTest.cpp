@@ -23,8 +23,8 @@ namespace {
 
 TEST(SearchSpace, EnumeratesEveryKnobCombinationOverTheDefaults) {
   std::vector<Schedule> decode = scheduleSearchSpace(OpKind::Decode);
-  // mma {m16n8k16, .single-p} x warps {1,2,4,6,8,12} x stages {1,2} x min_ctas {0,2,3,4,6}
-  EXPECT_EQ(decode.size(), 120u);
+  // mma {m16n8k16, .single-p} x warps {1,2,4,6,8,12} x stages {1,2} x min_ctas {0,1,2,3,4,6}
+  EXPECT_EQ(decode.size(), 144u);
   std::map<std::string, int> perMma;
   for (const Schedule &s : decode) {
     EXPECT_EQ(s.splits, 0) << "decode splits stay planned";
@@ -34,7 +34,7 @@ TEST(SearchSpace, EnumeratesEveryKnobCombinationOverTheDefaults) {
   }
   EXPECT_EQ(perMma.size(), 2u);
   for (const auto &[mma, count] : perMma)
-    EXPECT_EQ(count, 60) << mma;
+    EXPECT_EQ(count, 72) << mma;
   EXPECT_EQ(scheduleSearchSpace(OpKind::Append).size(), 12u); // warps {2,4,8} x rows {1,2,4,8}
   EXPECT_EQ(scheduleSearchSpace(OpKind::Flush).size(), 3u);
 }
@@ -45,7 +45,7 @@ TEST(SelectSchedule, PicksTheFastestValidCandidateAndRecordsWhyOthersLost) {
   int measured = 0;
   TuneResult result = selectSchedule(spec, space, [&](const Schedule &s) -> Expected<double> {
     ++measured;
-    if (s.warps == 2 && s.stages == 1 && s.mma == "m16n8k16")
+    if (s.warps == 2 && s.stages == 1 && s.mma == "m16n8k16" && s.minCtas == 0)
       return makeError(ErrorCode::InvalidData, "wrong results: relative error 0.5");
     return 1.0 + 0.1 * s.warps + 0.01 * s.stages; // fake timer
   });
@@ -105,6 +105,22 @@ TEST(StaticPrune, RegisterBudgetFollowsTheMostLoadedSchedulerPartition) {
   EXPECT_EQ(registerBudget(64), 32);
 }
 
+TEST(StaticPrune, TheFirstLookupWindowOpensEarlyOnlyWithTheFullRegisterBudget) {
+  Schedule s = defaultSchedule(OpKind::Decode); // 4 warps: 255 registers
+  EXPECT_TRUE(earlyLookupWindow(s));
+  s.minCtas = 1;
+  EXPECT_TRUE(earlyLookupWindow(s));
+  s.minCtas = 2; // 8 warps per SM still leave 255
+  EXPECT_TRUE(earlyLookupWindow(s));
+  s.warps = 6; // 12 warps per SM: 168
+  EXPECT_FALSE(earlyLookupWindow(s));
+  s.minCtas = 0;
+  s.warps = 12; // one CTA of 12 warps: 168
+  EXPECT_FALSE(earlyLookupWindow(s));
+  s.warps = 8;
+  EXPECT_TRUE(earlyLookupWindow(s));
+}
+
 TEST(StaticPrune, MinCtasMustBindFitAndLeaveRegisters) {
   KernelSpec spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
   Schedule s = defaultSchedule(OpKind::Decode);
@@ -116,8 +132,20 @@ TEST(StaticPrune, MinCtasMustBindFitAndLeaveRegisters) {
   s.warps = 6; // 12 warps per SM in CTA slots of 6 warps: 168 registers
   s.minCtas = 2;
   EXPECT_EQ(staticPruneReason(spec, s), "");
-  s.warps = 4; // 8 warps per SM: 255 registers, the bound is idle
+  s.warps = 4; // 8 warps per SM: 255 registers, the cap of min_ctas = 1
   EXPECT_THAT(staticPruneReason(spec, s), HasSubstr("does not bind"));
+  s.minCtas = 1; // never binds, yet lets ptxas allocate up to its cap: a candidate
+  EXPECT_EQ(staticPruneReason(spec, s), "");
+  EXPECT_EQ(scheduleRegisterBudget(s), 255);
+  s.warps = 12; // one CTA of 12 warps: the launch bounds alone leave 168
+  EXPECT_EQ(staticPruneReason(spec, s), "");
+  EXPECT_EQ(scheduleRegisterBudget(s), 168);
+  s.minCtas = 0;
+  EXPECT_EQ(scheduleRegisterBudget(s), 168);
+  s.warps = 6;
+  s.minCtas = 2;
+  EXPECT_EQ(scheduleRegisterBudget(s), 168);
+  s.warps = 4;
   s.minCtas = 3;
   s.warps = 8;
   EXPECT_THAT(staticPruneReason(spec, s), HasSubstr("fewer than 128"));

@@ -32,7 +32,7 @@ template <int VBITS> __host__ __device__ constexpr int valueCode(int m, int half
 }
 
 template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS, int ROWS,
-          bool COMPACT, typename T, int QUERY_TERMS, int WEIGHT_TERMS>
+          bool COMPACT, typename T, int QUERY_TERMS, int WEIGHT_TERMS, bool EARLY_WINDOW>
 struct DecodeContext {
   typedef RecordLayout<KB, VB, G, D, COMPACT> Layout;
   static constexpr int TPI = G / 8;           ///< tokens per lane group (QK rows)
@@ -57,6 +57,9 @@ struct DecodeContext {
   /// fp16 terms per fp32 MMA operand, q' (scores) and P' (output update): 2 = high + low
   /// (about 22 bits), 1 = rounded once.
   static constexpr int Q_TERMS = QUERY_TERMS, P_TERMS = WEIGHT_TERMS;
+  /// The first lookup window's block ids load in begin, so their latency passes under the query
+  /// rotation (the compiler sets it where the schedule leaves 255 registers per thread).
+  static constexpr bool EARLY = EARLY_WINDOW;
   /// Operand form of the K and V codes (see CodeForm).
   static constexpr CodeForm KEY_FORM = CodeForm::Subnormal, VALUE_FORM = CodeForm::SubnormalHigh;
   static_assert((Q_TERMS == 1 || Q_TERMS == 2) && (P_TERMS == 1 || P_TERMS == 2),
@@ -110,8 +113,9 @@ struct DecodeContext {
   bool merged;
   unsigned char *shared;
   uint32_t query[NQ][KC][2];       ///< q_rot pairs (activation dtype bits), B-fragment order
-  int windowFirst;                 ///< first page of the lookup window (-1: none)
+  int windowFirst;                 ///< first page of the lookup window (-1: none yet)
   int windowBlock, windowSlot;     ///< lane k: block and pool slot of page windowFirst + k*WARPS
+  bool slotsPending;               ///< EARLY: the window's block ids are loading, its slots not yet
   float scores[NQ][P][4];
   uint32_t weights[NQ][P][2];      ///< P' as PV B fragments (after the transpose)
   uint32_t weightsLow[NQ][P][2];   ///< record pages: P' - fp16(P'), the second fp16 term
@@ -148,7 +152,19 @@ struct DecodeContext {
     c.pageEnd = int(int64_t(c.split + 1) * pages / c.numSplits);
     c.merged = false;
     c.weightUnscale = 1.0f;
-    c.windowFirst = -1;
+    if constexpr (EARLY) {
+      // The window the first lookup would open (pageFirst, any STAGES); the pool slots, which
+      // need the ids, load at the first copy (settleWindow).
+      c.windowFirst = c.pageBegin + c.warp;
+      const int mine = c.windowFirst + c.lane * WARPS;
+      c.windowBlock =
+          mine < c.pageEnd ? params.blockTable[int64_t(c.request) * params.maxBlocksPerRequest + mine]
+                           : 0;
+      c.slotsPending = true;
+    } else {
+      c.windowFirst = -1;
+      c.slotsPending = false;
+    }
 #pragma unroll
     for (int n = 0; n < NQ; ++n) {
 #pragma unroll
@@ -235,8 +251,22 @@ struct DecodeContext {
   /// pages of the warp are loaded together, one lane each, so a page costs no dependent global
   /// loads on the critical path. A window opened by a prefetch STAGES - 1 pages ahead starts at
   /// the page being computed, so the pipeline's two lookups share one window.
+  /// EARLY: loads the pool slots of the window begin opened (the first copy of every warp calls
+  /// it, so later lookups see no pending slots and the check folds away).
+  __device__ __forceinline__ void settleWindow() {
+    if (slotsPending) {
+      const int mine = windowFirst + lane * WARPS;
+      windowSlot = mine < pageEnd ? p.blockToSlot[windowBlock] : -1;
+      slotsPending = false;
+    }
+  }
   __device__ __forceinline__ int2 lookup(int page) {
-    int k = windowFirst < 0 ? 32 : (page - windowFirst) / WARPS;
+    settleWindow();
+    int k; // windowFirst < 0: no window yet (never with EARLY, whose window begin opened)
+    if constexpr (EARLY)
+      k = (page - windowFirst) / WARPS;
+    else
+      k = windowFirst < 0 ? 32 : (page - windowFirst) / WARPS;
     if (k >= 32 || k < 0) {
       windowFirst = max(page - (STAGES - 1) * WARPS, pageBegin + warp);
       const int mine = windowFirst + lane * WARPS;
@@ -340,6 +370,7 @@ template <int PARTS, typename Ctx>
 __device__ __forceinline__ void stageRecord(Ctx &c, int page, int stage) {
   typedef typename Ctx::Layout L;
   __syncwarp(); // every lane is done reading the slot's previous page
+  c.settleWindow();
   if (page >= c.pageEnd) {
     copyAsyncCommit();
     return;

@@ -73,12 +73,6 @@ private:
   bool programmaticMerge_ = false;
 };
 
-/// Registers per thread that `warpsPerSm` resident warps leave on an SM of sm_80 or later with
-/// `registersPerSm` registers: the file is split into four scheduler partitions that hold their
-/// own warps (assigned in turn), so the most loaded partition decides; allocations are 256
-/// registers per warp (8 per thread), and a thread addresses at most 255. 8 warps leave 255,
-/// 10 or 12 leave 168, 16 leave 128. The same model sizes KernelModule's resident CTAs.
-int registerBudget(int warpsPerSm, int registersPerSm = 65536);
 
 /// Host-side split plan of a decode launch (fixed grid for CUDA-graph capture).
 struct DecodePlan {

@@ -54,6 +54,28 @@ struct Schedule {
   bool operator==(const Schedule &other) const = default;
 };
 
+/// The register file's scheduler partitions (sm_80 and later) and the allocation unit of one
+/// warp, in registers.
+inline constexpr int kRegisterPartitions = 4, kWarpRegisterUnit = 256;
+
+/// Registers per thread that `warpsPerSm` resident warps leave on an SM of sm_80 or later with
+/// `registersPerSm` registers: the file is split into four scheduler partitions that hold their
+/// own warps (assigned in turn), so the most loaded partition decides; allocations are 256
+/// registers per warp (8 per thread), and a thread addresses at most 255. 8 warps leave 255,
+/// 10 or 12 leave 168, 16 leave 128. The same model sizes KernelModule's resident CTAs
+/// and the tuner's static pruning.
+int registerBudget(int warpsPerSm, int registersPerSm = 65536);
+
+/// Registers per thread the schedule's launch bounds leave a decode or extend kernel: those of
+/// min_ctas CTAs per SM (one CTA without a bound). ptxas caps the kernel's allocation there.
+int scheduleRegisterBudget(const Schedule &schedule);
+
+/// Whether a decode kernel of this schedule loads its first lookup window's block ids before
+/// the query rotation (the device library's EARLY_WINDOW): where the schedule leaves 255
+/// registers per thread. At 168 registers holding them cost the page loop more than the overlap
+/// saved (docs/benchmarks.md), so those kernels open the window at their first page copy.
+bool earlyLookupWindow(const Schedule &schedule);
+
 /// A value of the schedule's `mma` knob: the tensor-core instruction and how many fp16 terms
 /// carry each fp32 MMA operand (2: high + low, about 22 bits; 1: rounded once) for the query
 /// side (q' of the scores) and the weight side (P' of the output update); 0 = no tensor cores.
