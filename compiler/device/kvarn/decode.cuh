@@ -1250,9 +1250,11 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
     for (int s = 0; s < EARLY; ++s)
       earlyPartial[k][s] = channel < Ctx::HD && s < early ? partial[s * Ctx::HD + channel] : 0.0f;
   }
-  // Step 2. The largest LSE (-inf when no split attended anything).
-  float best = -KVARN_INFINITY;
-  for (int s = threadIdx.x; s < c.numSplits; s += blockDim.x)
+  // Step 2. The largest LSE (-inf when no split attended anything). Each thread keeps its first
+  // LSE for its weight in step 3 (no second round trip for launches of up to blockDim splits).
+  const float ownLse = int(threadIdx.x) < c.numSplits ? lse[threadIdx.x] : -KVARN_INFINITY;
+  float best = ownLse;
+  for (int s = threadIdx.x + blockDim.x; s < c.numSplits; s += blockDim.x)
     best = fmaxf(best, lse[s]);
   best = warpMaxXor(best, 1, 16);
   if (c.lane == 0)
@@ -1270,7 +1272,7 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
       const int count = min(MERGE_CHUNK, c.numSplits - first);
       __syncthreads(); // the previous chunk's weights are consumed
       for (int s = threadIdx.x; s < count; s += blockDim.x)
-        weights[s] = __expf(lse[first + s] - best);
+        weights[s] = __expf((first == 0 && s == int(threadIdx.x) ? ownLse : lse[first + s]) - best);
       __syncthreads();
       const float *chunk = partial + int64_t(first) * Ctx::HD;
       const int fromRegisters = first == 0 ? early : 0;
@@ -1287,6 +1289,7 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
             value[k] += weights[s] * chunk[s * Ctx::HD + channel];
         }
       }
+#pragma unroll 8 // independent shared loads; only the adds chain
       for (int s = 0; s < count; ++s)
         total += weights[s];
     }
