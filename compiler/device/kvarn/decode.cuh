@@ -247,10 +247,6 @@ struct DecodeContext {
   __device__ __forceinline__ const unsigned char *recordOfBlock(int block) const {
     return p.cache + (int64_t(block) * p.numKvHeads + kvHead) * Layout::tileBytesAligned;
   }
-  /// Block id and pool slot of one of this warp's pages (warp-uniform call). The lookups of 32
-  /// pages of the warp are loaded together, one lane each, so a page costs no dependent global
-  /// loads on the critical path. A window opened by a prefetch STAGES - 1 pages ahead starts at
-  /// the page being computed, so the pipeline's two lookups share one window.
   /// EARLY: loads the pool slots of the window begin opened (the first copy of every warp calls
   /// it, so later lookups see no pending slots and the check folds away).
   __device__ __forceinline__ void settleWindow() {
@@ -260,6 +256,10 @@ struct DecodeContext {
       slotsPending = false;
     }
   }
+  /// Block id and pool slot of one of this warp's pages (warp-uniform call). The lookups of 32
+  /// pages of the warp are loaded together, one lane each, so a page costs no dependent global
+  /// loads on the critical path. A window opened by a prefetch STAGES - 1 pages ahead starts at
+  /// the page being computed, so the pipeline's two lookups share one window.
   __device__ __forceinline__ int2 lookup(int page) {
     settleWindow();
     int k; // windowFirst < 0: no window yet (never with EARLY, whose window begin opened)
