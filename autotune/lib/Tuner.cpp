@@ -80,14 +80,15 @@ std::string percent(double fraction) {
 } // namespace
 
 int staticCtasPerSm(const KernelSpec &spec, const Schedule &schedule) {
-  // CTAs per SM bounded by shared memory, by registers (255 per thread unless min_ctas sets a
-  // budget) and by 64 warps per SM.
+  // CTAs per SM bounded by shared memory, by registers (255 per thread, or min_ctas CTAs where
+  // that bound binds: it is a lower bound, so min_ctas = 1 does not mean one CTA) and by 64 warps
+  // per SM.
   constexpr double registerFile = 65536, maxWarps = 64;
   const double threads = 32.0 * schedule.warps;
   const double bySharedMemory =
       std::floor(double(sharedMemoryPerSm(spec.arch)) / double(sharedMemoryBytes(spec, schedule) + 1024));
   const double byRegisters =
-      schedule.minCtas > 0 ? double(schedule.minCtas) : std::floor(registerFile / (255.0 * threads));
+      std::max(double(schedule.minCtas), std::floor(registerFile / (255.0 * threads)));
   return int(std::max(1.0, std::min({bySharedMemory, byRegisters, std::floor(maxWarps / schedule.warps)})));
 }
 

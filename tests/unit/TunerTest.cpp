@@ -569,6 +569,11 @@ TEST(StaticModel, OrdersByTensorCoreWorkOverOccupancy) {
   EXPECT_LT(predictedCost(spec, threeCtas), predictedCost(spec, twoCtas));
   EXPECT_LT(predictedCost(spec, twoCtas), predictedCost(spec, twoStages));
   EXPECT_LT(predictedCost(spec, singleP), predictedCost(spec, twoCtas));
+  Schedule bound = twoCtas; // a bound that does not bind: still two CTAs of 4 warps
+  bound.minCtas = 1;
+  EXPECT_EQ(staticCtasPerSm(spec, bound), 2);
+  EXPECT_DOUBLE_EQ(predictedCost(spec, bound), predictedCost(spec, twoCtas));
+  EXPECT_EQ(staticCtasPerSm(spec, threeCtas), 3);
 }
 
 TEST(Replay, RecordedMediansGiveTheSameChoicesAsTheRun) {
