@@ -266,6 +266,16 @@ __device__ __forceinline__ float warpMin(float value) {
   return value;
 }
 
+/// A 4-byte shared-memory load that the compiler does not merge with its neighbours (so that
+/// the value lands in the register that consumes it rather than being copied out of a pair).
+__device__ __forceinline__ uint32_t loadShared32(const void *shared) {
+  uint32_t value;
+  asm volatile("ld.shared.b32 %0, [%1];\n"
+               : "=r"(value)
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(shared))));
+  return value;
+}
+
 /// 16-byte asynchronous global -> shared copy (bypasses L1), and its fences.
 __device__ __forceinline__ void copyAsync16(void *shared, const void *global) {
   const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(shared));

@@ -471,7 +471,9 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
   // query (accumulator order: queries 2t, 2t + 1, 2t, 2t + 1).
   if constexpr (SameType<typename Ctx::Type, Half>::value) {
     // fp16 queries: HMUL2 rounds the exact product q * K_s_col once, HFMA2 the exact residual;
-    // the bias is one MMA per k-chunk with every row of A holding K_zp (exact products).
+    // the bias is one MMA per k-chunk with rows 0..7 of A holding K_zp (exact products). Rows
+    // 8..15 are left as they are (their sums, accumulators 2 and 3, are never read), so A is the
+    // two loaded words in place, with no register copies to build the fragment.
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
@@ -481,7 +483,10 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
     for (int kc = 0; kc < Ctx::KC; ++kc) {
       const int channel = 16 * kc + 4 * c.t;
       const uint2 scaleBits = *reinterpret_cast<const uint2 *>(keyScaleCol + channel);
-      const uint2 zeroBits = *reinterpret_cast<const uint2 *>(keyZeroPoint + channel);
+      // Two 32-bit loads, so that each lands in its A register (ptxas copies the halves of an
+      // 8-byte load into place).
+      const uint32_t zero01 = loadShared32(keyZeroPoint + channel);
+      const uint32_t zero23 = loadShared32(keyZeroPoint + channel + 2);
 #pragma unroll
       for (int n = 0; n < Ctx::NQ; ++n) {
         b[n][kc][0] = hmul2(c.query[n][kc][0], scaleBits.x);
@@ -490,7 +495,9 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
           bLow[n][kc][0] = hfma2Sub(c.query[n][kc][0], scaleBits.x, b[n][kc][0]);
           bLow[n][kc][1] = hfma2Sub(c.query[n][kc][1], scaleBits.y, b[n][kc][1]);
         }
-        mma16816(bias[n], zeroBits.x, zeroBits.x, zeroBits.y, zeroBits.y, c.query[n][kc][0],
+        uint32_t rowsBelow; // rows 8..15 of A: whatever the register holds (no instruction)
+        asm("" : "=r"(rowsBelow));
+        mma16816(bias[n], zero01, rowsBelow, zero23, rowsBelow, c.query[n][kc][0],
                  c.query[n][kc][1]);
       }
     }
@@ -530,14 +537,15 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
     }
   }
   // Step 2. MMA over the code tiles: rows = tokens (Ctx::tokenOf), k = channels. Each
-  // row's accumulator starts at the bias in its code unit (exact: a power of two).
+  // row's accumulator starts at the bias in its code unit (exact: a power of two); every token
+  // row takes its query's bias from accumulators 0 and 1 (see step 1).
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
     for (int pt = 0; pt < Ctx::P; ++pt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        c.scores[n][pt][e] = bias[n][e] * Ctx::keyUnit(pt, e / 2);
+        c.scores[n][pt][e] = bias[n][e % 2] * Ctx::keyUnit(pt, e / 2);
   const unsigned char *keyCodes = c.stageShared(stage);
   if constexpr (Ctx::KEY_LDSM) {
     // 4-bit codes, 128 tokens: per k-chunk and half page h, one LDMATRIX.X4.TRANS. Matrix j
