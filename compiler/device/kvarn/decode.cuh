@@ -123,6 +123,10 @@ struct DecodeContext {
   float weightUnscale;             ///< one-term record pages: 2^-e, undoes the P' prescale
   float runningMax[NQ][2], runningSum[NQ][2];
   float out[NQ][KC][4];
+  /// EARLY: this warp's query rows (rows warp + k * WARPS), loaded in begin before anything waits
+  /// on the sequence length, for rotateQuery.
+  static constexpr int QUERY_ROWS = (Q8 + WARPS - 1) / WARPS, QUERY_WORDS = D / 64;
+  uint32_t queryWords[QUERY_ROWS][QUERY_WORDS];
 
   static __device__ __forceinline__ DecodeContext begin(const DecodeParams &params) {
     DecodeContext c;
@@ -139,13 +143,29 @@ struct DecodeContext {
     c.lane = threadIdx.x % 32;
     c.t = c.lane % 4;
     c.i = c.lane / 4;
-    // rotateQuery reads the queries next, before the first page's lookups and copies: every
-    // thread of the group's rows starts pulling its line into L2 now.
     constexpr int QUERY_BYTES = Q * D * int(sizeof(T));
-    if (int(threadIdx.x) * 128 < QUERY_BYTES) // every address inside this group's rows
-      prefetchL2(static_cast<const unsigned char *>(params.query) +
-                 (int64_t(c.request) * params.numKvHeads + c.kvHead) * QUERY_BYTES +
-                 128 * threadIdx.x);
+    if constexpr (EARLY) {
+      // This warp's query rows load now, so their latency passes under the sequence length's
+      // and the page range's (rotateQuery takes them from registers).
+      const unsigned char *group = static_cast<const unsigned char *>(params.query) +
+                                   (int64_t(c.request) * params.numKvHeads + c.kvHead) * QUERY_BYTES;
+      const bool vector =
+          reinterpret_cast<uint64_t>(params.query) % pairVectorBytes<QUERY_WORDS>() == 0;
+#pragma unroll
+      for (int k = 0; k < QUERY_ROWS; ++k) {
+        const int row = c.warp + k * WARPS;
+        if (row < Q)
+          loadPairs(c.queryWords[k],
+                    group + (row * D + QUERY_WORDS * 2 * c.lane) * int(sizeof(T)), vector);
+      }
+    } else {
+      // rotateQuery reads the queries next, before the first page's lookups and copies: every
+      // thread of the group's rows starts pulling its line into L2 now.
+      if (int(threadIdx.x) * 128 < QUERY_BYTES) // every address inside this group's rows
+        prefetchL2(static_cast<const unsigned char *>(params.query) +
+                   (int64_t(c.request) * params.numKvHeads + c.kvHead) * QUERY_BYTES +
+                   128 * threadIdx.x);
+    }
     c.seqLen = params.seqLens[c.request];
     const int pages = (c.seqLen + G - 1) / G;
     c.pageBegin = int(int64_t(c.split) * pages / c.numSplits);
@@ -303,11 +323,22 @@ template <typename Ctx> __device__ __forceinline__ void rotateQuery(Ctx &c) {
   // Rows start at multiples of HD elements, so the base pointer decides the alignment.
   const bool vector = reinterpret_cast<uint64_t>(c.p.query) % pairVectorBytes<WORDS>() == 0;
   const float scale = hadamardScale<Ctx::HD>();
+  static_assert(Ctx::QUERY_WORDS == WORDS, "begin's query words are this lane's pairs");
   for (int row = c.warp; row < Ctx::Q8; row += Ctx::NWARPS) { // warp-uniform
     float x[E];
     if (row < Ctx::QH) {
       uint32_t words[WORDS];
-      loadPairs(words, query + row * Ctx::HD + E * c.lane, vector);
+      if constexpr (Ctx::EARLY) {
+        // Loaded by begin; unrolled so that the row index is a constant.
+#pragma unroll
+        for (int k = 0; k < Ctx::QUERY_ROWS; ++k)
+          if (row == c.warp + k * Ctx::NWARPS)
+#pragma unroll
+            for (int w = 0; w < WORDS; ++w)
+              words[w] = c.queryWords[k][w];
+      } else {
+        loadPairs(words, query + row * Ctx::HD + E * c.lane, vector);
+      }
 #pragma unroll
       for (int w = 0; w < WORDS; ++w) {
         const float2 pair = unpackPair<T>(words[w]);
