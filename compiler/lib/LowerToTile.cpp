@@ -83,7 +83,9 @@ void buildDecodeBody(OpBuilder &builder, Location loc, Value params, const Kerne
   if (t.schedule.getSplits() != 1) // a merge kernel may follow: let it launch now
     TileReleaseMergeOp::create(builder, loc, ctx);
   // Step 2. The page loop: prefetch stages - 1 pages ahead, then compute this page (one stage:
-  // the next page's K half after the scores, its V half after the output update).
+  // the next page's K half after the scores, its V half after the output update). With one
+  // stage a page's load_keys always precedes its is_pool_page and its load_values, which the
+  // device code relies on to look each page up once (REUSE_LOOKUP in decode.cuh).
   auto loop = scf::ForOp::create(builder, loc, range.getFirst(), range.getEnd(), range.getStep());
   builder.setInsertionPointToStart(loop.getBody());
   page = loop.getInductionVar();

@@ -60,6 +60,10 @@ struct DecodeContext {
   /// The first lookup window's block ids load in begin, so their latency passes under the query
   /// rotation (the compiler sets it where the schedule leaves 255 registers per thread).
   static constexpr bool EARLY = EARLY_WINDOW;
+  /// One lookup per page in the one-stage pipeline: the page's K staging keeps its block id for
+  /// the page's pool check and its V staging (`stagedBlock`, one more register across the page
+  /// loop; only where the schedule leaves 255 registers, like the early window).
+  static constexpr bool REUSE_LOOKUP = SPLIT_LOADS && EARLY;
   /// Operand form of the K and V codes (see CodeForm).
   static constexpr CodeForm KEY_FORM = CodeForm::Subnormal, VALUE_FORM = CodeForm::SubnormalHigh;
   static_assert((Q_TERMS == 1 || Q_TERMS == 2) && (P_TERMS == 1 || P_TERMS == 2),
@@ -127,6 +131,7 @@ struct DecodeContext {
   /// on the sequence length, for rotateQuery.
   static constexpr int QUERY_ROWS = (Q8 + WARPS - 1) / WARPS, QUERY_WORDS = D / 64;
   uint32_t queryWords[QUERY_ROWS][QUERY_WORDS];
+  int stagedBlock; ///< REUSE_LOOKUP: block id of the page whose K half was staged last (-1: pool)
 
   static __device__ __forceinline__ DecodeContext begin(const DecodeParams &params) {
     DecodeContext c;
@@ -172,6 +177,8 @@ struct DecodeContext {
     c.pageEnd = int(int64_t(c.split + 1) * pages / c.numSplits);
     c.merged = false;
     c.weightUnscale = 1.0f;
+    if constexpr (REUSE_LOOKUP)
+      c.stagedBlock = -1;
     if constexpr (EARLY) {
       // The window the first lookup would open (pageFirst, any STAGES); the pool slots, which
       // need the ids, load at the first copy (settleWindow).
@@ -387,6 +394,8 @@ template <typename Ctx> __device__ __forceinline__ int pageStep(Ctx &c) { return
 template <typename Ctx> __device__ __forceinline__ bool isPoolPage(Ctx &c, int page) {
   if (page >= c.pageEnd)
     return false;
+  if constexpr (Ctx::REUSE_LOOKUP) // the lookup of the page's K copy, staged just before
+    return c.stagedBlock < 0;
   return c.lookup(page).y >= 0;
 }
 
@@ -406,12 +415,30 @@ __device__ __forceinline__ void stageRecord(Ctx &c, int page, int stage) {
     copyAsyncCommit();
     return;
   }
-  const int2 entry = c.lookup(page);
-  if (entry.y >= 0) { // a pool page: attended directly from global memory
-    copyAsyncCommit();
-    return;
+  // The record's block id; a pool page is attended directly from global memory. With
+  // REUSE_LOOKUP a page's V half takes the lookup of its K half, staged just before it
+  // (`load_values` follows `load_keys` of the same page in the one-stage pipeline).
+  int block;
+  if constexpr (Ctx::REUSE_LOOKUP) {
+    if constexpr (PARTS == ValuePart) {
+      block = c.stagedBlock;
+    } else {
+      const int2 entry = c.lookup(page);
+      block = c.stagedBlock = entry.y >= 0 ? -1 : entry.x;
+    }
+    if (block < 0) {
+      copyAsyncCommit();
+      return;
+    }
+  } else {
+    const int2 entry = c.lookup(page);
+    if (entry.y >= 0) {
+      copyAsyncCommit();
+      return;
+    }
+    block = entry.x;
   }
-  const unsigned char *rec = c.recordOfBlock(entry.x);
+  const unsigned char *rec = c.recordOfBlock(block);
   unsigned char *staging = c.stageShared(stage);
   // Chunk lane + 32k of a code block sits at a lane-dependent base plus a constant offset per k
   // (rows per warp step are a multiple of 4 and divide or are divided by the V pad period), so

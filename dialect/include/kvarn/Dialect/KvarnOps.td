@@ -229,7 +229,8 @@ class Kvarn_LoadPartOp<string mnemonic, string function, string what>
     computes: `load_keys` (K codes and K scales) after the scores of the previous page, and
     `load_values` (V codes and V scales) after its output update. Like `load_record`, each
     always closes one copy group. Valid only with a one-stage schedule (the device code's waits
-    count two groups per page).
+    count two groups per page). A page's `load_keys` comes before its `is_pool_page` and its
+    `load_values`: where the device code looks a page up once, those two reuse that lookup.
   }];
   let arguments = (ins Kvarn_ContextType:$context, I32:$page, I32:$slot);
   let assemblyFormat =
