@@ -1140,8 +1140,16 @@ template <typename Ctx> __device__ __forceinline__ void attendPoolPage(Ctx &c, i
   }
 }
 
+/// True where the split's partial is stored straight from the warps' rows (storePartial sums
+/// them as it stores, without a barrier and a pass through shared memory): the early-window
+/// schedules' launches of more than one split.
+template <typename Ctx> __device__ __forceinline__ bool combinesInStore(const Ctx &c) {
+  return Ctx::EARLY && c.numSplits > 1;
+}
+
 /// Merges the warps' (max, sum, output) into shared memory: normalized output [Q8][D] and the
-/// natural-log LSE [Q8] at the start of the merge area.
+/// natural-log LSE [Q8] at the start of the merge area (with combinesInStore, the warps' rows
+/// and weights, summed by storePartial).
 template <typename Ctx> __device__ __forceinline__ void mergeWarps(Ctx &c) {
   float *mergeArea = c.mergeShared();
   float *outputs = mergeArea;                                  // [WARPS][Q8][D]
@@ -1207,6 +1215,10 @@ template <typename Ctx> __device__ __forceinline__ void mergeWarps(Ctx &c) {
     lseArea[query] = total > 0.0f ? (best + log2f(total)) * 0.6931471805599453f : -KVARN_INFINITY;
   }
   __syncthreads();
+  if (combinesInStore(c)) { // storePartial sums the warps' rows as it stores them
+    c.merged = true;
+    return;
+  }
   for (int item = threadIdx.x; item < Ctx::Q8 * Ctx::HD; item += blockDim.x) {
     const int query = item / Ctx::HD;
     float value = 0.0f;
@@ -1246,7 +1258,15 @@ __device__ __forceinline__ void storePartial(Ctx &c, const float *merged, const 
   for (int item = threadIdx.x; item < Ctx::QH * Ctx::HD; item += blockDim.x) {
     const int query = item / Ctx::HD, channel = item % Ctx::HD;
     const int64_t row = (headBase + query) * c.numSplits + c.split;
-    c.p.partialOut[row * Ctx::HD + channel] = merged[item];
+    float value = merged[item];
+    if (combinesInStore(c)) { // mergeWarps left the warps' rows [WARPS][Q8][D] and weights
+      const float *weights = merged + Ctx::NWARPS * Ctx::Q8 * Ctx::HD; // [WARPS][Q8]
+      value = 0.0f;
+#pragma unroll
+      for (int w = 0; w < Ctx::NWARPS; ++w)
+        value += weights[w * Ctx::Q8 + query] * merged[w * Ctx::Q8 * Ctx::HD + item];
+    }
+    c.p.partialOut[row * Ctx::HD + channel] = value;
     if (channel == 0)
       c.p.partialLse[row] = lse[query];
   }
