@@ -7,7 +7,9 @@
 // pipeline (a prologue load, then the next page's load into the other slot before each page's
 // compute, one copy of the compute code with a computed slot); one warp needs no warp merge; a
 // fixed single split needs no merge kernel, and so releases none (release_merge lets the merge
-// kernel launch early).
+// kernel launch early). The one-stage order below (a page's load_keys before its is_pool_page and
+// its load_values) is also what lets the device code look each page up once (REUSE_LOOKUP in
+// decode.cuh), so these CHECK-NEXT lines guard it.
 
 // CHECK-LABEL: func.func @one_stage(%{{.*}}: !kvarn.params<decode>) attributes {kvarn.kernel, kvarn.threads = 128 : i64}
 // CHECK: %[[CTX:.*]] = kvarn.tile.begin
