@@ -58,7 +58,10 @@ struct DecodeContext {
   /// (about 22 bits), 1 = rounded once.
   static constexpr int Q_TERMS = QUERY_TERMS, P_TERMS = WEIGHT_TERMS;
   /// The first lookup window's block ids load in begin, so their latency passes under the query
-  /// rotation (the compiler sets it where the schedule leaves 255 registers per thread).
+  /// rotation (the compiler sets it where the schedule leaves 255 registers per thread). The
+  /// same kernels also load their query rows in begin (`queryWords`), look each page up once
+  /// (REUSE_LOOKUP) and store a split's partial straight from the warps' rows
+  /// (`combinesInStore`); the 168-register kernels keep the code they were measured fastest with.
   static constexpr bool EARLY = EARLY_WINDOW;
   /// One lookup per page in the one-stage pipeline: the page's K staging keeps its block id for
   /// the page's pool check and its V staging (`stagedBlock`, one more register across the page

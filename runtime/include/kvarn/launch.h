@@ -73,7 +73,6 @@ private:
   bool programmaticMerge_ = false;
 };
 
-
 /// Host-side split plan of a decode launch (fixed grid for CUDA-graph capture).
 struct DecodePlan {
   int numSplits = 1;

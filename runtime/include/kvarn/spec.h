@@ -73,7 +73,9 @@ int scheduleRegisterBudget(const Schedule &schedule);
 /// Whether a decode kernel of this schedule loads its first lookup window's block ids before
 /// the query rotation (the device library's EARLY_WINDOW): where the schedule leaves 255
 /// registers per thread. At 168 registers holding them cost the page loop more than the overlap
-/// saved (docs/benchmarks.md), so those kernels open the window at their first page copy.
+/// saved (docs/benchmarks.md), so those kernels open the window at their first page copy. The
+/// device library ties its other latency-for-registers trades to the same flag (the query rows
+/// loaded in `begin`, one lookup per page, the split's partial stored from the warps' rows).
 bool earlyLookupWindow(const Schedule &schedule);
 
 /// A value of the schedule's `mma` knob: the tensor-core instruction and how many fp16 terms
