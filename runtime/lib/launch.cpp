@@ -2,6 +2,7 @@
 #include "kvarn/launch.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <utility>
 
 namespace kvarn {
@@ -172,6 +173,24 @@ int KernelModule::localBytes(size_t index) const {
   return value;
 }
 
+UnsignedDivisor unsignedDivisor(uint32_t divisor) {
+  UnsignedDivisor d;
+  if (divisor <= 1)
+    return d; // t = 0, q = n
+  int l = 0; // ceil(log2(divisor))
+  while ((uint64_t(1) << l) < divisor)
+    ++l;
+  d.multiplier = uint32_t((uint64_t(1) << 32) * ((uint64_t(1) << l) - divisor) / divisor + 1);
+  d.shift1 = 1;
+  d.shift2 = l - 1;
+  return d;
+}
+
+uint32_t divide(uint32_t n, const UnsignedDivisor &d) {
+  const uint32_t t = uint32_t((uint64_t(d.multiplier) * n) >> 32);
+  return (t + ((n - t) >> d.shift1)) >> d.shift2;
+}
+
 DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, int smCount,
                       int warps, int ctasPerSm, int maxSplits) {
   constexpr double ctaOverhead = 1.0, mergeOverhead = 1.0; // in page times of one warp
@@ -220,6 +239,14 @@ Status launchDecode(const KernelModule &module, dev::DecodeParams params, int nu
                     const DecodePlan &plan, CUstream stream) {
   const Driver &d = driver();
   params.numSplits = plan.numSplits;
+  // The kernel divides split * pages by the split count, pages <= maxBlocksPerRequest: through
+  // the multiplier where every such product fits 32 bits.
+  const UnsignedDivisor divisor = unsignedDivisor(uint32_t(std::max(1, plan.numSplits)));
+  const bool fits = uint64_t(std::max(1, plan.numSplits)) *
+                        uint64_t(std::max(0, params.maxBlocksPerRequest)) <= UINT32_MAX;
+  params.splitMultiplier = fits ? divisor.multiplier : 0u;
+  params.splitShift1 = divisor.shift1;
+  params.splitShift2 = divisor.shift2;
   void *arguments[] = {&params};
   if (Status s = KVARN_CU(d.cuLaunchKernel(module.function(0), params.numKvHeads, params.batch,
                                            plan.numSplits, module.threads(), 1, 1,

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <random>
 #include <vector>
 
 namespace {
@@ -51,6 +53,26 @@ TEST(DecodePlan, ShortAndEmptyRequestsAreNotSplit) {
 TEST(DecodePlan, RespectsTheSplitBound) {
   EXPECT_LE(planDecode(1, 1, 1 << 20, kTile, kSms, kWarps, kResident, 16).numSplits, 16);
   EXPECT_GE(planDecode(1, 1, 1 << 20, kTile, kSms, kWarps, kResident, 16).numSplits, 8);
+}
+
+TEST(SplitDivisor, MatchesDivisionForEveryDivisorUpToTwoThousandAndAnyNumerator) {
+  // The decode kernel's page range: split * pages / splits through a multiply-high.
+  std::mt19937 random(20261130);
+  for (uint32_t d = 1; d <= 2048; ++d) {
+    const kvarn::UnsignedDivisor divisor = kvarn::unsignedDivisor(d);
+    std::vector<uint32_t> numerators = {0u, 1u, d - 1, d, d + 1, 2 * d - 1, 0x7fffffffu,
+                                        0x80000000u, 0xfffffffeu, 0xffffffffu};
+    for (uint32_t k = 1; k < 64; ++k) // around every small multiple, and random ones
+      for (uint32_t delta : {0u, 1u, d - 1})
+        numerators.push_back(k * d + delta);
+    for (int r = 0; r < 200; ++r)
+      numerators.push_back(uint32_t(random()));
+    for (uint32_t n : numerators)
+      ASSERT_EQ(kvarn::divide(n, divisor), n / d) << n << " / " << d;
+  }
+  for (uint32_t d : {0x7fffffffu, 0x80000000u, 0x80000001u, 0xfffffffeu, 0xffffffffu})
+    for (uint32_t n : {0u, d - 1, d, 0xffffffffu})
+      EXPECT_EQ(kvarn::divide(n, kvarn::unsignedDivisor(d)), n / d) << n << " / " << d;
 }
 
 TEST(DecodeWorkspace, PartialsThenLsesSizedByTheSplitPlan) {

@@ -337,6 +337,14 @@ __device__ __forceinline__ void prefetchL2(const void *address) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(address));
 }
 
+/// n / d for a divisor d given as (multiplier, shift1, shift2) by the host (unsignedDivisor in
+/// launch.h): a multiply-high, a subtract, an add and two shifts instead of a division.
+__device__ __forceinline__ unsigned divideInvariant(unsigned n, unsigned multiplier, int shift1,
+                                                   int shift2) {
+  const unsigned t = __umulhi(multiplier, n);
+  return (t + ((n - t) >> shift1)) >> shift2;
+}
+
 /// Programmatic dependent launch (sm_90 and later; no-ops before). A kernel launched after this
 /// one with programmatic stream serialization may start once every CTA here has called
 /// releaseDependents (or exited); it calls awaitPrerequisites before it reads anything this one

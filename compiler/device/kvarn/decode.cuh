@@ -176,8 +176,16 @@ struct DecodeContext {
     }
     c.seqLen = params.seqLens[c.request];
     const int pages = (c.seqLen + G - 1) / G;
-    c.pageBegin = int(int64_t(c.split) * pages / c.numSplits);
-    c.pageEnd = int(int64_t(c.split + 1) * pages / c.numSplits);
+    if (SPLITS == 0 && params.splitMultiplier != 0) { // the products fit 32 bits
+      c.pageBegin = int(divideInvariant(unsigned(c.split) * unsigned(pages), params.splitMultiplier,
+                                        params.splitShift1, params.splitShift2));
+      c.pageEnd = int(divideInvariant(unsigned(c.split + 1) * unsigned(pages),
+                                      params.splitMultiplier, params.splitShift1,
+                                      params.splitShift2));
+    } else {
+      c.pageBegin = int(int64_t(c.split) * pages / c.numSplits);
+      c.pageEnd = int(int64_t(c.split + 1) * pages / c.numSplits);
+    }
     c.merged = false;
     c.weightUnscale = 1.0f;
     if constexpr (REUSE_LOOKUP)
@@ -1356,7 +1364,23 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   // Step 3. Weighted sum over the splits, a chunk of weights at a time (the first chunk's first
   // EARLY splits from registers).
   float total = 0.0f, value[PER_THREAD] = {};
-  if (best != -KVARN_INFINITY)
+  static_assert(EARLY <= THREADS, "a thread per early weight");
+  if (best != -KVARN_INFINITY && c.numSplits <= EARLY) {
+    // Up to EARLY splits (every planned launch): each weight slot up to EARLY is written, 0 past
+    // the last split, whose partials are 0 too (step 1), so the sums run over EARLY terms with
+    // no bound to check. The sums start at +0 and an added +0 changes no bits.
+    if (int(threadIdx.x) < EARLY)
+      weights[threadIdx.x] = int(threadIdx.x) < c.numSplits ? __expf(ownLse - best) : 0.0f;
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; ++k)
+#pragma unroll
+      for (int s = 0; s < EARLY; ++s)
+        value[k] += weights[s] * earlyPartial[k][s];
+#pragma unroll
+    for (int s = 0; s < EARLY; ++s)
+      total += weights[s];
+  } else if (best != -KVARN_INFINITY)
     for (int first = 0; first < c.numSplits; first += MERGE_CHUNK) {
       const int count = min(MERGE_CHUNK, c.numSplits - first);
       __syncthreads(); // the previous chunk's weights are consumed

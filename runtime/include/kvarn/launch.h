@@ -6,6 +6,7 @@
 #include "kvarn/params.h"
 #include "kvarn/spec.h"
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,19 @@ private:
   int residentCtasPerSm_ = 1;
   bool programmaticMerge_ = false;
 };
+
+/// Unsigned 32-bit division by an invariant divisor d >= 1 as a multiply-high and two shifts:
+/// q = (t + ((n - t) >> shift1)) >> shift2 with t = (multiplier * n) >> 32, exact for every
+/// 32-bit n (Granlund and Montgomery, "Division by Invariant Integers using Multiplication", PLDI
+/// 1994, figure 4.1). The decode kernel divides its split's page range this way
+/// (DecodeParams::splitMultiplier, set by launchDecode).
+struct UnsignedDivisor {
+  uint32_t multiplier = 1;
+  int shift1 = 0, shift2 = 0;
+};
+UnsignedDivisor unsignedDivisor(uint32_t divisor);
+/// n / divisor through `d` (the device's formula, for tests).
+uint32_t divide(uint32_t n, const UnsignedDivisor &d);
 
 /// Host-side split plan of a decode launch (fixed grid for CUDA-graph capture).
 struct DecodePlan {
