@@ -1315,9 +1315,10 @@ __device__ int kvarn_merge_awaits_decode = 1;
 /// Merges the splits of one (request, kv head, query head = blockIdx.z) by LSE, un-rotates and
 /// stores (grid: kv heads x requests x Q; one thread per channel). The kernel is a short chain of
 /// memory round trips, so it issues what does not depend on the LSEs first: the partials of the
-/// first EARLY splits load while the LSE maximum is reduced. Further splits follow in chunks of
-/// MERGE_CHUNK weights in shared memory. Each channel's sum runs in split order whatever the
-/// chunking; one warp un-rotates the row (laneGroupFwht) and stores it.
+/// first EARLY splits load while the LSE maximum is reduced. A launch of up to EARLY splits
+/// (every planned one) sums them from those registers; a longer one reads every split again, in
+/// chunks of MERGE_CHUNK weights in shared memory. Each channel's sum runs in split order either
+/// way; one warp un-rotates the row (laneGroupFwht) and stores it.
 template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   typedef typename Ctx::Type T;
   constexpr int MERGE_CHUNK = 256;
@@ -1361,8 +1362,8 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
 #pragma unroll
   for (int w = 1; w < Ctx::NWARPS; ++w)
     best = fmaxf(best, warpMaxima[w]);
-  // Step 3. Weighted sum over the splits, a chunk of weights at a time (the first chunk's first
-  // EARLY splits from registers).
+  // Step 3. Weighted sum over the splits: up to EARLY splits from the registers of step 1, more
+  // a chunk of weights at a time.
   float total = 0.0f, value[PER_THREAD] = {};
   static_assert(EARLY <= THREADS, "a thread per early weight");
   if (best != -KVARN_INFINITY && c.numSplits <= EARLY) {
@@ -1387,18 +1388,14 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
       for (int s = threadIdx.x; s < count; s += blockDim.x)
         weights[s] = __expf((first == 0 && s == int(threadIdx.x) ? ownLse : lse[first + s]) - best);
       __syncthreads();
+      // The partials again, from L2 (the early registers stay out of this path's allocation).
       const float *chunk = partial + int64_t(first) * Ctx::HD;
-      const int fromRegisters = first == 0 ? early : 0;
 #pragma unroll
       for (int k = 0; k < PER_THREAD; ++k) {
         const int channel = threadIdx.x + k * THREADS;
         if (channel < Ctx::HD) {
-#pragma unroll
-          for (int s = 0; s < EARLY; ++s)
-            if (s < fromRegisters)
-              value[k] += weights[s] * earlyPartial[k][s];
 #pragma unroll 16
-          for (int s = fromRegisters; s < count; ++s)
+          for (int s = 0; s < count; ++s)
             value[k] += weights[s] * chunk[s * Ctx::HD + channel];
         }
       }
