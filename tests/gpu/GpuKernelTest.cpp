@@ -336,10 +336,11 @@ TEST(GpuDecode, LongContextAndSplitsAgree) {
 
 TEST(GpuDecode, ManySplitsMergeInChunksAndEmptySplitsWeighNothing) {
   KVARN_REQUIRE_GPU();
-  // The merge kernel keeps the first splits' partials in registers and weighs up to 256 splits
-  // at a time: 257 and 300 splits take a second, partial chunk; the short requests leave most
-  // splits without a page (LSE -inf, weight 0).
-  for (int splits : {257, 300}) {
+  // The merge kernel sums up to 32 splits from registers (32: every slot used) and reads a
+  // longer launch's partials again, 256 weights at a time: 33 splits take one chunk, 257 and 300
+  // a second, partial one; the short requests leave most splits without a page (LSE -inf,
+  // weight 0).
+  for (int splits : {32, 33, 257, 300}) {
     DecodeCase dc{"kvarn_k4v2_g128", 128, 8, 1, DType::F16, {300 * 128 + 17, 5 * 128 + 37, 1},
                   "mma=m16n8k16.single-p"};
     const double error = runDecode(dc, 90 + splits, true, splits);
