@@ -191,6 +191,17 @@ uint32_t divide(uint32_t n, const UnsignedDivisor &d) {
   return (t + ((n - t) >> d.shift1)) >> d.shift2;
 }
 
+Expected<UnsignedDivisor> splitDivisor(int numSplits, int maxBlocksPerRequest) {
+  if (numSplits < 1 ||
+      uint64_t(numSplits) * uint64_t(std::max(0, maxBlocksPerRequest)) > UINT32_MAX)
+    return makeError(ErrorCode::InvalidArgument,
+                     "decode launch of " + std::to_string(numSplits) + " splits over " +
+                         std::to_string(maxBlocksPerRequest) +
+                         " blocks per request: the split count must be at least 1 and splits x "
+                         "blocks per request at most 2^32 - 1");
+  return unsignedDivisor(uint32_t(numSplits));
+}
+
 DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, int smCount,
                       int warps, int ctasPerSm, int maxSplits) {
   constexpr double ctaOverhead = 1.0, mergeOverhead = 1.0; // in page times of one warp
@@ -239,14 +250,12 @@ Status launchDecode(const KernelModule &module, dev::DecodeParams params, int nu
                     const DecodePlan &plan, CUstream stream) {
   const Driver &d = driver();
   params.numSplits = plan.numSplits;
-  // The kernel divides split * pages by the split count, pages <= maxBlocksPerRequest: through
-  // the multiplier where every such product fits 32 bits.
-  const UnsignedDivisor divisor = unsignedDivisor(uint32_t(std::max(1, plan.numSplits)));
-  const bool fits = uint64_t(std::max(1, plan.numSplits)) *
-                        uint64_t(std::max(0, params.maxBlocksPerRequest)) <= UINT32_MAX;
-  params.splitMultiplier = fits ? divisor.multiplier : 0u;
-  params.splitShift1 = divisor.shift1;
-  params.splitShift2 = divisor.shift2;
+  Expected<UnsignedDivisor> divisor = splitDivisor(plan.numSplits, params.maxBlocksPerRequest);
+  if (!divisor)
+    return divisor.error();
+  params.splitMultiplier = divisor->multiplier;
+  params.splitShift1 = divisor->shift1;
+  params.splitShift2 = divisor->shift2;
   void *arguments[] = {&params};
   if (Status s = KVARN_CU(d.cuLaunchKernel(module.function(0), params.numKvHeads, params.batch,
                                            plan.numSplits, module.threads(), 1, 1,

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace {
@@ -73,6 +74,19 @@ TEST(SplitDivisor, MatchesDivisionForEveryDivisorUpToTwoThousandAndAnyNumerator)
   for (uint32_t d : {0x7fffffffu, 0x80000000u, 0x80000001u, 0xfffffffeu, 0xffffffffu})
     for (uint32_t n : {0u, d - 1, d, 0xffffffffu})
       EXPECT_EQ(kvarn::divide(n, kvarn::unsignedDivisor(d)), n / d) << n << " / " << d;
+}
+
+TEST(SplitDivisor, RefusesLaunchesWhoseProductsLeaveThirtyTwoBits) {
+  EXPECT_TRUE(kvarn::splitDivisor(64, 1 << 20).ok()); // 2^26 products
+  const auto fits = kvarn::splitDivisor(32, 1024);
+  ASSERT_TRUE(bool(fits));
+  EXPECT_EQ(kvarn::divide(31 * 1024u, *fits), 31u * 1024u / 32u);
+  const auto tooMany = kvarn::splitDivisor(4096, 1 << 20); // 2^32 products
+  ASSERT_FALSE(bool(tooMany));
+  EXPECT_EQ(tooMany.error().code, kvarn::ErrorCode::InvalidArgument);
+  EXPECT_NE(tooMany.error().message.find("4096 splits over 1048576 blocks"), std::string::npos)
+      << tooMany.error().message;
+  EXPECT_FALSE(bool(kvarn::splitDivisor(0, 16)));
 }
 
 TEST(DecodeWorkspace, PartialsThenLsesSizedByTheSplitPlan) {

@@ -176,13 +176,16 @@ struct DecodeContext {
     }
     c.seqLen = params.seqLens[c.request];
     const int pages = (c.seqLen + G - 1) / G;
-    if (SPLITS == 0 && params.splitMultiplier != 0) { // the products fit 32 bits
+    if constexpr (SPLITS > 0) { // a constant divisor
+      c.pageBegin = int(int64_t(c.split) * pages / SPLITS);
+      c.pageEnd = int(int64_t(c.split + 1) * pages / SPLITS);
+    } else if constexpr (EARLY) { // the host's multiplier (launchDecode: the products fit 32 bits)
       c.pageBegin = int(divideInvariant(unsigned(c.split) * unsigned(pages), params.splitMultiplier,
                                         params.splitShift1, params.splitShift2));
       c.pageEnd = int(divideInvariant(unsigned(c.split + 1) * unsigned(pages),
                                       params.splitMultiplier, params.splitShift1,
                                       params.splitShift2));
-    } else {
+    } else { // a division: with the multiplier ptxas spills more in the 168-register kernels
       c.pageBegin = int(int64_t(c.split) * pages / c.numSplits);
       c.pageEnd = int(int64_t(c.split + 1) * pages / c.numSplits);
     }
@@ -1313,117 +1316,105 @@ __device__ int kvarn_merge_awaits_decode = 1;
 #endif
 
 /// Merges the splits of one (request, kv head, query head = blockIdx.z) by LSE, un-rotates and
-/// stores (grid: kv heads x requests x Q; one thread per channel). The kernel is a short chain of
-/// memory round trips, so it issues what does not depend on the LSEs first: the partials of the
-/// first EARLY splits load while the LSE maximum is reduced. A launch of up to EARLY splits
-/// (every planned one) sums them from those registers; a longer one reads every split again, in
-/// chunks of MERGE_CHUNK weights in shared memory. Each channel's sum runs in split order either
-/// way; one warp un-rotates the row (laneGroupFwht) and stores it.
+/// stores (grid: kv heads x requests x Q). One warp does it all, so no barrier or shared memory
+/// sits in its chain of memory round trips: lane l owns channels E*l .. E*l + E - 1 (E = D / 32,
+/// the register FWHT's layout) and split l's LSE. The partials of the first EARLY splits load
+/// before the LSEs are known; the LSE maximum is a butterfly over the lanes, each lane computes
+/// its split's weight, and every channel's sum takes the weights by shuffle in split order. A
+/// launch of more than EARLY splits (forced; the planner stays below) reads its partials in the
+/// same order, a chunk of 32 weights at a time. The other warps of the CTA (the decode kernel's
+/// block size) leave at once.
 template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   typedef typename Ctx::Type T;
-  constexpr int MERGE_CHUNK = 256;
-  constexpr int THREADS = Ctx::NWARPS * 32, PER_THREAD = (Ctx::HD + THREADS - 1) / THREADS;
-  constexpr int EARLY = 64 / PER_THREAD < 32 ? 64 / PER_THREAD : 32; // at most 64 registers
-  static_assert((Ctx::HD + MERGE_CHUNK + Ctx::NWARPS) * 4 <= Ctx::SHARED_BYTES - Ctx::STAGING_OFFSET,
-                "merge scratch fits the merge area");
-  if (c.numSplits == 1)
-    return; // the decode kernel stored the final output
-  float *row = c.mergeShared();                   // [D]
-  float *weights = row + Ctx::HD;                 // [MERGE_CHUNK]
-  float *warpMaxima = weights + MERGE_CHUNK;      // [WARPS]
+  constexpr int E = Ctx::HD / 32;
+  constexpr int EARLY = 128 / E < 32 ? 128 / E : 32; // at most 128 registers of partials
+  static_assert(E == 2 || E % 4 == 0, "channel vectors of 8 or 16 bytes");
+  if (c.numSplits == 1 || c.warp != 0)
+    return; // one split: the decode kernel stored the final output
   const int query = blockIdx.z;
   const int numQueryHeads = c.p.numKvHeads * Ctx::QH;
   const int64_t head = int64_t(c.request) * numQueryHeads + int64_t(c.kvHead) * Ctx::QH + query;
   const float *lse = c.p.partialLse + head * c.numSplits;
-  const float *partial = c.p.partialOut + head * c.numSplits * Ctx::HD;
+  const float *partial = c.p.partialOut + head * c.numSplits * Ctx::HD + E * c.lane;
+  auto loadChannels = [&](float (&x)[E], int split) {
+    const float *from = partial + int64_t(split) * Ctx::HD;
+    if constexpr (E == 2) {
+      const float2 v = *reinterpret_cast<const float2 *>(from);
+      x[0] = v.x;
+      x[1] = v.y;
+    } else {
+#pragma unroll
+      for (int k = 0; k < E; k += 4) {
+        const float4 v = *reinterpret_cast<const float4 *>(from + k);
+        x[k] = v.x;
+        x[k + 1] = v.y;
+        x[k + 2] = v.z;
+        x[k + 3] = v.w;
+      }
+    }
+  };
   awaitPrerequisites(); // the decode kernel's partials (launched early as its dependent)
-  // Step 1. The first EARLY splits' partials of this thread's channels (they do not depend on
-  // the LSEs), then the LSEs, all in flight together.
-  const int early = min(EARLY, c.numSplits);
-  float earlyPartial[PER_THREAD][EARLY];
+  // Step 1. The first EARLY splits' partials (0 past the last split), then the LSEs, all in
+  // flight together.
+  float early[EARLY][E];
 #pragma unroll
-  for (int k = 0; k < PER_THREAD; ++k) {
-    const int channel = threadIdx.x + k * THREADS;
+  for (int s = 0; s < EARLY; ++s) {
+    if (s < c.numSplits)
+      loadChannels(early[s], s);
+    else
 #pragma unroll
-    for (int s = 0; s < EARLY; ++s)
-      earlyPartial[k][s] = channel < Ctx::HD && s < early ? partial[s * Ctx::HD + channel] : 0.0f;
+      for (int k = 0; k < E; ++k)
+        early[s][k] = 0.0f;
   }
-  // Step 2. The largest LSE (-inf when no split attended anything). Each thread keeps its first
-  // LSE for its weight in step 3 (no second round trip for launches of up to blockDim splits).
-  const float ownLse = int(threadIdx.x) < c.numSplits ? lse[threadIdx.x] : -KVARN_INFINITY;
+  const float ownLse = c.lane < c.numSplits ? lse[c.lane] : -KVARN_INFINITY;
+  // Step 2. The largest LSE (-inf when no split attended anything: every weight is 0).
   float best = ownLse;
-  for (int s = threadIdx.x + blockDim.x; s < c.numSplits; s += blockDim.x)
+  for (int s = c.lane + 32; s < c.numSplits; s += 32)
     best = fmaxf(best, lse[s]);
   best = warpMaxXor(best, 1, 16);
-  if (c.lane == 0)
-    warpMaxima[c.warp] = best;
-  __syncthreads();
-  best = warpMaxima[0];
+  auto weightOf = [&](float splitLse) {
+    return best == -KVARN_INFINITY ? 0.0f : __expf(splitLse - best);
+  };
+  // Step 3. Weighted sums in split order (the weight of a split past the last is 0, and its
+  // partial too: the sums start at +0 and an added +0 changes no bits).
+  float total = 0.0f, value[E] = {};
+  if (c.numSplits <= EARLY) {
+    const float ownWeight = c.lane < c.numSplits ? weightOf(ownLse) : 0.0f;
 #pragma unroll
-  for (int w = 1; w < Ctx::NWARPS; ++w)
-    best = fmaxf(best, warpMaxima[w]);
-  // Step 3. Weighted sum over the splits: up to EARLY splits from the registers of step 1, more
-  // a chunk of weights at a time.
-  float total = 0.0f, value[PER_THREAD] = {};
-  static_assert(EARLY <= THREADS, "a thread per early weight");
-  if (best != -KVARN_INFINITY && c.numSplits <= EARLY) {
-    // Up to EARLY splits (every planned launch): each weight slot up to EARLY is written, 0 past
-    // the last split, whose partials are 0 too (step 1), so the sums run over EARLY terms with
-    // no bound to check. The sums start at +0 and an added +0 changes no bits.
-    if (int(threadIdx.x) < EARLY)
-      weights[threadIdx.x] = int(threadIdx.x) < c.numSplits ? __expf(ownLse - best) : 0.0f;
-    __syncthreads();
+    for (int s = 0; s < EARLY; ++s) {
+      const float weight = __shfl_sync(0xffffffffu, ownWeight, s);
+      total += weight;
 #pragma unroll
-    for (int k = 0; k < PER_THREAD; ++k)
-#pragma unroll
-      for (int s = 0; s < EARLY; ++s)
-        value[k] += weights[s] * earlyPartial[k][s];
-#pragma unroll
-    for (int s = 0; s < EARLY; ++s)
-      total += weights[s];
-  } else if (best != -KVARN_INFINITY)
-    for (int first = 0; first < c.numSplits; first += MERGE_CHUNK) {
-      const int count = min(MERGE_CHUNK, c.numSplits - first);
-      __syncthreads(); // the previous chunk's weights are consumed
-      for (int s = threadIdx.x; s < count; s += blockDim.x)
-        weights[s] = __expf((first == 0 && s == int(threadIdx.x) ? ownLse : lse[first + s]) - best);
-      __syncthreads();
-      // The partials again, from L2 (the early registers stay out of this path's allocation).
-      const float *chunk = partial + int64_t(first) * Ctx::HD;
-#pragma unroll
-      for (int k = 0; k < PER_THREAD; ++k) {
-        const int channel = threadIdx.x + k * THREADS;
-        if (channel < Ctx::HD) {
-#pragma unroll 16
-          for (int s = 0; s < count; ++s)
-            value[k] += weights[s] * chunk[s * Ctx::HD + channel];
-        }
-      }
-#pragma unroll 8 // independent shared loads; only the adds chain
-      for (int s = 0; s < count; ++s)
-        total += weights[s];
+      for (int k = 0; k < E; ++k)
+        value[k] += weight * early[s][k];
     }
+  } else {
+    for (int first = 0; first < c.numSplits; first += 32) {
+      const int count = min(32, c.numSplits - first);
+      const float ownWeight =
+          c.lane < count ? weightOf(first == 0 ? ownLse : lse[first + c.lane]) : 0.0f;
+      for (int s = 0; s < count; ++s) {
+        const float weight = __shfl_sync(0xffffffffu, ownWeight, s);
+        float x[E];
+        loadChannels(x, first + s);
+        total += weight;
 #pragma unroll
-  for (int k = 0; k < PER_THREAD; ++k) {
-    const int channel = threadIdx.x + k * THREADS;
-    if (channel < Ctx::HD)
-      row[channel] = roundTo<T>(total > 0.0f ? value[k] / total : 0.0f);
+        for (int k = 0; k < E; ++k)
+          value[k] += weight * x[k];
+      }
+    }
   }
-  __syncthreads();
-  // Step 4. Warp 0 un-rotates the row in registers and stores it.
-  if (c.warp != 0)
-    return;
-  constexpr int E = Ctx::HD / 32;
+  // Step 4. Normalize, round to the output type, un-rotate in registers and store.
   float x[E];
 #pragma unroll
-  for (int e = 0; e < E; ++e)
-    x[e] = row[E * c.lane + e];
+  for (int k = 0; k < E; ++k)
+    x[k] = roundTo<T>(total > 0.0f ? value[k] / total : 0.0f);
   laneGroupFwht<E, 32>(x, c.lane);
   const float scale = hadamardScale<Ctx::HD>();
   T *out = static_cast<T *>(c.p.out) + head * Ctx::HD + E * c.lane;
 #pragma unroll
-  for (int e = 0; e < E; ++e)
-    out[e] = fromFloat<T>(x[e] * scale);
+  for (int k = 0; k < E; ++k)
+    out[k] = fromFloat<T>(x[k] * scale);
 }
 
 } // namespace dev

@@ -22,8 +22,8 @@ struct DecodeParams {
   int maxBlocksPerRequest;
   int numSplits;                  ///< splits of this launch (planned), or the schedule's
   float softmaxScale;
-  /// Division by numSplits as a multiply-high and two shifts (splitDivisor in launch.h), for
-  /// the split's page range; splitMultiplier = 0: divide (the products may not fit 32 bits).
+  /// Division by numSplits as a multiply-high and two shifts (unsignedDivisor in launch.h), for
+  /// the split's page range split * pages / numSplits (launchDecode sets them).
   unsigned splitMultiplier;
   int splitShift1, splitShift2;
 };
