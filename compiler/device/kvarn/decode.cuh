@@ -1321,9 +1321,9 @@ __device__ int kvarn_merge_awaits_decode = 1;
 /// the register FWHT's layout) and split l's LSE. The partials of the first EARLY splits load
 /// before the LSEs are known; the LSE maximum is a butterfly over the lanes, each lane computes
 /// its split's weight, and every channel's sum takes the weights by shuffle in split order. A
-/// launch of more than EARLY splits (forced; the planner stays below) reads its partials in the
-/// same order, a chunk of 32 weights at a time. The other warps of the CTA (the decode kernel's
-/// block size) leave at once.
+/// launch of more than EARLY splits (the planner allows 64) sums them in the same order, EARLY
+/// at a time, each later chunk's partials loaded together before its sums. The other warps of
+/// the CTA (the decode kernel's block size) leave at once.
 template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   typedef typename Ctx::Type T;
   constexpr int E = Ctx::HD / 32;
@@ -1389,18 +1389,30 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
         value[k] += weight * early[s][k];
     }
   } else {
-    for (int first = 0; first < c.numSplits; first += 32) {
-      const int count = min(32, c.numSplits - first);
+    // EARLY splits at a time: the first chunk's partials came in step 1, each later chunk's load
+    // together (with their LSEs) before its sums.
+    for (int first = 0; first < c.numSplits; first += EARLY) {
+      const int count = min(EARLY, c.numSplits - first);
+      if (first > 0) {
+#pragma unroll
+        for (int s = 0; s < EARLY; ++s) {
+          if (s < count)
+            loadChannels(early[s], first + s);
+          else
+#pragma unroll
+            for (int k = 0; k < E; ++k)
+              early[s][k] = 0.0f;
+        }
+      }
       const float ownWeight =
           c.lane < count ? weightOf(first == 0 ? ownLse : lse[first + c.lane]) : 0.0f;
-      for (int s = 0; s < count; ++s) {
+#pragma unroll
+      for (int s = 0; s < EARLY; ++s) {
         const float weight = __shfl_sync(0xffffffffu, ownWeight, s);
-        float x[E];
-        loadChannels(x, first + s);
         total += weight;
 #pragma unroll
         for (int k = 0; k < E; ++k)
-          value[k] += weight * x[k];
+          value[k] += weight * early[s][k];
       }
     }
   }
