@@ -1353,19 +1353,21 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
       }
     }
   };
-  awaitPrerequisites(); // the decode kernel's partials (launched early as its dependent)
-  // Step 1. The first EARLY splits' partials (0 past the last split), then the LSEs, all in
-  // flight together.
   float early[EARLY][E];
+  auto loadChunk = [&](int first, int count) { // EARLY splits' partials, 0 past the count
 #pragma unroll
-  for (int s = 0; s < EARLY; ++s) {
-    if (s < c.numSplits)
-      loadChannels(early[s], s);
-    else
+    for (int s = 0; s < EARLY; ++s) {
+      if (s < count)
+        loadChannels(early[s], first + s);
+      else
 #pragma unroll
-      for (int k = 0; k < E; ++k)
-        early[s][k] = 0.0f;
-  }
+        for (int k = 0; k < E; ++k)
+          early[s][k] = 0.0f;
+    }
+  };
+  awaitPrerequisites(); // the decode kernel's partials (launched early as its dependent)
+  // Step 1. The first EARLY splits' partials, then the LSEs, all in flight together.
+  loadChunk(0, c.numSplits);
   const float ownLse = c.lane < c.numSplits ? lse[c.lane] : -KVARN_INFINITY;
   // Step 2. The largest LSE (-inf when no split attended anything: every weight is 0).
   float best = ownLse;
@@ -1378,8 +1380,7 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   // Step 3. Weighted sums in split order (the weight of a split past the last is 0, and its
   // partial too: the sums start at +0 and an added +0 changes no bits).
   float total = 0.0f, value[E] = {};
-  if (c.numSplits <= EARLY) {
-    const float ownWeight = c.lane < c.numSplits ? weightOf(ownLse) : 0.0f;
+  auto addChunk = [&](float ownWeight) { // lane s holds the weight of the chunk's split s
 #pragma unroll
     for (int s = 0; s < EARLY; ++s) {
       const float weight = __shfl_sync(0xffffffffu, ownWeight, s);
@@ -1388,32 +1389,17 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
       for (int k = 0; k < E; ++k)
         value[k] += weight * early[s][k];
     }
+  };
+  if (c.numSplits <= EARLY) {
+    addChunk(c.lane < c.numSplits ? weightOf(ownLse) : 0.0f);
   } else {
     // EARLY splits at a time: the first chunk's partials came in step 1, each later chunk's load
     // together (with their LSEs) before its sums.
     for (int first = 0; first < c.numSplits; first += EARLY) {
       const int count = min(EARLY, c.numSplits - first);
-      if (first > 0) {
-#pragma unroll
-        for (int s = 0; s < EARLY; ++s) {
-          if (s < count)
-            loadChannels(early[s], first + s);
-          else
-#pragma unroll
-            for (int k = 0; k < E; ++k)
-              early[s][k] = 0.0f;
-        }
-      }
-      const float ownWeight =
-          c.lane < count ? weightOf(first == 0 ? ownLse : lse[first + c.lane]) : 0.0f;
-#pragma unroll
-      for (int s = 0; s < EARLY; ++s) {
-        const float weight = __shfl_sync(0xffffffffu, ownWeight, s);
-        total += weight;
-#pragma unroll
-        for (int k = 0; k < E; ++k)
-          value[k] += weight * early[s][k];
-      }
+      if (first > 0)
+        loadChunk(first, count);
+      addChunk(c.lane < count ? weightOf(first == 0 ? ownLse : lse[first + c.lane]) : 0.0f);
     }
   }
   // Step 4. Normalize, round to the output type, un-rotate in registers and store.
