@@ -2,6 +2,7 @@
 #include "kvarn/launch.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <utility>
 
@@ -177,9 +178,7 @@ UnsignedDivisor unsignedDivisor(uint32_t divisor) {
   UnsignedDivisor d;
   if (divisor <= 1)
     return d; // t = 0, q = n
-  int l = 0; // ceil(log2(divisor))
-  while ((uint64_t(1) << l) < divisor)
-    ++l;
+  const int l = std::bit_width(divisor - 1); // ceil(log2(divisor))
   d.multiplier = uint32_t((uint64_t(1) << 32) * ((uint64_t(1) << l) - divisor) / divisor + 1);
   d.shift1 = 1;
   d.shift2 = l - 1;

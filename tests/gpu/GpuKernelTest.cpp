@@ -336,10 +336,10 @@ TEST(GpuDecode, LongContextAndSplitsAgree) {
 
 TEST(GpuDecode, ManySplitsMergeInChunksAndEmptySplitsWeighNothing) {
   KVARN_REQUIRE_GPU();
-  // The merge kernel sums up to 32 splits from registers (32: every slot used) and reads a
-  // longer launch's partials again, 256 weights at a time: 33 splits take one chunk, 257 and 300
-  // a second, partial one; the short requests leave most splits without a page (LSE -inf,
-  // weight 0).
+  // The merge kernel sums 32 splits at a time from registers (32: one full chunk), loading each
+  // later chunk's partials together: 33 splits take a second chunk of one split, 257 and 300
+  // nine and ten chunks, the last partial; the short requests leave most splits without a page
+  // (LSE -inf, weight 0).
   for (int splits : {32, 33, 257, 300}) {
     DecodeCase dc{"kvarn_k4v2_g128", 128, 8, 1, DType::F16, {300 * 128 + 17, 5 * 128 + 37, 1},
                   "mma=m16n8k16.single-p"};

@@ -145,7 +145,6 @@ TEST(StaticPrune, MinCtasMustBindFitAndLeaveRegisters) {
   s.warps = 6;
   s.minCtas = 2;
   EXPECT_EQ(scheduleRegisterBudget(s), 168);
-  s.warps = 4;
   s.minCtas = 3;
   s.warps = 8;
   EXPECT_THAT(staticPruneReason(spec, s), HasSubstr("fewer than 128"));

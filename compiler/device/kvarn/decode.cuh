@@ -176,16 +176,14 @@ struct DecodeContext {
     }
     c.seqLen = params.seqLens[c.request];
     const int pages = (c.seqLen + G - 1) / G;
-    if constexpr (SPLITS > 0) { // a constant divisor
-      c.pageBegin = int(int64_t(c.split) * pages / SPLITS);
-      c.pageEnd = int(int64_t(c.split + 1) * pages / SPLITS);
-    } else if constexpr (EARLY) { // the host's multiplier (launchDecode: the products fit 32 bits)
+    if constexpr (EARLY && SPLITS == 0) { // the host's multiplier (the products fit 32 bits)
       c.pageBegin = int(divideInvariant(unsigned(c.split) * unsigned(pages), params.splitMultiplier,
                                         params.splitShift1, params.splitShift2));
       c.pageEnd = int(divideInvariant(unsigned(c.split + 1) * unsigned(pages),
                                       params.splitMultiplier, params.splitShift1,
                                       params.splitShift2));
-    } else { // a division: with the multiplier ptxas spills more in the 168-register kernels
+    } else { // a constant divisor, or a division: with the multiplier ptxas spills more in the
+             // 168-register kernels
       c.pageBegin = int(int64_t(c.split) * pages / c.numSplits);
       c.pageEnd = int(int64_t(c.split + 1) * pages / c.numSplits);
     }
@@ -1390,7 +1388,8 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
         value[k] += weight * early[s][k];
     }
   };
-  if (c.numSplits <= EARLY) {
+  if (c.numSplits <= EARLY) { // the loop below's first chunk alone, kept apart: the loop in
+                              // its place gives ptxas another merge kernel, not GPU-measured
     addChunk(c.lane < c.numSplits ? weightOf(ownLse) : 0.0f);
   } else {
     // EARLY splits at a time: the first chunk's partials came in step 1, each later chunk's load
