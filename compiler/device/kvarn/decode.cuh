@@ -59,14 +59,21 @@ struct DecodeContext {
   static constexpr int Q_TERMS = QUERY_TERMS, P_TERMS = WEIGHT_TERMS;
   /// The first lookup window's block ids load in begin, so their latency passes under the query
   /// rotation (the compiler sets it where the schedule leaves 255 registers per thread). The
-  /// same kernels also load their query rows in begin (`queryWords`), look each page up once
-  /// (REUSE_LOOKUP) and store a split's partial straight from the warps' rows
+  /// same kernels also interleave the splits' pages (INTERLEAVED), load their query rows in begin
+  /// (`queryWords`), look each page up once (REUSE_LOOKUP) and store a split's partial straight from the warps' rows
   /// (`combinesInStore`); the 168-register kernels keep the code they were measured fastest with.
   static constexpr bool EARLY = EARLY_WINDOW;
   /// One lookup per page in the one-stage pipeline: the page's K staging keeps its block id for
   /// the page's pool check and its V staging (`stagedBlock`, one more register across the page
   /// loop; only where the schedule leaves 255 registers, like the early window).
   static constexpr bool REUSE_LOOKUP = SPLIT_LOADS && EARLY;
+  /// The splits' pages interleaved (where the early window is on): warp w of split s walks
+  /// pages s * WARPS + w, then every numSplits * WARPS pages, so which pages a warp walks does
+  /// not depend on the sequence length and its first block ids load together with the length
+  /// instead of after it. Otherwise a split walks a contiguous range split * pages / numSplits
+  /// .. (split + 1) * pages / numSplits, its warps every WARPS pages of it: interleaved, ptxas
+  /// spilled more in the 168-register kernels and B = 4 ran 4-6% slower (docs/benchmarks.md).
+  static constexpr bool INTERLEAVED = EARLY;
   /// Operand form of the K and V codes (see CodeForm).
   static constexpr CodeForm KEY_FORM = CodeForm::Subnormal, VALUE_FORM = CodeForm::SubnormalHigh;
   static_assert((Q_TERMS == 1 || Q_TERMS == 2) && (P_TERMS == 1 || P_TERMS == 2),
@@ -174,36 +181,34 @@ struct DecodeContext {
                    (int64_t(c.request) * params.numKvHeads + c.kvHead) * QUERY_BYTES +
                    128 * threadIdx.x);
     }
-    c.seqLen = params.seqLens[c.request];
-    const int pages = (c.seqLen + G - 1) / G;
-    if constexpr (EARLY && SPLITS == 0) { // the host's multiplier (the products fit 32 bits)
-      c.pageBegin = int(divideInvariant(unsigned(c.split) * unsigned(pages), params.splitMultiplier,
-                                        params.splitShift1, params.splitShift2));
-      c.pageEnd = int(divideInvariant(unsigned(c.split + 1) * unsigned(pages),
-                                      params.splitMultiplier, params.splitShift1,
-                                      params.splitShift2));
-    } else { // a constant divisor, or a division: with the multiplier ptxas spills more in the
-             // 168-register kernels
+    if constexpr (INTERLEAVED) {
+      // The pages this warp walks do not depend on the sequence length, so the first lookup
+      // window's block ids load now, together with the length; the pool slots, which need the
+      // ids and the length, load at the first copy (settleWindow). Entries past the request's
+      // end are read inside the table's row and never used.
+      c.pageBegin = c.split * WARPS;
+      c.windowFirst = c.pageBegin + c.warp;
+      const int mine = c.windowFirst + c.lane * c.pageStride();
+      c.windowBlock = mine < params.maxBlocksPerRequest
+                          ? params.blockTable[int64_t(c.request) * params.maxBlocksPerRequest + mine]
+                          : 0;
+      c.slotsPending = true;
+      c.seqLen = params.seqLens[c.request];
+      c.pageEnd = (c.seqLen + G - 1) / G;
+    } else {
+      // A contiguous range per split (a division: the host's multiplier made ptxas spill more
+      // in these 168-register kernels); the window opens at the first lookup.
+      c.seqLen = params.seqLens[c.request];
+      const int pages = (c.seqLen + G - 1) / G;
       c.pageBegin = int(int64_t(c.split) * pages / c.numSplits);
       c.pageEnd = int(int64_t(c.split + 1) * pages / c.numSplits);
+      c.windowFirst = -1;
+      c.slotsPending = false;
     }
     c.merged = false;
     c.weightUnscale = 1.0f;
     if constexpr (REUSE_LOOKUP)
       c.stagedBlock = -1;
-    if constexpr (EARLY) {
-      // The window the first lookup would open (pageFirst, any STAGES); the pool slots, which
-      // need the ids, load at the first copy (settleWindow).
-      c.windowFirst = c.pageBegin + c.warp;
-      const int mine = c.windowFirst + c.lane * WARPS;
-      c.windowBlock =
-          mine < c.pageEnd ? params.blockTable[int64_t(c.request) * params.maxBlocksPerRequest + mine]
-                           : 0;
-      c.slotsPending = true;
-    } else {
-      c.windowFirst = -1;
-      c.slotsPending = false;
-    }
 #pragma unroll
     for (int n = 0; n < NQ; ++n) {
 #pragma unroll
@@ -286,11 +291,26 @@ struct DecodeContext {
   __device__ __forceinline__ const unsigned char *recordOfBlock(int block) const {
     return p.cache + (int64_t(block) * p.numKvHeads + kvHead) * Layout::tileBytesAligned;
   }
+  /// Pages between two consecutive pages of a warp.
+  __device__ __forceinline__ int pageStride() const {
+    return INTERLEAVED ? numSplits * WARPS : WARPS;
+  }
+  /// How many of this warp's pages lie from `first` to `page` (page - first is a multiple of
+  /// the stride).
+  __device__ __forceinline__ int pagesBetween(int first, int page) const {
+    if constexpr (!INTERLEAVED)
+      return (page - first) / WARPS;
+    const unsigned steps = unsigned(page - first) / WARPS;
+    if constexpr (SPLITS > 0)
+      return int(steps / unsigned(SPLITS));
+    else
+      return int(divideInvariant(steps, p.splitMultiplier, p.splitShift1, p.splitShift2));
+  }
   /// EARLY: loads the pool slots of the window begin opened (the first copy of every warp calls
   /// it, so later lookups see no pending slots and the check folds away).
   __device__ __forceinline__ void settleWindow() {
     if (slotsPending) {
-      const int mine = windowFirst + lane * WARPS;
+      const int mine = windowFirst + lane * pageStride();
       windowSlot = mine < pageEnd ? p.blockToSlot[windowBlock] : -1;
       slotsPending = false;
     }
@@ -302,16 +322,16 @@ struct DecodeContext {
   __device__ __forceinline__ int2 lookup(int page) {
     settleWindow();
     int k; // windowFirst < 0: no window yet (never with EARLY, whose window begin opened)
-    if constexpr (EARLY)
-      k = (page - windowFirst) / WARPS;
+    if constexpr (EARLY) // interleaved: a page before the window counts as far past it
+      k = pagesBetween(windowFirst, page);
     else
-      k = windowFirst < 0 ? 32 : (page - windowFirst) / WARPS;
+      k = windowFirst < 0 ? 32 : pagesBetween(windowFirst, page);
     if (k >= 32 || k < 0) {
-      windowFirst = max(page - (STAGES - 1) * WARPS, pageBegin + warp);
-      const int mine = windowFirst + lane * WARPS;
+      windowFirst = max(page - (STAGES - 1) * pageStride(), pageBegin + warp);
+      const int mine = windowFirst + lane * pageStride();
       windowBlock = mine < pageEnd ? p.blockTable[int64_t(request) * p.maxBlocksPerRequest + mine] : 0;
       windowSlot = mine < pageEnd ? p.blockToSlot[windowBlock] : -1;
-      k = (page - windowFirst) / WARPS;
+      k = pagesBetween(windowFirst, page);
     }
     return make_int2(__shfl_sync(0xffffffffu, windowBlock, k),
                      __shfl_sync(0xffffffffu, windowSlot, k));
@@ -400,7 +420,7 @@ template <typename Ctx> __device__ __forceinline__ int pageFirst(Ctx &c) {
   return c.pageBegin + c.warp;
 }
 template <typename Ctx> __device__ __forceinline__ int pageEnd(Ctx &c) { return c.pageEnd; }
-template <typename Ctx> __device__ __forceinline__ int pageStep(Ctx &c) { return Ctx::NWARPS; }
+template <typename Ctx> __device__ __forceinline__ int pageStep(Ctx &c) { return c.pageStride(); }
 
 /// True if `page` is in this warp's range and still fp16 in the pool.
 template <typename Ctx> __device__ __forceinline__ bool isPoolPage(Ctx &c, int page) {
