@@ -23,7 +23,7 @@ struct DecodeParams {
   int numSplits;                  ///< splits of this launch (planned), or the schedule's
   float softmaxScale;
   /// Division by numSplits as a multiply-high and two shifts (unsignedDivisor in launch.h), for
-  /// the split's page range split * pages / numSplits (launchDecode sets them).
+  /// the interleaved kernels' lookup window index (launchDecode sets them).
   unsigned splitMultiplier;
   int splitShift1, splitShift2;
 };

@@ -86,9 +86,10 @@ struct UnsignedDivisor {
 UnsignedDivisor unsignedDivisor(uint32_t divisor);
 /// n / divisor through `d` (the device's formula, for tests).
 uint32_t divide(uint32_t n, const UnsignedDivisor &d);
-/// The divisor of a decode launch's page ranges: the kernel computes split * pages in 32 bits
-/// (pages <= maxBlocksPerRequest), so a launch whose splits x maxBlocksPerRequest exceeds
-/// 2^32 - 1 (far beyond any context), or with no split, is refused with InvalidArgument.
+/// The split count's divisor of a decode launch (the interleaved kernels divide a warp's page
+/// distance by splits x warps with it; decode.cuh, pagesBetween). Pages are counted in 32 bits,
+/// so a launch whose splits x maxBlocksPerRequest exceeds 2^32 - 1 (far beyond any context), or
+/// with no split, is refused with InvalidArgument.
 Expected<UnsignedDivisor> splitDivisor(int numSplits, int maxBlocksPerRequest);
 
 /// Host-side split plan of a decode launch (fixed grid for CUDA-graph capture).
