@@ -59,9 +59,10 @@ struct DecodeContext {
   static constexpr int Q_TERMS = QUERY_TERMS, P_TERMS = WEIGHT_TERMS;
   /// The first lookup window's block ids load in begin, so their latency passes under the query
   /// rotation (the compiler sets it where the schedule leaves 255 registers per thread). The
-  /// same kernels also interleave the splits' pages (INTERLEAVED), load their query rows in begin
-  /// (`queryWords`), look each page up once (REUSE_LOOKUP) and store a split's partial straight from the warps' rows
-  /// (`combinesInStore`); the 168-register kernels keep the code they were measured fastest with.
+  /// same kernels also interleave the splits' pages (INTERLEAVED), load their query rows in
+  /// begin (`queryWords`), look each page up once (REUSE_LOOKUP) and store a split's partial
+  /// straight from the warps' rows (`combinesInStore`); the 168-register kernels keep the code
+  /// they were measured fastest with.
   static constexpr bool EARLY = EARLY_WINDOW;
   /// One lookup per page in the one-stage pipeline: the page's K staging keeps its block id for
   /// the page's pool check and its V staging (`stagedBlock`, one more register across the page
@@ -189,9 +190,10 @@ struct DecodeContext {
       c.pageBegin = c.split * WARPS;
       c.windowFirst = c.pageBegin + c.warp;
       const int mine = c.windowFirst + c.lane * c.pageStride();
-      c.windowBlock = mine < params.maxBlocksPerRequest
-                          ? params.blockTable[int64_t(c.request) * params.maxBlocksPerRequest + mine]
-                          : 0;
+      c.windowBlock =
+          mine < params.maxBlocksPerRequest
+              ? params.blockTable[int64_t(c.request) * params.maxBlocksPerRequest + mine]
+              : 0;
       c.slotsPending = true;
       c.seqLen = params.seqLens[c.request];
       c.pageEnd = (c.seqLen + G - 1) / G;
