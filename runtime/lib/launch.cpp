@@ -190,14 +190,10 @@ uint32_t divide(uint32_t n, const UnsignedDivisor &d) {
   return (t + ((n - t) >> d.shift1)) >> d.shift2;
 }
 
-Expected<UnsignedDivisor> splitDivisor(int numSplits, int maxBlocksPerRequest) {
-  if (numSplits < 1 ||
-      uint64_t(numSplits) * uint64_t(std::max(0, maxBlocksPerRequest)) > UINT32_MAX)
-    return makeError(ErrorCode::InvalidArgument,
-                     "decode launch of " + std::to_string(numSplits) + " splits over " +
-                         std::to_string(maxBlocksPerRequest) +
-                         " blocks per request: the split count must be at least 1 and splits x "
-                         "blocks per request at most 2^32 - 1");
+Expected<UnsignedDivisor> splitDivisor(int numSplits) {
+  if (numSplits < 1)
+    return makeError(ErrorCode::InvalidArgument, "decode launch of " + std::to_string(numSplits) +
+                                                     " splits: the split count must be at least 1");
   return unsignedDivisor(uint32_t(numSplits));
 }
 
@@ -249,7 +245,7 @@ Status launchDecode(const KernelModule &module, dev::DecodeParams params, int nu
                     const DecodePlan &plan, CUstream stream) {
   const Driver &d = driver();
   params.numSplits = plan.numSplits;
-  Expected<UnsignedDivisor> divisor = splitDivisor(plan.numSplits, params.maxBlocksPerRequest);
+  Expected<UnsignedDivisor> divisor = splitDivisor(plan.numSplits);
   if (!divisor)
     return divisor.error();
   params.splitMultiplier = divisor->multiplier;

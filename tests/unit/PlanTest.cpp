@@ -76,17 +76,20 @@ TEST(SplitDivisor, MatchesDivisionForEveryDivisorUpToTwoThousandAndAnyNumerator)
       EXPECT_EQ(kvarn::divide(n, kvarn::unsignedDivisor(d)), n / d) << n << " / " << d;
 }
 
-TEST(SplitDivisor, RefusesLaunchesWhoseProductsLeaveThirtyTwoBits) {
-  EXPECT_TRUE(kvarn::splitDivisor(64, 1 << 20).ok()); // 2^26 products
-  const auto fits = kvarn::splitDivisor(32, 1024);
+TEST(SplitDivisor, RefusesLaunchesWithoutASplit) {
+  const auto fits = kvarn::splitDivisor(32);
   ASSERT_TRUE(bool(fits));
   EXPECT_EQ(kvarn::divide(31 * 1024u, *fits), 31u * 1024u / 32u);
-  const auto tooMany = kvarn::splitDivisor(4096, 1 << 20); // 2^32 products
-  ASSERT_FALSE(bool(tooMany));
-  EXPECT_EQ(tooMany.error().code, kvarn::ErrorCode::InvalidArgument);
-  EXPECT_NE(tooMany.error().message.find("4096 splits over 1048576 blocks"), std::string::npos)
-      << tooMany.error().message;
-  EXPECT_FALSE(bool(kvarn::splitDivisor(0, 16)));
+  const auto most = kvarn::splitDivisor(65535); // the C API's largest split count
+  ASSERT_TRUE(bool(most));
+  EXPECT_EQ(kvarn::divide(0x7fffffffu, *most), 0x7fffffffu / 65535u);
+  for (int splits : {0, -1}) {
+    const auto none = kvarn::splitDivisor(splits);
+    ASSERT_FALSE(bool(none)) << splits;
+    EXPECT_EQ(none.error().code, kvarn::ErrorCode::InvalidArgument);
+    EXPECT_NE(none.error().message.find(std::to_string(splits) + " splits"), std::string::npos)
+        << none.error().message;
+  }
 }
 
 TEST(DecodeWorkspace, PartialsThenLsesSizedByTheSplitPlan) {

@@ -77,8 +77,8 @@ private:
 /// Unsigned 32-bit division by an invariant divisor d >= 1 as a multiply-high and two shifts:
 /// q = (t + ((n - t) >> shift1)) >> shift2 with t = (multiplier * n) >> 32, exact for every
 /// 32-bit n (Granlund and Montgomery, "Division by Invariant Integers using Multiplication", PLDI
-/// 1994, figure 4.1). The decode kernel divides its split's page range this way
-/// (DecodeParams::splitMultiplier, set by launchDecode).
+/// 1994, figure 4.1). The interleaved decode kernels divide a warp's page distance by the split
+/// count this way (DecodeParams::splitMultiplier, set by launchDecode; decode.cuh, pagesBetween).
 struct UnsignedDivisor {
   uint32_t multiplier = 1;
   int shift1 = 0, shift2 = 0;
@@ -86,11 +86,10 @@ struct UnsignedDivisor {
 UnsignedDivisor unsignedDivisor(uint32_t divisor);
 /// n / divisor through `d` (the device's formula, for tests).
 uint32_t divide(uint32_t n, const UnsignedDivisor &d);
-/// The split count's divisor of a decode launch (the interleaved kernels divide a warp's page
-/// distance by splits x warps with it; decode.cuh, pagesBetween). Pages are counted in 32 bits,
-/// so a launch whose splits x maxBlocksPerRequest exceeds 2^32 - 1 (far beyond any context), or
-/// with no split, is refused with InvalidArgument.
-Expected<UnsignedDivisor> splitDivisor(int numSplits, int maxBlocksPerRequest);
+/// The split count's divisor of a decode launch; a launch with no split is refused with
+/// InvalidArgument. (The numerators, page distances over the warps, stay below
+/// maxBlocksPerRequest, and the divisor is exact for every 32-bit numerator.)
+Expected<UnsignedDivisor> splitDivisor(int numSplits);
 
 /// Host-side split plan of a decode launch (fixed grid for CUDA-graph capture).
 struct DecodePlan {

@@ -75,7 +75,8 @@ int scheduleRegisterBudget(const Schedule &schedule);
 /// registers per thread. At 168 registers holding them cost the page loop more than the overlap
 /// saved (docs/benchmarks.md), so those kernels open the window at their first page copy. The
 /// device library ties its other latency-for-registers trades to the same flag (the query rows
-/// loaded in `begin`, one lookup per page, the split's partial stored from the warps' rows).
+/// loaded in `begin`, one lookup per page, the split's partial stored from the warps' rows, the
+/// splits' pages interleaved).
 bool earlyLookupWindow(const Schedule &schedule);
 
 /// A value of the schedule's `mma` knob: the tensor-core instruction and how many fp16 terms
