@@ -30,12 +30,24 @@ std::string benchReportJson(const BenchReport &report) {
                         {"schedule", report.schedule},
                         {"baseline_schedule", report.baselineSchedule},
                         {"measured_bandwidth_gb_s", report.bandwidthGBs},
+                        {"sink_in_pool", report.sinkInPool},
+                        {"tail_in_pool", report.tailInPool},
                         {"rows", rows}}
              .dump(2) +
          "\n";
 }
 
 namespace {
+
+/// "; KVarN pool pages: ..." for the caption, "" when every block is a record.
+std::string poolPagesText(bool sink, bool tail) {
+  if (!sink && !tail)
+    return "";
+  return std::string("; KVarN pool pages (fp16): ") +
+         (sink && tail ? "block 0 (the sink) and the last block (the tail)"
+                       : sink ? "block 0 (the sink)" : "the last block (the tail)") +
+         " of every request";
+}
 
 std::string escape(const std::string &text) {
   std::string out;
@@ -134,7 +146,9 @@ std::string benchReportHtml(const BenchReport &report) {
   html += "<p>" + escape(report.spec) + ", schedule <code>" + escape(report.schedule) +
           "</code>; solid: KVarN (compressed bytes), dashed: fp16 (schedule <code>" +
           escape(report.baselineSchedule) + "</code>); measured read bandwidth " +
-          number(report.bandwidthGBs, "%.0f") + " GB/s.</p>\n";
+          number(report.bandwidthGBs, "%.0f") + " GB/s" +
+          poolPagesText(report.sinkInPool, report.tailInPool) +
+          ".</p>\n";
   html += svg;
   html += "<table><tr><th>batch</th><th>context</th><th>KVarN ms</th><th>GB/s</th><th>of BW</th>"
           "<th>fp16 ms</th><th>GB/s</th><th>of BW</th><th>speedup</th><th>splits</th></tr>\n";

@@ -295,6 +295,18 @@ TEST(BenchReport, JsonAndASelfContainedSvgChart) {
   const std::string html = benchReportHtml(report);
   EXPECT_THAT(html, HasSubstr("fp16 (schedule <code>warps=8,min_ctas=0</code>)"));
   EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
+  EXPECT_FALSE(json["sink_in_pool"].get<bool>());
+  EXPECT_THAT(html, ::testing::Not(HasSubstr("the sink")));
+  report.sinkInPool = true; // the cache the table ran on is named in both reports
+  EXPECT_TRUE(nlohmann::json::parse(benchReportJson(report))["sink_in_pool"].get<bool>());
+  EXPECT_FALSE(nlohmann::json::parse(benchReportJson(report))["tail_in_pool"].get<bool>());
+  EXPECT_THAT(benchReportHtml(report),
+              HasSubstr("KVarN pool pages (fp16): block 0 (the sink) of every request"));
+  report.tailInPool = true;
+  EXPECT_THAT(benchReportHtml(report), HasSubstr("block 0 (the sink) and the last block (the "
+                                                 "tail) of every request"));
+  report.sinkInPool = false;
+  EXPECT_THAT(benchReportHtml(report), HasSubstr("(fp16): the last block (the tail) of every"));
   EXPECT_THAT(html, HasSubstr("<svg"));
   EXPECT_THAT(html, HasSubstr("Test GPU &lt;1&gt;"));
   EXPECT_THAT(html, HasSubstr("roofline 4000 GB/s"));

@@ -450,6 +450,12 @@ int main(int argc, char **argv) {
       "--no-gate", [&bench] { bench.hideLaunchLatency = false; },
       "time each launch from an idle GPU (include the host's launch latency) instead of queuing "
       "it behind a 20 us spin kernel");
+  benchCommand->add_flag("--sink", bench.sinkInPool,
+                         "decode: block 0 of every request an fp16 pool page in the KVarN cache "
+                         "(the format's sink); its bytes count at fp16 size");
+  benchCommand->add_flag("--tail", bench.tailInPool,
+                         "decode: the last block of every request an fp16 pool page in the KVarN "
+                         "cache (a tail not yet flushed); its bytes count at fp16 size");
   benchCommand->add_option("--schedule", bench.schedule,
                            "schedule knobs of the decode table; when it does not run, of "
                            "append (--only append), else of flush (--only flush)");
