@@ -223,7 +223,9 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       const int variant = variantForLaunch(thresholds, slots, int64_t(batch) * hk);
       const KernelModule &kernel = variant < 0 ? *module : variants[size_t(variant)].second;
       const DecodePlan plan = planDecode(kernel, batch, hk, context, g, info.smCount);
-      const DecodePlan baselinePlan = planDecode(*baseline, batch, hk, context, g, info.smCount);
+      // The fp16 baseline reads fp16 pages only: no sink split (a page costs the same anywhere).
+      const DecodePlan baselinePlan =
+          planDecode(*baseline, batch, hk, context, g, info.smCount, /*sinkSplit=*/false);
       const int maxSplits = std::max(plan.numSplits, baselinePlan.numSplits);
       Expected<DeviceBuffer> workspace =
           DeviceBuffer::allocate(decodeWorkspaceBytes(batch, hk, q, d, maxSplits));

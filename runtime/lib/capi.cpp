@@ -473,7 +473,8 @@ kvarn_status kvarn_launch_decode(kvarn_kernel kernel, const kvarn_decode_args *a
   params.maxBlocksPerRequest = args->max_blocks_per_request;
   params.softmaxScale = args->softmax_scale > 0 ? args->softmax_scale : 1.0f / std::sqrt(float(d));
   if (kvarn::Status s = kvarn::launchDecode(module, params, kernel->spec.queryHeadsPerKvHead,
-                                            kvarn::DecodePlan{num_splits}, CUstream(stream));
+                                            kvarn::decodePlanOf(module, args->batch, num_splits),
+                                            CUstream(stream));
       !s)
     return fail(s.error());
   return ok();

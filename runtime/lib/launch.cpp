@@ -197,8 +197,12 @@ Expected<UnsignedDivisor> splitDivisor(int numSplits) {
   return unsignedDivisor(uint32_t(numSplits));
 }
 
+int decodeSinkSplit(bool interleaved, int fixedSplits, int batch, int numSplits) {
+  return interleaved && fixedSplits == 0 && batch == 1 && numSplits > 1 ? 1 : 0;
+}
+
 DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, int smCount,
-                      int warps, int ctasPerSm, int maxSplits) {
+                      int warps, int ctasPerSm, int maxSplits, bool interleaved) {
   constexpr double ctaOverhead = 1.0, mergeOverhead = 1.0; // in page times of one warp
   const int pages = std::max(1, (maxSeqLen + tileTokens - 1) / tileTokens);
   const int64_t ctas = std::max(1, batch * numKvHeads);
@@ -208,7 +212,11 @@ DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, 
   double best = 0.0;
   for (int splits = 1; splits <= std::min(std::max(1, maxSplits), pages); ++splits) {
     const int64_t waves = (ctas * splits + slots - 1) / slots;
-    const int pagesPerSplit = (pages + splits - 1) / splits;
+    // A sink split walks the first and the last page (two warps, never longer than the others'
+    // walks in these launches); the other splits share the pages between.
+    const int sink = decodeSinkSplit(interleaved, 0, batch, splits);
+    const int walked = std::max(0, pages - 2 * sink);
+    const int pagesPerSplit = (walked + splits - sink - 1) / (splits - sink);
     const double cost = double(waves) * ((pagesPerSplit + perCtaWarps - 1) / perCtaWarps + ctaOverhead) +
                         (splits > 1 ? mergeOverhead : 0.0);
     if (splits == 1 || cost < best - 1e-9) {
@@ -216,16 +224,24 @@ DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, 
       plan.numSplits = splits;
     }
   }
+  plan.sinkSplit = decodeSinkSplit(interleaved, 0, batch, plan.numSplits) != 0;
   return plan;
 }
 
+DecodePlan decodePlanOf(const KernelModule &module, int batch, int numSplits) {
+  const Schedule &schedule = module.schedule();
+  return DecodePlan{numSplits, decodeSinkSplit(earlyLookupWindow(schedule), schedule.splits,
+                                               batch, numSplits) != 0};
+}
+
 DecodePlan planDecode(const KernelModule &module, int batch, int numKvHeads, int maxSeqLen,
-                      int tileTokens, int smCount) {
+                      int tileTokens, int smCount, bool sinkSplit) {
   const Schedule &schedule = module.schedule();
   if (schedule.splits > 0)
     return DecodePlan{schedule.splits};
   return planDecode(batch, numKvHeads, maxSeqLen, tileTokens, smCount, schedule.warps,
-                    module.residentCtasPerSm());
+                    module.residentCtasPerSm(), kMaxPlannedSplits,
+                    sinkSplit && earlyLookupWindow(schedule));
 }
 
 size_t decodeWorkspaceBytes(int batch, int numKvHeads, int queryHeadsPerKv, int headDim,
@@ -245,7 +261,14 @@ Status launchDecode(const KernelModule &module, dev::DecodeParams params, int nu
                     const DecodePlan &plan, CUstream stream) {
   const Driver &d = driver();
   params.numSplits = plan.numSplits;
-  Expected<UnsignedDivisor> divisor = splitDivisor(plan.numSplits);
+  // The interleaved kernels' warps step over the splits that share the pages (all but a sink
+  // split).
+  const Schedule &schedule = module.schedule();
+  params.walkSplits = plan.numSplits - (plan.sinkSplit && earlyLookupWindow(schedule) &&
+                                                schedule.splits == 0 && plan.numSplits > 1
+                                            ? 1
+                                            : 0);
+  Expected<UnsignedDivisor> divisor = splitDivisor(params.walkSplits);
   if (!divisor)
     return divisor.error();
   params.splitMultiplier = divisor->multiplier;

@@ -217,7 +217,7 @@ double runDecode(const DecodeCase &dc, uint64_t seed, bool planned = true, int f
                                      gpu()->smCount)
                         : DecodePlan{1};
   if (forcedSplits > 0)
-    plan.numSplits = forcedSplits;
+    plan = decodePlanOf(module, batch, forcedSplits);
   DeviceBuffer workspace =
       allocate(decodeWorkspaceBytes(batch, dc.numKvHeads, dc.q, dc.headDim, plan.numSplits));
   // NaN partials: the merge (launched early as the decode's programmatic dependent on sm_90)
@@ -353,6 +353,22 @@ TEST(GpuDecode, ManySplitsMergeInChunksAndEmptySplitsWeighNothing) {
     std::printf("[ decode   ] %d splits over 38,417 / 677 / 1 tokens: relative error %.2e\n",
                 splits, error);
   }
+}
+
+TEST(GpuDecode, OneRequestGivesItsFirstAndLastPagesToItsLastSplit) {
+  KVARN_REQUIRE_GPU();
+  // The interleaved kernels (the default schedule's 255 registers) launch one request over
+  // several splits with a sink split: the last split's warps 0 and 1 walk the first and the last
+  // page (pool pages here, as in an engine) and the other splits interleave the pages between.
+  // Lengths of one token, one page and one token, and many pages; split counts up to more than
+  // the pages (walks without a page weigh nothing). The merge's first chunk takes 32 splits,
+  // so 33 (a sink split beside 32 walking ones) is a case of its own.
+  for (int32_t length : {1, 129, 5 * 128 + 37, 40 * 128 + 3})
+    for (int splits : {2, 3, 7, 33, 40}) {
+      DecodeCase dc{"kvarn_k4v2_g128", 128, 8, 1, DType::F16, {length}, ""};
+      const double error = runDecode(dc, 300 + length, true, splits);
+      EXPECT_LE(error, 1e-3) << length << " tokens, " << splits << " splits";
+    }
 }
 
 TEST(GpuDecode, ZeroLengthRequestsGiveZerosAndRepeatRunsAgree) {

@@ -56,6 +56,35 @@ TEST(DecodePlan, RespectsTheSplitBound) {
   EXPECT_GE(planDecode(1, 1, 1 << 20, kTile, kSms, kWarps, kResident, 16).numSplits, 8);
 }
 
+TEST(DecodePlan, OneRequestOfTheInterleavedKernelsGetsASinkSplitInAFreeSlot) {
+  using kvarn::decodeSinkSplit;
+  // The rule: interleaved kernels, planned split counts, one request, several splits.
+  EXPECT_EQ(decodeSinkSplit(true, 0, 1, 33), 1);
+  EXPECT_EQ(decodeSinkSplit(true, 0, 1, 1), 0) << "one split walks every page";
+  EXPECT_EQ(decodeSinkSplit(true, 0, 2, 16), 0) << "two requests: no free slot to rely on";
+  EXPECT_EQ(decodeSinkSplit(true, 16, 1, 16), 0) << "a split count compiled in";
+  EXPECT_EQ(decodeSinkSplit(false, 0, 1, 8), 0) << "contiguous page ranges";
+  // The shipped B = 1 kernel: 4 warps, 2 CTAs per SM (264 slots), 8 kv heads, 1,024 pages.
+  // 32 splits walking every page give each warp 8 pages; 33 splits fill every slot, the last
+  // taking pages 0 and 1023, and the 32 others walk pages 1 .. 1022 in at most 8 per warp.
+  const auto interleaved = [](int batch, int context) {
+    return planDecode(batch, 8, context, kTile, kSms, kWarps, 2, kvarn::kMaxPlannedSplits, true)
+        .numSplits;
+  };
+  EXPECT_EQ(planDecode(1, 8, 131072, kTile, kSms, kWarps, 2).numSplits, 32);
+  EXPECT_EQ(interleaved(1, 131072), 33);
+  EXPECT_TRUE(planDecode(1, 8, 131072, kTile, kSms, kWarps, 2, 64, true).sinkSplit);
+  EXPECT_FALSE(planDecode(1, 8, 131072, kTile, kSms, kWarps, 2).sinkSplit);
+  EXPECT_FALSE(planDecode(1, 8, 128, kTile, kSms, kWarps, 2, 64, true).sinkSplit) << "one split";
+  EXPECT_EQ(interleaved(1, 4096), 9) << "30 pages over 8 walking splits, one page per warp";
+  EXPECT_EQ(interleaved(1, 128), 1) << "one page: no split at all";
+  EXPECT_EQ(interleaved(1, 256), 1) << "two pages: two warps of one CTA, no merge";
+  // More than one request: the rule does not apply and the plan is the walk's usual one.
+  EXPECT_EQ(interleaved(2, 131072), planDecode(2, 8, 131072, kTile, kSms, kWarps, 2).numSplits);
+  EXPECT_LE(planDecode(1, 1, 1 << 20, kTile, kSms, kWarps, 2, 16, true).numSplits, 16)
+      << "the sink split counts against the bound";
+}
+
 TEST(SplitDivisor, MatchesDivisionForEveryDivisorUpToTwoThousandAndAnyNumerator) {
   // The decode kernel's page range: split * pages / splits through a multiply-high.
   std::mt19937 random(20261130);

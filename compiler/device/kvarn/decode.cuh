@@ -186,8 +186,12 @@ struct DecodeContext {
       // The pages this warp walks do not depend on the sequence length, so the first lookup
       // window's block ids load now, together with the length; the pool slots, which need the
       // ids and the length, load at the first copy (settleWindow). Entries past the request's
-      // end are read inside the table's row and never used.
-      c.pageBegin = c.split * WARPS;
+      // end are read inside the table's row and never used. With a sink split (walkSplits <
+      // numSplits) its warp 0 walks page 0 and its warp 1 the last page (the pages an engine
+      // keeps in the pool), and the other splits walk the pages between.
+      const int sink = c.numSplits - c.walkSplits();
+      const bool sinkHere = c.split >= c.walkSplits();
+      c.pageBegin = sinkHere ? 0 : sink + c.split * WARPS;
       c.windowFirst = c.pageBegin + c.warp;
       const int mine = c.windowFirst + c.lane * c.pageStride();
       c.windowBlock =
@@ -196,7 +200,16 @@ struct DecodeContext {
               : 0;
       c.slotsPending = true;
       c.seqLen = params.seqLens[c.request];
-      c.pageEnd = (c.seqLen + G - 1) / G;
+      const int pages = (c.seqLen + G - 1) / G;
+      if (!sinkHere) {
+        c.pageEnd = sink ? max(1, pages - 1) : pages;
+      } else if (c.warp == 1 && pages >= 2) { // the last page, once the length is known; its
+        c.pageBegin = pages - 2;              // lookup opens a window there (the one begun
+        c.windowFirst = pages;                // above lies past the page)
+        c.pageEnd = pages;
+      } else {
+        c.pageEnd = c.warp == 0 ? min(1, pages) : 0;
+      }
     } else {
       // A contiguous range per split (a division: the host's multiplier made ptxas spill more
       // in these 168-register kernels); the window opens at the first lookup.
@@ -293,9 +306,11 @@ struct DecodeContext {
   __device__ __forceinline__ const unsigned char *recordOfBlock(int block) const {
     return p.cache + (int64_t(block) * p.numKvHeads + kvHead) * Layout::tileBytesAligned;
   }
+  /// The splits that share the pages (all but a sink split, see DecodeParams::walkSplits).
+  __device__ __forceinline__ int walkSplits() const { return SPLITS > 0 ? SPLITS : p.walkSplits; }
   /// Pages between two consecutive pages of a warp.
   __device__ __forceinline__ int pageStride() const {
-    return INTERLEAVED ? numSplits * WARPS : WARPS;
+    return INTERLEAVED ? walkSplits() * WARPS : WARPS;
   }
   /// How many of this warp's pages lie from `first` to `page` (page - first is a multiple of
   /// the stride).
@@ -1342,8 +1357,10 @@ __device__ int kvarn_merge_awaits_decode = 1;
 /// before the LSEs are known; the LSE maximum is a butterfly over the lanes, each lane computes
 /// its split's weight, and every channel's sum takes the weights by shuffle in split order. A
 /// launch of more than EARLY splits (the planner allows 64) sums them in the same order, EARLY
-/// at a time, each later chunk's partials loaded together before its sums. The other warps of
-/// the CTA (the decode kernel's block size) leave at once.
+/// at a time, each later chunk's partials loaded together before its sums; a launch of EARLY + 1
+/// splits (the planner's one-request plans with a sink split) loads the last split's partial and
+/// LSE with the first chunk and adds it after the chunk's sums. The other warps of the CTA (the
+/// decode kernel's block size) leave at once.
 template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   typedef typename Ctx::Type T;
   constexpr int E = Ctx::HD / 32;
@@ -1386,14 +1403,20 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
     }
   };
   awaitPrerequisites(); // the decode kernel's partials (launched early as its dependent)
-  // Step 1. The first EARLY splits' partials, then the LSEs, all in flight together.
+  // Step 1. The first EARLY splits' partials, then the LSEs, all in flight together (and with
+  // EARLY + 1 splits the last one's partial and LSE, held by every lane).
   loadChunk(0, c.numSplits);
+  const bool oneMore = c.numSplits == EARLY + 1;
+  float last[E];
+  if (oneMore)
+    loadChannels(last, EARLY);
+  const float lastLse = oneMore ? lse[EARLY] : -KVARN_INFINITY;
   const float ownLse = c.lane < c.numSplits ? lse[c.lane] : -KVARN_INFINITY;
   // Step 2. The largest LSE (-inf when no split attended anything: every weight is 0).
   float best = ownLse;
   for (int s = c.lane + 32; s < c.numSplits; s += 32)
     best = fmaxf(best, lse[s]);
-  best = warpMaxXor(best, 1, 16);
+  best = fmaxf(warpMaxXor(best, 1, 16), lastLse);
   auto weightOf = [&](float splitLse) {
     return best == -KVARN_INFINITY ? 0.0f : __expf(splitLse - best);
   };
@@ -1413,6 +1436,13 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   if (c.numSplits <= EARLY) { // the loop below's first chunk alone, kept apart: the loop in
                               // its place gives ptxas another merge kernel, not GPU-measured
     addChunk(c.lane < c.numSplits ? weightOf(ownLse) : 0.0f);
+  } else if (oneMore) { // the first chunk, then the last split
+    addChunk(weightOf(ownLse));
+    const float weight = weightOf(lastLse);
+    total += weight;
+#pragma unroll
+    for (int k = 0; k < E; ++k)
+      value[k] += weight * last[k];
   } else {
     // EARLY splits at a time: the first chunk's partials came in step 1, each later chunk's load
     // together (with their LSEs) before its sums.

@@ -26,6 +26,10 @@ struct DecodeParams {
   /// the interleaved kernels' lookup window index (launchDecode sets them).
   unsigned splitMultiplier;
   int splitShift1, splitShift2;
+  /// The interleaved kernels' splits that share the pages: numSplits, or numSplits - 1 where the
+  /// last split walks the first and the last page (a sink split, decodeSinkSplit in launch.h;
+  /// launchDecode sets it). The divisor above divides by it.
+  int walkSplits;
 };
 
 /// The decode kernel's shared memory, defined once for DecodeContext (device) and

@@ -91,24 +91,45 @@ uint32_t divide(uint32_t n, const UnsignedDivisor &d);
 /// maxBlocksPerRequest, and the divisor is exact for every 32-bit numerator.)
 Expected<UnsignedDivisor> splitDivisor(int numSplits);
 
+/// Whether a decode launch gives the first and the last page of its request to its last split
+/// (the sink split: warp 0 and warp 1): launches of one request over several planned splits
+/// (`fixedSplits` = 0) of the interleaved kernels (earlyLookupWindow). An engine keeps those
+/// pages in the fp16 pool (page 0 is the format's sink, the last page fills until its flush),
+/// and a pool page costs a warp several record pages; walked with the records it lengthened the
+/// warp that held it, while the sink split's CTA runs it in a slot the planner leaves free. The
+/// other splits interleave pages 1 .. pages - 2 (dev::DecodeParams::walkSplits).
+int decodeSinkSplit(bool interleaved, int fixedSplits, int batch, int numSplits);
+
 /// Host-side split plan of a decode launch (fixed grid for CUDA-graph capture).
 struct DecodePlan {
   int numSplits = 1;
+  /// The last split walks the first and last pages (decodeSinkSplit; the launch applies it only
+  /// to interleaved kernels with a planned split count and several splits).
+  bool sinkSplit = false;
 };
+/// The plan of a launch of `numSplits` splits the caller chose (the C API's): the sink split
+/// where decodeSinkSplit gives one.
+DecodePlan decodePlanOf(const KernelModule &module, int batch, int numSplits);
 
 /// Chooses the split count of a decode launch from a makespan model in units of one warp's
 /// page time: batch * kv heads * splits CTAs run in waves of smCount * ctasPerSm resident CTAs;
 /// a CTA takes its split's pages spread over its warps plus a fixed cost (query rotation, the
 /// first page's latency, the warp merge and partial store) of about one page; several splits add
-/// the merge kernel. The smallest split count of the least cost wins.
+/// the merge kernel. The smallest split count of the least cost wins. For `interleaved` kernels
+/// (earlyLookupWindow) a launch of one request over several splits gives its first and last
+/// pages to its last split (decodeSinkSplit), so the others share the pages between: a split
+/// count that leaves a free slot for that CTA costs nothing more than the one before it.
 constexpr int kMaxPlannedSplits = 64; ///< planDecode's default bound (workspaces size for it)
 DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, int smCount,
-                      int warps, int ctasPerSm, int maxSplits = kMaxPlannedSplits);
+                      int warps, int ctasPerSm, int maxSplits = kMaxPlannedSplits,
+                      bool interleaved = false);
 
 /// The plan of a loaded decode kernel: its schedule's fixed split count, else planDecode with its
-/// warps and resident CTAs per multiprocessor.
+/// warps, resident CTAs per multiprocessor and page walk (`sinkSplit` false: every split walks
+/// every page, as for a cache of fp16 pages only, whose first and last pages cost no more than
+/// the others).
 DecodePlan planDecode(const KernelModule &module, int batch, int numKvHeads, int maxSeqLen,
-                      int tileTokens, int smCount);
+                      int tileTokens, int smCount, bool sinkSplit = true);
 
 /// The decode workspace of a launch with `splits` splits: fp32 partial outputs [B, Hq, splits, D],
 /// then their LSEs [B, Hq, splits]. One split needs none. The one definition of the layout: the C
