@@ -76,7 +76,7 @@ int scheduleRegisterBudget(const Schedule &schedule);
 /// saved (docs/benchmarks.md), so those kernels open the window at their first page copy. The
 /// device library ties its other latency-for-registers trades to the same flag (the query rows
 /// loaded in `begin`, one lookup per page, the split's partial stored from the warps' rows, the
-/// splits' pages interleaved).
+/// splits' pages interleaved, the sink split of one-request launches: decodeSinkSplit).
 bool earlyLookupWindow(const Schedule &schedule);
 
 /// A value of the schedule's `mma` knob: the tensor-core instruction and how many fp16 terms
