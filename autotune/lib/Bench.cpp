@@ -110,8 +110,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   report.schedule = schedule.str();
   report.baselineSchedule = baselineSchedule.str();
   report.bandwidthGBs = bandwidth;
-  report.sinkInPool = o.sinkInPool;
-  report.tailInPool = o.tailInPool;
+  report.poolPages = o.poolPages;
   std::printf("decode kernel %s: %d registers, %d B local memory, %zu B shared memory\n",
               spec.c_str(), module->registers(0), module->localBytes(0), module->sharedBytes());
   for (const auto &[variant, variantModule] : variants)
@@ -163,22 +162,16 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
     return makeError(ErrorCode::Internal, "cannot allocate the fp16 baseline cache");
   KVARN_TRY(KVARN_CU(driver().cuMemsetD32(poolKey->get(), 0x3c003c00u, poolKey->size() / 4)));
   KVARN_TRY(KVARN_CU(driver().cuMemsetD32(poolValue->get(), 0x3c003c00u, poolValue->size() / 4)));
-  if (o.sinkInPool || o.tailInPool)
+  if (o.poolPages.any())
     std::printf("KVarN cache: %s of every request an fp16 pool page, the other blocks records\n",
-                o.sinkInPool && o.tailInPool ? "block 0 (the sink) and the last block (the tail)"
-                : o.sinkInPool               ? "block 0 (the sink)"
-                                             : "the last block (the tail)");
+                o.poolPages.describe().c_str());
   std::printf("\n%6s %8s | %10s %9s %6s | %10s %9s %6s | %8s\n", "batch", "context", "kvarn ms",
               "GB/s", "of BW", "fp16 ms", "GB/s", "of BW", "speedup");
   for (int batch : o.batches)
     for (int context : o.contexts) {
       const int pages = (context + g - 1) / g;
       // The pool pages of each request (sink, tail) are read as fp16 rows, K and V.
-      const bool sinkPage = o.sinkInPool, tailPage = o.tailInPool && (pages > 1 || !sinkPage);
-      const int poolTokens = (sinkPage ? std::min(context, g) : 0) +
-                             (tailPage && pages > 1 ? context - (pages - 1) * g
-                              : tailPage            ? context
-                                                    : 0);
+      const int poolTokens = o.poolPages.tokens(context, g);
       const size_t kvarnBytes = size_t(batch) * hk *
                                 (size_t(context - poolTokens) * layout.bytesPerToken() +
                                  size_t(poolTokens) * d * 4);
@@ -196,7 +189,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       for (int c = 0; c < copies; ++c)
         for (int b = 0; b < batch; ++b)
           for (int k : {0, pages - 1})
-            if ((k == 0 && sinkPage) || (k == pages - 1 && tailPage))
+            if (o.poolPages.holds(k, pages))
               quantized[(size_t(c) * batch + b) * pages + k] =
                   int32_t((size_t(c % fp16Copies) * batch + b) * pages + k);
       for (int k = 0; k < fp16Blocks; ++k)

@@ -152,6 +152,10 @@ std::vector<std::string> workerArguments(const TuneOptions &o, int device,
     args.push_back("--no-flush");
   if (!o.decode)
     args.push_back("--no-decode");
+  if (o.poolPages.sink)
+    args.push_back("--sink");
+  if (o.poolPages.tail)
+    args.push_back("--tail");
   if (!o.alsoBuckets.empty()) {
     args.push_back("--also-at");
     for (const auto &[batch, context] : o.alsoBuckets)

@@ -30,24 +30,14 @@ std::string benchReportJson(const BenchReport &report) {
                         {"schedule", report.schedule},
                         {"baseline_schedule", report.baselineSchedule},
                         {"measured_bandwidth_gb_s", report.bandwidthGBs},
-                        {"sink_in_pool", report.sinkInPool},
-                        {"tail_in_pool", report.tailInPool},
+                        {"sink_in_pool", report.poolPages.sink},
+                        {"tail_in_pool", report.poolPages.tail},
                         {"rows", rows}}
              .dump(2) +
          "\n";
 }
 
 namespace {
-
-/// "; KVarN pool pages: ..." for the caption, "" when every block is a record.
-std::string poolPagesText(bool sink, bool tail) {
-  if (!sink && !tail)
-    return "";
-  return std::string("; KVarN pool pages (fp16): ") +
-         (sink && tail ? "block 0 (the sink) and the last block (the tail)"
-                       : sink ? "block 0 (the sink)" : "the last block (the tail)") +
-         " of every request";
-}
 
 std::string escape(const std::string &text) {
   std::string out;
@@ -147,7 +137,9 @@ std::string benchReportHtml(const BenchReport &report) {
           "</code>; solid: KVarN (compressed bytes), dashed: fp16 (schedule <code>" +
           escape(report.baselineSchedule) + "</code>); measured read bandwidth " +
           number(report.bandwidthGBs, "%.0f") + " GB/s" +
-          poolPagesText(report.sinkInPool, report.tailInPool) +
+          (report.poolPages.any()
+               ? "; KVarN pool pages (fp16): " + report.poolPages.describe() + " of every request"
+               : std::string()) +
           ".</p>\n";
   html += svg;
   html += "<table><tr><th>batch</th><th>context</th><th>KVarN ms</th><th>GB/s</th><th>of BW</th>"

@@ -389,6 +389,19 @@ Expected<std::string> mergeConfigEntries(const std::string &existingFile, const 
   return merged->dump();
 }
 
+Status resumableWith(const std::vector<TuneResult> &results, const TuneOptions &options) {
+  auto named = [](const std::string &key) {
+    return key.empty() ? std::string("every page a record") : "pool pages " + key;
+  };
+  for (const TuneResult &r : results)
+    if (r.spec.op == OpKind::Decode && r.poolPages != options.poolPages.key())
+      return makeError(ErrorCode::InvalidArgument,
+                       r.spec.str() + " was timed with " + named(r.poolPages) +
+                           ", this run times " + named(options.poolPages.key()) +
+                           " (--sink, --tail): run without --resume, or with the same flags");
+  return Status::success();
+}
+
 std::vector<KernelSpec> specsToTune(const std::vector<KernelSpec> &plan,
                                     const std::vector<TuneResult> &done) {
   std::vector<KernelSpec> todo;
@@ -435,6 +448,8 @@ std::string resultsToJson(const std::vector<TuneResult> &results, const std::str
     nlohmann::json item = {{"spec", r.spec.str()},      {"found", r.found},
                            {"roofline_ms", r.rooflineMs}, {"stopped", r.stopped},
                            {"candidates", candidates}};
+    if (r.spec.op == OpKind::Decode)
+      item["pool_pages"] = r.poolPages;
     if (r.found) {
       item["best"] = r.best.str();
       item["best_ms"] = r.bestMs;
@@ -466,6 +481,7 @@ Expected<std::vector<TuneResult>> resultsFromJson(const std::string &text) {
       r.found = item.at("found").get<bool>();
       r.rooflineMs = item.value("roofline_ms", 0.0);
       r.stopped = item.value("stopped", std::string());
+      r.poolPages = item.value("pool_pages", std::string());
       auto schedule = [&](const std::string &text) -> Expected<Schedule> {
         return parseSchedule(text, r.spec.op);
       };
@@ -638,7 +654,8 @@ public:
 };
 
 /// Decode: checked on a short mixed batch and a 128K-token request (built once per spec),
-/// timed at each bucket (B x context, every page a record, L2-cold block ranges).
+/// timed at each bucket (B x context, L2-cold block ranges; every page a record, or with
+/// TuneOptions::poolPages each request's first and last pages fp16 pool pages).
 class DecodeWorkload : public Workload {
 public:
   DecodeWorkload(const KernelSpec &spec, const TuneOptions &o, const DeviceInfo &info)
@@ -686,10 +703,24 @@ public:
     std::vector<int32_t> table(size_t(copies_) * batch() * pages_), slots(table.size(), -1);
     for (size_t k = 0; k < table.size(); ++k)
       table[k] = int32_t(k);
+    // Pool pages: each (copy, request, end) its own slot, so every launch reads them cold too.
+    int poolSlots = 1;
+    if (o_.poolPages.any()) {
+      poolSlots = 0;
+      for (int c = 0; c < copies_; ++c)
+        for (int b = 0; b < batch(); ++b)
+          for (int k : {0, pages_ - 1})
+            if (o_.poolPages.holds(k, pages_) && slots[(size_t(c) * batch() + b) * pages_ + k] < 0)
+              slots[(size_t(c) * batch() + b) * pages_ + k] = poolSlots++;
+    }
     rows_ = size_t(batch()) * o_.numKvHeads * spec_.queryHeadsPerKvHead;
     std::vector<uint16_t> query(rows_ * d, floatToHalf(0.25f));
     Expected<DeviceBuffer> records = DeviceBuffer::allocate(bytes * copies_);
-    Expected<DeviceBuffer> pool = uploaded(std::vector<uint16_t>(size_t(g) * o_.numKvHeads * d, 0));
+    Expected<DeviceBuffer> pool =
+        DeviceBuffer::allocate(size_t(poolSlots) * g * o_.numKvHeads * d * sizeof(uint16_t));
+    if (pool) // fp16 0.25 in every row
+      if (Status s = KVARN_CU(driver().cuMemsetD32(pool->get(), 0x34003400u, pool->size() / 4)); !s)
+        return s;
     Expected<DeviceBuffer> q = uploaded(query), t = uploaded(table), sl = uploaded(slots),
                            lens = uploaded(std::vector<int32_t>(batch(), context())),
                            out = DeviceBuffer::allocate(rows_ * d * 2),
@@ -725,9 +756,14 @@ public:
     return launchDecode(module, params, spec_.queryHeadsPerKvHead, p, stream);
   }
 
-  double rooflineBytes() const override {
-    const int pages = (context() + spec_.format.tileTokens - 1) / spec_.format.tileTokens;
-    return double(batch()) * o_.numKvHeads * pages * layout_.tileBytesAligned;
+  double rooflineBytes() const override { // records, and pool pages' fp16 K and V rows
+    const int g = spec_.format.tileTokens;
+    const int pages = (context() + g - 1) / g;
+    const int poolPages = pages == 1 ? int(o_.poolPages.any())
+                                     : int(o_.poolPages.sink) + int(o_.poolPages.tail);
+    return double(batch()) * o_.numKvHeads *
+           (double(pages - poolPages) * layout_.tileBytesAligned +
+            double(o_.poolPages.tokens(context(), g)) * spec_.format.headDim * 4);
   }
 
   void release() override {
@@ -1191,6 +1227,8 @@ Status runTune(const TuneOptions &o) {
       if (!previous)
         return makeError(previous.error().code, previous.error().message + " (" + reportPath +
                                                     "; remove it or run without --resume)");
+      if (Status s = resumableWith(*previous, o); !s)
+        return makeError(s.error().code, "tuning report " + reportPath + ": " + s.error().message);
       results = std::move(*previous);
     }
   }
@@ -1223,7 +1261,10 @@ Status runTune(const TuneOptions &o) {
     return bandwidth.error();
   progress.line("GPU " + std::to_string(o.device) + ": " + info->name + " (" + key +
                 "), measured read bandwidth " + std::to_string(int(*bandwidth)) + " GB/s; " +
-                std::to_string(plan.size()) + " specs");
+                std::to_string(plan.size()) + " specs" +
+                (o.poolPages.any() ? "; decode timed with " + o.poolPages.describe() +
+                                         " of every request in the fp16 pool"
+                                   : std::string()));
   ArtifactCache cache(ArtifactCache::Options{});
   const CrashLog crashes(o.crashLog);
   const int threads =
@@ -1282,6 +1323,8 @@ Status runTune(const TuneOptions &o) {
           return timings;
         },
         select);
+    if (spec.op == OpKind::Decode)
+      result.poolPages = o.poolPages.key();
     progress.line(prefix + formatResult(result));
     results.push_back(std::move(result));
     if (Status s = writeAtomically(reportPath, resultsToJson(results, key)); !s)

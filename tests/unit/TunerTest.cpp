@@ -255,6 +255,21 @@ TEST(TuneReport, RoundTripsAndResumesWhatIsMissing) {
   std::vector<KernelSpec> todo = specsToTune({q8, flush}, *back);
   ASSERT_EQ(todo.size(), 1u);
   EXPECT_EQ(todo[0], flush);
+  // ... and only on the cache layout the report's decode results were timed on.
+  TuneOptions tuneOptions;
+  EXPECT_TRUE(resumableWith(*back, tuneOptions)) << "both: every page a record";
+  tuneOptions.poolPages.sink = tuneOptions.poolPages.tail = true;
+  Status mixed = resumableWith(*back, tuneOptions);
+  ASSERT_FALSE(mixed);
+  EXPECT_THAT(mixed.error().message,
+              HasSubstr("was timed with every page a record, this run times pool pages sink,tail"));
+  TuneResult engine = result;
+  engine.poolPages = tuneOptions.poolPages.key();
+  Expected<std::vector<TuneResult>> engineBack = resultsFromJson(resultsToJson({engine}, "k"));
+  ASSERT_TRUE(engineBack) << engineBack.error().str();
+  EXPECT_EQ((*engineBack)[0].poolPages, "sink,tail") << "recorded in the report";
+  EXPECT_TRUE(resumableWith(*engineBack, tuneOptions));
+  EXPECT_FALSE(resumableWith(*engineBack, TuneOptions{}));
   EXPECT_THAT(resultsFromJson("{}").error().message, HasSubstr("no 'results' array"));
   EXPECT_THAT(resultsFromJson(R"({"results": [{"spec": "decode:x"}]})").error().message,
               HasSubstr("tuning report"));
@@ -274,6 +289,27 @@ TEST(BenchOptions, ScheduleNamesTheDecodeTableElseAppendElseFlush) {
   EXPECT_EQ(o.scheduleOp(), OpKind::Flush); // --only flush
   o.flush = false;
   EXPECT_EQ(o.scheduleOp(), OpKind::Append); // --only lookup: checked as append knobs
+}
+
+TEST(PoolPages, NameTheBlocksAndCountTheirTokens) {
+  PoolPages none, sink{true, false}, tail{false, true}, both{true, true};
+  EXPECT_FALSE(none.any());
+  EXPECT_EQ(none.tokens(4096, 128), 0);
+  EXPECT_FALSE(none.holds(0, 32));
+  EXPECT_TRUE(sink.holds(0, 32));
+  EXPECT_FALSE(sink.holds(31, 32));
+  EXPECT_TRUE(tail.holds(31, 32));
+  EXPECT_FALSE(tail.holds(0, 32));
+  EXPECT_TRUE(tail.holds(0, 1)) << "a one-block request's block is its tail";
+  EXPECT_EQ(sink.tokens(4096, 128), 128);
+  EXPECT_EQ(tail.tokens(4096 + 5, 128), 5) << "a partial tail";
+  EXPECT_EQ(both.tokens(4096, 128), 256);
+  EXPECT_EQ(both.tokens(100, 128), 100) << "one block counts once";
+  EXPECT_EQ(both.tokens(0, 128), 0);
+  EXPECT_EQ(both.key(), "sink,tail");
+  EXPECT_EQ(tail.key(), "tail");
+  EXPECT_EQ(none.key(), "");
+  EXPECT_EQ(both.describe(), "block 0 (the sink) and the last block (the tail)");
 }
 
 TEST(BenchReport, JsonAndASelfContainedSvgChart) {
@@ -297,15 +333,15 @@ TEST(BenchReport, JsonAndASelfContainedSvgChart) {
   EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
   EXPECT_FALSE(json["sink_in_pool"].get<bool>());
   EXPECT_THAT(html, ::testing::Not(HasSubstr("the sink")));
-  report.sinkInPool = true; // the cache the table ran on is named in both reports
+  report.poolPages.sink = true; // the cache the table ran on is named in both reports
   EXPECT_TRUE(nlohmann::json::parse(benchReportJson(report))["sink_in_pool"].get<bool>());
   EXPECT_FALSE(nlohmann::json::parse(benchReportJson(report))["tail_in_pool"].get<bool>());
   EXPECT_THAT(benchReportHtml(report),
               HasSubstr("KVarN pool pages (fp16): block 0 (the sink) of every request"));
-  report.tailInPool = true;
+  report.poolPages.tail = true;
   EXPECT_THAT(benchReportHtml(report), HasSubstr("block 0 (the sink) and the last block (the "
                                                  "tail) of every request"));
-  report.sinkInPool = false;
+  report.poolPages.sink = false;
   EXPECT_THAT(benchReportHtml(report), HasSubstr("(fp16): the last block (the tail) of every"));
   EXPECT_THAT(html, HasSubstr("<svg"));
   EXPECT_THAT(html, HasSubstr("Test GPU &lt;1&gt;"));
@@ -382,6 +418,11 @@ TEST(MultiDevice, WorkersGetTheRunsOptions) {
   EXPECT_NE(std::find(args.begin(), args.end(), "--exhaustive"), args.end());
   EXPECT_EQ(std::stod(after("--budget")), 60.0);
   EXPECT_EQ(std::find(args.begin(), args.end(), "--no-decode"), args.end());
+  EXPECT_EQ(std::find(args.begin(), args.end(), "--sink"), args.end());
+  o.poolPages.sink = o.poolPages.tail = true; // the engine layout reaches every worker
+  args = workerArguments(o, 3, "/tmp/r.json", "/tmp/c");
+  EXPECT_NE(std::find(args.begin(), args.end(), "--sink"), args.end());
+  EXPECT_NE(std::find(args.begin(), args.end(), "--tail"), args.end());
   o.decode = false; // a flush-only run stays flush-only in every worker
   args = workerArguments(o, 3, "/tmp/r.json", "/tmp/c");
   EXPECT_NE(std::find(args.begin(), args.end(), "--no-decode"), args.end());

@@ -450,10 +450,10 @@ int main(int argc, char **argv) {
       "--no-gate", [&bench] { bench.hideLaunchLatency = false; },
       "time each launch from an idle GPU (include the host's launch latency) instead of queuing "
       "it behind a 20 us spin kernel");
-  benchCommand->add_flag("--sink", bench.sinkInPool,
+  benchCommand->add_flag("--sink", bench.poolPages.sink,
                          "decode: block 0 of every request an fp16 pool page in the KVarN cache "
                          "(the format's sink); its bytes count at fp16 size");
-  benchCommand->add_flag("--tail", bench.tailInPool,
+  benchCommand->add_flag("--tail", bench.poolPages.tail,
                          "decode: the last block of every request an fp16 pool page in the KVarN "
                          "cache (a tail not yet flushed); its bytes count at fp16 size");
   benchCommand->add_option("--schedule", bench.schedule,
@@ -531,6 +531,12 @@ int main(int argc, char **argv) {
   tuneCommand->add_option("--compile-threads", tune.compileThreads,
                           "parallel candidate compiles (0: every hardware thread)")
       ->capture_default_str();
+  tuneCommand->add_flag("--sink", tune.poolPages.sink,
+                        "time decode with block 0 of every request an fp16 pool page (the "
+                        "format's sink), as in an engine");
+  tuneCommand->add_flag("--tail", tune.poolPages.tail,
+                        "time decode with the last block of every request an fp16 pool page (a "
+                        "tail not yet flushed), as in an engine");
   tuneCommand->add_flag("!--no-flush", tune.flush, "tune decode only");
   tuneCommand->add_flag("!--no-decode", tune.decode, "tune flush only");
   bool noIsolation = false, worker = false;

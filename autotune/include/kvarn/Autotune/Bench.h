@@ -2,6 +2,7 @@
 // same run), flush and append. Medians of event-timed launches with a cold L2.
 #pragma once
 
+#include "kvarn/Autotune/PoolPages.h"
 #include "kvarn/spec.h"
 #include "kvarn/status.h"
 
@@ -31,11 +32,9 @@ struct BenchOptions {
   /// Queue each timed launch behind a 20 us spin kernel (LaunchGate) so the times exclude the
   /// host's launch latency; false times from an idle GPU (the host latency included).
   bool hideLaunchLatency = true;
-  /// Pool pages of the KVarN cache, as in an engine: block 0 of every request (the format's sink,
-  /// fp16 for the request's lifetime) and its last block (the tail, fp16 until it fills and is
-  /// flushed). The other blocks are records; with both false every block is a record. The fp16
+  /// Pool pages of the KVarN cache, as in an engine (none: every block is a record). The fp16
   /// baseline reads fp16 pages either way.
-  bool sinkInPool = false, tailInPool = false;
+  PoolPages poolPages;
   /// The op `schedule` applies to: the decode table when it runs, else append when it runs,
   /// else flush.
   OpKind scheduleOp() const {
@@ -53,7 +52,7 @@ struct BenchRow {
 struct BenchReport {
   std::string gpu, spec, schedule, baselineSchedule;
   double bandwidthGBs = 0; ///< measured read bandwidth (the roofline)
-  bool sinkInPool = false, tailInPool = false; ///< the pool pages of the KVarN cache (BenchOptions)
+  PoolPages poolPages; ///< the pool pages of the KVarN cache (BenchOptions)
   std::vector<BenchRow> rows;
 };
 

@@ -4,6 +4,7 @@
 // resumable runs, crash recovery, tuned configs and reports.
 #pragma once
 
+#include "kvarn/Autotune/PoolPages.h"
 #include "kvarn/Autotune/Timing.h"
 #include "kvarn/cache.h"
 #include "kvarn/configs.h"
@@ -38,6 +39,8 @@ struct TuneResult {
   Schedule best;
   double bestMs = 0;
   double rooflineMs = 0; ///< bytes / measured bandwidth (0 when unknown)
+  /// Decode: the pool pages of the timing cache (PoolPages::key(); "": every page a record).
+  std::string poolPages;
   std::string stopped;   ///< why measuring stopped before the end of the space ("" if it did not)
   /// The choice early stop made (or, with `exhaustive`, would have made): for regret.
   bool earlyFound = false;
@@ -139,6 +142,9 @@ struct TuneOptions {
   /// single shape decides. Empty: the one bucket above.
   std::vector<std::pair<int, int>> alsoBuckets;
   int iterations = 10;
+  /// Decode timing caches with each request's first and/or last block as fp16 pool pages, as an
+  /// engine holds them (none: every block a record). The correctness checks always have both.
+  PoolPages poolPages;
   std::string configsDirectory = "configs";
   double budgetSeconds = 0; ///< 0: no budget
   double earlyStop = 0.9;   ///< fraction of the roofline; 0: off
@@ -212,5 +218,9 @@ std::vector<KernelSpec> specsToTune(const std::vector<KernelSpec> &plan,
 /// JSON of results (the report and resume format) and back.
 std::string resultsToJson(const std::vector<TuneResult> &results, const std::string &environment);
 Expected<std::vector<TuneResult>> resultsFromJson(const std::string &json);
+
+/// Whether the results of a report (--resume) were timed on the cache layout this run times:
+/// a decode result timed with other pool pages is an error that says which.
+Status resumableWith(const std::vector<TuneResult> &results, const TuneOptions &options);
 
 } // namespace kvarn::autotune
