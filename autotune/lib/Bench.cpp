@@ -188,10 +188,9 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       // the slot of the same block in the baseline's pool (inside it whatever the copy).
       for (int c = 0; c < copies; ++c)
         for (int b = 0; b < batch; ++b)
-          for (int k : {0, pages - 1})
-            if (o.poolPages.holds(k, pages))
-              quantized[(size_t(c) * batch + b) * pages + k] =
-                  int32_t((size_t(c % fp16Copies) * batch + b) * pages + k);
+          for (int k : o.poolPages.blocks(pages))
+            quantized[(size_t(c) * batch + b) * pages + k] =
+                int32_t((size_t(c % fp16Copies) * batch + b) * pages + k);
       for (int k = 0; k < fp16Blocks; ++k)
         identity[k] = k;
       std::vector<int32_t> lens(batch, context);

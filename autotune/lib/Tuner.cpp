@@ -704,15 +704,12 @@ public:
     for (size_t k = 0; k < table.size(); ++k)
       table[k] = int32_t(k);
     // Pool pages: each (copy, request, end) its own slot, so every launch reads them cold too.
-    int poolSlots = 1;
-    if (o_.poolPages.any()) {
-      poolSlots = 0;
-      for (int c = 0; c < copies_; ++c)
-        for (int b = 0; b < batch(); ++b)
-          for (int k : {0, pages_ - 1})
-            if (o_.poolPages.holds(k, pages_) && slots[(size_t(c) * batch() + b) * pages_ + k] < 0)
-              slots[(size_t(c) * batch() + b) * pages_ + k] = poolSlots++;
-    }
+    int poolSlots = 0;
+    for (int c = 0; c < copies_; ++c)
+      for (int b = 0; b < batch(); ++b)
+        for (int k : o_.poolPages.blocks(pages_))
+          slots[(size_t(c) * batch() + b) * pages_ + k] = poolSlots++;
+    poolSlots = std::max(poolSlots, 1); // one unread slot when every page is a record
     rows_ = size_t(batch()) * o_.numKvHeads * spec_.queryHeadsPerKvHead;
     std::vector<uint16_t> query(rows_ * d, floatToHalf(0.25f));
     Expected<DeviceBuffer> records = DeviceBuffer::allocate(bytes * copies_);
@@ -759,10 +756,9 @@ public:
   double rooflineBytes() const override { // records, and pool pages' fp16 K and V rows
     const int g = spec_.format.tileTokens;
     const int pages = (context() + g - 1) / g;
-    const int poolPages = pages == 1 ? int(o_.poolPages.any())
-                                     : int(o_.poolPages.sink) + int(o_.poolPages.tail);
+    const size_t poolPages = o_.poolPages.blocks(pages).size();
     return double(batch()) * o_.numKvHeads *
-           (double(pages - poolPages) * layout_.tileBytesAligned +
+           (double(pages - int(poolPages)) * layout_.tileBytesAligned +
             double(o_.poolPages.tokens(context(), g)) * spec_.format.headDim * 4);
   }
 

@@ -262,12 +262,8 @@ Status launchDecode(const KernelModule &module, dev::DecodeParams params, int nu
   const Driver &d = driver();
   params.numSplits = plan.numSplits;
   // The interleaved kernels' warps step over the splits that share the pages (all but a sink
-  // split).
-  const Schedule &schedule = module.schedule();
-  params.walkSplits = plan.numSplits - (plan.sinkSplit && earlyLookupWindow(schedule) &&
-                                                schedule.splits == 0 && plan.numSplits > 1
-                                            ? 1
-                                            : 0);
+  // split; kernels without a planned interleaved walk read neither walkSplits nor the divisor).
+  params.walkSplits = plan.numSplits - (plan.sinkSplit && plan.numSplits > 1 ? 1 : 0);
   Expected<UnsignedDivisor> divisor = splitDivisor(params.walkSplits);
   if (!divisor)
     return divisor.error();

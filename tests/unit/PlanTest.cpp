@@ -86,7 +86,8 @@ TEST(DecodePlan, OneRequestOfTheInterleavedKernelsGetsASinkSplitInAFreeSlot) {
 }
 
 TEST(SplitDivisor, MatchesDivisionForEveryDivisorUpToTwoThousandAndAnyNumerator) {
-  // The decode kernel's page range: split * pages / splits through a multiply-high.
+  // The interleaved decode kernels' lookup window: a page distance over the walking splits
+  // through a multiply-high.
   std::mt19937 random(20261130);
   for (uint32_t d = 1; d <= 2048; ++d) {
     const kvarn::UnsignedDivisor divisor = kvarn::unsignedDivisor(d);

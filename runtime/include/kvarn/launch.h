@@ -103,8 +103,8 @@ int decodeSinkSplit(bool interleaved, int fixedSplits, int batch, int numSplits)
 /// Host-side split plan of a decode launch (fixed grid for CUDA-graph capture).
 struct DecodePlan {
   int numSplits = 1;
-  /// The last split walks the first and last pages (decodeSinkSplit; the launch applies it only
-  /// to interleaved kernels with a planned split count and several splits).
+  /// The last split walks the first and last pages (decodeSinkSplit: planDecode and decodePlanOf
+  /// set it; kernels with a split count compiled in or contiguous page ranges ignore it).
   bool sinkSplit = false;
 };
 /// The plan of a launch of `numSplits` splits the caller chose (the C API's): the sink split

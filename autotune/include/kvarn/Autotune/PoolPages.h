@@ -3,8 +3,8 @@
 // lifetime and the last block until it fills and is flushed.
 #pragma once
 
-#include <algorithm>
 #include <string>
+#include <vector>
 
 namespace kvarn::autotune {
 
@@ -13,19 +13,22 @@ struct PoolPages {
   bool tail = false; ///< the last block of every request
 
   bool any() const { return sink || tail; }
-  /// Whether block `k` of a request of `pages` blocks is a pool page.
-  bool holds(int k, int pages) const {
-    return (sink && k == 0) || (tail && k == pages - 1);
+  /// The pool blocks of a request of `pages` blocks, each once (a one-block request's block is
+  /// both its sink and its tail).
+  std::vector<int> blocks(int pages) const {
+    std::vector<int> list;
+    if (pages >= 1 && (sink || (tail && pages == 1)))
+      list.push_back(0);
+    if (pages >= 2 && tail)
+      list.push_back(pages - 1);
+    return list;
   }
-  /// Tokens of a request of `context` tokens that are read from pool pages (a one-block request's
-  /// block counts once).
+  /// Tokens of a request of `context` tokens that are read from its pool blocks.
   int tokens(int context, int tileTokens) const {
-    const int pages = (context + tileTokens - 1) / tileTokens;
-    if (pages <= 0 || !any())
-      return 0;
-    if (pages == 1)
-      return context;
-    return (sink ? tileTokens : 0) + (tail ? context - (pages - 1) * tileTokens : 0);
+    int total = 0;
+    for (int k : blocks((context + tileTokens - 1) / tileTokens))
+      total += context - k * tileTokens < tileTokens ? context - k * tileTokens : tileTokens;
+    return total;
   }
   /// "sink", "tail", "sink,tail" or "" (the reports' and the tuning results' field).
   std::string key() const {
