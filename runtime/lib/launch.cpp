@@ -197,8 +197,8 @@ Expected<UnsignedDivisor> splitDivisor(int numSplits) {
   return unsignedDivisor(uint32_t(numSplits));
 }
 
-int decodeSinkSplit(bool interleaved, int fixedSplits, int batch, int numSplits) {
-  return interleaved && fixedSplits == 0 && batch == 1 && numSplits > 1 ? 1 : 0;
+int decodeSinkSplit(bool interleaved, int fixedSplits, int batch, int numSplits, int warps) {
+  return interleaved && fixedSplits == 0 && batch == 1 && numSplits > 1 && warps >= 2 ? 1 : 0;
 }
 
 DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, int smCount,
@@ -214,7 +214,7 @@ DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, 
     const int64_t waves = (ctas * splits + slots - 1) / slots;
     // A sink split walks the first and the last page (two warps, never longer than the others'
     // walks in these launches); the other splits share the pages between.
-    const int sink = decodeSinkSplit(interleaved, 0, batch, splits);
+    const int sink = decodeSinkSplit(interleaved, 0, batch, splits, warps);
     const int walked = std::max(0, pages - 2 * sink);
     const int pagesPerSplit = (walked + splits - sink - 1) / (splits - sink);
     const double cost = double(waves) * ((pagesPerSplit + perCtaWarps - 1) / perCtaWarps + ctaOverhead) +
@@ -224,14 +224,14 @@ DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, 
       plan.numSplits = splits;
     }
   }
-  plan.sinkSplit = decodeSinkSplit(interleaved, 0, batch, plan.numSplits) != 0;
+  plan.sinkSplit = decodeSinkSplit(interleaved, 0, batch, plan.numSplits, warps) != 0;
   return plan;
 }
 
 DecodePlan decodePlanOf(const KernelModule &module, int batch, int numSplits) {
   const Schedule &schedule = module.schedule();
   return DecodePlan{numSplits, decodeSinkSplit(earlyLookupWindow(schedule), schedule.splits,
-                                               batch, numSplits) != 0};
+                                               batch, numSplits, schedule.warps) != 0};
 }
 
 DecodePlan planDecode(const KernelModule &module, int batch, int numKvHeads, int maxSeqLen,
@@ -261,6 +261,11 @@ Status launchDecode(const KernelModule &module, dev::DecodeParams params, int nu
                     const DecodePlan &plan, CUstream stream) {
   const Driver &d = driver();
   params.numSplits = plan.numSplits;
+  if (plan.sinkSplit && plan.numSplits > 1 && module.schedule().warps < 2)
+    return makeError(ErrorCode::InvalidArgument,
+                     "decode plan with a sink split for a kernel of one warp per CTA (" +
+                         module.schedule().str() +
+                         "): the sink split needs a second warp for the last page");
   // The interleaved kernels' warps step over the splits that share the pages (all but a sink
   // split; kernels without a planned interleaved walk read neither walkSplits nor the divisor).
   params.walkSplits = plan.numSplits - (plan.sinkSplit && plan.numSplits > 1 ? 1 : 0);

@@ -369,6 +369,24 @@ TEST(GpuDecode, OneRequestGivesItsFirstAndLastPagesToItsLastSplit) {
       const double error = runDecode(dc, 300 + length, true, splits);
       EXPECT_LE(error, 1e-3) << length << " tokens, " << splits << " splits";
     }
+  // Interleaved kernels of two warps (one per end page) and of one warp, which has no warp for
+  // the last page and so gets no sink split (decodeSinkSplit): forced and planned split counts.
+  for (const char *schedule : {"warps=2", "warps=1", "warps=1,stages=2"})
+    for (int headDim : {128, 256})
+      for (int splits : {0, 7, 33}) {
+        DecodeCase dc{"kvarn_k4v2_g128", headDim, 8, 1, DType::F16, {40 * 128 + 3}, schedule};
+        const double error = runDecode(dc, 400 + headDim, true, splits);
+        EXPECT_LE(error, 1e-3) << schedule << ", D = " << headDim << ", "
+                               << (splits ? std::to_string(splits) : "planned") << " splits";
+      }
+  // A plan with a sink split for a one-warp kernel is refused, not launched without its last page.
+  const KernelModule &oneWarp = kernel("decode:kvarn_k4v2_g128:d128:q8:f16", "warps=1");
+  dev::DecodeParams params{};
+  params.batch = 1;
+  params.numKvHeads = 8;
+  const Status refused = launchDecode(oneWarp, params, 8, DecodePlan{8, true}, nullptr);
+  ASSERT_FALSE(refused);
+  EXPECT_THAT(refused.error().message, ::testing::HasSubstr("sink split"));
 }
 
 TEST(GpuDecode, ZeroLengthRequestsGiveZerosAndRepeatRunsAgree) {

@@ -59,11 +59,15 @@ TEST(DecodePlan, RespectsTheSplitBound) {
 TEST(DecodePlan, OneRequestOfTheInterleavedKernelsGetsASinkSplitInAFreeSlot) {
   using kvarn::decodeSinkSplit;
   // The rule: interleaved kernels, planned split counts, one request, several splits.
-  EXPECT_EQ(decodeSinkSplit(true, 0, 1, 33), 1);
-  EXPECT_EQ(decodeSinkSplit(true, 0, 1, 1), 0) << "one split walks every page";
-  EXPECT_EQ(decodeSinkSplit(true, 0, 2, 16), 0) << "two requests: no free slot to rely on";
-  EXPECT_EQ(decodeSinkSplit(true, 16, 1, 16), 0) << "a split count compiled in";
-  EXPECT_EQ(decodeSinkSplit(false, 0, 1, 8), 0) << "contiguous page ranges";
+  EXPECT_EQ(decodeSinkSplit(true, 0, 1, 33, 4), 1);
+  EXPECT_EQ(decodeSinkSplit(true, 0, 1, 1, 4), 0) << "one split walks every page";
+  EXPECT_EQ(decodeSinkSplit(true, 0, 2, 16, 4), 0) << "two requests: no free slot to rely on";
+  EXPECT_EQ(decodeSinkSplit(true, 16, 1, 16, 4), 0) << "a split count compiled in";
+  EXPECT_EQ(decodeSinkSplit(false, 0, 1, 8, 4), 0) << "contiguous page ranges";
+  EXPECT_EQ(decodeSinkSplit(true, 0, 1, 8, 2), 1) << "two warps: one per end page";
+  EXPECT_EQ(decodeSinkSplit(true, 0, 1, 8, 1), 0) << "one warp has no second warp for the last page";
+  EXPECT_FALSE(planDecode(1, 8, 131072, kTile, kSms, 1, 8, 64, true).sinkSplit)
+      << "a one-warp kernel plans no sink split";
   // The shipped B = 1 kernel: 4 warps, 2 CTAs per SM (264 slots), 8 kv heads, 1,024 pages.
   // 32 splits walking every page give each warp 8 pages; 33 splits fill every slot, the last
   // taking pages 0 and 1023, and the 32 others walk pages 1 .. 1022 in at most 8 per warp.

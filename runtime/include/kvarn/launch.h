@@ -93,12 +93,13 @@ Expected<UnsignedDivisor> splitDivisor(int numSplits);
 
 /// Whether a decode launch gives the first and the last page of its request to its last split
 /// (the sink split: warp 0 and warp 1): launches of one request over several planned splits
-/// (`fixedSplits` = 0) of the interleaved kernels (earlyLookupWindow). An engine keeps those
+/// (`fixedSplits` = 0) of the interleaved kernels (earlyLookupWindow) of at least two warps
+/// (`warps`; a one-warp CTA has no warp for the last page). An engine keeps those
 /// pages in the fp16 pool (page 0 is the format's sink, the last page fills until its flush),
 /// and a pool page costs a warp several record pages; walked with the records it lengthened the
 /// warp that held it, while the sink split's CTA runs it in a slot the planner leaves free. The
 /// other splits interleave pages 1 .. pages - 2 (dev::DecodeParams::walkSplits).
-int decodeSinkSplit(bool interleaved, int fixedSplits, int batch, int numSplits);
+int decodeSinkSplit(bool interleaved, int fixedSplits, int batch, int numSplits, int warps);
 
 /// Host-side split plan of a decode launch (fixed grid for CUDA-graph capture).
 struct DecodePlan {
