@@ -173,7 +173,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       // The pool pages of each request (sink, tail) are read as fp16 rows, K and V.
       const int poolTokens = o.poolPages.tokens(context, g);
       const size_t kvarnBytes = size_t(batch) * hk *
-                                (size_t(context - poolTokens) * layout.bytesPerToken() +
+                                (size_t(context - poolTokens) * layout.readBytesPerToken() +
                                  size_t(poolTokens) * d * 4);
       const size_t fp16Bytes = size_t(batch) * hk * context * size_t(d) * 4;
       const int copies = copiesOf(kvarnBytes);

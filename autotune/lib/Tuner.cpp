@@ -753,12 +753,12 @@ public:
     return launchDecode(module, params, spec_.queryHeadsPerKvHead, p, stream);
   }
 
-  double rooflineBytes() const override { // records, and pool pages' fp16 K and V rows
+  double rooflineBytes() const override { // records' fields, and pool pages' fp16 K and V rows
     const int g = spec_.format.tileTokens;
     const int pages = (context() + g - 1) / g;
     const size_t poolPages = o_.poolPages.blocks(pages).size();
     return double(batch()) * o_.numKvHeads *
-           (double(pages - int(poolPages)) * layout_.tileBytesAligned +
+           (double(pages - int(poolPages)) * layout_.tileBytes +
             double(o_.poolPages.tokens(context(), g)) * spec_.format.headDim * 4);
   }
 

@@ -73,6 +73,13 @@ TEST(RecordLayout, BytesPerTokenAndCompressionOfTheDocExamples) {
   EXPECT_NEAR(k4v4.compressionRatio(), 3.66, 0.005);
   RecordLayout k4v4d256 = recordLayout(*parseFormat("kvarn_k4v4_g128", 256));
   EXPECT_NEAR(k4v4d256.compressionRatio(), 2.0, 1e-12);
+  // A decode reads the fields, not the padding to the power-of-two slot of D >= 256.
+  EXPECT_DOUBLE_EQ(k4v2.readBytesPerToken(), 108.0);
+  EXPECT_DOUBLE_EQ(k4v4d256.bytesPerToken(), 512.0);
+  EXPECT_DOUBLE_EQ(k4v4d256.readBytesPerToken(), 35072.0 / 128);
+  RecordLayout k4v2d256 = recordLayout(*parseFormat("kvarn_k4v2_g128", 256));
+  EXPECT_DOUBLE_EQ(k4v2d256.bytesPerToken(), 256.0);
+  EXPECT_DOUBLE_EQ(k4v2d256.readBytesPerToken(), 210.0); // 26,880 bytes of fields
 }
 
 TEST(RecordLayout, MatchesGoldenManifestOffsets) {
