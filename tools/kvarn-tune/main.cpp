@@ -208,28 +208,58 @@ std::vector<KernelSpec> defaultKernelSet(const std::string &arch) {
   return specs;
 }
 
-/// Compiles the default kernel set with NVRTC and reports each (no GPU needed).
-int runCompileDefaultSet(const std::string &arch) {
+/// Compiles the default kernel set with NVRTC and reports each (no GPU needed): every spec with
+/// the schedule the tuned configs in `configsDirectory` choose for `here` (kvarn_prepare's
+/// choice, and the decode variants a runtime prepares with it), or the op's default schedule
+/// where they hold none. Without a GPU, `here` is a configs file's own environment for the arch
+/// when one exists (as `bundle export` does), so the kernels are those that GPU would run.
+int runCompileDefaultSet(TuningEnvironment here, const std::string &configsDirectory) {
+  std::vector<std::string> warnings;
+  const std::vector<ConfigFile> configs =
+      configsDirectory.empty() ? std::vector<ConfigFile>{}
+                               : loadConfigDirectory(configsDirectory, &warnings);
+  if (here.smCount == 0)
+    for (const ConfigFile &file : configs)
+      if (file.environment.arch == here.arch) {
+        here = file.environment;
+        break;
+      }
   ArtifactCache cache(ArtifactCache::Options{});
-  std::printf("Compiling the default kernel set for %s with NVRTC %s (cache: %s):\n",
-              arch.c_str(), nvrtcVersion().c_str(),
-              cache.diskEnabled() ? cache.directory().c_str() : "memory only");
+  std::printf("Compiling the default kernel set for %s with NVRTC %s (cache: %s), schedules from "
+              "%s:\n",
+              here.arch.c_str(), nvrtcVersion().c_str(),
+              cache.diskEnabled() ? cache.directory().c_str() : "memory only",
+              configs.empty() ? "the ops' defaults (no tuned configs)"
+                              : ("the tuned configs in " + configsDirectory).c_str());
+  for (const std::string &warning : warnings)
+    std::printf("  warning: %s\n", warning.c_str());
   int failures = 0;
-  for (const KernelSpec &spec : defaultKernelSet(arch)) {
-    const Schedule schedule = defaultSchedule(spec.op);
-    const auto start = std::chrono::steady_clock::now();
-    bool hit = false;
-    Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(spec, schedule, cache, &hit);
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    if (!kernel) {
-      ++failures;
-      std::printf("  FAIL %-44s %s\n", spec.str().c_str(), kernel.error().message.c_str());
-      continue;
+  for (const KernelSpec &spec : defaultKernelSet(here.arch)) {
+    const ScheduleChoice choice = chooseSchedule(configs, spec, here);
+    std::vector<Schedule> schedules = {choice.schedule};
+    for (const ScheduleVariant &variant : choice.variants)
+      if (std::find(schedules.begin(), schedules.end(), variant.schedule) == schedules.end())
+        schedules.push_back(variant.schedule);
+    for (const Schedule &schedule : schedules) {
+      const auto start = std::chrono::steady_clock::now();
+      bool hit = false;
+      Expected<compiler::CompiledKernel> kernel =
+          compiler::compileKernel(spec, schedule, cache, &hit);
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count();
+      if (!kernel) {
+        ++failures;
+        std::printf("  FAIL %-44s %s: %s\n", spec.str().c_str(), schedule.str().c_str(),
+                    kernel.error().message.c_str());
+        continue;
+      }
+      std::printf("  ok   %-44s %7.1f ms%s  cubin %7zu B  smem %6zu B%s\n       %s %s\n",
+                  spec.str().c_str(), ms, hit ? " (cached)" : "         ", kernel->cubin.size(),
+                  kernel->sharedBytes,
+                  kernel->nvrtcLog.empty() ? "" : "  (NVRTC printed warnings)",
+                  choice.rule.c_str(), schedule.str().c_str());
     }
-    std::printf("  ok   %-44s %7.1f ms%s  cubin %7zu B  smem %6zu B%s\n", spec.str().c_str(), ms,
-                hit ? " (cached)" : "         ", kernel->cubin.size(), kernel->sharedBytes,
-                kernel->nvrtcLog.empty() ? "" : "  (NVRTC printed warnings)");
   }
   return failures == 0 ? 0 : 1;
 }
@@ -679,7 +709,16 @@ int main(int argc, char **argv) {
   for (const char *name : {"kvarn_k4v2_g128", "kvarn_k4v4_g128"})
     rc |= runQuantizeDemo(name, 128, kDefaultSinkhornIterations, seed);
   Expected<DeviceInfo> device = openDevice(0);
-  rc |= runCompileDefaultSet(device ? device->arch() : std::string("sm_90a"));
+  TuningEnvironment here;
+  if (device) {
+    here = environmentOf(*device);
+  } else {
+    here.arch = "sm_90a";
+    here.nvrtcVersion = nvrtcVersion();
+    here.kvarnVersion = KVARN_VERSION;
+  }
+  const char *configsDirectory = std::getenv("KVARN_CONFIGS_DIR");
+  rc |= runCompileDefaultSet(here, configsDirectory ? configsDirectory : "");
   if (!device) {
     std::printf("\nNo GPU here (%s).\nOn a GPU, this command also tunes decode (Q = 1, 2, 4, 8) "
                 "and flush of kvarn_k4v2_g128 and kvarn_k4v4_g128 at head_dim 128 (kvarn-tune "
