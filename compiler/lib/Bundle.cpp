@@ -36,10 +36,7 @@ Expected<Bundle> buildBundle(const std::vector<KernelSpec> &specs, const std::st
     if (choices)
       choices->push_back(spec.str() + ": " + choice.schedule.str() + " (" + choice.explanation + ")");
     // The chosen schedule and its decode variants: a runtime prepares all of them from the bundle.
-    std::vector<Schedule> schedules = {choice.schedule};
-    for (const ScheduleVariant &variant : choice.variants)
-      schedules.push_back(variant.schedule);
-    for (const Schedule &schedule : schedules) {
+    for (const Schedule &schedule : choice.schedules()) {
       const std::string key = preparedKernelKey(spec, schedule);
       if (std::any_of(bundle.entries.begin(), bundle.entries.end(),
                       [&](const BundleEntry &e) { return e.key == key; }))

@@ -137,6 +137,14 @@ int variantForLaunch(const std::vector<ScheduleVariant> &variants,
   return k;
 }
 
+std::vector<Schedule> ScheduleChoice::schedules() const {
+  std::vector<Schedule> list = {schedule};
+  for (const ScheduleVariant &variant : variants)
+    if (std::find(list.begin(), list.end(), variant.schedule) == list.end())
+      list.push_back(variant.schedule);
+  return list;
+}
+
 std::string describeVariants(const std::vector<ScheduleVariant> &variants) {
   std::string text;
   for (const ScheduleVariant &v : variants)

@@ -158,6 +158,15 @@ TEST(Configs, DecodeVariantsParseAndPickByWorkItems) {
   EXPECT_EQ(choice.variants[0].minWorkItems, 128) << "same SM count: thresholds unchanged";
   EXPECT_THAT(choice.explanation, HasSubstr("from 128 work items: warps=12"));
   EXPECT_THAT(choice.explanation, HasSubstr("from 512 work items: warps=6"));
+  // The kernels a runtime prepares: the schedule, then each variant's, a repeated one once.
+  std::vector<Schedule> schedules = choice.schedules();
+  ASSERT_EQ(schedules.size(), 3u);
+  EXPECT_EQ(schedules[0], choice.schedule);
+  EXPECT_EQ(schedules[1].warps, 12);
+  EXPECT_EQ(schedules[2].warps, 6);
+  choice.variants.push_back({1024, choice.schedule});
+  choice.variants.push_back({2048, choice.variants[0].schedule});
+  EXPECT_EQ(choice.schedules(), schedules);
 }
 
 TEST(Configs, ALaunchStepsBackFromAVariantThatWouldNeedMoreWaves) {

@@ -194,6 +194,15 @@ int runCacheCommand(const std::string &action) {
 int runBundleCommand(const std::string &action, const std::string &path, const std::string &arch,
                      const std::string &configsPath);
 
+/// The environment assumed for `arch` where no GPU tells it: the arch, this NVRTC and kvarn.
+TuningEnvironment assumedEnvironment(const std::string &arch) {
+  TuningEnvironment environment;
+  environment.arch = arch;
+  environment.nvrtcVersion = nvrtcVersion();
+  environment.kvarnVersion = KVARN_VERSION;
+  return environment;
+}
+
 /// The default kernel set: decode/flush/append/dequantize of the default presets at D = 128.
 std::vector<KernelSpec> defaultKernelSet(const std::string &arch) {
   std::vector<KernelSpec> specs;
@@ -236,11 +245,7 @@ int runCompileDefaultSet(TuningEnvironment here, const std::string &configsDirec
   int failures = 0;
   for (const KernelSpec &spec : defaultKernelSet(here.arch)) {
     const ScheduleChoice choice = chooseSchedule(configs, spec, here);
-    std::vector<Schedule> schedules = {choice.schedule};
-    for (const ScheduleVariant &variant : choice.variants)
-      if (std::find(schedules.begin(), schedules.end(), variant.schedule) == schedules.end())
-        schedules.push_back(variant.schedule);
-    for (const Schedule &schedule : schedules) {
+    for (const Schedule &schedule : choice.schedules()) {
       const auto start = std::chrono::steady_clock::now();
       bool hit = false;
       Expected<compiler::CompiledKernel> kernel =
@@ -270,10 +275,7 @@ int runBundleCommand(const std::string &action, const std::string &path, const s
     // The default kernel set for `arch`, each with the schedule the configs choose for it (the
     // environment is the configs' own GPU when given, so their entries match exactly).
     std::string configs;
-    TuningEnvironment environment;
-    environment.arch = arch;
-    environment.nvrtcVersion = nvrtcVersion();
-    environment.kvarnVersion = KVARN_VERSION;
+    TuningEnvironment environment = assumedEnvironment(arch);
     if (!configsPath.empty()) {
       std::ifstream in(configsPath);
       if (!in) {
@@ -391,9 +393,7 @@ int runInfo(int device, const std::string &configsDirectory) {
                                          info->l2Bytes, info->memoryClockKhz)
                     .c_str());
   } else {
-    here.arch = "sm_90a";
-    here.nvrtcVersion = nvrtcVersion();
-    here.kvarnVersion = KVARN_VERSION;
+    here = assumedEnvironment("sm_90a");
     std::printf("GPU %d: none (%s); the lookup below assumes an sm_90a GPU\n", device,
                 info.error().message.c_str());
   }
@@ -709,14 +709,7 @@ int main(int argc, char **argv) {
   for (const char *name : {"kvarn_k4v2_g128", "kvarn_k4v4_g128"})
     rc |= runQuantizeDemo(name, 128, kDefaultSinkhornIterations, seed);
   Expected<DeviceInfo> device = openDevice(0);
-  TuningEnvironment here;
-  if (device) {
-    here = environmentOf(*device);
-  } else {
-    here.arch = "sm_90a";
-    here.nvrtcVersion = nvrtcVersion();
-    here.kvarnVersion = KVARN_VERSION;
-  }
+  const TuningEnvironment here = device ? environmentOf(*device) : assumedEnvironment("sm_90a");
   const char *configsDirectory = std::getenv("KVARN_CONFIGS_DIR");
   rc |= runCompileDefaultSet(here, configsDirectory ? configsDirectory : "");
   if (!device) {

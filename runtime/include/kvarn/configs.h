@@ -81,6 +81,10 @@ struct ScheduleChoice {
   std::vector<ScheduleVariant> variants;
   std::string rule;        ///< "tuned", "nearest" or "default"
   std::string explanation; ///< which entry of which file, and what differs
+
+  /// The schedule, then each variant's schedule that differs from those before it: the kernels a
+  /// runtime prepares for this choice.
+  std::vector<Schedule> schedules() const;
 };
 
 /// Index into `variants` of the variant with the largest threshold at or below `workItems` =
