@@ -268,7 +268,7 @@ Status launchDecode(const KernelModule &module, dev::DecodeParams params, int nu
                          "): the sink split needs a second warp for the last page");
   // The interleaved kernels' warps step over the splits that share the pages (all but a sink
   // split; kernels without a planned interleaved walk read neither walkSplits nor the divisor).
-  params.walkSplits = plan.numSplits - (plan.sinkSplit && plan.numSplits > 1 ? 1 : 0);
+  params.walkSplits = plan.walkSplits();
   Expected<UnsignedDivisor> divisor = splitDivisor(params.walkSplits);
   if (!divisor)
     return divisor.error();

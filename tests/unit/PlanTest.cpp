@@ -89,6 +89,111 @@ TEST(DecodePlan, OneRequestOfTheInterleavedKernelsGetsASinkSplitInAFreeSlot) {
       << "the sink split counts against the bound";
 }
 
+/// How many times each page of a `pages`-page request is walked by a decode launch of the plan
+/// over `warps`-warp CTAs, through the kernels' own walk (dev::DecodeWalk in params.h); -1 at the
+/// end stands for a walked page outside 0 .. pages - 1.
+std::vector<int> walkCounts(bool interleaved, const kvarn::DecodePlan &plan, int warps, int pages) {
+  std::vector<int> counts(size_t(pages) + 1, 0);
+  const int walkSplits = plan.walkSplits();
+  const int stride = dev::DecodeWalk::stride(interleaved, walkSplits, warps);
+  for (int split = 0; split < plan.numSplits; ++split)
+    for (int warp = 0; warp < warps; ++warp) {
+      dev::DecodeWalk walk;
+      if (interleaved) {
+        walk.startInterleaved(split, warp, plan.numSplits, walkSplits, warps);
+        walk.endInterleaved(split, warp, plan.numSplits, walkSplits, pages);
+      } else {
+        walk.contiguous(split, plan.numSplits, pages);
+      }
+      for (int page = walk.begin + warp; page < walk.end; page += stride) {
+        if (page < 0 || page >= pages) {
+          counts.back() = -1;
+          break;
+        }
+        ++counts[size_t(page)];
+      }
+    }
+  return counts;
+}
+
+/// Every page once and nothing else (the first page left out, if any, in `missing`).
+bool walksEveryPageOnce(const std::vector<int> &counts, int *missing) {
+  for (size_t page = 0; page + 1 < counts.size(); ++page)
+    if (counts[page] != 1) {
+      *missing = int(page);
+      return false;
+    }
+  *missing = -1;
+  return counts.back() == 0;
+}
+
+TEST(DecodeWalk, EveryPlanOfOneRequestWalksEveryPageExactlyOnce) {
+  // The plans planDecode and decodePlanOf give (decodeSinkSplit decides the sink split), over
+  // both walks, every warp count the schedules allow, split counts up to past the planner's
+  // bound and lengths from empty to past a lookup window of every warp.
+  int checked = 0;
+  for (bool interleaved : {true, false})
+    for (int warps = 1; warps <= 16; ++warps)
+      for (int numSplits = 1; numSplits <= kvarn::kMaxPlannedSplits + 1; ++numSplits) {
+        const kvarn::DecodePlan plan{
+            numSplits, kvarn::decodeSinkSplit(interleaved, 0, 1, numSplits, warps) != 0};
+        for (int pages : {0, 1, 2, 3, 4, 5, 7, 8, 9, 31, 32, 33, 63, 64, 65, 127, 128, 129, 257,
+                          1023, 1024, 1025, 4096 + 37}) {
+          int missing = -1;
+          ASSERT_TRUE(walksEveryPageOnce(walkCounts(interleaved, plan, warps, pages), &missing))
+              << (interleaved ? "interleaved" : "contiguous") << ", " << warps << " warps, "
+              << numSplits << " splits" << (plan.sinkSplit ? " (sink split)" : "") << ", "
+              << pages << " pages: page " << missing << " not walked once";
+          ++checked;
+        }
+      }
+  EXPECT_EQ(checked, 2 * 16 * (kvarn::kMaxPlannedSplits + 1) * 23);
+}
+
+TEST(DecodeWalk, ASinkSplitOfOneWarpWouldLoseTheLastPage) {
+  // Why decodeSinkSplit asks for two warps: a one-warp sink split walks page 0 only, and the
+  // other splits stop before the last page (launchDecode refuses such a plan).
+  for (int numSplits : {2, 7, 33})
+    for (int pages : {2, 3, 1024}) {
+      const std::vector<int> counts =
+          walkCounts(true, kvarn::DecodePlan{numSplits, true}, 1, pages);
+      EXPECT_EQ(counts[size_t(pages) - 1], 0) << numSplits << " splits, " << pages << " pages";
+      EXPECT_EQ(counts[0], 1);
+    }
+  // With two warps the same plans walk every page.
+  int missing = -1;
+  EXPECT_TRUE(walksEveryPageOnce(walkCounts(true, kvarn::DecodePlan{33, true}, 2, 1024), &missing))
+      << "page " << missing;
+}
+
+TEST(DecodeWalk, InterleavedWalkStartsWhereItsFirstWindowOpensBeforeTheLengthIsKnown) {
+  // The interleaved kernels load their first lookup window from the start the walk has before
+  // the sequence length arrives; the walk after it keeps that start (only the sink split's warp
+  // 1 moves to the last page and reopens its window there).
+  for (int warps : {2, 4, 12})
+    for (int numSplits : {1, 5, 33})
+      for (bool sink : {false, true})
+        for (int pages : {1, 2, 40, 1024})
+          for (int split = 0; split < numSplits; ++split)
+            for (int warp = 0; warp < warps; ++warp) {
+              const kvarn::DecodePlan plan{numSplits, sink};
+              dev::DecodeWalk walk;
+              walk.startInterleaved(split, warp, numSplits, plan.walkSplits(), warps);
+              const dev::DecodeWalk start = walk;
+              EXPECT_EQ(start.windowFirst, start.begin + warp);
+              walk.endInterleaved(split, warp, numSplits, plan.walkSplits(), pages);
+              const bool lastPageWarp = plan.walkSplits() < numSplits &&
+                                        split == numSplits - 1 && warp == 1 && pages >= 2;
+              if (lastPageWarp) {
+                EXPECT_EQ(walk.begin + warp, pages - 1);
+                EXPECT_EQ(walk.windowFirst, pages) << "past the page: the first lookup reopens it";
+              } else {
+                EXPECT_EQ(walk.begin, start.begin);
+                EXPECT_EQ(walk.windowFirst, start.windowFirst);
+              }
+            }
+}
+
 TEST(SplitDivisor, MatchesDivisionForEveryDivisorUpToTwoThousandAndAnyNumerator) {
   // The interleaved decode kernels' lookup window: a page distance over the walking splits
   // through a multiply-high.

@@ -189,10 +189,10 @@ struct DecodeContext {
       // end are read inside the table's row and never used. With a sink split (walkSplits <
       // numSplits) its warp 0 walks page 0 and its warp 1 the last page (the pages an engine
       // keeps in the pool), and the other splits walk the pages between.
-      const int sink = c.numSplits - c.walkSplits();
-      const bool sinkHere = c.split >= c.walkSplits();
-      c.pageBegin = sinkHere ? 0 : sink + c.split * WARPS;
-      c.windowFirst = c.pageBegin + c.warp;
+      DecodeWalk walk;
+      walk.startInterleaved(c.split, c.warp, c.numSplits, c.walkSplits(), WARPS);
+      c.pageBegin = walk.begin;
+      c.windowFirst = walk.windowFirst;
       const int mine = c.windowFirst + c.lane * c.pageStride();
       c.windowBlock =
           mine < params.maxBlocksPerRequest
@@ -200,24 +200,19 @@ struct DecodeContext {
               : 0;
       c.slotsPending = true;
       c.seqLen = params.seqLens[c.request];
-      const int pages = (c.seqLen + G - 1) / G;
-      if (!sinkHere) {
-        c.pageEnd = sink ? max(1, pages - 1) : pages;
-      } else if (c.warp == 1 && pages >= 2) { // the last page, once the length is known; its
-        c.pageBegin = pages - 2;              // lookup opens a window there (the one begun
-        c.windowFirst = pages;                // above lies past the page)
-        c.pageEnd = pages;
-      } else {
-        c.pageEnd = c.warp == 0 ? min(1, pages) : 0;
-      }
+      walk.endInterleaved(c.split, c.warp, c.numSplits, c.walkSplits(), (c.seqLen + G - 1) / G);
+      c.pageBegin = walk.begin;
+      c.pageEnd = walk.end;
+      c.windowFirst = walk.windowFirst;
     } else {
       // A contiguous range per split (a division: the host's multiplier made ptxas spill more
       // in these 168-register kernels); the window opens at the first lookup.
       c.seqLen = params.seqLens[c.request];
-      const int pages = (c.seqLen + G - 1) / G;
-      c.pageBegin = int(int64_t(c.split) * pages / c.numSplits);
-      c.pageEnd = int(int64_t(c.split + 1) * pages / c.numSplits);
-      c.windowFirst = -1;
+      DecodeWalk walk;
+      walk.contiguous(c.split, c.numSplits, (c.seqLen + G - 1) / G);
+      c.pageBegin = walk.begin;
+      c.pageEnd = walk.end;
+      c.windowFirst = walk.windowFirst;
       c.slotsPending = false;
     }
     c.merged = false;
@@ -310,7 +305,7 @@ struct DecodeContext {
   __device__ __forceinline__ int walkSplits() const { return SPLITS > 0 ? SPLITS : p.walkSplits; }
   /// Pages between two consecutive pages of a warp.
   __device__ __forceinline__ int pageStride() const {
-    return INTERLEAVED ? walkSplits() * WARPS : WARPS;
+    return DecodeWalk::stride(INTERLEAVED, walkSplits(), WARPS);
   }
   /// How many of this warp's pages lie from `first` to `page` (page - first is a multiple of
   /// the stride).

@@ -32,6 +32,54 @@ struct DecodeParams {
   int walkSplits;
 };
 
+/// Which pages each warp of a decode launch walks, defined once for DecodeContext (device) and
+/// the page-walk test (host): warp w of split s walks pages begin + w, begin + w + stride, ...
+/// while below end.
+/// - Interleaved kernels (DecodeContext::INTERLEAVED): split s < walkSplits starts at
+///   sink + s * warps and strides walkSplits * warps pages, so where a warp starts does not
+///   depend on the sequence length (`startInterleaved`, known before it loads). With a sink split
+///   (walkSplits = numSplits - 1) the others walk pages 1 .. pages - 2 and the last split's warp 0
+///   walks page 0 and its warp 1 the last page.
+/// - Otherwise split s walks the contiguous range s * pages / numSplits ..
+///   (s + 1) * pages / numSplits, its warps every `warps` pages of it.
+struct DecodeWalk {
+  int begin = 0;       ///< warp w's first page is begin + w
+  int end = 0;         ///< pages from `end` on are not this warp's
+  int windowFirst = 0; ///< interleaved: the page where the first lookup window opens
+
+  static constexpr int stride(bool interleaved, int walkSplits, int warps) {
+    return interleaved ? walkSplits * warps : warps;
+  }
+  /// The interleaved walk's start, before the sequence length is known.
+  constexpr void startInterleaved(int split, int warp, int numSplits, int walkSplits, int warps) {
+    const int sink = numSplits - walkSplits;
+    const bool sinkHere = split >= walkSplits;
+    begin = sinkHere ? 0 : sink + split * warps;
+    windowFirst = begin + warp;
+  }
+  /// The interleaved walk's end over `pages` pages (after startInterleaved).
+  constexpr void endInterleaved(int split, int warp, int numSplits, int walkSplits, int pages) {
+    const int sink = numSplits - walkSplits;
+    const bool sinkHere = split >= walkSplits;
+    if (!sinkHere) {
+      end = sink ? (pages > 2 ? pages - 1 : 1) : pages;
+    } else if (warp == 1 && pages >= 2) { // the last page: its lookup opens a window there (the
+      begin = pages - 2;                  // one startInterleaved opened lies past the page)
+      windowFirst = pages;
+      end = pages;
+    } else {
+      end = warp == 0 && pages > 0 ? 1 : 0;
+    }
+  }
+  /// The contiguous walk of split `split` over `pages` pages (windowFirst -1: no window until
+  /// the first lookup).
+  constexpr void contiguous(int split, int numSplits, int pages) {
+    begin = int((long long)split * pages / numSplits);
+    end = int((long long)(split + 1) * pages / numSplits);
+    windowFirst = -1;
+  }
+};
+
 /// The decode kernel's shared memory, defined once for DecodeContext (device) and
 /// sharedMemoryBytes (host): rotated queries (fp32, Q8 rows), then per warp and stage one staged
 /// record (K codes, V codes, scale vectors); the warp merge reuses the staging area.

@@ -107,6 +107,9 @@ struct DecodePlan {
   /// The last split walks the first and last pages (decodeSinkSplit: planDecode and decodePlanOf
   /// set it; kernels with a split count compiled in or contiguous page ranges ignore it).
   bool sinkSplit = false;
+  /// The splits whose warps share the pages (dev::DecodeParams::walkSplits): all but a sink
+  /// split.
+  int walkSplits() const { return numSplits - (sinkSplit && numSplits > 1 ? 1 : 0); }
 };
 /// The plan of a launch of `numSplits` splits the caller chose (the C API's): the sink split
 /// where decodeSinkSplit gives one.
