@@ -197,14 +197,15 @@ std::mutex &ArtifactCache::keyMutex(const std::string &key) {
   return *m;
 }
 
-std::optional<Artifact> ArtifactCache::loadFromDisk(const std::string &key) {
-  if (!diskEnabled_)
-    return std::nullopt;
-  const std::string path = entryPath(key);
+Expected<Artifact> ArtifactCache::readEntry(const std::string &key, bool *missing,
+                                            size_t *size) {
+  *missing = false;
   ++filesystemCalls_;
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return std::nullopt; // a miss
+  const int fd = open(entryPath(key).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    *missing = true;
+    return makeError(ErrorCode::NotFound, "no entry");
+  }
   std::string bytes;
   struct stat info;
   bool readable = fstat(fd, &info) == 0 && S_ISREG(info.st_mode);
@@ -221,19 +222,38 @@ std::optional<Artifact> ArtifactCache::loadFromDisk(const std::string &key) {
     }
   }
   close(fd);
-  Expected<Artifact> artifact =
-      readable ? decodeArtifact(key, bytes)
-               : Expected<Artifact>(makeError(ErrorCode::InvalidData, "not a readable file"));
-  if (artifact)
-    return std::move(*artifact);
-  // Quarantine: move the bad entry aside (a directory in its place is renamed too).
+  if (size)
+    *size = bytes.size();
+  if (!readable)
+    return makeError(ErrorCode::InvalidData, "not a readable file");
+  return decodeArtifact(key, bytes);
+}
+
+std::string ArtifactCache::quarantine(const std::string &key) {
+  // Moved aside (a directory in its place is renamed too); removed if it cannot be renamed.
+  const std::string path = entryPath(key);
   const std::string aside = path + ".corrupt-" + std::to_string(getpid()) + "-" +
                             std::to_string(std::rand());
   ++filesystemCalls_;
-  if (std::rename(path.c_str(), aside.c_str()) != 0)
+  if (std::rename(path.c_str(), aside.c_str()) != 0) {
     ::unlink(path.c_str());
-  warn("corrupt cache entry " + path + " (" + artifact.error().message + "); moved aside to " +
-       aside + " and treated as a miss");
+    return "";
+  }
+  return aside;
+}
+
+std::optional<Artifact> ArtifactCache::loadFromDisk(const std::string &key) {
+  if (!diskEnabled_)
+    return std::nullopt;
+  bool missing = false;
+  Expected<Artifact> artifact = readEntry(key, &missing);
+  if (artifact)
+    return std::move(*artifact);
+  if (missing)
+    return std::nullopt;
+  const std::string aside = quarantine(key);
+  warn("corrupt cache entry " + entryPath(key) + " (" + artifact.error().message + "); " +
+       (aside.empty() ? "removed" : "moved aside to " + aside) + " and treated as a miss");
   return std::nullopt;
 }
 
@@ -340,29 +360,67 @@ void ArtifactCache::store(const std::string &key, const Artifact &artifact) {
   writeToDisk(key, artifact);
 }
 
+ArtifactCache::KeyFileLock::~KeyFileLock() {
+  if (fd >= 0) {
+    flock(fd, LOCK_UN);
+    close(fd);
+  }
+}
+
+ArtifactCache::KeyFileLock ArtifactCache::lockKeyFile(const std::string &key) {
+  KeyFileLock lock;
+  if (diskEnabled_) {
+    const std::string lockPath = directory_ + "/" + key + ".lock";
+    ++filesystemCalls_;
+    lock.fd = open(lockPath.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock.fd >= 0)
+      while (flock(lock.fd, LOCK_EX) != 0 && errno == EINTR) {
+      }
+  }
+  return lock;
+}
+
+std::vector<std::string> ArtifactCache::entryKeys() const {
+  std::vector<std::string> keys;
+  DIR *dir = diskEnabled_ ? opendir(directory_.c_str()) : nullptr;
+  if (!dir)
+    return keys;
+  const size_t suffix = std::strlen(kSuffix);
+  while (dirent *item = readdir(dir)) {
+    const std::string name = item->d_name;
+    if (name.size() > suffix && name.compare(name.size() - suffix, std::string::npos, kSuffix) == 0)
+      keys.push_back(name.substr(0, name.size() - suffix));
+  }
+  closedir(dir);
+  std::sort(keys.begin(), keys.end());
+  return keys;
+}
+
+std::vector<ArtifactCache::EntryCheck> ArtifactCache::checkEntries() {
+  std::vector<EntryCheck> checks;
+  for (const std::string &key : entryKeys()) {
+    bool missing = false;
+    EntryCheck check;
+    check.key = key;
+    Expected<Artifact> artifact = readEntry(key, &missing, &check.bytes);
+    if (missing) // removed since the directory was read
+      continue;
+    if (artifact) {
+      check.metadata = artifact->metadata;
+    } else {
+      check.problem = artifact.error().message;
+    }
+    checks.push_back(std::move(check));
+  }
+  return checks;
+}
+
 Expected<Artifact> ArtifactCache::getOrBuild(const std::string &key,
                                              const std::function<Expected<Artifact>()> &build) {
   if (std::optional<Artifact> hit = lookup(key))
     return std::move(*hit);
   std::lock_guard<std::mutex> threadLock(keyMutex(key));
-  int lockFd = -1;
-  if (diskEnabled_) {
-    const std::string lockPath = directory_ + "/" + key + ".lock";
-    ++filesystemCalls_;
-    lockFd = open(lockPath.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lockFd >= 0)
-      while (flock(lockFd, LOCK_EX) != 0 && errno == EINTR) {
-      }
-  }
-  struct Unlock {
-    int fd;
-    ~Unlock() {
-      if (fd >= 0) {
-        flock(fd, LOCK_UN);
-        close(fd);
-      }
-    }
-  } unlock{lockFd};
+  const KeyFileLock fileLock = lockKeyFile(key);
   // Double-checked: another thread or process may have published it meanwhile.
   if (std::optional<Artifact> hit = lookup(key))
     return std::move(*hit);
@@ -376,6 +434,16 @@ Expected<Artifact> ArtifactCache::getOrBuild(const std::string &key,
 size_t ArtifactCache::clean() {
   if (!diskEnabled_)
     return 0;
+  // Entries that fail their checks, each checked again under its key's lock (a builder holding
+  // it may be publishing a good entry in its place), then moved aside with the others below.
+  for (const EntryCheck &check : checkEntries()) {
+    if (check.problem.empty())
+      continue;
+    const KeyFileLock lock = lockKeyFile(check.key);
+    bool missing = false;
+    if (!readEntry(check.key, &missing) && !missing)
+      quarantine(check.key);
+  }
   DIR *dir = opendir(directory_.c_str());
   if (!dir)
     return 0;

@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstring>
@@ -13,6 +14,7 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -183,6 +185,58 @@ TEST_F(CacheTest, CorruptEntriesAreMissesThatAreQuarantinedAndRebuilt) {
     EXPECT_EQ(*ArtifactCache(options()).lookup(key), artifactFor(key)) << "rebuilt on disk";
     EXPECT_GE(cache.clean(), 1u) << "the quarantined entry is removable";
   }
+}
+
+TEST_F(CacheTest, CheckEntriesReportsBadEntriesAndCleanRemovesThemButNoGoodOne) {
+  // What `kvarn-tune cache verify` finds, `cache clean` can remove: a corrupt entry (here a
+  // flipped cubin byte and a truncated file) goes, the valid ones and their contents stay.
+  const std::string good1 = keyNamed(5), good2 = keyNamed(6), flipped = keyNamed(7),
+                    truncated = keyNamed(8);
+  {
+    ArtifactCache cache(options());
+    for (const std::string &key : {good1, good2, flipped, truncated})
+      cache.store(key, artifactFor(key));
+  }
+  std::string bytes = encodeArtifact(flipped, artifactFor(flipped));
+  bytes[bytes.size() - 20] ^= 0x5a;
+  writeEntry(directory, flipped, bytes);
+  const std::string whole = encodeArtifact(truncated, artifactFor(truncated));
+  writeEntry(directory, truncated, whole.substr(0, whole.size() / 2));
+  fs::create_directory(directory + "/not-an-entry");
+  std::ofstream(directory + "/notes.txt") << "left alone";
+
+  ArtifactCache cache(options());
+  const std::vector<ArtifactCache::EntryCheck> checks = cache.checkEntries();
+  ASSERT_EQ(checks.size(), 4u) << "entries only, sorted by key";
+  std::map<std::string, ArtifactCache::EntryCheck> byKey;
+  for (const ArtifactCache::EntryCheck &check : checks)
+    byKey[check.key] = check;
+  for (const std::string &key : {good1, good2}) {
+    EXPECT_EQ(byKey[key].problem, "") << key;
+    EXPECT_EQ(byKey[key].metadata, artifactFor(key).metadata);
+    EXPECT_EQ(byKey[key].bytes, encodeArtifact(key, artifactFor(key)).size());
+  }
+  EXPECT_THAT(byKey[flipped].problem, ::testing::HasSubstr("checksum"));
+  EXPECT_NE(byKey[truncated].problem, "");
+  EXPECT_TRUE(cache.warnings().empty()) << "checking changes nothing";
+  EXPECT_TRUE(fs::exists(directory + "/" + flipped + ".kvarn"));
+
+  EXPECT_EQ(cache.clean(), 2u) << "the two corrupt entries";
+  std::vector<std::string> left;
+  for (const ArtifactCache::EntryCheck &check : cache.checkEntries()) {
+    EXPECT_EQ(check.problem, "") << check.key;
+    left.push_back(check.key);
+  }
+  std::vector<std::string> expected = {good1, good2};
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(left, expected);
+  EXPECT_TRUE(fs::exists(directory + "/notes.txt")) << "files that are not entries stay";
+  EXPECT_TRUE(fs::exists(directory + "/not-an-entry"));
+  ArtifactCache fresh(options());
+  EXPECT_EQ(*fresh.lookup(good1), artifactFor(good1));
+  EXPECT_EQ(*fresh.lookup(good2), artifactFor(good2));
+  EXPECT_FALSE(fresh.lookup(flipped)) << "a removed entry is a plain miss";
+  EXPECT_TRUE(fresh.warnings().empty()) << "with nothing left to quarantine";
 }
 
 TEST_F(CacheTest, UncreatableDirectoryDegradesToMemoryWithOneWarning) {

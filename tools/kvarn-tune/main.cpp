@@ -165,28 +165,24 @@ int runCacheCommand(const std::string &action) {
     return 1;
   }
   if (action == "clean") {
-    std::printf("removed %zu quarantined or temporary files from %s\n", cache.clean(),
+    std::printf("removed %zu corrupt, quarantined or temporary files from %s\n", cache.clean(),
                 cache.directory().c_str());
     return 0;
   }
-  int bad = 0, entries = 0;
-  for (const auto &file : std::filesystem::directory_iterator(cache.directory())) {
-    const std::string name = file.path().filename().string();
-    if (file.path().extension() != ".kvarn")
-      continue;
-    ++entries;
-    const std::string key = name.substr(0, name.size() - 6);
-    std::ifstream in(file.path(), std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    Expected<Artifact> artifact = decodeArtifact(key, bytes);
-    if (!artifact) {
+  int bad = 0;
+  const std::vector<ArtifactCache::EntryCheck> checks = cache.checkEntries();
+  for (const ArtifactCache::EntryCheck &check : checks) {
+    if (!check.problem.empty()) {
       ++bad;
-      std::printf("BAD  %s: %s\n", name.c_str(), artifact.error().message.c_str());
+      std::printf("BAD  %s.kvarn: %s\n", check.key.c_str(), check.problem.c_str());
     } else if (action == "ls") {
-      std::printf("%s  %8zu B  %s\n", key.c_str(), bytes.size(), artifact->metadata.c_str());
+      std::printf("%s  %8zu B  %s\n", check.key.c_str(), check.bytes, check.metadata.c_str());
     }
   }
-  std::printf("%d entries in %s, %d bad\n", entries, cache.directory().c_str(), bad);
+  std::printf("%zu entries in %s, %d bad\n", checks.size(), cache.directory().c_str(), bad);
+  if (bad > 0)
+    std::printf("a bad entry is a miss: the next use rebuilds it, and `kvarn-tune cache clean` "
+                "deletes it now\n");
   return bad == 0 ? 0 : 1;
 }
 
@@ -609,7 +605,8 @@ int main(int argc, char **argv) {
   std::string cacheAction = "ls";
   CLI::App *cacheCommand = app.add_subcommand(
       "cache", "Inspect the artifact cache ($KVARN_CACHE_DIR, $XDG_CACHE_HOME/kvarn or "
-               "~/.cache/kvarn): ls, verify (checksums and keys), clean (quarantined files)");
+               "~/.cache/kvarn): ls, verify (checksums and keys), clean (corrupt entries, quarantined and "
+               "temporary files)");
   cacheCommand->add_option("action", cacheAction, "ls, verify or clean")
       ->check(CLI::IsMember({"ls", "verify", "clean"}))
       ->capture_default_str();

@@ -69,7 +69,20 @@ public:
   /// Looks up `key`; on a miss, builds it once across threads and processes and stores it.
   Expected<Artifact> getOrBuild(const std::string &key,
                                 const std::function<Expected<Artifact>()> &build);
-  /// Deletes quarantined entries and stale temporary files; returns how many.
+  /// One disk entry as `kvarn-tune cache ls|verify` shows it: its metadata and size, or why it is
+  /// not a valid entry for its key (`problem`; such an entry is a miss that the next lookup
+  /// quarantines and the next build replaces).
+  struct EntryCheck {
+    std::string key;
+    std::string metadata;
+    size_t bytes = 0;
+    std::string problem; ///< empty: valid
+  };
+  /// Reads and checks every entry on disk (sorted by key; nothing is changed).
+  std::vector<EntryCheck> checkEntries();
+  /// Deletes quarantined entries, stale temporary files and entries that fail their checks (each
+  /// checked again under its key's lock, as a builder takes it); returns how many files it
+  /// removed.
   size_t clean();
 
   bool diskEnabled() const { return diskEnabled_; }
@@ -79,7 +92,23 @@ public:
   size_t filesystemCalls() const { return filesystemCalls_.load(); }
 
 private:
+  /// The per-key lock file (flock) that serializes builders across processes; released on
+  /// destruction. fd -1: no disk or the lock file could not be opened.
+  struct KeyFileLock {
+    int fd = -1;
+    KeyFileLock() = default;
+    KeyFileLock(const KeyFileLock &) = delete;
+    KeyFileLock(KeyFileLock &&other) noexcept : fd(other.fd) { other.fd = -1; }
+    ~KeyFileLock();
+  };
+  KeyFileLock lockKeyFile(const std::string &key);
   std::string entryPath(const std::string &key) const;
+  std::vector<std::string> entryKeys() const;
+  /// The entry of `key` read and checked; `missing` when there is no file, `size` its bytes.
+  Expected<Artifact> readEntry(const std::string &key, bool *missing, size_t *size = nullptr);
+  /// Moves the entry of `key` aside (`<entry>.corrupt-<pid>-<n>`, which clean() deletes);
+  /// returns that path, or "" if it could only be removed.
+  std::string quarantine(const std::string &key);
   std::optional<Artifact> loadFromDisk(const std::string &key);
   bool writeToDisk(const std::string &key, const Artifact &artifact);
   void evictIfNeeded();
