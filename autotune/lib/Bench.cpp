@@ -1,4 +1,5 @@
 // GPU benchmarks: bytes counted first, the roofline measured in the same run, medians.
+#include "kvarn/files.h"
 #include "kvarn/Autotune/Bench.h"
 #include "kvarn/Autotune/Timing.h"
 #include "kvarn/Autotune/Tuner.h"
@@ -16,7 +17,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -266,10 +266,8 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   if (!o.reportPrefix.empty()) {
     for (const auto &[suffix, text] : {std::pair<std::string, std::string>{".json", benchReportJson(report)},
                                        {".html", benchReportHtml(report)}}) {
-      std::ofstream out(o.reportPrefix + suffix, std::ios::trunc);
-      out << text;
-      if (!out)
-        return makeError(ErrorCode::Io, "cannot write " + o.reportPrefix + suffix);
+      if (Status written = writeFileAtomically(o.reportPrefix + suffix, text); !written)
+        return written.error();
     }
     std::printf("report: %s.json, %s.html\n", o.reportPrefix.c_str(), o.reportPrefix.c_str());
   }

@@ -5,6 +5,7 @@
 
 #include "kvarn/Autotune/MultiDevice.h"
 #include "kvarn/Compiler/Pipeline.h"
+#include "kvarn/files.h"
 #include "kvarn/launch.h"
 #include "kvarn/parallel.h"
 #include "kvarn/reference.h"
@@ -1069,22 +1070,6 @@ std::string formatResult(const TuneResult &result) {
   return text;
 }
 
-Status writeAtomically(const std::string &path, const std::string &text) {
-  const std::string temporary = path + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out)
-      return makeError(ErrorCode::Io, "cannot write " + temporary);
-  }
-  std::error_code ec;
-  std::filesystem::rename(temporary, path, ec);
-  if (ec)
-    return makeError(ErrorCode::Io, "cannot publish " + path + ": " + ec.message());
-  return Status::success();
-}
-
 } // namespace
 
 Status writeConfigs(const std::string &path, const std::string &configs) {
@@ -1104,7 +1089,7 @@ Status writeConfigs(const std::string &path, const std::string &configs) {
   if (!entries)
     return entries.error();
   file["entries"] = std::move(*entries);
-  return writeAtomically(path, file.dump(2) + "\n");
+  return writeFileAtomically(path, file.dump(2) + "\n");
 }
 
 Status validateTuneOptions(const TuneOptions &o) {
@@ -1323,7 +1308,7 @@ Status runTune(const TuneOptions &o) {
       result.poolPages = o.poolPages.key();
     progress.line(prefix + formatResult(result));
     results.push_back(std::move(result));
-    if (Status s = writeAtomically(reportPath, resultsToJson(results, key)); !s)
+    if (Status s = writeFileAtomically(reportPath, resultsToJson(results, key)); !s)
       return s;
   }
   // Step 4. Configs from every tuned spec (resumed ones included).

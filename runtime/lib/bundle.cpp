@@ -1,6 +1,8 @@
 // Kernel bundle writer and reader.
 #include "kvarn/bundle.h"
 
+#include "kvarn/files.h"
+
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
 
@@ -65,20 +67,8 @@ Status writeBundle(const std::string &path, const Bundle &bundle) {
   const uint64_t checksum = XXH3_64bits(bytes.data(), bytes.size());
   bytes.append(reinterpret_cast<const char *>(&checksum), 8);
   // Step 2. Publish atomically.
-  const std::string temporary = path + ".tmp-" + std::to_string(getpid());
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), std::streamsize(bytes.size()));
-    out.flush();
-    if (!out) {
-      std::remove(temporary.c_str());
-      return makeError(ErrorCode::Io, "cannot write bundle " + path);
-    }
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    std::remove(temporary.c_str());
-    return makeError(ErrorCode::Io, "cannot publish bundle " + path + ": " + std::strerror(errno));
-  }
+  if (Status written = writeFileAtomically(path, bytes); !written)
+    return makeError(ErrorCode::Io, "bundle: " + written.error().message);
   return Status::success();
 }
 

@@ -1,6 +1,8 @@
 // Artifact cache implementation (see cache.h for the guarantees).
 #include "kvarn/cache.h"
 
+#include "kvarn/files.h"
+
 #include <xxhash.h>
 
 #include <algorithm>
@@ -260,39 +262,11 @@ std::optional<Artifact> ArtifactCache::loadFromDisk(const std::string &key) {
 bool ArtifactCache::writeToDisk(const std::string &key, const Artifact &artifact) {
   if (!diskEnabled_)
     return false;
-  const std::string bytes = encodeArtifact(key, artifact);
-  std::string temporary = directory_ + "/.tmp-" + key + "-XXXXXX";
-  ++filesystemCalls_;
-  const int fd = mkstemp(temporary.data());
-  if (fd < 0) {
-    warn("cannot create a temporary cache file in " + directory_ + " (" + std::strerror(errno) +
-         ")");
-    return false;
-  }
-  size_t done = 0;
-  int error = 0;
-  while (done < bytes.size()) {
-    const long n = options_.writeHook ? options_.writeHook(fd, bytes.data() + done, bytes.size() - done)
-                                      : long(::write(fd, bytes.data() + done, bytes.size() - done));
-    if (n <= 0) {
-      error = n < 0 ? errno : EIO;
-      break;
-    }
-    done += size_t(n);
-  }
-  if (!error && fsync(fd) != 0)
-    error = errno;
-  close(fd);
-  if (error) {
-    ::unlink(temporary.c_str());
-    warn("cannot write cache entry " + entryPath(key) + " (" + std::strerror(error) +
-         "); kept in memory only");
-    return false;
-  }
-  ++filesystemCalls_;
-  if (std::rename(temporary.c_str(), entryPath(key).c_str()) != 0) {
-    ::unlink(temporary.c_str());
-    warn("cannot publish cache entry " + entryPath(key) + " (" + std::strerror(errno) + ")");
+  filesystemCalls_ += 2; // the temporary file and the rename
+  if (Status written = writeFileAtomically(entryPath(key), encodeArtifact(key, artifact),
+                                           options_.writeHook);
+      !written) {
+    warn(written.error().message + "; kept in memory only");
     return false;
   }
   evictIfNeeded();

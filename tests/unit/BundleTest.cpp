@@ -1,6 +1,8 @@
 // Kernel bundles: round trip, corruption, mismatches stated as reasons, import into the cache.
 #include "kvarn/bundle.h"
 
+#include "../common/TemporaryDirectory.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -18,8 +20,6 @@ namespace {
 class BundleTest : public ::testing::Test {
 protected:
   void SetUp() override {
-    char pattern[] = "/tmp/kvarn-bundle-test-XXXXXX";
-    directory = mkdtemp(pattern);
     path = directory + "/kernels.kvb";
     for (int k = 0; k < 3; ++k) {
       BundleEntry entry;
@@ -38,7 +38,6 @@ protected:
     bundle.nvrtcVersion = "13.0";
     bundle.configs = "{\"entries\":[]}";
   }
-  void TearDown() override { fs::remove_all(directory); }
   std::string bytes() {
     std::ifstream in(path, std::ios::binary);
     return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -47,7 +46,9 @@ protected:
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out << content;
   }
-  std::string directory, path;
+  kvarn::testing::TemporaryDirectory temporary{"kvarn-bundle-test"};
+  const std::string directory = temporary.path;
+  std::string path;
   Bundle bundle;
 };
 

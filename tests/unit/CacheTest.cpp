@@ -2,6 +2,8 @@
 // threads and processes (fork), including writers killed with SIGKILL.
 #include "kvarn/cache.h"
 
+#include "../common/TemporaryDirectory.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -29,18 +31,14 @@ namespace {
 /// A fresh temporary directory per test.
 class CacheTest : public ::testing::Test {
 protected:
-  void SetUp() override {
-    char pattern[] = "/tmp/kvarn-cache-test-XXXXXX";
-    directory = mkdtemp(pattern);
-  }
-  void TearDown() override { fs::remove_all(directory); }
   ArtifactCache::Options options(bool memory = true) {
     ArtifactCache::Options o;
     o.directory = directory;
     o.memory = memory;
     return o;
   }
-  std::string directory;
+  kvarn::testing::TemporaryDirectory temporary{"kvarn-cache-test"};
+  const std::string directory = temporary.path;
 };
 
 /// Deterministic artifact content for a key (so any reader can check what it got).

@@ -1,4 +1,5 @@
 // kvarn-tune: the per-GPU command-line tool (tune, bench, compile, bundles, inspect).
+#include "kvarn/files.h"
 #include "kvarn/Autotune/Bench.h"
 #include "kvarn/Autotune/MultiDevice.h"
 #include "kvarn/Autotune/Tuner.h"
@@ -108,10 +109,8 @@ int runCompile(const std::string &specText, const std::string &scheduleText,
     std::cout << bytes;
     return 0;
   }
-  std::ofstream out(outputPath, std::ios::binary);
-  out << bytes;
-  if (!out) {
-    std::fprintf(stderr, "kvarn-tune: cannot write %s\n", outputPath.c_str());
+  if (Status written = writeFileAtomically(outputPath, bytes); !written) {
+    std::fprintf(stderr, "kvarn-tune: %s\n", written.error().message.c_str());
     return 1;
   }
   return 0;

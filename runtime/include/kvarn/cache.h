@@ -8,6 +8,7 @@
 // warning. A size cap evicts the least recently written entries.
 #pragma once
 
+#include "kvarn/files.h"
 #include "kvarn/status.h"
 
 #include <atomic>
@@ -53,7 +54,7 @@ public:
     size_t maxBytes = size_t(2) << 30;   ///< disk size cap
     bool memory = true;                  ///< keep loaded entries in memory
     /// Test hook replacing write(2) for entry files (to inject ENOSPC and short writes).
-    std::function<long(int fd, const void *data, size_t size)> writeHook;
+    WriteFunction writeHook;
   };
 
   /// $KVARN_CACHE_DIR, else $XDG_CACHE_HOME/kvarn, else ~/.cache/kvarn.
