@@ -7,10 +7,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
+#include <thread>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -725,6 +728,41 @@ TEST(TuneConfigs, WritingKeepsOtherSpecsAndNeverOverwritesAFileItCannotRead) {
   EXPECT_NE(unreadable.error().message.find("cannot read " + path), std::string::npos)
       << unreadable.error().message;
   EXPECT_TRUE(std::filesystem::is_directory(dir / "gpu.json" / "inside"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(TuneConfigs, RunsWritingOneFileAtOnceKeepEachOthersEntries) {
+  // Eight writers, each adding its own spec 20 times to the same configs file: every merge reads
+  // the file the others published, so all eight entries are there at the end.
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    ("kvarn-configs-race-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "gpu.json").string();
+  std::vector<std::thread> writers;
+  std::atomic<int> failures{0};
+  for (int w = 0; w < 8; ++w)
+    writers.emplace_back([&, w] {
+      const std::string entry = R"({"entries": [{"spec": "decode:kvarn_k4v2_g128:d128:q)" +
+                                std::to_string(w + 1) + R"(:f16:sm_90a", "schedule": "warps=4"}]})";
+      for (int i = 0; i < 20; ++i)
+        if (!writeConfigs(path, entry))
+          ++failures;
+    });
+  for (std::thread &t : writers)
+    t.join();
+  EXPECT_EQ(failures.load(), 0);
+  std::ifstream in(path);
+  const nlohmann::json written = nlohmann::json::parse(in);
+  std::set<std::string> specs;
+  for (const nlohmann::json &e : written["entries"])
+    specs.insert(e["spec"].get<std::string>());
+  EXPECT_EQ(specs.size(), 8u);
+  EXPECT_EQ(written["entries"].size(), 8u);
+  std::vector<std::string> left;
+  for (const auto &item : std::filesystem::directory_iterator(dir))
+    left.push_back(item.path().filename().string());
+  EXPECT_EQ(left, std::vector<std::string>{"gpu.json"}) << "no temporary or lock file left";
   std::filesystem::remove_all(dir);
 }
 
