@@ -17,9 +17,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fcntl.h>
-#include <sys/file.h>
-#include <cerrno>
 #include <fstream>
 #include <chrono>
 #include <memory>
@@ -1081,19 +1078,7 @@ Status writeConfigs(const std::string &path, const std::string &configs) {
   // directory itself, so no lock file lands beside the configs): two runs finishing at once
   // each keep the other's entries instead of the later one dropping them.
   const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  struct DirectoryLock {
-    int fd = -1;
-    ~DirectoryLock() {
-      if (fd >= 0) {
-        flock(fd, LOCK_UN);
-        close(fd);
-      }
-    }
-  } lock;
-  lock.fd = open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (lock.fd >= 0)
-    while (flock(lock.fd, LOCK_EX) != 0 && errno == EINTR) {
-    }
+  const FileLock lock(parent.empty() ? "." : parent.string(), FileLock::Kind::Directory);
   std::string existing;
   std::error_code missing;
   if (std::filesystem::exists(path, missing)) {

@@ -12,7 +12,6 @@
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -334,24 +333,11 @@ void ArtifactCache::store(const std::string &key, const Artifact &artifact) {
   writeToDisk(key, artifact);
 }
 
-ArtifactCache::KeyFileLock::~KeyFileLock() {
-  if (fd >= 0) {
-    flock(fd, LOCK_UN);
-    close(fd);
-  }
-}
-
-ArtifactCache::KeyFileLock ArtifactCache::lockKeyFile(const std::string &key) {
-  KeyFileLock lock;
-  if (diskEnabled_) {
-    const std::string lockPath = directory_ + "/" + key + ".lock";
-    ++filesystemCalls_;
-    lock.fd = open(lockPath.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lock.fd >= 0)
-      while (flock(lock.fd, LOCK_EX) != 0 && errno == EINTR) {
-      }
-  }
-  return lock;
+FileLock ArtifactCache::lockKeyFile(const std::string &key) {
+  if (!diskEnabled_)
+    return FileLock();
+  ++filesystemCalls_;
+  return FileLock(directory_ + "/" + key + ".lock", FileLock::Kind::File);
 }
 
 std::vector<std::string> ArtifactCache::entryKeys() const {
@@ -394,7 +380,7 @@ Expected<Artifact> ArtifactCache::getOrBuild(const std::string &key,
   if (std::optional<Artifact> hit = lookup(key))
     return std::move(*hit);
   std::lock_guard<std::mutex> threadLock(keyMutex(key));
-  const KeyFileLock fileLock = lockKeyFile(key);
+  const FileLock fileLock = lockKeyFile(key);
   // Double-checked: another thread or process may have published it meanwhile.
   if (std::optional<Artifact> hit = lookup(key))
     return std::move(*hit);
@@ -413,7 +399,7 @@ size_t ArtifactCache::clean() {
   for (const EntryCheck &check : checkEntries()) {
     if (check.problem.empty())
       continue;
-    const KeyFileLock lock = lockKeyFile(check.key);
+    const FileLock lock = lockKeyFile(check.key);
     bool missing = false;
     if (!readEntry(check.key, &missing) && !missing)
       quarantine(check.key);

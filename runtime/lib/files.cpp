@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -79,6 +80,21 @@ Status writeFileAtomically(const std::string &path, std::string_view bytes,
     return failed("publish", error);
   }
   return Status::success();
+}
+
+FileLock::FileLock(const std::string &path, Kind kind) {
+  fd_ = kind == Kind::Directory ? open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                                : open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ >= 0)
+    while (flock(fd_, LOCK_EX) != 0 && errno == EINTR) {
+    }
+}
+
+FileLock::~FileLock() {
+  if (fd_ >= 0) {
+    flock(fd_, LOCK_UN);
+    close(fd_);
+  }
 }
 
 } // namespace kvarn

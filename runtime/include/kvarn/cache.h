@@ -93,16 +93,9 @@ public:
   size_t filesystemCalls() const { return filesystemCalls_.load(); }
 
 private:
-  /// The per-key lock file (flock) that serializes builders across processes; released on
-  /// destruction. fd -1: no disk or the lock file could not be opened.
-  struct KeyFileLock {
-    int fd = -1;
-    KeyFileLock() = default;
-    KeyFileLock(const KeyFileLock &) = delete;
-    KeyFileLock(KeyFileLock &&other) noexcept : fd(other.fd) { other.fd = -1; }
-    ~KeyFileLock();
-  };
-  KeyFileLock lockKeyFile(const std::string &key);
+  /// The per-key lock file (`<key>.lock`) that serializes builders across processes; nothing
+  /// is locked without a disk.
+  FileLock lockKeyFile(const std::string &key);
   std::string entryPath(const std::string &key) const;
   std::vector<std::string> entryKeys() const;
   /// The entry of `key` read and checked; `missing` when there is no file, `size` its bytes.

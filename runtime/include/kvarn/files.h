@@ -21,4 +21,23 @@ using WriteFunction = std::function<long(int fd, const void *data, size_t size)>
 Status writeFileAtomically(const std::string &path, std::string_view bytes,
                            const WriteFunction &write = {});
 
+/// An exclusive flock(2) held until destruction: on a lock file (created if missing) or on a
+/// directory itself. It serializes writers across threads and processes (two opens conflict even
+/// within one process). Where the path cannot be opened nothing is locked (`held()` false) and
+/// callers go on unserialized, as without a disk.
+class FileLock {
+public:
+  enum class Kind { File, Directory };
+  FileLock() = default;
+  FileLock(const std::string &path, Kind kind);
+  FileLock(FileLock &&other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+  FileLock(const FileLock &) = delete;
+  FileLock &operator=(const FileLock &) = delete;
+  ~FileLock();
+  bool held() const { return fd_ >= 0; }
+
+private:
+  int fd_ = -1;
+};
+
 } // namespace kvarn
