@@ -85,9 +85,11 @@ typedef struct kvarn_decode_args {
   const void *cache;          /* [blocks, Hk, tile bytes] */
   const void *pool_key;       /* fp16 [slots, G, Hk, D] */
   const void *pool_value;
-  const int32_t *block_to_slot;
-  const int32_t *block_table; /* [B, max_blocks] */
-  const int32_t *seq_lens;    /* [B] */
+  const int32_t *block_to_slot; /* [blocks]: pool slot of a block still in fp16, -1 = record */
+  const int32_t *block_table; /* [B, max_blocks]; entries past a request's last block are never
+                                 dereferenced (-1 is fine there) */
+  const int32_t *seq_lens;    /* [B], the current token included; 0: that request's output is
+                                 all zeros */
   void *workspace;            /* kvarn_decode_workspace_size bytes */
   int batch, num_kv_heads, max_blocks_per_request;
   float softmax_scale;        /* 0: 1/sqrt(D) */
