@@ -170,11 +170,9 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   for (int batch : o.batches)
     for (int context : o.contexts) {
       const int pages = (context + g - 1) / g;
-      // The pool pages of each request (sink, tail) are read as fp16 rows, K and V.
-      const int poolTokens = o.poolPages.tokens(context, g);
-      const size_t kvarnBytes = size_t(batch) * hk *
-                                (size_t(context - poolTokens) * layout.readBytesPerToken() +
-                                 size_t(poolTokens) * d * 4);
+      const size_t kvarnBytes = size_t(double(batch) * hk *
+                                       o.poolPages.decodeReadBytes(context, g,
+                                                                   layout.readBytesPerToken(), d));
       const size_t fp16Bytes = size_t(batch) * hk * context * size_t(d) * 4;
       const int copies = copiesOf(kvarnBytes);
       const int blocks = batch * pages * copies;

@@ -755,12 +755,9 @@ public:
   }
 
   double rooflineBytes() const override { // records' fields, and pool pages' fp16 K and V rows
-    const int g = spec_.format.tileTokens;
-    const int pages = (context() + g - 1) / g;
-    const size_t poolPages = o_.poolPages.blocks(pages).size();
     return double(batch()) * o_.numKvHeads *
-           (double(pages - int(poolPages)) * layout_.tileBytes +
-            double(o_.poolPages.tokens(context(), g)) * spec_.format.headDim * 4);
+           o_.poolPages.decodeReadBytes(context(), spec_.format.tileTokens,
+                                        layout_.readBytesPerToken(), spec_.format.headDim);
   }
 
   void release() override {

@@ -314,6 +314,11 @@ TEST(PoolPages, NameTheBlocksAndCountTheirTokens) {
   EXPECT_EQ(tail.key(), "tail");
   EXPECT_EQ(none.key(), "");
   EXPECT_EQ(both.describe(), "block 0 (the sink) and the last block (the tail)");
+  // Bytes a decode reads per (request, kv head): 108 B per record token (k4v2_g128, D = 128),
+  // 512 B per pool token (fp16 K and V).
+  EXPECT_DOUBLE_EQ(none.decodeReadBytes(4096, 128, 108.0, 128), 4096 * 108.0);
+  EXPECT_DOUBLE_EQ(both.decodeReadBytes(4096, 128, 108.0, 128), 3840 * 108.0 + 256 * 512.0);
+  EXPECT_DOUBLE_EQ(tail.decodeReadBytes(4096 + 5, 128, 108.0, 128), 4096 * 108.0 + 5 * 512.0);
 }
 
 TEST(BenchReport, JsonAndASelfContainedSvgChart) {

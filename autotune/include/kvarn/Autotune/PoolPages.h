@@ -30,6 +30,14 @@ struct PoolPages {
       total += context - k * tileTokens < tileTokens ? context - k * tileTokens : tileTokens;
     return total;
   }
+  /// Bytes one (request, kv head) of `context` tokens reads in a decode: its record tokens at
+  /// `recordBytesPerToken` (RecordLayout::readBytesPerToken: the fields, not the stride's
+  /// padding) and its pool tokens' fp16 K and V rows. The bench's and the tuner's roofline.
+  double decodeReadBytes(int context, int tileTokens, double recordBytesPerToken,
+                         int headDim) const {
+    const int pool = tokens(context, tileTokens);
+    return double(context - pool) * recordBytesPerToken + double(pool) * headDim * 4;
+  }
   /// "sink", "tail", "sink,tail" or "" (the reports' and the tuning results' field).
   std::string key() const {
     return sink && tail ? "sink,tail" : sink ? "sink" : tail ? "tail" : "";
