@@ -189,8 +189,14 @@ int runCacheCommand(const std::string &action) {
 int runBundleCommand(const std::string &action, const std::string &path, const std::string &arch,
                      const std::string &configsPath);
 
-/// The environment assumed for `arch` where no GPU tells it: the arch, this NVRTC and kvarn.
-TuningEnvironment assumedEnvironment(const std::string &arch) {
+/// The environment assumed for `arch` where no GPU tells it: the first of `configs` tuned for
+/// that arch, so their entries match exactly and the kernels are those that GPU would run, else
+/// the arch, this NVRTC and kvarn.
+TuningEnvironment assumedEnvironment(const std::string &arch,
+                                     const std::vector<ConfigFile> &configs = {}) {
+  for (const ConfigFile &file : configs)
+    if (file.environment.arch == arch)
+      return file.environment;
   TuningEnvironment environment;
   environment.arch = arch;
   environment.nvrtcVersion = nvrtcVersion();
@@ -215,19 +221,14 @@ std::vector<KernelSpec> defaultKernelSet(const std::string &arch) {
 /// Compiles the default kernel set with NVRTC and reports each (no GPU needed): every spec with
 /// the schedule the tuned configs in `configsDirectory` choose for `here` (kvarn_prepare's
 /// choice, and the decode variants a runtime prepares with it), or the op's default schedule
-/// where they hold none. Without a GPU, `here` is a configs file's own environment for the arch
-/// when one exists (as `bundle export` does), so the kernels are those that GPU would run.
-int runCompileDefaultSet(TuningEnvironment here, const std::string &configsDirectory) {
+/// where they hold none. `device`: the GPU here, or none (then assumedEnvironment for sm_90a).
+int runCompileDefaultSet(const Expected<DeviceInfo> &device, const std::string &configsDirectory) {
   std::vector<std::string> warnings;
   const std::vector<ConfigFile> configs =
       configsDirectory.empty() ? std::vector<ConfigFile>{}
                                : loadConfigDirectory(configsDirectory, &warnings);
-  if (here.smCount == 0)
-    for (const ConfigFile &file : configs)
-      if (file.environment.arch == here.arch) {
-        here = file.environment;
-        break;
-      }
+  const TuningEnvironment here =
+      device ? environmentOf(*device) : assumedEnvironment("sm_90a", configs);
   ArtifactCache cache(ArtifactCache::Options{});
   std::printf("Compiling the default kernel set for %s with NVRTC %s (cache: %s), schedules from "
               "%s:\n",
@@ -270,7 +271,7 @@ int runBundleCommand(const std::string &action, const std::string &path, const s
     // The default kernel set for `arch`, each with the schedule the configs choose for it (the
     // environment is the configs' own GPU when given, so their entries match exactly).
     std::string configs;
-    TuningEnvironment environment = assumedEnvironment(arch);
+    std::vector<ConfigFile> parsedConfigs;
     if (!configsPath.empty()) {
       std::ifstream in(configsPath);
       if (!in) {
@@ -283,9 +284,9 @@ int runBundleCommand(const std::string &action, const std::string &path, const s
         std::fprintf(stderr, "kvarn-tune: %s\n", parsed.error().message.c_str());
         return 1;
       }
-      if (parsed->environment.arch == arch)
-        environment = parsed->environment;
+      parsedConfigs.push_back(std::move(*parsed));
     }
+    const TuningEnvironment environment = assumedEnvironment(arch, parsedConfigs);
     ArtifactCache cache(ArtifactCache::Options{});
     std::vector<std::string> choices;
     Expected<Bundle> bundle =
@@ -705,9 +706,8 @@ int main(int argc, char **argv) {
   for (const char *name : {"kvarn_k4v2_g128", "kvarn_k4v4_g128"})
     rc |= runQuantizeDemo(name, 128, kDefaultSinkhornIterations, seed);
   Expected<DeviceInfo> device = openDevice(0);
-  const TuningEnvironment here = device ? environmentOf(*device) : assumedEnvironment("sm_90a");
   const char *configsDirectory = std::getenv("KVARN_CONFIGS_DIR");
-  rc |= runCompileDefaultSet(here, configsDirectory ? configsDirectory : "");
+  rc |= runCompileDefaultSet(device, configsDirectory ? configsDirectory : "");
   if (!device) {
     std::printf("\nNo GPU here (%s).\nOn a GPU, this command also tunes decode (Q = 1, 2, 4, 8) "
                 "and flush of kvarn_k4v2_g128 and kvarn_k4v4_g128 at head_dim 128 (kvarn-tune "

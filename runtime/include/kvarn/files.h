@@ -23,8 +23,8 @@ Status writeFileAtomically(const std::string &path, std::string_view bytes,
 
 /// An exclusive flock(2) held until destruction: on a lock file (created if missing) or on a
 /// directory itself. It serializes writers across threads and processes (two opens conflict even
-/// within one process). Where the path cannot be opened nothing is locked (`held()` false) and
-/// callers go on unserialized, as without a disk.
+/// within one process). Where the path cannot be opened nothing is locked and callers go on
+/// unserialized, as without a disk.
 class FileLock {
 public:
   enum class Kind { File, Directory };
@@ -34,7 +34,6 @@ public:
   FileLock(const FileLock &) = delete;
   FileLock &operator=(const FileLock &) = delete;
   ~FileLock();
-  bool held() const { return fd_ >= 0; }
 
 private:
   int fd_ = -1;
