@@ -273,10 +273,7 @@ bool ArtifactCache::writeToDisk(const std::string &key, const Artifact &artifact
 }
 
 void ArtifactCache::evictIfNeeded() {
-  DIR *dir = opendir(directory_.c_str());
   ++filesystemCalls_;
-  if (!dir)
-    return;
   struct Entry {
     std::string path;
     size_t size;
@@ -284,20 +281,15 @@ void ArtifactCache::evictIfNeeded() {
   };
   std::vector<Entry> entries;
   size_t total = 0;
-  while (dirent *item = readdir(dir)) {
-    const std::string name = item->d_name;
-    if (name.size() <= std::strlen(kSuffix) ||
-        name.compare(name.size() - std::strlen(kSuffix), std::string::npos, kSuffix) != 0)
-      continue;
+  for (const std::string &key : entryKeys()) {
     struct stat info;
-    const std::string path = directory_ + "/" + name;
+    const std::string path = entryPath(key);
     if (stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode)) {
       entries.push_back({path, size_t(info.st_size),
                          (long long)info.st_mtim.tv_sec * 1000000000LL + info.st_mtim.tv_nsec});
       total += size_t(info.st_size);
     }
   }
-  closedir(dir);
   if (total <= options_.maxBytes)
     return;
   std::sort(entries.begin(), entries.end(),
