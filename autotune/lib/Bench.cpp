@@ -114,8 +114,8 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   std::printf("decode kernel %s: %d registers, %d B local memory, %zu B shared memory\n",
               spec.c_str(), module->registers(0), module->localBytes(0), module->sharedBytes());
   for (const auto &[variant, variantModule] : variants)
-    std::printf("  from %d (request, kv head) pairs: %s, %d registers, %d B local memory\n",
-                variant.minWorkItems, variant.schedule.str().c_str(), variantModule.registers(0),
+    std::printf("  from %s: %s, %d registers, %d B local memory\n",
+                describeThresholds(variant).c_str(), variant.schedule.str().c_str(), variantModule.registers(0),
                 variantModule.localBytes(0));
   std::printf("fp16 baseline: the same kernel on fp16 pool pages, schedule %s (%d registers)\n",
               report.baselineSchedule.c_str(), baseline->registers(0));
@@ -210,7 +210,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
         thresholds.push_back(variant);
         slots.push_back(int64_t(info.smCount) * variantModule.residentCtasPerSm());
       }
-      const int variant = variantForLaunch(thresholds, slots, int64_t(batch) * hk);
+      const int variant = variantForLaunch(thresholds, slots, int64_t(batch) * hk, context);
       const KernelModule &kernel = variant < 0 ? *module : variants[size_t(variant)].second;
       const DecodePlan plan = planDecode(kernel, batch, hk, context, g, info.smCount);
       // The fp16 baseline reads fp16 pages only: no sink split (a page costs the same anywhere).

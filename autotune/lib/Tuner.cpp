@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -245,19 +246,27 @@ Expected<Regret> replayRegret(const std::string &reportJson, double earlyStop,
 
 DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
                                       const std::vector<int64_t> &bucketWork, double minGain,
-                                      const std::function<int64_t(const Schedule &)> &slots) {
+                                      const std::function<int64_t(const Schedule &)> &slots,
+                                      const std::vector<int64_t> &bucketContext) {
   DecodeSchedules out;
   out.base = result.best;
   out.baseMs = result.bestMs;
   if (!result.found || bucketWork.size() < 2)
     return out;
+  const size_t buckets = bucketWork.size();
+  auto contextOf = [&](size_t b) {
+    return bucketContext.size() == buckets ? bucketContext[b] : int64_t(0);
+  };
   auto timedEverywhere = [&](const Candidate &c) {
-    return c.rejected.empty() && c.timing.bucketMs.size() == bucketWork.size();
+    return c.rejected.empty() && c.timing.bucketMs.size() == buckets;
+  };
+  auto logMs = [](const Candidate &c, size_t b) {
+    return std::log(std::max(c.timing.bucketMs[b], 1e-9));
   };
   auto groupMs = [&](const Candidate &c, const std::vector<size_t> &group) {
     double logSum = 0;
     for (size_t b : group)
-      logSum += std::log(std::max(c.timing.bucketMs[b], 1e-9));
+      logSum += logMs(c, b);
     return std::exp(logSum / double(group.size()));
   };
   auto candidateOf = [&](const Schedule &schedule) -> const Candidate * {
@@ -266,12 +275,32 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
         return &c;
     return nullptr;
   };
-  std::vector<int64_t> works(bucketWork);
-  std::sort(works.begin(), works.end());
-  works.erase(std::unique(works.begin(), works.end()), works.end());
   if (!candidateOf(result.best))
     return out;
-  // The base, the variants so far and their slots, as the runtime sees them.
+  // Levels by ascending work, then context: (w, 0) over every bucket of work w, then for each
+  // longer context c of w's buckets (w, c) over those of at least c tokens. A variant chosen at
+  // (w, 0) holds from w pairs at any length; one at (w, c) from w pairs and c tokens.
+  struct Level {
+    int64_t work, minContext;
+    std::vector<size_t> group;
+  };
+  std::vector<Level> levels;
+  {
+    std::vector<std::pair<int64_t, int64_t>> keys;
+    for (size_t b = 0; b < buckets; ++b)
+      keys.push_back({bucketWork[b], contextOf(b)});
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    for (const auto &[work, context] : keys) {
+      const bool firstOfWork = levels.empty() || levels.back().work != work;
+      Level level{work, firstOfWork ? 0 : context, {}};
+      for (size_t b = 0; b < buckets; ++b)
+        if (bucketWork[b] == work && contextOf(b) >= level.minContext)
+          level.group.push_back(b);
+      levels.push_back(std::move(level));
+    }
+  }
+  // The base, the variants so far and their candidates, as the runtime sees them.
   std::vector<const Candidate *> inForce = {candidateOf(result.best)};
   auto slotsOf = [&](const std::vector<const Candidate *> &chain) {
     std::vector<int64_t> list;
@@ -280,45 +309,52 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
         list.push_back(slots(c->schedule));
     return list;
   };
-  for (size_t w = 0; w < works.size(); ++w) {
-    std::vector<size_t> group;
-    for (size_t b = 0; b < bucketWork.size(); ++b)
-      if (bucketWork[b] == works[w])
-        group.push_back(b);
-    // What the runtime would run at this work with the choices so far.
-    std::vector<ScheduleVariant> variantsSoFar = out.variants;
-    const int running = variantForLaunch(variantsSoFar, slotsOf(inForce), works[w]);
-    const Candidate *current = inForce[size_t(running + 1)];
+  auto runningMs = [&](const std::vector<size_t> &group) { // what the runtime runs, bucket by bucket
+    double logSum = 0;
+    for (size_t b : group) {
+      const int k = variantForLaunch(out.variants, slotsOf(inForce), bucketWork[b], contextOf(b));
+      logSum += logMs(*inForce[size_t(k + 1)], b);
+    }
+    return std::exp(logSum / double(group.size()));
+  };
+  for (size_t l = 0; l < levels.size(); ++l) {
+    const Level &level = levels[l];
+    const double currentMs = runningMs(level.group);
     const Candidate *fastest = nullptr;
     double fastestMs = 0;
     for (const Candidate &c : result.candidates) {
       if (!timedEverywhere(c))
         continue;
-      if (w > 0 && slots) { // would the runtime keep c as a new variant at this work?
+      if (l > 0 && slots) { // would the runtime run c as a new variant at this level's buckets?
         std::vector<const Candidate *> chain = inForce;
         chain.push_back(&c);
         std::vector<ScheduleVariant> withC = out.variants;
-        withC.push_back({int(works[w]), c.schedule, 0});
-        if (variantForLaunch(withC, slotsOf(chain), works[w]) != int(withC.size()) - 1)
+        withC.push_back({int(level.work), c.schedule, 0, int(level.minContext)});
+        const bool runs = std::all_of(level.group.begin(), level.group.end(), [&](size_t b) {
+          return variantForLaunch(withC, slotsOf(chain), bucketWork[b], contextOf(b)) ==
+                 int(withC.size()) - 1;
+        });
+        if (!runs)
           continue;
       }
-      if (!fastest || groupMs(c, group) < fastestMs) {
+      if (!fastest || groupMs(c, level.group) < fastestMs) {
         fastest = &c;
-        fastestMs = groupMs(c, group);
+        fastestMs = groupMs(c, level.group);
       }
     }
     // The base has no incumbent at the smallest launches (the geometric-mean winner is chosen
     // over all buckets, where larger launches weigh as much), so the fastest there simply wins;
-    // a variant must beat the schedule the runtime would otherwise run by minGain.
-    const double bar = w == 0 ? 1.0 : 1.0 - minGain;
-    if (!fastest || fastest == current || fastestMs >= bar * groupMs(*current, group))
+    // a variant must beat what the runtime would otherwise run by minGain, one keyed by context
+    // (fewer buckets, so more of the timing noise) by twice that.
+    const double bar = l == 0 ? 1.0 : 1.0 - (level.minContext > 0 ? 2 * minGain : minGain);
+    if (!fastest || fastestMs >= bar * currentMs)
       continue;
-    if (w == 0) { // the smallest launches: a new base
+    if (l == 0) { // the smallest launches: a new base
       out.base = fastest->schedule;
       out.baseMs = fastest->timing.medianMs;
       inForce[0] = fastest;
-    } else if (works[w] <= (int64_t(1) << 30)) {
-      out.variants.push_back({int(works[w]), fastest->schedule, fastestMs});
+    } else if (level.work <= (int64_t(1) << 30) && level.minContext <= INT32_MAX) {
+      out.variants.push_back({int(level.work), fastest->schedule, fastestMs, int(level.minContext)});
       inForce.push_back(fastest);
     } else {
       break;
@@ -340,10 +376,14 @@ std::string configEntriesJson(const std::vector<TuneResult> &results) {
                               {"candidates", r.candidates.size()}};
       if (!r.variants.empty()) {
         nlohmann::json variants = nlohmann::json::array();
-        for (const ScheduleVariant &v : r.variants)
-          variants.push_back({{"min_work_items", v.minWorkItems},
-                              {"schedule", v.schedule.str()},
-                              {"median_ms", v.medianMs}});
+        for (const ScheduleVariant &v : r.variants) {
+          nlohmann::json variant = {{"min_work_items", v.minWorkItems},
+                                    {"schedule", v.schedule.str()},
+                                    {"median_ms", v.medianMs}};
+          if (v.minContext > 0)
+            variant["min_context"] = v.minContext;
+          variants.push_back(variant);
+        }
         entry["variants"] = variants;
       }
       entries.push_back(entry);
@@ -1331,17 +1371,19 @@ Status runTune(const TuneOptions &o) {
     configs["also_buckets"] = also;
   }
   { // decode variants from every result's per-bucket medians (resumed ones included)
-    std::vector<int64_t> work;
-    for (const auto &[batch, context] : decodeBuckets(o))
+    std::vector<int64_t> work, contexts;
+    for (const auto &[batch, context] : decodeBuckets(o)) {
       work.push_back(int64_t(batch) * o.numKvHeads);
+      contexts.push_back(context);
+    }
     for (TuneResult &r : results)
       if (r.spec.op == OpKind::Decode) {
         const int smCount = info->smCount;
         const KernelSpec spec = r.spec;
         const DecodeSchedules byWork = decodeSchedulesByWork(
-            r, work, 0.02, [&](const Schedule &s) {
-              return int64_t(smCount) * staticCtasPerSm(spec, s);
-            });
+            r, work, 0.02,
+            [&](const Schedule &s) { return int64_t(smCount) * staticCtasPerSm(spec, s); },
+            contexts);
         r.hasConfigBase = !(byWork.base == r.best);
         r.configBase = byWork.base;
         r.configBaseMs = byWork.baseMs;
@@ -1349,8 +1391,8 @@ Status runTune(const TuneOptions &o) {
         if (r.hasConfigBase)
           progress.line(r.spec.str() + ": the smallest launches " + byWork.base.str());
         for (const ScheduleVariant &v : r.variants)
-          progress.line(r.spec.str() + ": from " + std::to_string(v.minWorkItems) +
-                        " work items " + v.schedule.str() + " (" + std::to_string(v.medianMs) +
+          progress.line(r.spec.str() + ": from " + describeThresholds(v) + " " +
+                        v.schedule.str() + " (" + std::to_string(v.medianMs) +
                         " ms at those buckets)");
       }
   }

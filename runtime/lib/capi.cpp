@@ -23,20 +23,20 @@ struct kvarn_kernel_t {
   std::string scheduleText, how; ///< kvarn_kernel_describe
   kvarn::KernelModule module;
   int smCount = 0;
-  /// Decode variants of a config-chosen schedule (configs.h): a launch of at least
-  /// variants[k].minWorkItems (request, kv head) pairs runs variantModules[k].
+  /// Decode variants of a config-chosen schedule (configs.h): a launch that reaches
+  /// variants[k]'s thresholds (work items, context) runs variantModules[k].
   std::vector<kvarn::ScheduleVariant> variants;
   std::vector<kvarn::KernelModule> variantModules;
   std::vector<std::string> variantTexts; ///< kvarn_decode_schedule
   std::vector<int64_t> slots;            ///< resident CTAs on the GPU: the base's, then each variant's
 
-  /// Index of the variant a decode launch of `workItems` (request, kv head) pairs runs (-1: the
-  /// kernel's own schedule).
-  int variantFor(int64_t workItems) const {
-    return variants.empty() ? -1 : kvarn::variantForLaunch(variants, slots, workItems);
+  /// Index of the variant a decode launch of `workItems` (request, kv head) pairs whose longest
+  /// request has `maxSeqLen` tokens (0: not known) runs (-1: the kernel's own schedule).
+  int variantFor(int64_t workItems, int64_t maxSeqLen) const {
+    return variants.empty() ? -1 : kvarn::variantForLaunch(variants, slots, workItems, maxSeqLen);
   }
-  const kvarn::KernelModule &moduleFor(int64_t workItems) const {
-    const int k = variantFor(workItems);
+  const kvarn::KernelModule &moduleFor(int64_t workItems, int64_t maxSeqLen) const {
+    const int k = variantFor(workItems, maxSeqLen);
     return k < 0 ? module : variantModules[size_t(k)];
   }
 };
@@ -410,11 +410,12 @@ kvarn_status kvarn_kernel_describe(kvarn_kernel kernel, const char **schedule, c
 }
 
 kvarn_status kvarn_decode_schedule(kvarn_kernel kernel, int batch, int num_kv_heads,
-                                   const char **schedule) {
+                                   int max_seq_len, const char **schedule) {
   KVARN_REQUIRE(kernel && schedule, "kvarn_decode_schedule: NULL argument");
   KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Decode, "kvarn_decode_schedule: not a decode kernel");
-  KVARN_REQUIRE(batch >= 0 && num_kv_heads > 0, "kvarn_decode_schedule: negative batch or no kv heads");
-  const int k = kernel->variantFor(int64_t(batch) * num_kv_heads);
+  KVARN_REQUIRE(batch >= 0 && num_kv_heads > 0 && max_seq_len >= 0,
+                "kvarn_decode_schedule: negative batch or length, or no kv heads");
+  const int k = kernel->variantFor(int64_t(batch) * num_kv_heads, max_seq_len);
   *schedule = k < 0 ? kernel->scheduleText.c_str() : kernel->variantTexts[size_t(k)].c_str();
   return ok();
 }
@@ -425,7 +426,7 @@ kvarn_status kvarn_plan_decode(kvarn_kernel kernel, int batch, int num_kv_heads,
   KVARN_REQUIRE(kernel->spec.op == kvarn::OpKind::Decode, "kvarn_plan_decode: not a decode kernel");
   KVARN_REQUIRE(batch >= 0 && num_kv_heads > 0 && max_seq_len >= 0,
                 "kvarn_plan_decode: negative batch or length, or no kv heads");
-  *num_splits = kvarn::planDecode(kernel->moduleFor(int64_t(batch) * num_kv_heads), batch,
+  *num_splits = kvarn::planDecode(kernel->moduleFor(int64_t(batch) * num_kv_heads, max_seq_len), batch,
                                   num_kv_heads, max_seq_len, kernel->spec.format.tileTokens,
                                   kernel->smCount)
                     .numSplits;
@@ -449,7 +450,9 @@ kvarn_status kvarn_launch_decode(kvarn_kernel kernel, const kvarn_decode_args *a
   KVARN_REQUIRE(num_splits >= 1 && num_splits <= 65535, "kvarn_launch_decode: num_splits out of range");
   KVARN_REQUIRE(args->batch >= 0 && args->batch <= 65535 && args->num_kv_heads > 0,
                 "kvarn_launch_decode: batch must be 0 to 65535 and num_kv_heads positive");
-  const kvarn::KernelModule &module = kernel->moduleFor(int64_t(args->batch) * args->num_kv_heads);
+  KVARN_REQUIRE(args->max_seq_len >= 0, "kvarn_launch_decode: negative max_seq_len");
+  const kvarn::KernelModule &module =
+      kernel->moduleFor(int64_t(args->batch) * args->num_kv_heads, args->max_seq_len);
   KVARN_REQUIRE(module.schedule().splits == 0 || module.schedule().splits == num_splits,
                 "kvarn_launch_decode: this kernel's schedule fixes splits = " +
                     std::to_string(module.schedule().splits));

@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <tuple>
+#include <utility>
 
 namespace kvarn {
 
@@ -70,14 +72,30 @@ Expected<ConfigFile> parseConfigFile(const std::string &text, const std::string 
             !variant["schedule"].is_string())
           return bad(at + " needs an integer 'min_work_items' and a 'schedule' string");
         const int64_t minWork = variant["min_work_items"].get<int64_t>();
-        const int64_t previous = entry.variants.empty() ? 0 : entry.variants.back().minWorkItems;
-        if (minWork <= previous || minWork > (int64_t(1) << 30))
+        if (minWork <= 0 || minWork > (int64_t(1) << 30))
           return bad(at + ".min_work_items = " + std::to_string(minWork) +
-                     ": thresholds must be positive, ascending and at most 2^30");
+                     ": thresholds must be positive and at most 2^30");
+        int64_t minContext = 0;
+        if (variant.contains("min_context")) {
+          if (!variant["min_context"].is_number_integer())
+            return bad(at + ".min_context is not an integer");
+          minContext = variant["min_context"].get<int64_t>();
+          if (minContext < 0 || minContext > INT32_MAX)
+            return bad(at + ".min_context = " + std::to_string(minContext) +
+                       ": must be 0 to 2^31 - 1 tokens");
+        }
+        if (!entry.variants.empty() &&
+            std::make_pair(minWork, minContext) <=
+                std::make_pair(int64_t(entry.variants.back().minWorkItems),
+                               int64_t(entry.variants.back().minContext)))
+          return bad(at + ": (min_work_items, min_context) = (" + std::to_string(minWork) + ", " +
+                     std::to_string(minContext) +
+                     ") does not follow the previous variant's; variants must be strictly "
+                     "ascending by work items, then context");
         Expected<Schedule> knobs = parseSchedule(variant["schedule"].get<std::string>(), spec->op);
         if (!knobs)
           return bad(at + ": " + knobs.error().message);
-        entry.variants.push_back({int(minWork), *knobs, medianMsOf(variant)});
+        entry.variants.push_back({int(minWork), *knobs, medianMsOf(variant), int(minContext)});
       }
     }
     file.entries.push_back(std::move(entry));
@@ -109,31 +127,42 @@ std::vector<ConfigFile> loadConfigDirectory(const std::string &directory,
   return files;
 }
 
-int variantForWork(const std::vector<ScheduleVariant> &variants, int64_t workItems) {
+bool variantApplies(const ScheduleVariant &variant, int64_t workItems, int64_t maxSeqLen) {
+  return workItems >= variant.minWorkItems && maxSeqLen >= variant.minContext;
+}
+
+int variantForWork(const std::vector<ScheduleVariant> &variants, int64_t workItems,
+                   int64_t maxSeqLen) {
   int chosen = -1;
   for (size_t k = 0; k < variants.size(); ++k)
-    if (workItems >= variants[k].minWorkItems)
+    if (variantApplies(variants[k], workItems, maxSeqLen))
       chosen = int(k);
   return chosen;
 }
 
 int variantForLaunch(const std::vector<ScheduleVariant> &variants,
-                     const std::vector<int64_t> &slots, int64_t workItems) {
-  int k = variantForWork(variants, workItems);
+                     const std::vector<int64_t> &slots, int64_t workItems, int64_t maxSeqLen) {
+  int k = variantForWork(variants, workItems, maxSeqLen);
   if (slots.size() != variants.size() + 1)
     return k; // no occupancy known: the thresholds alone
   auto waves = [&](int index) { // index -1: the base
     const int64_t s = std::max<int64_t>(1, slots[size_t(index + 1)]);
     return (std::max<int64_t>(workItems, 1) + s - 1) / s;
   };
+  auto reached = [&](int index) {
+    return variantApplies(variants[size_t(index)], workItems, maxSeqLen);
+  };
   auto fewestBefore = [&](int index) {
     int64_t fewest = waves(-1);
     for (int j = 0; j < index; ++j)
-      fewest = std::min(fewest, waves(j));
+      if (reached(j))
+        fewest = std::min(fewest, waves(j));
     return fewest;
   };
   while (k >= 0 && waves(k) > fewestBefore(k))
-    --k;
+    do
+      --k;
+    while (k >= 0 && !reached(k));
   return k;
 }
 
@@ -145,10 +174,15 @@ std::vector<Schedule> ScheduleChoice::schedules() const {
   return list;
 }
 
+std::string describeThresholds(const ScheduleVariant &variant) {
+  return std::to_string(variant.minWorkItems) + " work items" +
+         (variant.minContext > 0 ? " and " + std::to_string(variant.minContext) + " tokens" : "");
+}
+
 std::string describeVariants(const std::vector<ScheduleVariant> &variants) {
   std::string text;
   for (const ScheduleVariant &v : variants)
-    text += "; from " + std::to_string(v.minWorkItems) + " work items: " + v.schedule.str();
+    text += "; from " + describeThresholds(v) + ": " + v.schedule.str();
   return text;
 }
 
@@ -248,7 +282,9 @@ ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const Kern
       scaled.minWorkItems = int(std::max<int64_t>(
           1, (int64_t(variant.minWorkItems) * here.smCount + bestFile->environment.smCount - 1) /
                  bestFile->environment.smCount));
-    if (!choice.variants.empty() && scaled.minWorkItems <= choice.variants.back().minWorkItems)
+    if (!choice.variants.empty() &&
+        std::make_pair(scaled.minWorkItems, scaled.minContext) <=
+            std::make_pair(choice.variants.back().minWorkItems, choice.variants.back().minContext))
       continue; // a rounding collision: keep the first
     choice.variants.push_back(scaled);
   }

@@ -128,7 +128,8 @@ kvarn_decode_args CApiGpuTest::uploadDecode(const DecodeFixture &fx,
                            pointer(upload(fx.cache.poolValue)), ints(upload(fx.cache.blockToSlot)),
                            ints(upload(fx.cache.blockTable)), ints(upload(lengths)),
                            pointer(allocate(workspaceBytes)), int(lengths.size()), hk,
-                           fx.cache.maxBlocks, 0.0f};
+                           fx.cache.maxBlocks, 0.0f,
+                           lengths.empty() ? 0 : *std::max_element(lengths.begin(), lengths.end())};
 }
 
 double CApiGpuTest::decode(kvarn_kernel kernel, const DecodeFixture &fx,
@@ -231,8 +232,8 @@ TEST_F(CApiGpuTest, CppWrapperPreparesPlansAndLaunchesLikeTheCApi) {
   ASSERT_KVARN(kvarn_kernel_describe(cKernel, &cSchedule, &cHow));
   EXPECT_EQ(kernel.describe().first, std::string(cSchedule));
   const char *cLaunchSchedule = nullptr;
-  ASSERT_KVARN(kvarn_decode_schedule(cKernel, 64, 8, &cLaunchSchedule));
-  EXPECT_EQ(kernel.decodeSchedule(64, 8), std::string(cLaunchSchedule));
+  ASSERT_KVARN(kvarn_decode_schedule(cKernel, 64, 8, 1300, &cLaunchSchedule));
+  EXPECT_EQ(kernel.decodeSchedule(64, 8, 1300), std::string(cLaunchSchedule));
   int cSplits = 0;
   ASSERT_KVARN(kvarn_plan_decode(cKernel, batch, hk, 1300, &cSplits));
   const int splits = kernel.planDecode(batch, hk, 1300);
@@ -293,7 +294,7 @@ TEST_F(CApiGpuTest, LaunchesFromSeveralThreadsOnSeveralStreams) {
                              reinterpret_cast<void *>(dRecords), reinterpret_cast<void *>(dPk),
                              reinterpret_cast<void *>(dPv), reinterpret_cast<int32_t *>(dSlots),
                              reinterpret_cast<int32_t *>(dTable), reinterpret_cast<int32_t *>(dLens),
-                             reinterpret_cast<void *>(works[t]), 2, 2, fx.cache.maxBlocks, 0.0f};
+                             reinterpret_cast<void *>(works[t]), 2, 2, fx.cache.maxBlocks, 0.0f, 700};
       for (int repeat = 0; repeat < 20; ++repeat)
         if (kvarn_launch_decode(kernel, &args, splits, stream) != KVARN_OK)
           failures[t] = kvarn_last_error();
@@ -461,17 +462,18 @@ TEST_F(CApiGpuTest, BundleExportImportLaunchUsesTheTunedSchedule) {
 }
 
 /// Tuned configs with decode variants, through a bundle into a production runtime (no JIT): the
-/// bundle carries every variant's kernel, plan and launch pick the schedule by batch x kv heads,
-/// and each variant decodes correctly (12 warps per CTA over fewer pages than warps included).
-/// An explicit schedule has no variants.
+/// bundle carries every variant's kernel, plan and launch pick the schedule by batch x kv heads
+/// and the longest request's length, and each variant decodes correctly (12 warps per CTA over
+/// fewer pages than warps included). An explicit schedule has no variants.
 TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   const std::string path = cacheDir + "/variants.kvarnbundle";
   size_t entries = 0;
   ASSERT_NO_FATAL_FAILURE(writeTunedDecodeBundle(runtime, R"("schedule": "warps=2,mma=m16n8k16.single-p", "variants": [
            {"min_work_items": 4, "schedule": "warps=12,mma=m16n8k16.single-p"},
-           {"min_work_items": 6, "schedule": "warps=6,min_ctas=2,mma=m16n8k16.single-p"}])",
+           {"min_work_items": 6, "schedule": "warps=6,min_ctas=2,mma=m16n8k16.single-p"},
+           {"min_work_items": 6, "min_context": 1400, "schedule": "warps=8,min_ctas=1,mma=m16n8k16.single-p"}])",
                                                  cacheDir + "/build", path, &entries));
-  ASSERT_EQ(entries, 3u) << "the tuned schedule and its two variants";
+  ASSERT_EQ(entries, 4u) << "the tuned schedule and its three variants";
   const char *arch = nullptr;
   int smCount = 0;
   ASSERT_KVARN(kvarn_runtime_device(runtime, &arch, &smCount));
@@ -483,14 +485,20 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   ASSERT_KVARN(kvarn_kernel_describe(kernel, &schedule, &how));
   EXPECT_NE(std::string(how).find("from 4 work items: warps=12"), std::string::npos) << how;
   EXPECT_EQ(std::string(how).find("not used"), std::string::npos) << how;
-  auto scheduleAt = [&](kvarn_kernel k, int batch, int hk) {
+  EXPECT_NE(std::string(how).find("from 6 work items and 1400 tokens: warps=8"), std::string::npos)
+      << how;
+  auto scheduleAt = [&](kvarn_kernel k, int batch, int hk, int maxSeqLen = 0) {
     const char *text = nullptr;
-    EXPECT_EQ(kvarn_decode_schedule(k, batch, hk, &text), KVARN_OK) << kvarn_last_error();
+    EXPECT_EQ(kvarn_decode_schedule(k, batch, hk, maxSeqLen, &text), KVARN_OK) << kvarn_last_error();
     return std::string(text ? text : "");
   };
   EXPECT_NE(scheduleAt(kernel, 1, 2).find("warps=2,"), std::string::npos);
   EXPECT_NE(scheduleAt(kernel, 2, 2).find("warps=12,"), std::string::npos);
+  EXPECT_NE(scheduleAt(kernel, 2, 2, 5000).find("warps=12,"), std::string::npos);
   EXPECT_NE(scheduleAt(kernel, 3, 2).find("warps=6,"), std::string::npos);
+  EXPECT_NE(scheduleAt(kernel, 3, 2, 1399).find("warps=6,"), std::string::npos);
+  EXPECT_NE(scheduleAt(kernel, 3, 2, 1400).find("warps=8,"), std::string::npos)
+      << "the context variant from 1400 tokens";
   // 512 pairs: past its threshold, but the 12-warp variant (one CTA per SM) would need more
   // waves than the base there, so a launch never runs it (variantForLaunch).
   EXPECT_EQ(scheduleAt(kernel, 64, 8).find("warps=12,"), std::string::npos);
@@ -500,8 +508,9 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   for (const std::vector<int32_t> &lengths :
        {std::vector<int32_t>{700}, {900, 300}, {700, 129, 1}, {1500, 2049, 0}}) {
     DecodeFixture fx(format, 2, 8, lengths, 51 + lengths.size());
+    const int maxLen = *std::max_element(lengths.begin(), lengths.end());
     EXPECT_LE(decode(kernel, fx, lengths, 2), 1e-3)
-        << lengths.size() << " requests: " << scheduleAt(kernel, int(lengths.size()), 2);
+        << lengths.size() << " requests: " << scheduleAt(kernel, int(lengths.size()), 2, maxLen);
   }
   // The same schedule given explicitly: no variants at any size.
   kvarn_kernel plain = nullptr;
@@ -510,7 +519,8 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   EXPECT_NE(plain, kernel);
   EXPECT_EQ(scheduleAt(plain, 64, 8), scheduleAt(plain, 1, 1));
   const char *unused = nullptr;
-  EXPECT_EQ(kvarn_decode_schedule(kernel, -1, 2, &unused), KVARN_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(kvarn_decode_schedule(kernel, -1, 2, 0, &unused), KVARN_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(kvarn_decode_schedule(kernel, 1, 2, -1, &unused), KVARN_ERROR_INVALID_ARGUMENT);
 }
 
 /// A bundle built for another arch is recompiled from its sources at load (no JIT) and runs.

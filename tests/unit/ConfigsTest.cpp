@@ -188,6 +188,53 @@ TEST(Configs, ALaunchStepsBackFromAVariantThatWouldNeedMoreWaves) {
   EXPECT_EQ(variantForLaunch({}, {264}, 256), -1);
 }
 
+TEST(Configs, VariantsKeyedByContextApplyOnlyToLongEnoughLaunches) {
+  // Base warps=4; from 8 pairs at 64K tokens or more warps=8 (one CTA per SM); from 128 pairs
+  // warps=8, and from 128 pairs at 64K tokens warps=12.
+  ConfigFile file = parsed(R"({"environment": {"arch": "sm_90a", "sm_count": 132},
+      "entries": [{"spec": "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", "schedule": "warps=4",
+                   "variants": [{"min_work_items": 8, "min_context": 65536,
+                                 "schedule": "warps=8,min_ctas=1"},
+                                {"min_work_items": 128, "schedule": "warps=8"},
+                                {"min_work_items": 128, "min_context": 65536,
+                                 "schedule": "warps=12"}]}]})");
+  const std::vector<ScheduleVariant> &variants = file.entries[0].variants;
+  ASSERT_EQ(variants.size(), 3u);
+  EXPECT_EQ(variants[0].minContext, 65536);
+  EXPECT_EQ(variants[1].minContext, 0);
+  EXPECT_EQ(variantForWork(variants, 8), -1) << "an unknown length reaches no context variant";
+  EXPECT_EQ(variantForWork(variants, 8, 4096), -1);
+  EXPECT_EQ(variantForWork(variants, 8, 65535), -1);
+  EXPECT_EQ(variantForWork(variants, 8, 65536), 0);
+  EXPECT_EQ(variantForWork(variants, 127, 131072), 0);
+  EXPECT_EQ(variantForWork(variants, 128, 4096), 1);
+  EXPECT_EQ(variantForWork(variants, 128, 0), 1);
+  EXPECT_EQ(variantForWork(variants, 128, 131072), 2);
+  // The wave rule steps back over variants the launch does not reach: 132 resident CTAs of
+  // warps=12 at 200 pairs need 2 waves where warps=8's 264 need one; the context variant of 8
+  // pairs (132 CTAs) needs 2 as well, so the launch runs warps=8 (variant 1), not variant 0.
+  const std::vector<int64_t> slots = {264, 132, 264, 132};
+  EXPECT_EQ(variantForLaunch(variants, slots, 200, 131072), 1);
+  EXPECT_EQ(variantForLaunch(variants, slots, 200, 4096), 1);
+  EXPECT_EQ(variantForLaunch(variants, slots, 128, 131072), 2) << "one wave either way";
+  EXPECT_EQ(variantForLaunch(variants, slots, 100, 131072), 0);
+  EXPECT_EQ(variantForLaunch(variants, slots, 133, 0), 1);
+  ScheduleChoice choice = chooseSchedule(
+      {file}, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a"), h200());
+  EXPECT_THAT(choice.explanation, HasSubstr("from 8 work items and 65536 tokens: warps=8"));
+  EXPECT_THAT(choice.explanation, HasSubstr("from 128 work items: warps=8"));
+  // Scaled to half the SMs the thresholds of work halve and those of context stay.
+  TuningEnvironment half = h200();
+  half.smCount = 66;
+  choice = chooseSchedule({file}, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a"),
+                          half);
+  ASSERT_EQ(choice.variants.size(), 3u);
+  EXPECT_EQ(choice.variants[0].minWorkItems, 4);
+  EXPECT_EQ(choice.variants[0].minContext, 65536);
+  EXPECT_EQ(choice.variants[2].minWorkItems, 64);
+  EXPECT_EQ(choice.variants[2].minContext, 65536);
+}
+
 TEST(Configs, VariantThresholdsScaleWithTheSmCount) {
   TuningEnvironment half = h200();
   half.smCount = 66;
@@ -212,10 +259,17 @@ TEST(Configs, MalformedVariantsAreRefusedWithTheField) {
   EXPECT_THAT(error(R"([{"schedule": "warps=8"}])"),
               HasSubstr("entries[0].variants[0] needs an integer 'min_work_items'"));
   EXPECT_THAT(error(R"([{"min_work_items": 0, "schedule": "warps=8"}])"),
-              HasSubstr("positive, ascending"));
+              HasSubstr("must be positive"));
   EXPECT_THAT(error(R"([{"min_work_items": 64, "schedule": "warps=8"},
                         {"min_work_items": 64, "schedule": "warps=6"}])"),
-              HasSubstr("variants[1].min_work_items = 64"));
+              HasSubstr("variants[1]: (min_work_items, min_context) = (64, 0) does not follow"));
+  EXPECT_THAT(error(R"([{"min_work_items": 64, "min_context": 65536, "schedule": "warps=8"},
+                        {"min_work_items": 64, "min_context": 4096, "schedule": "warps=6"}])"),
+              HasSubstr("strictly ascending by work items, then context"));
+  EXPECT_THAT(error(R"([{"min_work_items": 64, "min_context": -1, "schedule": "warps=8"}])"),
+              HasSubstr("variants[0].min_context = -1"));
+  EXPECT_THAT(error(R"([{"min_work_items": 64, "min_context": "long", "schedule": "warps=8"}])"),
+              HasSubstr("variants[0].min_context is not an integer"));
   EXPECT_THAT(error(R"([{"min_work_items": 64, "schedule": "warps=seven"}])"),
               HasSubstr("variants[0]"));
   const char *flush = "flush:kvarn_k4v2_g128:d128:q1";

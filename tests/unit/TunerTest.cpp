@@ -590,6 +590,63 @@ TEST(DecodeVariants, WithOccupancyTheChoiceFollowsTheRuntimesWaveRule) {
   EXPECT_EQ(blind.variants[1].minWorkItems, 512);
 }
 
+TEST(DecodeVariants, LongerContextsOfOneLaunchSizeGetTheirOwnVariants) {
+  // Buckets: 1 x 4K and 1 x 128K (8 pairs), 16 x 4K and 16 x 128K (128 pairs). At 8 pairs
+  // warps=4 is fastest over both and warps=8 (one CTA per SM) 4.9% faster at 128K: the base and
+  // a variant from 8 pairs and 131072 tokens. At 128 pairs warps=8 is fastest over both and
+  // warps=12 5.1% faster at 128K: a variant from 128 pairs (any length), then one from 128
+  // pairs and 131072 tokens. A variant keyed by context must gain twice minGain (4%).
+  const std::vector<int64_t> work = {8, 8, 128, 128};
+  const std::vector<int64_t> contexts = {4096, 131072, 4096, 131072};
+  TuneResult result = bucketedResult({
+      {"warps=4,min_ctas=1", {0.0120, 0.0410, 0.0500, 0.4000}},
+      {"warps=8,min_ctas=1", {0.0128, 0.0390, 0.0430, 0.3900}},
+      {"warps=12", {0.0150, 0.0450, 0.0490, 0.3700}},
+      {"warps=6,min_ctas=2", {0.0140, 0.0430, 0.0440, 0.3990}},
+  });
+  const DecodeSchedules bands = decodeSchedulesByWork(result, work, 0.02, nullptr, contexts);
+  EXPECT_EQ(bands.base.warps, 4);
+  ASSERT_EQ(bands.variants.size(), 3u);
+  EXPECT_EQ(bands.variants[0].minWorkItems, 8);
+  EXPECT_EQ(bands.variants[0].minContext, 131072);
+  EXPECT_EQ(bands.variants[0].schedule.warps, 8);
+  EXPECT_DOUBLE_EQ(bands.variants[0].medianMs, 0.0390);
+  EXPECT_EQ(bands.variants[1].minWorkItems, 128);
+  EXPECT_EQ(bands.variants[1].minContext, 0);
+  EXPECT_EQ(bands.variants[1].schedule.warps, 8);
+  EXPECT_EQ(bands.variants[2].minWorkItems, 128);
+  EXPECT_EQ(bands.variants[2].minContext, 131072);
+  EXPECT_EQ(bands.variants[2].schedule.warps, 12);
+  // What the runtime then runs at each bucket is each bucket's fastest (within the bar).
+  const std::vector<int> expectedWarps = {4, 8, 8, 12};
+  for (size_t b = 0; b < work.size(); ++b) {
+    const int k = variantForWork(bands.variants, work[b], contexts[b]);
+    EXPECT_EQ(k < 0 ? bands.base.warps : bands.variants[size_t(k)].schedule.warps,
+              expectedWarps[b])
+        << "bucket " << b;
+  }
+  // The variants survive the configs file.
+  TuneResult tuned = result;
+  tuned.variants = bands.variants;
+  nlohmann::json entries = nlohmann::json::parse(configEntriesJson({tuned}));
+  EXPECT_EQ(entries[0]["variants"][0]["min_context"], 131072);
+  EXPECT_FALSE(entries[0]["variants"][1].contains("min_context"));
+  nlohmann::json file = {{"environment", {{"arch", "sm_90a"}}}, {"entries", entries}};
+  Expected<ConfigFile> parsed = parseConfigFile(file.dump(), "tuned.json");
+  ASSERT_TRUE(parsed) << parsed.error().str();
+  ASSERT_EQ(parsed->entries[0].variants.size(), 3u);
+  EXPECT_EQ(parsed->entries[0].variants[2].minContext, 131072);
+  // Without contexts the buckets of one size decide together: no variant keyed by context.
+  const DecodeSchedules together = decodeSchedulesByWork(result, work);
+  for (const ScheduleVariant &v : together.variants)
+    EXPECT_EQ(v.minContext, 0);
+  // warps=12 only 2.6% faster at 16 x 128K: under the bar of a variant keyed by context.
+  result.candidates[2].timing.bucketMs[3] = 0.3800;
+  const DecodeSchedules smaller = decodeSchedulesByWork(result, work, 0.02, nullptr, contexts);
+  ASSERT_EQ(smaller.variants.size(), 2u);
+  EXPECT_EQ(smaller.variants[1].schedule.warps, 8);
+}
+
 TEST(DecodeVariants, BucketMediansSurviveTheReportAndVariantsReachTheConfigs) {
   TuneResult result = bucketedResult({
       {"warps=4", {0.300, 0.055}},

@@ -421,8 +421,8 @@ int runInfo(int device, const std::string &configsDirectory) {
     std::printf("  %-44s %-8s %s\n", spec.str().c_str(), choice.rule.c_str(),
                 choice.schedule.str().c_str());
     for (const ScheduleVariant &variant : choice.variants)
-      std::printf("  %-44s %-8s %s (launches of >= %d request x kv head pairs)\n", "", "",
-                  variant.schedule.str().c_str(), variant.minWorkItems);
+      std::printf("  %-44s %-8s %s (launches from %s)\n", "", "",
+                  variant.schedule.str().c_str(), describeThresholds(variant).c_str());
   }
   return 0;
 }

@@ -5,9 +5,10 @@
 // tuned on (`environment`: arch, SM count, L2 bytes, memory clock, driver, NVRTC, kvarn version)
 // and one entry per kernel spec: the selected schedule and its median time. A decode entry may
 // add `variants`: schedules that replace the entry's own for launches of at least
-// `min_work_items` (request, kv head) pairs, where the tuner measured another schedule faster
-// (more warps per SM pay once the grid fills the GPU; the fixed cost of more warps does not at
-// small batches).
+// `min_work_items` (request, kv head) pairs, and optionally of at least `min_context` tokens in
+// the launch's longest request, where the tuner measured another schedule faster (more warps per
+// SM pay once the grid fills the GPU; the fixed cost of more warps does not at small batches,
+// nor over short contexts, where it is paid over fewer pages).
 //
 // chooseSchedule(): among the entries of the same op, format (preset, head_dim, layout) and arch,
 //  1. "tuned": the same silicon (SM count, L2, memory clock), the same driver, NVRTC and kvarn
@@ -46,18 +47,21 @@ struct DeviceInfo; // kvarn/driver.h
 /// defined in libkvarn, which has the driver and NVRTC.
 TuningEnvironment environmentOf(const DeviceInfo &device);
 
-/// A schedule for decode launches of at least `minWorkItems` (request, kv head) pairs.
+/// A schedule for decode launches of at least `minWorkItems` (request, kv head) pairs whose
+/// longest request has at least `minContext` tokens (0: any length, also an unknown one).
 struct ScheduleVariant {
   int minWorkItems = 0;
   Schedule schedule;
   double medianMs = 0; ///< at the tuning shapes it was chosen for (0: not recorded)
+  int minContext = 0;
 };
 
 struct TunedEntry {
   KernelSpec spec;
   Schedule schedule;
   double medianMs = 0;
-  std::vector<ScheduleVariant> variants; ///< ascending, distinct minWorkItems > 0
+  /// Strictly ascending by (minWorkItems, minContext), minWorkItems > 0.
+  std::vector<ScheduleVariant> variants;
 };
 
 struct ConfigFile {
@@ -87,21 +91,28 @@ struct ScheduleChoice {
   std::vector<Schedule> schedules() const;
 };
 
-/// Index into `variants` of the variant with the largest threshold at or below `workItems` =
-/// batch * kv heads, or -1 for the entry's own schedule (thresholds alone; launches go through
-/// variantForLaunch).
-int variantForWork(const std::vector<ScheduleVariant> &variants, int64_t workItems);
+/// Whether a launch of `workItems` = batch * kv heads pairs whose longest request has
+/// `maxSeqLen` tokens (0: not known) reaches a variant's thresholds.
+bool variantApplies(const ScheduleVariant &variant, int64_t workItems, int64_t maxSeqLen);
 
-/// variantForWork's pick for a launch, stepped back while the pick would need more waves of
-/// one-split CTAs than the base or an earlier variant (`slots[0]` resident CTAs of the base
-/// schedule, `slots[k + 1]` of variant k, on the whole GPU): a variant with fewer, larger CTAs,
-/// tuned where its grid fits one wave, is not stretched over launches it would run in more
-/// waves, where each CTA's fixed cost is paid once per wave (measured: 28% slower at 32 x 4K
-/// tokens). -1 for the base.
+/// Index into `variants` of the last variant whose thresholds the launch reaches, or -1 for the
+/// entry's own schedule (thresholds alone; launches go through variantForLaunch).
+int variantForWork(const std::vector<ScheduleVariant> &variants, int64_t workItems,
+                   int64_t maxSeqLen = 0);
+
+/// variantForWork's pick for a launch, stepped back (to the previous variant the launch
+/// reaches) while the pick would need more waves of one-split CTAs than the base or an earlier
+/// variant the launch reaches (`slots[0]` resident CTAs of the base schedule, `slots[k + 1]` of
+/// variant k, on the whole GPU): a variant with fewer, larger CTAs, tuned where its grid fits
+/// one wave, is not stretched over launches it would run in more waves, where each CTA's fixed
+/// cost is paid once per wave (measured: 28% slower at 32 x 4K tokens). -1 for the base.
 int variantForLaunch(const std::vector<ScheduleVariant> &variants,
-                     const std::vector<int64_t> &slots, int64_t workItems);
+                     const std::vector<int64_t> &slots, int64_t workItems, int64_t maxSeqLen = 0);
 
-/// "; from <n> work items: <schedule>" per variant (for explanations and reports).
+/// "<n> work items", plus " and <c> tokens" for a variant keyed by context.
+std::string describeThresholds(const ScheduleVariant &variant);
+
+/// "; from <thresholds>: <schedule>" per variant (explanations, reports).
 std::string describeVariants(const std::vector<ScheduleVariant> &variants);
 
 ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const KernelSpec &spec,

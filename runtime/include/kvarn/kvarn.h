@@ -66,14 +66,19 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
  * rule and explanation). The strings live as long as the runtime. */
 kvarn_status kvarn_kernel_describe(kvarn_kernel kernel, const char **schedule, const char **how);
 
-/* Decode: the schedule a launch of batch x num_kv_heads (request, kv head) pairs runs. A kernel
- * prepared with the configs' schedule may carry variants for larger launches (more warps per SM
- * pay once the grid fills the GPU); plan and launch pick the same one from batch x num_kv_heads,
- * so a plan stays valid for its launch and CUDA graphs. Explicit schedules have no variants. */
+/* Decode: the schedule a launch of batch x num_kv_heads (request, kv head) pairs whose longest
+ * request has max_seq_len tokens runs (0: not known). A kernel prepared with the configs'
+ * schedule may carry variants for larger launches (more warps per SM pay once the grid fills the
+ * GPU) and for longer contexts (their fixed cost is spread over more pages); a variant keyed by
+ * context applies only when max_seq_len reaches it. Plan and launch pick the same variant from
+ * the same batch, kv heads and max_seq_len, so a plan stays valid for its launch and CUDA graphs.
+ * Explicit schedules have no variants. */
 kvarn_status kvarn_decode_schedule(kvarn_kernel kernel, int batch, int num_kv_heads,
-                                   const char **schedule);
+                                   int max_seq_len, const char **schedule);
 
-/* Decode: host-side plan (splits) and the workspace it needs. */
+/* Decode: host-side plan (splits) and the workspace it needs. max_seq_len (the longest request's
+ * tokens) sizes the splits and picks the schedule variant; pass the same value in
+ * kvarn_decode_args.max_seq_len at launch. */
 kvarn_status kvarn_plan_decode(kvarn_kernel kernel, int batch, int num_kv_heads,
                                int max_seq_len, int *num_splits);
 kvarn_status kvarn_decode_workspace_size(kvarn_kernel kernel, int batch, int num_kv_heads,
@@ -93,6 +98,11 @@ typedef struct kvarn_decode_args {
   void *workspace;            /* kvarn_decode_workspace_size bytes */
   int batch, num_kv_heads, max_blocks_per_request;
   float softmax_scale;        /* 0: 1/sqrt(D) */
+  int max_seq_len;            /* the value given to kvarn_plan_decode: picks the same schedule
+                                 variant (kvarn_decode_schedule); 0: not known, so no variant
+                                 keyed by context runs. A hint only: the kernel reads the
+                                 lengths from seq_lens, so a wrong value costs speed, not
+                                 correctness */
 } kvarn_decode_args;
 
 /* Decode: one kernel, plus the split-merge kernel when num_splits > 1, both on `stream` (CUDA-graph

@@ -38,10 +38,11 @@ public:
     check(kvarn_kernel_describe(handle_, &schedule, &how));
     return {schedule, how};
   }
-  /// The schedule a decode launch of batch x numKvHeads runs (a config variant or the kernel's).
-  std::string decodeSchedule(int batch, int numKvHeads) const {
+  /// The schedule a decode launch of batch x numKvHeads whose longest request has maxSeqLen
+  /// tokens (0: not known) runs (a config variant or the kernel's).
+  std::string decodeSchedule(int batch, int numKvHeads, int maxSeqLen = 0) const {
     const char *schedule = nullptr;
-    check(kvarn_decode_schedule(handle_, batch, numKvHeads, &schedule));
+    check(kvarn_decode_schedule(handle_, batch, numKvHeads, maxSeqLen, &schedule));
     return schedule;
   }
   int planDecode(int batch, int numKvHeads, int maxSeqLen) const {

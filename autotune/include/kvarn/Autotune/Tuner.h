@@ -63,19 +63,24 @@ struct DecodeSchedules {
 };
 
 /// Decode schedules by launch size from the candidates' per-bucket medians (Timing::bucketMs).
-/// `bucketWork` is each bucket's (request, kv head) pairs, batch * kv heads. Buckets of equal
-/// work form a group; groups are visited by ascending work, starting from `best` (the
-/// geometric-mean winner over all buckets). The smallest group's fastest candidate (geometric
-/// mean over the group) becomes the base. At each further group the schedule in force so far is
-/// replaced by the group's fastest candidate if that is at least `minGain` faster there: a
-/// variant that holds from the group's work upwards. Candidates without a median at every bucket
-/// are not considered; with fewer than two buckets the base is `best` and there are no variants.
-/// With `slots` (resident CTAs of a schedule on the whole GPU) the choice follows the runtime's
-/// variantForLaunch: the schedule to beat at a group is the one the runtime would run there, and
-/// a candidate the runtime would step back from at the group's work is not eligible.
+/// `bucketWork` is each bucket's (request, kv head) pairs, batch * kv heads; `bucketContext` its
+/// context in tokens (empty: one context everywhere). Levels are visited by ascending work, then
+/// context, starting from `best` (the geometric-mean winner over all buckets): (w, 0) groups
+/// every bucket of work w; each longer context c among w's buckets adds a level (w, c) over
+/// those of at least c tokens. The first level's fastest candidate (geometric mean over its
+/// group) becomes the base. At each further level the schedule the runtime would run there with
+/// the choices so far is replaced by the level's fastest candidate if that is at least `minGain`
+/// faster (twice that for a level keyed by context, whose group is smaller): a variant from w
+/// pairs upwards, and from c tokens for a level keyed by context (`minContext`). Candidates
+/// without a median at every bucket are not considered; with fewer than two buckets the base is
+/// `best` and there are no variants. With `slots` (resident CTAs of a schedule on the whole GPU)
+/// the choice follows the runtime's variantForLaunch: the schedule to beat at a level is the one
+/// the runtime would run at each of its buckets, and a candidate the runtime would step back
+/// from there is not eligible.
 DecodeSchedules decodeSchedulesByWork(
     const TuneResult &result, const std::vector<int64_t> &bucketWork, double minGain = 0.02,
-    const std::function<int64_t(const Schedule &)> &slots = nullptr);
+    const std::function<int64_t(const Schedule &)> &slots = nullptr,
+    const std::vector<int64_t> &bucketContext = {});
 
 /// The static model's resident CTAs per SM of a decode schedule (shared memory, 255 registers
 /// per thread unless min_ctas sets a budget, 64 warps), at least 1.
