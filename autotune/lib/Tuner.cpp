@@ -277,9 +277,10 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
   };
   if (!candidateOf(result.best))
     return out;
-  // Levels by ascending work, then context: (w, 0) over every bucket of work w, then for each
-  // longer context c of w's buckets (w, c) over those of at least c tokens. A variant chosen at
-  // (w, 0) holds from w pairs at any length; one at (w, c) from w pairs and c tokens.
+  // Levels by ascending work, then context: (w, 0) over the buckets of work w at its shortest
+  // context, then for each longer context c of w's buckets (w, c) over those of at least c
+  // tokens. A variant chosen at (w, 0) holds from w pairs at any length; one at (w, c) from w
+  // pairs and c tokens.
   struct Level {
     int64_t work, minContext;
     std::vector<size_t> group;
@@ -295,7 +296,7 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
       const bool firstOfWork = levels.empty() || levels.back().work != work;
       Level level{work, firstOfWork ? 0 : context, {}};
       for (size_t b = 0; b < buckets; ++b)
-        if (bucketWork[b] == work && contextOf(b) >= level.minContext)
+        if (bucketWork[b] == work && (firstOfWork ? contextOf(b) == context : contextOf(b) >= context))
           level.group.push_back(b);
       levels.push_back(std::move(level));
     }

@@ -592,10 +592,10 @@ TEST(DecodeVariants, WithOccupancyTheChoiceFollowsTheRuntimesWaveRule) {
 
 TEST(DecodeVariants, LongerContextsOfOneLaunchSizeGetTheirOwnVariants) {
   // Buckets: 1 x 4K and 1 x 128K (8 pairs), 16 x 4K and 16 x 128K (128 pairs). At 8 pairs
-  // warps=4 is fastest over both and warps=8 (one CTA per SM) 4.9% faster at 128K: the base and
-  // a variant from 8 pairs and 131072 tokens. At 128 pairs warps=8 is fastest over both and
-  // warps=12 5.1% faster at 128K: a variant from 128 pairs (any length), then one from 128
-  // pairs and 131072 tokens. A variant keyed by context must gain twice minGain (4%).
+  // warps=4 is fastest at 4K and warps=8 (one CTA per SM) 4.9% faster at 128K: the base and a
+  // variant from 8 pairs and 131072 tokens. At 128 pairs warps=8 is fastest at 4K and warps=12
+  // 5.1% faster at 128K: a variant from 128 pairs (any length), then one from 128 pairs and
+  // 131072 tokens. A variant keyed by context must gain twice minGain (4%).
   const std::vector<int64_t> work = {8, 8, 128, 128};
   const std::vector<int64_t> contexts = {4096, 131072, 4096, 131072};
   TuneResult result = bucketedResult({

@@ -66,8 +66,9 @@ struct DecodeSchedules {
 /// `bucketWork` is each bucket's (request, kv head) pairs, batch * kv heads; `bucketContext` its
 /// context in tokens (empty: one context everywhere). Levels are visited by ascending work, then
 /// context, starting from `best` (the geometric-mean winner over all buckets): (w, 0) groups
-/// every bucket of work w; each longer context c among w's buckets adds a level (w, c) over
-/// those of at least c tokens. The first level's fastest candidate (geometric mean over its
+/// the buckets of work w at its shortest context; each longer context c among w's buckets adds
+/// a level (w, c) over those of at least c tokens. A choice holds between the contexts it was
+/// measured at, so tune at the contexts an engine serves. The first level's fastest candidate (geometric mean over its
 /// group) becomes the base. At each further level the schedule the runtime would run there with
 /// the choices so far is replaced by the level's fastest candidate if that is at least `minGain`
 /// faster (twice that for a level keyed by context, whose group is smaller): a variant from w
