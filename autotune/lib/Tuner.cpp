@@ -1153,26 +1153,53 @@ Status validateTuneOptions(const TuneOptions &o) {
   return Status::success();
 }
 
-Expected<std::pair<int, int>> parseBucket(const std::string &text) {
-  const size_t x = text.find('x');
-  auto number = [](const std::string &digits, int &value) {
-    if (digits.empty() || digits.size() > 9 ||
-        digits.find_first_not_of("0123456789") != std::string::npos)
-      return false;
-    value = std::stoi(digits);
-    return true;
+Expected<std::vector<std::pair<int, int>>> parseBuckets(const std::string &text) {
+  auto bad = [&] {
+    return makeError(ErrorCode::InvalidArgument,
+                     "decode bucket '" + text +
+                         "' is not <batch>x<context>, e.g. 32x32768, or a grid of lists, e.g. "
+                         "1,4,16x4096,131072");
   };
-  std::pair<int, int> bucket;
-  if (x == std::string::npos || !number(text.substr(0, x), bucket.first) ||
-      !number(text.substr(x + 1), bucket.second))
+  auto numbers = [](const std::string &list, std::vector<int> &values) {
+    size_t start = 0;
+    while (true) {
+      const size_t comma = list.find(',', start);
+      const std::string digits = list.substr(start, comma == std::string::npos ? std::string::npos
+                                                                               : comma - start);
+      if (digits.empty() || digits.size() > 9 ||
+          digits.find_first_not_of("0123456789") != std::string::npos)
+        return false;
+      values.push_back(std::stoi(digits));
+      if (comma == std::string::npos)
+        return true;
+      start = comma + 1;
+    }
+  };
+  const size_t x = text.find('x');
+  std::vector<int> batches, contexts;
+  if (x == std::string::npos || !numbers(text.substr(0, x), batches) ||
+      !numbers(text.substr(x + 1), contexts))
+    return bad();
+  std::vector<std::pair<int, int>> buckets;
+  for (int batch : batches)
+    for (int context : contexts)
+      buckets.push_back({batch, context});
+  return buckets;
+}
+
+Expected<std::pair<int, int>> parseBucket(const std::string &text) {
+  Expected<std::vector<std::pair<int, int>>> buckets = parseBuckets(text);
+  if (!buckets || buckets->size() != 1)
     return makeError(ErrorCode::InvalidArgument,
                      "decode bucket '" + text + "' is not <batch>x<context>, e.g. 32x32768");
-  return bucket;
+  return buckets->front();
 }
 
 std::vector<std::pair<int, int>> decodeBuckets(const TuneOptions &o) {
   std::vector<std::pair<int, int>> buckets = {{o.batch, o.context}};
-  buckets.insert(buckets.end(), o.alsoBuckets.begin(), o.alsoBuckets.end());
+  for (const std::pair<int, int> &bucket : o.alsoBuckets) // each once: equal buckets would weigh twice
+    if (std::find(buckets.begin(), buckets.end(), bucket) == buckets.end())
+      buckets.push_back(bucket);
   return buckets;
 }
 

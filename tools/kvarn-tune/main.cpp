@@ -534,8 +534,11 @@ int main(int argc, char **argv) {
       ->capture_default_str();
   std::vector<std::string> alsoBuckets;
   tuneCommand->add_option("--also-at", alsoBuckets,
-                          "more decode buckets <batch>x<context> (e.g. 1x131072 32x32768): each "
-                          "candidate is timed at every bucket and scored by the geometric mean");
+                          "more decode buckets <batch>x<context> (e.g. 1x131072 32x32768), or grids "
+                          "of comma lists (1,4,16x4096,131072: every batch at every context): "
+                          "each candidate is timed at every bucket (each once) and scored by the "
+                          "geometric mean; with several contexts per batch the configs get "
+                          "variants keyed by context");
   tuneCommand->add_option("--configs", tune.configsDirectory, "where to write the configs")
       ->capture_default_str();
   tuneCommand->add_option("--iterations", tune.iterations, "timed launches per candidate (>= 10)")
@@ -616,12 +619,12 @@ int main(int argc, char **argv) {
     return runBundleCommand(bundleAction, bundlePath, bundleArch, bundleConfigs);
   if (app.got_subcommand(tuneCommand)) {
     for (const std::string &text : alsoBuckets) {
-      Expected<std::pair<int, int>> bucket = autotune::parseBucket(text);
-      if (!bucket) {
-        std::fprintf(stderr, "kvarn-tune tune: %s\n", bucket.error().message.c_str());
+      Expected<std::vector<std::pair<int, int>>> buckets = autotune::parseBuckets(text);
+      if (!buckets) {
+        std::fprintf(stderr, "kvarn-tune tune: %s\n", buckets.error().message.c_str());
         return 2;
       }
-      tune.alsoBuckets.push_back(*bucket);
+      tune.alsoBuckets.insert(tune.alsoBuckets.end(), buckets->begin(), buckets->end());
     }
     if (!replayPath.empty()) {
       std::ifstream in(replayPath);
