@@ -284,6 +284,7 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
   struct Level {
     int64_t work, minContext;
     std::vector<size_t> group;
+    std::vector<size_t> sameWork; ///< every bucket of this work
   };
   std::vector<Level> levels;
   {
@@ -296,8 +297,11 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
       const bool firstOfWork = levels.empty() || levels.back().work != work;
       Level level{work, firstOfWork ? 0 : context, {}};
       for (size_t b = 0; b < buckets; ++b)
-        if (bucketWork[b] == work && (firstOfWork ? contextOf(b) == context : contextOf(b) >= context))
-          level.group.push_back(b);
+        if (bucketWork[b] == work) {
+          level.sameWork.push_back(b);
+          if (firstOfWork ? contextOf(b) == context : contextOf(b) >= context)
+            level.group.push_back(b);
+        }
       levels.push_back(std::move(level));
     }
   }
@@ -310,6 +314,19 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
         list.push_back(slots(c->schedule));
     return list;
   };
+  auto wavesOf = [&](const Schedule &schedule, int64_t work) { // 0 without occupancy
+    if (!slots)
+      return 0;
+    const int64_t s = std::max<int64_t>(1, slots(schedule));
+    return int(std::min<int64_t>((std::max<int64_t>(work, 1) + s - 1) / s, INT32_MAX));
+  };
+  auto runsAt = [&](const std::vector<ScheduleVariant> &variants,
+                    const std::vector<const Candidate *> &chain, const std::vector<size_t> &group,
+                    int index) {
+    return std::all_of(group.begin(), group.end(), [&](size_t b) {
+      return variantForLaunch(variants, slotsOf(chain), bucketWork[b], contextOf(b)) == index;
+    });
+  };
   auto runningMs = [&](const std::vector<size_t> &group) { // what the runtime runs, bucket by bucket
     double logSum = 0;
     for (size_t b : group) {
@@ -321,6 +338,11 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
   for (size_t l = 0; l < levels.size(); ++l) {
     const Level &level = levels[l];
     const double currentMs = runningMs(level.group);
+    // A size's first level decides on its shortest context, but its choice runs at every
+    // context of that size until a longer context's level overrides it (by the larger bar): a
+    // candidate slower than the running schedules over all of the size's buckets is not taken.
+    const bool guardLonger = l > 0 && level.minContext == 0 && level.sameWork.size() > level.group.size();
+    const double currentAllMs = guardLonger ? runningMs(level.sameWork) : 0;
     const Candidate *fastest = nullptr;
     double fastestMs = 0;
     for (const Candidate &c : result.candidates) {
@@ -330,14 +352,13 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
         std::vector<const Candidate *> chain = inForce;
         chain.push_back(&c);
         std::vector<ScheduleVariant> withC = out.variants;
-        withC.push_back({int(level.work), c.schedule, 0, int(level.minContext)});
-        const bool runs = std::all_of(level.group.begin(), level.group.end(), [&](size_t b) {
-          return variantForLaunch(withC, slotsOf(chain), bucketWork[b], contextOf(b)) ==
-                 int(withC.size()) - 1;
-        });
-        if (!runs)
+        withC.push_back({int(level.work), c.schedule, 0, int(level.minContext),
+                         wavesOf(c.schedule, level.work)});
+        if (!runsAt(withC, chain, level.group, int(withC.size()) - 1))
           continue;
       }
+      if (guardLonger && groupMs(c, level.sameWork) > currentAllMs)
+        continue;
       if (!fastest || groupMs(c, level.group) < fastestMs) {
         fastest = &c;
         fastestMs = groupMs(c, level.group);
@@ -355,8 +376,26 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
       out.baseMs = fastest->timing.medianMs;
       inForce[0] = fastest;
     } else if (level.work <= (int64_t(1) << 30) && level.minContext <= INT32_MAX) {
-      out.variants.push_back({int(level.work), fastest->schedule, fastestMs, int(level.minContext)});
-      inForce.push_back(fastest);
+      // A variant of the same schedule that the launch reaches but the runtime steps back from
+      // here for its waves: measured fastest here, it keeps this many waves (which also covers
+      // the launch sizes between its level and this one) instead of a new variant.
+      bool extended = false;
+      for (int j = int(out.variants.size()) - 1; j >= 0 && !extended; --j) {
+        ScheduleVariant &v = out.variants[size_t(j)];
+        const int needed = wavesOf(v.schedule, level.work);
+        if (!(v.schedule == fastest->schedule) || needed <= v.maxWaves)
+          continue;
+        const int kept = v.maxWaves;
+        v.maxWaves = needed;
+        extended = runsAt(out.variants, inForce, level.group, j);
+        if (!extended)
+          v.maxWaves = kept;
+      }
+      if (!extended) {
+        out.variants.push_back({int(level.work), fastest->schedule, fastestMs,
+                                int(level.minContext), wavesOf(fastest->schedule, level.work)});
+        inForce.push_back(fastest);
+      }
     } else {
       break;
     }
@@ -383,6 +422,8 @@ std::string configEntriesJson(const std::vector<TuneResult> &results) {
                                     {"median_ms", v.medianMs}};
           if (v.minContext > 0)
             variant["min_context"] = v.minContext;
+          if (v.maxWaves > 0)
+            variant["max_waves"] = v.maxWaves;
           variants.push_back(variant);
         }
         entry["variants"] = variants;

@@ -92,10 +92,19 @@ Expected<ConfigFile> parseConfigFile(const std::string &text, const std::string 
                      std::to_string(minContext) +
                      ") does not follow the previous variant's; variants must be strictly "
                      "ascending by work items, then context");
+        int64_t maxWaves = 0;
+        if (variant.contains("max_waves")) {
+          if (!variant["max_waves"].is_number_integer())
+            return bad(at + ".max_waves is not an integer");
+          maxWaves = variant["max_waves"].get<int64_t>();
+          if (maxWaves < 0 || maxWaves > INT32_MAX)
+            return bad(at + ".max_waves = " + std::to_string(maxWaves) + ": must be 0 to 2^31 - 1");
+        }
         Expected<Schedule> knobs = parseSchedule(variant["schedule"].get<std::string>(), spec->op);
         if (!knobs)
           return bad(at + ": " + knobs.error().message);
-        entry.variants.push_back({int(minWork), *knobs, medianMsOf(variant), int(minContext)});
+        entry.variants.push_back(
+            {int(minWork), *knobs, medianMsOf(variant), int(minContext), int(maxWaves)});
       }
     }
     file.entries.push_back(std::move(entry));
@@ -159,7 +168,12 @@ int variantForLaunch(const std::vector<ScheduleVariant> &variants,
         fewest = std::min(fewest, waves(j));
     return fewest;
   };
-  while (k >= 0 && waves(k) > fewestBefore(k))
+  auto steppedBack = [&](int index) {
+    const int64_t needed = waves(index);
+    const int measured = variants[size_t(index)].maxWaves;
+    return (measured == 0 || needed > measured) && needed > fewestBefore(index);
+  };
+  while (k >= 0 && steppedBack(k))
     do
       --k;
     while (k >= 0 && !reached(k));

@@ -186,6 +186,23 @@ TEST(Configs, ALaunchStepsBackFromAVariantThatWouldNeedMoreWaves) {
   // Without occupancy (a mismatched list) the thresholds alone decide.
   EXPECT_EQ(variantForLaunch(variants, {}, 256), 0);
   EXPECT_EQ(variantForLaunch({}, {264}, 256), -1);
+  // A variant measured fastest at 2 waves keeps launches that need 2, not those that need 3.
+  variants[0].maxWaves = 2;
+  EXPECT_EQ(variantForLaunch(variants, slots, 133), 0);
+  EXPECT_EQ(variantForLaunch(variants, slots, 264), 0);
+  EXPECT_EQ(variantForLaunch(variants, slots, 265), -1) << "3 waves against 2";
+  EXPECT_EQ(variantForLaunch(variants, slots, 512), 1);
+  // The field parses, and a bad one is refused with its name.
+  ConfigFile file = parsed(R"({"environment": {"arch": "sm_90a"}, "entries": [
+      {"spec": "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", "schedule": "warps=4",
+       "variants": [{"min_work_items": 128, "schedule": "warps=12", "max_waves": 2}]}]})");
+  EXPECT_EQ(file.entries[0].variants[0].maxWaves, 2);
+  Expected<ConfigFile> bad = parseConfigFile(R"({"environment": {"arch": "sm_90a"}, "entries": [
+      {"spec": "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", "schedule": "warps=4",
+       "variants": [{"min_work_items": 128, "schedule": "warps=12", "max_waves": -2}]}]})",
+                                             "w.json");
+  ASSERT_FALSE(bad);
+  EXPECT_THAT(bad.error().message, HasSubstr("variants[0].max_waves = -2"));
 }
 
 TEST(Configs, VariantsKeyedByContextApplyOnlyToLongEnoughLaunches) {

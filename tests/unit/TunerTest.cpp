@@ -578,9 +578,10 @@ TEST(DecodeVariants, EqualWorkBucketsDecideTogetherAndTheSmallestCanReplaceTheBa
 }
 
 TEST(DecodeVariants, WithOccupancyTheChoiceFollowsTheRuntimesWaveRule) {
-  // warps=12 holds 132 CTAs on the GPU, warps=4 and warps=6 (min_ctas=2) 264. At 256 work items
-  // warps=12 is fastest but the runtime would run the base there (2 waves against 1), so warps=6
-  // is chosen, measured against warps=4.
+  // warps=12 holds 132 CTAs on the GPU, warps=4 and warps=6 (min_ctas=2) 264. At 128 work items
+  // warps=12 is fastest in one wave: a variant measured at 1 wave. At 256 the runtime would step
+  // back from it (2 waves against the base's 1), but it is measured fastest there too: it keeps
+  // 2 waves (no new variant). At 512 (4 waves against 2) warps=6 is fastest.
   const std::vector<int64_t> work = {256, 8, 128, 512};
   TuneResult result = bucketedResult({
       {"warps=4", {0.300, 0.055, 0.096, 0.310}},
@@ -593,11 +594,31 @@ TEST(DecodeVariants, WithOccupancyTheChoiceFollowsTheRuntimesWaveRule) {
   ASSERT_EQ(byWork.variants.size(), 2u);
   EXPECT_EQ(byWork.variants[0].minWorkItems, 128);
   EXPECT_EQ(byWork.variants[0].schedule.warps, 12);
-  EXPECT_EQ(byWork.variants[1].minWorkItems, 256);
+  EXPECT_EQ(byWork.variants[0].maxWaves, 2);
+  EXPECT_EQ(byWork.variants[1].minWorkItems, 512);
   EXPECT_EQ(byWork.variants[1].schedule.warps, 6);
-  // Without occupancy warps=12 keeps 256 (fastest there) and warps=6 takes over at 512.
+  EXPECT_EQ(byWork.variants[1].maxWaves, 2);
+  // What the runtime runs: warps=12 from 128 to 264 pairs (up to 2 waves), the base from 265
+  // (3 waves against 2), warps=6 from 512.
+  const std::vector<int64_t> resident = {264, 132, 264};
+  EXPECT_EQ(variantForLaunch(byWork.variants, resident, 200), 0);
+  EXPECT_EQ(variantForLaunch(byWork.variants, resident, 264), 0);
+  EXPECT_EQ(variantForLaunch(byWork.variants, resident, 265), -1);
+  EXPECT_EQ(variantForLaunch(byWork.variants, resident, 512), 1);
+  // Where warps=12 is not the fastest at 256, the runtime's step back stands and warps=6 is
+  // chosen there, measured against the base.
+  result.candidates[1].timing.bucketMs[0] = 0.295;
+  const DecodeSchedules stepped = decodeSchedulesByWork(result, work, 0.02, slots);
+  ASSERT_EQ(stepped.variants.size(), 2u);
+  EXPECT_EQ(stepped.variants[0].maxWaves, 1);
+  EXPECT_EQ(stepped.variants[1].minWorkItems, 256);
+  EXPECT_EQ(stepped.variants[1].schedule.warps, 6);
+  // Without occupancy no waves are recorded: warps=12 keeps 256 (fastest there) and warps=6
+  // takes over at 512.
+  result.candidates[1].timing.bucketMs[0] = 0.280;
   const DecodeSchedules blind = decodeSchedulesByWork(result, work);
   ASSERT_EQ(blind.variants.size(), 2u);
+  EXPECT_EQ(blind.variants[0].maxWaves, 0);
   EXPECT_EQ(blind.variants[1].minWorkItems, 512);
 }
 
@@ -642,6 +663,9 @@ TEST(DecodeVariants, LongerContextsOfOneLaunchSizeGetTheirOwnVariants) {
   nlohmann::json entries = nlohmann::json::parse(configEntriesJson({tuned}));
   EXPECT_EQ(entries[0]["variants"][0]["min_context"], 131072);
   EXPECT_FALSE(entries[0]["variants"][1].contains("min_context"));
+  EXPECT_FALSE(entries[0]["variants"][1].contains("max_waves")) << "none measured without occupancy";
+  tuned.variants[1].maxWaves = 2;
+  EXPECT_EQ(nlohmann::json::parse(configEntriesJson({tuned}))[0]["variants"][1]["max_waves"], 2);
   nlohmann::json file = {{"environment", {{"arch", "sm_90a"}}}, {"entries", entries}};
   Expected<ConfigFile> parsed = parseConfigFile(file.dump(), "tuned.json");
   ASSERT_TRUE(parsed) << parsed.error().str();
@@ -656,6 +680,25 @@ TEST(DecodeVariants, LongerContextsOfOneLaunchSizeGetTheirOwnVariants) {
   const DecodeSchedules smaller = decodeSchedulesByWork(result, work, 0.02, nullptr, contexts);
   ASSERT_EQ(smaller.variants.size(), 2u);
   EXPECT_EQ(smaller.variants[1].schedule.warps, 8);
+}
+
+TEST(DecodeVariants, ASizesShortContextChoiceMustNotLoseOverItsLongerContexts) {
+  // 4 x 4K and 4 x 64K (32 pairs): warps=2 is 5% faster than the base at 4K and 8% slower at
+  // 64K. Chosen at 4K alone it would run at 64K as well, where a variant keyed by context needs
+  // 4% to take over; over both it is slower, so no variant is added.
+  const std::vector<int64_t> work = {8, 32, 32};
+  const std::vector<int64_t> contexts = {4096, 4096, 65536};
+  TuneResult result = bucketedResult({
+      {"warps=4", {0.0120, 0.0200, 0.0700}},
+      {"warps=2", {0.0130, 0.0190, 0.0756}},
+  });
+  EXPECT_TRUE(decodeSchedulesByWork(result, work, 0.02, nullptr, contexts).variants.empty());
+  // 3% slower at 64K instead: over both sizes it gains, so it is the variant from 32 pairs.
+  result.candidates[1].timing.bucketMs[2] = 0.0721;
+  const DecodeSchedules gains = decodeSchedulesByWork(result, work, 0.02, nullptr, contexts);
+  ASSERT_EQ(gains.variants.size(), 1u);
+  EXPECT_EQ(gains.variants[0].schedule.warps, 2);
+  EXPECT_EQ(gains.variants[0].minContext, 0);
 }
 
 TEST(DecodeVariants, BucketMediansSurviveTheReportAndVariantsReachTheConfigs) {

@@ -54,6 +54,9 @@ struct ScheduleVariant {
   Schedule schedule;
   double medianMs = 0; ///< at the tuning shapes it was chosen for (0: not recorded)
   int minContext = 0;
+  /// The most waves of one-split CTAs the tuner measured this variant fastest at (0: not
+  /// recorded): a launch that needs no more keeps it (variantForLaunch).
+  int maxWaves = 0;
 };
 
 struct TunedEntry {
@@ -103,9 +106,12 @@ int variantForWork(const std::vector<ScheduleVariant> &variants, int64_t workIte
 /// variantForWork's pick for a launch, stepped back (to the previous variant the launch
 /// reaches) while the pick would need more waves of one-split CTAs than the base or an earlier
 /// variant the launch reaches (`slots[0]` resident CTAs of the base schedule, `slots[k + 1]` of
-/// variant k, on the whole GPU): a variant with fewer, larger CTAs, tuned where its grid fits
-/// one wave, is not stretched over launches it would run in more waves, where each CTA's fixed
-/// cost is paid once per wave (measured: 28% slower at 32 x 4K tokens). -1 for the base.
+/// variant k, on the whole GPU) and more than the variant's `maxWaves` (when recorded): a
+/// variant with fewer, larger CTAs, tuned where its grid fits one wave, is not stretched over
+/// launches it would run in more waves than it was measured at, where each CTA's fixed cost is
+/// paid once per wave (measured: 28% slower at 32 x 4K tokens), while one the tuner measured
+/// fastest at several waves keeps them (measured: `warps=8` at head_dim 256 in two waves 25%
+/// faster than `warps=2` in one). -1 for the base.
 int variantForLaunch(const std::vector<ScheduleVariant> &variants,
                      const std::vector<int64_t> &slots, int64_t workItems, int64_t maxSeqLen = 0);
 
