@@ -75,15 +75,25 @@ Expected<ConfigFile> parseConfigFile(const std::string &text, const std::string 
         if (minWork <= 0 || minWork > (int64_t(1) << 30))
           return bad(at + ".min_work_items = " + std::to_string(minWork) +
                      ": thresholds must be positive and at most 2^30");
-        int64_t minContext = 0;
-        if (variant.contains("min_context")) {
-          if (!variant["min_context"].is_number_integer())
-            return bad(at + ".min_context is not an integer");
-          minContext = variant["min_context"].get<int64_t>();
-          if (minContext < 0 || minContext > INT32_MAX)
-            return bad(at + ".min_context = " + std::to_string(minContext) +
-                       ": must be 0 to 2^31 - 1 tokens");
-        }
+        // An optional count (0 when absent), 0 to 2^31 - 1.
+        auto optionalCount = [&](const char *field, const char *unit) -> Expected<int64_t> {
+          if (!variant.contains(field))
+            return int64_t(0);
+          if (!variant[field].is_number_integer())
+            return bad(at + "." + field + " is not an integer");
+          const int64_t value = variant[field].get<int64_t>();
+          if (value < 0 || value > INT32_MAX)
+            return bad(at + "." + field + " = " + std::to_string(value) + ": must be 0 to 2^31 - 1" +
+                       unit);
+          return value;
+        };
+        const Expected<int64_t> minContextField = optionalCount("min_context", " tokens");
+        const Expected<int64_t> maxWavesField = optionalCount("max_waves", "");
+        if (!minContextField)
+          return minContextField.error();
+        if (!maxWavesField)
+          return maxWavesField.error();
+        const int64_t minContext = *minContextField, maxWaves = *maxWavesField;
         if (!entry.variants.empty() &&
             std::make_pair(minWork, minContext) <=
                 std::make_pair(int64_t(entry.variants.back().minWorkItems),
@@ -92,14 +102,6 @@ Expected<ConfigFile> parseConfigFile(const std::string &text, const std::string 
                      std::to_string(minContext) +
                      ") does not follow the previous variant's; variants must be strictly "
                      "ascending by work items, then context");
-        int64_t maxWaves = 0;
-        if (variant.contains("max_waves")) {
-          if (!variant["max_waves"].is_number_integer())
-            return bad(at + ".max_waves is not an integer");
-          maxWaves = variant["max_waves"].get<int64_t>();
-          if (maxWaves < 0 || maxWaves > INT32_MAX)
-            return bad(at + ".max_waves = " + std::to_string(maxWaves) + ": must be 0 to 2^31 - 1");
-        }
         Expected<Schedule> knobs = parseSchedule(variant["schedule"].get<std::string>(), spec->op);
         if (!knobs)
           return bad(at + ": " + knobs.error().message);
