@@ -148,6 +148,8 @@ std::vector<std::string> workerArguments(const TuneOptions &o, int device,
     args.push_back("--exhaustive");
   if (o.graphTiming)
     args.push_back("--graph");
+  if (!o.gate)
+    args.push_back("--no-gate");
   if (!o.flush)
     args.push_back("--no-flush");
   if (!o.decode)

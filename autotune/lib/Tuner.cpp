@@ -1039,7 +1039,8 @@ void compileInParallel(const KernelSpec &spec, const std::vector<Schedule> &spac
 std::vector<Expected<Timing>> measureGroup(Workload &workload, const KernelSpec &spec,
                                            const std::vector<Schedule> &group,
                                            const TuneOptions &o, ArtifactCache &cache,
-                                           Progress &progress, const CrashLog &crashes) {
+                                           Progress &progress, const CrashLog &crashes,
+                                           const LaunchGate *gate) {
   std::vector<Expected<Timing>> results;
   std::vector<std::optional<KernelModule>> modules(group.size());
   for (size_t i = 0; i < group.size(); ++i) {
@@ -1092,7 +1093,7 @@ std::vector<Expected<Timing>> measureGroup(Workload &workload, const KernelSpec 
       runs.push_back([&, i](int iteration) {
         return workload.launch(*modules[i], group[i], iteration, nullptr);
       });
-    Expected<std::vector<Timing>> timings = timeInterleavedStats(runs, o.iterations);
+    Expected<std::vector<Timing>> timings = timeInterleavedStats(runs, o.iterations, gate);
     if (!timings) {
       if (contextBroken()) // which of the interleaved kernels did it is unknown: blame the group
         contextLost(crashes, spec, aliveSchedules, "during timing: " + timings.error().message);
@@ -1351,9 +1352,19 @@ Status runTune(const TuneOptions &o) {
   Expected<double> bandwidth = measureReadBandwidth(*info);
   if (!bandwidth)
     return bandwidth.error();
+  std::optional<LaunchGate> gate;
+  if (o.gate) {
+    Expected<LaunchGate> created = LaunchGate::create(*info);
+    if (!created)
+      return created.error();
+    gate = std::move(*created);
+  }
   progress.line("GPU " + std::to_string(o.device) + ": " + info->name + " (" + key +
                 "), measured read bandwidth " + std::to_string(int(*bandwidth)) + " GB/s; " +
-                std::to_string(plan.size()) + " specs" +
+                (gate ? "each timed launch queued behind a " + std::to_string(gate->microseconds()) +
+                            " us spin kernel"
+                      : std::string("each timed launch from an idle GPU")) +
+                "; " + std::to_string(plan.size()) + " specs" +
                 (o.poolPages.any() ? "; decode timed with " + o.poolPages.describe() +
                                          " of every request in the fp16 pool"
                                    : std::string()));
@@ -1408,7 +1419,8 @@ Status runTune(const TuneOptions &o) {
         spec, space,
         [&](const std::vector<Schedule> &group) {
           std::vector<Expected<Timing>> timings =
-              measureGroup(*workload, spec, group, o, cache, progress, crashes);
+              measureGroup(*workload, spec, group, o, cache, progress, crashes,
+                           gate ? &*gate : nullptr);
           for (const Expected<Timing> &t : timings)
             if (t && (bestSoFar == 0 || t->medianMs < bestSoFar))
               bestSoFar = t->medianMs;

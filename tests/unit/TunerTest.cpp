@@ -428,6 +428,11 @@ TEST(MultiDevice, WorkersGetTheRunsOptions) {
   EXPECT_EQ(std::stod(after("--budget")), 60.0);
   EXPECT_EQ(std::find(args.begin(), args.end(), "--no-decode"), args.end());
   EXPECT_EQ(std::find(args.begin(), args.end(), "--sink"), args.end());
+  EXPECT_EQ(std::find(args.begin(), args.end(), "--no-gate"), args.end()) << "gated by default";
+  o.gate = false; // ungated timing reaches every worker
+  args = workerArguments(o, 3, "/tmp/r.json", "/tmp/c");
+  EXPECT_NE(std::find(args.begin(), args.end(), "--no-gate"), args.end());
+  o.gate = true;
   o.poolPages.sink = o.poolPages.tail = true; // the engine layout reaches every worker
   args = workerArguments(o, 3, "/tmp/r.json", "/tmp/c");
   EXPECT_NE(std::find(args.begin(), args.end(), "--sink"), args.end());

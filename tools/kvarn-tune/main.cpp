@@ -553,6 +553,10 @@ int main(int argc, char **argv) {
   tuneCommand->add_flag("--exhaustive", tune.exhaustive,
                         "measure every candidate and report the regret early stop would have had");
   tuneCommand->add_flag("--graph", tune.graphTiming, "also time CUDA-graph replay of each candidate");
+  tuneCommand->add_flag_callback(
+      "--no-gate", [&tune] { tune.gate = false; },
+      "time each launch from an idle GPU (include the host's launch latency) instead of queuing "
+      "it behind a 20 us spin kernel, as bench does by default");
   tuneCommand->add_flag("--resume", tune.resume,
                         "skip the specs already in the report (an interrupted run)");
   tuneCommand->add_option("--report", tune.reportPath,

@@ -161,6 +161,9 @@ struct TuneOptions {
   double earlyStop = 0.9;   ///< fraction of the roofline; 0: off
   bool exhaustive = false;  ///< measure everything, report the regret of early stop
   bool graphTiming = false; ///< also time CUDA-graph replay of the selected schedules
+  /// Queue each timed launch behind a spin kernel (LaunchGate), as the bench does, so the times
+  /// exclude the host's launch latency; false: time each launch from an idle GPU.
+  bool gate = true;
   bool resume = false;      ///< reuse the specs already in the report file
   std::string reportPath;   ///< JSON report; "" = <configs>/<gpu key>.tune.json
   int compileThreads = 0;   ///< 0: the machine's hardware threads
