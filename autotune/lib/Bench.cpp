@@ -413,12 +413,11 @@ Status runBench(const BenchOptions &options) {
     return bandwidth.error();
   std::printf("measured read bandwidth: %.0f GB/s (streaming read of 4 GiB, median of 10)\n",
               *bandwidth);
-  std::optional<LaunchGate> gate;
-  if (options.hideLaunchLatency) {
-    Expected<LaunchGate> created = LaunchGate::create(*info);
-    if (!created)
-      return created.error();
-    gate = std::move(*created);
+  Expected<std::optional<LaunchGate>> madeGate = launchGateIf(*info, options.hideLaunchLatency);
+  if (!madeGate)
+    return madeGate.error();
+  const std::optional<LaunchGate> &gate = *madeGate;
+  if (gate) {
     std::printf("kernel times exclude the host's launch latency: each timed launch is queued "
                 "behind a %u us spin kernel (--no-gate: time from an idle GPU)\n",
                 gate->microseconds());

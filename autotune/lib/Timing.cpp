@@ -42,6 +42,15 @@ extern "C" __global__ void spin(unsigned long long nanoseconds) {
   return LaunchGate(std::move(*module), microseconds);
 }
 
+Expected<std::optional<LaunchGate>> launchGateIf(const DeviceInfo &info, bool wanted) {
+  if (!wanted)
+    return std::optional<LaunchGate>();
+  Expected<LaunchGate> created = LaunchGate::create(info);
+  if (!created)
+    return created.error();
+  return std::optional<LaunchGate>(std::move(*created));
+}
+
 Status LaunchGate::hold() const {
   unsigned long long nanoseconds = 1000ull * microseconds_;
   void *arguments[] = {&nanoseconds};

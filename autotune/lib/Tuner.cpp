@@ -1352,13 +1352,10 @@ Status runTune(const TuneOptions &o) {
   Expected<double> bandwidth = measureReadBandwidth(*info);
   if (!bandwidth)
     return bandwidth.error();
-  std::optional<LaunchGate> gate;
-  if (o.gate) {
-    Expected<LaunchGate> created = LaunchGate::create(*info);
-    if (!created)
-      return created.error();
-    gate = std::move(*created);
-  }
+  Expected<std::optional<LaunchGate>> madeGate = launchGateIf(*info, o.gate);
+  if (!madeGate)
+    return madeGate.error();
+  const std::optional<LaunchGate> &gate = *madeGate;
   progress.line("GPU " + std::to_string(o.device) + ": " + info->name + " (" + key +
                 "), measured read bandwidth " + std::to_string(int(*bandwidth)) + " GB/s; " +
                 (gate ? "each timed launch queued behind a " + std::to_string(gate->microseconds()) +

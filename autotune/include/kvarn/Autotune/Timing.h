@@ -8,6 +8,7 @@
 #include "kvarn/status.h"
 
 #include <functional>
+#include <optional>
 #include <vector>
 
 namespace kvarn::autotune {
@@ -38,6 +39,9 @@ private:
   KernelModule module_;
   unsigned microseconds_ = 0;
 };
+
+/// A LaunchGate when `wanted`, else none; an error only when a wanted gate cannot be made.
+Expected<std::optional<LaunchGate>> launchGateIf(const DeviceInfo &info, bool wanted);
 
 /// `iterations` event-timed launches of each run (called with the iteration index, so a run can
 /// rotate its inputs), interleaved, after three warm-up rounds: median and spread per run. With
