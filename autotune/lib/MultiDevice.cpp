@@ -238,7 +238,15 @@ Status runTuneOnDevices(const TuneOptions &o, const std::vector<int> &devices,
       }
     if (!configs.is_object())
       return makeError(ErrorCode::Internal, "no worker configs for " + environment);
-    configs["entries"] = nlohmann::json::parse(configEntriesJson(list));
+    // The decode variants from the merged results' per-bucket medians (the lowest ordinal's),
+    // as a single-GPU run derives them.
+    std::vector<TuneResult> withVariants = list;
+    int smCount = 0;
+    if (configs.contains("environment") && configs["environment"].is_object())
+      smCount = configs["environment"].value("sm_count", 0);
+    addDecodeVariants(withVariants, o, smCount,
+                      [](const std::string &line) { std::printf("%s\n", line.c_str()); });
+    configs["entries"] = nlohmann::json::parse(configEntriesJson(withVariants));
     configs["merged_from_gpus"] = mergedFrom;
     const std::string path = o.configsDirectory + "/" + environment + ".json";
     if (Status s = writeConfigs(path, configs.dump()); !s)

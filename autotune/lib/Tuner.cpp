@@ -403,6 +403,35 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
   return out;
 }
 
+void addDecodeVariants(std::vector<TuneResult> &results, const TuneOptions &o, int smCount,
+                       const std::function<void(const std::string &)> &log) {
+  std::vector<int64_t> work, contexts;
+  for (const auto &[batch, context] : decodeBuckets(o)) {
+    work.push_back(int64_t(batch) * o.numKvHeads);
+    contexts.push_back(context);
+  }
+  for (TuneResult &r : results) {
+    if (r.spec.op != OpKind::Decode)
+      continue;
+    const KernelSpec spec = r.spec;
+    std::function<int64_t(const Schedule &)> slots;
+    if (smCount > 0)
+      slots = [&](const Schedule &s) { return int64_t(smCount) * staticCtasPerSm(spec, s); };
+    const DecodeSchedules byWork = decodeSchedulesByWork(r, work, 0.02, slots, contexts);
+    r.hasConfigBase = !(byWork.base == r.best);
+    r.configBase = byWork.base;
+    r.configBaseMs = byWork.baseMs;
+    r.variants = byWork.variants;
+    if (!log)
+      continue;
+    if (r.hasConfigBase)
+      log(r.spec.str() + ": the smallest launches " + byWork.base.str());
+    for (const ScheduleVariant &v : r.variants)
+      log(r.spec.str() + ": from " + describeThresholds(v) + " " + v.schedule.str() + " (" +
+          std::to_string(v.medianMs) + " ms at those buckets)");
+  }
+}
+
 std::string configEntriesJson(const std::vector<TuneResult> &results) {
   nlohmann::json entries = nlohmann::json::array();
   for (const TuneResult &r : results)
@@ -1448,32 +1477,9 @@ Status runTune(const TuneOptions &o) {
       also.push_back({{"batch", batch}, {"context", context}});
     configs["also_buckets"] = also;
   }
-  { // decode variants from every result's per-bucket medians (resumed ones included)
-    std::vector<int64_t> work, contexts;
-    for (const auto &[batch, context] : decodeBuckets(o)) {
-      work.push_back(int64_t(batch) * o.numKvHeads);
-      contexts.push_back(context);
-    }
-    for (TuneResult &r : results)
-      if (r.spec.op == OpKind::Decode) {
-        const int smCount = info->smCount;
-        const KernelSpec spec = r.spec;
-        const DecodeSchedules byWork = decodeSchedulesByWork(
-            r, work, 0.02,
-            [&](const Schedule &s) { return int64_t(smCount) * staticCtasPerSm(spec, s); },
-            contexts);
-        r.hasConfigBase = !(byWork.base == r.best);
-        r.configBase = byWork.base;
-        r.configBaseMs = byWork.baseMs;
-        r.variants = byWork.variants;
-        if (r.hasConfigBase)
-          progress.line(r.spec.str() + ": the smallest launches " + byWork.base.str());
-        for (const ScheduleVariant &v : r.variants)
-          progress.line(r.spec.str() + ": from " + describeThresholds(v) + " " +
-                        v.schedule.str() + " (" + std::to_string(v.medianMs) +
-                        " ms at those buckets)");
-      }
-  }
+  // Decode variants from every result's per-bucket medians (resumed ones included).
+  addDecodeVariants(results, o, info->smCount,
+                    [&](const std::string &line) { progress.line(line); });
   configs["entries"] = nlohmann::json::parse(configEntriesJson(results));
   const std::string path = o.configsDirectory + "/" + key + ".json";
   if (Status s = writeConfigs(path, configs.dump()); !s)

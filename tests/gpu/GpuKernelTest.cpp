@@ -815,8 +815,10 @@ TEST(GpuMultiDevice, MergedConfigsAreLoadedIdenticallyByAProcessPerGpu) {
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   std::string log;
+  // Two contexts per launch size: the merge derives the decode variants as a one-GPU run does.
   ASSERT_EQ(runCommand(tune.string() + " tune --devices all --preset kvarn_k4v2_g128 --q 8 " +
-                           "--no-flush --configs " + dir,
+                           "--no-flush --batch 4 --context 32768 --also-at 1,4x4096,32768 " +
+                           "--configs " + dir,
                        dir + "/tune.log", log),
             0)
       << log;

@@ -706,6 +706,36 @@ TEST(DecodeVariants, ASizesShortContextChoiceMustNotLoseOverItsLongerContexts) {
   EXPECT_EQ(gains.variants[0].minContext, 0);
 }
 
+TEST(DecodeVariants, ARunAndAMultiGpuMergeDeriveTheSameVariants) {
+  // The buckets of the run's options: 1 x 4K (8 pairs) first, then 16 x 4K (128 pairs).
+  TuneOptions o;
+  o.batch = 1;
+  o.context = 4096;
+  o.numKvHeads = 8;
+  o.alsoBuckets = {{16, 4096}};
+  std::vector<TuneResult> results = {bucketedResult({
+      {"warps=4", {0.0120, 0.0500}},
+      {"warps=8", {0.0128, 0.0430}},
+  })};
+  results.push_back(results.front());
+  std::vector<std::string> lines;
+  addDecodeVariants(results, o, 132, [&](const std::string &line) { lines.push_back(line); });
+  for (const TuneResult &r : results) {
+    ASSERT_EQ(r.variants.size(), 1u);
+    EXPECT_EQ(r.variants[0].minWorkItems, 128);
+    EXPECT_EQ(r.variants[0].schedule.warps, 8);
+    EXPECT_EQ(r.variants[0].maxWaves, 1) << "128 pairs in one wave of the static model's CTAs";
+    EXPECT_EQ(r.configBase.warps, 4);
+  }
+  // Per result: its base (warps=4, not the geometric-mean winner warps=8) and its variant.
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_NE(lines[0].find("the smallest launches warps=4"), std::string::npos) << lines[0];
+  EXPECT_NE(lines[1].find("from 128 work items warps=8"), std::string::npos) << lines[1];
+  // Without an SM count no occupancy is modelled and no waves are recorded.
+  addDecodeVariants(results, o, 0);
+  EXPECT_EQ(results[0].variants.at(0).maxWaves, 0);
+}
+
 TEST(DecodeVariants, BucketMediansSurviveTheReportAndVariantsReachTheConfigs) {
   TuneResult result = bucketedResult({
       {"warps=4", {0.300, 0.055}},

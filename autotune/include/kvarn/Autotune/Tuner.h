@@ -192,6 +192,13 @@ Expected<std::vector<std::pair<int, int>>> parseBuckets(const std::string &text)
 /// The decode buckets a run times at: (batch, context) first, then alsoBuckets, each once.
 std::vector<std::pair<int, int>> decodeBuckets(const TuneOptions &options);
 
+/// Sets each decode result's configs base and variants (decodeSchedulesByWork over the run's
+/// buckets, decodeBuckets(o), with the static model's occupancy on `smCount` SMs; 0: none) and
+/// reports them through `log` (may be empty). Used by a tuning run and by the merge of a
+/// multi-GPU run, whose configs then carry the same variants.
+void addDecodeVariants(std::vector<TuneResult> &results, const TuneOptions &o, int smCount,
+                       const std::function<void(const std::string &)> &log = nullptr);
+
 /// One candidate's timings at several buckets as one: the geometric mean of the medians, of the
 /// p10s and p90s, and of the graph times when every bucket has one; the samples add up.
 Timing combineBucketTimings(const std::vector<Timing> &perBucket);
