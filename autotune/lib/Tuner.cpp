@@ -317,8 +317,7 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
   auto wavesOf = [&](const Schedule &schedule, int64_t work) { // 0 without occupancy
     if (!slots)
       return 0;
-    const int64_t s = std::max<int64_t>(1, slots(schedule));
-    return int(std::min<int64_t>((std::max<int64_t>(work, 1) + s - 1) / s, INT32_MAX));
+    return int(std::min<int64_t>(launchWaves(work, slots(schedule)), INT32_MAX));
   };
   auto runsAt = [&](const std::vector<ScheduleVariant> &variants,
                     const std::vector<const Candidate *> &chain, const std::vector<size_t> &group,
@@ -1256,14 +1255,6 @@ Expected<std::vector<std::pair<int, int>>> parseBuckets(const std::string &text)
     for (int context : contexts)
       buckets.push_back({batch, context});
   return buckets;
-}
-
-Expected<std::pair<int, int>> parseBucket(const std::string &text) {
-  Expected<std::vector<std::pair<int, int>>> buckets = parseBuckets(text);
-  if (!buckets || buckets->size() != 1)
-    return makeError(ErrorCode::InvalidArgument,
-                     "decode bucket '" + text + "' is not <batch>x<context>, e.g. 32x32768");
-  return buckets->front();
 }
 
 std::vector<std::pair<int, int>> decodeBuckets(const TuneOptions &o) {

@@ -138,6 +138,11 @@ std::vector<ConfigFile> loadConfigDirectory(const std::string &directory,
   return files;
 }
 
+int64_t launchWaves(int64_t workItems, int64_t slots) {
+  const int64_t s = std::max<int64_t>(1, slots);
+  return (std::max<int64_t>(workItems, 1) + s - 1) / s;
+}
+
 bool variantApplies(const ScheduleVariant &variant, int64_t workItems, int64_t maxSeqLen) {
   return workItems >= variant.minWorkItems && maxSeqLen >= variant.minContext;
 }
@@ -157,8 +162,7 @@ int variantForLaunch(const std::vector<ScheduleVariant> &variants,
   if (slots.size() != variants.size() + 1)
     return k; // no occupancy known: the thresholds alone
   auto waves = [&](int index) { // index -1: the base
-    const int64_t s = std::max<int64_t>(1, slots[size_t(index + 1)]);
-    return (std::max<int64_t>(workItems, 1) + s - 1) / s;
+    return launchWaves(workItems, slots[size_t(index + 1)]);
   };
   auto reached = [&](int index) {
     return variantApplies(variants[size_t(index)], workItems, maxSeqLen);

@@ -183,6 +183,11 @@ TEST(Configs, ALaunchStepsBackFromAVariantThatWouldNeedMoreWaves) {
   EXPECT_EQ(variantForLaunch(variants, slots, 300), -1) << "3 waves against 2";
   EXPECT_EQ(variantForLaunch(variants, slots, 512), 1) << "2 waves against the 12-warp's 4";
   EXPECT_EQ(variantForLaunch(variants, slots, 4096), 1);
+  // Waves: at least one, ceil(work / slots), slots of 0 counted as 1.
+  EXPECT_EQ(launchWaves(0, 264), 1);
+  EXPECT_EQ(launchWaves(264, 264), 1);
+  EXPECT_EQ(launchWaves(265, 264), 2);
+  EXPECT_EQ(launchWaves(10, 0), 10);
   // Without occupancy (a mismatched list) the thresholds alone decide.
   EXPECT_EQ(variantForLaunch(variants, {}, 256), 0);
   EXPECT_EQ(variantForLaunch({}, {264}, 256), -1);

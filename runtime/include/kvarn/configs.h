@@ -94,6 +94,10 @@ struct ScheduleChoice {
   std::vector<Schedule> schedules() const;
 };
 
+/// Waves of one-split CTAs a launch of `workItems` pairs needs on `slots` resident CTAs (each at
+/// least 1).
+int64_t launchWaves(int64_t workItems, int64_t slots);
+
 /// Whether a launch of `workItems` = batch * kv heads pairs whose longest request has
 /// `maxSeqLen` tokens (0: not known) reaches a variant's thresholds.
 bool variantApplies(const ScheduleVariant &variant, int64_t workItems, int64_t maxSeqLen);

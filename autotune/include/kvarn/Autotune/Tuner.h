@@ -181,12 +181,9 @@ struct TuneOptions {
 /// GPU work.
 Status validateTuneOptions(const TuneOptions &options);
 
-/// A decode bucket written `<batch>x<context>` ("32x32768"); a clear error otherwise.
-Expected<std::pair<int, int>> parseBucket(const std::string &text);
-
-/// Decode buckets written `<batches>x<contexts>` with comma lists on either side: every batch
-/// at every context, batch-major ("1,4x4096,131072": 1x4096, 1x131072, 4x4096, 4x131072); a
-/// single bucket as parseBucket; a clear error otherwise.
+/// Decode buckets written `<batch>x<context>` ("32x32768"), or with comma lists on either
+/// side: every batch at every context, batch-major ("1,4x4096,131072": 1x4096, 1x131072,
+/// 4x4096, 4x131072); a clear error otherwise.
 Expected<std::vector<std::pair<int, int>>> parseBuckets(const std::string &text);
 
 /// The decode buckets a run times at: (batch, context) first, then alsoBuckets, each once.
