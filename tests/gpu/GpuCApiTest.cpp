@@ -521,6 +521,14 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   const char *unused = nullptr;
   EXPECT_EQ(kvarn_decode_schedule(kernel, -1, 2, 0, &unused), KVARN_ERROR_INVALID_ARGUMENT);
   EXPECT_EQ(kvarn_decode_schedule(kernel, 1, 2, -1, &unused), KVARN_ERROR_INVALID_ARGUMENT);
+  // A negative length is refused at launch too, before anything is read or launched.
+  int32_t sentinel = 0;
+  void *never = &sentinel; // not dereferenced: the arguments are refused first
+  kvarn_decode_args negative{never, never, never, never, never, &sentinel, &sentinel, &sentinel,
+                             never, 1, 2, 1, 0.0f, -1};
+  EXPECT_EQ(kvarn_launch_decode(kernel, &negative, 1, nullptr), KVARN_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(kvarn_last_error()).find("negative max_seq_len"), std::string::npos)
+      << kvarn_last_error();
 }
 
 /// A bundle built for another arch is recompiled from its sources at load (no JIT) and runs.
