@@ -2,6 +2,7 @@
 #include "kvarn/files.h"
 #include "kvarn/Autotune/Bench.h"
 #include "kvarn/Autotune/Timing.h"
+#include "kvarn/Autotune/TimingInputs.h"
 #include "kvarn/Autotune/Tuner.h"
 
 #include "kvarn/Compiler/Pipeline.h"
@@ -119,24 +120,12 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
                 variantModule.localBytes(0));
   std::printf("fp16 baseline: the same kernel on fp16 pool pages, schedule %s (%d registers)\n",
               report.baselineSchedule.c_str(), baseline->registers(0));
-  // A few distinct records, replicated (contents do not change the timing).
-  std::vector<uint8_t> pattern(size_t(16) * layout.tileBytesAligned);
-  {
-    std::mt19937_64 rng(1);
-    std::normal_distribution<float> normal;
-    std::vector<uint16_t> rows(size_t(g) * d);
-    for (int k = 0; k < 16; ++k) {
-      for (uint16_t &x : rows)
-        x = floatToHalf(normal(rng));
-      KVARN_TRY(reference::writeRecord(*format, rows, rows, size_t(d),
-                                       std::span(pattern).subspan(k * layout.tileBytesAligned,
-                                                                  layout.tileBytesAligned)));
-    }
-  }
-  // Copies per shape: enough disjoint ones that every launch reads from a cold L2.
-  auto copiesOf = [&](size_t bytes) {
-    return int(std::min<size_t>(16, 2 * size_t(info.l2Bytes) / bytes + 1));
-  };
+  // A few distinct records, replicated, and copies rotated per launch (TimingInputs.h, which the
+  // tuner times on too).
+  Expected<std::vector<uint8_t>> pattern = decodeTimingRecords(*format);
+  if (!pattern)
+    return pattern.error();
+  auto copiesOf = [&](size_t bytes) { return coldCopies(bytes, size_t(info.l2Bytes)); };
   // The records and fp16 pools are allocated once, for the largest shape, and every shape uses
   // their beginning: allocating and freeing gigabytes per shape left some shapes on a memory
   // mapping that ran both kernels 5-15% slower than the same shape measured alone.
@@ -154,7 +143,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   Expected<DeviceBuffer> records = DeviceBuffer::allocate(maxRecordBytes);
   if (!records)
     return records.error();
-  KVARN_TRY(records->fillWithPattern(pattern));
+  KVARN_TRY(records->fillWithPattern(*pattern));
   // fp16 baseline: the same block walk over fp16 pages of the pool ([slots, G, Hk, D]).
   Expected<DeviceBuffer> poolKey = DeviceBuffer::allocate(maxPoolBytes);
   Expected<DeviceBuffer> poolValue = DeviceBuffer::allocate(maxPoolBytes);
@@ -192,7 +181,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       for (int k = 0; k < fp16Blocks; ++k)
         identity[k] = k;
       std::vector<int32_t> lens(batch, context);
-      std::vector<uint16_t> queries(size_t(batch) * o.numQueryHeads * d, floatToHalf(0.5f));
+      std::vector<uint16_t> queries = decodeTimingQueries(size_t(batch) * o.numQueryHeads * d, DType::F16);
       Expected<DeviceBuffer> dTables = DeviceBuffer::allocate(tables.size() * 4),
                              dQuantized = DeviceBuffer::allocate(quantized.size() * 4),
                              dIdentity = DeviceBuffer::allocate(identity.size() * 4),

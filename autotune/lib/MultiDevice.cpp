@@ -150,6 +150,8 @@ std::vector<std::string> workerArguments(const TuneOptions &o, int device,
     args.push_back("--graph");
   if (!o.gate)
     args.push_back("--no-gate");
+  args.push_back("--rest");
+  args.push_back(std::to_string(o.restRatio));
   if (!o.flush)
     args.push_back("--no-flush");
   if (!o.decode)

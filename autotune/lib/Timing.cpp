@@ -5,6 +5,8 @@
 #include "kvarn/nvrtc.h"
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 
 namespace kvarn::autotune {
 namespace {
@@ -59,7 +61,8 @@ Status LaunchGate::hold() const {
 }
 
 Expected<std::vector<Timing>> timeInterleavedStats(
-    const std::vector<std::function<Status(int)>> &runs, int iterations, const LaunchGate *gate) {
+    const std::vector<std::function<Status(int)>> &runs, int iterations, const LaunchGate *gate,
+    double restRatio) {
   const Driver &d = driver();
   CUevent start, stop;
   if (Status s = KVARN_CU(d.cuEventCreate(&start, CU_EVENT_DEFAULT)); !s)
@@ -96,6 +99,8 @@ Expected<std::vector<Timing>> timeInterleavedStats(
       float ms = 0;
       d.cuEventElapsedTime(&ms, start, stop);
       samples[k].push_back(ms);
+      if (restRatio > 0)
+        std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(restRatio * ms));
     }
   release();
   std::vector<Timing> timings;

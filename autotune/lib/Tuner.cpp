@@ -2,6 +2,7 @@
 #include "kvarn/Autotune/Tuner.h"
 
 #include "kvarn/Autotune/Timing.h"
+#include "kvarn/Autotune/TimingInputs.h"
 
 #include "kvarn/Autotune/MultiDevice.h"
 #include "kvarn/Compiler/Pipeline.h"
@@ -76,6 +77,12 @@ bool betterThan(const Schedule &schedule, double ms, bool found, const Schedule 
 std::string percent(double fraction) {
   char text[16];
   std::snprintf(text, sizeof(text), "%.0f%%", 100.0 * fraction);
+  return text;
+}
+
+std::string formatRatio(double ratio) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%g", ratio);
   return text;
 }
 
@@ -365,9 +372,10 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
     }
     // The base has no incumbent at the smallest launches (the geometric-mean winner is chosen
     // over all buckets, where larger launches weigh as much), so the fastest there simply wins;
-    // a variant must beat what the runtime would otherwise run by minGain, one keyed by context
-    // (fewer buckets, so more of the timing noise) by twice that.
-    const double bar = l == 0 ? 1.0 : 1.0 - (level.minContext > 0 ? 2 * minGain : minGain);
+    // a variant, keyed by context or not, must beat what the runtime would otherwise run by
+    // minGain. (Variants keyed by context needed twice that while the tuner's times differed
+    // from the bench's by more than the bar; docs/benchmarks.md.)
+    const double bar = l == 0 ? 1.0 : 1.0 - minGain;
     if (!fastest || fastestMs >= bar * currentMs)
       continue;
     if (l == 0) { // the smallest launches: a new base
@@ -377,9 +385,12 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
     } else if (level.work <= (int64_t(1) << 30) && level.minContext <= INT32_MAX) {
       // A variant of the same schedule that the launch reaches but the runtime steps back from
       // here for its waves: measured fastest here, it keeps this many waves (which also covers
-      // the launch sizes between its level and this one) instead of a new variant.
+      // the launch sizes between its level and this one) instead of a new variant. Only at a
+      // size's first level: more waves run the variant at every context of the size, so a
+      // level keyed by context gets a variant of its own instead.
       bool extended = false;
-      for (int j = int(out.variants.size()) - 1; j >= 0 && !extended; --j) {
+      for (int j = int(out.variants.size()) - 1; j >= 0 && !extended && level.minContext == 0;
+           --j) {
         ScheduleVariant &v = out.variants[size_t(j)];
         const int needed = wavesOf(v.schedule, level.work);
         if (!(v.schedule == fastest->schedule) || needed <= v.maxWaves)
@@ -753,7 +764,9 @@ public:
   virtual ~Workload() = default;
   virtual Status check(const KernelModule &module, const Schedule &schedule) = 0;
   virtual Status prepareTiming(const std::vector<Schedule> &group) = 0;
-  virtual Status launch(const KernelModule &module, const Schedule &schedule, int iteration,
+  /// One launch; `launchIndex` counts the group's launches in the order they run, so the
+  /// inputs can rotate through their L2-cold copies (coldCopies) launch by launch.
+  virtual Status launch(const KernelModule &module, const Schedule &schedule, int launchIndex,
                         CUstream stream) = 0;
   virtual double rooflineBytes() const = 0;
   /// Shapes a candidate is timed at (decode buckets); prepareTiming, launch and rooflineBytes
@@ -765,7 +778,8 @@ public:
 };
 
 /// Decode: checked on a short mixed batch and a 128K-token request (built once per spec),
-/// timed at each bucket (B x context, L2-cold block ranges; every page a record, or with
+/// timed at each bucket (B x context) on the bench's inputs (TimingInputs.h: the same records and
+/// queries, a copy of the block ranges per launch, L2-cold; every page a record, or with
 /// TuneOptions::poolPages each request's first and last pages fp16 pool pages).
 class DecodeWorkload : public Workload {
 public:
@@ -802,15 +816,13 @@ public:
     int maxSplits = 1;
     for (const Schedule &s : group)
       maxSplits = std::max(maxSplits, s.splits > 0 ? s.splits : kMaxPlannedSplits);
-    if (records_ && maxSplits <= workspaceSplits_ && preparedBucket_ == bucket_)
+    if (table_ && maxSplits <= workspaceSplits_ && preparedBucket_ == bucket_)
       return Status::success();
-    release();
+    releaseBucket();
+    if (Status s = ensureCache(); !s)
+      return s;
     preparedBucket_ = bucket_;
-    const size_t bytes = size_t(batch()) * o_.numKvHeads * pages_ * layout_.tileBytesAligned;
-    copies_ = int(std::min<size_t>(8, 2 * size_t(info_.l2Bytes) / bytes + 1));
-    std::vector<uint8_t> tiles(layout_.tileBytesAligned * 4);
-    std::copy_n(checks_.back().cache.records.begin() + 2 * layout_.tileBytesAligned, tiles.size(),
-                tiles.begin());
+    copies_ = coldCopies(bucketBytes(batch(), pages_), size_t(info_.l2Bytes));
     std::vector<int32_t> table(size_t(copies_) * batch() * pages_), slots(table.size(), -1);
     for (size_t k = 0; k < table.size(); ++k)
       table[k] = int32_t(k);
@@ -820,26 +832,15 @@ public:
       for (int b = 0; b < batch(); ++b)
         for (int k : o_.poolPages.blocks(pages_))
           slots[(size_t(c) * batch() + b) * pages_ + k] = poolSlots++;
-    poolSlots = std::max(poolSlots, 1); // one unread slot when every page is a record
     rows_ = size_t(batch()) * o_.numKvHeads * spec_.queryHeadsPerKvHead;
-    std::vector<uint16_t> query(rows_ * d, floatToHalf(0.25f));
-    Expected<DeviceBuffer> records = DeviceBuffer::allocate(bytes * copies_);
-    Expected<DeviceBuffer> pool =
-        DeviceBuffer::allocate(size_t(poolSlots) * g * o_.numKvHeads * d * sizeof(uint16_t));
-    if (pool) // fp16 0.25 in every row
-      if (Status s = KVARN_CU(driver().cuMemsetD32(pool->get(), 0x34003400u, pool->size() / 4)); !s)
-        return s;
+    const std::vector<uint16_t> query = decodeTimingQueries(rows_ * d, spec_.dtype);
     Expected<DeviceBuffer> q = uploaded(query), t = uploaded(table), sl = uploaded(slots),
                            lens = uploaded(std::vector<int32_t>(batch(), context())),
                            out = DeviceBuffer::allocate(rows_ * d * 2),
                            work = DeviceBuffer::allocate(decodeWorkspaceBytes(
                                batch(), o_.numKvHeads, spec_.queryHeadsPerKvHead, d, maxSplits));
-    if (!records || !pool || !q || !t || !sl || !lens || !out || !work)
+    if (!q || !t || !sl || !lens || !out || !work)
       return makeError(ErrorCode::Internal, "cannot allocate the decode timing buffers");
-    if (Status s = records->fillWithPattern(tiles); !s)
-      return s;
-    records_ = std::move(*records);
-    pool_ = std::move(*pool);
     query_ = std::move(*q);
     table_ = std::move(*t);
     slots_ = std::move(*sl);
@@ -850,14 +851,14 @@ public:
     return Status::success();
   }
 
-  Status launch(const KernelModule &module, const Schedule &schedule, int iteration,
+  Status launch(const KernelModule &module, const Schedule &schedule, int launchIndex,
                 CUstream stream) override {
     const int d = spec_.format.headDim;
     const DecodePlan p = planDecode(module, batch(), o_.numKvHeads, context(),
                                     spec_.format.tileTokens, info_.smCount);
     dev::DecodeParams params{query_->as<void>(), out_->as<void>(), records_->as<unsigned char>(),
                              pool_->as<void>(), pool_->as<void>(), slots_->as<int>(),
-                             table_->as<int>() + size_t(iteration % copies_) * batch() * pages_,
+                             table_->as<int>() + size_t(launchIndex % copies_) * batch() * pages_,
                              lens_->as<int>(), nullptr, nullptr, batch(), o_.numKvHeads,
                              pages_, p.numSplits, 1.0f / std::sqrt(float(d))};
     bindDecodeWorkspace(params, work_->as<void>(), spec_.queryHeadsPerKvHead, d, p.numSplits);
@@ -873,6 +874,55 @@ public:
   void release() override {
     records_.reset();
     pool_.reset();
+    releaseBucket();
+  }
+
+private:
+  int batch() const { return buckets_[bucket_].first; }
+  int context() const { return buckets_[bucket_].second; }
+  size_t bucketBytes(int batch, int pages) const {
+    return size_t(batch) * o_.numKvHeads * pages * layout_.tileBytesAligned;
+  }
+
+  /// The records and the fp16 pool, allocated once for the largest bucket (its copies included)
+  /// and used from their beginning by every bucket, as the bench does: a cache of gigabytes
+  /// allocated anew per bucket can land on a mapping that runs some schedules 5-15% slower
+  /// (docs/benchmarks.md), which would rank them by where their buffers landed.
+  Status ensureCache() {
+    if (records_)
+      return Status::success();
+    const int g = spec_.format.tileTokens, d = spec_.format.headDim;
+    size_t recordBytes = 0, poolSlots = 1; // one unread slot when every page is a record
+    for (const auto &[batch, context] : buckets_) {
+      const int pages = (context + g - 1) / g;
+      const size_t bytes = bucketBytes(batch, pages);
+      const size_t copies = size_t(coldCopies(bytes, size_t(info_.l2Bytes)));
+      recordBytes = std::max(recordBytes, bytes * copies);
+      poolSlots = std::max(poolSlots, copies * batch * o_.poolPages.blocks(pages).size());
+    }
+    if (tiles_.empty()) {
+      Expected<std::vector<uint8_t>> tiles = decodeTimingRecords(spec_.format);
+      if (!tiles)
+        return tiles.error();
+      tiles_ = std::move(*tiles);
+    }
+    Expected<DeviceBuffer> records = DeviceBuffer::allocate(recordBytes);
+    Expected<DeviceBuffer> pool =
+        DeviceBuffer::allocate(poolSlots * g * o_.numKvHeads * d * sizeof(uint16_t));
+    if (!records || !pool)
+      return makeError(ErrorCode::Internal, "cannot allocate the decode timing cache (" +
+                                                std::to_string(recordBytes >> 20) + " MiB of records)");
+    if (Status s = records->fillWithPattern(tiles_); !s)
+      return s;
+    // fp16 1.0 in every pool row, as the bench's pools.
+    if (Status s = KVARN_CU(driver().cuMemsetD32(pool->get(), 0x3c003c00u, pool->size() / 4)); !s)
+      return s;
+    records_ = std::move(*records);
+    pool_ = std::move(*pool);
+    return Status::success();
+  }
+  /// Drops the current bucket's buffers (tables, queries, output, workspace).
+  void releaseBucket() {
     query_.reset();
     table_.reset();
     slots_.reset();
@@ -880,17 +930,15 @@ public:
     out_.reset();
     work_.reset();
     workspaceSplits_ = 0;
+    preparedBucket_ = -1;
   }
-
-private:
-  int batch() const { return buckets_[bucket_].first; }
-  int context() const { return buckets_[bucket_].second; }
 
   KernelSpec spec_;
   const TuneOptions &o_;
   DeviceInfo info_;
   RecordLayout layout_;
   std::vector<DecodeCheck> checks_;
+  std::vector<uint8_t> tiles_; ///< decodeTimingRecords, made once
   std::optional<DeviceBuffer> records_, pool_, query_, table_, slots_, lens_, out_, work_;
   std::vector<std::pair<int, int>> buckets_;
   int bucket_ = 0, preparedBucket_ = -1;
@@ -1116,12 +1164,16 @@ std::vector<Expected<Timing>> measureGroup(Workload &workload, const KernelSpec 
         results[i] = s.error();
       return results;
     }
+    // Launch index iteration * N + k for candidate k of N: consecutive launches take
+    // consecutive copies of the inputs, so no candidate reads what the one before it left in L2.
     std::vector<std::function<Status(int)>> runs;
-    for (size_t i : alive)
-      runs.push_back([&, i](int iteration) {
-        return workload.launch(*modules[i], group[i], iteration, nullptr);
+    for (size_t k = 0; k < alive.size(); ++k)
+      runs.push_back([&, k, i = alive[k]](int iteration) {
+        return workload.launch(*modules[i], group[i], iteration * int(alive.size()) + int(k),
+                               nullptr);
       });
-    Expected<std::vector<Timing>> timings = timeInterleavedStats(runs, o.iterations, gate);
+    Expected<std::vector<Timing>> timings =
+        timeInterleavedStats(runs, o.iterations, gate, o.restRatio);
     if (!timings) {
       if (contextBroken()) // which of the interleaved kernels did it is unknown: blame the group
         contextLost(crashes, spec, aliveSchedules, "during timing: " + timings.error().message);
@@ -1381,6 +1433,9 @@ Status runTune(const TuneOptions &o) {
                 (gate ? "each timed launch queued behind a " + std::to_string(gate->microseconds()) +
                             " us spin kernel"
                       : std::string("each timed launch from an idle GPU")) +
+                (o.restRatio > 0 ? ", then the GPU rests " + formatRatio(o.restRatio) +
+                                       "x its time (below its power cap)"
+                                 : std::string(", launches back to back")) +
                 "; " + std::to_string(plan.size()) + " specs" +
                 (o.poolPages.any() ? "; decode timed with " + o.poolPages.describe() +
                                          " of every request in the fp16 pool"

@@ -557,6 +557,12 @@ int main(int argc, char **argv) {
       "--no-gate", [&tune] { tune.gate = false; },
       "time each launch from an idle GPU (include the host's launch latency) instead of queuing "
       "it behind a 20 us spin kernel, as bench does by default");
+  tuneCommand->add_option("--rest", tune.restRatio,
+                          "idle time after each timed launch, in multiples of the launch's time, "
+                          "so candidates timed back to back do not hold the GPU at its power cap "
+                          "(0: back to back)")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
   tuneCommand->add_flag("--resume", tune.resume,
                         "skip the specs already in the report (an interrupted run)");
   tuneCommand->add_option("--report", tune.reportPath,

@@ -46,10 +46,12 @@ Expected<std::optional<LaunchGate>> launchGateIf(const DeviceInfo &info, bool wa
 /// `iterations` event-timed launches of each run (called with the iteration index, so a run can
 /// rotate its inputs), interleaved, after three warm-up rounds: median and spread per run. With
 /// a gate, each timed launch is queued behind the gate's spin (see LaunchGate); without one, the
-/// GPU is idle at the start event and the time includes the host's launch latency.
+/// GPU is idle at the start event and the time includes the host's launch latency. With
+/// `restRatio` > 0 the GPU then idles for restRatio times each timed launch's duration, so long
+/// runs of heavy launches do not hold it at its power cap (TuneOptions::restRatio).
 Expected<std::vector<Timing>> timeInterleavedStats(
     const std::vector<std::function<Status(int)>> &runs, int iterations,
-    const LaunchGate *gate = nullptr);
+    const LaunchGate *gate = nullptr, double restRatio = 0);
 
 /// The medians of timeInterleavedStats.
 Expected<std::vector<double>> timeInterleaved(const std::vector<std::function<Status(int)>> &runs,

@@ -164,6 +164,12 @@ struct TuneOptions {
   /// Queue each timed launch behind a spin kernel (LaunchGate), as the bench does, so the times
   /// exclude the host's launch latency; false: time each launch from an idle GPU.
   bool gate = true;
+  /// After each timed launch the GPU idles for this many times the launch's duration. Candidates
+  /// timed back to back otherwise hold the GPU at its power cap: on the H200, a decode grid run
+  /// without rests drew 650-680 W, ran the SMs at 1470-1965 MHz under the software power cap, and
+  /// timed its largest buckets 8-25% slower than the bench, whose fp16 baseline launches keep the
+  /// GPU below the cap, and in another order (docs/benchmarks.md). 0: back to back.
+  double restRatio = 1.0;
   bool resume = false;      ///< reuse the specs already in the report file
   std::string reportPath;   ///< JSON report; "" = <configs>/<gpu key>.tune.json
   int compileThreads = 0;   ///< 0: the machine's hardware threads
