@@ -166,7 +166,7 @@ struct TuneOptions {
   bool gate = true;
   /// After each timed launch the GPU idles for this many times the launch's duration. Candidates
   /// timed back to back otherwise hold the GPU at its power cap: on the H200, a decode grid run
-  /// without rests drew 650-680 W, ran the SMs at 1470-1965 MHz under the software power cap, and
+  /// without rests drew up to 684 W, ran the SMs down to 1470 MHz under the software power cap, and
   /// timed its largest buckets 8-25% slower than the bench, whose fp16 baseline launches keep the
   /// GPU below the cap, and in another order (docs/benchmarks.md). 0: back to back.
   double restRatio = 1.0;
