@@ -168,8 +168,10 @@ const ReferenceCase &referenceCase(const DecodeCase &dc, uint64_t seed) {
   std::string key = dc.preset + ":" + std::to_string(dc.headDim) + ":" + std::to_string(dc.q) +
                     ":" + std::to_string(dc.numKvHeads) + ":" + std::to_string(int(dc.dtype)) +
                     ":" + std::to_string(seed);
-  for (int32_t len : dc.lengths)
-    key += "," + std::to_string(len);
+  for (int32_t len : dc.lengths) {
+    key += ',';
+    key += std::to_string(len);
+  }
   if (last.key == key)
     return last;
   last = ReferenceCase{};
