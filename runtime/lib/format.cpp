@@ -80,7 +80,7 @@ bool takeInteger(std::string_view &text, int &value) {
 } // namespace
 
 Expected<Format> parseFormat(std::string_view preset, int headDim, int sinkhornIterations) {
-  const std::string quoted = "'" + std::string(preset) + "'";
+  const std::string quoted = kvarn::quoted(preset);
   auto malformed = [&](const std::string &detail) {
     return makeError(ErrorCode::InvalidArgument,
                      "malformed preset " + quoted + ": " + detail +

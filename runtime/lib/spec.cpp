@@ -83,7 +83,7 @@ std::string KernelSpec::str() const {
 }
 
 Expected<KernelSpec> parseKernelSpec(std::string_view text) {
-  const std::string quoted = "'" + std::string(text) + "'";
+  const std::string quoted = kvarn::quoted(text);
   auto fieldError = [&](int index, const char *field, std::string_view value,
                         const std::string &allowed) {
     return makeError(ErrorCode::InvalidArgument,

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
 
@@ -64,6 +65,15 @@ private:
 
 inline Error makeError(ErrorCode code, std::string message) {
   return Error{code, std::move(message)};
+}
+
+/// `text` in single quotes, for error messages (built by appends: GCC 12 warns, wrongly, about
+/// "'" + std::string(...)).
+inline std::string quoted(std::string_view text) {
+  std::string out(1, '\'');
+  out += text;
+  out += '\'';
+  return out;
 }
 
 } // namespace kvarn
