@@ -1,12 +1,15 @@
 // Tuner logic without a GPU: search space, pruning, selection with a fake measure.
 #include "kvarn/Autotune/Bench.h"
 #include "kvarn/Autotune/MultiDevice.h"
+#include "kvarn/Autotune/TimingInputs.h"
 #include "kvarn/Autotune/Tuner.h"
+#include "kvarn/reference.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -628,6 +631,39 @@ TEST(DecodeVariants, WithOccupancyTheChoiceFollowsTheRuntimesWaveRule) {
   ASSERT_EQ(blind.variants.size(), 2u);
   EXPECT_EQ(blind.variants[0].maxWaves, 0);
   EXPECT_EQ(blind.variants[1].minWorkItems, 512);
+}
+
+TEST(TimingInputs, TheBenchAndTheTunerTimeOnDistinctRecordsColdInL2) {
+  // Records: `count` distinct, valid records of the format, back to back.
+  Expected<Format> format = parseFormat("kvarn_k4v2_g128", 128);
+  ASSERT_TRUE(format);
+  const RecordLayout layout = recordLayout(*format);
+  Expected<std::vector<uint8_t>> records = decodeTimingRecords(*format, 3);
+  ASSERT_TRUE(records) << records.error().str();
+  ASSERT_EQ(records->size(), 3 * size_t(layout.tileBytesAligned));
+  std::vector<std::vector<float>> keys;
+  for (int k = 0; k < 3; ++k) {
+    const std::span<const uint8_t> record(records->data() + k * layout.tileBytesAligned,
+                                          layout.tileBytesAligned);
+    std::vector<float> key(size_t(format->tileTokens) * format->headDim), value(key.size());
+    ASSERT_TRUE(reference::dequantizeRecord(*format, record, key, value)) << "record " << k;
+    EXPECT_TRUE(std::all_of(key.begin(), key.end(), [](float x) { return std::isfinite(x); }));
+    keys.push_back(std::move(key));
+  }
+  EXPECT_NE(keys[0], keys[1]);
+  EXPECT_NE(keys[1], keys[2]);
+  // The same records every time (the bench and the tuner time the same work).
+  EXPECT_EQ(*decodeTimingRecords(*format, 3), *records);
+  // Queries of 0.5 in the spec's dtype.
+  EXPECT_EQ(decodeTimingQueries(4, DType::F16), std::vector<uint16_t>(4, 0x3800));
+  EXPECT_EQ(decodeTimingQueries(2, DType::BF16), std::vector<uint16_t>(2, 0x3f00));
+  // Copies: at least twice the L2 between two uses of one copy, at most 16, at least 1.
+  const size_t l2 = size_t(60) << 20;
+  EXPECT_EQ(coldCopies(size_t(1) << 20, l2), 16);
+  EXPECT_EQ(coldCopies(size_t(40) << 20, l2), 4);
+  EXPECT_GE((coldCopies(size_t(40) << 20, l2) - 1) * (size_t(40) << 20), 2 * l2);
+  EXPECT_EQ(coldCopies(size_t(2) << 30, l2), 1);
+  EXPECT_EQ(coldCopies(0, l2), 16);
 }
 
 TEST(DecodeVariants, AVariantFastestOnlyAtLongerContextsKeepsItsWaves) {
