@@ -149,8 +149,9 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   Expected<DeviceBuffer> poolValue = DeviceBuffer::allocate(maxPoolBytes);
   if (!poolKey || !poolValue)
     return makeError(ErrorCode::Internal, "cannot allocate the fp16 baseline cache");
-  KVARN_TRY(KVARN_CU(driver().cuMemsetD32(poolKey->get(), 0x3c003c00u, poolKey->size() / 4)));
-  KVARN_TRY(KVARN_CU(driver().cuMemsetD32(poolValue->get(), 0x3c003c00u, poolValue->size() / 4)));
+  KVARN_TRY(KVARN_CU(driver().cuMemsetD32(poolKey->get(), kDecodeTimingPoolWord, poolKey->size() / 4)));
+  KVARN_TRY(
+      KVARN_CU(driver().cuMemsetD32(poolValue->get(), kDecodeTimingPoolWord, poolValue->size() / 4)));
   if (o.poolPages.any())
     std::printf("KVarN cache: %s of every request an fp16 pool page, the other blocks records\n",
                 o.poolPages.describe().c_str());

@@ -345,8 +345,8 @@ DecodeSchedules decodeSchedulesByWork(const TuneResult &result,
     const Level &level = levels[l];
     const double currentMs = runningMs(level.group);
     // A size's first level decides on its shortest context, but its choice runs at every
-    // context of that size until a longer context's level overrides it (by the larger bar): a
-    // candidate slower than the running schedules over all of the size's buckets is not taken.
+    // context of that size until a longer context's level overrides it: a candidate slower than
+    // the running schedules over all of the size's buckets is not taken.
     const bool guardLonger = l > 0 && level.minContext == 0 && level.sameWork.size() > level.group.size();
     const double currentAllMs = guardLonger ? runningMs(level.sameWork) : 0;
     const Candidate *fastest = nullptr;
@@ -900,22 +900,19 @@ private:
       recordBytes = std::max(recordBytes, bytes * copies);
       poolSlots = std::max(poolSlots, copies * batch * o_.poolPages.blocks(pages).size());
     }
-    if (tiles_.empty()) {
-      Expected<std::vector<uint8_t>> tiles = decodeTimingRecords(spec_.format);
-      if (!tiles)
-        return tiles.error();
-      tiles_ = std::move(*tiles);
-    }
+    const Expected<std::vector<uint8_t>> tiles = decodeTimingRecords(spec_.format);
+    if (!tiles)
+      return tiles.error();
     Expected<DeviceBuffer> records = DeviceBuffer::allocate(recordBytes);
     Expected<DeviceBuffer> pool =
         DeviceBuffer::allocate(poolSlots * g * o_.numKvHeads * d * sizeof(uint16_t));
     if (!records || !pool)
       return makeError(ErrorCode::Internal, "cannot allocate the decode timing cache (" +
                                                 std::to_string(recordBytes >> 20) + " MiB of records)");
-    if (Status s = records->fillWithPattern(tiles_); !s)
+    if (Status s = records->fillWithPattern(*tiles); !s)
       return s;
-    // fp16 1.0 in every pool row, as the bench's pools.
-    if (Status s = KVARN_CU(driver().cuMemsetD32(pool->get(), 0x3c003c00u, pool->size() / 4)); !s)
+    if (Status s = KVARN_CU(driver().cuMemsetD32(pool->get(), kDecodeTimingPoolWord, pool->size() / 4));
+        !s)
       return s;
     records_ = std::move(*records);
     pool_ = std::move(*pool);
@@ -938,7 +935,6 @@ private:
   DeviceInfo info_;
   RecordLayout layout_;
   std::vector<DecodeCheck> checks_;
-  std::vector<uint8_t> tiles_; ///< decodeTimingRecords, made once
   std::optional<DeviceBuffer> records_, pool_, query_, table_, slots_, lens_, out_, work_;
   std::vector<std::pair<int, int>> buckets_;
   int bucket_ = 0, preparedBucket_ = -1;

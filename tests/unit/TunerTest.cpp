@@ -657,6 +657,9 @@ TEST(TimingInputs, TheBenchAndTheTunerTimeOnDistinctRecordsColdInL2) {
   // Queries of 0.5 in the spec's dtype.
   EXPECT_EQ(decodeTimingQueries(4, DType::F16), std::vector<uint16_t>(4, 0x3800));
   EXPECT_EQ(decodeTimingQueries(2, DType::BF16), std::vector<uint16_t>(2, 0x3f00));
+  // Pool rows of 1.0 in fp16, two per word.
+  EXPECT_EQ(halfToFloat(uint16_t(kDecodeTimingPoolWord & 0xffff)), 1.0f);
+  EXPECT_EQ(kDecodeTimingPoolWord >> 16, kDecodeTimingPoolWord & 0xffff);
   // Copies: at least twice the L2 between two uses of one copy, at most 16, at least 1.
   const size_t l2 = size_t(60) << 20;
   EXPECT_EQ(coldCopies(size_t(1) << 20, l2), 16);

@@ -17,6 +17,10 @@ namespace kvarn::autotune {
 /// reference), back to back, to replicate over a timing cache with DeviceBuffer::fillWithPattern.
 Expected<std::vector<uint8_t>> decodeTimingRecords(const Format &format, int count = 16);
 
+/// Every fp16 pool row of the timing inputs holds 1.0: two halves per 32-bit word, for
+/// cuMemsetD32.
+constexpr uint32_t kDecodeTimingPoolWord = 0x3c003c00u;
+
 /// The timing queries: `count` elements of 0.5 in `dtype`.
 std::vector<uint16_t> decodeTimingQueries(size_t count, DType dtype);
 

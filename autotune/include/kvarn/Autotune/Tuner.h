@@ -71,13 +71,14 @@ struct DecodeSchedules {
 /// measured at, so tune at the contexts an engine serves. The first level's fastest candidate (geometric mean over its
 /// group) becomes the base. At each further level the schedule the runtime would run there with
 /// the choices so far is replaced by the level's fastest candidate if that is at least `minGain`
-/// faster (twice that for a level keyed by context, whose group is smaller; at a size's first
-/// level only among candidates no slower than the running schedules over all of the size's
-/// buckets, since its choice runs at the longer contexts until one of their levels overrides
-/// it): a variant from w pairs upwards, and from c tokens for a level keyed by context
-/// (`minContext`). A variant records the waves of one-split CTAs it needs where it was chosen
-/// (`maxWaves`); where the runtime steps back from a variant for its waves and its schedule is
-/// the fastest anyway, its `maxWaves` grows to that level's instead of a new variant. Candidates
+/// faster (at a size's first level only among candidates no slower than the running schedules
+/// over all of the size's buckets, since its choice runs at the longer contexts until one of
+/// their levels overrides it): a variant from w pairs upwards, and from c tokens for a level
+/// keyed by context (`minContext`). A variant records the waves of one-split CTAs it needs where
+/// it was chosen (`maxWaves`); where, at a size's first level, the runtime steps back from a
+/// variant for its waves and its schedule is the fastest anyway, its `maxWaves` grows to that
+/// level's instead of a new variant (a level keyed by context gets a variant of its own: more
+/// waves would run it at the size's shorter contexts too). Candidates
 /// without a median at every bucket are not considered; with fewer than two buckets the base is
 /// `best` and there are no variants. With `slots` (resident CTAs of a schedule on the whole GPU)
 /// the choice follows the runtime's variantForLaunch: the schedule to beat at a level is the one
