@@ -26,7 +26,11 @@
 #include <random>
 #include <sstream>
 #include <map>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1345,16 +1349,46 @@ Timing combineBucketTimings(const std::vector<Timing> &perBucket) {
   return combined;
 }
 
+namespace {
+/// Set by spawnProcess in a worker's environment: the pid of the process that started it.
+constexpr const char kParentPidVariable[] = "KVARN_TUNE_PARENT_PID";
+} // namespace
+
 Expected<pid_t> spawnProcess(std::vector<std::string> args) {
   std::vector<char *> argv;
   for (std::string &a : args)
     argv.push_back(a.data());
   argv.push_back(nullptr);
+  // The inherited environment, with this process's pid for followParent.
+  const std::string prefix = std::string(kParentPidVariable) + "=";
+  std::vector<std::string> variables;
+  for (char **e = environ; *e; ++e)
+    if (std::strncmp(*e, prefix.c_str(), prefix.size()) != 0)
+      variables.emplace_back(*e);
+  variables.push_back(prefix + std::to_string(getpid()));
+  std::vector<char *> envp;
+  for (std::string &v : variables)
+    envp.push_back(v.data());
+  envp.push_back(nullptr);
   pid_t pid = 0;
-  if (args.empty() || posix_spawn(&pid, args[0].c_str(), nullptr, nullptr, argv.data(), environ) != 0)
+  if (args.empty() ||
+      posix_spawn(&pid, args[0].c_str(), nullptr, nullptr, argv.data(), envp.data()) != 0)
     return makeError(ErrorCode::Internal,
                      "cannot start " + (args.empty() ? std::string("a process") : args[0]));
   return pid;
+}
+
+void followParent() {
+  const char *parent = std::getenv(kParentPidVariable);
+  if (!parent)
+    return;
+  // The kernel kills this process when the thread that started it ends (spawnProcess runs on
+  // the tuning run's main thread); a parent that ended before this call is caught by its pid.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != pid_t(std::atoll(parent))) {
+    std::fprintf(stderr, "kvarn-tune: the process that started this worker has ended; stopping\n");
+    std::_Exit(1);
+  }
 }
 
 Status runTune(const TuneOptions &o) {
@@ -1440,7 +1474,34 @@ Status runTune(const TuneOptions &o) {
   const CrashLog crashes(o.crashLog);
   const int threads =
       o.compileThreads > 0 ? o.compileThreads : hostThreads();
-  // Step 3. Tune each spec; the report is rewritten after each so a run can be resumed.
+  // Configs from every tuned spec (resumed ones included), written after each spec as well as at
+  // the end, so a run that is interrupted (a timeout, Ctrl-C, a lost machine) leaves the entries
+  // of the specs it finished in the configs and not only in the report.
+  const std::string path = o.configsDirectory + "/" + key + ".json";
+  auto publishConfigs = [&](const std::function<void(const std::string &)> &log) -> Status {
+    nlohmann::json configs;
+    configs["environment"] = {{"name", info->name},
+                              {"arch", info->arch()},
+                              {"sm_count", info->smCount},
+                              {"l2_bytes", info->l2Bytes},
+                              {"memory_clock_khz", info->memoryClockKhz},
+                              {"driver", info->driverVersion},
+                              {"nvrtc", nvrtcVersion()},
+                              {"kvarn", KVARN_VERSION}};
+    configs["bucket"] = {{"batch", o.batch}, {"context", o.context}, {"kv_heads", o.numKvHeads}};
+    if (!o.alsoBuckets.empty()) { // decode medians are geometric means over all buckets
+      nlohmann::json also = nlohmann::json::array();
+      for (const auto &[batch, context] : o.alsoBuckets)
+        also.push_back({{"batch", batch}, {"context", context}});
+      configs["also_buckets"] = also;
+    }
+    // Decode variants from every result's per-bucket medians (resumed ones included).
+    addDecodeVariants(results, o, info->smCount, log);
+    configs["entries"] = nlohmann::json::parse(configEntriesJson(results));
+    return writeConfigs(path, configs.dump());
+  };
+  // Step 3. Tune each spec; the report and the configs are rewritten after each, so a run can be
+  // resumed and an interrupted one keeps what it finished.
   std::vector<std::string> untuned;
   const std::vector<KernelSpec> todo = specsToTune(plan, results);
   if (todo.size() < plan.size())
@@ -1499,32 +1560,14 @@ Status runTune(const TuneOptions &o) {
       result.poolPages = o.poolPages.key();
     progress.line(prefix + formatResult(result));
     results.push_back(std::move(result));
+    // The configs first: a spec in the report (what --resume skips) is in the configs too.
+    if (Status s = publishConfigs(nullptr); !s)
+      return s;
     if (Status s = writeFileAtomically(reportPath, resultsToJson(results, key)); !s)
       return s;
   }
-  // Step 4. Configs from every tuned spec (resumed ones included).
-  nlohmann::json configs;
-  configs["environment"] = {{"name", info->name},
-                            {"arch", info->arch()},
-                            {"sm_count", info->smCount},
-                            {"l2_bytes", info->l2Bytes},
-                            {"memory_clock_khz", info->memoryClockKhz},
-                            {"driver", info->driverVersion},
-                            {"nvrtc", nvrtcVersion()},
-                            {"kvarn", KVARN_VERSION}};
-  configs["bucket"] = {{"batch", o.batch}, {"context", o.context}, {"kv_heads", o.numKvHeads}};
-  if (!o.alsoBuckets.empty()) { // decode medians are geometric means over all buckets
-    nlohmann::json also = nlohmann::json::array();
-    for (const auto &[batch, context] : o.alsoBuckets)
-      also.push_back({{"batch", batch}, {"context", context}});
-    configs["also_buckets"] = also;
-  }
-  // Decode variants from every result's per-bucket medians (resumed ones included).
-  addDecodeVariants(results, o, info->smCount,
-                    [&](const std::string &line) { progress.line(line); });
-  configs["entries"] = nlohmann::json::parse(configEntriesJson(results));
-  const std::string path = o.configsDirectory + "/" + key + ".json";
-  if (Status s = writeConfigs(path, configs.dump()); !s)
+  // Step 4. The configs once more, with the variants listed.
+  if (Status s = publishConfigs([&](const std::string &line) { progress.line(line); }); !s)
     return s;
   progress.line("tuned configs written to " + path + " (entries of specs this run did not tune "
                 "kept); report: " + reportPath);

@@ -12,6 +12,11 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+#include <csignal>
+#include <chrono>
+#include <thread>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -795,6 +800,85 @@ TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
   EXPECT_GT(measuredAfter, 0) << "no candidate was measured after the crash:\n" << log;
   std::printf("[ tuner    ] crashed candidate recorded, %d candidates measured after it\n",
               measuredAfter);
+  std::filesystem::remove_all(dir);
+}
+
+/// The text of a file, empty if it cannot be read.
+std::string fileText(const std::string &path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+/// True once `pid` has ended (gone, or a zombie nobody reaped yet).
+bool processEnded(pid_t pid) {
+  const std::string stat = fileText("/proc/" + std::to_string(pid) + "/stat");
+  const size_t paren = stat.rfind(')');
+  return stat.empty() || (paren != std::string::npos && paren + 2 < stat.size() &&
+                          stat[paren + 2] == 'Z');
+}
+
+TEST(GpuTuner, AKilledRunKeepsItsFinishedSpecsInTheConfigsAndItsWorkerEnds) {
+  KVARN_REQUIRE_GPU();
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const std::filesystem::path tune = self.parent_path() / "kvarn-tune";
+  if (ec || !std::filesystem::exists(tune))
+    GTEST_SKIP() << "kvarn-tune is not next to this test binary";
+  const std::string dir = ::testing::TempDir() + "/kvarn-killed-run-test";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  // Two decode specs; the run is killed (SIGKILL, only the parent) once the first is reported.
+  Expected<pid_t> run = autotune::spawnProcess(
+      {"/bin/sh", "-c",
+       "exec " + tune.string() + " tune --preset kvarn_k4v2_g128 --q 1 2 --no-flush --configs " +
+           dir + " --report " + dir + "/report.json > " + dir + "/log 2>&1"});
+  ASSERT_TRUE(run) << run.error().str();
+  pid_t worker = 0;
+  for (int waited = 0; waited < 600; ++waited) { // up to five minutes
+    Expected<std::vector<autotune::TuneResult>> report =
+        autotune::resultsFromJson(fileText(dir + "/report.json"));
+    if (report && report->size() == 1) {
+      std::istringstream children(fileText("/proc/" + std::to_string(*run) + "/task/" +
+                                           std::to_string(*run) + "/children"));
+      children >> worker;
+      break;
+    }
+    ASSERT_FALSE(processEnded(*run)) << "the run ended before its first spec was reported:\n"
+                                     << fileText(dir + "/log");
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  ASSERT_GT(worker, 0) << "no worker process or no spec reported in time:\n" << fileText(dir + "/log");
+  ASSERT_EQ(kill(*run, SIGKILL), 0);
+  int status = 0;
+  waitpid(*run, &status, 0);
+  bool workerEnded = false;
+  for (int waited = 0; waited < 100 && !workerEnded; ++waited) {
+    workerEnded = processEnded(worker);
+    if (!workerEnded)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(workerEnded) << "worker " << worker << " outlived the run that started it";
+  if (!workerEnded)
+    kill(worker, SIGKILL);
+  // The configs hold the finished spec, not the one cut short.
+  std::string configsText;
+  for (const auto &entry : std::filesystem::directory_iterator(dir))
+    if (entry.path().extension() == ".json" && entry.path().filename() != "report.json")
+      configsText = fileText(entry.path().string());
+  ASSERT_FALSE(configsText.empty()) << "no configs written before the run was killed:\n"
+                                    << fileText(dir + "/log");
+  const nlohmann::json configs = nlohmann::json::parse(configsText);
+  std::vector<std::string> specs;
+  for (const nlohmann::json &e : configs.at("entries"))
+    specs.push_back(e.at("spec").get<std::string>());
+  const std::string finished =
+      autotune::resultsFromJson(fileText(dir + "/report.json"))->front().spec.str();
+  EXPECT_THAT(finished, ::testing::HasSubstr("decode:kvarn_k4v2_g128:d128:q1:"));
+  EXPECT_THAT(specs, ::testing::ElementsAre(finished)) << "configs:\n" << configsText;
+  std::printf("[ tuner    ] killed after its first spec: configs hold %zu entry, worker %d ended\n",
+              specs.size(), int(worker));
   std::filesystem::remove_all(dir);
 }
 

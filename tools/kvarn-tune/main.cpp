@@ -628,6 +628,7 @@ int main(int argc, char **argv) {
   if (app.got_subcommand(bundleCommand))
     return runBundleCommand(bundleAction, bundlePath, bundleArch, bundleConfigs);
   if (app.got_subcommand(tuneCommand)) {
+    autotune::followParent(); // a worker ends with the run that started it
     for (const std::string &text : alsoBuckets) {
       Expected<std::vector<std::pair<int, int>>> buckets = autotune::parseBuckets(text);
       if (!buckets) {

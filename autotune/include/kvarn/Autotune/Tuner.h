@@ -207,8 +207,14 @@ void addDecodeVariants(std::vector<TuneResult> &results, const TuneOptions &o, i
 /// p10s and p90s, and of the graph times when every bucket has one; the samples add up.
 Timing combineBucketTimings(const std::vector<Timing> &perBucket);
 
-/// Starts `args[0]` with `args` (the environment inherited) and returns its pid.
+/// Starts `args[0]` with `args` (the environment inherited, plus this process's pid for
+/// followParent) and returns its pid. Call it from the thread that waits for the process.
 Expected<pid_t> spawnProcess(std::vector<std::string> args);
+
+/// In a process started by spawnProcess: ends this process (SIGKILL) when the process that
+/// started it ends, so a tuning worker does not keep the GPU or rewrite the configs after its
+/// parent was killed; exits at once if that parent has already ended. Does nothing elsewhere.
+void followParent();
 
 /// Tunes decode and flush of the presets on a GPU and writes `<configs>/<gpu key>.json` and the
 /// JSON report (updated after every spec, so an interrupted run can be resumed). A candidate that
