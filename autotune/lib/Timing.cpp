@@ -127,8 +127,10 @@ Expected<std::vector<double>> timeInterleaved(const std::vector<std::function<St
   return medians;
 }
 
-Expected<double> timeGraphReplay(const std::function<Status(CUstream)> &launch, int iterations) {
+Expected<double> timeGraphReplay(const std::function<Status(CUstream, int)> &launch,
+                                 int launches, int iterations, double restRatio) {
   const Driver &d = driver();
+  launches = std::max(1, launches);
   CUstream stream = nullptr;
   if (Status s = KVARN_CU(d.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING)); !s)
     return s.error();
@@ -136,7 +138,9 @@ Expected<double> timeGraphReplay(const std::function<Status(CUstream)> &launch, 
   CUgraphExec exec = nullptr;
   Status s = KVARN_CU(d.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL));
   if (s) {
-    Status launched = launch(stream);
+    Status launched = Status::success();
+    for (int k = 0; k < launches && launched; ++k)
+      launched = launch(stream, k);
     s = KVARN_CU(d.cuStreamEndCapture(stream, &graph));
     if (!launched)
       s = launched;
@@ -158,7 +162,9 @@ Expected<double> timeGraphReplay(const std::function<Status(CUstream)> &launch, 
     float ms = 0;
     d.cuEventElapsedTime(&ms, start, stop);
     if (it >= 0)
-      samples.push_back(ms);
+      samples.push_back(ms / launches);
+    if (restRatio > 0) // as timeInterleavedStats: below the power cap
+      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(restRatio * ms));
   }
   if (start)
     d.cuEventDestroy(start);

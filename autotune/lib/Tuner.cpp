@@ -773,6 +773,8 @@ public:
   virtual Status launch(const KernelModule &module, const Schedule &schedule, int launchIndex,
                         CUstream stream) = 0;
   virtual double rooflineBytes() const = 0;
+  /// The launches that read each L2-cold copy of the inputs once (after prepareTiming).
+  virtual int timingCopies() const { return 1; }
   /// Shapes a candidate is timed at (decode buckets); prepareTiming, launch and rooflineBytes
   /// refer to the one chosen with useBucket.
   virtual int buckets() const { return 1; }
@@ -869,6 +871,7 @@ public:
     return launchDecode(module, params, spec_.queryHeadsPerKvHead, p, stream);
   }
 
+  int timingCopies() const override { return copies_; }
   double rooflineBytes() const override { // records' fields, and pool pages' fp16 K and V rows
     return double(batch()) * o_.numKvHeads *
            o_.poolPages.decodeReadBytes(context(), spec_.format.tileTokens,
@@ -1187,8 +1190,10 @@ std::vector<Expected<Timing>> measureGroup(Workload &workload, const KernelSpec 
       if (o.graphTiming) {
         const size_t i = alive[k];
         Expected<double> graph = timeGraphReplay(
-            [&](CUstream stream) { return workload.launch(*modules[i], group[i], 0, stream); },
-            o.iterations);
+            [&](CUstream stream, int launch) {
+              return workload.launch(*modules[i], group[i], launch, stream);
+            },
+            workload.timingCopies(), o.iterations, o.restRatio);
         if (graph)
           t.graphMs = *graph;
       }

@@ -882,6 +882,46 @@ TEST(GpuTuner, AKilledRunKeepsItsFinishedSpecsInTheConfigsAndItsWorkerEnds) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(GpuTuner, GraphReplayTimesEveryCandidateOverItsColdCopies) {
+  KVARN_REQUIRE_GPU();
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const std::filesystem::path tune = self.parent_path() / "kvarn-tune";
+  if (ec || !std::filesystem::exists(tune))
+    GTEST_SKIP() << "kvarn-tune is not next to this test binary";
+  const std::string dir = ::testing::TempDir() + "/kvarn-graph-test";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  // 1 x 4K fits in L2 many times over: one graph holds a launch per cold copy (16 here), with
+  // the decode's merge kernel as a programmatic dependent of each.
+  std::string log;
+  ASSERT_EQ(runCommand(tune.string() + " tune --preset kvarn_k4v2_g128 --q 8 --no-flush --graph " +
+                           "--batch 1 --context 4096 --early-stop 0 --configs " + dir +
+                           " --report " + dir + "/report.json",
+                       dir + "/log", log),
+            0)
+      << log;
+  Expected<std::vector<autotune::TuneResult>> report =
+      autotune::resultsFromJson(fileText(dir + "/report.json"));
+  ASSERT_TRUE(report) << report.error().str();
+  ASSERT_EQ(report->size(), 1u);
+  int measured = 0;
+  double lowest = 1e9, highest = 0;
+  for (const autotune::Candidate &c : (*report)[0].candidates) {
+    if (!c.rejected.empty())
+      continue;
+    ++measured;
+    ASSERT_GT(c.timing.graphMs, 0.0) << c.schedule.str() << " has no graph time:\n" << log;
+    ASSERT_TRUE(std::isfinite(c.timing.graphMs)) << c.schedule.str();
+    lowest = std::min(lowest, c.timing.graphMs / c.timing.medianMs);
+    highest = std::max(highest, c.timing.graphMs / c.timing.medianMs);
+  }
+  EXPECT_GT(measured, 0) << log;
+  std::printf("[ tuner    ] %d candidates with graph times, graph / event median %.2f to %.2f\n",
+              measured, lowest, highest);
+  std::filesystem::remove_all(dir);
+}
+
 //===----------------------------------------------------------------------===//
 // Several GPUs: tune on every GPU, merge, and every GPU's process loads the same schedules
 //===----------------------------------------------------------------------===//

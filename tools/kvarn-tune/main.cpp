@@ -552,7 +552,10 @@ int main(int argc, char **argv) {
       ->capture_default_str();
   tuneCommand->add_flag("--exhaustive", tune.exhaustive,
                         "measure every candidate and report the regret early stop would have had");
-  tuneCommand->add_flag("--graph", tune.graphTiming, "also time CUDA-graph replay of each candidate");
+  tuneCommand->add_flag("--graph", tune.graphTiming,
+                        "also time CUDA-graph replay of each candidate (one graph of a launch "
+                        "per L2-cold copy of the inputs, rested like the event timing; "
+                        "reported, not used for the choice)");
   tuneCommand->add_flag_callback(
       "--no-gate", [&tune] { tune.gate = false; },
       "time each launch from an idle GPU (include the host's launch latency) instead of queuing "

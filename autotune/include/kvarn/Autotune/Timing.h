@@ -57,9 +57,12 @@ Expected<std::vector<Timing>> timeInterleavedStats(
 Expected<std::vector<double>> timeInterleaved(const std::vector<std::function<Status(int)>> &runs,
                                               int iterations, const LaunchGate *gate = nullptr);
 
-/// Captures one launch (issued on `stream`) into a CUDA graph and returns the median time (ms)
-/// of `iterations` replays after three warm-ups.
-Expected<double> timeGraphReplay(const std::function<Status(CUstream)> &launch, int iterations);
+/// Captures `launches` launches (`launch(stream, k)`, k = 0 .. launches - 1: one per L2-cold copy
+/// of the inputs, so no launch finds its bytes in L2) into one CUDA graph and returns the median
+/// time per launch (ms) of `iterations` replays after three warm-ups; after each replay the GPU
+/// rests `restRatio` times the replay's time, as in timeInterleavedStats.
+Expected<double> timeGraphReplay(const std::function<Status(CUstream, int)> &launch, int launches,
+                                 int iterations, double restRatio = 0);
 
 /// The GPU's read bandwidth (GB/s): a streaming read of 4 GiB, median of 10.
 Expected<double> measureReadBandwidth(const DeviceInfo &info);
