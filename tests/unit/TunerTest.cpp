@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -996,3 +998,21 @@ TEST(TuneConfigs, RunsWritingOneFileAtOnceKeepEachOthersEntries) {
 }
 
 } // namespace
+
+TEST(SpawnProcess, TellsTheChildItsParentsPidReplacingAnInheritedOne) {
+  const std::string path = ::testing::TempDir() + "/kvarn-spawn-parent-pid";
+  std::filesystem::remove(path);
+  ::setenv("KVARN_TUNE_PARENT_PID", "12345", 1); // as if this process were a worker itself
+  Expected<pid_t> child = autotune::spawnProcess(
+      {"/bin/sh", "-c", "printf '%s' \"$KVARN_TUNE_PARENT_PID\" > " + path});
+  ::unsetenv("KVARN_TUNE_PARENT_PID");
+  ASSERT_TRUE(child) << child.error().str();
+  int status = 0;
+  ASSERT_EQ(waitpid(*child, &status, 0), *child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  std::ifstream in(path);
+  std::string seen;
+  std::getline(in, seen);
+  EXPECT_EQ(seen, std::to_string(getpid()));
+  std::filesystem::remove(path);
+}
