@@ -748,42 +748,69 @@ TEST(GpuDequantize, ReconstructsExactlyLikeTheReference) {
 // Tuner crash recovery (a child kvarn-tune process: a context reset must not touch this one)
 //===----------------------------------------------------------------------===//
 
+/// The text of a file, empty if it cannot be read.
+std::string fileText(const std::string &path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
 /// Runs a shell command, returns its exit status and fills `output` with stdout + stderr.
 int runCommand(const std::string &command, const std::string &logPath, std::string &output) {
   const int status = std::system((command + " > " + logPath + " 2>&1").c_str());
-  std::ifstream in(logPath);
-  std::stringstream text;
-  text << in.rdbuf();
-  output = text.str();
+  output = fileText(logPath);
   return status;
+}
+
+/// The kvarn-tune binary next to this test binary; empty if there is none.
+std::filesystem::path tuneBinary() {
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const std::filesystem::path tune = self.parent_path() / "kvarn-tune";
+  return !ec && std::filesystem::exists(tune) ? tune : std::filesystem::path();
+}
+
+/// Runs `kvarn-tune tune <arguments>` with its configs and report (report.json) in `dir` and
+/// returns the report's one result; `log` gets the run's output.
+Expected<autotune::TuneResult> tuneOneSpec(const std::filesystem::path &tune, const std::string &dir,
+                                           const std::string &arguments, std::string &log) {
+  if (runCommand(tune.string() + " tune " + arguments + " --configs " + dir + " --report " + dir +
+                     "/report.json",
+                 dir + "/log", log) != 0)
+    return makeError(ErrorCode::Internal, "kvarn-tune tune failed:\n" + log);
+  Expected<std::vector<autotune::TuneResult>> report =
+      autotune::resultsFromJson(fileText(dir + "/report.json"));
+  if (!report)
+    return report.error();
+  if (report->size() != 1)
+    return makeError(ErrorCode::Internal,
+                     "the report holds " + std::to_string(report->size()) + " specs, not one");
+  return std::move(report->front());
+}
+
+/// An empty directory `name` under the tests' temporary directory.
+std::string freshDirectory(const std::string &name) {
+  const std::string dir = ::testing::TempDir() + "/" + name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
 }
 
 TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
   KVARN_REQUIRE_GPU();
-  std::error_code ec;
-  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  const std::filesystem::path tune = self.parent_path() / "kvarn-tune";
-  if (ec || !std::filesystem::exists(tune))
+  const std::filesystem::path tune = tuneBinary();
+  if (tune.empty())
     GTEST_SKIP() << "kvarn-tune is not next to this test binary";
-  const std::string dir = ::testing::TempDir() + "/kvarn-crash-test";
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
+  const std::string dir = freshDirectory("kvarn-crash-test");
   const std::string crash =
       "warps=1,stages=2,splits=0,heads_per_cta=0,mma=m16n8k16,rows_per_cta=4,min_ctas=0";
   std::string log;
-  ASSERT_EQ(runCommand(tune.string() + " tune --preset kvarn_k4v2_g128 --q 1 --no-flush " +
-                           "--early-stop 0 --inject-crash " + crash + " --configs " + dir +
-                           " --report " + dir + "/report.json",
-                       dir + "/log", log),
-            0)
-      << log;
-  std::ifstream reportFile(dir + "/report.json");
-  std::stringstream text;
-  text << reportFile.rdbuf();
-  Expected<std::vector<autotune::TuneResult>> report = autotune::resultsFromJson(text.str());
-  ASSERT_TRUE(report) << report.error().str();
-  ASSERT_EQ(report->size(), 1u);
-  const autotune::TuneResult &r = (*report)[0];
+  Expected<autotune::TuneResult> result = tuneOneSpec(
+      tune, dir, "--preset kvarn_k4v2_g128 --q 1 --no-flush --early-stop 0 --inject-crash " + crash,
+      log);
+  ASSERT_TRUE(result) << result.error().str();
+  const autotune::TuneResult &r = *result;
   EXPECT_TRUE(r.found) << log;
   bool crashed = false;
   int measuredAfter = 0;
@@ -803,14 +830,6 @@ TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
   std::filesystem::remove_all(dir);
 }
 
-/// The text of a file, empty if it cannot be read.
-std::string fileText(const std::string &path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 /// True once `pid` has ended (gone, or a zombie nobody reaped yet).
 bool processEnded(pid_t pid) {
   const std::string stat = fileText("/proc/" + std::to_string(pid) + "/stat");
@@ -821,14 +840,10 @@ bool processEnded(pid_t pid) {
 
 TEST(GpuTuner, AKilledRunKeepsItsFinishedSpecsInTheConfigsAndItsWorkerEnds) {
   KVARN_REQUIRE_GPU();
-  std::error_code ec;
-  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  const std::filesystem::path tune = self.parent_path() / "kvarn-tune";
-  if (ec || !std::filesystem::exists(tune))
+  const std::filesystem::path tune = tuneBinary();
+  if (tune.empty())
     GTEST_SKIP() << "kvarn-tune is not next to this test binary";
-  const std::string dir = ::testing::TempDir() + "/kvarn-killed-run-test";
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
+  const std::string dir = freshDirectory("kvarn-killed-run-test");
   // Two decode specs; the run is killed (SIGKILL, only the parent) once the first is reported.
   Expected<pid_t> run = autotune::spawnProcess(
       {"/bin/sh", "-c",
@@ -884,30 +899,21 @@ TEST(GpuTuner, AKilledRunKeepsItsFinishedSpecsInTheConfigsAndItsWorkerEnds) {
 
 TEST(GpuTuner, GraphReplayTimesEveryCandidateOverItsColdCopies) {
   KVARN_REQUIRE_GPU();
-  std::error_code ec;
-  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  const std::filesystem::path tune = self.parent_path() / "kvarn-tune";
-  if (ec || !std::filesystem::exists(tune))
+  const std::filesystem::path tune = tuneBinary();
+  if (tune.empty())
     GTEST_SKIP() << "kvarn-tune is not next to this test binary";
-  const std::string dir = ::testing::TempDir() + "/kvarn-graph-test";
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
+  const std::string dir = freshDirectory("kvarn-graph-test");
   // 1 x 4K fits in L2 many times over: one graph holds a launch per cold copy (16 here), with
   // the decode's merge kernel as a programmatic dependent of each.
   std::string log;
-  ASSERT_EQ(runCommand(tune.string() + " tune --preset kvarn_k4v2_g128 --q 8 --no-flush --graph " +
-                           "--batch 1 --context 4096 --early-stop 0 --configs " + dir +
-                           " --report " + dir + "/report.json",
-                       dir + "/log", log),
-            0)
-      << log;
-  Expected<std::vector<autotune::TuneResult>> report =
-      autotune::resultsFromJson(fileText(dir + "/report.json"));
-  ASSERT_TRUE(report) << report.error().str();
-  ASSERT_EQ(report->size(), 1u);
+  Expected<autotune::TuneResult> result = tuneOneSpec(
+      tune, dir,
+      "--preset kvarn_k4v2_g128 --q 8 --no-flush --graph --batch 1 --context 4096 --early-stop 0",
+      log);
+  ASSERT_TRUE(result) << result.error().str();
   int measured = 0;
   double lowest = 1e9, highest = 0;
-  for (const autotune::Candidate &c : (*report)[0].candidates) {
+  for (const autotune::Candidate &c : result->candidates) {
     if (!c.rejected.empty())
       continue;
     ++measured;
