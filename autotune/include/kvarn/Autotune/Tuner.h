@@ -217,7 +217,8 @@ Expected<pid_t> spawnProcess(std::vector<std::string> args);
 void followParent();
 
 /// Tunes decode and flush of the presets on a GPU and writes `<configs>/<gpu key>.json` and the
-/// JSON report (updated after every spec, so an interrupted run can be resumed). A candidate that
+/// JSON report (both updated after every spec, the configs first, so an interrupted run keeps
+/// what it finished and can be resumed). A candidate that
 /// breaks the GPU context ends the process (sticky errors cannot be recovered in-process): as a
 /// worker (options.crashLog set) after recording it, otherwise with the reason.
 Status runTune(const TuneOptions &options);
