@@ -94,7 +94,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   const int g = format->tileTokens, d = o.headDim, hk = o.numKvHeads;
   const int q = o.numQueryHeads / hk;
   const std::string spec = "decode:" + format->presetName() + ":d" + std::to_string(d) + ":q" +
-                           std::to_string(q) + ":f16:" + info.arch();
+                           std::to_string(q) + ":" + dtypeField(o.dtype) + ":" + info.arch();
   Schedule schedule, baselineSchedule;
   std::vector<std::pair<ScheduleVariant, KernelModule>> variants; // configs' larger-launch schedules
   Expected<KernelModule> module = buildKernel(spec, o.schedule, o, info, &schedule, &variants);
@@ -182,7 +182,7 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       for (int k = 0; k < fp16Blocks; ++k)
         identity[k] = k;
       std::vector<int32_t> lens(batch, context);
-      std::vector<uint16_t> queries = decodeTimingQueries(size_t(batch) * o.numQueryHeads * d, DType::F16);
+      std::vector<uint16_t> queries = decodeTimingQueries(size_t(batch) * o.numQueryHeads * d, o.dtype);
       Expected<DeviceBuffer> dTables = DeviceBuffer::allocate(tables.size() * 4),
                              dQuantized = DeviceBuffer::allocate(quantized.size() * 4),
                              dIdentity = DeviceBuffer::allocate(identity.size() * 4),

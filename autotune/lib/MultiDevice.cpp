@@ -140,6 +140,7 @@ std::vector<std::string> workerArguments(const TuneOptions &o, int device,
   args.push_back("--q");
   for (int q : o.queryHeadsPerKvHead)
     args.push_back(std::to_string(q));
+  args.insert(args.end(), {"--dtype", dtypeField(o.dtype)});
   if (o.compileThreads > 0) {
     args.push_back("--compile-threads");
     args.push_back(std::to_string(o.compileThreads));

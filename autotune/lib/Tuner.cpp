@@ -1442,6 +1442,7 @@ Status runTune(const TuneOptions &o) {
       KernelSpec spec;
       spec.format = *format;
       spec.queryHeadsPerKvHead = q;
+      spec.dtype = o.dtype;
       spec.arch = info->arch();
       if (q < 1 || q > 16)
         return makeError(ErrorCode::InvalidArgument,

@@ -71,10 +71,21 @@ Status validateArch(std::string_view arch) {
                    "unsupported arch '" + std::string(arch) + "' (supported: " + list + ")");
 }
 
+const char *dtypeField(DType dtype) { return dtype == DType::F16 ? "f16" : "bf16"; }
+
+Expected<DType> parseDtypeField(std::string_view field) {
+  if (field == "f16")
+    return DType::F16;
+  if (field == "bf16")
+    return DType::BF16;
+  return makeError(ErrorCode::InvalidArgument,
+                   "dtype '" + std::string(field) + "': expected f16 or bf16");
+}
+
 std::string KernelSpec::str() const {
   std::string text = std::string(opKindName(op)) + ":" + format.presetName() + ":d" +
                      std::to_string(format.headDim) + ":q" + std::to_string(queryHeadsPerKvHead) +
-                     ":" + (dtype == DType::F16 ? "f16" : "bf16") + ":" + arch;
+                     ":" + dtypeField(dtype) + ":" + arch;
   if (format.sinkhornIterations != kDefaultSinkhornIterations)
     text += ":it" + std::to_string(format.sinkhornIterations);
   if (format.alignment == RecordAlignment::Compact)
@@ -124,12 +135,10 @@ Expected<KernelSpec> parseKernelSpec(std::string_view text) {
   if ((spec.op != OpKind::Decode && spec.op != OpKind::Extend) && spec.queryHeadsPerKvHead != 1)
     return fieldError(4, "query heads per kv head", fields[3],
                       std::string(opKindName(spec.op)) + " kernels take q1");
-  if (fields[4] == "f16")
-    spec.dtype = DType::F16;
-  else if (fields[4] == "bf16")
-    spec.dtype = DType::BF16;
-  else
+  Expected<DType> dtype = parseDtypeField(fields[4]);
+  if (!dtype)
     return fieldError(5, "dtype", fields[4], "expected f16 or bf16");
+  spec.dtype = *dtype;
   if (Status s = validateArch(fields[5]); !s)
     return fieldError(6, "arch", fields[5], s.error().message);
   spec.arch = std::string(fields[5]);

@@ -28,6 +28,18 @@ TEST(KernelSpec, TextFormRoundTrips) {
   EXPECT_EQ(recordLayout(spec.format).tileBytesAligned, 35072u); // no power-of-two padding
 }
 
+TEST(KernelSpec, DtypeFieldsRoundTripAndOthersAreRefused) {
+  for (DType dtype : {DType::F16, DType::BF16}) {
+    Expected<DType> parsed = parseDtypeField(dtypeField(dtype));
+    ASSERT_TRUE(parsed);
+    EXPECT_EQ(*parsed, dtype);
+  }
+  EXPECT_STREQ(dtypeField(DType::BF16), "bf16");
+  Expected<DType> wrong = parseDtypeField("fp16"); // the name dtypeName prints is not a field
+  ASSERT_FALSE(wrong);
+  EXPECT_THAT(wrong.error().message, HasSubstr("expected f16 or bf16"));
+}
+
 std::string specError(const std::string &text) {
   Expected<KernelSpec> spec = parseKernelSpec(text);
   EXPECT_FALSE(spec) << text;

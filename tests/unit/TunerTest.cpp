@@ -429,6 +429,7 @@ TEST(MultiDevice, WorkersGetTheRunsOptions) {
   EXPECT_EQ(after("--configs"), "/tmp/c");
   EXPECT_EQ(after("--preset"), "kvarn_k4v2_g128");
   EXPECT_EQ(after("--q"), "4");
+  EXPECT_EQ(after("--dtype"), "f16");
   EXPECT_NE(std::find(args.begin(), args.end(), "--exhaustive"), args.end());
   EXPECT_EQ(std::stod(after("--budget")), 60.0);
   EXPECT_EQ(std::find(args.begin(), args.end(), "--no-decode"), args.end());
@@ -443,6 +444,10 @@ TEST(MultiDevice, WorkersGetTheRunsOptions) {
   args = workerArguments(o, 3, "/tmp/r.json", "/tmp/c");
   EXPECT_EQ(std::stod(after("--rest")), 0.0);
   o.restRatio = 1;
+  o.dtype = DType::BF16; // bf16 decode specs reach every worker
+  args = workerArguments(o, 3, "/tmp/r.json", "/tmp/c");
+  EXPECT_EQ(after("--dtype"), "bf16");
+  o.dtype = DType::F16;
   o.poolPages.sink = o.poolPages.tail = true; // the engine layout reaches every worker
   args = workerArguments(o, 3, "/tmp/r.json", "/tmp/c");
   EXPECT_NE(std::find(args.begin(), args.end(), "--sink"), args.end());

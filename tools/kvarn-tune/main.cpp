@@ -468,6 +468,12 @@ int main(int argc, char **argv) {
   benchCommand->add_option("--head-dim", bench.headDim, "head_dim")->capture_default_str();
   benchCommand->add_option("--query-heads", bench.numQueryHeads, "Hq")->capture_default_str();
   benchCommand->add_option("--kv-heads", bench.numKvHeads, "Hk")->capture_default_str();
+  std::string benchDtype = "f16";
+  benchCommand
+      ->add_option("--dtype", benchDtype,
+                   "decode: queries and outputs of both kernels (the pools are fp16 either way)")
+      ->check(CLI::IsMember({"f16", "bf16"}))
+      ->capture_default_str();
   benchCommand->add_option("--batch", bench.batches, "batch sizes")->capture_default_str();
   benchCommand->add_option("--context", bench.contexts, "context lengths")->capture_default_str();
   benchCommand->add_option("--iterations", bench.iterations, "timed launches per kernel")
@@ -527,6 +533,13 @@ int main(int argc, char **argv) {
   tuneCommand->add_option("--preset", tune.presets, "presets")->capture_default_str();
   tuneCommand->add_option("--head-dim", tune.headDim, "head_dim")->capture_default_str();
   tuneCommand->add_option("--q", tune.queryHeadsPerKvHead, "query heads per kv head")
+      ->capture_default_str();
+  std::string tuneDtype = "f16";
+  tuneCommand
+      ->add_option("--dtype", tuneDtype,
+                   "queries and outputs of the decode specs (flush specs stay f16: the pool is "
+                   "fp16 whatever the model's dtype)")
+      ->check(CLI::IsMember({"f16", "bf16"}))
       ->capture_default_str();
   tuneCommand->add_option("--batch", tune.batch, "decode batch of the tuning bucket")
       ->capture_default_str();
@@ -632,6 +645,7 @@ int main(int argc, char **argv) {
     return runBundleCommand(bundleAction, bundlePath, bundleArch, bundleConfigs);
   if (app.got_subcommand(tuneCommand)) {
     autotune::followParent(); // a worker ends with the run that started it
+    tune.dtype = *parseDtypeField(tuneDtype); // checked by CLI11
     for (const std::string &text : alsoBuckets) {
       Expected<std::vector<std::pair<int, int>>> buckets = autotune::parseBuckets(text);
       if (!buckets) {
@@ -687,6 +701,7 @@ int main(int argc, char **argv) {
   if (app.got_subcommand(compileTime))
     return runCompileTime(timedSpecs, repeats, nvrtcCache);
   if (app.got_subcommand(benchCommand)) {
+    bench.dtype = *parseDtypeField(benchDtype); // checked by CLI11
     if (!benchOnly.empty()) {
       auto has = [&](const char *what) {
         return std::find(benchOnly.begin(), benchOnly.end(), what) != benchOnly.end();

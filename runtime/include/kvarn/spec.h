@@ -35,6 +35,11 @@ struct KernelSpec {
 /// Parses the text form; errors name the field, the value and what is allowed.
 Expected<KernelSpec> parseKernelSpec(std::string_view text);
 
+/// A dtype as a spec key names it: "f16" or "bf16".
+const char *dtypeField(DType dtype);
+/// The dtype a spec key's field names ("f16" or "bf16"); an error for anything else.
+Expected<DType> parseDtypeField(std::string_view field);
+
 /// Architectures NVRTC is asked to build for.
 Status validateArch(std::string_view arch);
 

@@ -146,6 +146,9 @@ struct TuneOptions {
   std::vector<std::string> presets = {"kvarn_k4v2_g128", "kvarn_k4v4_g128"};
   int headDim = 128;
   std::vector<int> queryHeadsPerKvHead = {1, 2, 4, 8};
+  /// Queries and outputs of the decode specs. Flush specs stay f16: the pool it reads is fp16
+  /// whatever the model's dtype (append converts bf16 rows).
+  DType dtype = DType::F16;
   int numKvHeads = 8;
   int batch = 16; ///< decode bucket the configs are tuned at
   int context = 16384;
