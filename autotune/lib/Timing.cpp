@@ -12,6 +12,13 @@ namespace kvarn::autotune {
 namespace {
 const Driver &driver() { return **Driver::get(); }
 
+/// After `ms` of GPU work, idles for `restRatio` times it (nothing at 0), so heavy launches timed
+/// back to back do not hold the GPU at its power cap.
+void rest(float ms, double restRatio) {
+  if (restRatio > 0)
+    std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(restRatio * ms));
+}
+
 /// Compiles a one-kernel CUDA source for the device and loads its function `name`.
 Expected<KernelModule> loadUtilityKernel(const DeviceInfo &info, const char *source,
                                          const char *programName, const char *name, int warps) {
@@ -99,8 +106,7 @@ Expected<std::vector<Timing>> timeInterleavedStats(
       float ms = 0;
       d.cuEventElapsedTime(&ms, start, stop);
       samples[k].push_back(ms);
-      if (restRatio > 0)
-        std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(restRatio * ms));
+      rest(ms, restRatio);
     }
   release();
   std::vector<Timing> timings;
@@ -163,8 +169,7 @@ Expected<double> timeGraphReplay(const std::function<Status(CUstream, int)> &lau
     d.cuEventElapsedTime(&ms, start, stop);
     if (it >= 0)
       samples.push_back(ms / launches);
-    if (restRatio > 0) // as timeInterleavedStats: below the power cap
-      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(restRatio * ms));
+    rest(ms, restRatio);
   }
   if (start)
     d.cuEventDestroy(start);

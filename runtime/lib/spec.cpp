@@ -79,7 +79,7 @@ Expected<DType> parseDtypeField(std::string_view field) {
   if (field == "bf16")
     return DType::BF16;
   return makeError(ErrorCode::InvalidArgument,
-                   "dtype '" + std::string(field) + "': expected f16 or bf16");
+                   "dtype " + quoted(field) + ": expected f16 or bf16");
 }
 
 std::string KernelSpec::str() const {

@@ -367,6 +367,19 @@ Expected<std::vector<int>> parseDevices(const std::string &text) {
 }
 
 /// This program's path (for worker processes).
+/// A `--dtype f16|bf16` option of `command` into `field` (the spec key's names, checked by
+/// parseDtypeField).
+void addDtypeOption(CLI::App *command, std::string &field, const std::string &description) {
+  command->add_option("--dtype", field, description)
+      ->check(
+          [](const std::string &text) {
+            Expected<DType> dtype = parseDtypeField(text);
+            return dtype ? std::string() : dtype.error().message;
+          },
+          "f16|bf16")
+      ->capture_default_str();
+}
+
 std::string selfExecutable(const char *argv0) {
   std::error_code ec;
   std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
@@ -469,11 +482,8 @@ int main(int argc, char **argv) {
   benchCommand->add_option("--query-heads", bench.numQueryHeads, "Hq")->capture_default_str();
   benchCommand->add_option("--kv-heads", bench.numKvHeads, "Hk")->capture_default_str();
   std::string benchDtype = "f16";
-  benchCommand
-      ->add_option("--dtype", benchDtype,
-                   "decode: queries and outputs of both kernels (the pools are fp16 either way)")
-      ->check(CLI::IsMember({"f16", "bf16"}))
-      ->capture_default_str();
+  addDtypeOption(benchCommand, benchDtype,
+                 "decode: queries and outputs of both kernels (the pools are fp16 either way)");
   benchCommand->add_option("--batch", bench.batches, "batch sizes")->capture_default_str();
   benchCommand->add_option("--context", bench.contexts, "context lengths")->capture_default_str();
   benchCommand->add_option("--iterations", bench.iterations, "timed launches per kernel")
@@ -535,12 +545,9 @@ int main(int argc, char **argv) {
   tuneCommand->add_option("--q", tune.queryHeadsPerKvHead, "query heads per kv head")
       ->capture_default_str();
   std::string tuneDtype = "f16";
-  tuneCommand
-      ->add_option("--dtype", tuneDtype,
-                   "queries and outputs of the decode specs (flush specs stay f16: the pool is "
-                   "fp16 whatever the model's dtype)")
-      ->check(CLI::IsMember({"f16", "bf16"}))
-      ->capture_default_str();
+  addDtypeOption(tuneCommand, tuneDtype,
+                 "queries and outputs of the decode specs (flush specs stay f16: the pool is "
+                 "fp16 whatever the model's dtype)");
   tuneCommand->add_option("--batch", tune.batch, "decode batch of the tuning bucket")
       ->capture_default_str();
   tuneCommand->add_option("--context", tune.context, "decode context of the tuning bucket")
