@@ -61,9 +61,9 @@ Status attend(const DecodeProblem &p, int numSplits, bool rotate, const BlockLoa
     for (size_t i = 0; i < h16.size(); ++i)
       h[i] = halfToFloat(h16[i]);
   }
-  auto roundDType = [&](double v) {
-    return dtypeToFloat(floatToDType(static_cast<float>(v), p.dtype), p.dtype);
-  };
+  // The format is fp16 from the rotation on, whatever the model's dtype (kvarn-format.md §1–2):
+  // q_rot and out_rot round to fp16, and a bf16 output is the fp16 output converted.
+  auto roundHalf = [](double v) { return halfToFloat(floatToHalf(static_cast<float>(v))); };
   // One task per (request, kv head) on every host thread; each writes only its own heads'
   // outputs, and the first error in task order is returned.
   const size_t tasks = static_cast<size_t>(p.batch) * p.numKvHeads;
@@ -94,7 +94,7 @@ Status attend(const DecodeProblem &p, int numSplits, bool rotate, const BlockLoa
       for (int qi = 0; qi < group; ++qi) {
         const int qh = kvh * group + qi;
         const size_t base = (static_cast<size_t>(b) * p.numQueryHeads + qh) * d;
-        // Step 2. q_rot = dtype(q · H16) with fp32 accumulation.
+        // Step 2. q_rot = fp16(q · H16) with fp32 accumulation.
         std::vector<double> q(d);
         for (int j = 0; j < d; ++j) {
           if (!rotate) {
@@ -104,7 +104,7 @@ Status attend(const DecodeProblem &p, int numSplits, bool rotate, const BlockLoa
           float acc = 0;
           for (int c = 0; c < d; ++c)
             acc += dtypeToFloat(p.query[base + c], p.dtype) * h[static_cast<size_t>(c) * d + j];
-          q[j] = roundDType(acc);
+          q[j] = roundHalf(acc);
         }
         // Step 3. Per split of whole blocks: partial output and log-sum-exp; then merge.
         std::vector<double> merged(d, 0.0);
@@ -149,7 +149,7 @@ Status attend(const DecodeProblem &p, int numSplits, bool rotate, const BlockLoa
           for (double &m : merged)
             m /= total;
         }
-        // Step 4. out = dtype(dtype(out_rot) · H16); seq_len 0 gives zeros.
+        // Step 4. out = dtype(fp16(fp16(out_rot) · H16)); seq_len 0 gives zeros.
         for (int j = 0; j < d; ++j) {
           double o = 0;
           if (!rotate) {
@@ -157,8 +157,8 @@ Status attend(const DecodeProblem &p, int numSplits, bool rotate, const BlockLoa
           } else if (len > 0) {
             float acc = 0;
             for (int c = 0; c < d; ++c)
-              acc += roundDType(merged[c]) * h[static_cast<size_t>(c) * d + j];
-            o = acc;
+              acc += roundHalf(merged[c]) * h[static_cast<size_t>(c) * d + j];
+            o = roundHalf(acc);
           }
           out[base + j] = floatToDType(static_cast<float>(o), p.dtype);
         }

@@ -326,6 +326,14 @@ template <> __device__ __forceinline__ BFloat16 fromFloat<BFloat16>(float value)
 template <typename T> __device__ __forceinline__ float roundTo(float value) {
   return toFloat<T>(fromFloat<T>(value));
 }
+/// An output value in the activation dtype: the format's fp16 value, converted (bf16 outputs
+/// are bf16(fp16(x)), as the format keeps fp16 up to the output).
+template <typename T> __device__ __forceinline__ T outputValue(float value) {
+  if constexpr (SameType<T, Half>::value)
+    return floatToHalf(value);
+  else
+    return fromFloat<T>(roundTo<Half>(value));
+}
 
 /// fp16 of 1/sqrt(D) as the reference's H16 holds it.
 template <int D> __device__ __forceinline__ float hadamardScale() {

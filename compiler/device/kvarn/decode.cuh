@@ -127,7 +127,7 @@ struct DecodeContext {
   int seqLen, pageBegin, pageEnd;
   bool merged;
   unsigned char *shared;
-  uint32_t query[NQ][KC][2];       ///< q_rot pairs (activation dtype bits), B-fragment order
+  uint32_t query[NQ][KC][2];       ///< q_rot pairs (fp16 bits), B-fragment order
   int windowFirst;                 ///< first page of the lookup window (-1: none yet)
   int windowBlock, windowSlot;     ///< lane k: block and pool slot of page windowFirst + k*WARPS
   bool slotsPending;               ///< EARLY: the window's block ids are loading, its slots not yet
@@ -351,16 +351,14 @@ struct DecodeContext {
   __device__ __forceinline__ int validTokens(int page) const {
     return min(G, seqLen - page * G);
   }
-  __device__ __forceinline__ float2 queryFloat2(int n, int kc, int half) const {
-    return unpackPair<T>(query[n][kc][half]);
-  }
 };
 
 //===----------------------------------------------------------------------===//
 // Building blocks called by the generated kernels.
 //===----------------------------------------------------------------------===//
 
-/// q_rot = dtype(q * H16) for the GQA group: a warp per query row, lane l holding its HD / 32
+/// q_rot = fp16(q * H16) for the GQA group (fp16 whatever the query dtype: the format is fp16
+/// from the rotation on): a warp per query row, lane l holding its HD / 32
 /// contiguous channels (one vector load, butterflies in registers and across the warp), written
 /// to shared memory for the pool-page path; then each lane keeps its B-fragment pairs: channels
 /// 16*kc + 4*t + {0,1} and {2,3} of query 8*n + i.
@@ -399,7 +397,7 @@ template <typename Ctx> __device__ __forceinline__ void rotateQuery(Ctx &c) {
       laneGroupFwht<E, 32>(x, c.lane);
 #pragma unroll
       for (int e = 0; e < E; ++e)
-        x[e] = roundTo<T>(x[e] * scale);
+        x[e] = roundTo<Half>(x[e] * scale);
     } else {
 #pragma unroll
       for (int e = 0; e < E; ++e)
@@ -422,9 +420,7 @@ template <typename Ctx> __device__ __forceinline__ void rotateQuery(Ctx &c) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const float *row = qs + (8 * n + c.i) * Ctx::HD + 16 * kc + 4 * c.t + 2 * half;
-        const T lo = fromFloat<T>(row[0]), hi = fromFloat<T>(row[1]);
-        c.query[n][kc][half] = uint32_t(*reinterpret_cast<const unsigned short *>(&lo)) |
-                               (uint32_t(*reinterpret_cast<const unsigned short *>(&hi)) << 16);
+        c.query[n][kc][half] = packHalf2(row[0], row[1]); // exact: fp16 values
       }
 }
 
@@ -571,71 +567,35 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
   float bias[Ctx::NQ][4];
   // Step 1. q' = q_rot * K_s_col as fp16 B fragments, and the bias sum_d q[d] K_zp[d] of each
   // query (accumulator order: queries 2t, 2t + 1, 2t, 2t + 1).
-  if constexpr (SameType<typename Ctx::Type, Half>::value) {
-    // fp16 queries: HMUL2 rounds the exact product q * K_s_col once, HFMA2 the exact residual;
-    // the bias is one MMA per k-chunk with rows 0..7 of A holding K_zp (exact products). Rows
-    // 8..15 are left as they are (their sums, accumulators 2 and 3, are never read), so A is the
-    // two loaded words in place, with no register copies to build the fragment.
+  // q_rot is fp16 for either query dtype. HMUL2 rounds the exact product q * K_s_col once, HFMA2
+  // the exact residual; the bias is one MMA per k-chunk with rows 0..7 of A holding K_zp (exact
+  // products). Rows 8..15 are left as they are (their sums, accumulators 2 and 3, are never
+  // read), so A is the two loaded words in place, with no register copies to build the fragment.
 #pragma unroll
-    for (int n = 0; n < Ctx::NQ; ++n)
+  for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        bias[n][e] = 0.0f;
+    for (int e = 0; e < 4; ++e)
+      bias[n][e] = 0.0f;
 #pragma unroll
-    for (int kc = 0; kc < Ctx::KC; ++kc) {
-      const int channel = 16 * kc + 4 * c.t;
-      const uint2 scaleBits = *reinterpret_cast<const uint2 *>(keyScaleCol + channel);
-      // Two 32-bit loads, so that each lands in its A register (ptxas copies the halves of an
-      // 8-byte load into place).
-      const uint32_t zero01 = loadShared32(keyZeroPoint + channel);
-      const uint32_t zero23 = loadShared32(keyZeroPoint + channel + 2);
-#pragma unroll
-      for (int n = 0; n < Ctx::NQ; ++n) {
-        b[n][kc][0] = hmul2(c.query[n][kc][0], scaleBits.x);
-        b[n][kc][1] = hmul2(c.query[n][kc][1], scaleBits.y);
-        if constexpr (Ctx::Q_TERMS == 2) {
-          bLow[n][kc][0] = hfma2Sub(c.query[n][kc][0], scaleBits.x, b[n][kc][0]);
-          bLow[n][kc][1] = hfma2Sub(c.query[n][kc][1], scaleBits.y, b[n][kc][1]);
-        }
-        uint32_t rowsBelow; // rows 8..15 of A: whatever the register holds (no instruction)
-        asm("" : "=r"(rowsBelow));
-        mma16816(bias[n], zero01, rowsBelow, zero23, rowsBelow, c.query[n][kc][0],
-                 c.query[n][kc][1]);
-      }
-    }
-  } else {
-    // bf16 queries: q' in fp32, split into fp16 terms; the bias in fp32, summed over the lanes.
-    float partial[Ctx::NQ];
-#pragma unroll
-    for (int n = 0; n < Ctx::NQ; ++n)
-      partial[n] = 0.0f;
-#pragma unroll
-    for (int kc = 0; kc < Ctx::KC; ++kc) {
-      const int channel = 16 * kc + 4 * c.t;
-      const uint2 scaleBits = *reinterpret_cast<const uint2 *>(keyScaleCol + channel);
-      const uint2 zeroBits = *reinterpret_cast<const uint2 *>(keyZeroPoint + channel);
-      const float2 s01 = unpackHalf2(scaleBits.x), s23 = unpackHalf2(scaleBits.y);
-      const float2 z01 = unpackHalf2(zeroBits.x), z23 = unpackHalf2(zeroBits.y);
-#pragma unroll
-      for (int n = 0; n < Ctx::NQ; ++n) {
-        const float2 q01 = c.queryFloat2(n, kc, 0), q23 = c.queryFloat2(n, kc, 1);
-        const float p0 = q01.x * s01.x, p1 = q01.y * s01.y, p2 = q23.x * s23.x, p3 = q23.y * s23.y;
-        b[n][kc][0] = packHalf2(p0, p1);
-        b[n][kc][1] = packHalf2(p2, p3);
-        if constexpr (Ctx::Q_TERMS == 2) {
-          const float2 h01 = unpackHalf2(b[n][kc][0]), h23 = unpackHalf2(b[n][kc][1]);
-          bLow[n][kc][0] = packHalf2(p0 - h01.x, p1 - h01.y);
-          bLow[n][kc][1] = packHalf2(p2 - h23.x, p3 - h23.y);
-        }
-        partial[n] += q01.x * z01.x + q01.y * z01.y + q23.x * z23.x + q23.y * z23.y;
-      }
-    }
-    // Queries 2t, 2t + 1 get their bias from lanes 8t and 8t + 4 after the reduction over t.
+  for (int kc = 0; kc < Ctx::KC; ++kc) {
+    const int channel = 16 * kc + 4 * c.t;
+    const uint2 scaleBits = *reinterpret_cast<const uint2 *>(keyScaleCol + channel);
+    // Two 32-bit loads, so that each lands in its A register (ptxas copies the halves of an
+    // 8-byte load into place).
+    const uint32_t zero01 = loadShared32(keyZeroPoint + channel);
+    const uint32_t zero23 = loadShared32(keyZeroPoint + channel + 2);
 #pragma unroll
     for (int n = 0; n < Ctx::NQ; ++n) {
-      const float full = warpSumXor(partial[n], 1, 2);
-      bias[n][0] = bias[n][2] = __shfl_sync(0xffffffffu, full, 8 * c.t);
-      bias[n][1] = bias[n][3] = __shfl_sync(0xffffffffu, full, 8 * c.t + 4);
+      b[n][kc][0] = hmul2(c.query[n][kc][0], scaleBits.x);
+      b[n][kc][1] = hmul2(c.query[n][kc][1], scaleBits.y);
+      if constexpr (Ctx::Q_TERMS == 2) {
+        bLow[n][kc][0] = hfma2Sub(c.query[n][kc][0], scaleBits.x, b[n][kc][0]);
+        bLow[n][kc][1] = hfma2Sub(c.query[n][kc][1], scaleBits.y, b[n][kc][1]);
+      }
+      uint32_t rowsBelow; // rows 8..15 of A: whatever the register holds (no instruction)
+      asm("" : "=r"(rowsBelow));
+      mma16816(bias[n], zero01, rowsBelow, zero23, rowsBelow, c.query[n][kc][0],
+               c.query[n][kc][1]);
     }
   }
   // Step 2. MMA over the code tiles: rows = tokens (Ctx::tokenOf), k = channels. Each
@@ -1275,7 +1235,7 @@ template <typename Ctx> __device__ __forceinline__ void mergeWarps(Ctx &c) {
   c.merged = true;
 }
 
-/// out = dtype(dtype(o_rot) * H16) of the QH rows held in shared memory [QH][D] (complete: the
+/// out = dtype(fp16(fp16(o_rot) * H16)) of the QH rows held in shared memory [QH][D] (complete: the
 /// warp merge ends with a barrier): a warp per row, the register FWHT (laneGroupFwht).
 template <typename Ctx>
 __device__ __forceinline__ void storeUnrotated(Ctx &c, float *rowsShared, int64_t outBase) {
@@ -1287,11 +1247,11 @@ __device__ __forceinline__ void storeUnrotated(Ctx &c, float *rowsShared, int64_
     float x[E];
 #pragma unroll
     for (int e = 0; e < E; ++e)
-      x[e] = roundTo<T>(rowsShared[row * Ctx::HD + E * c.lane + e]);
+      x[e] = roundTo<Half>(rowsShared[row * Ctx::HD + E * c.lane + e]);
     laneGroupFwht<E, 32>(x, c.lane);
 #pragma unroll
     for (int e = 0; e < E; ++e)
-      out[row * Ctx::HD + E * c.lane + e] = fromFloat<T>(x[e] * scale);
+      out[row * Ctx::HD + E * c.lane + e] = outputValue<T>(x[e] * scale);
   }
 }
 
@@ -1452,13 +1412,13 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   float x[E];
 #pragma unroll
   for (int k = 0; k < E; ++k)
-    x[k] = roundTo<T>(total > 0.0f ? value[k] / total : 0.0f);
+    x[k] = roundTo<Half>(total > 0.0f ? value[k] / total : 0.0f);
   laneGroupFwht<E, 32>(x, c.lane);
   const float scale = hadamardScale<Ctx::HD>();
   T *out = static_cast<T *>(c.p.out) + head * Ctx::HD + E * c.lane;
 #pragma unroll
   for (int k = 0; k < E; ++k)
-    out[k] = fromFloat<T>(x[k] * scale);
+    out[k] = outputValue<T>(x[k] * scale);
 }
 
 } // namespace dev

@@ -97,9 +97,10 @@ struct DecodeProblem {
   std::span<const int32_t> seqLens;     ///< [B]
 };
 
-/// Float64 decode over the quantized paged cache: q_rot = dtype(q·H16), attention in float64 over
+/// Float64 decode over the quantized paged cache: q_rot = fp16(q·H16), attention in float64 over
 /// the dequantized cache (split into `numSplits` runs of whole blocks merged by LSE),
-/// out = dtype(dtype(out_rot)·H16). A request with seq_len 0 gets an all-zero output.
+/// out = dtype(fp16(fp16(out_rot)·H16)): fp16 from the rotation on, whatever the query dtype, as
+/// the format stores fp16. A request with seq_len 0 gets an all-zero output.
 /// `out` is [B][Hq][D] in `dtype`.
 Status decodeQuantized(const DecodeProblem &problem, const PagedCacheView &cache, int numSplits,
                        std::span<uint16_t> out);
