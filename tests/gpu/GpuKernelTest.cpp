@@ -308,25 +308,32 @@ TEST(GpuDecode, MatchesTheFloat64ReferenceAcrossFormatsShapesAndDtypes) {
 
 TEST(GpuDecode, LongContextAndSplitsAgree) {
   KVARN_REQUIRE_GPU();
-  // Schedules the tuner may pick must meet 1e-3 at 128K tokens, in fp16 and in bf16 (whose
-  // outputs are the fp16 outputs converted: one bf16 rounding); rounding q' once (single,
-  // single-q: explicit-only, outside the search space) is held to its documented 2e-3, in fp16.
-  const std::vector<std::pair<const char *, double>> schedules = {
-      {"", 1e-3},
-      {"mma=m16n8k16.single-p", 1e-3},
-      {"warps=4,min_ctas=3,mma=m16n8k16.single-p", 1e-3},
-      {"warps=4,min_ctas=2,mma=m16n8k16.single-p", 1e-3},
-      {"warps=6,min_ctas=2,mma=m16n8k16.single-p", 1e-3},
-      {"warps=2,stages=2,min_ctas=6", 1e-3},
-      {"warps=2,stages=3,mma=m16n8k16.single-p", 1e-3},
-      {"mma=m16n8k16.single", 2e-3},
-      {"mma=m16n8k16.single-q", 2e-3}};
+  // Schedules the tuner may pick must meet 1e-3 at 128K tokens. In bf16 (outputs: the fp16
+  // outputs converted) two fp16 terms per operand meet it; one-term P' (single-p) is held to
+  // 1.5e-3 there, and the tuner's check and the configs' fp16-entry fallback keep bf16 launches
+  // off it. Rounding q' once (single, single-q: explicit-only, outside the search space) is held
+  // to its documented 2e-3, in fp16. Bounds: fp16, bf16 (0: not run).
+  struct LongCase {
+    const char *schedule;
+    double f16, bf16;
+  };
+  const std::vector<LongCase> schedules = {
+      {"", 1e-3, 1e-3},
+      {"warps=12", 1e-3, 1e-3},
+      {"warps=2,stages=2,min_ctas=6", 1e-3, 1e-3},
+      {"mma=m16n8k16.single-p", 1e-3, 1.5e-3},
+      {"warps=4,min_ctas=3,mma=m16n8k16.single-p", 1e-3, 1.5e-3},
+      {"warps=4,min_ctas=2,mma=m16n8k16.single-p", 1e-3, 1.5e-3},
+      {"warps=6,min_ctas=2,mma=m16n8k16.single-p", 1e-3, 1.5e-3},
+      {"warps=2,stages=3,mma=m16n8k16.single-p", 1e-3, 1.5e-3},
+      {"mma=m16n8k16.single", 2e-3, 0},
+      {"mma=m16n8k16.single-q", 2e-3, 0}};
   std::vector<DecodeCase> cases;
   std::vector<double> bounds;
-  for (const auto &[schedule, bound] : schedules)
+  for (const LongCase &lc : schedules)
     for (DType dtype : {DType::F16, DType::BF16})
-      if (dtype == DType::F16 || bound <= 1e-3) {
-        cases.push_back({"kvarn_k4v2_g128", 128, 8, 1, dtype, {128 * 1024}, schedule});
+      if (const double bound = dtype == DType::F16 ? lc.f16 : lc.bf16; bound > 0) {
+        cases.push_back({"kvarn_k4v2_g128", 128, 8, 1, dtype, {128 * 1024}, lc.schedule});
         bounds.push_back(bound);
       }
   precompile(cases);
