@@ -692,12 +692,14 @@ struct DecodeCheck {
   std::string name;
   synthetic::PagedCache cache;
   std::vector<uint16_t> query, expected;
+  std::vector<float> unconverted; ///< the reference's outputs before their dtype conversion
 };
 
 Expected<DecodeCheck> makeDecodeCheck(const KernelSpec &spec, std::string name,
                                       const std::vector<int32_t> &lengths, uint64_t seed) {
   const int hk = 2, hq = hk * spec.queryHeadsPerKvHead;
-  DecodeCheck check{std::move(name), synthetic::PagedCache(spec.format, hk, lengths, seed), {}, {}};
+  DecodeCheck check{std::move(name), synthetic::PagedCache(spec.format, hk, lengths, seed), {}, {},
+                    {}};
   if (!check.cache.status)
     return check.cache.status.error();
   check.query = synthetic::randomQueries(lengths.size() * hq * spec.format.headDim, spec.dtype,
@@ -713,19 +715,20 @@ Expected<DecodeCheck> makeDecodeCheck(const KernelSpec &spec, std::string name,
   problem.blockTable = check.cache.blockTable;
   problem.seqLens = check.cache.seqLens;
   check.expected.resize(check.query.size());
-  if (Status s = reference::decodeQuantized(problem, check.cache.view(), 1, check.expected); !s)
+  check.unconverted.resize(check.query.size());
+  if (Status s = reference::decodeQuantized(problem, check.cache.view(), 1, check.expected,
+                                            check.unconverted);
+      !s)
     return s.error();
   return check;
 }
 
-/// The check's bound on the relative Frobenius error, for both output dtypes: a bf16 output is the
-/// fp16 output converted (the format is fp16 from the rotation on), so it differs from the
-/// reference's only where the kernel's fp16 output does and the conversion crosses a bf16
-/// rounding boundary between the two.
+/// The check's bound on reference::decodeOutputError, for both output dtypes (bf16: the error
+/// beyond the output's own rounding).
 constexpr double kDecodeCheckBound = 1e-3;
 
 /// Runs `module` on a check case with the host planner's splits (NaN-poisoned output) and
-/// compares with the float64 reference: relative Frobenius error <= kDecodeCheckBound.
+/// compares with the float64 reference: decodeOutputError <= kDecodeCheckBound.
 Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const Schedule &schedule,
                       const DecodeCheck &check, const DeviceInfo &info, bool poison = false) {
   const synthetic::PagedCache &cache = check.cache;
@@ -759,8 +762,9 @@ Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const 
   std::vector<uint16_t> actual(check.query.size());
   if (Status s = dOut->download(actual.data(), actual.size() * 2); !s)
     return s;
-  const double error = reference::relativeFrobeniusError(synthetic::toFloats(actual, spec.dtype),
-                                                         synthetic::toFloats(check.expected, spec.dtype));
+  const double error = reference::decodeOutputError(
+      spec.dtype, synthetic::toFloats(actual, spec.dtype),
+      synthetic::toFloats(check.expected, spec.dtype), check.unconverted);
   if (!(error <= kDecodeCheckBound))
     return makeError(ErrorCode::InvalidData, "wrong results (" + check.name +
                                                  "): relative error " + std::to_string(error));

@@ -49,7 +49,7 @@ using BlockLoader = std::function<Status(int32_t block, int head, std::vector<do
                                          std::vector<double> &value)>;
 
 Status attend(const DecodeProblem &p, int numSplits, bool rotate, const BlockLoader &load,
-              std::span<uint16_t> out) {
+              std::span<uint16_t> out, std::span<float> unconverted = {}) {
   const int d = p.format.headDim, g = p.format.tileTokens;
   const int group = p.numQueryHeads / p.numKvHeads;
   const double scale =
@@ -159,6 +159,8 @@ Status attend(const DecodeProblem &p, int numSplits, bool rotate, const BlockLoa
             for (int c = 0; c < d; ++c)
               acc += roundHalf(merged[c]) * h[static_cast<size_t>(c) * d + j];
             o = roundHalf(acc);
+            if (!unconverted.empty())
+              unconverted[base + j] = acc;
           }
           out[base + j] = floatToDType(static_cast<float>(o), p.dtype);
         }
@@ -174,9 +176,14 @@ Status attend(const DecodeProblem &p, int numSplits, bool rotate, const BlockLoa
 } // namespace
 
 Status decodeQuantized(const DecodeProblem &problem, const PagedCacheView &cache, int numSplits,
-                       std::span<uint16_t> out) {
+                       std::span<uint16_t> out, std::span<float> unconverted) {
   if (Status s = validateProblem(problem, out.size()); !s)
     return s;
+  if (!unconverted.empty() && unconverted.size() != out.size())
+    return makeError(ErrorCode::BufferSize, "decode: the unconverted output must be empty or "
+                                            "hold as many elements as out");
+  if (!unconverted.empty())
+    std::fill(unconverted.begin(), unconverted.end(), 0.0f);
   const Format &f = problem.format;
   const RecordLayout layout = recordLayout(f);
   const size_t hk = static_cast<size_t>(problem.numKvHeads);
@@ -222,7 +229,7 @@ Status decodeQuantized(const DecodeProblem &problem, const PagedCacheView &cache
     std::copy(valueTile.begin(), valueTile.end(), value.begin());
     return Status::success();
   };
-  return attend(problem, numSplits, /*rotate=*/true, load, out);
+  return attend(problem, numSplits, /*rotate=*/true, load, out, unconverted);
 }
 
 Status decodeFp16(const DecodeProblem &problem, std::span<const uint16_t> keyCache,
@@ -251,6 +258,25 @@ Status decodeFp16(const DecodeProblem &problem, std::span<const uint16_t> keyCac
     return Status::success();
   };
   return attend(problem, 1, /*rotate=*/false, load, out);
+}
+
+double decodeOutputError(DType dtype, std::span<const float> actual,
+                         std::span<const float> expected, std::span<const float> unconverted) {
+  if (dtype != DType::BF16)
+    return relativeFrobeniusError(actual, expected);
+  if (actual.size() != expected.size() || unconverted.size() != expected.size())
+    return std::numeric_limits<double>::infinity();
+  double kernel = 0, rounding = 0, norm = 0;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    const double x = unconverted[i];
+    kernel += (actual[i] - x) * (actual[i] - x);
+    rounding += (expected[i] - x) * (expected[i] - x);
+    norm += x * x;
+  }
+  if (std::isnan(kernel))
+    return kernel; // a NaN output is never within a bound (std::max would drop it)
+  const double beyond = std::sqrt(std::max(0.0, kernel - rounding));
+  return norm > 0 ? beyond / std::sqrt(norm) : beyond;
 }
 
 double relativeFrobeniusError(std::span<const float> actual, std::span<const float> expected) {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <random>
 
 using namespace kvarn;
@@ -154,6 +155,66 @@ TEST(DecodeReference, PoolOnlyCacheAgreesWithTheFp16Reference) {
     EXPECT_LT(relativeFrobeniusError(synthetic::toFloats(rotated, dtype), synthetic::toFloats(plain, dtype)), tolerance)
         << dtypeName(dtype);
   }
+}
+
+TEST(DecodeReference, Bf16OutputsAreTheFp16OutputsConvertedOnce) {
+  // bf16 queries: q_rot and out_rot are fp16, the output is bf16(fp16(x)) of the unconverted x;
+  // a request of length 0 gives zeros in both.
+  PagedFixture f("kvarn_k4v2_g64", 64, 2, 7, true, 21);
+  for (DType dtype : {DType::F16, DType::BF16}) {
+    Request r = makeRequest(f, 6, {5 * 64 + 37, 0, 65}, dtype, 22);
+    std::vector<uint16_t> out(r.q.size(), 0xffff);
+    std::vector<float> unconverted(r.q.size(), std::nanf(""));
+    ASSERT_TRUE(decodeQuantized(r.problem, f.view(), 2, out, unconverted));
+    size_t nonZero = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      ASSERT_EQ(out[i], floatToDType(halfToFloat(floatToHalf(unconverted[i])), dtype))
+          << dtypeName(dtype) << " output " << i;
+      nonZero += unconverted[i] != 0.0f;
+    }
+    const size_t perRequest = size_t(6) * 64;
+    EXPECT_EQ(std::count(unconverted.begin() + perRequest, unconverted.begin() + 2 * perRequest,
+                         0.0f),
+              long(perRequest));
+    EXPECT_GT(nonZero, perRequest);
+    std::vector<float> shorter(1);
+    EXPECT_THAT(decodeQuantized(r.problem, f.view(), 2, out, shorter).error().message,
+                HasSubstr("unconverted output"));
+  }
+}
+
+TEST(DecodeReference, Bf16ErrorCountsWhatTheKernelAddsToTheRounding) {
+  // x: exact outputs; expected: bf16(fp16(x)), the reference's bf16 outputs.
+  std::mt19937_64 rng(31);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(4096), expected(x.size());
+  auto bf16 = [](float v) {
+    return dtypeToFloat(floatToDType(halfToFloat(floatToHalf(v)), DType::BF16), DType::BF16);
+  };
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] = normal(rng);
+    expected[i] = bf16(x[i]);
+  }
+  // The reference's own outputs: zero; fp16 outputs are measured as before.
+  EXPECT_EQ(decodeOutputError(DType::BF16, expected, expected, x), 0.0);
+  EXPECT_EQ(decodeOutputError(DType::F16, expected, x, {}), relativeFrobeniusError(expected, x));
+  // A kernel off by a relative 1e-4 before the rounding: against the reference's bf16 outputs
+  // its flips weigh several times that; beyond the rounding, about 1e-4.
+  std::vector<float> slightly(x.size()), clearly(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    slightly[i] = bf16(x[i] * (1.0f + 1e-4f * normal(rng)));
+    clearly[i] = bf16(x[i] * (1.0f + 3e-3f * normal(rng)));
+  }
+  const double flips = relativeFrobeniusError(slightly, expected);
+  const double beyond = decodeOutputError(DType::BF16, slightly, expected, x);
+  EXPECT_GT(flips, 4e-4);
+  EXPECT_LT(beyond, 3e-4);
+  // A kernel off by 3e-3 is over 1e-3 by either measure; a NaN output never passes a bound.
+  EXPECT_GT(decodeOutputError(DType::BF16, clearly, expected, x), 2e-3);
+  slightly[5] = std::nanf("");
+  EXPECT_FALSE(decodeOutputError(DType::BF16, slightly, expected, x) <= 1.0);
+  EXPECT_EQ(decodeOutputError(DType::BF16, expected, expected, std::span(x).first(5)),
+            std::numeric_limits<double>::infinity());
 }
 
 TEST(DecodeReference, ZeroLengthGivesZerosAndMinusOneEntriesAreNeverRead) {

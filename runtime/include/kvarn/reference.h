@@ -101,9 +101,10 @@ struct DecodeProblem {
 /// the dequantized cache (split into `numSplits` runs of whole blocks merged by LSE),
 /// out = dtype(fp16(fp16(out_rot)·H16)): fp16 from the rotation on, whatever the query dtype, as
 /// the format stores fp16. A request with seq_len 0 gets an all-zero output.
-/// `out` is [B][Hq][D] in `dtype`.
+/// `out` is [B][Hq][D] in `dtype`; `unconverted`, when not empty, gets the same outputs before
+/// their conversion: fp16(out_rot)·H16 with fp32 sums (decodeOutputError's exact values).
 Status decodeQuantized(const DecodeProblem &problem, const PagedCacheView &cache, int numSplits,
-                       std::span<uint16_t> out);
+                       std::span<uint16_t> out, std::span<float> unconverted = {});
 
 /// Float64 decode over an unquantized fp16 paged cache [numBlocks][G][Hk][D] (no rotation).
 Status decodeFp16(const DecodeProblem &problem, std::span<const uint16_t> keyCache,
@@ -116,5 +117,17 @@ Expected<std::vector<float>> syntheticRotatedKeyMatrix(int tileTokens, int headD
 
 /// Relative Frobenius error ||a-b|| / ||b||.
 double relativeFrobeniusError(std::span<const float> actual, std::span<const float> expected);
+
+/// The error of a decode kernel's outputs against decodeQuantized's, relative to their norm.
+/// fp16 outputs: relativeFrobeniusError(actual, expected). bf16 outputs: the error beyond the
+/// output's own rounding, sqrt(max(0, ||actual - x||^2 - ||expected - x||^2)) / ||x||, with x
+/// the reference's outputs before their conversion (`unconverted`). A bf16 step is 2^-8 of the
+/// value, so rounding alone puts any bf16 output about 1.7e-3 from x, and a kernel whose fp32
+/// result differs from the reference's by 1e-4 already flips enough outputs near a rounding
+/// boundary by a whole step to be 1e-3 from the reference's bf16 outputs. A flipped output sits
+/// about as far from x as the reference's, so this measure counts what the kernel adds to the
+/// rounding (in quadrature), as the fp16 measure does where the step is 8 times smaller.
+double decodeOutputError(DType dtype, std::span<const float> actual,
+                         std::span<const float> expected, std::span<const float> unconverted);
 
 } // namespace kvarn::reference
