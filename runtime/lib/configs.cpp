@@ -249,18 +249,6 @@ std::string describeSoftware(const TuningEnvironment &tuned, const TuningEnviron
   return notes;
 }
 
-/// A bf16 decode spec on an entry tuned in fp16 takes two fp16 terms on both MMA sides: that
-/// entry's check ran on fp16 outputs, and with one term (`single-p`) bf16 outputs at 128K tokens
-/// measured 0.7-1.1e-3 against the 1e-3 bound (two terms: 2.3-4.4e-4; docs/benchmarks.md). Returns
-/// whether the schedule changed.
-bool takeTwoTerms(Schedule &schedule) {
-  const MmaVariant *mma = findMma(schedule.mma);
-  if (!mma || mma->queryTerms == 0 || (mma->queryTerms == 2 && mma->weightTerms == 2))
-    return false;
-  schedule.mma = std::string(mmaVariants().front().name);
-  return true;
-}
-
 } // namespace
 
 ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const KernelSpec &spec,
@@ -300,9 +288,6 @@ ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const Kern
     return choice;
   }
   choice.schedule = best->schedule;
-  const bool raisePrecision = spec.op == OpKind::Decode && spec.dtype == DType::BF16 &&
-                              best->spec.dtype != DType::BF16;
-  int raised = raisePrecision && takeTwoTerms(choice.schedule) ? 1 : 0;
   // Variants: those legal here, their thresholds scaled to this GPU's SM count (a grid that
   // fills the tuning GPU fills a GPU of twice the SMs at twice the work).
   int droppedVariants = 0;
@@ -312,8 +297,6 @@ ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const Kern
       continue;
     }
     ScheduleVariant scaled = variant;
-    if (raisePrecision && takeTwoTerms(scaled.schedule))
-      ++raised;
     if (bestFile->environment.smCount > 0 && here.smCount > 0 &&
         bestFile->environment.smCount != here.smCount)
       scaled.minWorkItems = int(std::max<int64_t>(
@@ -335,10 +318,6 @@ ScheduleChoice chooseSchedule(const std::vector<ConfigFile> &configs, const Kern
                             ", asked q" + std::to_string(spec.queryHeadsPerKvHead);
     if (best->spec.dtype != spec.dtype)
       choice.explanation += "; tuned for another dtype";
-    if (raised)
-      choice.explanation += "; " + std::to_string(raised) +
-                            " schedules take two fp16 terms per MMA operand (one-term P' is over "
-                            "the error bound in bf16)";
     if (!sameSilicon(bestFile->environment, here))
       choice.explanation += "; tuned on " + std::to_string(bestFile->environment.smCount) +
                             " SMs, " + std::to_string(bestFile->environment.l2Bytes >> 20) +

@@ -100,42 +100,6 @@ TEST(Configs, NearestEntrySaysWhatDiffers) {
   EXPECT_THAT(other.explanation, HasSubstr("tuned with NVRTC 13.0 (here 12.8)"));
 }
 
-TEST(Configs, Bf16DecodeOnAnFp16EntryTakesTwoTermsWhereTheEntryHasOne) {
-  // The fp16 entry's one-term P' (single-p), in its schedule and a variant; a bf16 entry of
-  // another GQA ratio keeps what its own check passed.
-  std::vector<ConfigFile> configs = {parsed(R"({
-  "environment": {"arch": "sm_90a", "sm_count": 132, "l2_bytes": 62914560,
-                  "memory_clock_khz": 3201000, "driver": 13000, "nvrtc": "13.0", "kvarn": "0.1.0"},
-  "entries": [
-    {"spec": "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a",
-     "schedule": "warps=4,mma=m16n8k16.single-p",
-     "variants": [{"min_work_items": 512, "schedule": "warps=2,mma=m16n8k16.single-p"},
-                  {"min_work_items": 1024, "schedule": "warps=8"}]},
-    {"spec": "decode:kvarn_k4v2_g128:d128:q1:bf16:sm_90a", "schedule": "warps=8,mma=m16n8k16.single-p"}
-  ]})")};
-  ScheduleChoice bf16 = chooseSchedule(
-      configs, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:bf16:sm_90a"), h200());
-  EXPECT_EQ(bf16.rule, "nearest");
-  EXPECT_EQ(bf16.schedule.warps, 4);
-  EXPECT_EQ(bf16.schedule.mma, "m16n8k16");
-  ASSERT_EQ(bf16.variants.size(), 2u);
-  EXPECT_EQ(bf16.variants[0].schedule.warps, 2);
-  EXPECT_EQ(bf16.variants[0].schedule.mma, "m16n8k16");
-  EXPECT_EQ(bf16.variants[1].schedule.mma, "m16n8k16");
-  EXPECT_THAT(bf16.explanation, HasSubstr("2 schedules take two fp16 terms per MMA operand"));
-  // The same entry for fp16 outputs, and bf16's own entry: as tuned.
-  ScheduleChoice f16 = chooseSchedule(
-      configs, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a"), h200());
-  EXPECT_EQ(f16.rule, "tuned");
-  EXPECT_EQ(f16.schedule.mma, "m16n8k16.single-p");
-  EXPECT_EQ(f16.variants[0].schedule.mma, "m16n8k16.single-p");
-  ScheduleChoice own = chooseSchedule(
-      configs, *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q1:bf16:sm_90a"), h200());
-  EXPECT_EQ(own.rule, "tuned");
-  EXPECT_EQ(own.schedule.mma, "m16n8k16.single-p");
-  EXPECT_THAT(own.explanation, ::testing::Not(HasSubstr("two fp16 terms")));
-}
-
 TEST(Configs, NothingSuitableFallsBackToTheDefault) {
   std::vector<ConfigFile> configs = {parsed(kH200)};
   // Another format, another arch: no entry applies.
