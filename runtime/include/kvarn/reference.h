@@ -122,11 +122,11 @@ double relativeFrobeniusError(std::span<const float> actual, std::span<const flo
 /// fp16 outputs: relativeFrobeniusError(actual, expected). bf16 outputs: the error beyond the
 /// output's own rounding, sqrt(max(0, ||actual - x||^2 - ||expected - x||^2)) / ||x||, with x
 /// the reference's outputs before their conversion (`unconverted`). A bf16 step is 2^-8 of the
-/// value, so rounding alone puts any bf16 output about 1.7e-3 from x, and a kernel whose fp32
-/// result differs from the reference's by 1e-4 already flips enough outputs near a rounding
-/// boundary by a whole step to be 1e-3 from the reference's bf16 outputs. A flipped output sits
-/// about as far from x as the reference's, so this measure counts what the kernel adds to the
-/// rounding (in quadrature), as the fp16 measure does where the step is 8 times smaller.
+/// value: rounding alone puts a bf16 output about 1.7e-3 from x, and a kernel whose result is
+/// 2e-4 off before the rounding flips enough outputs near a rounding boundary by a whole step to
+/// be 1.1e-3 from the reference's bf16 outputs (scripts/bf16-rounding-error.py). A flipped output
+/// sits about as far from x as the reference's, so this measure counts what the kernel adds to
+/// the rounding (in quadrature). NaN in `actual` gives NaN; mismatched sizes give infinity.
 double decodeOutputError(DType dtype, std::span<const float> actual,
                          std::span<const float> expected, std::span<const float> unconverted);
 
