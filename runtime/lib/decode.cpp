@@ -63,7 +63,7 @@ Status attend(const DecodeProblem &p, int numSplits, bool rotate, const BlockLoa
   }
   // The format is fp16 from the rotation on, whatever the model's dtype (kvarn-format.md §1–2):
   // q_rot and out_rot round to fp16, and a bf16 output is the fp16 output converted.
-  auto roundHalf = [](double v) { return halfToFloat(floatToHalf(static_cast<float>(v))); };
+  auto roundHalf = [](double v) { return roundToHalf(static_cast<float>(v)); };
   // One task per (request, kv head) on every host thread; each writes only its own heads'
   // outputs, and the first error in task order is returned.
   const size_t tasks = static_cast<size_t>(p.batch) * p.numKvHeads;
