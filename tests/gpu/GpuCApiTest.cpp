@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <random>
 #include <thread>
 
 using namespace kvarn;
@@ -384,6 +385,102 @@ TEST_F(CApiGpuTest, EveryOpThroughTheCApi) {
   for (size_t i = 0; i < rotated.size(); ++i)
     ASSERT_LE(std::fabs(halfToFloat(poolKey[i]) - halfToFloat(rotated[i])),
               std::fabs(halfToFloat(rotated[i])) * 2e-3f + 2e-3f);
+}
+
+TEST_F(CApiGpuTest, Bf16ModelStepThroughTheCApi) {
+  // A bf16 model's step as an engine runs it: append bf16 K/V rows into the fp16 pool, flush the
+  // full blocks into records, decode bf16 queries over three record pages and the pool's tail
+  // page. The decode is checked against the float64 reference over what the GPU wrote (error
+  // beyond the bf16 output's own rounding), the pool rows against the reference rotation.
+  const int hk = 2, d = 128, g = 128, q = 4, tokens = 3 * g + 37, blocks = 4;
+  const Format format = *parseFormat("kvarn_k4v2_g128", d);
+  const RecordLayout layout = recordLayout(format);
+  std::mt19937_64 rng(17);
+  auto bf16Rows = [&](bool outliers) {
+    std::vector<uint16_t> rows = randomRows(size_t(tokens) * hk, d, rng, outliers);
+    for (uint16_t &x : rows)
+      x = floatToBf16(halfToFloat(x));
+    return rows;
+  };
+  const std::vector<uint16_t> keys = bf16Rows(true), values = bf16Rows(false);
+  std::vector<int64_t> mapping(tokens);
+  for (int t = 0; t < tokens; ++t)
+    mapping[t] = t; // block b in pool slot b
+  kvarn_kernel append = nullptr, flush = nullptr, decodeKernel = nullptr;
+  ASSERT_KVARN(kvarn_prepare(runtime, "append:kvarn_k4v2_g128:d128:q1:bf16", nullptr, &append));
+  ASSERT_KVARN(kvarn_prepare(runtime, "flush:kvarn_k4v2_g128:d128:q1:f16", nullptr, &flush));
+  ASSERT_KVARN(
+      kvarn_prepare(runtime, "decode:kvarn_k4v2_g128:d128:q4:bf16", nullptr, &decodeKernel));
+  const size_t poolElements = size_t(blocks) * g * hk * d;
+  const CUdeviceptr dPk = upload(std::vector<uint16_t>(poolElements, 0)),
+                    dPv = upload(std::vector<uint16_t>(poolElements, 0));
+  const CUdeviceptr dKeys = upload(keys), dValues = upload(values), dMap = upload(mapping);
+  kvarn_append_args appendArgs{reinterpret_cast<void *>(dKeys), reinterpret_cast<void *>(dValues),
+                               reinterpret_cast<int64_t *>(dMap), reinterpret_cast<void *>(dPk),
+                               reinterpret_cast<void *>(dPv), tokens, hk, int64_t(hk) * d,
+                               int64_t(hk) * d};
+  ASSERT_KVARN(kvarn_launch_append(append, &appendArgs, nullptr));
+  std::vector<int32_t> entries;
+  for (int block = 0; block < 3; ++block)
+    for (int head = 0; head < hk; ++head)
+      entries.insert(entries.end(), {block, head, block});
+  const CUdeviceptr dEntries = upload(entries), dStatus = upload(std::vector<int32_t>{0});
+  const CUdeviceptr dCache = allocate(size_t(blocks) * hk * layout.tileBytesAligned);
+  kvarn_flush_args flushArgs{reinterpret_cast<void *>(dPk), reinterpret_cast<void *>(dPv),
+                             reinterpret_cast<int32_t *>(dEntries), reinterpret_cast<void *>(dCache),
+                             reinterpret_cast<int32_t *>(dStatus), 3 * hk, hk};
+  ASSERT_KVARN(kvarn_launch_flush(flush, &flushArgs, nullptr));
+  ASSERT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
+  EXPECT_EQ(download<int32_t>(dStatus, 1)[0], 0);
+  std::vector<uint16_t> poolKey = download<uint16_t>(dPk, poolElements);
+  std::vector<uint16_t> poolValue = download<uint16_t>(dPv, poolElements);
+  std::vector<uint8_t> records = download<uint8_t>(dCache, size_t(blocks) * hk * layout.tileBytesAligned);
+  // The pool rows: the bf16 rows rotated into fp16, within fp16 rounding of the reference's.
+  std::vector<uint16_t> rotated(keys.size());
+  ASSERT_TRUE(reference::rotateRows(keys, DType::BF16, tokens * hk, d, d, rotated));
+  for (size_t i = 0; i < rotated.size(); ++i)
+    ASSERT_LE(std::fabs(halfToFloat(poolKey[i]) - halfToFloat(rotated[i])),
+              std::fabs(halfToFloat(rotated[i])) * 2e-3f + 2e-3f)
+        << "pool key element " << i;
+  // Decode: blocks 0..2 are records, block 3 (37 tokens) stays in pool slot 3.
+  const std::vector<int32_t> blockToSlot = {-1, -1, -1, 3}, table = {0, 1, 2, 3},
+                             lengths = {tokens};
+  const std::vector<uint16_t> query = randomQueries(size_t(hk) * q * d, DType::BF16, 18);
+  int splits = 0;
+  size_t workspaceBytes = 0;
+  ASSERT_KVARN(kvarn_plan_decode(decodeKernel, 1, hk, tokens, &splits));
+  ASSERT_KVARN(kvarn_decode_workspace_size(decodeKernel, 1, hk, splits, &workspaceBytes));
+  auto ints = [](CUdeviceptr p) { return reinterpret_cast<int32_t *>(p); };
+  const CUdeviceptr dOut = allocate(query.size() * 2);
+  kvarn_decode_args args{reinterpret_cast<void *>(upload(query)), reinterpret_cast<void *>(dOut),
+                         reinterpret_cast<void *>(dCache), reinterpret_cast<void *>(dPk),
+                         reinterpret_cast<void *>(dPv), ints(upload(blockToSlot)),
+                         ints(upload(table)), ints(upload(lengths)),
+                         reinterpret_cast<void *>(allocate(workspaceBytes)), 1, hk, blocks, 0.0f,
+                         tokens};
+  ASSERT_KVARN(kvarn_launch_decode(decodeKernel, &args, splits, nullptr));
+  ASSERT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
+  const std::vector<uint16_t> out = download<uint16_t>(dOut, query.size());
+  reference::DecodeProblem problem;
+  problem.format = format;
+  problem.batch = 1;
+  problem.numQueryHeads = hk * q;
+  problem.numKvHeads = hk;
+  problem.maxBlocksPerRequest = blocks;
+  problem.dtype = DType::BF16;
+  problem.query = query;
+  problem.blockTable = table;
+  problem.seqLens = lengths;
+  std::vector<uint16_t> expected(query.size());
+  std::vector<float> unconverted(query.size());
+  ASSERT_TRUE(reference::decodeQuantized(problem, {records, poolKey, poolValue, blockToSlot}, 1,
+                                         expected, unconverted));
+  const double error = reference::decodeOutputError(DType::BF16, toFloats(out, DType::BF16),
+                                                    toFloats(expected, DType::BF16), unconverted);
+  EXPECT_LE(error, 1e-3);
+  std::printf("[ capi     ] bf16 model step: decode error beyond the bf16 rounding %.2e (%d "
+              "splits)\n",
+              error, splits);
 }
 
 TEST_F(CApiGpuTest, ProductionModeWithoutJitUsesTheCacheOrSaysWhatIsMissing) {
