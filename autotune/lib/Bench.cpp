@@ -317,7 +317,8 @@ Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double
                            const std::string &schedule, const LaunchGate *gate) {
   const int tokens = 8192, hk = 8, d = 128, g = 128;
   Expected<KernelModule> module =
-      buildKernel("append:" + o.preset + ":d128:q1:f16:" + info.arch(), schedule, o, info);
+      buildKernel("append:" + o.preset + ":d128:q1:" + dtypeField(o.dtype) + ":" + info.arch(),
+                  schedule, o, info);
   if (!module)
     return module.error();
   std::vector<int64_t> mapping(tokens);
@@ -328,8 +329,9 @@ Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double
                          map = DeviceBuffer::allocate(tokens * 8),
                          poolKey = DeviceBuffer::allocate(size_t((tokens + g - 1) / g) * g * hk * d * 2),
                          poolValue = DeviceBuffer::allocate(size_t((tokens + g - 1) / g) * g * hk * d * 2);
-  KVARN_TRY(KVARN_CU(driver().cuMemsetD32(key->get(), 0x3c003c00u, key->size() / 4)));
-  KVARN_TRY(KVARN_CU(driver().cuMemsetD32(value->get(), 0x3c003c00u, value->size() / 4)));
+  const uint32_t ones = o.dtype == DType::BF16 ? 0x3f803f80u : 0x3c003c00u; // 1.0 in each half
+  KVARN_TRY(KVARN_CU(driver().cuMemsetD32(key->get(), ones, key->size() / 4)));
+  KVARN_TRY(KVARN_CU(driver().cuMemsetD32(value->get(), ones, value->size() / 4)));
   KVARN_TRY(map->upload(mapping.data(), mapping.size() * 8));
   dev::AppendParams params{key->as<void>(), value->as<void>(), map->as<long long>(),
                            poolKey->as<void>(), poolValue->as<void>(), tokens, hk,
@@ -340,9 +342,10 @@ Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double
     return ms.error();
   const double bytes = 4.0 * elements * 2 + tokens * 8; // read K, V; write both; slot map
   const double gbs = bytes / ((*ms)[0] * 1e-3) / 1e9;
-  std::printf("append %d tokens x %d kv heads x D=%d, schedule '%s': %.1f MB moved, %.4f ms, "
-              "%.0f GB/s, %.0f%% of the measured read bandwidth\n",
-              tokens, hk, d, schedule.c_str(), bytes / 1e6, (*ms)[0], gbs, 100 * gbs / bandwidth);
+  std::printf("append %d tokens x %d kv heads x D=%d, %s rows, schedule '%s': %.1f MB moved, "
+              "%.4f ms, %.0f GB/s, %.0f%% of the measured read bandwidth\n",
+              tokens, hk, d, dtypeName(o.dtype), schedule.c_str(), bytes / 1e6, (*ms)[0], gbs,
+              100 * gbs / bandwidth);
   return Status::success();
 }
 

@@ -483,7 +483,8 @@ int main(int argc, char **argv) {
   benchCommand->add_option("--kv-heads", bench.numKvHeads, "Hk")->capture_default_str();
   std::string benchDtype = "f16";
   addDtypeOption(benchCommand, benchDtype,
-                 "decode: queries and outputs of both kernels (the pools are fp16 either way)");
+                 "decode: queries and outputs of both kernels; append: the incoming K/V rows "
+                 "(the pools are fp16 either way)");
   benchCommand->add_option("--batch", bench.batches, "batch sizes")->capture_default_str();
   benchCommand->add_option("--context", bench.contexts, "context lengths")->capture_default_str();
   benchCommand->add_option("--iterations", bench.iterations, "timed launches per kernel")

@@ -17,7 +17,8 @@ struct BenchOptions {
   int headDim = 128;
   int numQueryHeads = 64;
   int numKvHeads = 8;
-  /// Queries and outputs of the decode table (both kernels); the pools are fp16 either way.
+  /// Queries and outputs of the decode table (both kernels) and the append's incoming rows; the
+  /// pools are fp16 either way.
   DType dtype = DType::F16;
   std::vector<int> batches = {1, 4, 16, 32, 64};
   std::vector<int> contexts = {4096, 16384, 32768, 131072};
