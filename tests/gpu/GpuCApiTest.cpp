@@ -434,7 +434,8 @@ TEST_F(CApiGpuTest, Bf16ModelStepThroughTheCApi) {
   EXPECT_EQ(download<int32_t>(dStatus, 1)[0], 0);
   std::vector<uint16_t> poolKey = download<uint16_t>(dPk, poolElements);
   std::vector<uint16_t> poolValue = download<uint16_t>(dPv, poolElements);
-  std::vector<uint8_t> records = download<uint8_t>(dCache, size_t(blocks) * hk * layout.tileBytesAligned);
+  std::vector<uint8_t> records =
+      download<uint8_t>(dCache, size_t(blocks) * hk * layout.tileBytesAligned);
   // The pool rows: the bf16 rows rotated into fp16, within fp16 rounding of the reference's.
   std::vector<uint16_t> rotated(keys.size());
   ASSERT_TRUE(reference::rotateRows(keys, DType::BF16, tokens * hk, d, d, rotated));

@@ -358,10 +358,10 @@ struct DecodeContext {
 //===----------------------------------------------------------------------===//
 
 /// q_rot = fp16(q * H16) for the GQA group (fp16 whatever the query dtype: the format is fp16
-/// from the rotation on): a warp per query row, lane l holding its HD / 32
-/// contiguous channels (one vector load, butterflies in registers and across the warp), written
-/// to shared memory for the pool-page path; then each lane keeps its B-fragment pairs: channels
-/// 16*kc + 4*t + {0,1} and {2,3} of query 8*n + i.
+/// from the rotation on): a warp per query row, lane l holding its HD / 32 contiguous channels
+/// (one vector load, butterflies in registers and across the warp), written to shared memory for
+/// the pool-page path; then each lane keeps its B-fragment pairs: channels 16*kc + 4*t + {0,1}
+/// and {2,3} of query 8*n + i.
 template <typename Ctx> __device__ __forceinline__ void rotateQuery(Ctx &c) {
   typedef typename Ctx::Type T;
   constexpr int E = Ctx::HD / 32, WORDS = E / 2;
@@ -1235,8 +1235,8 @@ template <typename Ctx> __device__ __forceinline__ void mergeWarps(Ctx &c) {
   c.merged = true;
 }
 
-/// out = dtype(fp16(fp16(o_rot) * H16)) of the QH rows held in shared memory [QH][D] (complete: the
-/// warp merge ends with a barrier): a warp per row, the register FWHT (laneGroupFwht).
+/// out = dtype(fp16(fp16(o_rot) * H16)) of the QH rows held in shared memory [QH][D] (complete:
+/// the warp merge ends with a barrier): a warp per row, the register FWHT (laneGroupFwht).
 template <typename Ctx>
 __device__ __forceinline__ void storeUnrotated(Ctx &c, float *rowsShared, int64_t outBase) {
   typedef typename Ctx::Type T;
