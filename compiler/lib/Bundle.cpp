@@ -6,8 +6,10 @@
 #include "kvarn/device_library_hash.h"
 #include "kvarn/jit.h"
 #include "kvarn/nvrtc.h"
+#include "kvarn/parallel.h"
 
 #include <algorithm>
+#include <optional>
 
 namespace kvarn::compiler {
 
@@ -28,6 +30,14 @@ Expected<Bundle> buildBundle(const std::vector<KernelSpec> &specs, const std::st
   bundle.nvrtcVersion = nvrtcVersion();
   bundle.configs = configsJson;
   bundle.headers = deviceLibraryHeaders();
+  // The chosen schedule and its decode variants of every spec (a runtime prepares all of them
+  // from the bundle), each key once, compiled on every host thread, stored in this order.
+  struct Job {
+    const KernelSpec *spec;
+    Schedule schedule;
+    std::string key;
+  };
+  std::vector<Job> jobs;
   for (const KernelSpec &spec : specs) {
     if (spec.arch != environment.arch)
       return makeError(ErrorCode::InvalidArgument, "bundle for " + environment.arch +
@@ -35,18 +45,23 @@ Expected<Bundle> buildBundle(const std::vector<KernelSpec> &specs, const std::st
     const ScheduleChoice choice = chooseSchedule(configs, spec, environment);
     if (choices)
       choices->push_back(spec.str() + ": " + choice.schedule.str() + " (" + choice.explanation + ")");
-    // The chosen schedule and its decode variants: a runtime prepares all of them from the bundle.
     for (const Schedule &schedule : choice.schedules()) {
-      const std::string key = preparedKernelKey(spec, schedule);
-      if (std::any_of(bundle.entries.begin(), bundle.entries.end(),
-                      [&](const BundleEntry &e) { return e.key == key; }))
-        continue;
-      Expected<CompiledKernel> kernel = compileKernel(spec, schedule, cache);
-      if (!kernel)
-        return kernel.error();
-      bundle.entries.push_back({key, spec.str(), schedule.str(), toArtifact(*kernel, spec, schedule),
-                                kernel->cudaSource});
+      std::string key = preparedKernelKey(spec, schedule);
+      if (std::none_of(jobs.begin(), jobs.end(), [&](const Job &j) { return j.key == key; }))
+        jobs.push_back({&spec, schedule, std::move(key)});
     }
+  }
+  std::vector<std::optional<Expected<CompiledKernel>>> kernels(jobs.size());
+  parallelFor(jobs.size(), [&](size_t i) {
+    kernels[i].emplace(compileKernel(*jobs[i].spec, jobs[i].schedule, cache));
+  });
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    Expected<CompiledKernel> &kernel = *kernels[i];
+    if (!kernel)
+      return kernel.error(); // the first failure in job order
+    bundle.entries.push_back({jobs[i].key, jobs[i].spec->str(), jobs[i].schedule.str(),
+                              toArtifact(*kernel, *jobs[i].spec, jobs[i].schedule),
+                              kernel->cudaSource});
   }
   return bundle;
 }

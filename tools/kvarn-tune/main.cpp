@@ -12,6 +12,7 @@
 #include "kvarn/jit.h"
 #include "kvarn/driver.h"
 #include "kvarn/format.h"
+#include "kvarn/parallel.h"
 #include "kvarn/reference.h"
 
 #include <CLI/CLI.hpp>
@@ -20,6 +21,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iterator>
+#include <optional>
 #include <tuple>
 #include <cstdio>
 #include <cstdlib>
@@ -204,16 +206,23 @@ TuningEnvironment assumedEnvironment(const std::string &arch,
   return environment;
 }
 
-/// The default kernel set: decode/flush/append/dequantize of the default presets at D = 128.
+/// The default kernel set: of the default presets at D = 128, decode (Q = 1, 2, 4, 8) and append
+/// for fp16 and for bf16 models (queries, outputs and incoming rows), flush and dequantize (the
+/// pool and the records are fp16 for either).
 std::vector<KernelSpec> defaultKernelSet(const std::string &arch) {
   std::vector<KernelSpec> specs;
+  auto add = [&](const std::string &op, const char *preset, int q, const char *dtype) {
+    specs.push_back(*parseKernelSpec(op + ":" + preset + ":d128:q" + std::to_string(q) + ":" +
+                                     dtype + ":" + arch));
+  };
   for (const char *preset : {"kvarn_k4v2_g128", "kvarn_k4v4_g128"}) {
-    for (int q : {1, 2, 4, 8})
-      specs.push_back(*parseKernelSpec(std::string("decode:") + preset + ":d128:q" +
-                                       std::to_string(q) + ":f16:" + arch));
-    for (const char *op : {"flush", "append", "dequantize"})
-      specs.push_back(
-          *parseKernelSpec(std::string(op) + ":" + preset + ":d128:q1:f16:" + arch));
+    for (const char *dtype : {"f16", "bf16"}) {
+      for (int q : {1, 2, 4, 8})
+        add("decode", preset, q, dtype);
+      add("append", preset, 1, dtype);
+    }
+    for (const char *op : {"flush", "dequantize"})
+      add(op, preset, 1, "f16");
   }
   return specs;
 }
@@ -230,37 +239,51 @@ int runCompileDefaultSet(const Expected<DeviceInfo> &device, const std::string &
   const TuningEnvironment here =
       device ? environmentOf(*device) : assumedEnvironment("sm_90a", configs);
   ArtifactCache cache(ArtifactCache::Options{});
-  std::printf("Compiling the default kernel set for %s with NVRTC %s (cache: %s), schedules from "
-              "%s:\n",
-              here.arch.c_str(), nvrtcVersion().c_str(),
+  std::printf("Compiling the default kernel set for %s with NVRTC %s on %d host threads (cache: "
+              "%s; times are per compile, with the others running), schedules from %s:\n",
+              here.arch.c_str(), nvrtcVersion().c_str(), hostThreads(),
               cache.diskEnabled() ? cache.directory().c_str() : "memory only",
               configs.empty() ? "the ops' defaults (no tuned configs)"
                               : ("the tuned configs in " + configsDirectory).c_str());
   for (const std::string &warning : warnings)
     std::printf("  warning: %s\n", warning.c_str());
-  int failures = 0;
+  // Every spec's schedules (the choice and its decode variants), compiled on every host thread,
+  // reported in this order.
+  struct Job {
+    KernelSpec spec;
+    Schedule schedule;
+    std::string rule;
+    std::optional<Expected<compiler::CompiledKernel>> kernel;
+    double ms = 0;
+    bool hit = false;
+  };
+  std::vector<Job> jobs;
   for (const KernelSpec &spec : defaultKernelSet(here.arch)) {
     const ScheduleChoice choice = chooseSchedule(configs, spec, here);
-    for (const Schedule &schedule : choice.schedules()) {
-      const auto start = std::chrono::steady_clock::now();
-      bool hit = false;
-      Expected<compiler::CompiledKernel> kernel =
-          compiler::compileKernel(spec, schedule, cache, &hit);
-      const double ms =
-          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-              .count();
-      if (!kernel) {
-        ++failures;
-        std::printf("  FAIL %-44s %s: %s\n", spec.str().c_str(), schedule.str().c_str(),
-                    kernel.error().message.c_str());
-        continue;
-      }
-      std::printf("  ok   %-44s %7.1f ms%s  cubin %7zu B  smem %6zu B%s\n       %s %s\n",
-                  spec.str().c_str(), ms, hit ? " (cached)" : "         ", kernel->cubin.size(),
-                  kernel->sharedBytes,
-                  kernel->nvrtcLog.empty() ? "" : "  (NVRTC printed warnings)",
-                  choice.rule.c_str(), schedule.str().c_str());
+    for (const Schedule &schedule : choice.schedules())
+      jobs.push_back({spec, schedule, choice.rule, std::nullopt});
+  }
+  parallelFor(jobs.size(), [&](size_t i) {
+    Job &job = jobs[i];
+    const auto start = std::chrono::steady_clock::now();
+    job.kernel.emplace(compiler::compileKernel(job.spec, job.schedule, cache, &job.hit));
+    job.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                 .count();
+  });
+  int failures = 0;
+  for (const Job &job : jobs) {
+    const Expected<compiler::CompiledKernel> &kernel = *job.kernel;
+    if (!kernel) {
+      ++failures;
+      std::printf("  FAIL %-44s %s: %s\n", job.spec.str().c_str(), job.schedule.str().c_str(),
+                  kernel.error().message.c_str());
+      continue;
     }
+    std::printf("  ok   %-44s %7.1f ms%s  cubin %7zu B  smem %6zu B%s\n       %s %s\n",
+                job.spec.str().c_str(), job.ms, job.hit ? " (cached)" : "         ",
+                kernel->cubin.size(), kernel->sharedBytes,
+                kernel->nvrtcLog.empty() ? "" : "  (NVRTC printed warnings)", job.rule.c_str(),
+                job.schedule.str().c_str());
   }
   return failures == 0 ? 0 : 1;
 }
