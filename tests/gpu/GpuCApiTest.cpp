@@ -388,10 +388,11 @@ TEST_F(CApiGpuTest, EveryOpThroughTheCApi) {
 }
 
 TEST_F(CApiGpuTest, Bf16ModelStepThroughTheCApi) {
-  // A bf16 model's step as an engine runs it: append bf16 K/V rows into the fp16 pool, flush the
-  // full blocks into records, decode bf16 queries over three record pages and the pool's tail
-  // page. The decode is checked against the float64 reference over what the GPU wrote (error
-  // beyond the bf16 output's own rounding), the pool rows against the reference rotation.
+  // A bf16 model's step as an engine runs it, with the kernels from a bundle in a production
+  // runtime (no JIT, an empty cache): append bf16 K/V rows into the fp16 pool, flush the full
+  // blocks into records, decode bf16 queries over three record pages and the pool's tail page.
+  // The decode is checked against the float64 reference over what the GPU wrote (error beyond
+  // the bf16 output's own rounding), the pool rows against the reference rotation.
   const int hk = 2, d = 128, g = 128, q = 4, tokens = 3 * g + 37, blocks = 4;
   const Format format = *parseFormat("kvarn_k4v2_g128", d);
   const RecordLayout layout = recordLayout(format);
@@ -406,11 +407,27 @@ TEST_F(CApiGpuTest, Bf16ModelStepThroughTheCApi) {
   std::vector<int64_t> mapping(tokens);
   for (int t = 0; t < tokens; ++t)
     mapping[t] = t; // block b in pool slot b
+  const char *arch = nullptr;
+  int smCount = 0;
+  ASSERT_KVARN(kvarn_runtime_device(runtime, &arch, &smCount));
+  const DeviceInfo info = *openDevice(0);
+  const char *appendSpec = "append:kvarn_k4v2_g128:d128:q1:bf16",
+             *flushSpec = "flush:kvarn_k4v2_g128:d128:q1:f16",
+             *decodeSpec = "decode:kvarn_k4v2_g128:d128:q4:bf16";
+  std::vector<KernelSpec> specs;
+  for (const char *spec : {appendSpec, flushSpec, decodeSpec})
+    specs.push_back(*parseKernelSpec(std::string(spec) + ":" + arch));
+  ArtifactCache buildCache(ArtifactCache::Options{cacheDir + "/build"});
+  Expected<Bundle> bundle = compiler::buildBundle(specs, "", environmentOf(info), buildCache);
+  ASSERT_TRUE(bundle) << bundle.error().str();
+  const std::string bundlePath = cacheDir + "/bf16-model.kvarnbundle";
+  ASSERT_TRUE(writeBundle(bundlePath, *bundle));
+  ASSERT_NO_FATAL_FAILURE(createProductionRuntime());
+  ASSERT_KVARN(kvarn_load_bundle(production, bundlePath.c_str()));
   kvarn_kernel append = nullptr, flush = nullptr, decodeKernel = nullptr;
-  ASSERT_KVARN(kvarn_prepare(runtime, "append:kvarn_k4v2_g128:d128:q1:bf16", nullptr, &append));
-  ASSERT_KVARN(kvarn_prepare(runtime, "flush:kvarn_k4v2_g128:d128:q1:f16", nullptr, &flush));
-  ASSERT_KVARN(
-      kvarn_prepare(runtime, "decode:kvarn_k4v2_g128:d128:q4:bf16", nullptr, &decodeKernel));
+  ASSERT_KVARN(kvarn_prepare(production, appendSpec, nullptr, &append));
+  ASSERT_KVARN(kvarn_prepare(production, flushSpec, nullptr, &flush));
+  ASSERT_KVARN(kvarn_prepare(production, decodeSpec, nullptr, &decodeKernel));
   const size_t poolElements = size_t(blocks) * g * hk * d;
   const CUdeviceptr dPk = upload(std::vector<uint16_t>(poolElements, 0)),
                     dPv = upload(std::vector<uint16_t>(poolElements, 0));
