@@ -804,6 +804,12 @@ std::filesystem::path tuneBinary() {
   return !ec && std::filesystem::exists(tune) ? tune : std::filesystem::path();
 }
 
+/// Declares `name` as the kvarn-tune binary next to this test binary, or skips the test.
+#define KVARN_REQUIRE_TUNE_BINARY(name)                                                          \
+  const std::filesystem::path name = tuneBinary();                                               \
+  if (name.empty())                                                                              \
+  GTEST_SKIP() << "kvarn-tune is not next to this test binary"
+
 /// Runs `kvarn-tune tune <arguments>` with its configs and report (report.json) in `dir` and
 /// returns the report's one result; `log` gets the run's output.
 Expected<autotune::TuneResult> tuneOneSpec(const std::filesystem::path &tune, const std::string &dir,
@@ -832,9 +838,7 @@ std::string freshDirectory(const std::string &name) {
 
 TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
   KVARN_REQUIRE_GPU();
-  const std::filesystem::path tune = tuneBinary();
-  if (tune.empty())
-    GTEST_SKIP() << "kvarn-tune is not next to this test binary";
+  KVARN_REQUIRE_TUNE_BINARY(tune);
   const std::string dir = freshDirectory("kvarn-crash-test");
   const std::string crash =
       "warps=1,stages=2,splits=0,heads_per_cta=0,mma=m16n8k16,rows_per_cta=4,min_ctas=0";
@@ -873,9 +877,7 @@ bool processEnded(pid_t pid) {
 
 TEST(GpuTuner, AKilledRunKeepsItsFinishedSpecsInTheConfigsAndItsWorkerEnds) {
   KVARN_REQUIRE_GPU();
-  const std::filesystem::path tune = tuneBinary();
-  if (tune.empty())
-    GTEST_SKIP() << "kvarn-tune is not next to this test binary";
+  KVARN_REQUIRE_TUNE_BINARY(tune);
   const std::string dir = freshDirectory("kvarn-killed-run-test");
   // Two decode specs; the run is killed (SIGKILL, only the parent) once the first is reported.
   Expected<pid_t> run = autotune::spawnProcess(
@@ -932,9 +934,7 @@ TEST(GpuTuner, AKilledRunKeepsItsFinishedSpecsInTheConfigsAndItsWorkerEnds) {
 
 TEST(GpuTuner, GraphReplayTimesEveryCandidateOverItsColdCopies) {
   KVARN_REQUIRE_GPU();
-  const std::filesystem::path tune = tuneBinary();
-  if (tune.empty())
-    GTEST_SKIP() << "kvarn-tune is not next to this test binary";
+  KVARN_REQUIRE_TUNE_BINARY(tune);
   const std::string dir = freshDirectory("kvarn-graph-test");
   // 1 x 4K fits in L2 many times over: one graph holds a launch per cold copy (16 here), with
   // the decode's merge kernel as a programmatic dependent of each.
@@ -971,14 +971,8 @@ TEST(GpuMultiDevice, MergedConfigsAreLoadedIdenticallyByAProcessPerGpu) {
   ASSERT_TRUE(KVARN_CU((*Driver::get())->cuDeviceGetCount(&count)));
   if (count < 2)
     GTEST_SKIP() << "needs two GPUs of one host, this machine has " << count;
-  std::error_code ec;
-  const std::filesystem::path tune =
-      std::filesystem::read_symlink("/proc/self/exe", ec).parent_path() / "kvarn-tune";
-  if (ec || !std::filesystem::exists(tune))
-    GTEST_SKIP() << "kvarn-tune is not next to this test binary";
-  const std::string dir = ::testing::TempDir() + "/kvarn-devices-test";
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
+  KVARN_REQUIRE_TUNE_BINARY(tune);
+  const std::string dir = freshDirectory("kvarn-devices-test");
   std::string log;
   // Two contexts per launch size: the merge derives the decode variants as a one-GPU run does.
   ASSERT_EQ(runCommand(tune.string() + " tune --devices all --preset kvarn_k4v2_g128 --q 8 " +
