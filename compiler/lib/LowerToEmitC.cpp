@@ -28,9 +28,9 @@ std::string structPrefix(dialect::OpKind kind) {
 }
 
 /// `kvarn::dev::DecodeContext<KB, VB, G, D, Q, Warps, Stages, Splits, Rows, Compact, DType,
-/// QueryTerms, WeightTerms, EarlyWindow>` (decode only: fp16 terms per MMA operand, from the
-/// schedule's `mma`, and whether the first lookup window opens before the query rotation,
-/// `earlyLookupWindow` of the schedule).
+/// QueryTerms, WeightTerms, CenteredQuery, EarlyWindow>` (decode only: fp16 terms per MMA
+/// operand and the centered q' correction, from the schedule's `mma`, and whether the first
+/// lookup window opens before the query rotation, `earlyLookupWindow` of the schedule).
 std::string contextTypeName(TileBeginOp begin) {
   FormatAttr f = begin.getFormat();
   ScheduleAttr s = begin.getSchedule();
@@ -46,6 +46,7 @@ std::string contextTypeName(TileBeginOp begin) {
   if (begin.getParams().getType().getKind() == dialect::OpKind::decode) {
     const MmaVariant *mma = findMma(s.getMma()); // verified by the schedule attribute
     name += ", " + std::to_string(mma->queryTerms) + ", " + std::to_string(mma->weightTerms) +
+            (mma->centeredQuery ? ", true" : ", false") +
             (::kvarn::earlyLookupWindow(toSchedule(s)) ? ", true" : ", false");
   }
   name += ">";

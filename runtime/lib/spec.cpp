@@ -146,11 +146,14 @@ Expected<KernelSpec> parseKernelSpec(std::string_view text) {
 }
 
 const std::vector<MmaVariant> &mmaVariants() {
-  static const std::vector<MmaVariant> variants = {{"m16n8k16", 2, 2},
-                                                   {"m16n8k16.single", 1, 1},
-                                                   {"m16n8k16.single-q", 1, 2},
-                                                   {"m16n8k16.single-p", 2, 1},
-                                                   {"none", 0, 0}};
+  static const std::vector<MmaVariant> variants = {
+      {"m16n8k16", 2, 2},
+      {"m16n8k16.single", 1, 1},
+      {"m16n8k16.single-q", 1, 2},
+      {"m16n8k16.single-p", 2, 1},
+      {"m16n8k16.centered-q", 1, 2, true},
+      {"m16n8k16.centered-q-single-p", 1, 1, true},
+      {"none", 0, 0}};
   return variants;
 }
 

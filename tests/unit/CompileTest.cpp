@@ -72,8 +72,12 @@ TEST(NvrtcCompile, EveryVariantCompilesWithoutWarnings) {
   for (const char *schedule :
        {"warps=1", "warps=8", "stages=2", "splits=1", "warps=2,splits=4",
         "stages=3,mma=m16n8k16.single", "warps=4,min_ctas=3,mma=m16n8k16.single-q",
-        "warps=2,stages=2,min_ctas=6,mma=m16n8k16.single-p"})
+        "warps=2,stages=2,min_ctas=6,mma=m16n8k16.single-p", "mma=m16n8k16.centered-q",
+        "warps=12,mma=m16n8k16.centered-q-single-p"})
     jobs.push_back({"decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", schedule});
+  // The centered correction's middle value for 2-bit K codes, and on sm_80.
+  jobs.push_back({"decode:kvarn_k2v2_g128:d128:q4:bf16:sm_90a", "mma=m16n8k16.centered-q"});
+  jobs.push_back({"decode:kvarn_k2v2_g64:d64:q5:f16:sm_80", "mma=m16n8k16.centered-q-single-p"});
   for (int q : {1, 5, 16})
     jobs.push_back({"decode:kvarn_k4v2_g128:d128:q" + std::to_string(q) + ":f16:sm_90a", ""});
   jobs.push_back({"flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "warps=16"});
@@ -139,6 +143,34 @@ TEST(NvrtcCompile, TheSplitMergeIsAProgrammaticDependentOnlyFromSm90) {
           << c.spec;
     }
   }
+}
+
+TEST(NvrtcCompile, TheCenteredQueryCorrectionIsOneMmaPerKChunk) {
+  // D = 128, q 8: a record page's q' low terms take one MMA per code tile (8 k-chunks x 8
+  // m-tiles); the centered correction one per k-chunk. Every variant here rounds P' once, so
+  // the decode entries differ only there, in every copy of the record page's code.
+  auto mmaCount = [](const char *mma) -> long {
+    Expected<KernelSpec> spec = parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+    Expected<Schedule> schedule = parseSchedule(std::string("mma=") + mma, OpKind::Decode);
+    if (!spec || !schedule)
+      return -1;
+    Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(*spec, *schedule);
+    if (!kernel)
+      return -1;
+    const std::string decode = entryPtx(kernel->ptx, kernel->kernelNames.at(0));
+    long count = 0;
+    for (size_t at = decode.find("mma.sync"); at != std::string::npos;
+         at = decode.find("mma.sync", at + 1))
+      ++count;
+    return count;
+  };
+  const long twoTerms = mmaCount("m16n8k16.single-p");
+  const long centered = mmaCount("m16n8k16.centered-q-single-p");
+  const long once = mmaCount("m16n8k16.single");
+  ASSERT_GT(once, 0);
+  EXPECT_GT(centered, once);
+  EXPECT_EQ(twoTerms - centered, 7 * (centered - once))
+      << "two q' terms " << twoTerms << ", centered " << centered << ", once " << once;
 }
 
 TEST(NvrtcCompile, ImpossibleSchedulesAreRejectedBeforeNvrtc) {

@@ -32,7 +32,8 @@ template <int VBITS> __host__ __device__ constexpr int valueCode(int m, int half
 }
 
 template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS, int ROWS,
-          bool COMPACT, typename T, int QUERY_TERMS, int WEIGHT_TERMS, bool EARLY_WINDOW>
+          bool COMPACT, typename T, int QUERY_TERMS, int WEIGHT_TERMS, bool CENTERED_QUERY,
+          bool EARLY_WINDOW>
 struct DecodeContext {
   typedef RecordLayout<KB, VB, G, D, COMPACT> Layout;
   static constexpr int TPI = G / 8;           ///< tokens per lane group (QK rows)
@@ -57,6 +58,10 @@ struct DecodeContext {
   /// fp16 terms per fp32 MMA operand, q' (scores) and P' (output update): 2 = high + low
   /// (about 22 bits), 1 = rounded once.
   static constexpr int Q_TERMS = QUERY_TERMS, P_TERMS = WEIGHT_TERMS;
+  /// With one q' term: the low terms' sum over the channels times the codes' middle value joins
+  /// each query's bias (scoresOnCodes), so the rounding of q' errs by sum_d low_d (code_d -
+  /// middle) per score instead of sum_d low_d code_d.
+  static constexpr bool Q_CENTERED = CENTERED_QUERY;
   /// The first lookup window's block ids load in begin, so their latency passes under the query
   /// rotation (the compiler sets it where the schedule leaves 255 registers per thread). The
   /// same kernels also interleave the splits' pages (INTERLEAVED), load their query rows in
@@ -79,6 +84,7 @@ struct DecodeContext {
   static constexpr CodeForm KEY_FORM = CodeForm::Subnormal, VALUE_FORM = CodeForm::SubnormalHigh;
   static_assert((Q_TERMS == 1 || Q_TERMS == 2) && (P_TERMS == 1 || P_TERMS == 2),
                 "one or two fp16 terms per operand");
+  static_assert(!Q_CENTERED || Q_TERMS == 1, "the centered correction replaces q's low term");
   static_assert(KB == 2 || KB == 4, "key bits must be 2 or 4");
   static_assert(VB == 2 || VB == 4, "value bits must be 2 or 4");
   static_assert(Q >= 1 && Q <= 16, "1 to 16 query heads per kv head");
@@ -551,7 +557,8 @@ template <typename Ctx> __device__ __forceinline__ void loadValues(Ctx &c, int p
 /// s[g] = K_s_row[g] * (sum_d (q[d] K_s_col[d]) code[d][g] + sum_d q[d] K_zp[d]).
 /// The MMAs run on the codes (exact in fp16) with q' = q_rot * K_s_col split into two fp16 terms
 /// (high = q' rounded once, low = the rounded residual: about 22 significant bits) or, with one
-/// operand term, rounded once. The zero-point bias (in code units) starts the accumulators, so
+/// operand term, rounded once (Q_CENTERED: the low terms' share at the codes' middle value added
+/// to the bias). The zero-point bias (in code units) starts the accumulators, so
 /// the epilogue only applies K_s_row, the code unit and the softmax scale.
 template <typename Ctx>
 __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
@@ -564,18 +571,26 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
   const Half *keyZeroPoint = keyScaleCol + Ctx::HD;
   const Half *keyScaleRow = keyZeroPoint + Ctx::HD;
   uint32_t b[Ctx::NQ][Ctx::KC][2], bLow[Ctx::NQ][Ctx::KC][2]; // q' = high + low (fp16 each)
-  float bias[Ctx::NQ][4];
+  float bias[Ctx::NQ][4], centered[Ctx::NQ][4];
   // Step 1. q' = q_rot * K_s_col as fp16 B fragments, and the bias sum_d q[d] K_zp[d] of each
   // query (accumulator order: queries 2t, 2t + 1, 2t, 2t + 1).
   // q_rot is fp16 for either query dtype. HMUL2 rounds the exact product q * K_s_col once, HFMA2
   // the exact residual; the bias is one MMA per k-chunk with rows 0..7 of A holding K_zp (exact
   // products). Rows 8..15 are left as they are (their sums, accumulators 2 and 3, are never
   // read), so A is the two loaded words in place, with no register copies to build the fragment.
+  // With Q_CENTERED, q' is one term and the low terms only feed `centered`: per k-chunk one MMA
+  // whose A is the codes' middle value (exact in fp16: 7.5 or 1.5, exact products), so each
+  // query's bias gains middle * sum_d low_d, the low terms' share of a score whose codes all sat
+  // at the middle; a score then errs by sum_d low_d (code_d - middle), not sum_d low_d code_d.
+  // A chain of its own, so the bias MMAs do not wait on it.
 #pragma unroll
   for (int n = 0; n < Ctx::NQ; ++n)
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
+    for (int e = 0; e < 4; ++e) {
       bias[n][e] = 0.0f;
+      centered[n][e] = 0.0f;
+    }
+  constexpr uint32_t middle = KBITS == 4 ? 0x47804780u : 0x3e003e00u; // fp16 pairs 7.5, 1.5
 #pragma unroll
   for (int kc = 0; kc < Ctx::KC; ++kc) {
     const int channel = 16 * kc + 4 * c.t;
@@ -588,7 +603,7 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
     for (int n = 0; n < Ctx::NQ; ++n) {
       b[n][kc][0] = hmul2(c.query[n][kc][0], scaleBits.x);
       b[n][kc][1] = hmul2(c.query[n][kc][1], scaleBits.y);
-      if constexpr (Ctx::Q_TERMS == 2) {
+      if constexpr (Ctx::Q_TERMS == 2 || Ctx::Q_CENTERED) {
         bLow[n][kc][0] = hfma2Sub(c.query[n][kc][0], scaleBits.x, b[n][kc][0]);
         bLow[n][kc][1] = hfma2Sub(c.query[n][kc][1], scaleBits.y, b[n][kc][1]);
       }
@@ -596,6 +611,8 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
       asm("" : "=r"(rowsBelow));
       mma16816(bias[n], zero01, rowsBelow, zero23, rowsBelow, c.query[n][kc][0],
                c.query[n][kc][1]);
+      if constexpr (Ctx::Q_CENTERED)
+        mma16816(centered[n], middle, middle, middle, middle, bLow[n][kc][0], bLow[n][kc][1]);
     }
   }
   // Step 2. MMA over the code tiles: rows = tokens (Ctx::tokenOf), k = channels. Each
@@ -607,7 +624,9 @@ __device__ __forceinline__ void scoresOnCodes(Ctx &c, int page, int stage) {
     for (int pt = 0; pt < Ctx::P; ++pt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        c.scores[n][pt][e] = bias[n][e % 2] * Ctx::keyUnit(pt, e / 2);
+        c.scores[n][pt][e] = (Ctx::Q_CENTERED ? bias[n][e % 2] + centered[n][e % 2]
+                                              : bias[n][e % 2]) *
+                             Ctx::keyUnit(pt, e / 2);
   const unsigned char *keyCodes = c.stageShared(stage);
   if constexpr (Ctx::KEY_LDSM) {
     // 4-bit codes, 128 tokens: per k-chunk and half page h, one LDMATRIX.X4.TRANS. Matrix j

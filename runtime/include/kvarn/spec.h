@@ -87,10 +87,15 @@ bool earlyLookupWindow(const Schedule &schedule);
 /// A value of the schedule's `mma` knob: the tensor-core instruction and how many fp16 terms
 /// carry each fp32 MMA operand (2: high + low, about 22 bits; 1: rounded once) for the query
 /// side (q' of the scores) and the weight side (P' of the output update); 0 = no tensor cores.
+/// `centeredQuery` (with one q' term): the low terms q' - fp16(q') are summed over the
+/// channels, times the codes' middle value (2^bits - 1) / 2, into each query's bias (one MMA
+/// per k-chunk instead of one per code tile), so a score errs by sum_d low_d (code_d - middle)
+/// instead of sum_d low_d code_d.
 struct MmaVariant {
   std::string_view name;
   int queryTerms;
   int weightTerms;
+  bool centeredQuery = false;
 };
 
 /// Every supported `mma` value, the default first.

@@ -5,7 +5,7 @@
 // CHECK: emitc.include "kvarn/device.cuh"
 // CHECK-LABEL: emitc.func @decode(%{{.*}}: !emitc.opaque<"kvarn::dev::DecodeParams">)
 // CHECK-SAME: specifiers = ["extern \22C\22 __global__", "__launch_bounds__(64)"]
-// CHECK: %[[CTX:.*]] = call_opaque "kvarn::dev::DecodeContext<4, 4, 64, 256, 5, 2, 1, 3, 4, false, kvarn::dev::BFloat16, 2, 2, true>::begin"
+// CHECK: %[[CTX:.*]] = call_opaque "kvarn::dev::DecodeContext<4, 4, 64, 256, 5, 2, 1, 3, 4, false, kvarn::dev::BFloat16, 2, 2, false, true>::begin"
 // CHECK: call_opaque "kvarn::dev::pageFirst"(%[[CTX]])
 // CHECK: call_opaque "kvarn::dev::rotateQuery"(%[[CTX]])
 // CHECK: call_opaque "kvarn::dev::loadKeys"(%[[CTX]], %{{.*}}, %{{.*}}) : (!emitc.opaque

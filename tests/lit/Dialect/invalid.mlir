@@ -56,7 +56,7 @@ func.func private @f() attributes {x = #kvarn.schedule<decode, heads_per_cta = -
 
 // -----
 
-// expected-error @+1 {{mma = "wgmma" (supported: m16n8k16, m16n8k16.single, m16n8k16.single-q, m16n8k16.single-p, none)}}
+// expected-error @+1 {{mma = "wgmma" (supported: m16n8k16, m16n8k16.single, m16n8k16.single-q, m16n8k16.single-p, m16n8k16.centered-q, m16n8k16.centered-q-single-p, none)}}
 func.func private @f() attributes {x = #kvarn.schedule<decode, mma = "wgmma">}
 
 // -----

@@ -46,8 +46,10 @@ def Kvarn_ScheduleAttr : Kvarn_Attr<"Schedule", "schedule"> {
     - `mma`: `m16n8k16` (tensor cores on codes; the fp32 query and weight operands are split
       into two fp16 terms, about 22 significant bits, two MMAs per tile), `m16n8k16.single`
       (both operands rounded once to fp16: half the MMAs), `m16n8k16.single-q` / `-p` (only
-      the scores' q' / only the output update's P' rounded once) or `none` (CUDA cores; not
-      for decode).
+      the scores' q' / only the output update's P' rounded once), `m16n8k16.centered-q` /
+      `m16n8k16.centered-q-single-p` (q' rounded once, the low terms' sum at the codes' middle
+      value added to the bias: one MMA per k-chunk instead of one per code tile; P' two terms /
+      one) or `none` (CUDA cores; not for decode).
     - `rows_per_cta`: append only, token rows per CTA.
     - `min_ctas`: CTAs per SM the register allocation must leave room for
       (`__launch_bounds__(threads, min_ctas)`); 0 = no bound.
