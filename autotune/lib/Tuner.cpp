@@ -693,13 +693,20 @@ struct DecodeCheck {
   synthetic::PagedCache cache;
   std::vector<uint16_t> query, expected;
   std::vector<float> unconverted; ///< the reference's outputs before their dtype conversion
+  float softmaxScale;
 };
 
+/// A check case; the softmax scale is `scoreScale` / sqrt(D) (above 1: peakier scores).
 Expected<DecodeCheck> makeDecodeCheck(const KernelSpec &spec, std::string name,
-                                      const std::vector<int32_t> &lengths, uint64_t seed) {
+                                      const std::vector<int32_t> &lengths, uint64_t seed,
+                                      float scoreScale) {
   const int hk = 2, hq = hk * spec.queryHeadsPerKvHead;
-  DecodeCheck check{std::move(name), synthetic::PagedCache(spec.format, hk, lengths, seed), {}, {},
-                    {}};
+  DecodeCheck check{std::move(name),
+                    synthetic::PagedCache(spec.format, hk, lengths, seed),
+                    {},
+                    {},
+                    {},
+                    scoreScale / std::sqrt(float(spec.format.headDim))};
   if (!check.cache.status)
     return check.cache.status.error();
   check.query = synthetic::randomQueries(lengths.size() * hq * spec.format.headDim, spec.dtype,
@@ -711,6 +718,7 @@ Expected<DecodeCheck> makeDecodeCheck(const KernelSpec &spec, std::string name,
   problem.numKvHeads = hk;
   problem.maxBlocksPerRequest = check.cache.maxBlocks;
   problem.dtype = spec.dtype;
+  problem.softmaxScale = check.softmaxScale;
   problem.query = check.query;
   problem.blockTable = check.cache.blockTable;
   problem.seqLens = check.cache.seqLens;
@@ -723,14 +731,37 @@ Expected<DecodeCheck> makeDecodeCheck(const KernelSpec &spec, std::string name,
   return check;
 }
 
+/// The tuner's decode check cases for `spec`: a short mixed batch, a 128K-token request, and that
+/// request with scores eight times larger (peaked scores catch a q' rounded once, whose error
+/// grows with the scores' scale: docs/benchmarks.md, eighteenth session).
+Expected<std::vector<DecodeCheck>> makeDecodeChecks(const KernelSpec &spec) {
+  struct CheckCase {
+    std::string name;
+    std::vector<int32_t> lengths;
+    float scoreScale;
+  };
+  const int g = spec.format.tileTokens;
+  std::vector<DecodeCheck> checks;
+  for (const CheckCase &c : {CheckCase{"short mixed batch", {g + 1, 3 * g + 5, 1}, 1.0f},
+                             CheckCase{"128K tokens", {128 * 1024}, 1.0f},
+                             CheckCase{"128K tokens, scores x8", {128 * 1024}, 8.0f}}) {
+    Expected<DecodeCheck> check =
+        makeDecodeCheck(spec, c.name, c.lengths, 1234 + checks.size(), c.scoreScale);
+    if (!check)
+      return check.error();
+    checks.push_back(std::move(*check));
+  }
+  return checks;
+}
+
 /// The check's bound on reference::decodeOutputError, for both output dtypes (bf16: the error
 /// beyond the output's own rounding).
 constexpr double kDecodeCheckBound = 1e-3;
 
 /// Runs `module` on a check case with the host planner's splits (NaN-poisoned output) and
 /// compares with the float64 reference: decodeOutputError <= kDecodeCheckBound.
-Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const Schedule &schedule,
-                      const DecodeCheck &check, const DeviceInfo &info, bool poison = false) {
+Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const DecodeCheck &check,
+                      const DeviceInfo &info, bool poison = false) {
   const synthetic::PagedCache &cache = check.cache;
   const int batch = int(cache.seqLens.size()), d = spec.format.headDim;
   const int maxLen = *std::max_element(cache.seqLens.begin(), cache.seqLens.end());
@@ -751,7 +782,7 @@ Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const 
                            dKey->as<void>(), dValue->as<void>(), dSlots->as<int>(),
                            dTable->as<int>(), dLens->as<int>(), nullptr, nullptr, batch,
                            cache.numKvHeads, cache.maxBlocks, plan.numSplits,
-                           1.0f / std::sqrt(float(d))};
+                           check.softmaxScale};
   bindDecodeWorkspace(params, dWork->as<void>(), spec.queryHeadsPerKvHead, d, plan.numSplits);
   if (poison)
     params.cache = reinterpret_cast<const unsigned char *>(uintptr_t(16)); // an illegal address
@@ -793,7 +824,7 @@ public:
   virtual void release() = 0;
 };
 
-/// Decode: checked on a short mixed batch and a 128K-token request (built once per spec),
+/// Decode: checked on makeDecodeChecks' cases (built once per spec),
 /// timed at each bucket (B x context) on the bench's inputs (TimingInputs.h: the same records and
 /// queries, a copy of the block ranges per launch, L2-cold; every page a record, or with
 /// TuneOptions::poolPages each request's first and last pages fp16 pool pages).
@@ -807,19 +838,15 @@ public:
   void useBucket(int bucket) override { bucket_ = bucket; }
 
   Status check(const KernelModule &module, const Schedule &schedule) override {
-    const int g = spec_.format.tileTokens;
-    if (checks_.empty())
-      for (auto [name, lengths] : {std::pair<std::string, std::vector<int32_t>>{
-                                       "short mixed batch", {g + 1, 3 * g + 5, 1}},
-                                   {"128K tokens", {128 * 1024}}}) {
-        Expected<DecodeCheck> check = makeDecodeCheck(spec_, name, lengths, 1234 + checks_.size());
-        if (!check)
-          return check.error();
-        checks_.push_back(std::move(*check));
-      }
+    if (checks_.empty()) {
+      Expected<std::vector<DecodeCheck>> checks = makeDecodeChecks(spec_);
+      if (!checks)
+        return checks.error();
+      checks_ = std::move(*checks);
+    }
     const bool poison = !o_.injectCrash.empty() && schedule.str() == o_.injectCrash;
     for (const DecodeCheck &check : checks_)
-      if (Status s = runDecodeCheck(module, spec_, schedule, check, info_, poison); !s)
+      if (Status s = runDecodeCheck(module, spec_, check, info_, poison); !s)
         return s;
     return Status::success();
   }
@@ -1246,6 +1273,17 @@ std::string formatResult(const TuneResult &result) {
 }
 
 } // namespace
+
+Status checkDecodeKernel(const KernelSpec &spec, const KernelModule &module,
+                         const DeviceInfo &info) {
+  Expected<std::vector<DecodeCheck>> checks = makeDecodeChecks(spec);
+  if (!checks)
+    return checks.error();
+  for (const DecodeCheck &check : *checks)
+    if (Status s = runDecodeCheck(module, spec, check, info); !s)
+      return s;
+  return Status::success();
+}
 
 Status writeConfigs(const std::string &path, const std::string &configs) {
   nlohmann::json file = nlohmann::json::parse(configs);

@@ -898,6 +898,23 @@ std::string freshDirectory(const std::string &name) {
   return dir;
 }
 
+TEST(GpuTuner, TheDecodeCheckCatchesAQueryRoundedOnceAtPeakedScores) {
+  KVARN_REQUIRE_GPU();
+  // The tuner's check: the shipped single-p schedule passes every case; q' rounded once with its
+  // centered correction passes the 128K request at the plain scale (6.2-8.7e-4 measured) but
+  // not at scores eight times larger (2.6e-3), the case that keeps it out of the search space.
+  const std::string spec = "decode:kvarn_k4v2_g128:d128:q8:f16";
+  const KernelSpec parsed = *parseKernelSpec(spec + ":" + gpu()->arch());
+  const std::string singleP = "mma=m16n8k16.single-p", centered = "mma=m16n8k16.centered-q-single-p";
+  precompile({{spec, singleP}, {spec, centered}});
+  Status passed = autotune::checkDecodeKernel(parsed, kernel(spec, singleP), *gpu());
+  EXPECT_TRUE(passed) << passed.error().str();
+  Status rejected = autotune::checkDecodeKernel(parsed, kernel(spec, centered), *gpu());
+  ASSERT_FALSE(rejected);
+  EXPECT_EQ(rejected.error().code, ErrorCode::InvalidData);
+  EXPECT_THAT(rejected.error().message, ::testing::HasSubstr("128K tokens, scores x8"));
+}
+
 TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
   KVARN_REQUIRE_GPU();
   KVARN_REQUIRE_TUNE_BINARY(tune);

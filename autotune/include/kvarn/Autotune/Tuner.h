@@ -24,6 +24,13 @@ namespace kvarn::autotune {
 Expected<KernelModule> compileAndLoad(const KernelSpec &spec, const Schedule &schedule,
                                       ArtifactCache &cache);
 
+/// The check every decode candidate passes before the tuner times it: the loaded kernel against
+/// the float64 reference on a short mixed batch, a 128K-token request and that request with
+/// scores eight times larger, each within 1e-3 (reference::decodeOutputError). An InvalidData
+/// error names the case and the error.
+Status checkDecodeKernel(const KernelSpec &spec, const KernelModule &module,
+                         const DeviceInfo &info);
+
 /// One schedule tried for a spec; `rejected` says why it was not measured or not eligible
 /// (pruned, failed to compile, wrong results, crashed, early stop, budget).
 struct Candidate {
