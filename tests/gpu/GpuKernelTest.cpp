@@ -903,12 +903,17 @@ TEST(GpuTuner, TheDecodeCheckCatchesAQueryRoundedOnceAtPeakedScores) {
   // The tuner's check: the shipped single-p schedule passes every case; q' rounded once with its
   // centered correction passes the 128K request at the plain scale (6.2-8.7e-4 measured) but
   // not at scores eight times larger (2.6e-3), the case that keeps it out of the search space.
+  // bf16 (the error beyond the output's rounding) passes the same check with single-p.
   const std::string spec = "decode:kvarn_k4v2_g128:d128:q8:f16";
+  const std::string bf16 = "decode:kvarn_k4v2_g128:d128:q8:bf16";
   const KernelSpec parsed = *parseKernelSpec(spec + ":" + gpu()->arch());
   const std::string singleP = "mma=m16n8k16.single-p", centered = "mma=m16n8k16.centered-q-single-p";
-  precompile({{spec, singleP}, {spec, centered}});
+  precompile({{spec, singleP}, {spec, centered}, {bf16, singleP}});
   Status passed = autotune::checkDecodeKernel(parsed, kernel(spec, singleP), *gpu());
   EXPECT_TRUE(passed) << passed.error().str();
+  Status passedBf16 = autotune::checkDecodeKernel(*parseKernelSpec(bf16 + ":" + gpu()->arch()),
+                                                  kernel(bf16, singleP), *gpu());
+  EXPECT_TRUE(passedBf16) << passedBf16.error().str();
   Status rejected = autotune::checkDecodeKernel(parsed, kernel(spec, centered), *gpu());
   ASSERT_FALSE(rejected);
   EXPECT_EQ(rejected.error().code, ErrorCode::InvalidData);
