@@ -687,66 +687,72 @@ private:
   bool terminal_;
 };
 
-/// One decode correctness case: a synthetic paged cache, queries and the float64 reference.
+/// One decode correctness case: a synthetic paged cache (shared by the cases that differ only in
+/// their softmax scale), queries and the float64 reference.
 struct DecodeCheck {
   std::string name;
-  synthetic::PagedCache cache;
+  std::shared_ptr<const synthetic::PagedCache> cache;
   std::vector<uint16_t> query, expected;
   std::vector<float> unconverted; ///< the reference's outputs before their dtype conversion
   float softmaxScale;
 };
 
-/// A check case; the softmax scale is `scoreScale` / sqrt(D) (above 1: peakier scores).
+/// A check case on `cache` (two kv heads); the softmax scale is `scoreScale` / sqrt(D) (above 1:
+/// peakier scores).
 Expected<DecodeCheck> makeDecodeCheck(const KernelSpec &spec, std::string name,
-                                      const std::vector<int32_t> &lengths, uint64_t seed,
-                                      float scoreScale) {
-  const int hk = 2, hq = hk * spec.queryHeadsPerKvHead;
-  DecodeCheck check{std::move(name),
-                    synthetic::PagedCache(spec.format, hk, lengths, seed),
-                    {},
-                    {},
-                    {},
+                                      std::shared_ptr<const synthetic::PagedCache> cache,
+                                      uint64_t querySeed, float scoreScale) {
+  const int hq = cache->numKvHeads * spec.queryHeadsPerKvHead;
+  const int batch = int(cache->seqLens.size());
+  DecodeCheck check{std::move(name), std::move(cache), {}, {}, {},
                     scoreScale / std::sqrt(float(spec.format.headDim))};
-  if (!check.cache.status)
-    return check.cache.status.error();
-  check.query = synthetic::randomQueries(lengths.size() * hq * spec.format.headDim, spec.dtype,
-                                         seed + 1);
+  check.query = synthetic::randomQueries(size_t(batch) * hq * spec.format.headDim, spec.dtype,
+                                         querySeed);
   reference::DecodeProblem problem;
   problem.format = spec.format;
-  problem.batch = int(lengths.size());
+  problem.batch = batch;
   problem.numQueryHeads = hq;
-  problem.numKvHeads = hk;
-  problem.maxBlocksPerRequest = check.cache.maxBlocks;
+  problem.numKvHeads = check.cache->numKvHeads;
+  problem.maxBlocksPerRequest = check.cache->maxBlocks;
   problem.dtype = spec.dtype;
   problem.softmaxScale = check.softmaxScale;
   problem.query = check.query;
-  problem.blockTable = check.cache.blockTable;
-  problem.seqLens = check.cache.seqLens;
+  problem.blockTable = check.cache->blockTable;
+  problem.seqLens = check.cache->seqLens;
   check.expected.resize(check.query.size());
   check.unconverted.resize(check.query.size());
-  if (Status s = reference::decodeQuantized(problem, check.cache.view(), 1, check.expected,
+  if (Status s = reference::decodeQuantized(problem, check.cache->view(), 1, check.expected,
                                             check.unconverted);
       !s)
     return s.error();
   return check;
 }
 
-/// The tuner's decode check cases for `spec`: a short mixed batch, a 128K-token request, and that
-/// request with scores eight times larger (peaked scores catch a q' rounded once, whose error
-/// grows with the scores' scale: docs/benchmarks.md, eighteenth session).
+/// The tuner's decode check cases for `spec`: a short mixed batch, a 128K-token request, and the
+/// same request with scores eight times larger (peaked scores catch a q' rounded once, whose
+/// error grows with the scores' scale: docs/benchmarks.md, eighteenth session).
 Expected<std::vector<DecodeCheck>> makeDecodeChecks(const KernelSpec &spec) {
   struct CheckCase {
     std::string name;
-    std::vector<int32_t> lengths;
+    size_t cache; ///< index into `caches`
     float scoreScale;
   };
-  const int g = spec.format.tileTokens;
+  const int g = spec.format.tileTokens, hk = 2;
+  const std::vector<std::vector<int32_t>> lengths = {{g + 1, 3 * g + 5, 1}, {128 * 1024}};
+  std::vector<std::shared_ptr<const synthetic::PagedCache>> caches;
+  for (size_t k = 0; k < lengths.size(); ++k) {
+    auto cache = std::make_shared<const synthetic::PagedCache>(spec.format, hk, lengths[k],
+                                                               1234 + k);
+    if (!cache->status)
+      return cache->status.error();
+    caches.push_back(std::move(cache));
+  }
   std::vector<DecodeCheck> checks;
-  for (const CheckCase &c : {CheckCase{"short mixed batch", {g + 1, 3 * g + 5, 1}, 1.0f},
-                             CheckCase{"128K tokens", {128 * 1024}, 1.0f},
-                             CheckCase{"128K tokens, scores x8", {128 * 1024}, 8.0f}}) {
+  for (const CheckCase &c : {CheckCase{"short mixed batch", 0, 1.0f},
+                             CheckCase{"128K tokens", 1, 1.0f},
+                             CheckCase{"128K tokens, scores x8", 1, 8.0f}}) {
     Expected<DecodeCheck> check =
-        makeDecodeCheck(spec, c.name, c.lengths, 1234 + checks.size(), c.scoreScale);
+        makeDecodeCheck(spec, c.name, caches[c.cache], 1235 + c.cache, c.scoreScale);
     if (!check)
       return check.error();
     checks.push_back(std::move(*check));
@@ -762,7 +768,7 @@ constexpr double kDecodeCheckBound = 1e-3;
 /// compares with the float64 reference: decodeOutputError <= kDecodeCheckBound.
 Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const DecodeCheck &check,
                       const DeviceInfo &info, bool poison = false) {
-  const synthetic::PagedCache &cache = check.cache;
+  const synthetic::PagedCache &cache = *check.cache;
   const int batch = int(cache.seqLens.size()), d = spec.format.headDim;
   const int maxLen = *std::max_element(cache.seqLens.begin(), cache.seqLens.end());
   const DecodePlan plan =
