@@ -1,6 +1,7 @@
 // GPU benchmarks: bytes counted first, the roofline measured in the same run, medians.
 #include "kvarn/files.h"
 #include "kvarn/Autotune/Bench.h"
+#include "kvarn/Autotune/Timeline.h"
 #include "kvarn/Autotune/Timing.h"
 #include "kvarn/Autotune/TimingInputs.h"
 #include "kvarn/Autotune/Tuner.h"
@@ -19,6 +20,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -85,6 +87,30 @@ Expected<KernelModule> buildKernel(
       return status_;                                                                            \
   } while (0)
 
+/// bench --timeline: one launch of `instrumented` (the measured kernel built with the
+/// KVARN_TIMELINE stamps) with the measured launch's parameters and plan, and its phases.
+Status decodePhases(const KernelModule &instrumented, const dev::DecodeParams &params, int q,
+                    const DecodePlan &plan, int smCount, DecodeTimelineSummary &phases) {
+  Expected<std::pair<CUdeviceptr, size_t>> rows = instrumented.global("kvarn_timeline");
+  Expected<std::pair<CUdeviceptr, size_t>> mergeRows = instrumented.global("kvarn_timeline_merge");
+  if (!rows)
+    return rows.error();
+  if (!mergeRows)
+    return mergeRows.error();
+  const Driver &d = driver();
+  KVARN_TRY(KVARN_CU(d.cuMemsetD8(rows->first, 0, rows->second)));
+  KVARN_TRY(KVARN_CU(d.cuMemsetD8(mergeRows->first, 0, mergeRows->second)));
+  KVARN_TRY(launchDecode(instrumented, params, q, plan, nullptr));
+  std::vector<uint64_t> decode(rows->second / 8), merge(mergeRows->second / 8);
+  KVARN_TRY(KVARN_CU(d.cuMemcpyDtoH(decode.data(), rows->first, rows->second)));
+  KVARN_TRY(KVARN_CU(d.cuMemcpyDtoH(merge.data(), mergeRows->first, mergeRows->second)));
+  Expected<DecodeTimelineSummary> summary = summarizeDecodeTimeline(decode, merge, smCount);
+  if (!summary)
+    return summary.error();
+  phases = *summary;
+  return Status::success();
+}
+
 Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
                    const LaunchGate *gate) {
   Expected<Format> format = parseFormat(o.preset, o.headDim);
@@ -105,6 +131,21 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       o, info, &baselineSchedule);
   if (!baseline)
     return baseline.error();
+  // bench --timeline: the measured kernels built with the KVARN_TIMELINE stamps, by schedule.
+  std::map<std::string, KernelModule> instrumented;
+  auto instrumentedOf = [&](const KernelModule &plain) -> Expected<const KernelModule *> {
+    const std::string key = plain.schedule().str();
+    if (auto found = instrumented.find(key); found != instrumented.end())
+      return &found->second;
+    Expected<KernelSpec> parsed = parseKernelSpec(spec);
+    if (!parsed)
+      return parsed.error();
+    Expected<KernelModule> built = compileAndLoad(*parsed, plain.schedule(), benchCache(),
+                                                  compiler::Instrumentation{true});
+    if (!built)
+      return built.error();
+    return &instrumented.emplace(key, std::move(*built)).first->second;
+  };
   BenchReport report;
   report.gpu = info.name + " (" + info.arch() + ", " + std::to_string(info.smCount) + " SMs)";
   report.spec = spec;
@@ -222,19 +263,25 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       params.numKvHeads = hk;
       params.maxBlocksPerRequest = pages;
       params.softmaxScale = 1.0f / std::sqrt(float(d));
-      auto runKvarn = [&](int iteration) {
+      auto kvarnParams = [&](int iteration) {
         dev::DecodeParams p = params;
         p.blockToSlot = dQuantized->as<int>();
         p.blockTable = dTables->as<int>() + size_t(iteration % copies) * batch * pages;
         bindDecodeWorkspace(p, workspace->as<void>(), q, d, plan.numSplits);
-        return launchDecode(kernel, p, q, plan, nullptr);
+        return p;
       };
-      auto runFp16 = [&](int iteration) {
+      auto fp16Params = [&](int iteration) {
         dev::DecodeParams p = params;
         p.blockToSlot = dIdentity->as<int>();
         p.blockTable = dTables->as<int>() + size_t(iteration % fp16Copies) * batch * pages;
         bindDecodeWorkspace(p, workspace->as<void>(), q, d, baselinePlan.numSplits);
-        return launchDecode(*baseline, p, q, baselinePlan, nullptr);
+        return p;
+      };
+      auto runKvarn = [&](int iteration) {
+        return launchDecode(kernel, kvarnParams(iteration), q, plan, nullptr);
+      };
+      auto runFp16 = [&](int iteration) {
+        return launchDecode(*baseline, fp16Params(iteration), q, baselinePlan, nullptr);
       };
       Expected<std::vector<double>> ms = timeInterleaved({runKvarn, runFp16}, o.iterations, gate);
       if (!ms)
@@ -250,6 +297,18 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
       std::fflush(stdout);
       report.rows.push_back({batch, context, plan.numSplits, (*ms)[0], kvarnGBs, (*ms)[1], fp16GBs,
                              variantText});
+      if (o.timeline)
+        for (int k = 0; k < 2; ++k) {
+          Expected<const KernelModule *> stamped = instrumentedOf(k == 0 ? kernel : *baseline);
+          if (!stamped)
+            return stamped.error();
+          DecodeTimelineSummary phases;
+          KVARN_TRY(decodePhases(**stamped, k == 0 ? kvarnParams(0) : fp16Params(0), q,
+                                 k == 0 ? plan : baselinePlan, info.smCount, phases));
+          std::printf("  timeline %s: %s\n", k == 0 ? "kvarn" : "fp16 ",
+                      describeDecodeTimeline(phases).c_str());
+        }
+      std::fflush(stdout);
     }
   if (!o.reportPrefix.empty()) {
     for (const auto &[suffix, text] : {std::pair<std::string, std::string>{".json", benchReportJson(report)},

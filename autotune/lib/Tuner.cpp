@@ -39,8 +39,10 @@ extern char **environ;
 namespace kvarn::autotune {
 
 Expected<KernelModule> compileAndLoad(const KernelSpec &spec, const Schedule &schedule,
-                                      ArtifactCache &cache) {
-  Expected<compiler::CompiledKernel> compiled = compiler::compileKernel(spec, schedule, cache);
+                                      ArtifactCache &cache,
+                                      const compiler::Instrumentation &instrumentation) {
+  Expected<compiler::CompiledKernel> compiled =
+      compiler::compileKernel(spec, schedule, cache, nullptr, instrumentation);
   if (!compiled)
     return makeError(compiled.error().code, "compile failed: " + compiled.error().message);
   return KernelModule::load(compiled->cubin, compiled->kernelNames, schedule, compiled->sharedBytes);

@@ -92,20 +92,26 @@ Expected<std::string> emitStage(const KernelSpec &spec, const Schedule &schedule
 }
 
 /// The CUDA source and launch metadata of a kernel (everything but NVRTC's output).
-static Expected<CompiledKernel> generateSource(const KernelSpec &spec, const Schedule &schedule) {
+static Expected<CompiledKernel> generateSource(const KernelSpec &spec, const Schedule &schedule,
+                                               const Instrumentation &instrumentation) {
   CompiledKernel kernel;
   Expected<std::string> source = runPipeline(spec, schedule, Stage::Cuda, &kernel.kernelNames);
   if (!source)
     return source.error();
   kernel.cudaSource = std::move(*source);
+  if (instrumentation.timeline) { // after the generated header, before the device library
+    const size_t headerEnd = generatedHeader(spec, schedule).size();
+    kernel.cudaSource.insert(headerEnd, "#define KVARN_TIMELINE 1\n");
+  }
   kernel.threads = schedule.warps * 32;
   kernel.sharedBytes = sharedMemoryBytes(spec, schedule);
   kernel.nvrtcOptions = defaultNvrtcOptions(spec.arch);
   return kernel;
 }
 
-Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule) {
-  Expected<CompiledKernel> generated = generateSource(spec, schedule);
+Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule,
+                                       const Instrumentation &instrumentation) {
+  Expected<CompiledKernel> generated = generateSource(spec, schedule, instrumentation);
   if (!generated)
     return generated.error();
   CompiledKernel kernel = std::move(*generated);
@@ -139,9 +145,10 @@ Artifact toArtifact(const CompiledKernel &kernel, const KernelSpec &spec, const 
 }
 
 Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule,
-                                       ArtifactCache &cache, bool *cacheHit) {
+                                       ArtifactCache &cache, bool *cacheHit,
+                                       const Instrumentation &instrumentation) {
   // Step 1. Source and key (the key covers everything NVRTC sees).
-  Expected<CompiledKernel> generated = generateSource(spec, schedule);
+  Expected<CompiledKernel> generated = generateSource(spec, schedule, instrumentation);
   if (!generated)
     return generated.error();
   CompiledKernel kernel = std::move(*generated);

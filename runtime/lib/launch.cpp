@@ -163,6 +163,15 @@ Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
   return module;
 }
 
+Expected<std::pair<CUdeviceptr, size_t>> KernelModule::global(const char *name) const {
+  CUdeviceptr pointer = 0;
+  size_t bytes = 0;
+  if (driver().cuModuleGetGlobal(&pointer, &bytes, module_, name) != CUDA_SUCCESS)
+    return makeError(ErrorCode::NotFound,
+                     std::string("the kernel module has no device variable ") + name);
+  return std::make_pair(pointer, bytes);
+}
+
 int KernelModule::registers(size_t index) const {
   int value = 0;
   driver().cuFuncGetAttribute(&value, CU_FUNC_ATTRIBUTE_NUM_REGS, functions_.at(index));

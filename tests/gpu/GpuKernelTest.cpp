@@ -2,6 +2,7 @@
 // Every test skips with a clear message where no GPU (or no driver) exists.
 #include "../common/PagedCache.h"
 #include "../unit/Golden.h"
+#include "kvarn/Autotune/Timeline.h"
 #include "kvarn/Autotune/Tuner.h"
 #include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/launch.h"
@@ -21,6 +22,7 @@
 #include <fstream>
 #include <sstream>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -216,7 +218,7 @@ struct DecodeErrors {
 };
 
 DecodeErrors runDecodeErrors(const DecodeCase &dc, uint64_t seed, bool planned = true,
-                             int forcedSplits = 0) {
+                             int forcedSplits = 0, const KernelModule *instead = nullptr) {
   Format format = *parseFormat(dc.preset, dc.headDim);
   // Step 1. Reference (shared with the previous call when the case and seed are the same).
   const ReferenceCase &reference = referenceCase(dc, seed);
@@ -224,7 +226,7 @@ DecodeErrors runDecodeErrors(const DecodeCase &dc, uint64_t seed, bool planned =
   const std::vector<uint16_t> &q = reference.q, &expected = reference.expected;
   const int batch = int(dc.lengths.size());
   // Step 2. GPU, output poisoned with NaN.
-  const KernelModule &module = kernel(decodeSpec(dc), dc.schedule);
+  const KernelModule &module = instead ? *instead : kernel(decodeSpec(dc), dc.schedule);
   DeviceBuffer dq = upload(q), dRecords = upload(cache.records), dPoolKey = upload(cache.poolKey),
                dPoolValue = upload(cache.poolValue), dSlots = upload(cache.blockToSlot),
                dTable = upload(cache.blockTable), dLens = upload(cache.seqLens);
@@ -494,6 +496,56 @@ TEST(GpuDecode, OneRequestGivesItsFirstAndLastPagesToItsLastSplit) {
   const Status refused = launchDecode(oneWarp, params, 8, DecodePlan{8, true}, nullptr);
   ASSERT_FALSE(refused);
   EXPECT_THAT(refused.error().message, ::testing::HasSubstr("sink split"));
+}
+
+TEST(GpuDecode, TheTimelineBuildStampsEveryPhaseInOrderAndDecodesAlike) {
+  KVARN_REQUIRE_GPU();
+  // bench --timeline's kernels: a schedule's decode built with the KVARN_TIMELINE stamps. Every
+  // CTA of the grid stamps its phases in order (summarizeDecodeTimeline checks each row), the
+  // merge's wait returns after the last decode CTA's stores, and the output is as close to the
+  // reference as the plain kernel's. One 16K-token request over the planned splits of the B = 1
+  // schedule, and four requests of mixed lengths over the default schedule.
+  const std::vector<DecodeCase> cases = {
+      {"kvarn_k4v2_g128", 128, 8, 8, DType::F16, {16384},
+       "warps=4,stages=1,mma=m16n8k16.single-p,min_ctas=0"},
+      {"kvarn_k4v2_g128", 128, 8, 8, DType::F16, {677, 5000, 129, 3000}, ""}};
+  for (const DecodeCase &dc : cases) {
+    Expected<KernelSpec> spec = parseKernelSpec(decodeSpec(dc) + ":" + gpu()->arch());
+    ASSERT_TRUE(spec) << spec.error().str();
+    const Schedule schedule = *parseSchedule(dc.schedule);
+    Expected<compiler::CompiledKernel> compiled =
+        compiler::compileKernel(*spec, schedule, compiler::Instrumentation{true});
+    ASSERT_TRUE(compiled) << compiled.error().str();
+    EXPECT_EQ(compiled->nvrtcLog, "");
+    Expected<KernelModule> stamped = KernelModule::load(compiled->cubin, compiled->kernelNames,
+                                                       schedule, compiled->sharedBytes);
+    ASSERT_TRUE(stamped) << stamped.error().str();
+    Expected<std::pair<CUdeviceptr, size_t>> rows = stamped->global("kvarn_timeline");
+    Expected<std::pair<CUdeviceptr, size_t>> mergeRows = stamped->global("kvarn_timeline_merge");
+    ASSERT_TRUE(rows && mergeRows);
+    const Driver &d = **Driver::get();
+    ASSERT_OK(KVARN_CU(d.cuMemsetD8(rows->first, 0, rows->second)));
+    ASSERT_OK(KVARN_CU(d.cuMemsetD8(mergeRows->first, 0, mergeRows->second)));
+    const double error = runDecodeErrors(dc, 11, true, 0, &*stamped).error;
+    EXPECT_LE(error, 1e-3) << dc.lengths.size() << " requests";
+    std::vector<uint64_t> decode(rows->second / 8), merge(mergeRows->second / 8);
+    ASSERT_OK(KVARN_CU(d.cuMemcpyDtoH(decode.data(), rows->first, rows->second)));
+    ASSERT_OK(KVARN_CU(d.cuMemcpyDtoH(merge.data(), mergeRows->first, mergeRows->second)));
+    Expected<autotune::DecodeTimelineSummary> summary =
+        autotune::summarizeDecodeTimeline(decode, merge, gpu()->smCount);
+    ASSERT_TRUE(summary) << summary.error().str();
+    const int batch = int(dc.lengths.size());
+    const int maxLen = *std::max_element(dc.lengths.begin(), dc.lengths.end());
+    const DecodePlan plan = planDecode(*stamped, batch, dc.numKvHeads, maxLen, 128, gpu()->smCount);
+    EXPECT_EQ(summary->ctas, batch * dc.numKvHeads * plan.numSplits);
+    EXPECT_EQ(summary->mergeCtas, plan.numSplits > 1 ? batch * dc.numKvHeads * dc.q : 0);
+    if (plan.numSplits > 1) {
+      EXPECT_GE(summary->mergeWaited, summary->endMax);
+    }
+    EXPECT_GT(summary->pagesMax, summary->rotatedMax - 1e-9);
+    std::printf("[ timeline ] %d requests, %d splits: %s\n", batch, plan.numSplits,
+                autotune::describeDecodeTimeline(*summary).c_str());
+  }
 }
 
 TEST(GpuDecode, ZeroLengthRequestsGiveZerosAndRepeatRunsAgree) {

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <filesystem>
+#include <unistd.h>
 #include <thread>
 
 using namespace kvarn;
@@ -171,6 +173,53 @@ TEST(NvrtcCompile, TheCenteredQueryCorrectionIsOneMmaPerKChunk) {
   EXPECT_GT(centered, once);
   EXPECT_EQ(twoTerms - centered, 7 * (centered - once))
       << "two q' terms " << twoTerms << ", centered " << centered << ", once " << once;
+}
+
+TEST(NvrtcCompile, TheTimelineBuildStampsItsPhasesUnderItsOwnKey) {
+  // bench --timeline: the same spec and schedule with the KVARN_TIMELINE stamps. The define
+  // follows the generated header; both entries read %globaltimer into the module's timeline
+  // variables; the plain kernel has neither; and the two sources, so their artifact keys, differ
+  // (each is a miss once, then a hit).
+  Expected<KernelSpec> spec = parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+  ASSERT_TRUE(spec) << spec.error().message;
+  const Schedule schedule = defaultSchedule(OpKind::Decode);
+  const std::filesystem::path directory =
+      std::filesystem::temp_directory_path() /
+      ("kvarn-timeline-key-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(directory);
+  ArtifactCache::Options options;
+  options.directory = directory.string();
+  ArtifactCache cache(options);
+  const compiler::Instrumentation timeline{true};
+  bool hit = true;
+  Expected<compiler::CompiledKernel> plain = compiler::compileKernel(*spec, schedule, cache, &hit);
+  ASSERT_TRUE(plain) << plain.error().message;
+  EXPECT_FALSE(hit);
+  Expected<compiler::CompiledKernel> stamped =
+      compiler::compileKernel(*spec, schedule, cache, &hit, timeline);
+  ASSERT_TRUE(stamped) << stamped.error().message;
+  EXPECT_FALSE(hit) << "the timeline build must not share the plain kernel's key";
+  EXPECT_EQ(stamped->nvrtcLog, "");
+  const std::string header = compiler::generatedHeader(*spec, schedule);
+  EXPECT_EQ(stamped->cudaSource.rfind(header + "#define KVARN_TIMELINE 1\n", 0), 0u);
+  EXPECT_EQ(plain->cudaSource.find("KVARN_TIMELINE 1"), std::string::npos);
+  for (size_t k = 0; k < 2; ++k) {
+    EXPECT_NE(entryPtx(stamped->ptx, stamped->kernelNames.at(k)).find("%globaltimer"),
+              std::string::npos)
+        << stamped->kernelNames.at(k);
+    EXPECT_EQ(entryPtx(plain->ptx, plain->kernelNames.at(k)).find("%globaltimer"),
+              std::string::npos);
+  }
+  for (const char *name : {"kvarn_timeline", "kvarn_timeline_merge"}) {
+    EXPECT_NE(stamped->ptx.find(std::string(" ") + name + "["), std::string::npos) << name;
+    EXPECT_EQ(plain->ptx.find(name), std::string::npos) << name;
+  }
+  for (bool instrumented : {false, true}) {
+    ASSERT_TRUE(compiler::compileKernel(*spec, schedule, cache, &hit,
+                                        compiler::Instrumentation{instrumented}));
+    EXPECT_TRUE(hit) << (instrumented ? "timeline" : "plain") << " build, second time";
+  }
+  std::filesystem::remove_all(directory);
 }
 
 TEST(NvrtcCompile, ImpossibleSchedulesAreRejectedBeforeNvrtc) {

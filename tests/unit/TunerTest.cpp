@@ -1,6 +1,7 @@
 // Tuner logic without a GPU: search space, pruning, selection with a fake measure.
 #include "kvarn/Autotune/Bench.h"
 #include "kvarn/Autotune/MultiDevice.h"
+#include "kvarn/Autotune/Timeline.h"
 #include "kvarn/Autotune/TimingInputs.h"
 #include "kvarn/Autotune/Tuner.h"
 #include "kvarn/reference.h"
@@ -1020,4 +1021,71 @@ TEST(SpawnProcess, TellsTheChildItsParentsPidReplacingAnInheritedOne) {
   std::getline(in, seen);
   EXPECT_EQ(seen, std::to_string(getpid()));
   std::filesystem::remove(path);
+}
+
+namespace {
+
+/// One decode CTA's timeline row: start, rotated, warp page-loop ends, end (ns, 0 = none).
+void stampCta(std::vector<uint64_t> &rows, int cta, uint64_t start, uint64_t rotated,
+              std::vector<uint64_t> warps, uint64_t end) {
+  using T = dev::DecodeTimeline;
+  uint64_t *row = rows.data() + size_t(cta) * T::Fields;
+  row[T::Start] = start;
+  row[T::Rotated] = rotated;
+  row[T::End] = end;
+  row[T::Sm] = uint64_t(cta);
+  for (size_t w = 0; w < warps.size(); ++w)
+    row[T::WarpEnds + w] = warps[w];
+}
+
+} // namespace
+
+TEST(DecodeTimeline, PhasesCountFromTheFirstCtasStart) {
+  using T = dev::DecodeTimeline;
+  constexpr uint64_t t0 = 5'000'000'000ull; // a %globaltimer reading, ns
+  std::vector<uint64_t> decode(size_t(4) * T::Fields, 0), merge(size_t(2) * T::MergeFields, 0);
+  stampCta(decode, 0, t0, t0 + 1000, {t0 + 30000, t0 + 31000}, t0 + 32500);
+  stampCta(decode, 1, t0 + 100, t0 + 1100, {t0 + 33000, t0 + 34000}, t0 + 35000);
+  stampCta(decode, 2, t0 + 50, t0 + 900, {t0 + 29000}, t0 + 30000);
+  // CTA 3 never ran (a row past the grid); merge CTA 1's warp 0 left at once (one split).
+  merge[T::MergeStart] = t0 + 20000;
+  merge[T::MergeWaited] = t0 + 36000;
+  merge[T::MergeEnd] = t0 + 37500;
+  merge[T::MergeFields + T::MergeStart] = t0 + 21000;
+  Expected<DecodeTimelineSummary> s = summarizeDecodeTimeline(decode, merge, /*firstWave=*/2);
+  ASSERT_TRUE(s) << s.error().str();
+  EXPECT_EQ(s->ctas, 3);
+  EXPECT_EQ(s->mergeCtas, 1);
+  EXPECT_DOUBLE_EQ(s->startMax, 0.1);
+  EXPECT_DOUBLE_EQ(s->rotatedMedian, 1.0);
+  EXPECT_DOUBLE_EQ(s->rotatedMax, 1.1);
+  EXPECT_DOUBLE_EQ(s->pagesP10, 29.0); // warps: 29, 30, 31, 33, 34
+  EXPECT_DOUBLE_EQ(s->pagesMedian, 31.0);
+  EXPECT_DOUBLE_EQ(s->pagesMax, 34.0);
+  EXPECT_DOUBLE_EQ(s->pagesFirstWave, 34.0); // CTAs 0 and 1 end their pages at 31 and 34
+  EXPECT_DOUBLE_EQ(s->pagesLater, 29.0);
+  EXPECT_DOUBLE_EQ(s->epilogueMedian, 1.0); // 1.5, 1.0, 1.0
+  EXPECT_DOUBLE_EQ(s->endMax, 35.0);
+  EXPECT_DOUBLE_EQ(s->mergeWaited, 36.0);
+  EXPECT_DOUBLE_EQ(s->mergeEnd, 37.5);
+  const std::string text = describeDecodeTimeline(*s);
+  EXPECT_THAT(text, HasSubstr("3 CTAs"));
+  EXPECT_THAT(text, HasSubstr("last store 35.00"));
+  EXPECT_THAT(text, HasSubstr("merge (1 CTAs): partials visible 36.00, done 37.50"));
+}
+
+TEST(DecodeTimeline, RowsWithoutAStartOrOutOfOrderAreRefused) {
+  using T = dev::DecodeTimeline;
+  std::vector<uint64_t> decode(size_t(2) * T::Fields, 0), merge;
+  Expected<DecodeTimelineSummary> none = summarizeDecodeTimeline(decode, merge, 1);
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error().code, ErrorCode::InvalidData);
+  EXPECT_THAT(none.error().message, HasSubstr("no CTA stamped its start"));
+  stampCta(decode, 0, 1000, 2000, {5000}, 6000);
+  stampCta(decode, 1, 1000, 2000, {5000}, 4000); // its last store before its pages ended
+  Expected<DecodeTimelineSummary> disordered = summarizeDecodeTimeline(decode, merge, 1);
+  ASSERT_FALSE(disordered);
+  EXPECT_THAT(disordered.error().message, HasSubstr("CTA 1 has its stamps out of order"));
+  stampCta(decode, 1, 1000, 0, {}, 0); // started, never rotated its queries
+  EXPECT_FALSE(summarizeDecodeTimeline(decode, merge, 1));
 }

@@ -522,6 +522,10 @@ int main(int argc, char **argv) {
   benchCommand->add_flag("--tail", bench.poolPages.tail,
                          "decode: the last block of every request an fp16 pool page in the KVarN "
                          "cache (a tail not yet flushed); its bytes count at fp16 size");
+  benchCommand->add_flag("--timeline", bench.timeline,
+                         "decode: after each shape's timing, launch both kernels once more built "
+                         "with timeline stamps and print where the launch's time goes (query "
+                         "rotation, page loop, epilogue, split merge; docs/design.md)");
   benchCommand->add_option("--schedule", bench.schedule,
                            "schedule knobs of the decode table; when it does not run, of "
                            "append (--only append), else of flush (--only flush)");

@@ -19,6 +19,39 @@
 namespace kvarn {
 namespace dev {
 
+#ifndef KVARN_TIMELINE
+#define KVARN_TIMELINE 0
+#endif
+#if KVARN_TIMELINE
+extern "C" __device__ unsigned long long kvarn_timeline[DecodeTimeline::CTAS][DecodeTimeline::Fields];
+__device__ unsigned long long kvarn_timeline[DecodeTimeline::CTAS][DecodeTimeline::Fields];
+extern "C" __device__ unsigned long long
+    kvarn_timeline_merge[DecodeTimeline::CTAS][DecodeTimeline::MergeFields];
+__device__ unsigned long long kvarn_timeline_merge[DecodeTimeline::CTAS][DecodeTimeline::MergeFields];
+#endif
+
+/// KVARN_TIMELINE builds: stores %globaltimer (or for DecodeTimeline::Sm, %smid) in this CTA's
+/// row of the decode (MERGE = false) or merge timeline. Other builds: nothing.
+template <bool MERGE = false> __device__ __forceinline__ void timelineStamp(int field) {
+#if KVARN_TIMELINE
+  const unsigned cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  if (cta >= unsigned(DecodeTimeline::CTAS))
+    return;
+  unsigned long long value;
+  if (!MERGE && field == DecodeTimeline::Sm) {
+    unsigned sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    value = sm;
+  } else {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(value));
+  }
+  if constexpr (MERGE)
+    kvarn_timeline_merge[cta][field] = value;
+  else
+    kvarn_timeline[cta][field] = value;
+#endif
+}
+
 /// Index within its byte of the K codes of m-tile `pt`, rows r (half 0) or r + 8 (half 1): one
 /// token per nibble for 4-bit codes, two token pairs per byte for 2-bit codes.
 template <int KBITS> __host__ __device__ constexpr int keyCode(int pt, int half) {
@@ -369,6 +402,10 @@ struct DecodeContext {
 /// the pool-page path; then each lane keeps its B-fragment pairs: channels 16*kc + 4*t + {0,1}
 /// and {2,3} of query 8*n + i.
 template <typename Ctx> __device__ __forceinline__ void rotateQuery(Ctx &c) {
+  if (threadIdx.x == 0) {
+    timelineStamp(DecodeTimeline::Start);
+    timelineStamp(DecodeTimeline::Sm);
+  }
   typedef typename Ctx::Type T;
   constexpr int E = Ctx::HD / 32, WORDS = E / 2;
   static_assert(E >= 2 && Ctx::HD % 32 == 0, "a lane holds at least one pair of channels");
@@ -428,6 +465,8 @@ template <typename Ctx> __device__ __forceinline__ void rotateQuery(Ctx &c) {
         const float *row = qs + (8 * n + c.i) * Ctx::HD + 16 * kc + 4 * c.t + 2 * half;
         c.query[n][kc][half] = packHalf2(row[0], row[1]); // exact: fp16 values
       }
+  if (threadIdx.x == 0)
+    timelineStamp(DecodeTimeline::Rotated);
 }
 
 template <typename Ctx> __device__ __forceinline__ int pageFirst(Ctx &c) {
@@ -1174,6 +1213,8 @@ template <typename Ctx> __device__ __forceinline__ bool combinesInStore(const Ct
 /// natural-log LSE [Q8] at the start of the merge area (with combinesInStore, the warps' rows
 /// and weights, summed by storePartial).
 template <typename Ctx> __device__ __forceinline__ void mergeWarps(Ctx &c) {
+  if (c.lane == 0 && c.warp < DecodeTimeline::WARP_STAMPS)
+    timelineStamp(DecodeTimeline::WarpEnds + c.warp);
   float *mergeArea = c.mergeShared();
   float *outputs = mergeArea;                                  // [WARPS][Q8][D]
   float *maxima = mergeArea + Ctx::NWARPS * Ctx::Q8 * Ctx::HD; // [WARPS][Q8]
@@ -1314,6 +1355,8 @@ template <bool Partial, typename Ctx> __device__ __forceinline__ void storeOutpu
     storeUnrotated(c, merged, headBase * Ctx::HD);
   else
     storePartial(c, merged, lse, headBase);
+  if (threadIdx.x == 0)
+    timelineStamp(DecodeTimeline::End);
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -1340,6 +1383,8 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   constexpr int E = Ctx::HD / 32;
   constexpr int EARLY = 128 / E < 32 ? 128 / E : 32; // at most 128 registers of partials
   static_assert(E == 2 || E % 4 == 0, "channel vectors of 8 or 16 bytes");
+  if (threadIdx.x == 0)
+    timelineStamp<true>(DecodeTimeline::MergeStart);
   if (c.numSplits == 1 || c.warp != 0)
     return; // one split: the decode kernel stored the final output
   const int query = blockIdx.z;
@@ -1377,6 +1422,8 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
     }
   };
   awaitPrerequisites(); // the decode kernel's partials (launched early as its dependent)
+  if (c.lane == 0)
+    timelineStamp<true>(DecodeTimeline::MergeWaited);
   // Step 1. The first EARLY splits' partials, then the LSEs, all in flight together (and with
   // EARLY + 1 splits the last one's partial and LSE, held by every lane).
   loadChunk(0, c.numSplits);
@@ -1438,6 +1485,8 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
 #pragma unroll
   for (int k = 0; k < E; ++k)
     out[k] = outputValue<T>(x[k] * scale);
+  if (c.lane == 0)
+    timelineStamp<true>(DecodeTimeline::MergeEnd);
 }
 
 } // namespace dev

@@ -32,6 +32,29 @@ struct DecodeParams {
   int walkSplits;
 };
 
+/// The decode timeline of kernels built with KVARN_TIMELINE (diagnostic builds: `kvarn-tune
+/// bench --timeline`; never tuned, cached as tuned or bundled kernels): %globaltimer stamps in
+/// ns, one row per CTA of the decode grid (linear block index, the first CTAS only) in
+/// `kvarn_timeline` and one per CTA of its split merge in `kvarn_timeline_merge`, zeroed by the
+/// host before the launch (0 = not stamped).
+struct DecodeTimeline {
+  enum Field : int {
+    Start,    ///< the query rotation starts (after `begin`'s loads are issued)
+    Rotated,  ///< the rotated queries are in registers: the page loop may start
+    End,      ///< thread 0 has issued its last store (output or the split's partial)
+    Sm,       ///< %smid (not a time)
+    WarpEnds, ///< WarpEnds + w: warp w leaves the page loop (w < WARP_STAMPS)
+    Fields = WarpEnds + 16
+  };
+  enum MergeField : int {
+    MergeStart,  ///< thread 0 of the merge CTA starts
+    MergeWaited, ///< the decode grid's partials are visible (after griddepcontrol.wait)
+    MergeEnd,    ///< warp 0 has issued its output stores
+    MergeFields = 4
+  };
+  enum Size : int { WARP_STAMPS = 16, CTAS = 4096 };
+};
+
 /// Which pages each warp of a decode launch walks, defined once for DecodeContext (device) and
 /// the page-walk test (host): warp w of split s walks pages begin + w, begin + w + stride, ...
 /// while below end.

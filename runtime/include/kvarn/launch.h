@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kvarn {
@@ -55,6 +56,8 @@ public:
   int threads() const { return schedule_.warps * 32; }
   const Schedule &schedule() const { return schedule_; }
   size_t sharedBytes() const { return sharedBytes_; }
+  /// Address and size of the module's device variable `name` (an error naming it if absent).
+  Expected<std::pair<CUdeviceptr, size_t>> global(const char *name) const;
   /// Registers per thread and local (spill) bytes of function `index`.
   int registers(size_t index) const;
   int localBytes(size_t index) const;

@@ -38,6 +38,9 @@ struct BenchOptions {
   /// Pool pages of the KVarN cache, as in an engine (none: every block is a record). The fp16
   /// baseline reads fp16 pages either way.
   PoolPages poolPages;
+  /// Decode: after each shape's timing, one more launch of each kernel built with the
+  /// KVARN_TIMELINE stamps, and its phases (Timeline.h); the timed kernels are the plain ones.
+  bool timeline = false;
   /// The op `schedule` applies to: the decode table when it runs, else append when it runs,
   /// else flush.
   OpKind scheduleOp() const {

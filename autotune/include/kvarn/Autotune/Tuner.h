@@ -6,6 +6,7 @@
 
 #include "kvarn/Autotune/PoolPages.h"
 #include "kvarn/Autotune/Timing.h"
+#include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/cache.h"
 #include "kvarn/configs.h"
 #include "kvarn/launch.h"
@@ -22,7 +23,8 @@ namespace kvarn::autotune {
 
 /// Compiles (through the artifact cache) and loads a kernel for this process's GPU.
 Expected<KernelModule> compileAndLoad(const KernelSpec &spec, const Schedule &schedule,
-                                      ArtifactCache &cache);
+                                      ArtifactCache &cache,
+                                      const compiler::Instrumentation &instrumentation = {});
 
 /// The check every decode candidate passes before the tuner times it: the loaded kernel against
 /// the float64 reference on a short mixed batch, a 128K-token request and that request with

@@ -33,8 +33,16 @@ struct CompiledKernel {
   std::vector<std::string> nvrtcOptions;
 };
 
+/// Diagnostics compiled into a kernel. Its source then differs, and so does its artifact key: an
+/// instrumented kernel is never found where a plain one is looked up (configs, bundles, JIT).
+struct Instrumentation {
+  /// Decode: the KVARN_TIMELINE stamps (dev::DecodeTimeline, `kvarn-tune bench --timeline`).
+  bool timeline = false;
+};
+
 /// Runs the whole pipeline (thread-safe: each call has its own MLIRContext).
-Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule);
+Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule,
+                                       const Instrumentation &instrumentation = {});
 
 /// The cache entry of a compiled kernel (metadata JSON: spec, schedule, kernels, threads, shared
 /// memory; PTX; cubin).
@@ -43,6 +51,7 @@ Artifact toArtifact(const CompiledKernel &kernel, const KernelSpec &spec, const 
 /// The same through an artifact cache: the MLIR stages always run (they give the source and the
 /// key); NVRTC runs only on a miss. `cacheHit` (optional) tells which happened.
 Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule,
-                                       ArtifactCache &cache, bool *cacheHit = nullptr);
+                                       ArtifactCache &cache, bool *cacheHit = nullptr,
+                                       const Instrumentation &instrumentation = {});
 
 } // namespace kvarn::compiler
