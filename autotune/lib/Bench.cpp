@@ -305,8 +305,15 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
           DecodeTimelineSummary phases;
           KVARN_TRY(decodePhases(**stamped, k == 0 ? kvarnParams(0) : fp16Params(0), q,
                                  k == 0 ? plan : baselinePlan, info.smCount, phases));
-          std::printf("  timeline %s: %s\n", k == 0 ? "kvarn" : "fp16 ",
-                      describeDecodeTimeline(phases).c_str());
+          const int64_t grid =
+              int64_t(batch) * hk * (k == 0 ? plan.numSplits : baselinePlan.numSplits);
+          std::printf("  timeline %s: %s%s\n", k == 0 ? "kvarn" : "fp16 ",
+                      describeDecodeTimeline(phases).c_str(),
+                      grid > dev::DecodeTimeline::CTAS
+                          ? (" (the first " + std::to_string(int(dev::DecodeTimeline::CTAS)) +
+                             " of " + std::to_string(grid) + " CTAs stamped)")
+                                .c_str()
+                          : "");
         }
       std::fflush(stdout);
     }

@@ -747,6 +747,11 @@ int main(int argc, char **argv) {
       bench.append = has("append");
       bench.lookup = has("lookup");
     }
+    if (bench.timeline && !bench.decode) {
+      std::fprintf(stderr, "kvarn-tune bench: --timeline stamps the decode kernels; it needs the "
+                           "decode table (--only decode, or no --only)\n");
+      return 1;
+    }
     // Knob typos are reported before any GPU work (or the lack of a GPU).
     for (const auto &[option, text, op] :
          {std::tuple{"--schedule", bench.schedule, bench.scheduleOp()},
