@@ -1454,25 +1454,26 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
         value[k] += weight * early[s][k];
     }
   };
-  if (c.numSplits <= EARLY) { // the loop below's first chunk alone, kept apart: the loop in
-                              // its place gives ptxas another merge kernel, not GPU-measured
-    addChunk(c.lane < c.numSplits ? weightOf(ownLse) : 0.0f);
-  } else if (oneMore) { // the first chunk, then the last split
-    addChunk(weightOf(ownLse));
+  // One chunk's sums in the code: the merge runs once per launch from cold instruction and
+  // constant caches, where its size is most of its time (docs/benchmarks.md, nineteenth
+  // session). The first chunk's partials came in step 1; each later chunk's load together (with
+  // their LSEs) before its sums; with EARLY + 1 splits the last one, loaded in step 1, follows.
+  // The sums keep split order, so the bits are those of a chunk-by-chunk merge.
+  const int chunked = oneMore ? EARLY : c.numSplits;
+  for (int first = 0;;) {
+    const int count = min(EARLY, chunked - first);
+    addChunk(c.lane < count ? weightOf(first == 0 ? ownLse : lse[first + c.lane]) : 0.0f);
+    first += EARLY;
+    if (first >= chunked)
+      break;
+    loadChunk(first, min(EARLY, chunked - first));
+  }
+  if (oneMore) {
     const float weight = weightOf(lastLse);
     total += weight;
 #pragma unroll
     for (int k = 0; k < E; ++k)
       value[k] += weight * last[k];
-  } else {
-    // EARLY splits at a time: the first chunk's partials came in step 1, each later chunk's load
-    // together (with their LSEs) before its sums.
-    for (int first = 0; first < c.numSplits; first += EARLY) {
-      const int count = min(EARLY, c.numSplits - first);
-      if (first > 0)
-        loadChunk(first, count);
-      addChunk(c.lane < count ? weightOf(first == 0 ? ownLse : lse[first + c.lane]) : 0.0f);
-    }
   }
   // Step 4. Normalize, round to the output type, un-rotate in registers and store.
   float x[E];
