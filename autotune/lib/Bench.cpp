@@ -87,30 +87,6 @@ Expected<KernelModule> buildKernel(
       return status_;                                                                            \
   } while (0)
 
-/// bench --timeline: one launch of `instrumented` (the measured kernel built with the
-/// KVARN_TIMELINE stamps) with the measured launch's parameters and plan, and its phases.
-Status decodePhases(const KernelModule &instrumented, const dev::DecodeParams &params, int q,
-                    const DecodePlan &plan, int smCount, DecodeTimelineSummary &phases) {
-  Expected<std::pair<CUdeviceptr, size_t>> rows = instrumented.global("kvarn_timeline");
-  Expected<std::pair<CUdeviceptr, size_t>> mergeRows = instrumented.global("kvarn_timeline_merge");
-  if (!rows)
-    return rows.error();
-  if (!mergeRows)
-    return mergeRows.error();
-  const Driver &d = driver();
-  KVARN_TRY(KVARN_CU(d.cuMemsetD8(rows->first, 0, rows->second)));
-  KVARN_TRY(KVARN_CU(d.cuMemsetD8(mergeRows->first, 0, mergeRows->second)));
-  KVARN_TRY(launchDecode(instrumented, params, q, plan, nullptr));
-  std::vector<uint64_t> decode(rows->second / 8), merge(mergeRows->second / 8);
-  KVARN_TRY(KVARN_CU(d.cuMemcpyDtoH(decode.data(), rows->first, rows->second)));
-  KVARN_TRY(KVARN_CU(d.cuMemcpyDtoH(merge.data(), mergeRows->first, mergeRows->second)));
-  Expected<DecodeTimelineSummary> summary = summarizeDecodeTimeline(decode, merge, smCount);
-  if (!summary)
-    return summary.error();
-  phases = *summary;
-  return Status::success();
-}
-
 Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
                    const LaunchGate *gate) {
   Expected<Format> format = parseFormat(o.preset, o.headDim);
@@ -302,20 +278,23 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
           Expected<const KernelModule *> stamped = instrumentedOf(k == 0 ? kernel : *baseline);
           if (!stamped)
             return stamped.error();
-          DecodeTimelineSummary phases;
-          KVARN_TRY(decodePhases(**stamped, k == 0 ? kvarnParams(0) : fp16Params(0), q,
-                                 k == 0 ? plan : baselinePlan, info.smCount, phases));
+          KVARN_TRY(clearDecodeTimeline(**stamped));
+          KVARN_TRY(launchDecode(**stamped, k == 0 ? kvarnParams(0) : fp16Params(0), q,
+                                 k == 0 ? plan : baselinePlan, nullptr));
+          Expected<DecodeTimelineSummary> phases = readDecodeTimeline(**stamped, info.smCount);
+          if (!phases)
+            return phases.error();
           const int64_t grid =
               int64_t(batch) * hk * (k == 0 ? plan.numSplits : baselinePlan.numSplits);
           std::printf("  timeline %s: %s%s\n", k == 0 ? "kvarn" : "fp16 ",
-                      describeDecodeTimeline(phases).c_str(),
+                      describeDecodeTimeline(*phases).c_str(),
                       grid > dev::DecodeTimeline::CTAS
                           ? (" (the first " + std::to_string(int(dev::DecodeTimeline::CTAS)) +
                              " of " + std::to_string(grid) + " CTAs stamped)")
                                 .c_str()
                           : "");
+          std::fflush(stdout);
         }
-      std::fflush(stdout);
     }
   if (!o.reportPrefix.empty()) {
     for (const auto &[suffix, text] : {std::pair<std::string, std::string>{".json", benchReportJson(report)},

@@ -88,6 +88,52 @@ Expected<DecodeTimelineSummary> summarizeDecodeTimeline(const std::vector<uint64
   return s;
 }
 
+namespace {
+
+/// The module's decode and merge timeline variables.
+Expected<std::pair<std::pair<CUdeviceptr, size_t>, std::pair<CUdeviceptr, size_t>>>
+timelineVariables(const KernelModule &module) {
+  Expected<std::pair<CUdeviceptr, size_t>> rows = module.global("kvarn_timeline");
+  if (!rows)
+    return rows.error();
+  Expected<std::pair<CUdeviceptr, size_t>> mergeRows = module.global("kvarn_timeline_merge");
+  if (!mergeRows)
+    return mergeRows.error();
+  return std::make_pair(*rows, *mergeRows);
+}
+
+} // namespace
+
+Status clearDecodeTimeline(const KernelModule &module) {
+  Expected<const Driver *> driver = Driver::get();
+  if (!driver)
+    return driver.error();
+  auto variables = timelineVariables(module);
+  if (!variables)
+    return variables.error();
+  for (const auto &[pointer, bytes] : {variables->first, variables->second})
+    if (Status s = KVARN_CU((*driver)->cuMemsetD8(pointer, 0, bytes)); !s)
+      return s;
+  return Status::success();
+}
+
+Expected<DecodeTimelineSummary> readDecodeTimeline(const KernelModule &module, int firstWave) {
+  Expected<const Driver *> driver = Driver::get();
+  if (!driver)
+    return driver.error();
+  auto variables = timelineVariables(module);
+  if (!variables)
+    return variables.error();
+  std::vector<uint64_t> rows[2];
+  for (int k = 0; k < 2; ++k) {
+    const auto &[pointer, bytes] = k == 0 ? variables->first : variables->second;
+    rows[k].resize(bytes / sizeof(uint64_t));
+    if (Status s = KVARN_CU((*driver)->cuMemcpyDtoH(rows[k].data(), pointer, bytes)); !s)
+      return s.error();
+  }
+  return summarizeDecodeTimeline(rows[0], rows[1], firstWave);
+}
+
 std::string describeDecodeTimeline(const DecodeTimelineSummary &s) {
   char text[512];
   int n = std::snprintf(

@@ -520,19 +520,11 @@ TEST(GpuDecode, TheTimelineBuildStampsEveryPhaseInOrderAndDecodesAlike) {
     Expected<KernelModule> stamped = KernelModule::load(compiled->cubin, compiled->kernelNames,
                                                        schedule, compiled->sharedBytes);
     ASSERT_TRUE(stamped) << stamped.error().str();
-    Expected<std::pair<CUdeviceptr, size_t>> rows = stamped->global("kvarn_timeline");
-    Expected<std::pair<CUdeviceptr, size_t>> mergeRows = stamped->global("kvarn_timeline_merge");
-    ASSERT_TRUE(rows && mergeRows);
-    const Driver &d = **Driver::get();
-    ASSERT_OK(KVARN_CU(d.cuMemsetD8(rows->first, 0, rows->second)));
-    ASSERT_OK(KVARN_CU(d.cuMemsetD8(mergeRows->first, 0, mergeRows->second)));
+    ASSERT_OK(autotune::clearDecodeTimeline(*stamped));
     const double error = runDecodeErrors(dc, 11, true, 0, &*stamped).error;
     EXPECT_LE(error, 1e-3) << dc.lengths.size() << " requests";
-    std::vector<uint64_t> decode(rows->second / 8), merge(mergeRows->second / 8);
-    ASSERT_OK(KVARN_CU(d.cuMemcpyDtoH(decode.data(), rows->first, rows->second)));
-    ASSERT_OK(KVARN_CU(d.cuMemcpyDtoH(merge.data(), mergeRows->first, mergeRows->second)));
     Expected<autotune::DecodeTimelineSummary> summary =
-        autotune::summarizeDecodeTimeline(decode, merge, gpu()->smCount);
+        autotune::readDecodeTimeline(*stamped, gpu()->smCount);
     ASSERT_TRUE(summary) << summary.error().str();
     const int batch = int(dc.lengths.size());
     const int maxLen = *std::max_element(dc.lengths.begin(), dc.lengths.end());

@@ -2,6 +2,7 @@
 // dev::DecodeTimeline): where the launch's time goes on the GPU, phase by phase.
 #pragma once
 
+#include "kvarn/launch.h"
 #include "kvarn/status.h"
 
 #include <cstdint>
@@ -34,6 +35,14 @@ struct DecodeTimelineSummary {
 Expected<DecodeTimelineSummary> summarizeDecodeTimeline(const std::vector<uint64_t> &decode,
                                                         const std::vector<uint64_t> &merge,
                                                         int firstWave);
+
+/// Zeroes both timelines of `module` (a decode kernel built with KVARN_TIMELINE) before the
+/// launch to be stamped; an error when the module has none.
+Status clearDecodeTimeline(const KernelModule &module);
+
+/// Reads both timelines of `module` back after its launch (synchronous copies, so after the
+/// launch finished) and summarizes them (summarizeDecodeTimeline).
+Expected<DecodeTimelineSummary> readDecodeTimeline(const KernelModule &module, int firstWave);
 
 /// The summary as one line of text.
 std::string describeDecodeTimeline(const DecodeTimelineSummary &summary);
