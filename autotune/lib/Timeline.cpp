@@ -90,45 +90,49 @@ Expected<DecodeTimelineSummary> summarizeDecodeTimeline(const std::vector<uint64
 
 namespace {
 
-/// The module's decode and merge timeline variables.
-Expected<std::pair<std::pair<CUdeviceptr, size_t>, std::pair<CUdeviceptr, size_t>>>
-timelineVariables(const KernelModule &module) {
-  Expected<std::pair<CUdeviceptr, size_t>> rows = module.global("kvarn_timeline");
-  if (!rows)
-    return rows.error();
-  Expected<std::pair<CUdeviceptr, size_t>> mergeRows = module.global("kvarn_timeline_merge");
-  if (!mergeRows)
-    return mergeRows.error();
-  return std::make_pair(*rows, *mergeRows);
+/// The driver and the module's two timeline variables (decode rows, then merge rows).
+struct TimelineMemory {
+  const Driver *driver = nullptr;
+  std::pair<CUdeviceptr, size_t> variables[2];
+};
+
+Expected<TimelineMemory> timelineMemory(const KernelModule &module) {
+  Expected<const Driver *> driver = Driver::get();
+  if (!driver)
+    return driver.error();
+  TimelineMemory memory;
+  memory.driver = *driver;
+  const char *names[2] = {"kvarn_timeline", "kvarn_timeline_merge"};
+  for (int k = 0; k < 2; ++k) {
+    Expected<std::pair<CUdeviceptr, size_t>> variable = module.global(names[k]);
+    if (!variable)
+      return variable.error();
+    memory.variables[k] = *variable;
+  }
+  return memory;
 }
 
 } // namespace
 
 Status clearDecodeTimeline(const KernelModule &module) {
-  Expected<const Driver *> driver = Driver::get();
-  if (!driver)
-    return driver.error();
-  auto variables = timelineVariables(module);
-  if (!variables)
-    return variables.error();
-  for (const auto &[pointer, bytes] : {variables->first, variables->second})
-    if (Status s = KVARN_CU((*driver)->cuMemsetD8(pointer, 0, bytes)); !s)
+  Expected<TimelineMemory> memory = timelineMemory(module);
+  if (!memory)
+    return memory.error();
+  for (const auto &[pointer, bytes] : memory->variables)
+    if (Status s = KVARN_CU(memory->driver->cuMemsetD8(pointer, 0, bytes)); !s)
       return s;
   return Status::success();
 }
 
 Expected<DecodeTimelineSummary> readDecodeTimeline(const KernelModule &module, int firstWave) {
-  Expected<const Driver *> driver = Driver::get();
-  if (!driver)
-    return driver.error();
-  auto variables = timelineVariables(module);
-  if (!variables)
-    return variables.error();
+  Expected<TimelineMemory> memory = timelineMemory(module);
+  if (!memory)
+    return memory.error();
   std::vector<uint64_t> rows[2];
   for (int k = 0; k < 2; ++k) {
-    const auto &[pointer, bytes] = k == 0 ? variables->first : variables->second;
+    const auto &[pointer, bytes] = memory->variables[k];
     rows[k].resize(bytes / sizeof(uint64_t));
-    if (Status s = KVARN_CU((*driver)->cuMemcpyDtoH(rows[k].data(), pointer, bytes)); !s)
+    if (Status s = KVARN_CU(memory->driver->cuMemcpyDtoH(rows[k].data(), pointer, bytes)); !s)
       return s.error();
   }
   return summarizeDecodeTimeline(rows[0], rows[1], firstWave);
