@@ -538,6 +538,17 @@ TEST(GpuDecode, TheTimelineBuildStampsEveryPhaseInOrderAndDecodesAlike) {
     std::printf("[ timeline ] %d requests, %d splits: %s\n", batch, plan.numSplits,
                 autotune::describeDecodeTimeline(*summary).c_str());
   }
+  // A plain kernel has no timeline: clearing or reading one is refused, naming the variable.
+  const KernelModule &plain = kernel("decode:kvarn_k4v2_g128:d128:q8:f16");
+  const Status cleared = autotune::clearDecodeTimeline(plain);
+  const Expected<autotune::DecodeTimelineSummary> read =
+      autotune::readDecodeTimeline(plain, gpu()->smCount);
+  ASSERT_FALSE(cleared);
+  ASSERT_FALSE(read);
+  for (const Error &refused : {cleared.error(), read.error()}) {
+    EXPECT_EQ(refused.code, ErrorCode::NotFound);
+    EXPECT_NE(refused.message.find("kvarn_timeline"), std::string::npos) << refused.message;
+  }
 }
 
 TEST(GpuDecode, ZeroLengthRequestsGiveZerosAndRepeatRunsAgree) {
