@@ -358,9 +358,13 @@ Status benchFlush(const BenchOptions &o, const DeviceInfo &info, double bandwidt
   return Status::success();
 }
 
+/// The append benchmark's launch: 8,192 tokens x 8 kv heads x D = 128, K and V rows in, pool rows
+/// out.
+constexpr int kAppendTokens = 8192, kAppendKvHeads = 8, kAppendHeadDim = 128;
+
 Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
-                           const std::string &schedule, const LaunchGate *gate) {
-  const int tokens = 8192, hk = 8, d = 128, g = 128;
+                           double copyGbs, const std::string &schedule, const LaunchGate *gate) {
+  const int tokens = kAppendTokens, hk = kAppendKvHeads, d = kAppendHeadDim, g = 128;
   Expected<KernelModule> module =
       buildKernel("append:" + o.preset + ":d128:q1:" + dtypeField(o.dtype) + ":" + info.arch(),
                   schedule, o, info);
@@ -388,19 +392,49 @@ Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double
   const double bytes = 4.0 * elements * 2 + tokens * 8; // read K, V; write both; slot map
   const double gbs = bytes / ((*ms)[0] * 1e-3) / 1e9;
   std::printf("append %d tokens x %d kv heads x D=%d, %s rows, schedule '%s': %.1f MB moved, "
-              "%.4f ms, %.0f GB/s, %.0f%% of the measured read bandwidth\n",
+              "%.4f ms, %.0f GB/s, %.0f%% of the measured read bandwidth, %.0f%% of the copy's "
+              "rate\n",
               tokens, hk, d, dtypeName(o.dtype), schedule.c_str(), bytes / 1e6, (*ms)[0], gbs,
-              100 * gbs / bandwidth);
+              100 * gbs / bandwidth, 100 * gbs / copyGbs);
   return Status::success();
+}
+
+/// What a plain copy of append's bytes achieves in the same run (the practical ceiling of a
+/// kernel that reads and writes 67 MB): cuMemcpyDtoDAsync of the K and V inputs' size, read and
+/// written once. Returns its GB/s (bytes read plus written, as append counts them).
+Expected<double> benchAppendCopy(const BenchOptions &o, double bandwidth, const LaunchGate *gate) {
+  const size_t bytes = 2 * size_t(kAppendTokens) * kAppendKvHeads * kAppendHeadDim * 2; // K + V
+  Expected<DeviceBuffer> from = DeviceBuffer::allocate(bytes), to = DeviceBuffer::allocate(bytes);
+  if (!from)
+    return from.error();
+  if (!to)
+    return to.error();
+  if (Status filled = from->fill(0); !filled)
+    return filled.error();
+  Expected<std::vector<double>> ms = timeInterleaved(
+      {[&](int) {
+        return KVARN_CU(driver().cuMemcpyDtoDAsync(to->get(), from->get(), bytes, nullptr));
+      }},
+      o.iterations, gate);
+  if (!ms)
+    return ms.error();
+  const double gbs = 2.0 * bytes / ((*ms)[0] * 1e-3) / 1e9;
+  std::printf("copy of the same bytes (cuMemcpyDtoDAsync, %.1f MB read and written): %.1f MB "
+              "moved, %.4f ms, %.0f GB/s, %.0f%% of the measured read bandwidth\n",
+              bytes / 1e6, 2.0 * bytes / 1e6, (*ms)[0], gbs, 100 * gbs / bandwidth);
+  return gbs;
 }
 
 Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
                    const LaunchGate *gate) {
+  Expected<double> copyGbs = benchAppendCopy(o, bandwidth, gate);
+  if (!copyGbs)
+    return copyGbs.error();
   if (!o.schedule.empty() && o.scheduleOp() == OpKind::Append) // one schedule from --schedule
-    return benchAppendSchedule(o, info, bandwidth, o.schedule, gate);
+    return benchAppendSchedule(o, info, bandwidth, *copyGbs, o.schedule, gate);
   for (const char *schedule : {"", "warps=2,rows_per_cta=2", "warps=8,rows_per_cta=8",
                                "warps=4,rows_per_cta=8"})
-    KVARN_TRY(benchAppendSchedule(o, info, bandwidth, schedule, gate));
+    KVARN_TRY(benchAppendSchedule(o, info, bandwidth, *copyGbs, schedule, gate));
   return Status::success();
 }
 
