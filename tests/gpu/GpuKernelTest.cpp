@@ -803,14 +803,16 @@ TEST(GpuFlush, GoldenStoreRecords) {
 
 TEST(GpuAppend, RotatesIntoPoolSlotsAndSkipsNegativeSlots) {
   KVARN_REQUIRE_GPU();
-  // padding 0: packed rows (vector loads); 1: rows one element apart from alignment (the
-  // kernel's element-load path).
+  // padding 0: packed rows (staged by asynchronous copies); 1: rows one element apart from
+  // alignment (the kernel's element-load path). 3 kv heads: part of a staged pass; 10: a full
+  // pass of 8 and part of a second.
   for (int padding : {0, 1})
+  for (int hk : {3, 10})
   for (DType dtype : {DType::F16, DType::BF16})
     for (int d : {64, 128, 256}) {
-      const int tokens = 300, hk = 3, g = 128, slotsTotal = 4;
+      const int tokens = 300, g = 128, slotsTotal = 4;
       const int64_t stride = int64_t(hk) * d + padding;
-      std::mt19937_64 rng(d + padding);
+      std::mt19937_64 rng(d + padding + 1000 * hk);
       std::normal_distribution<float> normal;
       std::vector<uint16_t> keys(size_t(tokens) * stride), values(keys.size());
       for (size_t i = 0; i < keys.size(); ++i) {
@@ -849,7 +851,7 @@ TEST(GpuAppend, RotatesIntoPoolSlotsAndSkipsNegativeSlots) {
             const float e = halfToFloat(expected[i]);
             ASSERT_LE(std::fabs(a - e), std::fabs(e) * 2e-3f + 2e-3f)
                 << "token " << t << " element " << i << " D=" << d << " " << dtypeName(dtype)
-                << " padding " << padding;
+                << " padding " << padding << " kv heads " << hk;
           }
         }
       }
