@@ -340,8 +340,8 @@ size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
                                         schedule.warps};
     return static_cast<size_t>(layout.bytes());
   }
-  case OpKind::Append: // the layout AppendContext uses (params.h)
-    return static_cast<size_t>(dev::AppendSharedLayout{spec.format.headDim, schedule.warps}.bytes());
+  case OpKind::Append:
+    return 0;
   case OpKind::Dequantize:
     return 0;
   }

@@ -803,9 +803,9 @@ TEST(GpuFlush, GoldenStoreRecords) {
 
 TEST(GpuAppend, RotatesIntoPoolSlotsAndSkipsNegativeSlots) {
   KVARN_REQUIRE_GPU();
-  // padding 0: packed rows (staged by asynchronous copies); 1: rows one element apart from
-  // alignment (the kernel's element-load path). 3 kv heads: part of a staged pass; 10: a full
-  // pass of 8 and part of a second.
+  // padding 0: packed rows (vector loads); 1: rows one element apart from alignment (the
+  // kernel's element-load path). 3 kv heads: part of a pass of 4; 10: two full passes and part
+  // of a third.
   for (int padding : {0, 1})
   for (int hk : {3, 10})
   for (DType dtype : {DType::F16, DType::BF16})

@@ -288,18 +288,6 @@ __device__ __forceinline__ void copyAsync16If(void *shared, const void *global, 
                " @p cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(address),
                "l"(global), "r"(int(enabled)));
 }
-/// A `BYTES`-byte (4, 8 or 16) asynchronous global -> shared copy: 16 bytes bypass L1 (.cg),
-/// the smaller sizes, which .cg does not take, go through it (.ca).
-template <int BYTES> __device__ __forceinline__ void copyAsync(void *shared, const void *global) {
-  static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async copies 4, 8 or 16 bytes");
-  if constexpr (BYTES == 16) {
-    copyAsync16(shared, global);
-  } else {
-    const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(address), "l"(global),
-                 "n"(BYTES));
-  }
-}
 /// A warp copies `BYTES` (a multiple of 16) contiguous bytes, 16 per lane and round; the rounds
 /// are unrolled and only a partial last round is predicated, so no loop or branch remains.
 template <int BYTES>

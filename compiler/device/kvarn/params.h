@@ -193,19 +193,6 @@ struct FlushSharedLayout {
   constexpr int bytes() const { return vectorOffset() + VECTORS * maxDim() * 4 + 16; }
 };
 
-/// The append kernel's shared memory, defined once for AppendContext (device) and
-/// sharedMemoryBytes (host): per warp, the rows of HEADS kv heads of one token (K in the lower
-/// half-warp's chunks, V in the upper's), staged by asynchronous copies so a warp has a whole
-/// pass of loads in flight without holding them in registers.
-struct AppendSharedLayout {
-  int headDim, warps;
-  static constexpr int HEADS = 8; ///< kv heads a warp stages per pass
-  /// Bytes one lane copies per row: its E = headDim / 16 channels of fp16 or bf16.
-  constexpr int laneBytes() const { return headDim / 16 * 2; }
-  constexpr int warpBytes() const { return HEADS * 32 * laneBytes(); }
-  constexpr int bytes() const { return warps * warpBytes(); }
-};
-
 /// Flush (grid: x = entry).
 struct FlushParams {
   const void *poolKey;            ///< fp16 [slots, G, Hk, D]
