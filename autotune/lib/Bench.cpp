@@ -366,7 +366,8 @@ Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double
                            double copyGbs, const std::string &schedule, const LaunchGate *gate) {
   const int tokens = kAppendTokens, hk = kAppendKvHeads, d = kAppendHeadDim, g = 128;
   Expected<KernelModule> module =
-      buildKernel("append:" + o.preset + ":d128:q1:" + dtypeField(o.dtype) + ":" + info.arch(),
+      buildKernel("append:" + o.preset + ":d" + std::to_string(d) + ":q1:" + dtypeField(o.dtype) +
+                      ":" + info.arch(),
                   schedule, o, info);
   if (!module)
     return module.error();

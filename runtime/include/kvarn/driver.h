@@ -19,10 +19,9 @@ namespace kvarn {
   X(cuMemAlloc) X(cuMemFree) X(cuMemcpyHtoD) X(cuMemcpyDtoH) X(cuMemcpyDtoD) X(cuMemsetD8)       \
   X(cuMemsetD32) X(cuMemcpyHtoDAsync) X(cuMemcpyDtoDAsync) X(cuEventCreate) X(cuEventRecord)      \
   X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy) X(cuStreamCreate)                \
-  X(cuStreamSynchronize)                                                                         \
-  X(cuStreamDestroy) X(cuStreamBeginCapture) X(cuStreamEndCapture) X(cuGraphInstantiate)         \
-  X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy) X(cuGetErrorName) X(cuGetErrorString) \
-  X(cuDevicePrimaryCtxReset) X(cuCtxGetDevice)
+  X(cuStreamSynchronize) X(cuStreamDestroy) X(cuStreamBeginCapture) X(cuStreamEndCapture)        \
+  X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy)                 \
+  X(cuGetErrorName) X(cuGetErrorString) X(cuDevicePrimaryCtxReset) X(cuCtxGetDevice)
 
 /// Function table of the loaded driver.
 struct Driver {
