@@ -358,84 +358,73 @@ Status benchFlush(const BenchOptions &o, const DeviceInfo &info, double bandwidt
   return Status::success();
 }
 
-/// The append benchmark's launch: 8,192 tokens x 8 kv heads x D = 128, K and V rows in, pool rows
-/// out.
-constexpr int kAppendTokens = 8192, kAppendKvHeads = 8, kAppendHeadDim = 128;
-
 Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
-                           double copyGbs, const std::string &schedule, const LaunchGate *gate) {
-  const int tokens = kAppendTokens, hk = kAppendKvHeads, d = kAppendHeadDim, g = 128;
+                           double copyGbs, const AppendTimingInputs &inputs,
+                           const std::string &schedule, const LaunchGate *gate) {
+  const int d = inputs.headDim();
   Expected<KernelModule> module =
       buildKernel("append:" + o.preset + ":d" + std::to_string(d) + ":q1:" + dtypeField(o.dtype) +
                       ":" + info.arch(),
                   schedule, o, info);
   if (!module)
     return module.error();
-  std::vector<int64_t> mapping(tokens);
-  for (int t = 0; t < tokens; ++t)
-    mapping[t] = t;
-  const size_t elements = size_t(tokens) * hk * d;
-  Expected<DeviceBuffer> key = DeviceBuffer::allocate(elements * 2), value = DeviceBuffer::allocate(elements * 2),
-                         map = DeviceBuffer::allocate(tokens * 8),
-                         poolKey = DeviceBuffer::allocate(size_t((tokens + g - 1) / g) * g * hk * d * 2),
-                         poolValue = DeviceBuffer::allocate(size_t((tokens + g - 1) / g) * g * hk * d * 2);
-  const uint32_t ones = o.dtype == DType::BF16 ? 0x3f803f80u : 0x3c003c00u; // 1.0 in each half
-  KVARN_TRY(KVARN_CU(driver().cuMemsetD32(key->get(), ones, key->size() / 4)));
-  KVARN_TRY(KVARN_CU(driver().cuMemsetD32(value->get(), ones, value->size() / 4)));
-  KVARN_TRY(map->upload(mapping.data(), mapping.size() * 8));
-  dev::AppendParams params{key->as<void>(), value->as<void>(), map->as<long long>(),
-                           poolKey->as<void>(), poolValue->as<void>(), tokens, hk,
-                           (long long)hk * d, (long long)hk * d};
   Expected<std::vector<double>> ms = timeInterleaved(
-      {[&](int) { return launchAppend(*module, params, nullptr); }}, o.iterations, gate);
+      {[&](int k) { return launchAppend(*module, inputs.params(k), nullptr); }}, o.iterations,
+      gate);
   if (!ms)
     return ms.error();
-  const double bytes = 4.0 * elements * 2 + tokens * 8; // read K, V; write both; slot map
+  const double bytes = inputs.bytesMoved();
   const double gbs = bytes / ((*ms)[0] * 1e-3) / 1e9;
-  std::printf("append %d tokens x %d kv heads x D=%d, %s rows, schedule '%s': %.1f MB moved, "
-              "%.4f ms, %.0f GB/s, %.0f%% of the measured read bandwidth, %.0f%% of the copy's "
-              "rate\n",
-              tokens, hk, d, dtypeName(o.dtype), schedule.c_str(), bytes / 1e6, (*ms)[0], gbs,
+  std::printf("append %d tokens x %d kv heads x D=%d, %s rows, schedule '%s' (%s): %.1f MB "
+              "moved, %.4f ms, %.0f GB/s, %.0f%% of the measured read bandwidth, %.0f%% of the "
+              "copy's rate\n",
+              AppendTimingInputs::kTokens, AppendTimingInputs::kKvHeads, d, dtypeName(o.dtype),
+              schedule.c_str(), module->schedule().str().c_str(), bytes / 1e6, (*ms)[0], gbs,
               100 * gbs / bandwidth, 100 * gbs / copyGbs);
   return Status::success();
 }
 
 /// What a plain copy of append's bytes achieves in the same run (the practical ceiling of a
-/// kernel that reads and writes 67 MB): cuMemcpyDtoDAsync of the K and V inputs' size, read and
-/// written once. Returns its GB/s (bytes read plus written, as append counts them).
-Expected<double> benchAppendCopy(const BenchOptions &o, double bandwidth, const LaunchGate *gate) {
-  const size_t bytes = 2 * size_t(kAppendTokens) * kAppendKvHeads * kAppendHeadDim * 2; // K + V
-  Expected<DeviceBuffer> from = DeviceBuffer::allocate(bytes), to = DeviceBuffer::allocate(bytes);
-  if (!from)
-    return from.error();
+/// kernel that reads and writes as much): cuMemcpyDtoDAsync of one launch's K and V rows, from
+/// the same L2-cold copies in turn. Returns its GB/s (bytes read plus written, as append counts
+/// them).
+Expected<double> benchAppendCopy(const BenchOptions &o, const AppendTimingInputs &inputs,
+                                 double bandwidth, const LaunchGate *gate) {
+  Expected<DeviceBuffer> to = DeviceBuffer::allocate(inputs.rowBytes());
   if (!to)
     return to.error();
-  if (Status filled = from->fill(0); !filled)
-    return filled.error();
   Expected<std::vector<double>> ms = timeInterleaved(
-      {[&](int) {
-        return KVARN_CU(driver().cuMemcpyDtoDAsync(to->get(), from->get(), bytes, nullptr));
+      {[&](int k) {
+        return KVARN_CU(driver().cuMemcpyDtoDAsync(to->get(), inputs.rows(k), inputs.rowBytes(),
+                                                   nullptr));
       }},
       o.iterations, gate);
   if (!ms)
     return ms.error();
-  const double gbs = 2.0 * bytes / ((*ms)[0] * 1e-3) / 1e9;
-  std::printf("copy of the same bytes (cuMemcpyDtoDAsync, %.1f MB read and written): %.1f MB "
-              "moved, %.4f ms, %.0f GB/s, %.0f%% of the measured read bandwidth\n",
-              bytes / 1e6, 2.0 * bytes / 1e6, (*ms)[0], gbs, 100 * gbs / bandwidth);
+  const double bytes = 2.0 * double(inputs.rowBytes());
+  const double gbs = bytes / ((*ms)[0] * 1e-3) / 1e9;
+  std::printf("copy of the same bytes (cuMemcpyDtoDAsync, %.1f MB read and written, "
+              "%d L2-cold copies): %.1f MB moved, %.4f ms, %.0f GB/s, %.0f%% of the measured read "
+              "bandwidth\n",
+              inputs.rowBytes() / 1e6, inputs.copies(), bytes / 1e6, (*ms)[0], gbs,
+              100 * gbs / bandwidth);
   return gbs;
 }
 
 Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
                    const LaunchGate *gate) {
-  Expected<double> copyGbs = benchAppendCopy(o, bandwidth, gate);
+  Expected<AppendTimingInputs> inputs =
+      AppendTimingInputs::create(o.headDim, o.dtype, size_t(info.l2Bytes));
+  if (!inputs)
+    return inputs.error();
+  Expected<double> copyGbs = benchAppendCopy(o, *inputs, bandwidth, gate);
   if (!copyGbs)
     return copyGbs.error();
   if (!o.schedule.empty() && o.scheduleOp() == OpKind::Append) // one schedule from --schedule
-    return benchAppendSchedule(o, info, bandwidth, *copyGbs, o.schedule, gate);
+    return benchAppendSchedule(o, info, bandwidth, *copyGbs, *inputs, o.schedule, gate);
   for (const char *schedule : {"", "warps=2,rows_per_cta=2", "warps=8,rows_per_cta=8",
                                "warps=4,rows_per_cta=8"})
-    KVARN_TRY(benchAppendSchedule(o, info, bandwidth, *copyGbs, schedule, gate));
+    KVARN_TRY(benchAppendSchedule(o, info, bandwidth, *copyGbs, *inputs, schedule, gate));
   return Status::success();
 }
 

@@ -36,4 +36,43 @@ int coldCopies(size_t bytes, size_t l2Bytes) {
   return int(std::min<size_t>(16, 2 * l2Bytes / std::max<size_t>(bytes, 1) + 1));
 }
 
+Expected<AppendTimingInputs> AppendTimingInputs::create(int headDim, DType dtype,
+                                                        size_t l2Bytes) {
+  AppendTimingInputs inputs;
+  inputs.headDim_ = headDim;
+  inputs.elements_ = size_t(kTokens) * kKvHeads * headDim;
+  inputs.copies_ = coldCopies(inputs.rowBytes(), l2Bytes);
+  Expected<DeviceBuffer> rows = DeviceBuffer::allocate(inputs.rowBytes() * inputs.copies_),
+                         mapping = DeviceBuffer::allocate(size_t(kTokens) * 8),
+                         poolKey = DeviceBuffer::allocate(inputs.elements_ * 2),
+                         poolValue = DeviceBuffer::allocate(inputs.elements_ * 2);
+  for (Expected<DeviceBuffer> *b : {&rows, &mapping, &poolKey, &poolValue})
+    if (!*b)
+      return b->error();
+  const uint16_t one = floatToDType(1.0f, dtype);
+  if (Status s = rows->fillWithPattern({uint8_t(one & 0xff), uint8_t(one >> 8)}); !s)
+    return s.error();
+  std::vector<int64_t> slots(kTokens);
+  for (int t = 0; t < kTokens; ++t)
+    slots[t] = t;
+  if (Status s = mapping->upload(slots.data(), slots.size() * 8); !s)
+    return s.error();
+  inputs.rows_ = std::move(*rows);
+  inputs.mapping_ = std::move(*mapping);
+  inputs.poolKey_ = std::move(*poolKey);
+  inputs.poolValue_ = std::move(*poolValue);
+  return inputs;
+}
+
+CUdeviceptr AppendTimingInputs::rows(int launchIndex) const {
+  return rows_.get() + CUdeviceptr(launchIndex % copies_) * rowBytes();
+}
+
+dev::AppendParams AppendTimingInputs::params(int launchIndex) const {
+  const uint16_t *key = reinterpret_cast<const uint16_t *>(rows(launchIndex));
+  const long long stride = (long long)kKvHeads * headDim_;
+  return {key, key + elements_, mapping_.as<long long>(), poolKey_.as<void>(),
+          poolValue_.as<void>(), kTokens, kKvHeads, stride, stride};
+}
+
 } // namespace kvarn::autotune

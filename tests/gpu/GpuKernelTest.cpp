@@ -3,6 +3,7 @@
 #include "../common/PagedCache.h"
 #include "../unit/Golden.h"
 #include "kvarn/Autotune/Timeline.h"
+#include "kvarn/Autotune/TimingInputs.h"
 #include "kvarn/Autotune/Tuner.h"
 #include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/launch.h"
@@ -29,6 +30,7 @@
 #include <optional>
 #include <memory>
 #include <random>
+#include <set>
 
 using namespace kvarn;
 using namespace kvarn::testing;
@@ -863,6 +865,52 @@ TEST(GpuAppend, RotatesIntoPoolSlotsAndSkipsNegativeSlots) {
           ASSERT_EQ(poolValue[row * hk * d + i], 0xffff) << "pool row " << row << " was written";
         }
       }
+    }
+}
+
+TEST(GpuTimingInputs, AppendRowsComeInDisjointL2ColdCopies) {
+  KVARN_REQUIRE_GPU();
+  using autotune::AppendTimingInputs;
+  constexpr int tokens = AppendTimingInputs::kTokens, hk = AppendTimingInputs::kKvHeads;
+  for (DType dtype : {DType::F16, DType::BF16})
+    for (int d : {64, 128, 256}) {
+      Expected<AppendTimingInputs> inputs =
+          AppendTimingInputs::create(d, dtype, size_t(gpu()->l2Bytes));
+      ASSERT_TRUE(inputs) << inputs.error().str();
+      const size_t elements = size_t(tokens) * hk * d;
+      ASSERT_EQ(inputs->rowBytes(), 4 * elements);
+      ASSERT_EQ(inputs->copies(), autotune::coldCopies(inputs->rowBytes(), size_t(gpu()->l2Bytes)));
+      // The launches between two uses of a copy read at least twice the L2 (or 16 copies).
+      EXPECT_TRUE(inputs->copies() == 16 ||
+                  size_t(inputs->copies() - 1) * inputs->rowBytes() >= 2 * size_t(gpu()->l2Bytes))
+          << inputs->copies() << " copies of " << inputs->rowBytes() << " bytes";
+      std::set<const void *> keys;
+      for (int k = 0; k < inputs->copies(); ++k) {
+        const dev::AppendParams p = inputs->params(k);
+        EXPECT_EQ(reinterpret_cast<CUdeviceptr>(p.key), inputs->rows(k));
+        EXPECT_EQ(static_cast<const uint16_t *>(p.value), static_cast<const uint16_t *>(p.key) + elements);
+        EXPECT_EQ(p.numTokens, tokens);
+        EXPECT_EQ(p.keyStride, (long long)hk * d);
+        keys.insert(p.key);
+        if (k > 0) { // disjoint: each copy starts where the one before ends
+          EXPECT_EQ(inputs->rows(k), inputs->rows(k - 1) + inputs->rowBytes());
+        }
+      }
+      EXPECT_EQ(keys.size(), size_t(inputs->copies()));
+      EXPECT_EQ(inputs->params(inputs->copies()).key, inputs->params(0).key);
+      // Every row element of the last copy is 1.0 in `dtype`; the slot map is 0 .. tokens - 1.
+      const int last = inputs->copies() - 1;
+      const Driver &driver = **Driver::get();
+      std::vector<uint16_t> rows(2 * elements);
+      ASSERT_EQ(driver.cuMemcpyDtoH(rows.data(), inputs->rows(last), rows.size() * 2), CUDA_SUCCESS);
+      const uint16_t one = floatToDType(1.0f, dtype);
+      EXPECT_EQ(std::count(rows.begin(), rows.end(), one), std::ptrdiff_t(rows.size()));
+      std::vector<int64_t> slots(tokens);
+      ASSERT_EQ(driver.cuMemcpyDtoH(slots.data(), CUdeviceptr(inputs->params(0).slotMapping),
+                                    slots.size() * 8),
+                CUDA_SUCCESS);
+      for (int t = 0; t < tokens; ++t)
+        ASSERT_EQ(slots[t], t);
     }
 }
 

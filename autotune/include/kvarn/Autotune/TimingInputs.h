@@ -1,10 +1,11 @@
-// The inputs the decode benchmark and the tuner time kernels on, made by one piece of code so
-// that both measure the same work: the same records, the same queries, and the same rule for
-// keeping every timed launch's reads cold in L2.
+// The inputs kernels are timed on, made by one piece of code so that every measurement of an op
+// times the same work: the decode records and queries (the benchmark and the tuner), the append
+// rows (the benchmark), and one rule for keeping every timed launch's reads cold in L2.
 #pragma once
 
 #include "kvarn/format.h"
 #include "kvarn/half.h"
+#include "kvarn/launch.h"
 #include "kvarn/status.h"
 
 #include <cstddef>
@@ -29,5 +30,31 @@ std::vector<uint16_t> decodeTimingQueries(size_t count, DType dtype);
 /// L2 (`l2Bytes`), so every launch reads cold, as an engine's decode of a long context does;
 /// at most 16, and 1 when one copy is that large already.
 int coldCopies(size_t bytes, size_t l2Bytes);
+
+/// The append launch the benchmark times: kTokens tokens x kKvHeads kv heads x D channels of K
+/// and V rows of `dtype` (1.0 everywhere) into fp16 pool slots 0 .. kTokens - 1. The rows come
+/// in coldCopies copies, one per launch in turn, so no launch finds its input in L2. (With one
+/// copy, a kernel whose stores evict first, st.global.cs, kept the previous launch's rows in L2
+/// and measured 8% faster than with cold rows; docs/benchmarks.md, twenty-first session.)
+class AppendTimingInputs {
+public:
+  static constexpr int kTokens = 8192, kKvHeads = 8;
+  static Expected<AppendTimingInputs> create(int headDim, DType dtype, size_t l2Bytes);
+  /// The launch of index `launchIndex` (its copy: launchIndex % copies()).
+  dev::AppendParams params(int launchIndex) const;
+  /// The K rows, then the V rows, of that launch's copy (rowBytes() contiguous bytes).
+  CUdeviceptr rows(int launchIndex) const;
+  int copies() const { return copies_; }
+  /// K and V rows of one launch (what it reads besides the slot map; it writes as many).
+  size_t rowBytes() const { return 2 * elements_ * 2; }
+  /// Bytes a launch moves: K and V rows read and written, and the slot map.
+  double bytesMoved() const { return 2.0 * double(rowBytes()) + 8.0 * kTokens; }
+  int headDim() const { return headDim_; }
+
+private:
+  int headDim_ = 0, copies_ = 1;
+  size_t elements_ = 0; ///< of K (and of V) per copy
+  DeviceBuffer rows_, mapping_, poolKey_, poolValue_; ///< rows_: copies x (K rows, V rows)
+};
 
 } // namespace kvarn::autotune
