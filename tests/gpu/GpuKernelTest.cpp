@@ -879,10 +879,10 @@ TEST(GpuTimingInputs, AppendRowsComeInDisjointL2ColdCopies) {
       ASSERT_TRUE(inputs) << inputs.error().str();
       const size_t elements = size_t(tokens) * hk * d;
       ASSERT_EQ(inputs->rowBytes(), 4 * elements);
+      // As many copies as the decode timing inputs' rule gives (TunerTest checks the rule): here
+      // 2 to 8, so the launches between two uses of a copy read more than the L2.
       ASSERT_EQ(inputs->copies(), autotune::coldCopies(inputs->rowBytes(), size_t(gpu()->l2Bytes)));
-      // The launches between two uses of a copy read at least twice the L2 (or 16 copies).
-      EXPECT_TRUE(inputs->copies() == 16 ||
-                  size_t(inputs->copies() - 1) * inputs->rowBytes() >= 2 * size_t(gpu()->l2Bytes))
+      EXPECT_GT(size_t(inputs->copies() - 1) * inputs->rowBytes(), size_t(gpu()->l2Bytes))
           << inputs->copies() << " copies of " << inputs->rowBytes() << " bytes";
       std::set<const void *> keys;
       for (int k = 0; k < inputs->copies(); ++k) {

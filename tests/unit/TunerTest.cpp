@@ -668,8 +668,20 @@ TEST(TimingInputs, TheBenchAndTheTunerTimeOnDistinctRecordsColdInL2) {
   // Pool rows of 1.0 in fp16, two per word.
   EXPECT_EQ(halfToFloat(uint16_t(kDecodeTimingPoolWord & 0xffff)), 1.0f);
   EXPECT_EQ(kDecodeTimingPoolWord >> 16, kDecodeTimingPoolWord & 0xffff);
-  // Copies: at least twice the L2 between two uses of one copy, at most 16, at least 1.
+  // Copies: more than twice the L2 in one round over them, so more than the L2 between two uses
+  // of one copy; at most 16, at least 1.
   const size_t l2 = size_t(60) << 20;
+  for (size_t bytes = size_t(1) << 20; bytes <= (size_t(1) << 28); bytes += size_t(3) << 19) {
+    const size_t copies = size_t(coldCopies(bytes, l2));
+    ASSERT_GE(copies, 1u);
+    ASSERT_LE(copies, 16u);
+    if (copies == 16)
+      continue;
+    ASSERT_GT(copies * bytes, 2 * l2) << bytes;
+    if (copies > 1) {
+      ASSERT_GT((copies - 1) * bytes, l2) << bytes;
+    }
+  }
   EXPECT_EQ(coldCopies(size_t(1) << 20, l2), 16);
   EXPECT_EQ(coldCopies(size_t(40) << 20, l2), 4);
   EXPECT_GE((coldCopies(size_t(40) << 20, l2) - 1) * (size_t(40) << 20), 2 * l2);

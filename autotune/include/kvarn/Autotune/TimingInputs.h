@@ -26,9 +26,10 @@ constexpr uint32_t kDecodeTimingPoolWord = 0x3c003c00u;
 std::vector<uint16_t> decodeTimingQueries(size_t count, DType dtype);
 
 /// Disjoint copies of a launch's inputs (`bytes` each) to rotate through, one copy per launch in
-/// launch order: enough that the launches between two uses of one copy read at least twice the
-/// L2 (`l2Bytes`), so every launch reads cold, as an engine's decode of a long context does;
-/// at most 16, and 1 when one copy is that large already.
+/// launch order: enough that one round over all the copies reads more than twice the L2
+/// (`l2Bytes`), so the launches between two uses of one copy read more than the L2 and every
+/// launch reads cold, as an engine's decode of a long context does; at most 16 (inputs under
+/// 1/15 of the L2 can stay partly warm), and 1 when one copy reads twice the L2 already.
 int coldCopies(size_t bytes, size_t l2Bytes);
 
 /// The append launch the benchmark times: kTokens tokens x kKvHeads kv heads x D channels of K
