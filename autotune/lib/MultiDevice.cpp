@@ -157,6 +157,8 @@ std::vector<std::string> workerArguments(const TuneOptions &o, int device,
     args.push_back("--no-flush");
   if (!o.decode)
     args.push_back("--no-decode");
+  if (!o.append)
+    args.push_back("--no-append");
   if (o.poolPages.sink)
     args.push_back("--sink");
   if (o.poolPages.tail)

@@ -1,6 +1,7 @@
 // Autotuner: search, prune, check, time, select, write configs.
 #include "kvarn/Autotune/Tuner.h"
 
+#include "kvarn/Autotune/Checks.h"
 #include "kvarn/Autotune/Timing.h"
 #include "kvarn/Autotune/TimingInputs.h"
 
@@ -662,14 +663,6 @@ namespace {
 
 const Driver &driver() { return **Driver::get(); }
 
-template <typename T> Expected<DeviceBuffer> uploaded(const std::vector<T> &host) {
-  Expected<DeviceBuffer> buffer = DeviceBuffer::allocate(host.size() * sizeof(T));
-  if (buffer && !host.empty())
-    if (Status s = buffer->upload(host.data(), host.size() * sizeof(T)); !s)
-      return s.error();
-  return buffer;
-}
-
 /// One line of progress: rewritten in place on a terminal, plain lines when piped.
 class Progress {
 public:
@@ -775,10 +768,10 @@ Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const 
   const int maxLen = *std::max_element(cache.seqLens.begin(), cache.seqLens.end());
   const DecodePlan plan =
       planDecode(module, batch, cache.numKvHeads, maxLen, spec.format.tileTokens, info.smCount);
-  Expected<DeviceBuffer> dq = uploaded(check.query), dRecords = uploaded(cache.records),
-                         dKey = uploaded(cache.poolKey), dValue = uploaded(cache.poolValue),
-                         dSlots = uploaded(cache.blockToSlot), dTable = uploaded(cache.blockTable),
-                         dLens = uploaded(cache.seqLens),
+  Expected<DeviceBuffer> dq = DeviceBuffer::copyOf(check.query), dRecords = DeviceBuffer::copyOf(cache.records),
+                         dKey = DeviceBuffer::copyOf(cache.poolKey), dValue = DeviceBuffer::copyOf(cache.poolValue),
+                         dSlots = DeviceBuffer::copyOf(cache.blockToSlot), dTable = DeviceBuffer::copyOf(cache.blockTable),
+                         dLens = DeviceBuffer::copyOf(cache.seqLens),
                          dOut = DeviceBuffer::allocate(check.query.size() * 2),
                          dWork = DeviceBuffer::allocate(decodeWorkspaceBytes(
                              batch, cache.numKvHeads, spec.queryHeadsPerKvHead, d, plan.numSplits));
@@ -885,8 +878,8 @@ public:
           slots[(size_t(c) * batch() + b) * pages_ + k] = poolSlots++;
     rows_ = size_t(batch()) * o_.numKvHeads * spec_.queryHeadsPerKvHead;
     const std::vector<uint16_t> query = decodeTimingQueries(rows_ * d, spec_.dtype);
-    Expected<DeviceBuffer> q = uploaded(query), t = uploaded(table), sl = uploaded(slots),
-                           lens = uploaded(std::vector<int32_t>(batch(), context())),
+    Expected<DeviceBuffer> q = DeviceBuffer::copyOf(query), t = DeviceBuffer::copyOf(table), sl = DeviceBuffer::copyOf(slots),
+                           lens = DeviceBuffer::copyOf(std::vector<int32_t>(batch(), context())),
                            out = DeviceBuffer::allocate(rows_ * d * 2),
                            work = DeviceBuffer::allocate(decodeWorkspaceBytes(
                                batch(), o_.numKvHeads, spec_.queryHeadsPerKvHead, d, maxSplits));
@@ -1059,7 +1052,7 @@ private:
   Status ensureBuffers() {
     if (cache_)
       return Status::success();
-    Expected<DeviceBuffer> pool = uploaded(pool_), list = uploaded(list_),
+    Expected<DeviceBuffer> pool = DeviceBuffer::copyOf(pool_), list = DeviceBuffer::copyOf(list_),
                            status = DeviceBuffer::allocate(16),
                            cache = DeviceBuffer::allocate(size_t(kBlocks * kHeads) * layout_.tileBytesAligned);
     if (!pool || !list || !status || !cache)
@@ -1081,6 +1074,55 @@ private:
   std::vector<uint16_t> pool_;
   std::vector<int32_t> list_;
   std::optional<DeviceBuffer> poolDevice_, listDevice_, status_, cache_;
+};
+
+/// Append: checked by checkAppendKernel (300 random tokens, every seventh slot negative, rows of
+/// the spec's dtype, 8 kv heads, packed and one element off alignment), timed on the bench's
+/// launch (AppendTimingInputs: 8,192 tokens x 8 kv heads, L2-cold rows).
+class AppendWorkload : public Workload {
+public:
+  AppendWorkload(const KernelSpec &spec, const DeviceInfo &info) : spec_(spec), info_(info) {}
+
+  Status check(const KernelModule &module, const Schedule &) override {
+    for (int padding : {0, 1}) {
+      AppendCheck check;
+      check.dtype = spec_.dtype;
+      check.headDim = spec_.format.headDim;
+      check.kvHeads = AppendTimingInputs::kKvHeads;
+      check.stride = int64_t(check.kvHeads) * check.headDim + padding;
+      check.seed = 7 + uint64_t(padding);
+      if (Status s = checkAppendKernel(module, check); !s)
+        return s;
+    }
+    return Status::success();
+  }
+
+  Status prepareTiming(const std::vector<Schedule> &) override {
+    if (inputs_)
+      return Status::success();
+    Expected<AppendTimingInputs> inputs =
+        AppendTimingInputs::create(spec_.format.headDim, spec_.dtype, size_t(info_.l2Bytes));
+    if (!inputs)
+      return inputs.error();
+    inputs_ = std::move(*inputs);
+    return Status::success();
+  }
+
+  Status launch(const KernelModule &module, const Schedule &, int launchIndex,
+                CUstream stream) override {
+    return launchAppend(module, inputs_->params(launchIndex), stream);
+  }
+
+  double rooflineBytes() const override { // K and V rows read and written, and the slot map
+    return AppendTimingInputs::bytesMoved(spec_.format.headDim);
+  }
+  int timingCopies() const override { return inputs_ ? inputs_->copies() : 1; }
+  void release() override { inputs_.reset(); }
+
+private:
+  KernelSpec spec_;
+  DeviceInfo info_;
+  std::optional<AppendTimingInputs> inputs_;
 };
 
 /// True when the current context has taken a sticky error (an illegal address, a trap).
@@ -1325,9 +1367,9 @@ Status validateTuneOptions(const TuneOptions &o) {
     return makeError(ErrorCode::InvalidArgument, "--budget must not be negative");
   if (o.earlyStop < 0 || o.earlyStop > 1)
     return makeError(ErrorCode::InvalidArgument, "--early-stop is a fraction of the roofline in [0, 1]");
-  if (!o.decode && !o.flush)
+  if (!o.decode && !o.flush && !o.append)
     return makeError(ErrorCode::InvalidArgument,
-                     "--no-decode together with --no-flush leaves nothing to tune");
+                     "--no-decode, --no-flush and --no-append together leave nothing to tune");
   for (const auto &[batch, context] : decodeBuckets(o))
     if (batch < 1 || batch > 4096 || context < 1 || context > (1 << 22))
       return makeError(ErrorCode::InvalidArgument,
@@ -1488,7 +1530,7 @@ Status runTune(const TuneOptions &o) {
       results = std::move(*previous);
     }
   }
-  // Step 2. The plan: decode per GQA ratio and flush, per preset.
+  // Step 2. The plan: decode per GQA ratio, flush and append, per preset.
   std::vector<KernelSpec> plan;
   for (const std::string &preset : o.presets) {
     Expected<Format> format = parseFormat(preset, o.headDim);
@@ -1512,6 +1554,13 @@ Status runTune(const TuneOptions &o) {
     flush.arch = info->arch();
     if (o.flush)
       plan.push_back(flush);
+    KernelSpec append;
+    append.op = OpKind::Append;
+    append.format = *format;
+    append.dtype = o.dtype;
+    append.arch = info->arch();
+    if (o.append)
+      plan.push_back(append);
   }
   Expected<double> bandwidth = measureReadBandwidth(*info);
   if (!bandwidth)
@@ -1583,6 +1632,8 @@ Status runTune(const TuneOptions &o) {
     std::unique_ptr<Workload> workload;
     if (spec.op == OpKind::Decode)
       workload = std::make_unique<DecodeWorkload>(spec, o, *info);
+    else if (spec.op == OpKind::Append)
+      workload = std::make_unique<AppendWorkload>(spec, *info);
     else
       workload = std::make_unique<FlushWorkload>(spec);
     SelectOptions select;

@@ -44,7 +44,12 @@ TEST(SearchSpace, EnumeratesEveryKnobCombinationOverTheDefaults) {
   EXPECT_EQ(perMma.size(), 2u);
   for (const auto &[mma, count] : perMma)
     EXPECT_EQ(count, 72) << mma;
-  EXPECT_EQ(scheduleSearchSpace(OpKind::Append).size(), 12u); // warps {2,4,8} x rows {1,2,4,8}
+  // warps {2,4,8,16} x rows_per_cta {2,4,8,16,32}, rows a multiple of warps (a warp per token,
+  // so none idles): 5 + 4 + 3 + 2.
+  const std::vector<Schedule> appendSpace = scheduleSearchSpace(OpKind::Append);
+  EXPECT_EQ(appendSpace.size(), 14u);
+  for (const Schedule &s : appendSpace)
+    EXPECT_EQ(s.rowsPerCta % s.warps, 0) << s.str();
   EXPECT_EQ(scheduleSearchSpace(OpKind::Flush).size(), 3u);
 }
 
@@ -457,7 +462,11 @@ TEST(MultiDevice, WorkersGetTheRunsOptions) {
   args = workerArguments(o, 3, "/tmp/r.json", "/tmp/c");
   EXPECT_NE(std::find(args.begin(), args.end(), "--no-decode"), args.end());
   EXPECT_TRUE(validateTuneOptions(o));
-  o.flush = false;
+  o.flush = false; // append alone is still something to tune
+  EXPECT_TRUE(validateTuneOptions(o));
+  o.append = false;
+  args = workerArguments(o, 3, "/tmp/r.json", "/tmp/c");
+  EXPECT_NE(std::find(args.begin(), args.end(), "--no-append"), args.end());
   Status nothing = validateTuneOptions(o);
   ASSERT_FALSE(nothing);
   EXPECT_NE(nothing.error().message.find("nothing to tune"), std::string::npos);

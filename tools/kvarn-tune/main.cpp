@@ -558,7 +558,8 @@ int main(int argc, char **argv) {
   autotune::TuneOptions tune;
   std::string devicesText;
   CLI::App *tuneCommand = app.add_subcommand(
-      "tune", "Tune decode (per GQA ratio) and flush of the presets on a GPU. Every candidate of "
+      "tune", "Tune decode (per GQA ratio), flush and append of the presets on a GPU. Every "
+              "candidate of "
               "the schedule search space is pruned by a static model (shared memory, registers, "
               "occupancy), compiled in parallel, checked against the CPU reference (a short "
               "mixed batch, a 128K-token request, and that request with 8x larger scores for "
@@ -575,8 +576,8 @@ int main(int argc, char **argv) {
       ->capture_default_str();
   std::string tuneDtype = "f16";
   addDtypeOption(tuneCommand, tuneDtype,
-                 "queries and outputs of the decode specs (flush specs stay f16: the pool is "
-                 "fp16 whatever the model's dtype)");
+                 "queries and outputs of the decode specs, incoming rows of the append specs "
+                 "(flush specs stay f16: the pool is fp16 whatever the model's dtype)");
   tuneCommand->add_option("--batch", tune.batch, "decode batch of the tuning bucket")
       ->capture_default_str();
   tuneCommand->add_option("--context", tune.context, "decode context of the tuning bucket")
@@ -628,8 +629,9 @@ int main(int argc, char **argv) {
   tuneCommand->add_flag("--tail", tune.poolPages.tail,
                         "time decode with the last block of every request an fp16 pool page (a "
                         "tail not yet flushed), as in an engine");
-  tuneCommand->add_flag("!--no-flush", tune.flush, "tune decode only");
-  tuneCommand->add_flag("!--no-decode", tune.decode, "tune flush only");
+  tuneCommand->add_flag("!--no-flush", tune.flush, "do not tune flush");
+  tuneCommand->add_flag("!--no-decode", tune.decode, "do not tune decode");
+  tuneCommand->add_flag("!--no-append", tune.append, "do not tune append");
   bool noIsolation = false, worker = false;
   std::string replayPath;
   tuneCommand->add_option("--replay", replayPath,

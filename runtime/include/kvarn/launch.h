@@ -24,6 +24,14 @@ public:
   DeviceBuffer &operator=(const DeviceBuffer &) = delete;
 
   static Expected<DeviceBuffer> allocate(size_t bytes);
+  /// A buffer holding a copy of `host`.
+  template <typename T> static Expected<DeviceBuffer> copyOf(const std::vector<T> &host) {
+    Expected<DeviceBuffer> buffer = allocate(host.size() * sizeof(T));
+    if (buffer && !host.empty())
+      if (Status s = buffer->upload(host.data(), host.size() * sizeof(T)); !s)
+        return s.error();
+    return buffer;
+  }
   CUdeviceptr get() const { return pointer_; }
   template <typename T> T *as() const { return reinterpret_cast<T *>(pointer_); }
   size_t size() const { return bytes_; }

@@ -48,8 +48,11 @@ public:
   int copies() const { return copies_; }
   /// K and V rows of one launch (what it reads besides the slot map; it writes as many).
   size_t rowBytes() const { return 2 * elements_ * 2; }
-  /// Bytes a launch moves: K and V rows read and written, and the slot map.
-  double bytesMoved() const { return 2.0 * double(rowBytes()) + 8.0 * kTokens; }
+  /// Bytes a launch at head dim `headDim` moves: K and V rows read and written, and the slot map.
+  static double bytesMoved(int headDim) {
+    return 2.0 * 4.0 * kTokens * kKvHeads * headDim + 8.0 * kTokens;
+  }
+  double bytesMoved() const { return bytesMoved(headDim_); }
   int headDim() const { return headDim_; }
 
 private:

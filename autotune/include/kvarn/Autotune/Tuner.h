@@ -155,8 +155,9 @@ struct TuneOptions {
   std::vector<std::string> presets = {"kvarn_k4v2_g128", "kvarn_k4v4_g128"};
   int headDim = 128;
   std::vector<int> queryHeadsPerKvHead = {1, 2, 4, 8};
-  /// Queries and outputs of the decode specs. Flush specs stay f16: the pool it reads is fp16
-  /// whatever the model's dtype (append converts bf16 rows).
+  /// Queries and outputs of the decode specs and the incoming rows of the append specs. Flush
+  /// specs stay f16: the pool it reads is fp16 whatever the model's dtype (append converts bf16
+  /// rows).
   DType dtype = DType::F16;
   int numKvHeads = 8;
   int batch = 16; ///< decode bucket the configs are tuned at
@@ -188,6 +189,7 @@ struct TuneOptions {
   int compileThreads = 0;   ///< 0: the machine's hardware threads
   bool flush = true;        ///< tune flush too
   bool decode = true;       ///< tune decode (per GQA ratio) too
+  bool append = true;       ///< tune append too (rows of `dtype`)
   /// Test hook: the decode candidate with this schedule text gets an invalid cache pointer in its
   /// check (an illegal address that breaks the context), to exercise crash isolation.
   std::string injectCrash;
@@ -228,7 +230,7 @@ Expected<pid_t> spawnProcess(std::vector<std::string> args);
 /// parent was killed; exits at once if that parent has already ended. Does nothing elsewhere.
 void followParent();
 
-/// Tunes decode and flush of the presets on a GPU and writes `<configs>/<gpu key>.json` and the
+/// Tunes decode, flush and append of the presets on a GPU and writes `<configs>/<gpu key>.json` and the
 /// JSON report (both updated after every spec, the configs first, so an interrupted run keeps
 /// what it finished and can be resumed). A candidate that
 /// breaks the GPU context ends the process (sticky errors cannot be recovered in-process): as a
