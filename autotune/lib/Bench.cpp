@@ -368,9 +368,9 @@ Status benchAppendSchedule(const BenchOptions &o, const DeviceInfo &info, double
                   schedule, o, info);
   if (!module)
     return module.error();
-  Expected<std::vector<double>> ms = timeInterleaved(
-      {[&](int k) { return launchAppend(*module, inputs.params(k), nullptr); }}, o.iterations,
-      gate);
+  Expected<std::vector<double>> ms =
+      timeInterleaved({[&](int k) { return launchAppend(*module, inputs.params(k), nullptr); }},
+                      o.iterations, gate);
   if (!ms)
     return ms.error();
   const double bytes = inputs.bytesMoved();
@@ -393,12 +393,12 @@ Expected<double> benchAppendCopy(const BenchOptions &o, const AppendTimingInputs
   Expected<DeviceBuffer> to = DeviceBuffer::allocate(inputs.rowBytes());
   if (!to)
     return to.error();
-  Expected<std::vector<double>> ms = timeInterleaved(
-      {[&](int k) {
-        return KVARN_CU(driver().cuMemcpyDtoDAsync(to->get(), inputs.rows(k), inputs.rowBytes(),
-                                                   nullptr));
-      }},
-      o.iterations, gate);
+  Expected<std::vector<double>> ms =
+      timeInterleaved({[&](int k) {
+                        return KVARN_CU(driver().cuMemcpyDtoDAsync(to->get(), inputs.rows(k),
+                                                                   inputs.rowBytes(), nullptr));
+                      }},
+                      o.iterations, gate);
   if (!ms)
     return ms.error();
   const double bytes = 2.0 * double(inputs.rowBytes());

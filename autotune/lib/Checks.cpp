@@ -26,7 +26,8 @@ Status checkAppendKernel(const KernelModule &module, const AppendCheck &check) {
   for (int t = 0; t < tokens; ++t)
     mapping[t] = t % 7 == 3 ? -1 : (int64_t(t) * 5) % (blocks * g);
   const size_t poolElements = size_t(blocks) * g * hk * d;
-  Expected<DeviceBuffer> dKey = DeviceBuffer::copyOf(keys), dValue = DeviceBuffer::copyOf(values), dMap = DeviceBuffer::copyOf(mapping),
+  Expected<DeviceBuffer> dKey = DeviceBuffer::copyOf(keys), dValue = DeviceBuffer::copyOf(values),
+                         dMap = DeviceBuffer::copyOf(mapping),
                          dPoolKey = DeviceBuffer::allocate(poolElements * 2),
                          dPoolValue = DeviceBuffer::allocate(poolElements * 2);
   for (Expected<DeviceBuffer> *b : {&dKey, &dValue, &dMap, &dPoolKey, &dPoolValue})
@@ -36,9 +37,15 @@ Status checkAppendKernel(const KernelModule &module, const AppendCheck &check) {
     return s;
   if (Status s = dPoolValue->fill(0xff); !s)
     return s;
-  const dev::AppendParams params{dKey->as<void>(),     dValue->as<void>(),   dMap->as<long long>(),
-                                 dPoolKey->as<void>(), dPoolValue->as<void>(), tokens, hk,
-                                 (long long)stride,    (long long)stride};
+  const dev::AppendParams params{dKey->as<void>(),
+                                 dValue->as<void>(),
+                                 dMap->as<long long>(),
+                                 dPoolKey->as<void>(),
+                                 dPoolValue->as<void>(),
+                                 tokens,
+                                 hk,
+                                 (long long)stride,
+                                 (long long)stride};
   if (Status s = launchAppend(module, params, nullptr); !s)
     return s;
   std::vector<uint16_t> poolKey(poolElements), poolValue(poolElements);
@@ -58,8 +65,9 @@ Status checkAppendKernel(const KernelModule &module, const AppendCheck &check) {
     for (int tensor = 0; tensor < 2; ++tensor) {
       const std::vector<uint16_t> &source = tensor == 0 ? keys : values;
       const std::vector<uint16_t> &pool = tensor == 0 ? poolKey : poolValue;
-      if (Status s = reference::rotateRows(std::span(source).subspan(size_t(t) * stride, size_t(hk) * d),
-                                           check.dtype, hk, d, d, expected);
+      if (Status s =
+              reference::rotateRows(std::span(source).subspan(size_t(t) * stride, size_t(hk) * d),
+                                    check.dtype, hk, d, d, expected);
           !s)
         return s;
       for (int i = 0; i < hk * d; ++i) {
@@ -68,9 +76,9 @@ Status checkAppendKernel(const KernelModule &module, const AppendCheck &check) {
         if (!(std::fabs(got - want) <= std::fabs(want) * 2e-3f + 2e-3f))
           return makeError(ErrorCode::InvalidData,
                            std::string("wrong results: ") + (tensor == 0 ? "K" : "V") +
-                               " of token " + std::to_string(t) + ", element " +
-                               std::to_string(i) + ": " + std::to_string(got) + ", expected " +
-                               std::to_string(want) + where);
+                               " of token " + std::to_string(t) + ", element " + std::to_string(i) +
+                               ": " + std::to_string(got) + ", expected " + std::to_string(want) +
+                               where);
       }
     }
   }
@@ -80,7 +88,8 @@ Status checkAppendKernel(const KernelModule &module, const AppendCheck &check) {
     for (int i = 0; i < hk * d; ++i)
       if (poolKey[row * hk * d + i] != 0xffff || poolValue[row * hk * d + i] != 0xffff)
         return makeError(ErrorCode::InvalidData, "wrong results: pool row " + std::to_string(row) +
-                                                     ", which no token maps to, was written" + where);
+                                                     ", which no token maps to, was written" +
+                                                     where);
   }
   return Status::success();
 }

@@ -36,8 +36,7 @@ int coldCopies(size_t bytes, size_t l2Bytes) {
   return int(std::min<size_t>(16, 2 * l2Bytes / std::max<size_t>(bytes, 1) + 1));
 }
 
-Expected<AppendTimingInputs> AppendTimingInputs::create(int headDim, DType dtype,
-                                                        size_t l2Bytes) {
+Expected<AppendTimingInputs> AppendTimingInputs::create(int headDim, DType dtype, size_t l2Bytes) {
   AppendTimingInputs inputs;
   inputs.headDim_ = headDim;
   inputs.elements_ = size_t(kTokens) * kKvHeads * headDim;
@@ -71,8 +70,15 @@ CUdeviceptr AppendTimingInputs::rows(int launchIndex) const {
 dev::AppendParams AppendTimingInputs::params(int launchIndex) const {
   const uint16_t *key = reinterpret_cast<const uint16_t *>(rows(launchIndex));
   const long long stride = (long long)kKvHeads * headDim_;
-  return {key, key + elements_, mapping_.as<long long>(), poolKey_.as<void>(),
-          poolValue_.as<void>(), kTokens, kKvHeads, stride, stride};
+  return {key,
+          key + elements_,
+          mapping_.as<long long>(),
+          poolKey_.as<void>(),
+          poolValue_.as<void>(),
+          kTokens,
+          kKvHeads,
+          stride,
+          stride};
 }
 
 } // namespace kvarn::autotune

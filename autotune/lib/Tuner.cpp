@@ -768,9 +768,12 @@ Status runDecodeCheck(const KernelModule &module, const KernelSpec &spec, const 
   const int maxLen = *std::max_element(cache.seqLens.begin(), cache.seqLens.end());
   const DecodePlan plan =
       planDecode(module, batch, cache.numKvHeads, maxLen, spec.format.tileTokens, info.smCount);
-  Expected<DeviceBuffer> dq = DeviceBuffer::copyOf(check.query), dRecords = DeviceBuffer::copyOf(cache.records),
-                         dKey = DeviceBuffer::copyOf(cache.poolKey), dValue = DeviceBuffer::copyOf(cache.poolValue),
-                         dSlots = DeviceBuffer::copyOf(cache.blockToSlot), dTable = DeviceBuffer::copyOf(cache.blockTable),
+  Expected<DeviceBuffer> dq = DeviceBuffer::copyOf(check.query),
+                         dRecords = DeviceBuffer::copyOf(cache.records),
+                         dKey = DeviceBuffer::copyOf(cache.poolKey),
+                         dValue = DeviceBuffer::copyOf(cache.poolValue),
+                         dSlots = DeviceBuffer::copyOf(cache.blockToSlot),
+                         dTable = DeviceBuffer::copyOf(cache.blockTable),
                          dLens = DeviceBuffer::copyOf(cache.seqLens),
                          dOut = DeviceBuffer::allocate(check.query.size() * 2),
                          dWork = DeviceBuffer::allocate(decodeWorkspaceBytes(
@@ -878,7 +881,8 @@ public:
           slots[(size_t(c) * batch() + b) * pages_ + k] = poolSlots++;
     rows_ = size_t(batch()) * o_.numKvHeads * spec_.queryHeadsPerKvHead;
     const std::vector<uint16_t> query = decodeTimingQueries(rows_ * d, spec_.dtype);
-    Expected<DeviceBuffer> q = DeviceBuffer::copyOf(query), t = DeviceBuffer::copyOf(table), sl = DeviceBuffer::copyOf(slots),
+    Expected<DeviceBuffer> q = DeviceBuffer::copyOf(query), t = DeviceBuffer::copyOf(table),
+                           sl = DeviceBuffer::copyOf(slots),
                            lens = DeviceBuffer::copyOf(std::vector<int32_t>(batch(), context())),
                            out = DeviceBuffer::allocate(rows_ * d * 2),
                            work = DeviceBuffer::allocate(decodeWorkspaceBytes(
@@ -1054,7 +1058,8 @@ private:
       return Status::success();
     Expected<DeviceBuffer> pool = DeviceBuffer::copyOf(pool_), list = DeviceBuffer::copyOf(list_),
                            status = DeviceBuffer::allocate(16),
-                           cache = DeviceBuffer::allocate(size_t(kBlocks * kHeads) * layout_.tileBytesAligned);
+                           cache = DeviceBuffer::allocate(size_t(kBlocks * kHeads) *
+                                                          layout_.tileBytesAligned);
     if (!pool || !list || !status || !cache)
       return makeError(ErrorCode::Internal, "cannot allocate the flush buffers");
     if (Status s = status->fill(0); !s)
@@ -1357,6 +1362,14 @@ Status writeConfigs(const std::string &path, const std::string &configs) {
   if (!entries)
     return entries.error();
   file["entries"] = std::move(*entries);
+  // Members the run does not write stay as they were (a run without decode specs keeps the
+  // decode buckets the file's decode entries were tuned at). mergedEntries has parsed the file.
+  if (!existing.empty()) {
+    const nlohmann::json before = nlohmann::json::parse(existing);
+    for (const auto &[key, value] : before.items())
+      if (!file.contains(key))
+        file[key] = value;
+  }
   return writeFileAtomically(path, file.dump(2) + "\n");
 }
 
@@ -1599,8 +1612,9 @@ Status runTune(const TuneOptions &o) {
                               {"driver", info->driverVersion},
                               {"nvrtc", nvrtcVersion()},
                               {"kvarn", KVARN_VERSION}};
-    configs["bucket"] = {{"batch", o.batch}, {"context", o.context}, {"kv_heads", o.numKvHeads}};
-    if (!o.alsoBuckets.empty()) { // decode medians are geometric means over all buckets
+    if (o.decode) { // the decode buckets; a run without decode keeps the file's (writeConfigs)
+      configs["bucket"] = {{"batch", o.batch}, {"context", o.context}, {"kv_heads", o.numKvHeads}};
+      // Decode medians are geometric means over all buckets (none past the first: empty).
       nlohmann::json also = nlohmann::json::array();
       for (const auto &[batch, context] : o.alsoBuckets)
         also.push_back({{"batch", batch}, {"context", context}});

@@ -28,8 +28,8 @@
 #include <cmath>
 #include <cstring>
 #include <map>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -810,11 +810,11 @@ TEST(GpuAppend, RotatesIntoPoolSlotsAndSkipsNegativeSlots) {
   // kernel's element-load path). 3 kv heads: part of a pass of 4; 10: two full passes and part
   // of a third. 300 tokens: a partial last CTA for every schedule. The default schedule, and the
   // others the tuner may choose (checkAppendKernel is the tuner's check too).
-  const std::vector<const char *> schedules = {"", "warps=2,rows_per_cta=2",
-                                               "warps=8,rows_per_cta=32", "warps=16,rows_per_cta=16"};
+  const std::vector<const char *> schedules = {
+      "", "warps=2,rows_per_cta=2", "warps=8,rows_per_cta=32", "warps=16,rows_per_cta=16"};
   auto specOf = [](DType dtype, int d) {
-    return "append:kvarn_k4v2_g128:d" + std::to_string(d) + ":q1:" +
-           (dtype == DType::F16 ? "f16" : "bf16");
+    return "append:kvarn_k4v2_g128:d" + std::to_string(d) +
+           ":q1:" + (dtype == DType::F16 ? "f16" : "bf16");
   };
   std::vector<std::pair<std::string, std::string>> jobs;
   for (const char *schedule : schedules)
@@ -860,7 +860,8 @@ TEST(GpuTimingInputs, AppendRowsComeInDisjointL2ColdCopies) {
       for (int k = 0; k < inputs->copies(); ++k) {
         const dev::AppendParams p = inputs->params(k);
         EXPECT_EQ(reinterpret_cast<CUdeviceptr>(p.key), inputs->rows(k));
-        EXPECT_EQ(static_cast<const uint16_t *>(p.value), static_cast<const uint16_t *>(p.key) + elements);
+        EXPECT_EQ(static_cast<const uint16_t *>(p.value),
+                  static_cast<const uint16_t *>(p.key) + elements);
         EXPECT_EQ(p.numTokens, tokens);
         EXPECT_EQ(p.keyStride, (long long)hk * d);
         keys.insert(p.key);
@@ -874,7 +875,8 @@ TEST(GpuTimingInputs, AppendRowsComeInDisjointL2ColdCopies) {
       const int last = inputs->copies() - 1;
       const Driver &driver = **Driver::get();
       std::vector<uint16_t> rows(2 * elements);
-      ASSERT_EQ(driver.cuMemcpyDtoH(rows.data(), inputs->rows(last), rows.size() * 2), CUDA_SUCCESS);
+      ASSERT_EQ(driver.cuMemcpyDtoH(rows.data(), inputs->rows(last), rows.size() * 2),
+                CUDA_SUCCESS);
       const uint16_t one = floatToDType(1.0f, dtype);
       EXPECT_EQ(std::count(rows.begin(), rows.end(), one), std::ptrdiff_t(rows.size()));
       std::vector<int64_t> slots(tokens);
@@ -1010,7 +1012,9 @@ TEST(GpuTuner, ACandidateThatCrashesTheContextDoesNotStopTheRun) {
       "warps=1,stages=2,splits=0,heads_per_cta=0,mma=m16n8k16,rows_per_cta=4,min_ctas=0";
   std::string log;
   Expected<autotune::TuneResult> result = tuneOneSpec(
-      tune, dir, "--preset kvarn_k4v2_g128 --q 1 --no-flush --early-stop 0 --inject-crash " + crash,
+      tune, dir,
+      "--preset kvarn_k4v2_g128 --q 1 --no-flush --no-append --early-stop 0 --inject-crash " +
+          crash,
       log);
   ASSERT_TRUE(result) << result.error().str();
   const autotune::TuneResult &r = *result;
@@ -1048,8 +1052,9 @@ TEST(GpuTuner, AKilledRunKeepsItsFinishedSpecsInTheConfigsAndItsWorkerEnds) {
   // Two decode specs; the run is killed (SIGKILL, only the parent) once the first is reported.
   Expected<pid_t> run = autotune::spawnProcess(
       {"/bin/sh", "-c",
-       "exec " + tune.string() + " tune --preset kvarn_k4v2_g128 --q 1 2 --no-flush --configs " +
-           dir + " --report " + dir + "/report.json > " + dir + "/log 2>&1"});
+       "exec " + tune.string() +
+           " tune --preset kvarn_k4v2_g128 --q 1 2 --no-flush --no-append --configs " + dir +
+           " --report " + dir + "/report.json > " + dir + "/log 2>&1"});
   ASSERT_TRUE(run) << run.error().str();
   pid_t worker = 0;
   for (int waited = 0; waited < 600; ++waited) { // up to five minutes
@@ -1107,7 +1112,8 @@ TEST(GpuTuner, GraphReplayTimesEveryCandidateOverItsColdCopies) {
   std::string log;
   Expected<autotune::TuneResult> result = tuneOneSpec(
       tune, dir,
-      "--preset kvarn_k4v2_g128 --q 8 --no-flush --graph --batch 1 --context 4096 --early-stop 0",
+      "--preset kvarn_k4v2_g128 --q 8 --no-flush --no-append --graph --batch 1 --context 4096 "
+      "--early-stop 0",
       log);
   ASSERT_TRUE(result) << result.error().str();
   int measured = 0;
@@ -1141,11 +1147,12 @@ TEST(GpuMultiDevice, MergedConfigsAreLoadedIdenticallyByAProcessPerGpu) {
   const std::string dir = freshDirectory("kvarn-devices-test");
   std::string log;
   // Two contexts per launch size: the merge derives the decode variants as a one-GPU run does.
-  ASSERT_EQ(runCommand(tune.string() + " tune --devices all --preset kvarn_k4v2_g128 --q 8 " +
-                           "--no-flush --batch 4 --context 32768 --also-at 1,4x4096,32768 " +
-                           "--configs " + dir,
-                       dir + "/tune.log", log),
-            0)
+  ASSERT_EQ(
+      runCommand(tune.string() + " tune --devices all --preset kvarn_k4v2_g128 --q 8 " +
+                     "--no-flush --no-append --batch 4 --context 32768 --also-at 1,4x4096,32768 " +
+                     "--configs " + dir,
+                 dir + "/tune.log", log),
+      0)
       << log;
   EXPECT_THAT(log, ::testing::HasSubstr("merged from " + std::to_string(count) + " GPU(s)"));
   // One process per GPU asks the runtime's lookup what it would load.

@@ -961,12 +961,13 @@ TEST(TuneConfigs, WritingKeepsOtherSpecsAndNeverOverwritesAFileItCannotRead) {
     return text.str();
   };
   auto write = [&](const std::string &text) { std::ofstream(path, std::ios::trunc) << text; };
-  write(R"({"entries": [
+  write(R"({"environment": {"name": "G"}, "bucket": {"batch": 32}, "entries": [
       {"spec": "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a", "schedule": "warps=4"}]})");
   ASSERT_TRUE(writeConfigs(path, R"({"environment": {"name": "H"}, "entries": [
       {"spec": "flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "schedule": "warps=4"}]})"));
   const nlohmann::json written = nlohmann::json::parse(read());
-  EXPECT_EQ(written["environment"]["name"], "H");
+  EXPECT_EQ(written["environment"]["name"], "H"); // the run's members replace the file's
+  EXPECT_EQ(written["bucket"]["batch"], 32);      // and the others stay (a run without decode)
   ASSERT_EQ(written["entries"].size(), 2u);
   EXPECT_EQ(written["entries"][0]["spec"], "decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
   EXPECT_EQ(written["entries"][1]["spec"], "flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a");

@@ -57,7 +57,7 @@ public:
 
 private:
   int headDim_ = 0, copies_ = 1;
-  size_t elements_ = 0; ///< of K (and of V) per copy
+  size_t elements_ = 0;                               ///< of K (and of V) per copy
   DeviceBuffer rows_, mapping_, poolKey_, poolValue_; ///< rows_: copies x (K rows, V rows)
 };
 

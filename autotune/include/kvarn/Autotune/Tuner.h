@@ -230,8 +230,8 @@ Expected<pid_t> spawnProcess(std::vector<std::string> args);
 /// parent was killed; exits at once if that parent has already ended. Does nothing elsewhere.
 void followParent();
 
-/// Tunes decode, flush and append of the presets on a GPU and writes `<configs>/<gpu key>.json` and the
-/// JSON report (both updated after every spec, the configs first, so an interrupted run keeps
+/// Tunes decode, flush and append of the presets on a GPU and writes `<configs>/<gpu key>.json` and
+/// the JSON report (both updated after every spec, the configs first, so an interrupted run keeps
 /// what it finished and can be resumed). A candidate that
 /// breaks the GPU context ends the process (sticky errors cannot be recovered in-process): as a
 /// worker (options.crashLog set) after recording it, otherwise with the reason.
@@ -259,7 +259,8 @@ Expected<std::string> mergeConfigEntries(const std::string &existingFile, const 
 
 /// Writes a configs file (`configs`: JSON object text whose `entries` are this run's) to `path`
 /// atomically, with the entries it already had for specs the run did not tune
-/// (mergeConfigEntries); an existing file it cannot read is left alone and reported.
+/// (mergeConfigEntries) and its other members that `configs` does not set (the decode buckets,
+/// after a run without decode specs); an existing file it cannot read is left alone and reported.
 Status writeConfigs(const std::string &path, const std::string &configs);
 
 /// The specs of `plan` that `done` does not cover yet (what a resumed run still tunes).
