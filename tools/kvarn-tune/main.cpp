@@ -784,13 +784,14 @@ int main(int argc, char **argv) {
   const char *configsDirectory = std::getenv("KVARN_CONFIGS_DIR");
   rc |= runCompileDefaultSet(device, configsDirectory ? configsDirectory : "");
   if (!device) {
-    std::printf("\nNo GPU here (%s).\nOn a GPU, this command also tunes decode (Q = 1, 2, 4, 8) "
-                "and flush of kvarn_k4v2_g128 and kvarn_k4v4_g128 at head_dim 128 (kvarn-tune "
-                "tune: %zu decode schedules per spec before pruning, checked against the CPU "
-                "reference, timed; configs/<gpu>.json) and benchmarks decode (D=128, Hq=64, "
-                "Hk=8) with the tuned schedules against fp16 paged decode, flush, append and the "
-                "kernel lookup (kvarn-tune bench).\n",
-                device.error().message.c_str(), scheduleSearchSpace(OpKind::Decode).size());
+    std::printf(
+        "\nNo GPU here (%s).\nOn a GPU, this command also tunes decode (Q = 1, 2, 4, 8), "
+        "flush and append of kvarn_k4v2_g128 and kvarn_k4v4_g128 at head_dim 128 (kvarn-tune "
+        "tune: %zu decode schedules per spec before pruning, checked against the CPU "
+        "reference, timed; configs/<gpu>.json) and benchmarks decode (D=128, Hq=64, "
+        "Hk=8) with the tuned schedules against fp16 paged decode, flush, append and the "
+        "kernel lookup (kvarn-tune bench).\n",
+        device.error().message.c_str(), scheduleSearchSpace(OpKind::Decode).size());
     return rc;
   }
   if (Status status = autotune::runTuneIsolated(autotune::TuneOptions{}, selfExecutable(argv[0]));
