@@ -39,22 +39,20 @@ int coldCopies(size_t bytes, size_t l2Bytes) {
 Expected<AppendTimingInputs> AppendTimingInputs::create(int headDim, DType dtype, size_t l2Bytes) {
   AppendTimingInputs inputs;
   inputs.headDim_ = headDim;
-  inputs.elements_ = size_t(kTokens) * kKvHeads * headDim;
   inputs.copies_ = coldCopies(inputs.rowBytes(), l2Bytes);
+  const size_t tensorBytes = inputs.rowBytes() / 2; // K (or V) of one launch
+  std::vector<int64_t> slots(kTokens);
+  for (int t = 0; t < kTokens; ++t)
+    slots[t] = t;
   Expected<DeviceBuffer> rows = DeviceBuffer::allocate(inputs.rowBytes() * inputs.copies_),
-                         mapping = DeviceBuffer::allocate(size_t(kTokens) * 8),
-                         poolKey = DeviceBuffer::allocate(inputs.elements_ * 2),
-                         poolValue = DeviceBuffer::allocate(inputs.elements_ * 2);
+                         mapping = DeviceBuffer::copyOf(slots),
+                         poolKey = DeviceBuffer::allocate(tensorBytes),
+                         poolValue = DeviceBuffer::allocate(tensorBytes);
   for (Expected<DeviceBuffer> *b : {&rows, &mapping, &poolKey, &poolValue})
     if (!*b)
       return b->error();
   const uint16_t one = floatToDType(1.0f, dtype);
   if (Status s = rows->fillWithPattern({uint8_t(one & 0xff), uint8_t(one >> 8)}); !s)
-    return s.error();
-  std::vector<int64_t> slots(kTokens);
-  for (int t = 0; t < kTokens; ++t)
-    slots[t] = t;
-  if (Status s = mapping->upload(slots.data(), slots.size() * 8); !s)
     return s.error();
   inputs.rows_ = std::move(*rows);
   inputs.mapping_ = std::move(*mapping);
@@ -71,7 +69,7 @@ dev::AppendParams AppendTimingInputs::params(int launchIndex) const {
   const uint16_t *key = reinterpret_cast<const uint16_t *>(rows(launchIndex));
   const long long stride = (long long)kKvHeads * headDim_;
   return {key,
-          key + elements_,
+          key + stride * kTokens, // the V rows follow the K rows
           mapping_.as<long long>(),
           poolKey_.as<void>(),
           poolValue_.as<void>(),

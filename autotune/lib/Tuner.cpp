@@ -480,17 +480,24 @@ std::string configEntriesJson(const std::vector<TuneResult> &results) {
 }
 
 namespace {
-/// mergeConfigEntries on parsed entries (`run`: a JSON array).
-Expected<nlohmann::json> mergedEntries(const std::string &existingFile, const std::string &path,
-                                       const nlohmann::json &run) {
+/// The existing configs file parsed (null when there is none), or an error naming `path` when
+/// it is not a configs file.
+Expected<nlohmann::json> existingConfigs(const std::string &existingFile, const std::string &path) {
   if (existingFile.empty())
-    return run;
-  const nlohmann::json existing = nlohmann::json::parse(existingFile, nullptr, false);
+    return nlohmann::json();
+  nlohmann::json existing = nlohmann::json::parse(existingFile, nullptr, false);
   if (existing.is_discarded() || !existing.is_object() || !existing.contains("entries") ||
       !existing["entries"].is_array())
     return makeError(ErrorCode::InvalidArgument,
                      path + " exists but is not a configs file (no \"entries\" array); it was "
                             "left as it is: move it away or fix it, then run again with --resume");
+  return existing;
+}
+
+/// mergeConfigEntries on parsed configs (`existing`: existingConfigs; `run`: a JSON array).
+nlohmann::json mergedEntries(const nlohmann::json &existing, const nlohmann::json &run) {
+  if (existing.is_null())
+    return run;
   auto specOf = [](const nlohmann::json &entry) {
     return entry.is_object() && entry.contains("spec") && entry["spec"].is_string()
                ? entry["spec"].get<std::string>()
@@ -511,11 +518,10 @@ Expected<nlohmann::json> mergedEntries(const std::string &existingFile, const st
 
 Expected<std::string> mergeConfigEntries(const std::string &existingFile, const std::string &path,
                                          const std::string &runEntries) {
-  Expected<nlohmann::json> merged =
-      mergedEntries(existingFile, path, nlohmann::json::parse(runEntries));
-  if (!merged)
-    return merged.error();
-  return merged->dump();
+  Expected<nlohmann::json> existing = existingConfigs(existingFile, path);
+  if (!existing)
+    return existing.error();
+  return mergedEntries(*existing, nlohmann::json::parse(runEntries)).dump();
 }
 
 Status resumableWith(const std::vector<TuneResult> &results, const TuneOptions &options) {
@@ -1358,18 +1364,16 @@ Status writeConfigs(const std::string &path, const std::string &configs) {
     text << in.rdbuf();
     existing = text.str();
   }
-  Expected<nlohmann::json> entries = mergedEntries(existing, path, file["entries"]);
-  if (!entries)
-    return entries.error();
-  file["entries"] = std::move(*entries);
+  Expected<nlohmann::json> before = existingConfigs(existing, path);
+  if (!before)
+    return before.error();
+  file["entries"] = mergedEntries(*before, file["entries"]);
   // Members the run does not write stay as they were (a run without decode specs keeps the
-  // decode buckets the file's decode entries were tuned at). mergedEntries has parsed the file.
-  if (!existing.empty()) {
-    const nlohmann::json before = nlohmann::json::parse(existing);
-    for (const auto &[key, value] : before.items())
+  // decode buckets the file's decode entries were tuned at).
+  if (before->is_object())
+    for (const auto &[key, value] : before->items())
       if (!file.contains(key))
         file[key] = value;
-  }
   return writeFileAtomically(path, file.dump(2) + "\n");
 }
 

@@ -46,18 +46,17 @@ public:
   /// The K rows, then the V rows, of that launch's copy (rowBytes() contiguous bytes).
   CUdeviceptr rows(int launchIndex) const;
   int copies() const { return copies_; }
-  /// K and V rows of one launch (what it reads besides the slot map; it writes as many).
-  size_t rowBytes() const { return 2 * elements_ * 2; }
+  /// K and V rows of one launch at head dim `headDim` (what it reads besides the slot map; it
+  /// writes as many).
+  static size_t rowBytes(int headDim) { return size_t(2) * kTokens * kKvHeads * headDim * 2; }
+  size_t rowBytes() const { return rowBytes(headDim_); }
   /// Bytes a launch at head dim `headDim` moves: K and V rows read and written, and the slot map.
-  static double bytesMoved(int headDim) {
-    return 2.0 * 4.0 * kTokens * kKvHeads * headDim + 8.0 * kTokens;
-  }
+  static double bytesMoved(int headDim) { return 2.0 * double(rowBytes(headDim)) + 8.0 * kTokens; }
   double bytesMoved() const { return bytesMoved(headDim_); }
   int headDim() const { return headDim_; }
 
 private:
   int headDim_ = 0, copies_ = 1;
-  size_t elements_ = 0;                               ///< of K (and of V) per copy
   DeviceBuffer rows_, mapping_, poolKey_, poolValue_; ///< rows_: copies x (K rows, V rows)
 };
 
