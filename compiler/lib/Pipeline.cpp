@@ -11,6 +11,7 @@
 #include "mlir/Target/Cpp/CppEmitter.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <chrono>
 
 namespace kvarn::compiler {
 
@@ -124,6 +125,53 @@ Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &s
   kernel.nvrtcLog = std::move(output->log);
   kernel.nvrtcOptions = std::move(output->options);
   return kernel;
+}
+
+namespace {
+/// Milliseconds since `start`.
+double msSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+} // namespace
+
+Expected<CompileStageTimes> timeCompileStages(const KernelSpec &spec, const Schedule &schedule) {
+  if (spec.arch.rfind("sm_", 0) != 0)
+    return makeError(ErrorCode::InvalidArgument,
+                     "stage times need a real architecture (sm_XX), not " + spec.arch);
+  CompileStageTimes times;
+  auto start = std::chrono::steady_clock::now();
+  Expected<CompiledKernel> generated = generateSource(spec, schedule, {});
+  if (!generated)
+    return generated.error();
+  times.emitMs = msSince(start);
+  const std::string &name = generated->kernelNames.front();
+  start = std::chrono::steady_clock::now();
+  Expected<NvrtcOutput> ptx = compileCuda(generated->cudaSource, name,
+                                          "compute_" + spec.arch.substr(3), deviceLibraryHeaders());
+  if (!ptx)
+    return ptx.error();
+  times.ptxMs = msSince(start);
+  start = std::chrono::steady_clock::now();
+  Expected<NvrtcOutput> cubin =
+      compileCuda(generated->cudaSource, name, spec.arch, deviceLibraryHeaders());
+  if (!cubin)
+    return cubin.error();
+  times.cubinMs = msSince(start);
+  return times;
+}
+
+Expected<double> timeNvrtcFloor(const std::string &arch, bool deviceLibrary) {
+  const std::string source =
+      std::string(deviceLibrary ? "#include \"kvarn/device.cuh\"\n" : "") +
+      "extern \"C\" __global__ void kvarn_floor(float *x) { x[threadIdx.x] = 1.0f; }\n";
+  const std::vector<SourceHeader> none;
+  const auto start = std::chrono::steady_clock::now();
+  Expected<NvrtcOutput> output =
+      compileCuda(source, "kvarn_floor", arch, deviceLibrary ? deviceLibraryHeaders() : none);
+  if (!output)
+    return output.error();
+  return msSince(start);
 }
 
 } // namespace kvarn::compiler

@@ -119,41 +119,94 @@ int runCompile(const std::string &specText, const std::string &scheduleText,
 }
 
 /// `kvarn-tune compile-time`: median wall time of the whole pipeline (IR, passes, C++ emission,
-/// NVRTC to cubin) per variant, after one warm-up compile. NVRTC (12.9 and later) keeps its own
-/// cache of compiled programs in the CUDA driver's compute cache when a driver is present, so
-/// a repeated compile of the same source is a cache hit; unless `nvrtcCache` is set, the cache
-/// is switched off (CUDA_CACHE_DISABLE=1, read when NVRTC first compiles) and every timed compile
-/// is a full one.
+/// NVRTC to cubin) per variant, after one warm-up compile, and where it goes: the median of each
+/// stage timed on its own (compiler::timeCompileStages; ptxas = cubin - PTX). First, NVRTC's
+/// floor for the first spec's architecture: a one-statement kernel, alone and after the device
+/// library's header. NVRTC (12.9 and later) keeps its own cache of compiled programs in the CUDA
+/// driver's compute cache when a driver is present, so a repeated compile of the same source is
+/// a cache hit; unless `nvrtcCache` is set, the cache is switched off (CUDA_CACHE_DISABLE=1, read
+/// when NVRTC first compiles) and every timed compile is a full one.
 int runCompileTime(const std::vector<std::string> &specs, int repeats, bool nvrtcCache) {
   if (!nvrtcCache)
     setenv("CUDA_CACHE_DISABLE", "1", 1);
   std::printf("NVRTC's compile cache: %s\n",
               nvrtcCache ? "allowed (repeats of a source may be cache hits)"
                          : "off (CUDA_CACHE_DISABLE=1): every compile is a full compile");
-  std::printf("%-48s %10s %10s %10s\n", "spec", "median ms", "min ms", "max ms");
+  std::vector<KernelSpec> parsed;
   for (const std::string &text : specs) {
     Expected<KernelSpec> spec = parseKernelSpec(text);
     if (!spec) {
       std::fprintf(stderr, "kvarn-tune: %s\n", spec.error().message.c_str());
       return 2;
     }
-    const Schedule schedule = defaultSchedule(spec->op);
+    parsed.push_back(*spec);
+  }
+  auto median = [](std::vector<double> times) {
+    std::sort(times.begin(), times.end());
+    return times.empty() ? 0.0 : times[times.size() / 2];
+  };
+  // repeats + 1 runs of `run`, the first a warm-up; the others' times in ms.
+  auto timed = [&](const auto &run) -> Expected<std::vector<double>> {
     std::vector<double> times;
     for (int k = 0; k <= repeats; ++k) {
-      const auto start = std::chrono::steady_clock::now();
-      Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(*spec, schedule);
-      const double ms = std::chrono::duration<double, std::milli>(
-                            std::chrono::steady_clock::now() - start).count();
-      if (!kernel) {
-        std::fprintf(stderr, "kvarn-tune: %s\n", kernel.error().message.c_str());
-        return 1;
-      }
+      Expected<double> ms = run();
+      if (!ms)
+        return ms.error();
       if (k > 0) // the first compile warms caches and the NVRTC library
-        times.push_back(ms);
+        times.push_back(*ms);
     }
-    std::sort(times.begin(), times.end());
-    std::printf("%-48s %10.1f %10.1f %10.1f\n", text.c_str(), times[times.size() / 2],
-                times.front(), times.back());
+    return times;
+  };
+  auto fail = [](const Error &error) {
+    std::fprintf(stderr, "kvarn-tune: %s\n", error.message.c_str());
+    return 1;
+  };
+  if (!parsed.empty()) {
+    const std::string &arch = parsed.front().arch;
+    for (bool library : {false, true}) {
+      Expected<std::vector<double>> floor =
+          timed([&] { return compiler::timeNvrtcFloor(arch, library); });
+      if (!floor)
+        return fail(floor.error());
+      std::printf("NVRTC floor for %s, a one-statement kernel%s: %.1f ms (median)\n",
+                  arch.c_str(), library ? " after the device library's header" : "",
+                  median(*floor));
+    }
+  }
+  std::printf("%-48s %10s %10s %10s | %10s %10s %10s\n", "spec", "median ms", "min ms", "max ms",
+              "to C++", "NVRTC PTX", "ptxas");
+  for (size_t index = 0; index < parsed.size(); ++index) {
+    const KernelSpec &spec = parsed[index];
+    const Schedule schedule = defaultSchedule(spec.op);
+    Expected<std::vector<double>> whole = timed([&]() -> Expected<double> {
+      const auto start = std::chrono::steady_clock::now();
+      Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(spec, schedule);
+      if (!kernel)
+        return kernel.error();
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+          .count();
+    });
+    if (!whole)
+      return fail(whole.error());
+    std::vector<double> emit, ptx, ptxas;
+    Expected<std::vector<double>> stages = timed([&]() -> Expected<double> {
+      Expected<compiler::CompileStageTimes> t = compiler::timeCompileStages(spec, schedule);
+      if (!t)
+        return t.error();
+      emit.push_back(t->emitMs);
+      ptx.push_back(t->ptxMs);
+      ptxas.push_back(t->cubinMs - t->ptxMs);
+      return t->cubinMs;
+    });
+    if (!stages)
+      return fail(stages.error());
+    // Drop the warm-up run's stage times, as `timed` does.
+    for (std::vector<double> *parts : {&emit, &ptx, &ptxas})
+      parts->erase(parts->begin());
+    std::sort(whole->begin(), whole->end());
+    std::printf("%-48s %10.1f %10.1f %10.1f | %10.1f %10.1f %10.1f\n", specs[index].c_str(),
+                median(*whole), whole->front(), whole->back(), median(emit), median(ptx),
+                median(ptxas));
   }
   return 0;
 }

@@ -44,6 +44,21 @@ struct Instrumentation {
 Expected<CompiledKernel> compileKernel(const KernelSpec &spec, const Schedule &schedule,
                                        const Instrumentation &instrumentation = {});
 
+/// Wall times (ms) of one kernel's compile, stage by stage, each a compile of its own: the MLIR
+/// stages to CUDA C++ (`emitMs`), NVRTC to PTX alone for the architecture's virtual target
+/// (`ptxMs`: front end and NVVM) and NVRTC to the cubin (`cubinMs`: the same plus ptxas), with
+/// the kernels' NVRTC options and device library.
+struct CompileStageTimes {
+  double emitMs = 0.0, ptxMs = 0.0, cubinMs = 0.0;
+};
+Expected<CompileStageTimes> timeCompileStages(const KernelSpec &spec, const Schedule &schedule);
+
+/// Wall time (ms) of NVRTC compiling a one-statement kernel to a cubin for `arch` with the
+/// kernels' options: what any NVRTC program costs, so no kernel compiles faster. With
+/// `deviceLibrary` the source first includes the device library's header, as every generated
+/// kernel does.
+Expected<double> timeNvrtcFloor(const std::string &arch, bool deviceLibrary);
+
 /// The cache entry of a compiled kernel (metadata JSON: spec, schedule, kernels, threads, shared
 /// memory; PTX; cubin).
 Artifact toArtifact(const CompiledKernel &kernel, const KernelSpec &spec, const Schedule &schedule);
