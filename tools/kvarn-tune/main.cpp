@@ -168,9 +168,8 @@ int runCompileTime(const std::vector<std::string> &specs, int repeats, bool nvrt
           timed([&] { return compiler::timeNvrtcFloor(arch, library); });
       if (!floor)
         return fail(floor.error());
-      std::printf("NVRTC floor for %s, a one-statement kernel%s: %.1f ms (median)\n",
-                  arch.c_str(), library ? " after the device library's header" : "",
-                  median(*floor));
+      std::printf("NVRTC floor for %s, a one-statement kernel%s: %.1f ms (median)\n", arch.c_str(),
+                  library ? " after the device library's header" : "", median(*floor));
     }
   }
   std::printf("%-48s %10s %10s %10s | %10s %10s %10s\n", "spec", "median ms", "min ms", "max ms",
