@@ -6,6 +6,7 @@
 #include "kvarn/kvarn.h"
 #include "kvarn/launch.h"
 #include "kvarn/nvrtc.h"
+#include "kvarn/parallel.h"
 
 #include <nlohmann/json.hpp>
 
@@ -167,6 +168,30 @@ TuningEnvironment environmentOf(const DeviceInfo &d) {
   return here;
 }
 
+std::vector<std::optional<Error>> buildPreparedKernels(ArtifactCache &cache, const JitCompiler &jit,
+                                                       const KernelSpec &spec,
+                                                       const std::vector<Schedule> &schedules) {
+  std::vector<std::string> keys;
+  std::map<std::string, size_t> firstOf; // key -> its first position in `schedules`
+  std::vector<size_t> builds;            // the first position of each distinct key
+  for (size_t i = 0; i < schedules.size(); ++i) {
+    keys.push_back(preparedKernelKey(spec, schedules[i]));
+    if (firstOf.emplace(keys[i], i).second)
+      builds.push_back(i);
+  }
+  std::vector<std::optional<Error>> errors(schedules.size());
+  parallelFor(builds.size(), [&](size_t job) {
+    const size_t i = builds[job];
+    Expected<Artifact> artifact =
+        cache.getOrBuild(keys[i], [&]() { return jit(spec, schedules[i]); });
+    if (!artifact)
+      errors[i] = artifact.error();
+  });
+  for (size_t i = 0; i < schedules.size(); ++i)
+    errors[i] = errors[firstOf.at(keys[i])];
+  return errors;
+}
+
 Expected<Bundle> retargetBundle(const Bundle &bundle, const std::string &arch,
                                 std::vector<std::string> *skipped) {
   if (bundle.headers.empty())
@@ -176,6 +201,14 @@ Expected<Bundle> retargetBundle(const Bundle &bundle, const std::string &arch,
   out.arch = arch;
   out.nvrtcVersion = nvrtcVersion();
   out.entries.clear();
+  // Step 1. Each entry's spec for `arch`, checked; those whose schedule cannot run there skipped.
+  struct Job {
+    const BundleEntry *entry;
+    KernelSpec spec;
+    Schedule schedule;
+    std::string programName;
+  };
+  std::vector<Job> jobs;
   for (const BundleEntry &entry : bundle.entries) {
     Expected<KernelSpec> spec = parseKernelSpec(entry.spec);
     if (!spec)
@@ -192,21 +225,30 @@ Expected<Bundle> retargetBundle(const Bundle &bundle, const std::string &arch,
     std::vector<std::string> names = kernelNames(entry.artifact.metadata);
     if (entry.source.empty() || names.empty())
       return makeError(ErrorCode::InvalidData, "entry '" + entry.spec + "' has no source or kernels");
-    Expected<NvrtcOutput> compiled =
-        compileCuda(entry.source, names.front() + ".cu", arch, bundle.headers, {});
-    if (!compiled)
-      return makeError(compiled.error().code, "recompiling " + spec->str() + ": " +
-                                                  compiled.error().message);
+    jobs.push_back(Job{&entry, *spec, *schedule, names.front() + ".cu"});
+  }
+  // Step 2. The sources compiled in parallel, each NVRTC call a program of its own.
+  std::vector<std::optional<Expected<NvrtcOutput>>> compiled(jobs.size());
+  parallelFor(jobs.size(), [&](size_t i) {
+    compiled[i] = compileCuda(jobs[i].entry->source, jobs[i].programName, arch, bundle.headers, {});
+  });
+  // Step 3. The entries in the bundle's order; the first failure is the error.
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    Expected<NvrtcOutput> &output = *compiled[i];
+    if (!output)
+      return makeError(output.error().code,
+                       "recompiling " + jobs[i].spec.str() + ": " + output.error().message);
+    const BundleEntry &entry = *jobs[i].entry;
     nlohmann::json metadata = nlohmann::json::parse(entry.artifact.metadata, nullptr, false);
-    metadata["spec"] = spec->str();
+    metadata["spec"] = jobs[i].spec.str();
     BundleEntry moved;
-    moved.key = preparedKernelKey(*spec, *schedule);
-    moved.spec = spec->str();
+    moved.key = preparedKernelKey(jobs[i].spec, jobs[i].schedule);
+    moved.spec = jobs[i].spec.str();
     moved.schedule = entry.schedule;
     moved.source = entry.source;
     moved.artifact.metadata = metadata.dump();
-    moved.artifact.ptx = std::move(compiled->ptx);
-    moved.artifact.cubin = std::move(compiled->cubin);
+    moved.artifact.ptx = std::move(output->ptx);
+    moved.artifact.cubin = std::move(output->cubin);
     out.entries.push_back(std::move(moved));
   }
   return out;
@@ -364,13 +406,27 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
     return ok();
   }
   // Step 2. The kernel from the cache, or JIT on a miss; then the config's decode variants.
+  // Where there are variants, the JIT builds every missing one first, in parallel (each a
+  // compile of its own), so a cold start waits about one compile instead of one per schedule.
+  std::vector<std::optional<kvarn::Error>> jitErrors(chosenVariants.size() + 1);
+  if (!chosenVariants.empty() && runtime->options.enable_jit && runtime->jit) {
+    std::vector<kvarn::Schedule> schedules = {*knobs};
+    for (const kvarn::ScheduleVariant &variant : chosenVariants)
+      schedules.push_back(variant.schedule);
+    jitErrors = kvarn::buildPreparedKernels(*runtime->cache, runtime->jit, *parsed, schedules);
+  }
+  if (jitErrors[0])
+    return fail(*jitErrors[0]);
   kvarn::Expected<kvarn::KernelModule> module = loadKernel(runtime, *parsed, *knobs);
   if (!module)
     return fail(module.error());
   std::vector<kvarn::ScheduleVariant> variants;
   std::vector<kvarn::KernelModule> variantModules;
-  for (const kvarn::ScheduleVariant &variant : chosenVariants) {
-    kvarn::Expected<kvarn::KernelModule> loaded = loadKernel(runtime, *parsed, variant.schedule);
+  for (size_t k = 0; k < chosenVariants.size(); ++k) {
+    const kvarn::ScheduleVariant &variant = chosenVariants[k];
+    kvarn::Expected<kvarn::KernelModule> loaded =
+        jitErrors[k + 1] ? kvarn::Expected<kvarn::KernelModule>(*jitErrors[k + 1])
+                         : loadKernel(runtime, *parsed, variant.schedule);
     if (!loaded) { // the kernel still works with its own schedule at every size
       how += "; variant " + variant.schedule.str() + " not used: " + loaded.error().message;
       if (runtime->options.log_level > 0)

@@ -1,6 +1,7 @@
 // Artifact cache: keys, corruption matrix, degraded directories, ENOSPC, and concurrency across
 // threads and processes (fork), including writers killed with SIGKILL.
 #include "kvarn/cache.h"
+#include "kvarn/jit.h"
 
 #include "../common/TemporaryDirectory.h"
 
@@ -9,9 +10,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <csignal>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
 #include <filesystem>
@@ -101,6 +104,69 @@ TEST(ArtifactKey, EveryInputChangesTheKeyButFormattingDoesNot) {
   ArtifactKeyInputs reformatted = base;
   reformatted.source = "extern \"C\"   __global__ void k() {\n\n\tint x = 1;   \n}";
   EXPECT_EQ(artifactKey(reformatted), key) << "whitespace-only changes keep the key";
+}
+
+/// kvarn_prepare's JIT of a config's schedule and its decode variants (buildPreparedKernels):
+/// every missing kernel built once and concurrently, and stored; a cached one not rebuilt; a
+/// failed build reported at each position of its schedule and stored nowhere.
+TEST_F(CacheTest, PreparedKernelsBuildInParallelOnceEachAndReportFailuresWhereListed) {
+  const char *previous = std::getenv("KVARN_HOST_THREADS");
+  const std::string saved = previous ? previous : "";
+  setenv("KVARN_HOST_THREADS", "3", 1);
+  ArtifactCache cache(options());
+  const KernelSpec spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
+  auto schedule = [](const char *text) { return *parseSchedule(text); };
+  const Schedule cached = schedule("warps=1"), failing = schedule("warps=2");
+  const std::vector<Schedule> schedules = {schedule("warps=4"),
+                                           schedule("warps=8"),
+                                           schedule("warps=12"),
+                                           schedule("warps=8"),
+                                           failing,
+                                           cached,
+                                           failing};
+  cache.store(preparedKernelKey(spec, cached), artifactFor("cached"));
+  std::mutex mutex;
+  std::condition_variable changed;
+  int inFlight = 0, peak = 0;
+  std::map<std::string, int> calls;
+  JitCompiler jit = [&](const KernelSpec &, const Schedule &s) -> Expected<Artifact> {
+    std::unique_lock<std::mutex> lock(mutex);
+    ++calls[s.str()];
+    peak = std::max(peak, ++inFlight);
+    changed.notify_all();
+    // Three builds in flight together, or 20 s: a serial build never gets there.
+    changed.wait_for(lock, std::chrono::seconds(20), [&] { return peak >= 3; });
+    --inFlight;
+    if (s == failing)
+      return makeError(ErrorCode::Internal, "no kernel for " + s.str());
+    return artifactFor("built " + s.str());
+  };
+  const std::vector<std::optional<Error>> errors =
+      buildPreparedKernels(cache, jit, spec, schedules);
+  if (previous)
+    setenv("KVARN_HOST_THREADS", saved.c_str(), 1);
+  else
+    unsetenv("KVARN_HOST_THREADS");
+  EXPECT_EQ(peak, 3);
+  EXPECT_EQ(calls, (std::map<std::string, int>{{schedule("warps=4").str(), 1},
+                                               {schedule("warps=8").str(), 1},
+                                               {schedule("warps=12").str(), 1},
+                                               {failing.str(), 1}}));
+  ASSERT_EQ(errors.size(), schedules.size());
+  for (size_t i = 0; i < schedules.size(); ++i) {
+    SCOPED_TRACE(schedules[i].str());
+    if (schedules[i] == failing) {
+      ASSERT_TRUE(errors[i].has_value());
+      EXPECT_THAT(errors[i]->message, ::testing::HasSubstr("no kernel for " + failing.str()));
+      EXPECT_FALSE(cache.lookup(preparedKernelKey(spec, failing)));
+    } else {
+      EXPECT_FALSE(errors[i].has_value());
+      const std::optional<Artifact> stored = cache.lookup(preparedKernelKey(spec, schedules[i]));
+      ASSERT_TRUE(stored);
+      EXPECT_EQ(*stored,
+                artifactFor(schedules[i] == cached ? "cached" : "built " + schedules[i].str()));
+    }
+  }
 }
 
 TEST_F(CacheTest, StoresInMemoryAndOnDiskAndReloadsInANewInstance) {
