@@ -7,11 +7,13 @@
 #include "kvarn/Autotune/Tuner.h"
 
 #include "kvarn/Compiler/Pipeline.h"
+#include "kvarn/cache.h"
 #include "kvarn/configs.h"
 #include "kvarn/jit.h"
-#include "kvarn/nvrtc.h"
 #include "kvarn/kvarn.h"
 #include "kvarn/launch.h"
+#include "kvarn/nvrtc.h"
+#include "kvarn/parallel.h"
 #include "kvarn/reference.h"
 
 #include <algorithm>
@@ -430,8 +432,46 @@ Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwid
 
 } // namespace
 
+/// A cold start: kvarn_prepare of `spec` on an empty cache directory with the JIT and the tuned
+/// configs in `configsDirectory` (its schedule and decode variants compiled), with the JIT's
+/// builds on at most `threads` threads (KVARN_HOST_THREADS). Returns the call's ms and, through
+/// `kernels`, how many kernels it left in the cache.
+Expected<double> timeColdPrepare(const BenchOptions &o, const char *spec, int threads,
+                                 size_t *kernels) {
+  const std::string dir = std::filesystem::temp_directory_path() / "kvarn-bench-cold-prepare";
+  std::filesystem::remove_all(dir);
+  const char *previous = std::getenv("KVARN_HOST_THREADS");
+  const std::string saved = previous ? previous : "";
+  setenv("KVARN_HOST_THREADS", std::to_string(threads).c_str(), 1);
+  kvarn_runtime_options options{o.device, dir.c_str(), 1, 0, o.configsDirectory.c_str()};
+  kvarn_runtime runtime = nullptr;
+  kvarn_status status = kvarn_runtime_create(&options, &runtime);
+  double ms = 0.0;
+  if (status == KVARN_OK && (status = kvarn_jit_install(runtime)) == KVARN_OK) {
+    kvarn_kernel kernel = nullptr;
+    const auto start = std::chrono::steady_clock::now();
+    status = kvarn_prepare(runtime, spec, nullptr, &kernel);
+    ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  }
+  const std::string message = status == KVARN_OK ? "" : kvarn_last_error();
+  if (runtime)
+    kvarn_runtime_destroy(runtime);
+  if (previous)
+    setenv("KVARN_HOST_THREADS", saved.c_str(), 1);
+  else
+    unsetenv("KVARN_HOST_THREADS");
+  *kernels = ArtifactCache(ArtifactCache::Options{dir}).checkEntries().size();
+  std::filesystem::remove_all(dir);
+  if (status != KVARN_OK)
+    return makeError(ErrorCode::Internal,
+                     "cold kvarn_prepare of " + std::string(spec) + ": " + message);
+  return ms;
+}
+
 /// Hot-path kernel lookup: kvarn_prepare of a spec prepared before (what an engine calls per
-/// step), median over 20 batches of 100,000 calls, and the artifact cache's memory hit.
+/// step), median over 20 batches of 100,000 calls, and the artifact cache's memory hit. Then a
+/// cold start of the same spec (empty cache, JIT), its builds one at a time and in parallel.
 Status benchLookup(const BenchOptions &o) {
   const std::string dir = std::filesystem::temp_directory_path() / "kvarn-bench-lookup";
   kvarn_runtime_options options{o.device, dir.c_str(), 1, 0, nullptr};
@@ -460,10 +500,29 @@ Status benchLookup(const BenchOptions &o) {
               "(min %.1f, max %.1f; 20 x %d calls)\n",
               ns[ns.size() / 2], ns.front(), ns.back(), calls);
   std::filesystem::remove_all(dir);
+  const int threads = hostThreads();
+  size_t serialKernels = 0, parallelKernels = 0;
+  Expected<double> serial = timeColdPrepare(o, spec, 1, &serialKernels);
+  if (!serial)
+    return serial.error();
+  Expected<double> parallel = timeColdPrepare(o, spec, threads, &parallelKernels);
+  if (!parallel)
+    return parallel.error();
+  std::printf("cold kvarn_prepare of %s (empty cache, JIT, configs %s: %zu kernels built): "
+              "%.0f ms one build at a time, %.0f ms with up to %d at once\n",
+              spec, o.configsDirectory.c_str(), parallelKernels, *serial, *parallel, threads);
+  if (serialKernels != parallelKernels)
+    return makeError(ErrorCode::Internal, "cold kvarn_prepare built " +
+                                              std::to_string(serialKernels) +
+                                              " kernels one at a "
+                                              "time but " +
+                                              std::to_string(parallelKernels) + " in parallel");
   return Status::success();
 }
 
 Status runBench(const BenchOptions &options) {
+  if (options.lookup) // the cold start's compiles must be full ones (NVRTC reads this once)
+    setenv("CUDA_CACHE_DISABLE", "1", 1);
   Expected<DeviceInfo> info = openDevice(options.device);
   if (!info)
     return info.error();

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -644,6 +645,54 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   EXPECT_EQ(kvarn_launch_decode(kernel, &negative, 1, nullptr), KVARN_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(kvarn_last_error()).find("negative max_seq_len"), std::string::npos)
       << kvarn_last_error();
+}
+
+/// Tuned configs with decode variants through the JIT (an empty cache): kvarn_prepare builds
+/// the schedule and every distinct variant once (in parallel, buildPreparedKernels), a variant
+/// listed twice shares its kernel, and each launch size decodes correctly through its schedule.
+TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsAreJitBuiltOnceEach) {
+  const char *arch = nullptr;
+  int smCount = 0;
+  ASSERT_KVARN(kvarn_runtime_device(runtime, &arch, &smCount));
+  const std::string spec = std::string("decode:kvarn_k4v2_g128:d128:q8:f16:") + arch;
+  const std::string configsDir = cacheDir + "/configs", jitCache = cacheDir + "/jit";
+  std::filesystem::create_directories(configsDir);
+  std::ofstream(configsDir + "/this-gpu.json") << configsForThisGpu(
+      *openDevice(0), spec, R"("schedule": "warps=2,mma=m16n8k16.single-p", "variants": [
+           {"min_work_items": 4, "schedule": "warps=8,min_ctas=1,mma=m16n8k16.single-p"},
+           {"min_work_items": 6, "schedule": "warps=4,min_ctas=1,mma=m16n8k16.single-p"},
+           {"min_work_items": 6, "min_context": 1400, "schedule": "warps=8,min_ctas=1,mma=m16n8k16.single-p"}])");
+  kvarn_runtime_options options{0, jitCache.c_str(), 1, 0, configsDir.c_str()};
+  kvarn_runtime jit = nullptr;
+  ASSERT_KVARN(kvarn_runtime_create(&options, &jit));
+  std::unique_ptr<kvarn_runtime_t, void (*)(kvarn_runtime)> owner(jit, kvarn_runtime_destroy);
+  ASSERT_KVARN(kvarn_jit_install(jit));
+  kvarn_kernel kernel = nullptr;
+  ASSERT_KVARN(kvarn_prepare(jit, "decode:kvarn_k4v2_g128:d128:q8:f16", nullptr, &kernel));
+  const char *schedule = nullptr, *how = nullptr;
+  ASSERT_KVARN(kvarn_kernel_describe(kernel, &schedule, &how));
+  EXPECT_EQ(std::string(how).find("not used"), std::string::npos) << how;
+  EXPECT_NE(std::string(how).find("from 6 work items and 1400 tokens: warps=8"), std::string::npos)
+      << how;
+  EXPECT_EQ(ArtifactCache(ArtifactCache::Options{jitCache}).checkEntries().size(), 3u)
+      << "the schedule and two distinct variants, each built once";
+  auto scheduleAt = [&](int batch, int hk, int maxSeqLen) {
+    const char *text = nullptr;
+    EXPECT_EQ(kvarn_decode_schedule(kernel, batch, hk, maxSeqLen, &text), KVARN_OK)
+        << kvarn_last_error();
+    return std::string(text ? text : "");
+  };
+  const Format format = *parseFormat("kvarn_k4v2_g128", 128);
+  for (const std::vector<int32_t> &lengths :
+       {std::vector<int32_t>{700}, {900, 300}, {700, 129, 1}, {1500, 2049, 0}}) {
+    DecodeFixture fx(format, 2, 8, lengths, 71 + lengths.size());
+    const int maxLen = *std::max_element(lengths.begin(), lengths.end());
+    EXPECT_LE(decode(kernel, fx, lengths, 2), 1e-3)
+        << lengths.size() << " requests: " << scheduleAt(int(lengths.size()), 2, maxLen);
+  }
+  EXPECT_NE(scheduleAt(1, 2, 700).find("warps=2,"), std::string::npos);
+  EXPECT_NE(scheduleAt(3, 2, 700).find("warps=4,"), std::string::npos);
+  EXPECT_NE(scheduleAt(3, 2, 2049).find("warps=8,"), std::string::npos);
 }
 
 /// A bundle built for another arch is recompiled from its sources at load (no JIT) and runs.
