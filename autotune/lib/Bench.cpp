@@ -508,7 +508,7 @@ Status benchLookup(const BenchOptions &o) {
   Expected<double> parallel = timeColdPrepare(o, spec, threads, &parallelKernels);
   if (!parallel)
     return parallel.error();
-  std::printf("cold kvarn_prepare of %s (empty cache, JIT, configs %s: %zu kernels built): "
+  std::printf("cold kvarn_prepare of %s (empty cache, JIT, the configs in %s: %zu kernels built): "
               "%.0f ms one build at a time, %.0f ms with up to %d at once\n",
               spec, o.configsDirectory.c_str(), parallelKernels, *serial, *parallel, threads);
   if (serialKernels != parallelKernels)
