@@ -101,25 +101,28 @@ std::vector<std::string> kernelNames(const std::string &metadata) {
   return names;
 }
 
-/// The kernel of `spec` with `schedule` from the runtime's cache, or built by the JIT on a miss
-/// (when enabled); a cubin that fails to load is rebuilt once (when JIT is on), then reported.
-/// The caller holds the runtime's mutex.
-kvarn::Expected<kvarn::KernelModule> loadKernel(kvarn_runtime runtime, const kvarn::KernelSpec &spec,
+/// The kernel of `spec` with `schedule` from the runtime's cache, or built by `jit` on a miss
+/// (the runtime's JIT where enabled and installed, else empty); a cubin that fails to load is
+/// rebuilt once (with a JIT), then reported. Needs no lock: the cache is thread-safe, and a
+/// miss is built once across threads and processes (getOrBuild).
+kvarn::Expected<kvarn::KernelModule> loadKernel(kvarn_runtime runtime,
+                                                const kvarn::JitCompiler &jit,
+                                                const kvarn::KernelSpec &spec,
                                                 const kvarn::Schedule &schedule) {
   const std::string key = kvarn::preparedKernelKey(spec, schedule);
   std::optional<kvarn::Artifact> artifact = runtime->cache->lookup(key);
   if (!artifact) {
-    if (!runtime->options.enable_jit || !runtime->jit)
+    if (!jit)
       return kvarn::makeError(
           kvarn::ErrorCode::NotFound,
           "no kernel for " + spec.str() + " (schedule " + schedule.str() + ") in the cache" +
               (runtime->options.enable_jit ? " and no JIT compiler installed (link libkvarn_jit "
                                              "and call kvarn_jit_install)"
                                            : "; JIT is disabled"));
-    kvarn::Expected<kvarn::Artifact> built = runtime->jit(spec, schedule);
+    kvarn::Expected<kvarn::Artifact> built =
+        runtime->cache->getOrBuild(key, [&]() { return jit(spec, schedule); });
     if (!built)
       return built.error();
-    runtime->cache->store(key, *built);
     artifact = std::move(*built);
   }
   std::vector<std::string> names = kernelNames(artifact->metadata);
@@ -128,8 +131,8 @@ kvarn::Expected<kvarn::KernelModule> loadKernel(kvarn_runtime runtime, const kva
                             "cache entry for " + spec.str() + " names no kernels");
   kvarn::Expected<kvarn::KernelModule> module = kvarn::KernelModule::load(
       artifact->cubin, names, schedule, kvarn::sharedMemoryBytes(spec, schedule));
-  if (!module && runtime->options.enable_jit && runtime->jit) {
-    kvarn::Expected<kvarn::Artifact> rebuilt = runtime->jit(spec, schedule);
+  if (!module && jit) {
+    kvarn::Expected<kvarn::Artifact> rebuilt = jit(spec, schedule);
     if (!rebuilt)
       return rebuilt.error();
     runtime->cache->store(key, *rebuilt);
@@ -399,25 +402,33 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
   // A config's variants make another prepared kernel than the same schedule given explicitly.
   const std::string key =
       kvarn::preparedKernelKey(*parsed, *knobs) + kvarn::describeVariants(chosenVariants);
-  std::lock_guard<std::mutex> lock(runtime->mutex);
-  if (auto found = runtime->kernels.find(key); found != runtime->kernels.end()) {
-    *kernel = found->second.get();
-    runtime->byText[text] = *kernel;
-    return ok();
+  kvarn::JitCompiler jit; // the installed one, or none where JIT is off
+  {
+    std::lock_guard<std::mutex> lock(runtime->mutex);
+    if (auto found = runtime->kernels.find(key); found != runtime->kernels.end()) {
+      *kernel = found->second.get();
+      runtime->byText[text] = *kernel;
+      return ok();
+    }
+    if (runtime->options.enable_jit)
+      jit = runtime->jit;
   }
   // Step 2. The kernel from the cache, or JIT on a miss; then the config's decode variants.
-  // Where there are variants, the JIT builds every missing one first, in parallel (each a
-  // compile of its own), so a cold start waits about one compile instead of one per schedule.
+  // Without the runtime's lock, so other threads' prepares (a per-step lookup above all) never
+  // wait on a compile; the cache's getOrBuild builds each kernel once across threads and
+  // processes. Where there are variants, the JIT builds every missing one first, in parallel
+  // (each a compile of its own), so a cold start waits about one compile instead of one per
+  // schedule.
   std::vector<std::optional<kvarn::Error>> jitErrors(chosenVariants.size() + 1);
-  if (!chosenVariants.empty() && runtime->options.enable_jit && runtime->jit) {
+  if (!chosenVariants.empty() && jit) {
     std::vector<kvarn::Schedule> schedules = {*knobs};
     for (const kvarn::ScheduleVariant &variant : chosenVariants)
       schedules.push_back(variant.schedule);
-    jitErrors = kvarn::buildPreparedKernels(*runtime->cache, runtime->jit, *parsed, schedules);
+    jitErrors = kvarn::buildPreparedKernels(*runtime->cache, jit, *parsed, schedules);
   }
   if (jitErrors[0])
     return fail(*jitErrors[0]);
-  kvarn::Expected<kvarn::KernelModule> module = loadKernel(runtime, *parsed, *knobs);
+  kvarn::Expected<kvarn::KernelModule> module = loadKernel(runtime, jit, *parsed, *knobs);
   if (!module)
     return fail(module.error());
   std::vector<kvarn::ScheduleVariant> variants;
@@ -426,7 +437,7 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
     const kvarn::ScheduleVariant &variant = chosenVariants[k];
     kvarn::Expected<kvarn::KernelModule> loaded =
         jitErrors[k + 1] ? kvarn::Expected<kvarn::KernelModule>(*jitErrors[k + 1])
-                         : loadKernel(runtime, *parsed, variant.schedule);
+                         : loadKernel(runtime, jit, *parsed, variant.schedule);
     if (!loaded) { // the kernel still works with its own schedule at every size
       how += "; variant " + variant.schedule.str() + " not used: " + loaded.error().message;
       if (runtime->options.log_level > 0)
@@ -452,9 +463,10 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
     prepared->slots.push_back(int64_t(prepared->smCount) *
                               prepared->variantModules[k].residentCtasPerSm());
   }
-  *kernel = prepared.get();
+  // Another thread may have prepared the same kernel meanwhile: the first one stays.
+  std::lock_guard<std::mutex> lock(runtime->mutex);
+  *kernel = runtime->kernels.emplace(key, std::move(prepared)).first->second.get();
   runtime->byText[text] = *kernel;
-  runtime->kernels.emplace(key, std::move(prepared));
   return ok();
 }
 

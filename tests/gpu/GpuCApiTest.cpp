@@ -11,9 +11,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -693,6 +697,54 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsAreJitBuiltOnceEach) {
   EXPECT_NE(scheduleAt(1, 2, 700).find("warps=2,"), std::string::npos);
   EXPECT_NE(scheduleAt(3, 2, 700).find("warps=4,"), std::string::npos);
   EXPECT_NE(scheduleAt(3, 2, 2049).find("warps=8,"), std::string::npos);
+}
+
+/// A prepare that compiles holds no lock another thread's prepare needs: while one thread's
+/// JIT build is held, a kernel prepared before is found at once from another thread.
+TEST_F(CApiGpuTest, APrepareThatCompilesNeverHoldsUpAnotherThreadsPrepare) {
+  kvarn_kernel ready = nullptr;
+  ASSERT_KVARN(kvarn_prepare(runtime, "append:kvarn_k4v2_g128:d128:q1:f16", nullptr, &ready));
+  std::mutex mutex;
+  std::condition_variable changed;
+  bool entered = false, released = false;
+  setJitCompiler(runtime, [&](const KernelSpec &, const Schedule &) -> Expected<Artifact> {
+    std::unique_lock<std::mutex> lock(mutex);
+    entered = true;
+    changed.notify_all();
+    changed.wait_for(lock, std::chrono::seconds(60), [&] { return released; });
+    return makeError(ErrorCode::Internal, "compile held by the test");
+  });
+  kvarn_status coldStatus = KVARN_OK;
+  std::string coldMessage;
+  std::thread cold([&] {
+    kvarn_kernel kernel = nullptr;
+    coldStatus = kvarn_prepare(runtime, "dequantize:kvarn_k4v2_g128:d128:q1:f16", nullptr, &kernel);
+    coldMessage = kvarn_last_error();
+  });
+  {
+    std::unique_lock<std::mutex> lock(mutex);
+    changed.wait_for(lock, std::chrono::seconds(60), [&] { return entered; });
+  }
+  EXPECT_TRUE(entered) << "the cold prepare never reached the JIT";
+  // While the build is held: the prepared kernel, from another thread.
+  std::future<kvarn_kernel> hot = std::async(std::launch::async, [&] {
+    kvarn_kernel kernel = nullptr;
+    return kvarn_prepare(runtime, "append:kvarn_k4v2_g128:d128:q1:f16", nullptr, &kernel) ==
+                   KVARN_OK
+               ? kernel
+               : nullptr;
+  });
+  const bool prompt = hot.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    released = true;
+  }
+  changed.notify_all();
+  cold.join();
+  EXPECT_TRUE(prompt) << "a prepared kernel's prepare waited on another thread's compile";
+  EXPECT_EQ(hot.get(), ready);
+  EXPECT_EQ(coldStatus, KVARN_ERROR_INTERNAL);
+  EXPECT_NE(coldMessage.find("compile held by the test"), std::string::npos) << coldMessage;
 }
 
 /// A bundle built for another arch is recompiled from its sources at load (no JIT) and runs.
