@@ -83,6 +83,13 @@ protected:
   /// output) and returns the relative error against the float64 reference.
   double decode(kvarn_kernel kernel, const DecodeFixture &fx, const std::vector<int32_t> &lengths,
                 int hk);
+  /// The schedule `kernel` runs for `batch` requests over `hk` kv heads, the longest
+  /// `maxSeqLen` tokens (kvarn_decode_schedule; "" after a failed call, which is reported).
+  static std::string scheduleAt(kvarn_kernel kernel, int batch, int hk, int maxSeqLen = 0);
+  /// Decodes `kvarn_k4v2_g128` D = 128 caches of 1 to 3 requests over 2 kv heads (lengths 0 to
+  /// 2,049, so launch sizes that reach a config's variants) through `kernel`, each within 1e-3
+  /// of the float64 reference; `seed` varies the caches.
+  void expectEachLaunchSizeDecodes(kvarn_kernel kernel, uint64_t seed);
   ~CApiGpuTest() override {
     for (CUdeviceptr p : allocations)
       driver().cuMemFree(p);
@@ -150,6 +157,24 @@ double CApiGpuTest::decode(kvarn_kernel kernel, const DecodeFixture &fx,
   EXPECT_EQ(kvarn_launch_decode(kernel, &args, splits, nullptr), KVARN_OK) << kvarn_last_error();
   EXPECT_TRUE(KVARN_CU(driver().cuCtxSynchronize()));
   return errorAgainst(download<uint16_t>(CUdeviceptr(args.out), fx.q.size()), fx.reference(lengths));
+}
+
+std::string CApiGpuTest::scheduleAt(kvarn_kernel kernel, int batch, int hk, int maxSeqLen) {
+  const char *text = nullptr;
+  EXPECT_EQ(kvarn_decode_schedule(kernel, batch, hk, maxSeqLen, &text), KVARN_OK)
+      << kvarn_last_error();
+  return std::string(text ? text : "");
+}
+
+void CApiGpuTest::expectEachLaunchSizeDecodes(kvarn_kernel kernel, uint64_t seed) {
+  const Format format = *parseFormat("kvarn_k4v2_g128", 128);
+  for (const std::vector<int32_t> &lengths :
+       {std::vector<int32_t>{700}, {900, 300}, {700, 129, 1}, {1500, 2049, 0}}) {
+    DecodeFixture fx(format, 2, 8, lengths, seed + lengths.size());
+    const int maxLen = *std::max_element(lengths.begin(), lengths.end());
+    EXPECT_LE(decode(kernel, fx, lengths, 2), 1e-3)
+        << lengths.size() << " requests: " << scheduleAt(kernel, int(lengths.size()), 2, maxLen);
+  }
 }
 
 TEST_F(CApiGpuTest, DecodeThroughTheCApiAndACudaGraphReplayedWithNewLengths) {
@@ -607,11 +632,6 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   EXPECT_EQ(std::string(how).find("not used"), std::string::npos) << how;
   EXPECT_NE(std::string(how).find("from 6 work items and 1400 tokens: warps=8"), std::string::npos)
       << how;
-  auto scheduleAt = [&](kvarn_kernel k, int batch, int hk, int maxSeqLen = 0) {
-    const char *text = nullptr;
-    EXPECT_EQ(kvarn_decode_schedule(k, batch, hk, maxSeqLen, &text), KVARN_OK) << kvarn_last_error();
-    return std::string(text ? text : "");
-  };
   EXPECT_NE(scheduleAt(kernel, 1, 2).find("warps=2,"), std::string::npos);
   EXPECT_NE(scheduleAt(kernel, 2, 2).find("warps=12,"), std::string::npos);
   EXPECT_NE(scheduleAt(kernel, 2, 2, 5000).find("warps=12,"), std::string::npos);
@@ -624,14 +644,7 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   EXPECT_EQ(scheduleAt(kernel, 64, 8).find("warps=12,"), std::string::npos);
   EXPECT_EQ(scheduleAt(kernel, 2 * smCount, 1).find("warps=12,"), std::string::npos);
   // Each size through its schedule, against the float64 reference (NaN-poisoned outputs).
-  const Format format = *parseFormat("kvarn_k4v2_g128", 128);
-  for (const std::vector<int32_t> &lengths :
-       {std::vector<int32_t>{700}, {900, 300}, {700, 129, 1}, {1500, 2049, 0}}) {
-    DecodeFixture fx(format, 2, 8, lengths, 51 + lengths.size());
-    const int maxLen = *std::max_element(lengths.begin(), lengths.end());
-    EXPECT_LE(decode(kernel, fx, lengths, 2), 1e-3)
-        << lengths.size() << " requests: " << scheduleAt(kernel, int(lengths.size()), 2, maxLen);
-  }
+  expectEachLaunchSizeDecodes(kernel, 51);
   // The same schedule given explicitly: no variants at any size.
   kvarn_kernel plain = nullptr;
   ASSERT_KVARN(kvarn_prepare(runtime, "decode:kvarn_k4v2_g128:d128:q8:f16",
@@ -680,23 +693,10 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsAreJitBuiltOnceEach) {
       << how;
   EXPECT_EQ(ArtifactCache(ArtifactCache::Options{jitCache}).checkEntries().size(), 3u)
       << "the schedule and two distinct variants, each built once";
-  auto scheduleAt = [&](int batch, int hk, int maxSeqLen) {
-    const char *text = nullptr;
-    EXPECT_EQ(kvarn_decode_schedule(kernel, batch, hk, maxSeqLen, &text), KVARN_OK)
-        << kvarn_last_error();
-    return std::string(text ? text : "");
-  };
-  const Format format = *parseFormat("kvarn_k4v2_g128", 128);
-  for (const std::vector<int32_t> &lengths :
-       {std::vector<int32_t>{700}, {900, 300}, {700, 129, 1}, {1500, 2049, 0}}) {
-    DecodeFixture fx(format, 2, 8, lengths, 71 + lengths.size());
-    const int maxLen = *std::max_element(lengths.begin(), lengths.end());
-    EXPECT_LE(decode(kernel, fx, lengths, 2), 1e-3)
-        << lengths.size() << " requests: " << scheduleAt(int(lengths.size()), 2, maxLen);
-  }
-  EXPECT_NE(scheduleAt(1, 2, 700).find("warps=2,"), std::string::npos);
-  EXPECT_NE(scheduleAt(3, 2, 700).find("warps=4,"), std::string::npos);
-  EXPECT_NE(scheduleAt(3, 2, 2049).find("warps=8,"), std::string::npos);
+  expectEachLaunchSizeDecodes(kernel, 71);
+  EXPECT_NE(scheduleAt(kernel, 1, 2, 700).find("warps=2,"), std::string::npos);
+  EXPECT_NE(scheduleAt(kernel, 3, 2, 700).find("warps=4,"), std::string::npos);
+  EXPECT_NE(scheduleAt(kernel, 3, 2, 2049).find("warps=8,"), std::string::npos);
 }
 
 /// A prepare that compiles holds no lock another thread's prepare needs: while one thread's
