@@ -2,6 +2,7 @@
 // replayed with new lengths, launches from several threads and streams, and the no-JIT mode.
 #include "../common/PagedCache.h"
 #include "kvarn/Compiler/Bundle.h"
+#include "kvarn/Compiler/Pipeline.h"
 #include "kvarn/driver.h"
 #include "kvarn/jit.h"
 #include "kvarn/kvarn.h"
@@ -11,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -745,6 +747,35 @@ TEST_F(CApiGpuTest, APrepareThatCompilesNeverHoldsUpAnotherThreadsPrepare) {
   EXPECT_EQ(hot.get(), ready);
   EXPECT_EQ(coldStatus, KVARN_ERROR_INTERNAL);
   EXPECT_NE(coldMessage.find("compile held by the test"), std::string::npos) << coldMessage;
+}
+
+/// Two threads preparing the same kernel on an empty cache at once: one build, and both get the
+/// same prepared kernel, which decodes.
+TEST_F(CApiGpuTest, TwoThreadsPreparingOneKernelShareOneBuild) {
+  std::atomic<int> builds{0};
+  setJitCompiler(runtime, [&](const KernelSpec &spec, const Schedule &schedule) -> Expected<Artifact> {
+    ++builds;
+    Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(spec, schedule);
+    if (!kernel)
+      return kernel.error();
+    return compiler::toArtifact(*kernel, spec, schedule);
+  });
+  kvarn_kernel kernels[2] = {nullptr, nullptr};
+  kvarn_status statuses[2] = {KVARN_ERROR_INTERNAL, KVARN_ERROR_INTERNAL};
+  std::thread threads[2];
+  for (int t = 0; t < 2; ++t)
+    threads[t] = std::thread([&, t] {
+      statuses[t] = kvarn_prepare(runtime, "decode:kvarn_k4v2_g128:d128:q8:f16", "warps=2",
+                                  &kernels[t]);
+    });
+  for (std::thread &thread : threads)
+    thread.join();
+  ASSERT_EQ(statuses[0], KVARN_OK);
+  ASSERT_EQ(statuses[1], KVARN_OK);
+  EXPECT_EQ(kernels[0], kernels[1]);
+  EXPECT_EQ(builds.load(), 1);
+  DecodeFixture fx(*parseFormat("kvarn_k4v2_g128", 128), 2, 8, {700, 129, 1}, 91);
+  EXPECT_LE(decode(kernels[0], fx, {700, 129, 1}, 2), 1e-3);
 }
 
 /// A bundle built for another arch is recompiled from its sources at load (no JIT) and runs.
