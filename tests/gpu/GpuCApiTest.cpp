@@ -753,20 +753,21 @@ TEST_F(CApiGpuTest, APrepareThatCompilesNeverHoldsUpAnotherThreadsPrepare) {
 /// same prepared kernel, which decodes.
 TEST_F(CApiGpuTest, TwoThreadsPreparingOneKernelShareOneBuild) {
   std::atomic<int> builds{0};
-  setJitCompiler(runtime, [&](const KernelSpec &spec, const Schedule &schedule) -> Expected<Artifact> {
-    ++builds;
-    Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(spec, schedule);
-    if (!kernel)
-      return kernel.error();
-    return compiler::toArtifact(*kernel, spec, schedule);
-  });
+  setJitCompiler(
+      runtime, [&](const KernelSpec &spec, const Schedule &schedule) -> Expected<Artifact> {
+        ++builds;
+        Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(spec, schedule);
+        if (!kernel)
+          return kernel.error();
+        return compiler::toArtifact(*kernel, spec, schedule);
+      });
   kvarn_kernel kernels[2] = {nullptr, nullptr};
   kvarn_status statuses[2] = {KVARN_ERROR_INTERNAL, KVARN_ERROR_INTERNAL};
   std::thread threads[2];
   for (int t = 0; t < 2; ++t)
     threads[t] = std::thread([&, t] {
-      statuses[t] = kvarn_prepare(runtime, "decode:kvarn_k4v2_g128:d128:q8:f16", "warps=2",
-                                  &kernels[t]);
+      statuses[t] =
+          kvarn_prepare(runtime, "decode:kvarn_k4v2_g128:d128:q8:f16", "warps=2", &kernels[t]);
     });
   for (std::thread &thread : threads)
     thread.join();
