@@ -49,6 +49,7 @@ struct kvarn_runtime_t {
   kvarn::JitCompiler jit;
   std::vector<kvarn::ConfigFile> configs; ///< configs_dir, then loaded bundles
   kvarn::TuningEnvironment environment;   ///< this GPU, for the config lookup
+  CUcontext context = nullptr;           ///< the device's primary context (openDevice)
   std::mutex mutex;
   std::map<std::string, std::unique_ptr<kvarn_kernel_t>> kernels; ///< by prepared-kernel key
   std::map<std::string, kvarn_kernel_t *> byText; ///< by the caller's "spec|schedule" text
@@ -57,6 +58,27 @@ struct kvarn_runtime_t {
 namespace {
 
 thread_local std::string lastError;
+
+/// The runtime's context current on the calling thread for a scope, the thread's own restored
+/// after: kvarn_prepare loads modules and kvarn_runtime_destroy unloads them in the runtime's
+/// context from any thread, one that never used CUDA included.
+class ContextScope {
+public:
+  explicit ContextScope(CUcontext context) {
+    if (kvarn::Expected<const kvarn::Driver *> d = kvarn::Driver::get(); d && context)
+      pushed_ = (*d)->cuCtxPushCurrent(context) == CUDA_SUCCESS;
+  }
+  ~ContextScope() {
+    CUcontext popped = nullptr;
+    if (pushed_)
+      (*kvarn::Driver::get())->cuCtxPopCurrent(&popped);
+  }
+  ContextScope(const ContextScope &) = delete;
+  ContextScope &operator=(const ContextScope &) = delete;
+
+private:
+  bool pushed_ = false;
+};
 
 kvarn_status toStatus(kvarn::ErrorCode code) {
   switch (code) {
@@ -293,6 +315,8 @@ kvarn_status kvarn_runtime_create(const kvarn_runtime_options *options, kvarn_ru
   auto created = std::make_unique<kvarn_runtime_t>();
   created->options = o;
   created->device = *device;
+  if (kvarn::Status s = KVARN_CU((*kvarn::Driver::get())->cuCtxGetCurrent(&created->context)); !s)
+    return fail(s.error());
   kvarn::ArtifactCache::Options cacheOptions;
   if (o.cache_dir)
     cacheOptions.directory = o.cache_dir;
@@ -309,7 +333,12 @@ kvarn_status kvarn_runtime_create(const kvarn_runtime_options *options, kvarn_ru
   return ok();
 }
 
-void kvarn_runtime_destroy(kvarn_runtime runtime) { delete runtime; }
+void kvarn_runtime_destroy(kvarn_runtime runtime) {
+  if (!runtime)
+    return;
+  ContextScope scope(runtime->context); // the modules unload in the runtime's context
+  delete runtime;
+}
 
 kvarn_status kvarn_runtime_device(kvarn_runtime runtime, const char **arch, int *sm_count) {
   KVARN_REQUIRE(runtime && arch && sm_count, "kvarn_runtime_device: NULL argument");
@@ -414,11 +443,14 @@ kvarn_status kvarn_prepare(kvarn_runtime runtime, const char *spec, const char *
       jit = runtime->jit;
   }
   // Step 2. The kernel from the cache, or JIT on a miss; then the config's decode variants.
+  // Modules load in the runtime's context whichever thread calls (and a kernel another thread
+  // prepared first unloads in it).
   // Without the runtime's lock, so other threads' prepares (a per-step lookup above all) never
   // wait on a compile; the cache's getOrBuild builds each kernel once across threads and
   // processes. Where there are variants, the JIT builds every missing one first, in parallel
   // (each a compile of its own), so a cold start waits about one compile instead of one per
   // schedule.
+  ContextScope scope(runtime->context);
   std::vector<std::optional<kvarn::Error>> jitErrors(chosenVariants.size() + 1);
   if (!chosenVariants.empty() && jit) {
     std::vector<kvarn::Schedule> schedules = {*knobs};

@@ -749,8 +749,9 @@ TEST_F(CApiGpuTest, APrepareThatCompilesNeverHoldsUpAnotherThreadsPrepare) {
   EXPECT_NE(coldMessage.find("compile held by the test"), std::string::npos) << coldMessage;
 }
 
-/// Two threads preparing the same kernel on an empty cache at once: one build, and both get the
-/// same prepared kernel, which decodes.
+/// Two threads that never used CUDA (no current context) preparing the same kernel on an empty
+/// cache at once: one build, and both get the same prepared kernel, loaded in the runtime's
+/// context, which decodes.
 TEST_F(CApiGpuTest, TwoThreadsPreparingOneKernelShareOneBuild) {
   std::atomic<int> builds{0};
   setJitCompiler(

@@ -21,7 +21,8 @@ namespace kvarn {
   X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy) X(cuStreamCreate)                \
   X(cuStreamSynchronize) X(cuStreamDestroy) X(cuStreamBeginCapture) X(cuStreamEndCapture)        \
   X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy)                 \
-  X(cuGetErrorName) X(cuGetErrorString) X(cuDevicePrimaryCtxReset) X(cuCtxGetDevice)
+  X(cuGetErrorName) X(cuGetErrorString) X(cuDevicePrimaryCtxReset) X(cuCtxGetDevice)          \
+  X(cuCtxGetCurrent) X(cuCtxPushCurrent) X(cuCtxPopCurrent)
 
 /// Function table of the loaded driver.
 struct Driver {

@@ -2,7 +2,10 @@
  * last-error message. Kernels come from the artifact cache (memory, then disk) or, when a JIT
  * compiler is installed (libkvarn_jit: kvarn_jit_install), are compiled on a miss. After
  * kvarn_prepare, launches touch no filesystem and allocate nothing on the host, so they can be
- * captured in CUDA graphs. */
+ * captured in CUDA graphs. Any thread may call: kvarn_prepare loads its kernels in the runtime's
+ * GPU context whatever the calling thread's current context is (and compiles without blocking
+ * other threads' calls); launches run in the calling thread's current context, which must be
+ * that GPU's primary context (the CUDA runtime's after cudaSetDevice). */
 #ifndef KVARN_H
 #define KVARN_H
 
