@@ -49,7 +49,7 @@ struct kvarn_runtime_t {
   kvarn::JitCompiler jit;
   std::vector<kvarn::ConfigFile> configs; ///< configs_dir, then loaded bundles
   kvarn::TuningEnvironment environment;   ///< this GPU, for the config lookup
-  CUcontext context = nullptr;           ///< the device's primary context (openDevice)
+  CUcontext context = nullptr;            ///< the device's primary context (openDevice)
   std::mutex mutex;
   std::map<std::string, std::unique_ptr<kvarn_kernel_t>> kernels; ///< by prepared-kernel key
   std::map<std::string, kvarn_kernel_t *> byText; ///< by the caller's "spec|schedule" text
