@@ -430,8 +430,6 @@ Status benchAppend(const BenchOptions &o, const DeviceInfo &info, double bandwid
   return Status::success();
 }
 
-} // namespace
-
 /// A cold start: kvarn_prepare of `spec` on an empty cache directory with the JIT and the tuned
 /// configs in `configsDirectory` (its schedule and decode variants compiled), with the JIT's
 /// builds on at most `threads` threads (KVARN_HOST_THREADS). Returns the call's ms and, through
@@ -468,6 +466,8 @@ Expected<double> timeColdPrepare(const BenchOptions &o, const char *spec, int th
                      "cold kvarn_prepare of " + std::string(spec) + ": " + message);
   return ms;
 }
+
+} // namespace
 
 /// Hot-path kernel lookup: kvarn_prepare of a spec prepared before (what an engine calls per
 /// step), median over 20 batches of 100,000 calls, and the artifact cache's memory hit. Then a
