@@ -195,7 +195,8 @@ TuningEnvironment environmentOf(const DeviceInfo &d) {
 
 std::vector<std::optional<Error>> buildPreparedKernels(ArtifactCache &cache, const JitCompiler &jit,
                                                        const KernelSpec &spec,
-                                                       const std::vector<Schedule> &schedules) {
+                                                       const std::vector<Schedule> &schedules,
+                                                       int threads) {
   std::vector<std::string> keys;
   std::map<std::string, size_t> firstOf; // key -> its first position in `schedules`
   std::vector<size_t> builds;            // the first position of each distinct key
@@ -205,13 +206,16 @@ std::vector<std::optional<Error>> buildPreparedKernels(ArtifactCache &cache, con
       builds.push_back(i);
   }
   std::vector<std::optional<Error>> errors(schedules.size());
-  parallelFor(builds.size(), [&](size_t job) {
-    const size_t i = builds[job];
-    Expected<Artifact> artifact =
-        cache.getOrBuild(keys[i], [&]() { return jit(spec, schedules[i]); });
-    if (!artifact)
-      errors[i] = artifact.error();
-  });
+  parallelFor(
+      builds.size(),
+      [&](size_t job) {
+        const size_t i = builds[job];
+        Expected<Artifact> artifact =
+            cache.getOrBuild(keys[i], [&]() { return jit(spec, schedules[i]); });
+        if (!artifact)
+          errors[i] = artifact.error();
+      },
+      threads);
   for (size_t i = 0; i < schedules.size(); ++i)
     errors[i] = errors[firstOf.at(keys[i])];
   return errors;

@@ -110,9 +110,6 @@ TEST(ArtifactKey, EveryInputChangesTheKeyButFormattingDoesNot) {
 /// every missing kernel built once and concurrently, and stored; a cached one not rebuilt; a
 /// failed build reported at each position of its schedule and stored nowhere.
 TEST_F(CacheTest, PreparedKernelsBuildInParallelOnceEachAndReportFailuresWhereListed) {
-  const char *previous = std::getenv("KVARN_HOST_THREADS");
-  const std::string saved = previous ? previous : "";
-  setenv("KVARN_HOST_THREADS", "3", 1);
   ArtifactCache cache(options());
   const KernelSpec spec = *parseKernelSpec("decode:kvarn_k4v2_g128:d128:q8:f16:sm_90a");
   auto schedule = [](const char *text) { return *parseSchedule(text); };
@@ -142,11 +139,7 @@ TEST_F(CacheTest, PreparedKernelsBuildInParallelOnceEachAndReportFailuresWhereLi
     return artifactFor("built " + s.str());
   };
   const std::vector<std::optional<Error>> errors =
-      buildPreparedKernels(cache, jit, spec, schedules);
-  if (previous)
-    setenv("KVARN_HOST_THREADS", saved.c_str(), 1);
-  else
-    unsetenv("KVARN_HOST_THREADS");
+      buildPreparedKernels(cache, jit, spec, schedules, 3);
   EXPECT_EQ(peak, 3);
   EXPECT_EQ(calls, (std::map<std::string, int>{{schedule("warps=4").str(), 1},
                                                {schedule("warps=8").str(), 1},

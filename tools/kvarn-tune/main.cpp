@@ -19,15 +19,16 @@
 
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
-#include <iterator>
-#include <optional>
-#include <tuple>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
+#include <optional>
 #include <sstream>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -145,17 +146,19 @@ int runCompileTime(const std::vector<std::string> &specs, int repeats, bool nvrt
     std::sort(times.begin(), times.end());
     return times.empty() ? 0.0 : times[times.size() / 2];
   };
-  // repeats + 1 runs of `run`, the first a warm-up; the others' times in ms.
-  auto timed = [&](const auto &run) -> Expected<std::vector<double>> {
-    std::vector<double> times;
+  // repeats + 1 runs of `run` (which returns an Expected), the first a warm-up; the others'
+  // results.
+  auto timed = [&](const auto &run) {
+    using Result = std::decay_t<decltype(*run())>;
+    std::vector<Result> results;
     for (int k = 0; k <= repeats; ++k) {
-      Expected<double> ms = run();
-      if (!ms)
-        return ms.error();
+      Expected<Result> result = run();
+      if (!result)
+        return Expected<std::vector<Result>>(result.error());
       if (k > 0) // the first compile warms caches and the NVRTC library
-        times.push_back(*ms);
+        results.push_back(*result);
     }
-    return times;
+    return Expected<std::vector<Result>>(std::move(results));
   };
   auto fail = [](const Error &error) {
     std::fprintf(stderr, "kvarn-tune: %s\n", error.message.c_str());
@@ -187,21 +190,16 @@ int runCompileTime(const std::vector<std::string> &specs, int repeats, bool nvrt
     });
     if (!whole)
       return fail(whole.error());
-    std::vector<double> emit, ptx, ptxas;
-    Expected<std::vector<double>> stages = timed([&]() -> Expected<double> {
-      Expected<compiler::CompileStageTimes> t = compiler::timeCompileStages(spec, schedule);
-      if (!t)
-        return t.error();
-      emit.push_back(t->emitMs);
-      ptx.push_back(t->ptxMs);
-      ptxas.push_back(t->cubinMs - t->ptxMs);
-      return t->cubinMs;
-    });
+    Expected<std::vector<compiler::CompileStageTimes>> stages =
+        timed([&] { return compiler::timeCompileStages(spec, schedule); });
     if (!stages)
       return fail(stages.error());
-    // Drop the warm-up run's stage times, as `timed` does.
-    for (std::vector<double> *parts : {&emit, &ptx, &ptxas})
-      parts->erase(parts->begin());
+    std::vector<double> emit, ptx, ptxas;
+    for (const compiler::CompileStageTimes &t : *stages) {
+      emit.push_back(t.emitMs);
+      ptx.push_back(t.ptxMs);
+      ptxas.push_back(t.cubinMs - t.ptxMs);
+    }
     std::sort(whole->begin(), whole->end());
     std::printf("%-48s %10.1f %10.1f %10.1f | %10.1f %10.1f %10.1f\n", specs[index].c_str(),
                 median(*whole), whole->front(), whole->back(), median(emit), median(ptx),

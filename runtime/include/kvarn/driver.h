@@ -10,23 +10,21 @@
 
 namespace kvarn {
 
-#define KVARN_DRIVER_FUNCTIONS(X)                                                                  \
-  X(cuInit)                                                                                        \
-  X(cuDriverGetVersion) X(cuDeviceGet) X(cuDeviceGetCount) X(cuDeviceGetName)                      \
-      X(cuDeviceGetAttribute) X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease)             \
-          X(cuCtxSetCurrent) X(cuCtxSynchronize) X(cuModuleLoadData) X(cuModuleUnload) X(          \
-              cuModuleGetFunction) X(cuFuncSetAttribute) X(cuFuncGetAttribute) X(cuLaunchKernel)   \
-              X(cuLaunchKernelEx) X(cuModuleGetGlobal) X(cuMemAlloc) X(cuMemFree) X(cuMemcpyHtoD)  \
-                  X(cuMemcpyDtoH) X(cuMemcpyDtoD) X(cuMemsetD8) X(cuMemsetD32)                     \
-                      X(cuMemcpyHtoDAsync) X(cuMemcpyDtoDAsync) X(cuEventCreate) X(cuEventRecord)  \
-                          X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy)            \
-                              X(cuStreamCreate) X(cuStreamSynchronize) X(cuStreamDestroy)          \
-                                  X(cuStreamBeginCapture) X(cuStreamEndCapture)                    \
-                                      X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphExecDestroy) \
-                                          X(cuGraphDestroy) X(cuGetErrorName) X(cuGetErrorString)  \
-                                              X(cuDevicePrimaryCtxReset) X(cuCtxGetDevice)         \
-                                                  X(cuCtxGetCurrent) X(cuCtxPushCurrent)           \
-                                                      X(cuCtxPopCurrent)
+// clang-format off
+#define KVARN_DRIVER_FUNCTIONS(X)                                                                \
+  X(cuInit) X(cuDriverGetVersion) X(cuDeviceGet) X(cuDeviceGetCount) X(cuDeviceGetName)          \
+  X(cuDeviceGetAttribute) X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease)               \
+  X(cuCtxSetCurrent) X(cuCtxSynchronize) X(cuModuleLoadData) X(cuModuleUnload)                   \
+  X(cuModuleGetFunction) X(cuFuncSetAttribute) X(cuFuncGetAttribute) X(cuLaunchKernel)           \
+  X(cuLaunchKernelEx) X(cuModuleGetGlobal)                                                       \
+  X(cuMemAlloc) X(cuMemFree) X(cuMemcpyHtoD) X(cuMemcpyDtoH) X(cuMemcpyDtoD) X(cuMemsetD8)       \
+  X(cuMemsetD32) X(cuMemcpyHtoDAsync) X(cuMemcpyDtoDAsync) X(cuEventCreate) X(cuEventRecord)      \
+  X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventDestroy) X(cuStreamCreate)                \
+  X(cuStreamSynchronize) X(cuStreamDestroy) X(cuStreamBeginCapture) X(cuStreamEndCapture)        \
+  X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphExecDestroy) X(cuGraphDestroy)                 \
+  X(cuGetErrorName) X(cuGetErrorString) X(cuDevicePrimaryCtxReset) X(cuCtxGetDevice)             \
+  X(cuCtxGetCurrent) X(cuCtxPushCurrent) X(cuCtxPopCurrent)
+// clang-format on
 
 /// Function table of the loaded driver.
 struct Driver {

@@ -23,13 +23,15 @@ void setJitCompiler(kvarn_runtime runtime, JitCompiler compiler);
 std::string preparedKernelKey(const KernelSpec &spec, const Schedule &schedule);
 
 /// Builds with `jit` the prepared kernels of `schedules` that `cache` lacks, in parallel (one
-/// compile per thread, up to hostThreads()), each schedule once however often it is listed, and
+/// compile per thread, up to `threads`; 0: hostThreads()), each schedule once however often it
+/// is listed, and
 /// stores each one built (ArtifactCache::getOrBuild: once across threads and processes). Returns,
 /// per position of `schedules`, the error of its failed build, or nothing where the kernel was
 /// cached or built. kvarn_prepare builds a config's schedule and its decode variants so.
 std::vector<std::optional<Error>> buildPreparedKernels(ArtifactCache &cache, const JitCompiler &jit,
                                                        const KernelSpec &spec,
-                                                       const std::vector<Schedule> &schedules);
+                                                       const std::vector<Schedule> &schedules,
+                                                       int threads = 0);
 
 /// The bundle recompiled for `arch` from its CUDA sources and device-library headers (NVRTC,
 /// no compiler needed): entries get the spec with the new arch, its prepared-kernel key, fresh
