@@ -709,8 +709,8 @@ TEST(GpuFlush, EveryScheduleWritesTheSameRecords) {
   // CTAs of 128 to 1024 threads: one to four threads per row in the RTN and packing step, and
   // rows looped over when the CTA has fewer threads than the tile has rows; and register bounds
   // (min_ctas, in the tuner's search space) that let ptxas allocate the same code differently.
-  for (const char *schedule : {"warps=4", "warps=8", "warps=32", "warps=4,min_ctas=4",
-                               "warps=8,min_ctas=2"}) {
+  for (const char *schedule :
+       {"warps=4", "warps=8", "warps=32", "warps=4,min_ctas=4", "warps=8,min_ctas=2"}) {
     checkFlush("kvarn_k4v2_g128", 256, 4, 90, {}, schedule);
     checkFlush("kvarn_k2v2_g64", 64, 4, 91, {}, schedule);
     checkFlush("kvarn_k4v4_g128", 128, 4, 92, {}, schedule);

@@ -59,8 +59,8 @@ TEST(SearchSpace, EnumeratesEveryKnobCombinationOverTheDefaults) {
   for (const Schedule &s : flushSpace)
     if (staticPruneReason(flush, s).empty())
       kept.push_back(std::to_string(s.warps) + "x" + std::to_string(s.minCtas));
-  EXPECT_THAT(kept, ::testing::ElementsAre("4x0", "4x1", "4x4", "8x0", "8x1", "8x2", "16x0",
-                                           "16x1"));
+  EXPECT_THAT(kept,
+              ::testing::ElementsAre("4x0", "4x1", "4x4", "8x0", "8x1", "8x2", "16x0", "16x1"));
 }
 
 TEST(SelectSchedule, PicksTheFastestValidCandidateAndRecordsWhyOthersLost) {
