@@ -1,9 +1,10 @@
 // Tuner logic without a GPU: search space, pruning, selection with a fake measure.
+#include "kvarn/Autotune/Tuner.h"
 #include "kvarn/Autotune/Bench.h"
 #include "kvarn/Autotune/MultiDevice.h"
 #include "kvarn/Autotune/Timeline.h"
 #include "kvarn/Autotune/TimingInputs.h"
-#include "kvarn/Autotune/Tuner.h"
+#include "kvarn/configs.h"
 #include "kvarn/reference.h"
 
 #include <gmock/gmock.h>
@@ -61,6 +62,30 @@ TEST(SearchSpace, EnumeratesEveryKnobCombinationOverTheDefaults) {
       kept.push_back(std::to_string(s.warps) + "x" + std::to_string(s.minCtas));
   EXPECT_THAT(kept,
               ::testing::ElementsAre("4x0", "4x1", "4x4", "8x0", "8x1", "8x2", "16x0", "16x1"));
+}
+
+TEST(SearchSpace, EveryShippedScheduleIsACandidateTheTunerWouldMeasure) {
+  // The shipped configs come from tuning runs; a hand edit, or a search space or pruning rule
+  // changed after a run, must not leave a schedule the tuner would never measure.
+  std::vector<std::string> warnings;
+  const std::vector<ConfigFile> configs = loadConfigDirectory(KVARN_SHIPPED_CONFIGS_DIR, &warnings);
+  EXPECT_THAT(warnings, ::testing::IsEmpty());
+  ASSERT_FALSE(configs.empty()) << "no configs in " << KVARN_SHIPPED_CONFIGS_DIR;
+  int checked = 0;
+  auto check = [&](const KernelSpec &spec, const Schedule &schedule) {
+    const std::vector<Schedule> space = scheduleSearchSpace(spec.op);
+    EXPECT_NE(std::find(space.begin(), space.end(), schedule), space.end())
+        << spec.str() << ": " << schedule.str() << " is outside the search space";
+    EXPECT_EQ(staticPruneReason(spec, schedule), "") << spec.str() << ": " << schedule.str();
+    ++checked;
+  };
+  for (const ConfigFile &file : configs)
+    for (const TunedEntry &entry : file.entries) {
+      check(entry.spec, entry.schedule);
+      for (const ScheduleVariant &variant : entry.variants)
+        check(entry.spec, variant.schedule);
+    }
+  EXPECT_GT(checked, 69) << "every entry and variant of the H200 configs";
 }
 
 TEST(SelectSchedule, PicksTheFastestValidCandidateAndRecordsWhyOthersLost) {
