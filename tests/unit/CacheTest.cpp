@@ -3,6 +3,7 @@
 #include "kvarn/cache.h"
 #include "kvarn/jit.h"
 
+#include "../common/Seeds.h"
 #include "../common/TemporaryDirectory.h"
 
 #include <gmock/gmock.h>
@@ -502,7 +503,7 @@ TEST_F(CacheTest, ConcurrentWritersAndReadersNeverSeeATornEntry) {
 }
 
 TEST_F(CacheTest, WritersKilledAtRandomPointsLeaveOnlyValidEntriesOrMisses) {
-  std::mt19937 rng(7);
+  std::mt19937 rng(kvarn::testing::testSeed(7));
   const int keys = 6;
   for (int kill = 0; kill < 100; ++kill) {
     const pid_t pid = fork();

@@ -2,6 +2,8 @@
 #include "kvarn/reference.h"
 #include "kvarn/synthetic.h"
 
+#include "../common/Seeds.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -34,7 +36,7 @@ struct PagedFixture {
         layout(recordLayout(format)) {
     const size_t rowsTotal = size_t(blocks) * format.tileTokens * hk;
     const size_t elements = rowsTotal * headDim;
-    std::mt19937_64 rng(seed);
+    std::mt19937_64 rng(kvarn::testing::testSeed(seed));
     std::normal_distribution<float> normal;
     rawKey.resize(elements);
     rawValue.resize(elements);
@@ -78,7 +80,7 @@ Request makeRequest(const PagedFixture &f, int hq, std::vector<int32_t> seqLens,
   const int batch = int(seqLens.size()), maxBlocks = f.numBlocks;
   r.seqLens = std::move(seqLens);
   r.table.assign(size_t(batch) * maxBlocks, -1);
-  std::mt19937_64 rng(seed);
+  std::mt19937_64 rng(kvarn::testing::testSeed(seed));
   for (int b = 0; b < batch; ++b) {
     const int used = (r.seqLens[b] + f.format.tileTokens - 1) / f.format.tileTokens;
     for (int k = 0; k < used; ++k) // a different permutation of blocks per request
@@ -105,7 +107,7 @@ std::pair<std::vector<uint8_t>, std::vector<uint16_t>> cacheAndDecode(const char
   setenv("KVARN_HOST_THREADS", threads, 1);
   const Format format = *parseFormat("kvarn_k4v2_g64", 64);
   const std::vector<int32_t> lengths = {5 * 64 + 37, 3 * 64, 0, 2 * 64 + 1, 70 * 64};
-  synthetic::PagedCache cache(format, 3, lengths, 11);
+  synthetic::PagedCache cache(format, 3, lengths, kvarn::testing::testSeed(11));
   EXPECT_TRUE(cache.status);
   DecodeProblem problem;
   problem.format = format;
@@ -114,7 +116,8 @@ std::pair<std::vector<uint8_t>, std::vector<uint16_t>> cacheAndDecode(const char
   problem.numKvHeads = 3;
   problem.maxBlocksPerRequest = cache.maxBlocks;
   problem.dtype = DType::BF16;
-  std::vector<uint16_t> q = synthetic::randomQueries(size_t(problem.batch) * 12 * 64, DType::BF16, 12);
+  std::vector<uint16_t> q = synthetic::randomQueries(size_t(problem.batch) * 12 * 64, DType::BF16,
+                                                     kvarn::testing::testSeed(12));
   problem.query = q;
   problem.blockTable = cache.blockTable;
   problem.seqLens = cache.seqLens;
@@ -185,7 +188,7 @@ TEST(DecodeReference, Bf16OutputsAreTheFp16OutputsConvertedOnce) {
 
 TEST(DecodeReference, Bf16ErrorCountsWhatTheKernelAddsToTheRounding) {
   // x: exact outputs; expected: bf16(fp16(x)), the reference's bf16 outputs.
-  std::mt19937_64 rng(31);
+  std::mt19937_64 rng(kvarn::testing::testSeed(31));
   std::normal_distribution<float> normal;
   std::vector<float> x(4096), expected(x.size());
   auto bf16 = [](float v) {

@@ -2,6 +2,8 @@
 // decode workspace layout.
 #include "kvarn/launch.h"
 
+#include "../common/Seeds.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -197,7 +199,7 @@ TEST(DecodeWalk, InterleavedWalkStartsWhereItsFirstWindowOpensBeforeTheLengthIsK
 TEST(SplitDivisor, MatchesDivisionForEveryDivisorUpToTwoThousandAndAnyNumerator) {
   // The interleaved decode kernels' lookup window: a page distance over the walking splits
   // through a multiply-high.
-  std::mt19937 random(20261130);
+  std::mt19937 random(kvarn::testing::testSeed(20261130));
   for (uint32_t d = 1; d <= 2048; ++d) {
     const kvarn::UnsignedDivisor divisor = kvarn::unsignedDivisor(d);
     std::vector<uint32_t> numerators = {0u, 1u, d - 1, d, d + 1, 2 * d - 1, 0x7fffffffu,
