@@ -207,8 +207,8 @@ std::vector<Schedule> scheduleSearchSpace(OpKind op) {
   case OpKind::Decode:
   case OpKind::Extend:
     stages = {1, 2}; // 3 stages measured 1.7-2.7x slower than 1 on the H200 (docs/benchmarks.md)
-    // single, single-q and the centered variants round q' once: 0.92-1.23e-3 relative error at
-    // 128K tokens on the H200 (centered 3.9e-4 to 1.03e-3; three run seeds), growing with the
+    // single, single-q and the centered variants round q' once: 0.92-1.36e-3 relative error at
+    // 128K tokens on the H200 (centered 3.9e-4 to 1.29e-3; four run seeds), growing with the
     // scores' scale (centered 2.6e-3 at 8x), so they are explicit-only (docs/benchmarks.md).
     mma = {"m16n8k16", "m16n8k16.single-p"};
     // 6 warps x 2 CTAs or 12 x 1: 12 warps per SM at 168 registers (faster once the grid fills

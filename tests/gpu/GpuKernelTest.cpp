@@ -345,10 +345,10 @@ TEST(GpuDecode, LongContextAndSplitsAgree) {
   KVARN_REQUIRE_GPU();
   // Schedules the tuner may pick must meet 1e-3 at 128K tokens, in fp16 and in bf16 (there the
   // error beyond the output's own rounding: reference::decodeOutputError). The explicit-only
-  // values that round q' once are held to 2e-3: the centered ones measured 3.9e-4 to 1.03e-3
-  // over three run seeds (KVARN_TEST_SEED), so they do not reliably meet 1e-3 even at this
-  // score scale (PeakedScoresByMmaPrecision has larger ones); single and single-q, 0.92-1.23e-3,
-  // run in fp16 only. Bounds: fp16, bf16 (0: not run).
+  // values that round q' once are held to 2e-3: the centered ones measured 3.9e-4 to 1.29e-3
+  // over four run seeds (KVARN_TEST_SEED), so they do not meet 1e-3 even at this score scale
+  // (PeakedScoresByMmaPrecision has larger ones); single and single-q, 0.92-1.36e-3, run in
+  // fp16 only. Bounds: fp16, bf16 (0: not run).
   struct LongCase {
     const char *schedule;
     double f16, bf16;
@@ -412,9 +412,9 @@ TEST(GpuDecode, PeakedScoresByMmaPrecision) {
   // proportion to the scores' scale; rounding P' once errs relative to the weights.
   // The tuner's search space (two q' terms) holds 1e-3 at every scale; the explicit-only
   // variants that round q' once are held to bounds a little above what the H200 measured at
-  // scale 8 (centered: 2.6e-3, once: 4.2e-3), and the centered correction must lower the error
-  // of rounding q' once (measured: 16-59% off over the six problems and three run seeds; the
-  // least at score scale 3 with two requests, so no margin beyond "lower" is asserted).
+  // scale 8 (centered: 2.6e-3, once: 4.2e-3). The centered correction is not held to beat
+  // rounding q' once: over the six problems and four run seeds its error was 0.41 to 1.09
+  // times single-q's (worse at score scale 3, 128K tokens, KVARN_TEST_SEED=424242).
   struct Precision {
     const char *schedule;
     double bound;
@@ -438,18 +438,14 @@ TEST(GpuDecode, PeakedScoresByMmaPrecision) {
     }
   precompile(cases);
   for (DecodeCase dc : problems) {
-    std::map<std::string, double> errors; // by schedule
     for (const Precision &p : schedules) {
       dc.schedule = p.schedule;
       const double error = runDecode(dc, 501);
-      errors[p.schedule] = error;
       std::printf("[ decode   ] score scale %.0f, %zu request(s), %d tokens max, '%s': relative "
                   "error %.2e\n",
                   dc.scoreScale, dc.lengths.size(), dc.lengths.back(), p.schedule, error);
       EXPECT_LE(error, p.bound) << p.schedule << " at score scale " << dc.scoreScale;
     }
-    EXPECT_LT(errors["mma=m16n8k16.centered-q"], errors["mma=m16n8k16.single-q"])
-        << "score scale " << dc.scoreScale << ", " << dc.lengths.size() << " request(s)";
   }
 }
 
