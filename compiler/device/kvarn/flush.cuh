@@ -468,10 +468,29 @@ template <typename Ctx> __device__ __forceinline__ void resetScales(Ctx &c, int 
 /// is the last, takes the next iteration's column step from the column stds, each column's thread
 /// doing both, so one barrier later the next iteration's row sweep can start. EXACT: log and exp
 /// evaluated in double and rounded once (the K path); otherwise fp32 library functions.
+///
+/// The V path (not EXACT) computes its stds with other rounding than the reference, so where an
+/// iterate's imbalance ties the best one's to within that rounding (TIE_TOLERANCE) the two may
+/// choose differently; if the tied iterates' scales also differ by more than SCALE_TOLERANCE,
+/// the choice matters (the records would disagree in their scales, though not in what they
+/// reconstruct: a tile whose every log scale clamps has iterates that differ by a uniform factor
+/// and tie exactly). Then endIterate returns false, the same for every thread, and the caller
+/// takes the exact path; otherwise true.
+constexpr float TIE_TOLERANCE = 1e-4f, SCALE_TOLERANCE = 0.01f;
 template <bool EXACT, typename V, typename Ctx>
-__device__ __forceinline__ void endIterate(Ctx &c, float &best, bool first, bool last) {
+__device__ __forceinline__ bool endIterate(Ctx &c, float &best, bool first, bool last) {
   __syncthreads(); // the std vectors are complete
   const float current = imbalance<V>(c);
+  // CTA-uniform: every thread has the same current and best.
+  if (!EXACT && !first && fabsf(current - best) <= TIE_TOLERANCE * best) {
+    bool differ = false;
+    for (int k = threadIdx.x; k < V::COLS; k += Ctx::THREADS)
+      differ |= fabsf(c.colScale[k] - c.colBest[k]) > SCALE_TOLERANCE * c.colBest[k];
+    for (int k = threadIdx.x; k < V::ROWS; k += Ctx::THREADS)
+      differ |= fabsf(c.rowScale[k] - c.rowBest[k]) > SCALE_TOLERANCE * c.rowBest[k];
+    if (__syncthreads_or(int(differ)))
+      return false;
+  }
   const bool keep = first || current <= best; // iteration 0 sets best (the scales are all 1)
   best = keep ? current : best;
   for (int k = threadIdx.x; k < V::COLS; k += Ctx::THREADS) {
@@ -488,6 +507,7 @@ __device__ __forceinline__ void endIterate(Ctx &c, float &best, bool first, bool
     for (int k = threadIdx.x; k < V::ROWS; k += Ctx::THREADS)
       c.rowBest[k] = c.rowScale[k];
   __syncthreads(); // the new column scales (and the bests) are complete
+  return true;
 }
 
 /// Log-domain Sinkhorn normalization with best-iterate tracking (kvarn-format.md §4.1) of the
@@ -636,7 +656,8 @@ template <typename V, typename Ctx> __device__ __forceinline__ void columnSumsSc
 /// Where a row or column of M has a mean above MEAN_DOMINANCE times its std, the reference's
 /// one-pass variance cancels: its fp32 rounding noise then moves the scales by more than this
 /// path's own error, and codes near a rounding boundary follow the noise. Such a tile (and a
-/// tile with a constant line) returns false, and takes the exact path.
+/// tile with a constant line, and one whose iterates tie where the tie decides its scales:
+/// endIterate) returns false, and takes the exact path.
 template <int Iterations, int Tensor, typename Ctx>
 __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
   typedef TileView<Tensor, Ctx> V;
@@ -665,7 +686,7 @@ __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
   if (__syncthreads_or(int(cancels)))
     return false;
   float best = 0.0f; // set by iteration 0
-  endIterate<false, V>(c, best, true, Iterations == 0); // c_1 from the column stds of M
+  endIterate<false, V>(c, best, true, Iterations == 0); // c_1 from the column stds of M (no tie)
   for (int iteration = 0; iteration < Iterations; ++iteration) {
     rowSumsScaled<V>(c); // rowstd(M / c_new), r not applied
     __syncthreads();
@@ -682,7 +703,8 @@ __device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
     __syncthreads();
     for (int k = tid; k < C; k += Ctx::THREADS)
       c.colStd[k] = combinedStd<V::COL_SEGMENTS>(c, k, C, R) * c.colInverse[k];
-    endIterate<false, V>(c, best, false, iteration + 1 == Iterations);
+    if (!endIterate<false, V>(c, best, false, iteration + 1 == Iterations))
+      return false; // a tie the reference may break the other way
   }
   return true;
 }
