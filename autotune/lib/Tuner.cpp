@@ -997,8 +997,8 @@ private:
   size_t rows_ = 0;
 };
 
-/// Flush: 512 records (64 blocks x 8 kv heads) of random tiles; the K codes of a sample of
-/// records must equal the CPU reference's.
+/// Flush: 512 records (64 blocks x 8 kv heads) of random tiles; a sample of the records must
+/// equal the CPU reference's byte for byte.
 class FlushWorkload : public Workload {
 public:
   explicit FlushWorkload(const KernelSpec &spec) : spec_(spec), layout_(recordLayout(spec.format)) {
@@ -1032,9 +1032,12 @@ public:
                                             expected);
           !s)
         return s;
-      if (!std::equal(expected.begin(), expected.begin() + layout_.keyPackedBytes,
-                      records.begin() + size_t(e) * layout_.tileBytesAligned))
+      const auto actual = records.begin() + size_t(e) * layout_.tileBytesAligned;
+      if (!std::equal(expected.begin(), expected.begin() + layout_.keyPackedBytes, actual))
         return makeError(ErrorCode::InvalidData, "wrong results: K codes differ from the reference");
+      if (!std::equal(expected.begin(), expected.end(), actual))
+        return makeError(ErrorCode::InvalidData,
+                         "wrong results: a record's V codes or scales differ from the reference");
     }
     return Status::success();
   }

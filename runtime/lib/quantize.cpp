@@ -91,16 +91,12 @@ struct StdVectors {
   std::vector<float> rows, cols;
 };
 
-std::vector<float> rowStds(const std::vector<float> &x, int rows, int cols) {
-  std::vector<float> out(rows);
-  for (int r = 0; r < rows; ++r)
-    out[r] = sampleStd(&x[static_cast<size_t>(r) * cols], cols, 1);
-  return out;
-}
-
-StdVectors rowColStd(const std::vector<float> &x, int rows, int cols) {
+/// The row and column stds of a [rows][cols] matrix.
+StdVectors rowColStd(std::span<const float> x, int rows, int cols) {
   StdVectors out;
-  out.rows = rowStds(x, rows, cols);
+  out.rows.resize(rows);
+  for (int r = 0; r < rows; ++r)
+    out.rows[r] = sampleStd(&x[static_cast<size_t>(r) * cols], cols, 1);
   out.cols.resize(cols);
   for (int c = 0; c < cols; ++c)
     out.cols[c] = sampleStd(&x[c], rows, cols);
@@ -146,25 +142,38 @@ Normalization normalizeVariance(std::span<const float> matrix, int rows, int col
   Normalization result;
   result.colScale.assign(cols, 1.0f);
   result.rowScale.assign(rows, 1.0f);
-  std::vector<float> x(matrix.begin(), matrix.end());
-  // The stds of the current X: the column stds that start an iteration are the ones the previous
-  // iteration's imbalance measured (X has not changed since), so they are not recomputed.
-  StdVectors stds = rowColStd(x, rows, cols);
+  const size_t r = static_cast<size_t>(rows), c = static_cast<size_t>(cols);
+  // Iteration 0: the stds of M itself. Afterwards the column stds that start an iteration are the
+  // ones the previous iteration's imbalance measured (X has not changed since).
+  StdVectors stds = rowColStd(matrix, rows, cols);
   result.imbalance = imbalanceOf(stds);
-  std::vector<float> logc(cols, 0.0f), logr(rows, 0.0f), expc(cols, 1.0f), expr(rows, 1.0f);
+  std::vector<float> logc(c, 0.0f), logr(r, 0.0f), expc(c, 1.0f), expr(r, 1.0f);
+  std::vector<float> inverse(std::max(r, c)), y(matrix.size());
   for (int it = 1; it <= iterations; ++it) {
-    for (int c = 0; c < cols; ++c) {
-      logc[c] = clampf(logc[c] + logRounded(clampf(stds.cols[c], 1e-3f, 1e3f)), -0.3f, 10.0f);
-      expc[c] = expRounded(logc[c]);
+    for (size_t j = 0; j < c; ++j) {
+      logc[j] = clampf(logc[j] + logRounded(clampf(stds.cols[j], 1e-3f, 1e3f)), -0.3f, 10.0f);
+      expc[j] = expRounded(logc[j]);
+      inverse[j] = 1.0f / expc[j];
     }
-    applyScales(matrix, expc, expr, rows, cols, x);
-    const std::vector<float> rowStd = rowStds(x, rows, cols);
-    for (int r = 0; r < rows; ++r) {
-      logr[r] = clampf(logr[r] + logRounded(clampf(rowStd[r], 1e-3f, 1e3f)), -0.3f, 10.0f);
-      expr[r] = expRounded(logr[r]);
+    // Row stds of X = M / c / r as rowstd(M * (1/c)) / r: the old r's for the row step, the new
+    // ones for the imbalance.
+    for (size_t i = 0; i < r; ++i)
+      for (size_t j = 0; j < c; ++j)
+        y[i * c + j] = matrix[i * c + j] * inverse[j];
+    for (size_t i = 0; i < r; ++i) {
+      const float unscaled = sampleStd(&y[i * c], c, 1);
+      logr[i] = clampf(logr[i] + logRounded(clampf(unscaled / expr[i], 1e-3f, 1e3f)), -0.3f, 10.0f);
+      expr[i] = expRounded(logr[i]);
+      stds.rows[i] = unscaled / expr[i];
     }
-    applyScales(matrix, expc, expr, rows, cols, x);
-    stds = rowColStd(x, rows, cols);
+    // Column stds as colstd(M * (1/r)) / c.
+    for (size_t i = 0; i < r; ++i)
+      inverse[i] = 1.0f / expr[i];
+    for (size_t i = 0; i < r; ++i)
+      for (size_t j = 0; j < c; ++j)
+        y[i * c + j] = matrix[i * c + j] * inverse[i];
+    for (size_t j = 0; j < c; ++j)
+      stds.cols[j] = sampleStd(&y[j], r, c) / expc[j];
     const float imbalance = imbalanceOf(stds);
     if (imbalance <= result.imbalance) { // ties: the later iterate wins
       result.imbalance = imbalance;

@@ -3,19 +3,19 @@
 // (block, kv head) entry: of the 2E CTAs, CTA e handles entry e's K tile and CTA E + e its V
 // tile, and each building block acts only on its CTA's tensor.
 //
-// The K path keeps the reference's arithmetic (kvarn-format.md §4.1): every element of
-// X = M / c[col] / r[row] is two correctly rounded fp32 divisions and the stds are one-pass fp32
-// sums added in the CPU reference's fixed pairwise tree (sampleStd in reference.h), so the
-// records agree code for code with the CPU reference and the golden records.
+// Both tensors take the same arithmetic, the CPU reference's (normalizeVariance in reference.h),
+// so the records agree with it bit for bit: the stds of X = M / c / r in their factored form,
+// rowstd(X) = rowstd(M * (1/c)) / r and colstd(X) = colstd(M * (1/r)) / c, each product rounded
+// in fp32 and the one-pass sums added in the CPU reference's fixed pairwise tree (sampleStd).
 // Shared memory holds M itself, in fp16 as the pool has it (half the bytes of an fp32 buffer, so
-// more tiles fit an SM at once), and each sweep computes the X it needs from M on the fly. A
-// thread owns a block of rows x 8 columns and a warp a tile of 4 x 8 blocks (blockSums), so one
-// sweep yields both the row and the column sums of the same elements. Per iteration:
-//   row stds of M / c_new / r_old            two divisions per element, summed on the fly
-//   row and column stds of M / c_new / r_new  the same with the new row scales, both trees
-// then the best-iterate update and the next column step in one phase (endIterate).
-// The V path (normalizeTileWithinTolerance) meets the format's V tolerance with fp32 sweeps and
-// no division per element; a V tile whose means dominate takes the exact path.
+// more tiles fit an SM at once), and each sweep computes the products it sums from M on the fly.
+// A thread owns a block of rows x 8 columns and a warp a tile of 4 x 8 blocks (blockSums). Per
+// iteration:
+//   row sums of M * (1/c_new)      one product per element: rowstd with r_old, then with r_new
+//   column sums of M * (1/r_new)   one product per element: colstd
+// then the best-iterate update and the next column step in one phase (endIterate). Iteration 0
+// sums M itself, rows and columns in one sweep. RTN takes N = M / best_c / best_r with two
+// correctly rounded divisions (quantizePack), as the reference.
 #pragma once
 
 #include "kvarn/common.cuh"
@@ -92,17 +92,9 @@ struct FlushContext {
 template <int Tensor, typename Ctx> struct TileView {
   static constexpr int ROWS = Tensor == 0 ? Ctx::HD : Ctx::TG;
   static constexpr int COLS = Tensor == 0 ? Ctx::TG : Ctx::HD;
-  /// fp16 elements per row of the M buffer (K rows start 16-byte aligned, V rows 8-byte).
-  static constexpr int STRIDE = COLS + FlushSharedLayout::rowPad(Tensor == 0);
-  static constexpr int CHUNKS = COLS / 4; ///< four-column chunks per row
-  /// Row chains: each row split into ROW_SEGMENTS runs of chunks. Column chains: each column
-  /// split into COL_SEGMENTS runs of rows (FlushSharedLayout, which sizes the partials).
-  static constexpr int ROW_SEGMENTS = FlushSharedLayout::rowSegments(Ctx::THREADS, ROWS, COLS);
-  static constexpr int COL_SEGMENTS = FlushSharedLayout::columnSegments(Ctx::THREADS, ROWS, COLS);
-  static_assert(CHUNKS % ROW_SEGMENTS == 0 && ROWS % COL_SEGMENTS == 0, "chain split");
-  static_assert(ROWS * ROW_SEGMENTS <= Ctx::PARTIALS && COLS * COL_SEGMENTS <= Ctx::PARTIALS,
-                "partial sums fit");
-  /// The exact path's blocks (FlushSharedLayout::blockRows): BLOCK_ROWS x 8 elements per thread,
+  /// fp16 elements per row of the M buffer (rows start 16-byte aligned).
+  static constexpr int STRIDE = COLS + FlushSharedLayout::ROW_PAD;
+  /// The sweeps' blocks (FlushSharedLayout::blockRows): BLOCK_ROWS x 8 elements per thread,
   /// a warp's lanes a 4 x 8 grid of blocks, tiles of TILE_ROWS x 64 taken by the warps in turn.
   static constexpr int BLOCK_ROWS = FlushSharedLayout::blockRows(Ctx::THREADS, ROWS, COLS);
   static constexpr int TILE_ROWS = 4 * BLOCK_ROWS;
@@ -167,19 +159,6 @@ __device__ __forceinline__ float4 loadHalf4(const Half *src) {
   return make_float4(a.x, a.y, b.x, b.y);
 }
 
-/// One element of X = M / c[col] / r[row]: two correctly rounded divisions, by the column scale
-/// first (the reference's order); DIVIDE off: scales of 1, no division.
-template <bool DIVIDE>
-__device__ __forceinline__ float scaled(float m, float colScale, float colInverse, float rowScale,
-                                        float rowInverse) {
-  return DIVIDE ? divideExact(divideExact(m, colScale, colInverse), rowScale, rowInverse) : m;
-}
-/// Element (row, col) of M as a float.
-template <typename V, typename Ctx>
-__device__ __forceinline__ float elementOf(const Ctx &c, int row, int col) {
-  return halfToFloat(c.m[row * V::STRIDE + col]);
-}
-
 /// Loads the pool tile of tensor `Tensor` into the M buffer if it is this CTA's tensor; a tile
 /// holding NaN/Inf sets status bit 0 and leaves its record alone. A thread reads eight channels of
 /// one token (16 bytes). For V (rows = tokens) a warp reads consecutive pieces of token rows; for
@@ -221,10 +200,9 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
         c.m[(channel + 2 * w) * V::STRIDE + token] = Half{(unsigned short)(words[w] & 0xffffu)};
         c.m[(channel + 2 * w + 1) * V::STRIDE + token] = Half{(unsigned short)(words[w] >> 16)};
       }
-    } else { // V: token-major rows (8-byte aligned)
-      uint2 *dst = reinterpret_cast<uint2 *>(c.m + token * V::STRIDE + channel);
-      dst[0] = make_uint2(words[0], words[1]);
-      dst[1] = make_uint2(words[2], words[3]);
+    } else { // V: token-major rows (16-byte aligned)
+      *reinterpret_cast<uint4 *>(c.m + token * V::STRIDE + channel) =
+          make_uint4(words[0], words[1], words[2], words[3]);
     }
   }
   const bool bad = __syncthreads_or(int((nonFinite & 0x80008000u) != 0)) != 0;
@@ -301,21 +279,26 @@ __device__ __forceinline__ ColumnSums columnTree(const Row &row, int first) {
   }
 }
 
-/// One sweep of the exact path over X = M / c / r (DIVIDE; M itself otherwise). Each thread
-/// computes the elements of its block once (TileView::BLOCK_ROWS rows x 8 columns) and adds its
-/// rows' runs of 8 and, with COLUMNS, its columns' runs of BLOCK_ROWS as pairwise trees; the
-/// lanes of a warp then add their runs (laneTreeSums) up to runs of 64 columns and TILE_ROWS rows.
-/// Row partials go to partials[segment * ROWS + row], column partials to
+/// What a sweep of blockSums sums: M itself, M * (1/c[col]) or M * (1/r[row]), each product
+/// rounded in fp32.
+enum class Scale { None, ByColumn, ByRow };
+
+/// One sweep over the products `S` of M (see Scale). Each thread computes the products of its
+/// block once (TileView::BLOCK_ROWS rows x 8 columns) and adds, with ROW_SUMS, its rows' runs of 8
+/// and, with COLUMN_SUMS, its columns' runs of BLOCK_ROWS as pairwise trees; the lanes of a warp
+/// then add their runs (laneTreeSums) up to runs of 64 columns and TILE_ROWS rows. Row partials go
+/// to partials[segment * ROWS + row], column partials to
 /// partials[ROWS * BLOCK_ROW_SEGMENTS + segment * COLS + col]. Per element: one fp16 load (16
-/// bytes per 8 for K rows), two divisions, x * x, and the adds of one or both trees.
-template <bool DIVIDE, bool COLUMNS, typename V, typename Ctx>
+/// bytes per 8 for K rows), one product, its square, and the adds of one or both trees.
+template <Scale S, bool ROW_SUMS, bool COLUMN_SUMS, typename V, typename Ctx>
 __device__ __forceinline__ void blockSums(Ctx &c) {
+  static_assert(ROW_SUMS || COLUMN_SUMS, "a sweep sums rows, columns or both");
   constexpr int RB = V::BLOCK_ROWS;
   const int laneRow = c.lane / 8, laneCol = c.lane % 8;
-  // Slot i of the block's rows holds row i ^ rowPerm and, with COLUMNS, slot pair k of its
+  // Slot i of the block's rows holds row i ^ rowPerm and, with COLUMN_SUMS, slot pair k of its
   // columns holds columns 2 (k ^ pairPerm) and + 1, the orders laneTreeSums takes.
-  const int rowPerm = laneTreeFirst<RB, 1, 3>(c.lane);
-  const int pairPerm = COLUMNS ? laneTreeFirst<8, 8, 2>(c.lane) / 2 : 0;
+  const int rowPerm = ROW_SUMS ? laneTreeFirst<RB, 1, 3>(c.lane) : 0;
+  const int pairPerm = COLUMN_SUMS ? laneTreeFirst<8, 8, 2>(c.lane) / 2 : 0;
   float2 *rowPartials = c.partials;
   float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
   // A loop of a fixed trip count (tiles are dealt to warps in turn; a warp with no tile left skips
@@ -327,17 +310,17 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
       break;
     const int tileRow = tile / V::BLOCK_ROW_SEGMENTS, tileCol = tile % V::BLOCK_ROW_SEGMENTS;
     const int row0 = tileRow * V::TILE_ROWS + laneRow * RB, col0 = tileCol * 64 + 8 * laneCol;
-    // The column scales are read again for every row (broadcast loads) rather than kept: the
-    // column trees' partial sums need the registers.
-    const float *colScale = c.colScale + col0, *colInverse = c.colInverse + col0;
-    // Slot `slot` of the block's rows (row slot ^ rowPerm): its eight elements, their row run's
+    // The column inverses are read again for every row (broadcast loads) rather than kept: the
+    // trees' partial sums need the registers.
+    const float *colInverse = c.colInverse + col0;
+    // Slot `slot` of the block's rows (row slot ^ rowPerm): its eight products, their row run's
     // sums into rows[slot], and the column leaves (in slot order).
     float2 rows[RB];
     auto row = [&](int slot) {
       const int i = slot ^ rowPerm;
       const Half *src = c.m + (row0 + i) * V::STRIDE + col0;
       uint32_t w[4];
-      if constexpr (COLUMNS) { // the pairs in slot order
+      if constexpr (COLUMN_SUMS) { // the pairs in slot order
 #pragma unroll
         for (int k = 0; k < 4; ++k)
           w[k] = *reinterpret_cast<const uint32_t *>(src + 2 * (k ^ pairPerm));
@@ -349,39 +332,43 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
         const uint2 b = reinterpret_cast<const uint2 *>(src)[1];
         w[0] = a.x, w[1] = a.y, w[2] = b.x, w[3] = b.y;
       }
-      const float rowScale = DIVIDE ? c.rowScale[row0 + i] : 1.0f;
-      const float rowInverse = DIVIDE ? c.rowInverse[row0 + i] : 1.0f;
+      const float rowInverse = S == Scale::ByRow ? c.rowInverse[row0 + i] : 1.0f;
       ColumnSums leaves;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const int pair = k ^ pairPerm;
-        const float2 s = DIVIDE ? *reinterpret_cast<const float2 *>(colScale + 2 * pair)
-                                : make_float2(1.0f, 1.0f);
-        const float2 inv = DIVIDE ? *reinterpret_cast<const float2 *>(colInverse + 2 * pair)
-                                  : make_float2(1.0f, 1.0f);
         const float2 m = unpackHalf2(w[k]);
-        leaves.v[2 * k] = leafSums(scaled<DIVIDE>(m.x, s.x, inv.x, rowScale, rowInverse));
-        leaves.v[2 * k + 1] = leafSums(scaled<DIVIDE>(m.y, s.y, inv.y, rowScale, rowInverse));
+        float2 x = m;
+        if constexpr (S == Scale::ByColumn) {
+          const float2 inv = *reinterpret_cast<const float2 *>(colInverse + 2 * pair);
+          x = make_float2(__fmul_rn(m.x, inv.x), __fmul_rn(m.y, inv.y));
+        } else if constexpr (S == Scale::ByRow) {
+          x = make_float2(__fmul_rn(m.x, rowInverse), __fmul_rn(m.y, rowInverse));
+        }
+        leaves.v[2 * k] = leafSums(x.x);
+        leaves.v[2 * k + 1] = leafSums(x.y);
       }
-      rows[slot] = treeSums<8>([&](int j) { return leaves.v[j]; }, 0);
+      if constexpr (ROW_SUMS)
+        rows[slot] = treeSums<8>([&](int j) { return leaves.v[j]; }, 0);
       return leaves;
     };
     ColumnSums cols;
-    if (COLUMNS) {
+    if constexpr (COLUMN_SUMS) {
       cols = columnTree<RB>(row, 0);
     } else {
 #pragma unroll
       for (int i = 0; i < RB; ++i)
         row(i);
     }
-    // The lanes' runs, added across the warp in one group of shuffles per tile.
-    laneTreeSums<RB, 1, 3>(rows);
-    if ((c.lane & laneTreeCopies<RB, 1, 3>()) == 0) {
+    if constexpr (ROW_SUMS) { // the lanes' runs, added across the warp
+      laneTreeSums<RB, 1, 3>(rows);
+      if ((c.lane & laneTreeCopies<RB, 1, 3>()) == 0) {
 #pragma unroll
-      for (int k = 0; k < (RB >= 8 ? RB / 8 : 1); ++k)
-        rowPartials[tileCol * V::ROWS + row0 + rowPerm + k] = rows[k];
+        for (int k = 0; k < (RB >= 8 ? RB / 8 : 1); ++k)
+          rowPartials[tileCol * V::ROWS + row0 + rowPerm + k] = rows[k];
+      }
     }
-    if (COLUMNS) {
+    if constexpr (COLUMN_SUMS) {
       laneTreeSums<8, 8, 2>(cols.v);
 #pragma unroll
       for (int k = 0; k < 2; ++k)
@@ -396,13 +383,7 @@ template <int SEGMENTS>
 __device__ __forceinline__ float2 lineSums(const float2 *partials, int k, int lines) {
   return treeSums<SEGMENTS>([&](int s) { return partials[s * lines + k]; }, 0);
 }
-template <int SEGMENTS, typename Ctx>
-__device__ __forceinline__ float combinedStd(const Ctx &c, int k, int lines, int count) {
-  const float2 sums = lineSums<SEGMENTS>(c.partials, k, lines);
-  return sampleStd(sums.x, sums.y, count);
-}
-
-/// rowStd and colStd from the partial sums of a sweep with COLUMNS (blockSums).
+/// rowStd and colStd from the partial sums of a sweep with both trees (blockSums).
 template <typename V, typename Ctx> __device__ __forceinline__ void blockStds(Ctx &c) {
   const float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
   for (int k = threadIdx.x; k < V::ROWS + V::COLS; k += Ctx::THREADS) {
@@ -466,31 +447,13 @@ template <typename Ctx> __device__ __forceinline__ void resetScales(Ctx &c, int 
 /// are being written: waits for them, keeps the current scales as the best iterate if its
 /// imbalance is at most `best` (ties: the later iterate wins; iteration 0 always), and, unless it
 /// is the last, takes the next iteration's column step from the column stds, each column's thread
-/// doing both, so one barrier later the next iteration's row sweep can start. EXACT: log and exp
-/// evaluated in double and rounded once (the K path); otherwise fp32 library functions.
-///
-/// The V path (not EXACT) computes its stds with other rounding than the reference, so where an
-/// iterate's imbalance ties the best one's to within that rounding (TIE_TOLERANCE) the two may
-/// choose differently; if the tied iterates' scales also differ by more than SCALE_TOLERANCE,
-/// the choice matters (the records would disagree in their scales, though not in what they
-/// reconstruct: a tile whose every log scale clamps has iterates that differ by a uniform factor
-/// and tie exactly). Then endIterate returns false, the same for every thread, and the caller
-/// takes the exact path; otherwise true.
-constexpr float TIE_TOLERANCE = 1e-4f, SCALE_TOLERANCE = 0.01f;
-template <bool EXACT, typename V, typename Ctx>
-__device__ __forceinline__ bool endIterate(Ctx &c, float &best, bool first, bool last) {
+/// doing both, so one barrier later the next iteration's row sweep can start. log and exp are
+/// evaluated in double and rounded once, as the CPU reference does.
+template <typename V, typename Ctx>
+__device__ __forceinline__ void endIterate(Ctx &c, float &best, bool first, bool last) {
   __syncthreads(); // the std vectors are complete
   const float current = imbalance<V>(c);
   // CTA-uniform: every thread has the same current and best.
-  if (!EXACT && !first && fabsf(current - best) <= TIE_TOLERANCE * best) {
-    bool differ = false;
-    for (int k = threadIdx.x; k < V::COLS; k += Ctx::THREADS)
-      differ |= fabsf(c.colScale[k] - c.colBest[k]) > SCALE_TOLERANCE * c.colBest[k];
-    for (int k = threadIdx.x; k < V::ROWS; k += Ctx::THREADS)
-      differ |= fabsf(c.rowScale[k] - c.rowBest[k]) > SCALE_TOLERANCE * c.rowBest[k];
-    if (__syncthreads_or(int(differ)))
-      return false;
-  }
   const bool keep = first || current <= best; // iteration 0 sets best (the scales are all 1)
   best = keep ? current : best;
   for (int k = threadIdx.x; k < V::COLS; k += Ctx::THREADS) {
@@ -498,8 +461,8 @@ __device__ __forceinline__ bool endIterate(Ctx &c, float &best, bool first, bool
       c.colBest[k] = c.colScale[k];
     if (!last) {
       const float std = clampf(c.colStd[k], 1e-3f, 1e3f);
-      c.colLog[k] = clampf(c.colLog[k] + (EXACT ? logRounded(std) : logf(std)), -0.3f, 10.0f);
-      c.colScale[k] = EXACT ? expRounded(c.colLog[k]) : expf(c.colLog[k]);
+      c.colLog[k] = clampf(c.colLog[k] + logRounded(std), -0.3f, 10.0f);
+      c.colScale[k] = expRounded(c.colLog[k]);
       c.colInverse[k] = 1.0f / c.colScale[k];
     }
   }
@@ -507,11 +470,11 @@ __device__ __forceinline__ bool endIterate(Ctx &c, float &best, bool first, bool
     for (int k = threadIdx.x; k < V::ROWS; k += Ctx::THREADS)
       c.rowBest[k] = c.rowScale[k];
   __syncthreads(); // the new column scales (and the bests) are complete
-  return true;
 }
 
 /// Log-domain Sinkhorn normalization with best-iterate tracking (kvarn-format.md §4.1) of the
-/// tile `Tensor` (compile-time shape).
+/// tile `Tensor` (compile-time shape), in the CPU reference's factored arithmetic (see the top of
+/// this file).
 template <int Iterations, int Tensor, typename Ctx>
 __device__ __forceinline__ void normalizeTile(Ctx &c) {
   typedef TileView<Tensor, Ctx> V;
@@ -520,204 +483,42 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
   resetScales(c, tid);
   __syncthreads();
   // Iteration 0: the stds of M itself.
-  blockSums<false, true, V>(c);
+  blockSums<Scale::None, true, true, V>(c);
   __syncthreads();
   blockStds<V>(c);
   float best = 0.0f; // set by iteration 0
-  endIterate<true, V>(c, best, true, Iterations == 0); // c_1 from the column stds of M
+  endIterate<V>(c, best, true, Iterations == 0); // c_1 from the column stds of M
+  const float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
   for (int iteration = 0; iteration < Iterations; ++iteration) {
-    blockSums<true, false, V>(c); // rows of X = M / c_new / r_old
+    blockSums<Scale::ByColumn, true, false, V>(c); // rows of M * (1/c_new)
     __syncthreads();
     for (int k = tid; k < R; k += Ctx::THREADS) {
       const float2 sums = lineSums<V::BLOCK_ROW_SEGMENTS>(c.partials, k, R);
-      const float previous = sampleStd(sums.x, sums.y, C); // X with the old r
+      const float unscaled = sampleStd(sums.x, sums.y, C);
+      const float previous = __fdiv_rn(unscaled, c.rowScale[k]); // X with the old r
       c.rowLog[k] = clampf(c.rowLog[k] + logRounded(clampf(previous, 1e-3f, 1e3f)), -0.3f, 10.0f);
       c.rowScale[k] = expRounded(c.rowLog[k]);
       c.rowInverse[k] = 1.0f / c.rowScale[k];
+      c.rowStd[k] = __fdiv_rn(unscaled, c.rowScale[k]); // X with the new r
     }
     __syncthreads();
-    blockSums<true, true, V>(c); // X = M / c_new / r_new: its row and column sums in one sweep
+    blockSums<Scale::ByRow, false, true, V>(c); // columns of M * (1/r_new)
     __syncthreads();
-    blockStds<V>(c);
-    endIterate<true, V>(c, best, false, iteration + 1 == Iterations);
-  }
-}
-
-/// chain(k) for this thread's chains k = threadIdx.x, threadIdx.x + THREADS, ... < CHAINS, in a
-/// loop of a fixed trip count that is unrolled, so a thread's chains are independent work the
-/// compiler interleaves (each chain's own order of adds is unchanged).
-template <int CHAINS, int THREADS, typename Chain>
-__device__ __forceinline__ void forEachChain(const Chain &chain) {
-#pragma unroll
-  for (int i = 0; i < (CHAINS + THREADS - 1) / THREADS; ++i) {
-    const int k = int(threadIdx.x) + i * THREADS;
-    if (CHAINS % THREADS == 0 || k < CHAINS)
-      chain(k);
-  }
-}
-
-__device__ __forceinline__ void accumulateShifted(float &sum, float &sumSquares, float value) {
-  sum += value;
-  sumSquares = fmaf(value, value, sumSquares);
-}
-
-/// |mean| > MEAN_DOMINANCE * std for a line of `count` elements whose shifted sum is
-/// `shiftedSum` (shifted by `shift`, its first element).
-constexpr float MEAN_DOMINANCE = 8.0f;
-__device__ __forceinline__ bool meanDominates(float shift, float shiftedSum, int count, float std) {
-  return fabsf(shift + float(shiftedSum) / float(count)) > MEAN_DOMINANCE * std;
-}
-
-/// Row sums of M * (1 / c[col]) in fp32, shifted by the row's first such product (so a
-/// constant row sums to exactly zero and the one-pass variance does not cancel), into the
-/// partials: chain k = segment * ROWS + row.
-template <typename V, typename Ctx> __device__ __forceinline__ void rowSumsScaled(Ctx &c) {
-  constexpr int PER = V::CHUNKS / V::ROW_SEGMENTS;
-  forEachChain<V::ROWS * V::ROW_SEGMENTS, Ctx::THREADS>([&](int chain) {
-    const int row = chain % V::ROWS, segment = chain / V::ROWS;
-    const Half *line = c.m + row * V::STRIDE;
-    const float shift = halfToFloat(line[0]) * c.colInverse[0];
-    const Half *values = line + 4 * PER * segment;
-    const float4 *inverses = reinterpret_cast<const float4 *>(c.colInverse + 4 * PER * segment);
-    float sum = 0.0f, sumSquares = 0.0f;
-#pragma unroll 4
-    for (int k = 0; k < PER; ++k) {
-      const float4 m = loadHalf4(values + 4 * k), inverse = inverses[k];
-      accumulateShifted(sum, sumSquares, m.x * inverse.x - shift);
-      accumulateShifted(sum, sumSquares, m.y * inverse.y - shift);
-      accumulateShifted(sum, sumSquares, m.z * inverse.z - shift);
-      accumulateShifted(sum, sumSquares, m.w * inverse.w - shift);
+    for (int k = tid; k < C; k += Ctx::THREADS) {
+      const float2 sums = lineSums<V::BLOCK_COL_SEGMENTS>(colPartials, k, C);
+      c.colStd[k] = __fdiv_rn(sampleStd(sums.x, sums.y, R), c.colScale[k]);
     }
-    c.partials[chain] = make_float2(sum, sumSquares);
-  });
-}
-
-/// W consecutive elements of M (4W-byte aligned, W = 1, 2 or 4) as floats.
-template <int W> __device__ __forceinline__ void loadHalves(const Half *src, float (&out)[W]) {
-  static_assert(W == 1 || W == 2 || W == 4, "one, two or four halves");
-  if constexpr (W == 4) {
-    const float4 v = loadHalf4(src);
-    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-  } else if constexpr (W == 2) {
-    const float2 v = unpackHalf2(*reinterpret_cast<const uint32_t *>(src));
-    out[0] = v.x, out[1] = v.y;
-  } else {
-    out[0] = halfToFloat(*src);
+    endIterate<V>(c, best, false, iteration + 1 == Iterations);
   }
 }
 
-/// Column sums of M * (1 / r[row]) in fp32, shifted by the column's first such product, into
-/// the partials: chain k = segment * COLS + col. A thread takes the chains of W adjacent columns
-/// of one segment together (one load of M and one row inverse per row for all W; W = 4 unless
-/// that would leave threads without chains), each chain adding its elements in row order as on
-/// its own.
-template <typename V, typename Ctx> __device__ __forceinline__ void columnSumsScaled(Ctx &c) {
-  constexpr int PER = V::ROWS / V::COL_SEGMENTS;
-  constexpr int W = V::COLS / 4 * V::COL_SEGMENTS >= Ctx::THREADS   ? 4
-                    : V::COLS / 2 * V::COL_SEGMENTS >= Ctx::THREADS ? 2
-                                                                    : 1;
-  constexpr int GROUPS = V::COLS / W;
-  static_assert(V::COLS % W == 0 && V::STRIDE % W == 0, "aligned column groups");
-  forEachChain<GROUPS * V::COL_SEGMENTS, Ctx::THREADS>([&](int group) {
-    const int col = W * (group % GROUPS), segment = group / GROUPS;
-    const float first = c.rowInverse[0];
-    float shift[W], sum[W], sumSquares[W];
-    loadHalves<W>(c.m + col, shift);
-#pragma unroll
-    for (int j = 0; j < W; ++j) {
-      shift[j] *= first;
-      sum[j] = sumSquares[j] = 0.0f;
-    }
-    const Half *line = c.m + PER * segment * V::STRIDE + col;
-    const float *inverses = c.rowInverse + PER * segment;
-#pragma unroll 8
-    for (int k = 0; k < PER; ++k) {
-      float m[W];
-      loadHalves<W>(line + k * V::STRIDE, m);
-      const float inverse = inverses[k];
-#pragma unroll
-      for (int j = 0; j < W; ++j)
-        accumulateShifted(sum[j], sumSquares[j], m[j] * inverse - shift[j]);
-    }
-#pragma unroll
-    for (int j = 0; j < W; ++j)
-      c.partials[segment * V::COLS + col + j] = make_float2(sum[j], sumSquares[j]);
-  });
-}
-
-/// The Sinkhorn normalization of a V tile, to the format's tolerance for V (kvarn-format.md §7:
-/// >= 99.9% of V code bytes equal, scales within 2%) rather than the K path's exact arithmetic.
-/// The stds factor: rowstd(M / c / r) = rowstd(M / c) / r and colstd(M / c / r) =
-/// colstd(M / r) / c, so an iteration is two fp32 sweeps over M (rows times 1 / c, columns
-/// times 1 / r) with no divisions per element, against six divisions per element on the exact
-/// path. The iteration's clamps, best-iterate tracking and the final N = M / best_c / best_r
-/// (two true divisions, in quantizePack) are the reference's.
-///
-/// Where a row or column of M has a mean above MEAN_DOMINANCE times its std, the reference's
-/// one-pass variance cancels: its fp32 rounding noise then moves the scales by more than this
-/// path's own error, and codes near a rounding boundary follow the noise. Such a tile (and a
-/// tile with a constant line, and one whose iterates tie where the tie decides its scales:
-/// endIterate) returns false, and takes the exact path.
-template <int Iterations, int Tensor, typename Ctx>
-__device__ __forceinline__ bool normalizeTileWithinTolerance(Ctx &c) {
-  typedef TileView<Tensor, Ctx> V;
-  constexpr int R = V::ROWS, C = V::COLS;
-  const int tid = threadIdx.x;
-  resetScales(c, tid);
-  __syncthreads();
-  // Iteration 0: the stds of M itself, and whether some row or column has a mean far above its
-  // spread (see the function's comment).
-  rowSumsScaled<V>(c);
-  __syncthreads();
-  bool cancels = false;
-  for (int k = tid; k < R; k += Ctx::THREADS) {
-    const float2 sums = lineSums<V::ROW_SEGMENTS>(c.partials, k, R);
-    c.rowStd[k] = sampleStd(sums.x, sums.y, C);
-    cancels |= meanDominates(elementOf<V>(c, k, 0), sums.x, C, c.rowStd[k]);
-  }
-  __syncthreads();
-  columnSumsScaled<V>(c);
-  __syncthreads();
-  for (int k = tid; k < C; k += Ctx::THREADS) {
-    const float2 sums = lineSums<V::COL_SEGMENTS>(c.partials, k, C);
-    c.colStd[k] = sampleStd(sums.x, sums.y, R);
-    cancels |= meanDominates(elementOf<V>(c, 0, k), sums.x, R, c.colStd[k]);
-  }
-  if (__syncthreads_or(int(cancels)))
-    return false;
-  float best = 0.0f; // set by iteration 0
-  endIterate<false, V>(c, best, true, Iterations == 0); // c_1 from the column stds of M (no tie)
-  for (int iteration = 0; iteration < Iterations; ++iteration) {
-    rowSumsScaled<V>(c); // rowstd(M / c_new), r not applied
-    __syncthreads();
-    for (int k = tid; k < R; k += Ctx::THREADS) {
-      const float unscaled = combinedStd<V::ROW_SEGMENTS>(c, k, R, C);
-      const float previous = unscaled * c.rowInverse[k]; // X with the old r
-      c.rowLog[k] = clampf(c.rowLog[k] + logf(clampf(previous, 1e-3f, 1e3f)), -0.3f, 10.0f);
-      c.rowScale[k] = expf(c.rowLog[k]);
-      c.rowInverse[k] = 1.0f / c.rowScale[k];
-      c.rowStd[k] = unscaled * c.rowInverse[k]; // X with the new r
-    }
-    __syncthreads();
-    columnSumsScaled<V>(c); // colstd(M / r_new), c not applied
-    __syncthreads();
-    for (int k = tid; k < C; k += Ctx::THREADS)
-      c.colStd[k] = combinedStd<V::COL_SEGMENTS>(c, k, C, R) * c.colInverse[k];
-    if (!endIterate<false, V>(c, best, false, iteration + 1 == Iterations))
-      return false; // a tie the reference may break the other way
-  }
-  return true;
-}
-
-/// The normalization of the tile loaded last, if it is this CTA's (finite) tensor: exact for K
-/// (its codes must equal the reference's bit for bit), within the format's tolerance for V
-/// unless the tile's means dominate (then exact as well).
+/// The normalization of the tile loaded last, if it is this CTA's (finite) tensor.
 template <int Iterations, typename Ctx> __device__ __forceinline__ void normalize(Ctx &c) {
   if (!c.active)
     return;
   if (c.tensor == 0)
     normalizeTile<Iterations, 0>(c);
-  else if (!normalizeTileWithinTolerance<Iterations, 1>(c))
+  else
     normalizeTile<Iterations, 1>(c);
 }
 

@@ -139,52 +139,39 @@ struct DecodeSharedLayout {
 };
 
 /// The flush kernel's shared memory, defined once for FlushContext (device) and
-/// sharedMemoryBytes (host): the tile M in fp16 with padded rows (K rows by eight elements, so
-/// rows start 16-byte aligned for the exact path's 16-byte loads; V rows by four, so a warp's
-/// 8-byte loads down 16 rows hit distinct banks), the fp32 (sum, sum of squares) pairs of the
+/// sharedMemoryBytes (host): the tile M in fp16 with rows padded by eight elements (rows start
+/// 16-byte aligned for the sweeps' 16-byte loads), the fp32 (sum, sum of squares) pairs of the
 /// partial sums, ten row/column vectors of floats and one scratch float (16 bytes).
 struct FlushSharedLayout {
   int tileTokens, headDim, warps;
 
   constexpr int maxDim() const { return headDim > tileTokens ? headDim : tileTokens; }
-  /// Padding of a row of a [rows][cols] view: K (rows = channels) 8, V 4.
-  static constexpr int rowPad(bool key) { return key ? 8 : 4; }
-  /// K is [D][G + 8], V is [G][D + 4]; the buffer holds either.
+  /// Padding of a row of a [rows][cols] view, in fp16 elements.
+  static constexpr int ROW_PAD = 8;
+  /// K is [D][G + 8], V is [G][D + 8]; the buffer holds either.
   constexpr int tileHalves() const {
-    return maxOf(headDim * (tileTokens + rowPad(true)), tileTokens * (headDim + rowPad(false)));
+    return maxOf(headDim * (tileTokens + ROW_PAD), tileTokens * (headDim + ROW_PAD));
   }
-  /// Chains per row of a [rows][cols] view for the V path's sweeps (normalizeTileWithinTolerance):
-  /// one per thread when the threads outnumber the rows, and runs of at most 32 elements.
-  static constexpr int rowSegments(int threads, int rows, int cols) {
-    return maxOf(maxOf(threads / rows, cols / 32), 1);
-  }
-  /// Chains per column: likewise, runs of at most 16 elements.
-  static constexpr int columnSegments(int threads, int rows, int cols) {
-    return maxOf(maxOf(threads / cols, rows / 16), 1);
-  }
-  /// The exact path's blocks: a thread holds blockRows x 8 elements, a warp a 4 x 8 grid of
-  /// blocks (a tile of 4 blockRows rows and 64 columns). blockRows is the largest power of two up
-  /// to 4 that still gives every warp a tile (at least 1). Blocks of 8 rows need more registers for
-  /// their column trees (128 at 8 warps) and were not faster on the H200 (docs/benchmarks.md).
+  /// The normalization sweeps' blocks: a thread holds blockRows x 8 elements, a warp a 4 x 8 grid
+  /// of blocks (a tile of 4 blockRows rows and 64 columns). blockRows is the largest power of two
+  /// up to 4 that still gives every warp a tile (at least 1). Blocks of 8 rows need more registers
+  /// for their column trees (128 at 8 warps) and were not faster on the H200 (docs/benchmarks.md).
   static constexpr int blockRows(int threads, int rows, int cols) {
     int r = 4;
     while (r > 1 && rows * cols / (256 * r) < threads / 32)
       r /= 2;
     return r;
   }
-  /// Partial sums of the exact path's sweeps: one per row and 64-column run plus one per column
+  /// Partial sums of the normalization sweeps: one per row and 64-column run plus one per column
   /// and 4 blockRows-row run (both kept at once).
   static constexpr int blockPartials(int threads, int rows, int cols) {
     return rows * (cols / 64) + cols * (rows / (4 * blockRows(threads, rows, cols)));
   }
-  /// Chains of a view (rows split into row chains, or columns into column chains), the most of
-  /// either view and either direction, or the exact path's block partials.
+  /// The partial sums of either view (K's [D][G], V's [G][D]).
   constexpr int partials() const {
-    const int threads = 32 * warps, d = headDim, g = tileTokens;
-    const int chains =
-        maxOf(maxOf(d * rowSegments(threads, d, g), g * columnSegments(threads, d, g)),
-              maxOf(g * rowSegments(threads, g, d), d * columnSegments(threads, g, d)));
-    return maxOf(chains, maxOf(blockPartials(threads, d, g), blockPartials(threads, g, d)));
+    const int threads = 32 * warps;
+    return maxOf(blockPartials(threads, headDim, tileTokens),
+                 blockPartials(threads, tileTokens, headDim));
   }
   static constexpr int maxOf(int a, int b) { return a > b ? a : b; }
   static constexpr int VECTORS = 10; ///< col/row: scale, inverse, log, best, std

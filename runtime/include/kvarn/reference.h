@@ -32,7 +32,14 @@ struct Normalization {
 /// mean^2, 0) * n/(n-1), the sums added in a fixed pairwise tree (the GPU flush's order).
 float sampleStd(const float *values, size_t count, size_t stride);
 
-/// Runs the log-domain Sinkhorn normalization with best-iterate tracking.
+/// Runs the log-domain Sinkhorn normalization with best-iterate tracking (kvarn-format.md §4.1).
+/// The stds of X = M / c / r are taken in their factored form, as the GPU flush computes them:
+/// rowstd(X) = rowstd(M * (1/c)) / r and colstd(X) = colstd(M * (1/r)) / c, each product M * (1/c)
+/// (or (1/r)) rounded in fp32, 1/c and 1/r correctly rounded, the division by the line's scale
+/// correctly rounded, and the sums in sampleStd's tree. This is the format's math with other
+/// rounding than the reference backend's two divisions per element; both forms reproduce the
+/// golden records' K codes exactly, and they differ from each other in about as many codes as
+/// the direct form's own sums in another order do (docs/design.md, "Flush").
 Normalization normalizeVariance(std::span<const float> matrix, int rows, int cols, int iterations);
 
 /// Codes and folded fp16 scales of one quantized R×C matrix (§4.2-§4.3).
