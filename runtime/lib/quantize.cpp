@@ -1,5 +1,6 @@
 // Reference rotation, variance normalization, RTN, folding and packing (kvarn-format.md §2, §4).
 #include "kvarn/reference.h"
+#include "kvarn/roundedmath.h"
 
 #include <algorithm>
 #include <bit>
@@ -60,14 +61,18 @@ Status rotateRows(std::span<const uint16_t> input, DType dtype, int rows, int he
 }
 
 namespace {
-/// The fp32 sum and sum of squares (each x*x rounded in fp32, as the reference) of `count` > 0
-/// values, added in a fixed pairwise tree: a line of n values splits into its first
-/// bit_floor(n - 1) values and the rest, so a line of 2^k values adds in pairs, pairs of pairs,
-/// and so on. The GPU flush adds in the same tree (each thread a power-of-two segment, the
-/// segments pairwise), so both give the same bits in any summation layout.
+/// The fp32 sum and sum of squares of `count` > 0 values, added in a fixed pairwise tree: a line
+/// of n values splits into its first bit_floor(n - 1) values and the rest, so a line of 2^k values
+/// adds in pairs, pairs of pairs, and so on. A pair (a, b) gives (a + b, fma(b, b, a*a)), a*a
+/// rounded in fp32; a lone value (x, x*x). The GPU flush adds in the same tree (each thread a
+/// power-of-two segment of whole pairs, the segments pairwise), so both give the same bits in any
+/// summation layout.
 std::pair<float, float> pairwiseSums(const float *values, size_t count, size_t stride) {
   if (count == 1)
     return {values[0], values[0] * values[0]};
+  if (count == 2)
+    return {values[0] + values[stride],
+            std::fma(values[stride], values[stride], values[0] * values[0])};
   const size_t half = std::bit_floor(count - 1);
   const auto [sum, squares] = pairwiseSums(values, half, stride);
   const auto [restSum, restSquares] = pairwiseSums(values + half * stride, count - half, stride);
@@ -128,12 +133,12 @@ uint16_t floatToHalfSaturate(float value) {
 
 float clampf(float v, float lo, float hi) { return std::min(std::max(v, lo), hi); }
 
-/// log and exp of a float, evaluated in double and rounded once: the correctly rounded float in
-/// all but ~1e-8 of arguments, so the CPU and the GPU (flush.cuh does the same) agree where
-/// their fp32 libraries differ in the last place. An ill-conditioned tile (a mean far above the
-/// spread) turns one such ulp into visible code differences.
-float logRounded(float x) { return static_cast<float>(std::log(static_cast<double>(x))); }
-float expRounded(float x) { return static_cast<float>(std::exp(static_cast<double>(x))); }
+/// log and exp of a float, rounded to float by the same sequence of double operations the GPU
+/// flush runs (roundedmath.h), so both agree bit for bit where fp32 libraries differ in the last
+/// place. An ill-conditioned tile (a mean far above the spread) turns one such ulp into visible
+/// code differences.
+using roundedmath::expRounded;
+using roundedmath::logRounded;
 
 } // namespace
 

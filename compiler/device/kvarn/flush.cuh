@@ -20,6 +20,7 @@
 
 #include "kvarn/common.cuh"
 #include "kvarn/params.h"
+#include "kvarn/roundedmath.h"
 
 namespace kvarn {
 namespace dev {
@@ -132,21 +133,30 @@ __device__ __forceinline__ float2 addSums(float2 a, float2 b) {
 }
 /// (x, x*x) of one element, x*x rounded in fp32 as the reference.
 __device__ __forceinline__ float2 leafSums(float x) { return make_float2(x, __fmul_rn(x, x)); }
-/// The pairwise sums of leaves first .. first + N - 1 (N a power of two): the two halves' sums,
-/// added (the tree of sampleStd in reference.h). leaf(i) gives leaf i's (sum, sum of squares).
-template <int N, typename Leaf>
+/// The sums of a pair of adjacent elements (a first), the leaves of sampleStd's tree:
+/// (a + b, fma(b, b, a*a)), the second square fused into the add (a.y = a*a rounded, b.y unused).
+__device__ __forceinline__ float2 leafPair(float2 a, float2 b) {
+  return make_float2(__fadd_rn(a.x, b.x), __fmaf_rn(b.x, b.x, a.y));
+}
+/// The pairwise sums of first .. first + N - 1 (N a power of two): the two halves' sums, added
+/// (the tree of sampleStd in reference.h). leaf(i) gives (sum, sum of squares) of run i; with
+/// LEAVES the runs are single elements (leafSums), and adjacent pairs add as leafPair.
+template <int N, bool LEAVES = false, typename Leaf>
 __device__ __forceinline__ float2 treeSums(const Leaf &leaf, int first) {
   static_assert(N >= 1 && (N & (N - 1)) == 0, "a power of two");
   if constexpr (N == 1)
     return leaf(first);
+  else if constexpr (LEAVES && N == 2)
+    return leafPair(leaf(first), leaf(first + 1));
   else
-    return addSums(treeSums<N / 2>(leaf, first), treeSums<N / 2>(leaf, first + N / 2));
+    return addSums(treeSums<N / 2, LEAVES>(leaf, first),
+                   treeSums<N / 2, LEAVES>(leaf, first + N / 2));
 }
 
-/// log and exp evaluated in double and rounded once, as the CPU reference does: the two agree
-/// where fp32 library functions would differ in the last place.
-__device__ __forceinline__ float logRounded(float x) { return float(log(double(x))); }
-__device__ __forceinline__ float expRounded(float x) { return float(exp(double(x))); }
+/// log and exp rounded to float by the same double operations as the CPU reference
+/// (roundedmath.h): the two agree where fp32 library functions would differ in the last place.
+using roundedmath::expRounded;
+using roundedmath::logRounded;
 
 __device__ __forceinline__ float clampf(float v, float lo, float hi) {
   return fminf(fmaxf(v, lo), hi);
@@ -262,21 +272,27 @@ template <int N, int MASK, int LEVELS> constexpr int laneTreeCopies() {
 struct ColumnSums {
   float2 v[8];
 };
-/// The pairwise sums of rows first .. first + N - 1 (N a power of two) of eight columns; row(i)
-/// gives row i's leaves. The tree is walked depth first, so at most log2(N) + 1 rows of sums are
-/// live at once.
+/// The pairwise sums of rows first .. first + N - 1 (N >= 2 a power of two) of eight columns;
+/// row(i) gives row i's leaves (leafSums). Row i + 1 of an adjacent pair holds the lower row where
+/// `swapped`. The tree is walked depth first, so at most log2(N) + 1 rows of sums are live at once.
 template <int N, typename Row>
-__device__ __forceinline__ ColumnSums columnTree(const Row &row, int first) {
-  if constexpr (N == 1) {
-    return row(first);
+__device__ __forceinline__ ColumnSums columnTree(const Row &row, int first, bool swapped) {
+  static_assert(N >= 2 && (N & (N - 1)) == 0, "a power of two, at least a pair");
+  ColumnSums a, b;
+  if constexpr (N == 2) {
+    a = row(first);
+    b = row(first + 1);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      a.v[j] = swapped ? leafPair(b.v[j], a.v[j]) : leafPair(a.v[j], b.v[j]);
   } else {
-    ColumnSums a = columnTree<N / 2>(row, first);
-    const ColumnSums b = columnTree<N / 2>(row, first + N / 2);
+    a = columnTree<N / 2>(row, first, swapped);
+    b = columnTree<N / 2>(row, first + N / 2, swapped);
 #pragma unroll
     for (int j = 0; j < 8; ++j)
       a.v[j] = addSums(a.v[j], b.v[j]);
-    return a;
   }
+  return a;
 }
 
 /// What a sweep of blockSums sums: M itself, M * (1/c[col]) or M * (1/r[row]), each product
@@ -294,6 +310,7 @@ template <Scale S, bool ROW_SUMS, bool COLUMN_SUMS, typename V, typename Ctx>
 __device__ __forceinline__ void blockSums(Ctx &c) {
   static_assert(ROW_SUMS || COLUMN_SUMS, "a sweep sums rows, columns or both");
   constexpr int RB = V::BLOCK_ROWS;
+  static_assert(RB >= 2, "a thread's column runs hold whole leaf pairs");
   const int laneRow = c.lane / 8, laneCol = c.lane % 8;
   // Slot i of the block's rows holds row i ^ rowPerm and, with COLUMN_SUMS, slot pair k of its
   // columns holds columns 2 (k ^ pairPerm) and + 1, the orders laneTreeSums takes.
@@ -349,12 +366,12 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
         leaves.v[2 * k + 1] = leafSums(x.y);
       }
       if constexpr (ROW_SUMS)
-        rows[slot] = treeSums<8>([&](int j) { return leaves.v[j]; }, 0);
+        rows[slot] = treeSums<8, true>([&](int j) { return leaves.v[j]; }, 0);
       return leaves;
     };
     ColumnSums cols;
     if constexpr (COLUMN_SUMS) {
-      cols = columnTree<RB>(row, 0);
+      cols = columnTree<RB>(row, 0, (rowPerm & 1) != 0);
     } else {
 #pragma unroll
       for (int i = 0; i < RB; ++i)

@@ -154,11 +154,13 @@ struct FlushSharedLayout {
   }
   /// The normalization sweeps' blocks: a thread holds blockRows x 8 elements, a warp a 4 x 8 grid
   /// of blocks (a tile of 4 blockRows rows and 64 columns). blockRows is the largest power of two
-  /// up to 4 that still gives every warp a tile (at least 1). Blocks of 8 rows need more registers
-  /// for their column trees (128 at 8 warps) and were not faster on the H200 (docs/benchmarks.md).
+  /// up to 4 that still gives every warp a tile, and at least 2 (a thread's column runs hold whole
+  /// pairs, the leaves of the sums' tree; warps beyond the tiles then skip the sweeps). Blocks of 8
+  /// rows need more registers for their column trees (128 at 8 warps) and were not faster on the
+  /// H200 (docs/benchmarks.md).
   static constexpr int blockRows(int threads, int rows, int cols) {
     int r = 4;
-    while (r > 1 && rows * cols / (256 * r) < threads / 32)
+    while (r > 2 && rows * cols / (256 * r) < threads / 32)
       r /= 2;
     return r;
   }

@@ -29,7 +29,8 @@ struct Normalization {
 };
 
 /// Sample standard deviation as the reference computes it: one pass in fp32, var = max(sum x^2/n -
-/// mean^2, 0) * n/(n-1), the sums added in a fixed pairwise tree (the GPU flush's order).
+/// mean^2, 0) * n/(n-1), the sums added in a fixed pairwise tree whose leaf pairs fuse the second
+/// square into the add (the GPU flush's order; pairwiseSums in quantize.cpp).
 float sampleStd(const float *values, size_t count, size_t stride);
 
 /// Runs the log-domain Sinkhorn normalization with best-iterate tracking (kvarn-format.md §4.1).
