@@ -328,8 +328,20 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     const int tileRow = tile / V::BLOCK_ROW_SEGMENTS, tileCol = tile % V::BLOCK_ROW_SEGMENTS;
     const int row0 = tileRow * V::TILE_ROWS + laneRow * RB, col0 = tileCol * 64 + 8 * laneCol;
     // The column inverses are read again for every row (broadcast loads) rather than kept: the
-    // trees' partial sums need the registers.
+    // trees' partial sums need the registers. The block's row inverses load at once (a column
+    // sweep has no row permutation: slot i holds row i).
     const float *colInverse = c.colInverse + col0;
+    float rowInverses[RB];
+    if constexpr (S == Scale::ByRow) {
+      static_assert(!ROW_SUMS && (RB == 2 || RB == 4), "row inverses in one vector load");
+      if constexpr (RB == 4) {
+        const float4 v = *reinterpret_cast<const float4 *>(c.rowInverse + row0);
+        rowInverses[0] = v.x, rowInverses[1] = v.y, rowInverses[2] = v.z, rowInverses[3] = v.w;
+      } else {
+        const float2 v = *reinterpret_cast<const float2 *>(c.rowInverse + row0);
+        rowInverses[0] = v.x, rowInverses[1] = v.y;
+      }
+    }
     // Slot `slot` of the block's rows (row slot ^ rowPerm): its eight products, their row run's
     // sums into rows[slot], and the column leaves (in slot order).
     float2 rows[RB];
@@ -349,7 +361,7 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
         const uint2 b = reinterpret_cast<const uint2 *>(src)[1];
         w[0] = a.x, w[1] = a.y, w[2] = b.x, w[3] = b.y;
       }
-      const float rowInverse = S == Scale::ByRow ? c.rowInverse[row0 + i] : 1.0f;
+      const float rowInverse = S == Scale::ByRow ? rowInverses[slot] : 1.0f;
       ColumnSums leaves;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
@@ -512,18 +524,21 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
     for (int k = tid; k < R; k += Ctx::THREADS) {
       const float2 sums = lineSums<V::BLOCK_ROW_SEGMENTS>(c.partials, k, R);
       const float unscaled = sampleStd(sums.x, sums.y, C);
-      const float previous = __fdiv_rn(unscaled, c.rowScale[k]); // X with the old r
+      // The divisions by the scales (> 0, normal) as divideExact through their IEEE inverses:
+      // the correctly rounded quotients of the CPU reference's divisions.
+      const float previous = divideExact(unscaled, c.rowScale[k], c.rowInverse[k]); // old r
       c.rowLog[k] = clampf(c.rowLog[k] + logRounded(clampf(previous, 1e-3f, 1e3f)), -0.3f, 10.0f);
-      c.rowScale[k] = expRounded(c.rowLog[k]);
-      c.rowInverse[k] = 1.0f / c.rowScale[k];
-      c.rowStd[k] = __fdiv_rn(unscaled, c.rowScale[k]); // X with the new r
+      const float scale = expRounded(c.rowLog[k]), inverse = 1.0f / scale;
+      c.rowScale[k] = scale;
+      c.rowInverse[k] = inverse;
+      c.rowStd[k] = divideExact(unscaled, scale, inverse); // X with the new r
     }
     __syncthreads();
     blockSums<Scale::ByRow, false, true, V>(c); // columns of M * (1/r_new)
     __syncthreads();
     for (int k = tid; k < C; k += Ctx::THREADS) {
       const float2 sums = lineSums<V::BLOCK_COL_SEGMENTS>(colPartials, k, C);
-      c.colStd[k] = __fdiv_rn(sampleStd(sums.x, sums.y, R), c.colScale[k]);
+      c.colStd[k] = divideExact(sampleStd(sums.x, sums.y, R), c.colScale[k], c.colInverse[k]);
     }
     endIterate<V>(c, best, false, iteration + 1 == Iterations);
   }
