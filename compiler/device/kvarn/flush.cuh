@@ -331,7 +331,7 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     // trees' partial sums need the registers. The block's row inverses load at once (a column
     // sweep has no row permutation: slot i holds row i).
     const float *colInverse = c.colInverse + col0;
-    float rowInverses[RB];
+    float rowInverses[RB] = {};
     if constexpr (S == Scale::ByRow) {
       static_assert(!ROW_SUMS && (RB == 2 || RB == 4), "row inverses in one vector load");
       if constexpr (RB == 4) {
