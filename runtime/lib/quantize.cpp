@@ -222,19 +222,45 @@ float QuantizedMatrix::reconstruct(int row, int col) const {
          halfToFloat(colScale[col]);
 }
 
-Expected<QuantizedMatrix> quantizeMatrix(std::span<const float> matrix, int rows, int cols,
-                                         int bits, int iterations) {
+namespace {
+/// The checks both quantizers make: bits, the matrix's size, finite values.
+Status validateMatrix(std::span<const float> matrix, int rows, int cols, int bits,
+                      const char *caller) {
   if (Status s = validateBits(bits, "quantization"); !s)
-    return s.error();
+    return s;
   if (rows < 2 || cols < 2 || matrix.size() != static_cast<size_t>(rows) * cols)
-    return makeError(ErrorCode::BufferSize, "quantizeMatrix: matrix must hold rows*cols (>= 2x2) "
-                                            "elements, got " + std::to_string(matrix.size()));
+    return makeError(ErrorCode::BufferSize, std::string(caller) +
+                                                ": matrix must hold rows*cols (>= 2x2) elements, "
+                                                "got " +
+                                                std::to_string(matrix.size()));
   for (size_t i = 0; i < matrix.size(); ++i)
     if (!std::isfinite(matrix[i]))
       return makeError(ErrorCode::InvalidData,
                        "non-finite value in tile at row " + std::to_string(i / cols) +
                            ", column " + std::to_string(i % cols) + "; NaN/Inf cannot be quantized");
-  Normalization norm = normalizeVariance(matrix, rows, cols, iterations);
+  return Status::success();
+}
+} // namespace
+
+Expected<QuantizedMatrix> quantizeMatrix(std::span<const float> matrix, int rows, int cols,
+                                         int bits, int iterations) {
+  if (Status s = validateMatrix(matrix, rows, cols, bits, "quantizeMatrix"); !s)
+    return s.error();
+  return quantizeNormalized(matrix, rows, cols, bits,
+                            normalizeVariance(matrix, rows, cols, iterations));
+}
+
+Expected<QuantizedMatrix> quantizeNormalized(std::span<const float> matrix, int rows, int cols,
+                                             int bits, const Normalization &norm) {
+  if (Status s = validateMatrix(matrix, rows, cols, bits, "quantizeNormalized"); !s)
+    return s.error();
+  if (norm.colScale.size() != static_cast<size_t>(cols) ||
+      norm.rowScale.size() != static_cast<size_t>(rows))
+    return makeError(ErrorCode::BufferSize,
+                     "quantizeNormalized: " + std::to_string(norm.colScale.size()) +
+                         " column and " + std::to_string(norm.rowScale.size()) +
+                         " row scales for a " + std::to_string(rows) + "x" + std::to_string(cols) +
+                         " matrix");
   std::vector<float> n(matrix.size());
   applyScales(matrix, norm.colScale, norm.rowScale, rows, cols, n);
 

@@ -6,7 +6,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <random>
 
@@ -122,6 +124,105 @@ TEST(Normalization, StdSumsInThePairwiseTree) {
   // A constant line has a variance of exactly 0.
   const float constant[3] = {7.5f, 7.5f, 7.5f};
   EXPECT_EQ(sampleStd(constant, 3, 1), 0.0f);
+  // A leaf pair fuses its second square into the add: fma(b, b, a*a), not a*a + b*b rounded
+  // twice (0.450211197 for this pair).
+  const float pair[2] = {5.16097355f, 5.79767227f};
+  EXPECT_EQ(sampleStd(pair, 2, 1), 0.450215429f);
+}
+
+/// The format's normalization as the reference backend writes it (kvarn-format.md §4.1): every
+/// element of X = M / c / r by two fp32 divisions, one-pass stds summed pairwise (sampleStd) or
+/// left to right, log and exp in double.
+Normalization directNormalization(const std::vector<float> &m, int rows, int cols, bool pairwise) {
+  auto lineStd = [&](const float *v, int n, int stride) {
+    if (pairwise)
+      return sampleStd(v, n, stride);
+    float sum = 0, squares = 0;
+    for (int i = 0; i < n; ++i) {
+      sum += v[i * stride];
+      squares += v[i * stride] * v[i * stride];
+    }
+    const float count = float(n), mean = sum / count;
+    return std::sqrt(std::max(squares / count - mean * mean, 0.0f) * (count / (count - 1)));
+  };
+  auto clamp = [](float v, float lo, float hi) { return std::min(std::max(v, lo), hi); };
+  std::vector<float> x(m), logc(cols, 0), logr(rows, 0), c(cols, 1), r(rows, 1);
+  std::vector<float> colStd(cols), rowStd(rows);
+  auto stds = [&] {
+    for (int i = 0; i < rows; ++i)
+      rowStd[i] = lineStd(&x[size_t(i) * cols], cols, 1);
+    for (int j = 0; j < cols; ++j)
+      colStd[j] = lineStd(&x[j], rows, cols);
+  };
+  auto scale = [&] {
+    for (int i = 0; i < rows; ++i)
+      for (int j = 0; j < cols; ++j)
+        x[size_t(i) * cols + j] = m[size_t(i) * cols + j] / c[j] / r[i];
+  };
+  auto imbalance = [&] {
+    auto [cl, ch] = std::minmax_element(colStd.begin(), colStd.end());
+    auto [rl, rh] = std::minmax_element(rowStd.begin(), rowStd.end());
+    return *ch / std::max(*cl, 1e-8f) + *rh / std::max(*rl, 1e-8f);
+  };
+  auto logOf = [](float v) { return float(std::log(double(v))); };
+  auto expOf = [](float v) { return float(std::exp(double(v))); };
+  stds();
+  Normalization best{c, r, imbalance(), 0};
+  for (int it = 1; it <= 8; ++it) {
+    for (int j = 0; j < cols; ++j) {
+      logc[j] = clamp(logc[j] + logOf(clamp(colStd[j], 1e-3f, 1e3f)), -0.3f, 10.0f);
+      c[j] = expOf(logc[j]);
+    }
+    scale();
+    for (int i = 0; i < rows; ++i) {
+      const float std = lineStd(&x[size_t(i) * cols], cols, 1);
+      logr[i] = clamp(logr[i] + logOf(clamp(std, 1e-3f, 1e3f)), -0.3f, 10.0f);
+      r[i] = expOf(logr[i]);
+    }
+    scale();
+    stds();
+    if (const float value = imbalance(); value <= best.imbalance)
+      best = Normalization{c, r, value, it};
+  }
+  return best;
+}
+
+TEST(Normalization, FactoredStdsAgreeWithTheDirectFormAsASummationOrderDoes) {
+  // normalizeVariance takes the stds of X = M / c / r in factored form (rowstd(M * (1/c)) / r,
+  // ...), the reference backend from X's elements (two divisions each). The K codes of the two
+  // must differ no more than rounding noise: on the order of the direct form's own codes with
+  // another summation order (docs/design.md, "Flush": 2.9e-7 and 4.1e-7 of codes over 1,500
+  // tiles). A formula error (a scale on the wrong axis, a missing division) moves ~1e-2 of them.
+  const int tiles = 400, d = 128, g = 128;
+  size_t factored = 0, reordered = 0, total = 0;
+  for (int t = 0; t < tiles; ++t) {
+    const std::vector<float> m =
+        *syntheticRotatedKeyMatrix(g, d, kvarn::testing::testSeed(700 + t));
+    const QuantizedMatrix direct =
+        *quantizeNormalized(m, d, g, 4, directNormalization(m, d, g, true));
+    const QuantizedMatrix sequential =
+        *quantizeNormalized(m, d, g, 4, directNormalization(m, d, g, false));
+    const QuantizedMatrix ours = *quantizeMatrix(m, d, g, 4, 8);
+    for (size_t i = 0; i < direct.codes.size(); ++i) {
+      factored += ours.codes[i] != direct.codes[i];
+      reordered += sequential.codes[i] != direct.codes[i];
+    }
+    total += direct.codes.size();
+  }
+  std::printf("[ factored ] K codes unlike the direct form's: factored %zu, direct summed left to "
+              "right %zu, of %zu\n",
+              factored, reordered, total);
+  EXPECT_LE(double(factored) / double(total), 1e-5);
+}
+
+TEST(Quantize, RejectsScalesOfTheWrongSize) {
+  const std::vector<float> m = randomMatrix(64, 32, 5, 3.0f);
+  Normalization scales = normalizeVariance(m, 64, 32, 8);
+  ASSERT_TRUE(quantizeNormalized(m, 64, 32, 4, scales));
+  scales.colScale.pop_back();
+  Expected<QuantizedMatrix> q = quantizeNormalized(m, 64, 32, 4, scales);
+  ASSERT_FALSE(q);
+  EXPECT_THAT(q.error().message, HasSubstr("31 column and 64 row scales for a 64x32 matrix"));
 }
 
 TEST(Normalization, IdentityIsACandidateAndScalesStayClamped) {

@@ -57,6 +57,10 @@ struct QuantizedMatrix {
 /// Normalizes, rounds (RTN, half to even) and folds one matrix. Rejects NaN/Inf.
 Expected<QuantizedMatrix> quantizeMatrix(std::span<const float> matrix, int rows, int cols,
                                          int bits, int iterations);
+/// Rounds and folds one matrix with the given scales (§4.2-§4.3: N = M / colScale / rowScale,
+/// two true divisions): quantizeMatrix after its normalization, for scales found another way.
+Expected<QuantizedMatrix> quantizeNormalized(std::span<const float> matrix, int rows, int cols,
+                                             int bits, const Normalization &scales);
 
 /// Packs codes (`bits` in {2,4,8}), little-endian within each byte.
 Status packCodes(std::span<const uint8_t> codes, int bits, std::span<uint8_t> packed);
