@@ -153,18 +153,18 @@ Normalization normalizeVariance(std::span<const float> matrix, int rows, int col
   StdVectors stds = rowColStd(matrix, rows, cols);
   result.imbalance = imbalanceOf(stds);
   std::vector<float> logc(c, 0.0f), logr(r, 0.0f), expc(c, 1.0f), expr(r, 1.0f);
-  std::vector<float> inverse(std::max(r, c)), y(matrix.size());
+  std::vector<float> colInverse(c), rowInverse(r), y(matrix.size());
   for (int it = 1; it <= iterations; ++it) {
     for (size_t j = 0; j < c; ++j) {
       logc[j] = clampf(logc[j] + logRounded(clampf(stds.cols[j], 1e-3f, 1e3f)), -0.3f, 10.0f);
       expc[j] = expRounded(logc[j]);
-      inverse[j] = 1.0f / expc[j];
+      colInverse[j] = 1.0f / expc[j];
     }
     // Row stds of X = M / c / r as rowstd(M * (1/c)) / r: the old r's for the row step, the new
     // ones for the imbalance.
     for (size_t i = 0; i < r; ++i)
       for (size_t j = 0; j < c; ++j)
-        y[i * c + j] = matrix[i * c + j] * inverse[j];
+        y[i * c + j] = matrix[i * c + j] * colInverse[j];
     for (size_t i = 0; i < r; ++i) {
       const float unscaled = sampleStd(&y[i * c], c, 1);
       logr[i] = clampf(logr[i] + logRounded(clampf(unscaled / expr[i], 1e-3f, 1e3f)), -0.3f, 10.0f);
@@ -172,11 +172,11 @@ Normalization normalizeVariance(std::span<const float> matrix, int rows, int col
       stds.rows[i] = unscaled / expr[i];
     }
     // Column stds as colstd(M * (1/r)) / c.
-    for (size_t i = 0; i < r; ++i)
-      inverse[i] = 1.0f / expr[i];
-    for (size_t i = 0; i < r; ++i)
+    for (size_t i = 0; i < r; ++i) {
+      rowInverse[i] = 1.0f / expr[i];
       for (size_t j = 0; j < c; ++j)
-        y[i * c + j] = matrix[i * c + j] * inverse[i];
+        y[i * c + j] = matrix[i * c + j] * rowInverse[i];
+    }
     for (size_t j = 0; j < c; ++j)
       stds.cols[j] = sampleStd(&y[j], r, c) / expc[j];
     const float imbalance = imbalanceOf(stds);

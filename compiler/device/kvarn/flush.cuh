@@ -477,7 +477,7 @@ template <typename Ctx> __device__ __forceinline__ void resetScales(Ctx &c, int 
 /// imbalance is at most `best` (ties: the later iterate wins; iteration 0 always), and, unless it
 /// is the last, takes the next iteration's column step from the column stds, each column's thread
 /// doing both, so one barrier later the next iteration's row sweep can start. log and exp are
-/// evaluated in double and rounded once, as the CPU reference does.
+/// roundedmath.h's, as in the CPU reference.
 template <typename V, typename Ctx>
 __device__ __forceinline__ void endIterate(Ctx &c, float &best, bool first, bool last) {
   __syncthreads(); // the std vectors are complete
