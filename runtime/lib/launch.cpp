@@ -150,6 +150,13 @@ Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
     if (!resident)
       return resident.error();
     module.residentCtasPerSm_ = *resident;
+    CUdevice device;
+    if (Status s = KVARN_CU(d.cuCtxGetDevice(&device)); !s)
+      return s.error();
+    if (Status s = KVARN_CU(d.cuDeviceGetAttribute(
+            &module.multiprocessors_, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device));
+        !s)
+      return s.error();
   }
   if (module.functions_.size() > 1) {
     // A merge that waits for the decode grid (griddepcontrol, sm_90 and later) comes with this
@@ -315,8 +322,10 @@ Status launchFlush(const KernelModule &module, const dev::FlushParams &params, C
   if (params.numEntries == 0)
     return Status::success();
   dev::FlushParams copy = params;
+  // The CTAs resident at once; each prefetches the tile of the CTA one wave later (flush.cuh).
+  copy.prefetchStride = module.residentCtasPerSm() * module.multiprocessors();
   void *arguments[] = {&copy};
-  // CTA 2e quantizes entry e's K tile, CTA 2e + 1 its V tile (flush.cuh).
+  // CTA e quantizes entry e's K tile, CTA E + e its V tile (flush.cuh).
   return KVARN_CU(driver().cuLaunchKernel(module.function(0), 2 * unsigned(params.numEntries), 1, 1,
                                           module.threads(), 1, 1, unsigned(module.sharedBytes()),
                                           stream, arguments, nullptr));

@@ -51,17 +51,22 @@ TEST(SearchSpace, EnumeratesEveryKnobCombinationOverTheDefaults) {
   EXPECT_EQ(appendSpace.size(), 14u);
   for (const Schedule &s : appendSpace)
     EXPECT_EQ(s.rowsPerCta % s.warps, 0) << s.str();
-  // warps {4,8,16} x min_ctas {0,1,2,4}; at D = 128 on sm_90a the bounds that leave 255
-  // registers (4 warps x 2) or fewer than 128 (8 x 4, 16 x 2 and 4) are pruned, 8 are measured.
+  // warps {4,8,16} x stages {1,2} x min_ctas {0,1,2,4}; at D = 128 on sm_90a the bounds that
+  // leave 255 registers (4 warps x 2) or fewer than 128 (8 x 4, 16 x 2 and 4) are pruned, 8 per
+  // stage count are measured.
   const std::vector<Schedule> flushSpace = scheduleSearchSpace(OpKind::Flush);
-  EXPECT_EQ(flushSpace.size(), 12u);
+  EXPECT_EQ(flushSpace.size(), 24u);
   const KernelSpec flush = *parseKernelSpec("flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a");
   std::vector<std::string> kept;
   for (const Schedule &s : flushSpace)
-    if (staticPruneReason(flush, s).empty())
+    if (staticPruneReason(flush, s).empty() && s.stages == 1)
       kept.push_back(std::to_string(s.warps) + "x" + std::to_string(s.minCtas));
   EXPECT_THAT(kept,
               ::testing::ElementsAre("4x0", "4x1", "4x4", "8x0", "8x1", "8x2", "16x0", "16x1"));
+  int twoStages = 0;
+  for (const Schedule &s : flushSpace)
+    twoStages += staticPruneReason(flush, s).empty() && s.stages == 2;
+  EXPECT_EQ(twoStages, 8);
 }
 
 TEST(SearchSpace, EveryShippedScheduleIsACandidateTheTunerWouldMeasure) {
@@ -131,7 +136,7 @@ TEST(SelectSchedule, TiesGoToFewerWarpsAndAllFailuresFindNothing) {
     else
       EXPECT_THAT(c.rejected, ::testing::StartsWith("pruned: min_ctas")) << c.schedule.str();
   }
-  EXPECT_EQ(crashed, 8) << "every candidate that survives pruning was measured and failed";
+  EXPECT_EQ(crashed, 16) << "every candidate that survives pruning was measured and failed";
 }
 
 /// A fake group measure: time = 1 + 0.1 * warps + 0.01 * stages (+ 0.001 for single-p).

@@ -13,8 +13,9 @@
 // iteration:
 //   row sums of M * (1/c_new)      one product per element: rowstd with r_old, then with r_new
 //   column sums of M * (1/r_new)   one product per element: colstd
-// then the best-iterate update and the next column step in one phase (endIterate). Iteration 0
-// sums M itself, rows and columns in one sweep. RTN takes N = M / best_c / best_r with two
+// then, by each column's thread from the std it computed, the next column step (columnStep); the
+// iterate's imbalance comes from per-warp ranges of the stds and is compared during the next
+// row step (normalizeTile). Iteration 0 sums M itself, rows and columns in one sweep. RTN takes N = M / best_c / best_r with two
 // correctly rounded divisions (quantizePack), as the reference.
 #pragma once
 
@@ -31,6 +32,8 @@ struct FlushContext {
   typedef RecordLayout<KB, VB, G, D, COMPACT> Layout;
   static constexpr int TG = G, HD = D, NWARPS = WARPS, KBITS = KB, VBITS = VB;
   static constexpr int THREADS = WARPS * 32;
+  /// The schedule's stages: tiles a warp's normalization sweeps take at once (blockSums).
+  static constexpr int SWEEP_STAGES = STAGES;
   /// M as fp16 with padded rows, the partial sums of the row or column chains, the scale
   /// vectors: FlushSharedLayout (params.h), which the host sizes launches with.
   static constexpr FlushSharedLayout sharedLayout() { return FlushSharedLayout{G, D, WARPS}; }
@@ -39,6 +42,7 @@ struct FlushContext {
   static constexpr int VECTORS = FlushSharedLayout::VECTORS;
   static constexpr int PARTIAL_OFFSET = sharedLayout().partialOffset();
   static constexpr int VECTOR_OFFSET = sharedLayout().vectorOffset();
+  static constexpr int RANGE_OFFSET = sharedLayout().rangeOffset();
   static constexpr int SHARED_BYTES = sharedLayout().bytes();
   static_assert(D % 32 == 0 && G % 32 == 0, "rows and columns are multiples of 32");
 
@@ -47,9 +51,12 @@ struct FlushContext {
   bool active;      ///< the tile loaded last is this CTA's tensor and is finite
   Half *m;          ///< [rows][TileView::STRIDE]: the tile M of this CTA's tensor (fp16)
   float2 *partials; ///< (sum, sum of squares) of each chain
-  float *colScale, *rowScale, *colLog, *rowLog, *colBest, *rowBest, *colStd, *rowStd;
+  float *colScale, *rowScale, *colLog, *rowLog, *colBest, *rowBest;
+  float *colPrevious; ///< the previous iterate's column scales, until its choice
   float *colInverse, *rowInverse; ///< IEEE 1/scale, for exact divisions by multiplication
-  float *scratch;                 ///< one float: the imbalance, where one warp reduces it
+  /// Two buffers (by iteration parity) of one entry per warp: (max, min) of the row stds its
+  /// threads computed, then of its column stds (float bits).
+  uint4 *ranges;
 
   static __device__ __forceinline__ FlushContext begin(const FlushParams &params) {
     FlushContext c;
@@ -77,11 +84,10 @@ struct FlushContext {
     c.rowLog = vectors + 3 * MAX_DIM;
     c.colBest = vectors + 4 * MAX_DIM;
     c.rowBest = vectors + 5 * MAX_DIM;
-    c.colStd = vectors + 6 * MAX_DIM;
-    c.rowStd = vectors + 7 * MAX_DIM;
-    c.colInverse = vectors + 8 * MAX_DIM;
-    c.rowInverse = vectors + 9 * MAX_DIM;
-    c.scratch = vectors + VECTORS * MAX_DIM;
+    c.colPrevious = vectors + 6 * MAX_DIM;
+    c.colInverse = vectors + 7 * MAX_DIM;
+    c.rowInverse = vectors + 8 * MAX_DIM;
+    c.ranges = reinterpret_cast<uint4 *>(kvarnShared + RANGE_OFFSET);
     return c;
   }
   __device__ __forceinline__ unsigned char *record() const {
@@ -169,6 +175,22 @@ __device__ __forceinline__ float4 loadHalf4(const Half *src) {
   return make_float4(a.x, a.y, b.x, b.y);
 }
 
+/// Starts pulling the pool tile of CTA blockIdx.x + prefetchStride (a CTA of the next wave) into
+/// L2, a 128-byte line per prefetch, while this CTA works on its own tile.
+template <typename Ctx> __device__ __forceinline__ void prefetchNextTile(const Ctx &c) {
+  const int next = int(blockIdx.x) + c.p.prefetchStride;
+  if (c.p.prefetchStride <= 0 || next >= 2 * c.p.numEntries)
+    return;
+  constexpr int G = Ctx::TG, D = Ctx::HD, LINES = D * 2 / 128 > 0 ? D * 2 / 128 : 1;
+  const int tensor = next >= c.p.numEntries ? 1 : 0;
+  const int entry = next - tensor * c.p.numEntries;
+  const int head = c.p.entries[3 * entry + 1], slot = c.p.entries[3 * entry + 2];
+  const Half *pool = static_cast<const Half *>(tensor == 0 ? c.p.poolKey : c.p.poolValue);
+  const Half *base = pool + (int64_t(slot) * G * c.p.numKvHeads + head) * D;
+  for (int item = threadIdx.x; item < G * LINES; item += Ctx::THREADS)
+    prefetchL2(base + int64_t(item / LINES) * c.p.numKvHeads * D + (item % LINES) * 64);
+}
+
 /// Loads the pool tile of tensor `Tensor` into the M buffer if it is this CTA's tensor; a tile
 /// holding NaN/Inf sets status bit 0 and leaves its record alone. A thread reads eight channels of
 /// one token (16 bytes). For V (rows = tokens) a warp reads consecutive pieces of token rows; for
@@ -185,40 +207,61 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
   const Half *base = pool + (int64_t(c.slot) * G * c.p.numKvHeads + c.head) * D;
   const bool vector = reinterpret_cast<uint64_t>(pool) % 16 == 0;
   uint32_t nonFinite = 0;
-#pragma unroll 2
-  for (int item = threadIdx.x; item < G * PIECES; item += Ctx::THREADS) {
-    const int token = Tensor == 0 ? item % G : item / PIECES;
-    const int channel = 8 * (Tensor == 0 ? item / G : item % PIECES);
-    const Half *src = base + token * rowStride + channel;
-    uint32_t words[4];
-    if (vector) {
-      const uint4 v = *reinterpret_cast<const uint4 *>(src);
-      words[0] = v.x, words[1] = v.y, words[2] = v.z, words[3] = v.w;
-    } else {
+  // Up to LOADS pieces in flight per thread (all of them where they fit: one round trip to
+  // memory instead of one per piece or two).
+  constexpr int PIECES_PER_THREAD = (G * PIECES + Ctx::THREADS - 1) / Ctx::THREADS;
+  constexpr int LOADS = PIECES_PER_THREAD < 16 ? PIECES_PER_THREAD : 16;
+  auto locate = [&](int item, int &token, int &channel) {
+    token = Tensor == 0 ? item % G : item / PIECES;
+    channel = 8 * (Tensor == 0 ? item / G : item % PIECES);
+  };
+#pragma unroll 1
+  for (int first = threadIdx.x; first < G * PIECES; first += LOADS * Ctx::THREADS) {
+    uint4 pieces[LOADS];
+#pragma unroll
+    for (int b = 0; b < LOADS; ++b) {
+      const int item = first + b * Ctx::THREADS;
+      if (G * PIECES % (LOADS * Ctx::THREADS) != 0 && item >= G * PIECES)
+        break;
+      int token, channel;
+      locate(item, token, channel);
+      const Half *src = base + token * rowStride + channel;
+      if (vector) {
+        pieces[b] = *reinterpret_cast<const uint4 *>(src);
+      } else {
+        const uint32_t *words = reinterpret_cast<const uint32_t *>(src);
+        pieces[b] = make_uint4(words[0], words[1], words[2], words[3]);
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < LOADS; ++b) {
+      const int item = first + b * Ctx::THREADS;
+      if (G * PIECES % (LOADS * Ctx::THREADS) != 0 && item >= G * PIECES)
+        break;
+      int token, channel;
+      locate(item, token, channel);
+      const uint32_t words[4] = {pieces[b].x, pieces[b].y, pieces[b].z, pieces[b].w};
+      // A half is NaN/Inf when its exponent bits are all set: adding 0x0400 to the masked
+      // exponent then carries into its sign bit (and never across halves).
 #pragma unroll
       for (int w = 0; w < 4; ++w)
-        words[w] = *reinterpret_cast<const uint32_t *>(src + 2 * w);
-    }
-    // A half is NaN/Inf when its exponent bits are all set: adding 0x0400 to the masked
-    // exponent then carries into its sign bit (and never across halves).
+        nonFinite |= (words[w] & 0x7c007c00u) + 0x04000400u;
+      if (Tensor == 0) { // K: channel-major rows
 #pragma unroll
-    for (int w = 0; w < 4; ++w)
-      nonFinite |= (words[w] & 0x7c007c00u) + 0x04000400u;
-    if (Tensor == 0) { // K: channel-major rows
-#pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        c.m[(channel + 2 * w) * V::STRIDE + token] = Half{(unsigned short)(words[w] & 0xffffu)};
-        c.m[(channel + 2 * w + 1) * V::STRIDE + token] = Half{(unsigned short)(words[w] >> 16)};
+        for (int w = 0; w < 4; ++w) {
+          c.m[(channel + 2 * w) * V::STRIDE + token] = Half{(unsigned short)(words[w] & 0xffffu)};
+          c.m[(channel + 2 * w + 1) * V::STRIDE + token] = Half{(unsigned short)(words[w] >> 16)};
+        }
+      } else { // V: token-major rows (16-byte aligned)
+        *reinterpret_cast<uint4 *>(c.m + token * V::STRIDE + channel) = pieces[b];
       }
-    } else { // V: token-major rows (16-byte aligned)
-      *reinterpret_cast<uint4 *>(c.m + token * V::STRIDE + channel) =
-          make_uint4(words[0], words[1], words[2], words[3]);
     }
   }
   const bool bad = __syncthreads_or(int((nonFinite & 0x80008000u) != 0)) != 0;
   if (bad && threadIdx.x == 0)
     atomicOr(c.p.status, 1);
   c.active = !bad;
+  prefetchNextTile(c);
 }
 
 __device__ __forceinline__ float2 shuffleXor(float2 v, int mask) {
@@ -305,12 +348,17 @@ enum class Scale { None, ByColumn, ByRow };
 /// then add their runs (laneTreeSums) up to runs of 64 columns and TILE_ROWS rows. Row partials go
 /// to partials[segment * ROWS + row], column partials to
 /// partials[ROWS * BLOCK_ROW_SEGMENTS + segment * COLS + col]. Per element: one fp16 load (16
-/// bytes per 8 for K rows), one product, its square, and the adds of one or both trees.
+/// bytes per 8 for K rows), one product, its square, and the adds of one or both trees. A warp
+/// takes the schedule's `stages` tiles at once (where they divide the warp's tiles): their loads
+/// and trees are independent, so one tile's latencies hide behind the other's work.
 template <Scale S, bool ROW_SUMS, bool COLUMN_SUMS, typename V, typename Ctx>
 __device__ __forceinline__ void blockSums(Ctx &c) {
   static_assert(ROW_SUMS || COLUMN_SUMS, "a sweep sums rows, columns or both");
   constexpr int RB = V::BLOCK_ROWS;
   static_assert(RB >= 2, "a thread's column runs hold whole leaf pairs");
+  constexpr int STAGES =
+      Ctx::SWEEP_STAGES > 1 && V::TILES % (Ctx::NWARPS * Ctx::SWEEP_STAGES) == 0 ? Ctx::SWEEP_STAGES
+                                                                                : 1;
   const int laneRow = c.lane / 8, laneCol = c.lane % 8;
   // Slot i of the block's rows holds row i ^ rowPerm and, with COLUMN_SUMS, slot pair k of its
   // columns holds columns 2 (k ^ pairPerm) and + 1, the orders laneTreeSums takes.
@@ -318,18 +366,31 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
   const int pairPerm = COLUMN_SUMS ? laneTreeFirst<8, 8, 2>(c.lane) / 2 : 0;
   float2 *rowPartials = c.partials;
   float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
-  // A loop of a fixed trip count (tiles are dealt to warps in turn; a warp with no tile left skips
-  // its last round, which only happens where the warps do not divide the tiles).
-#pragma unroll 1
-  for (int round = 0; round < (V::TILES + Ctx::NWARPS - 1) / Ctx::NWARPS; ++round) {
-    const int tile = c.warp + round * Ctx::NWARPS;
-    if (V::TILES % Ctx::NWARPS != 0 && tile >= V::TILES)
-      break;
-    const int tileRow = tile / V::BLOCK_ROW_SEGMENTS, tileCol = tile % V::BLOCK_ROW_SEGMENTS;
-    const int row0 = tileRow * V::TILE_ROWS + laneRow * RB, col0 = tileCol * 64 + 8 * laneCol;
-    // The column inverses are read again for every row (broadcast loads) rather than kept: the
-    // trees' partial sums need the registers. The block's row inverses load at once (a column
-    // sweep has no row permutation: slot i holds row i).
+  // Where the warps divide the row segments, a warp's tiles all lie in one column segment: its
+  // column inverses load once per sweep (two 16-byte loads) instead of once per tile.
+  constexpr bool FIXED_COLUMNS = Ctx::NWARPS % V::BLOCK_ROW_SEGMENTS == 0;
+  float colInverses[8] = {};
+  if constexpr (S == Scale::ByColumn && FIXED_COLUMNS) {
+    static_assert(!COLUMN_SUMS, "column scales with row sums only (the pairs in order)");
+    const float4 *src =
+        reinterpret_cast<const float4 *>(c.colInverse + (c.warp % V::BLOCK_ROW_SEGMENTS) * 64 +
+                                         8 * laneCol);
+    const float4 a = src[0], b = src[1];
+    colInverses[0] = a.x, colInverses[1] = a.y, colInverses[2] = a.z, colInverses[3] = a.w;
+    colInverses[4] = b.x, colInverses[5] = b.y, colInverses[6] = b.z, colInverses[7] = b.w;
+  }
+  struct Block {
+    int tileRow, tileCol, row0, col0;
+    float2 rows[RB]; ///< with ROW_SUMS: the block rows' sums (slot order)
+    ColumnSums cols; ///< with COLUMN_SUMS: the block columns' sums (slot pair order)
+  };
+  // The sums of tile `tile`'s block of this thread.
+  auto sums = [&](Block &b, int tile) {
+    b.tileRow = tile / V::BLOCK_ROW_SEGMENTS, b.tileCol = tile % V::BLOCK_ROW_SEGMENTS;
+    b.row0 = b.tileRow * V::TILE_ROWS + laneRow * RB, b.col0 = b.tileCol * 64 + 8 * laneCol;
+    const int row0 = b.row0, col0 = b.col0;
+    // The block's row inverses load at once (a column sweep has no row permutation: slot i holds
+    // row i).
     const float *colInverse = c.colInverse + col0;
     float rowInverses[RB] = {};
     if constexpr (S == Scale::ByRow) {
@@ -343,8 +404,7 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
       }
     }
     // Slot `slot` of the block's rows (row slot ^ rowPerm): its eight products, their row run's
-    // sums into rows[slot], and the column leaves (in slot order).
-    float2 rows[RB];
+    // sums into b.rows[slot], and the column leaves (in slot order).
     auto row = [&](int slot) {
       const int i = slot ^ rowPerm;
       const Half *src = c.m + (row0 + i) * V::STRIDE + col0;
@@ -357,9 +417,9 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
         const uint4 q = *reinterpret_cast<const uint4 *>(src);
         w[0] = q.x, w[1] = q.y, w[2] = q.z, w[3] = q.w;
       } else {
-        const uint2 a = reinterpret_cast<const uint2 *>(src)[0];
-        const uint2 b = reinterpret_cast<const uint2 *>(src)[1];
-        w[0] = a.x, w[1] = a.y, w[2] = b.x, w[3] = b.y;
+        const uint2 lo = reinterpret_cast<const uint2 *>(src)[0];
+        const uint2 hi = reinterpret_cast<const uint2 *>(src)[1];
+        w[0] = lo.x, w[1] = lo.y, w[2] = hi.x, w[3] = hi.y;
       }
       const float rowInverse = S == Scale::ByRow ? rowInverses[slot] : 1.0f;
       ColumnSums leaves;
@@ -369,7 +429,9 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
         const float2 m = unpackHalf2(w[k]);
         float2 x = m;
         if constexpr (S == Scale::ByColumn) {
-          const float2 inv = *reinterpret_cast<const float2 *>(colInverse + 2 * pair);
+          const float2 inv = FIXED_COLUMNS
+                                 ? make_float2(colInverses[2 * pair], colInverses[2 * pair + 1])
+                                 : *reinterpret_cast<const float2 *>(colInverse + 2 * pair);
           x = make_float2(__fmul_rn(m.x, inv.x), __fmul_rn(m.y, inv.y));
         } else if constexpr (S == Scale::ByRow) {
           x = make_float2(__fmul_rn(m.x, rowInverse), __fmul_rn(m.y, rowInverse));
@@ -378,32 +440,103 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
         leaves.v[2 * k + 1] = leafSums(x.y);
       }
       if constexpr (ROW_SUMS)
-        rows[slot] = treeSums<8, true>([&](int j) { return leaves.v[j]; }, 0);
+        b.rows[slot] = treeSums<8, true>([&](int j) { return leaves.v[j]; }, 0);
       return leaves;
     };
-    ColumnSums cols;
     if constexpr (COLUMN_SUMS) {
-      cols = columnTree<RB>(row, 0, (rowPerm & 1) != 0);
+      b.cols = columnTree<RB>(row, 0, (rowPerm & 1) != 0);
     } else {
 #pragma unroll
       for (int i = 0; i < RB; ++i)
         row(i);
     }
-    if constexpr (ROW_SUMS) { // the lanes' runs, added across the warp
-      laneTreeSums<RB, 1, 3>(rows);
+  };
+  // The warp's runs of the block's sums, added across its lanes, to the partials.
+  auto store = [&](Block &b) {
+    if constexpr (ROW_SUMS) {
+      laneTreeSums<RB, 1, 3>(b.rows);
       if ((c.lane & laneTreeCopies<RB, 1, 3>()) == 0) {
 #pragma unroll
         for (int k = 0; k < (RB >= 8 ? RB / 8 : 1); ++k)
-          rowPartials[tileCol * V::ROWS + row0 + rowPerm + k] = rows[k];
+          rowPartials[b.tileCol * V::ROWS + b.row0 + rowPerm + k] = b.rows[k];
       }
     }
     if constexpr (COLUMN_SUMS) {
-      laneTreeSums<8, 8, 2>(cols.v);
-#pragma unroll
-      for (int k = 0; k < 2; ++k)
-        colPartials[tileRow * V::COLS + col0 + 2 * pairPerm + k] = cols.v[k];
+      laneTreeSums<8, 8, 2>(b.cols.v);
+      // The lane's two columns are adjacent: one 16-byte store, the warp's 512 bytes contiguous.
+      *reinterpret_cast<float4 *>(colPartials + b.tileRow * V::COLS + b.col0 + 2 * pairPerm) =
+          make_float4(b.cols.v[0].x, b.cols.v[0].y, b.cols.v[1].x, b.cols.v[1].y);
     }
+  };
+  // A loop of a fixed trip count (tiles are dealt to warps in turn; a warp with no tile left skips
+  // its last round, which only happens where the warps do not divide the tiles).
+  constexpr int ROUNDS = (V::TILES + Ctx::NWARPS - 1) / Ctx::NWARPS;
+#pragma unroll 1
+  for (int round = 0; round < ROUNDS; round += STAGES) {
+    const int tile = c.warp + round * Ctx::NWARPS;
+    if (V::TILES % Ctx::NWARPS != 0 && tile >= V::TILES)
+      break;
+    Block blocks[STAGES];
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s)
+      sums(blocks[s], tile + s * Ctx::NWARPS);
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s)
+      store(blocks[s]);
   }
+}
+
+/// The range (max, min) of the stds a thread writes, as the bits of non-negative floats, which
+/// order as unsigned integers (a -0 std counts as +0; the imbalance's value is the same).
+struct StdRange {
+  unsigned max = 0, min = 0x7f800000u; // +Inf: no std yet
+  __device__ __forceinline__ void add(float std) {
+    const unsigned bits = __float_as_uint(std) & 0x7fffffffu;
+    max = max > bits ? max : bits;
+    min = min < bits ? min : bits;
+  }
+  /// The range over the warp's lanes.
+  __device__ __forceinline__ StdRange warp() const {
+    StdRange r;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    r.max = __reduce_max_sync(0xffffffffu, max);
+    r.min = __reduce_min_sync(0xffffffffu, min);
+#else
+    r.max = max, r.min = min;
+    for (int mask = 1; mask < 32; mask <<= 1) {
+      const unsigned a = __shfl_xor_sync(0xffffffffu, r.max, mask);
+      const unsigned b = __shfl_xor_sync(0xffffffffu, r.min, mask);
+      r.max = r.max > a ? r.max : a;
+      r.min = r.min < b ? r.min : b;
+    }
+#endif
+    return r;
+  }
+};
+
+/// Publishes the ranges of the row and column stds the warp's threads computed into buffer
+/// `parity`; every warp calls it (a warp without lines publishes empty ranges).
+template <typename Ctx>
+__device__ __forceinline__ void publishRange(Ctx &c, int parity, const StdRange &rows,
+                                             const StdRange &cols) {
+  const StdRange r = rows.warp(), k = cols.warp();
+  if (c.lane == 0)
+    c.ranges[parity * Ctx::NWARPS + c.warp] = make_uint4(r.max, r.min, k.max, k.min);
+}
+
+/// max/min(col std) + max/min(row std) of an iterate from the warps' ranges in buffer `parity`,
+/// after a barrier that completed them; every warp reduces the (at most 32) ranges itself.
+template <typename Ctx> __device__ __forceinline__ float imbalance(const Ctx &c, int parity) {
+  StdRange rows, cols;
+  if (c.lane < Ctx::NWARPS) {
+    const uint4 v = c.ranges[parity * Ctx::NWARPS + c.lane];
+    rows.max = v.x, rows.min = v.y, cols.max = v.z, cols.min = v.w;
+  }
+  rows = rows.warp();
+  cols = cols.warp();
+  const float colMax = __uint_as_float(cols.max), colMin = __uint_as_float(cols.min);
+  const float rowMax = __uint_as_float(rows.max), rowMin = __uint_as_float(rows.min);
+  return colMax / fmaxf(colMin, 1e-8f) + rowMax / fmaxf(rowMin, 1e-8f);
 }
 
 /// The sums of line `k` (of `lines`) from its segments' partial sums, added pairwise (segment s
@@ -412,116 +545,88 @@ template <int SEGMENTS>
 __device__ __forceinline__ float2 lineSums(const float2 *partials, int k, int lines) {
   return treeSums<SEGMENTS>([&](int s) { return partials[s * lines + k]; }, 0);
 }
-/// rowStd and colStd from the partial sums of a sweep with both trees (blockSums).
-template <typename V, typename Ctx> __device__ __forceinline__ void blockStds(Ctx &c) {
-  const float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
-  for (int k = threadIdx.x; k < V::ROWS + V::COLS; k += Ctx::THREADS) {
-    if (k < V::ROWS) {
-      const float2 sums = lineSums<V::BLOCK_ROW_SEGMENTS>(c.partials, k, V::ROWS);
-      c.rowStd[k] = sampleStd(sums.x, sums.y, V::COLS);
-    } else {
-      const float2 sums = lineSums<V::BLOCK_COL_SEGMENTS>(colPartials, k - V::ROWS, V::COLS);
-      c.colStd[k - V::ROWS] = sampleStd(sums.x, sums.y, V::ROWS);
-    }
-  }
-}
-
-/// max/min(col std) + max/min(row std) of the std vectors, which are complete, reduced by one warp.
-template <typename V, typename Ctx> __device__ __forceinline__ float warpImbalance(const Ctx &c) {
-  float colMax = 0.0f, colMin = KVARN_INFINITY, rowMax = 0.0f, rowMin = KVARN_INFINITY;
-  for (int k = c.lane; k < V::COLS; k += 32) {
-    colMax = fmaxf(colMax, c.colStd[k]);
-    colMin = fminf(colMin, c.colStd[k]);
-  }
-  for (int k = c.lane; k < V::ROWS; k += 32) {
-    rowMax = fmaxf(rowMax, c.rowStd[k]);
-    rowMin = fminf(rowMin, c.rowStd[k]);
-  }
-  colMax = warpMaxXor(colMax, 1, 16);
-  rowMax = warpMaxXor(rowMax, 1, 16);
-  colMin = warpMin(colMin);
-  rowMin = warpMin(rowMin);
-  return colMax / fmaxf(colMin, 1e-8f) + rowMax / fmaxf(rowMin, 1e-8f);
-}
-
-/// The imbalance of the current iterate, after a barrier that completed the std vectors. Where
-/// the CTA's warps reading every std cost little (at most 1,024 warp-line reads), every warp
-/// reduces them itself; otherwise warp 0 does and broadcasts the result through shared memory,
-/// one barrier later (on the H200 the first is 1.4% faster for the D = 128 flush at 4 warps, the
-/// second 3% faster at D = 256 with 8 warps, docs/benchmarks.md).
-template <typename V, typename Ctx> __device__ __forceinline__ float imbalance(Ctx &c) {
-  if constexpr (Ctx::NWARPS * (V::ROWS + V::COLS) <= 1024) {
-    return warpImbalance<V>(c);
-  } else {
-    if (c.warp == 0) {
-      const float value = warpImbalance<V>(c);
-      if (c.lane == 0)
-        *c.scratch = value;
-    }
-    __syncthreads();
-    return *c.scratch;
-  }
-}
-
 /// Every scale 1 and every log 0: the identity iterate.
 template <typename Ctx> __device__ __forceinline__ void resetScales(Ctx &c, int tid) {
   for (int k = tid; k < Ctx::MAX_DIM; k += Ctx::THREADS) {
-    c.colScale[k] = c.rowScale[k] = c.colBest[k] = c.rowBest[k] = 1.0f;
+    c.colScale[k] = c.rowScale[k] = c.colBest[k] = c.rowBest[k] = c.colPrevious[k] = 1.0f;
     c.colInverse[k] = c.rowInverse[k] = 1.0f;
     c.colLog[k] = c.rowLog[k] = 0.0f;
   }
 }
 
-/// The end of an iterate (iteration 0, the identity, first, included) whose row and column stds
-/// are being written: waits for them, keeps the current scales as the best iterate if its
-/// imbalance is at most `best` (ties: the later iterate wins; iteration 0 always), and, unless it
-/// is the last, takes the next iteration's column step from the column stds, each column's thread
-/// doing both, so one barrier later the next iteration's row sweep can start. log and exp are
-/// roundedmath.h's, as in the CPU reference.
-template <typename V, typename Ctx>
-__device__ __forceinline__ void endIterate(Ctx &c, float &best, bool first, bool last) {
-  __syncthreads(); // the std vectors are complete
-  const float current = imbalance<V>(c);
-  // CTA-uniform: every thread has the same current and best.
-  const bool keep = first || current <= best; // iteration 0 sets best (the scales are all 1)
+/// The column step from column k's std of the current iterate (this thread computed it): the
+/// iterate's scale is kept in colPrevious (for a later choice of the best iterate), and the next
+/// iteration's log, scale and inverse replace it. log and exp are roundedmath.h's, as in the CPU
+/// reference.
+template <typename Ctx> __device__ __forceinline__ void columnStep(Ctx &c, int k, float std) {
+  c.colPrevious[k] = c.colScale[k];
+  const float log = clampf(c.colLog[k] + logRounded(clampf(std, 1e-3f, 1e3f)), -0.3f, 10.0f);
+  const float scale = expRounded(log);
+  c.colLog[k] = log;
+  c.colScale[k] = scale;
+  c.colInverse[k] = 1.0f / scale;
+}
+
+/// Whether the iterate whose std ranges are in buffer `parity` becomes the best one: its
+/// imbalance is at most `best` (ties: the later iterate wins; iteration 0, `first`, always).
+/// CTA-uniform: every thread reduces the same ranges.
+template <typename Ctx>
+__device__ __forceinline__ bool keepIterate(const Ctx &c, int parity, float &best, bool first) {
+  const float current = imbalance(c, parity);
+  const bool keep = first || current <= best;
   best = keep ? current : best;
-  for (int k = threadIdx.x; k < V::COLS; k += Ctx::THREADS) {
-    if (keep)
-      c.colBest[k] = c.colScale[k];
-    if (!last) {
-      const float std = clampf(c.colStd[k], 1e-3f, 1e3f);
-      c.colLog[k] = clampf(c.colLog[k] + logRounded(std), -0.3f, 10.0f);
-      c.colScale[k] = expRounded(c.colLog[k]);
-      c.colInverse[k] = 1.0f / c.colScale[k];
-    }
-  }
-  if (keep)
-    for (int k = threadIdx.x; k < V::ROWS; k += Ctx::THREADS)
-      c.rowBest[k] = c.rowScale[k];
-  __syncthreads(); // the new column scales (and the bests) are complete
+  return keep;
 }
 
 /// Log-domain Sinkhorn normalization with best-iterate tracking (kvarn-format.md §4.1) of the
 /// tile `Tensor` (compile-time shape), in the CPU reference's factored arithmetic (see the top of
-/// this file).
+/// this file). The choice of the best iterate waits one phase: iterate t's imbalance is reduced
+/// during iteration t + 1's row step (from the std ranges its warps published, double-buffered by
+/// iteration), where it overlaps that step's log and exp and needs no barrier of its own; iterate
+/// t's column scales wait for it in colPrevious, its row scales in rowScale until the row step
+/// replaces them (each row's thread copies its row first).
 template <int Iterations, int Tensor, typename Ctx>
 __device__ __forceinline__ void normalizeTile(Ctx &c) {
   typedef TileView<Tensor, Ctx> V;
   constexpr int R = V::ROWS, C = V::COLS;
   const int tid = threadIdx.x;
+  const float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
   resetScales(c, tid);
   __syncthreads();
-  // Iteration 0: the stds of M itself.
+  // Iteration 0: the stds of M itself, rows and columns from one sweep, and the column step to
+  // c_1 (by each column's thread, from the std it computed).
   blockSums<Scale::None, true, true, V>(c);
   __syncthreads();
-  blockStds<V>(c);
+  {
+    StdRange rows, cols;
+    for (int k = tid; k < R; k += Ctx::THREADS) {
+      const float2 sums = lineSums<V::BLOCK_ROW_SEGMENTS>(c.partials, k, R);
+      rows.add(sampleStd(sums.x, sums.y, C));
+    }
+    for (int k = tid; k < C; k += Ctx::THREADS) {
+      const float2 sums = lineSums<V::BLOCK_COL_SEGMENTS>(colPartials, k, C);
+      const float std = sampleStd(sums.x, sums.y, R);
+      cols.add(std);
+      if (Iterations > 0)
+        columnStep(c, k, std);
+    }
+    publishRange(c, 0, rows, cols);
+  }
   float best = 0.0f; // set by iteration 0
-  endIterate<V>(c, best, true, Iterations == 0); // c_1 from the column stds of M
-  const float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
-  for (int iteration = 0; iteration < Iterations; ++iteration) {
+  for (int iteration = 1; iteration <= Iterations; ++iteration) {
+    __syncthreads(); // the column scales of this iteration (and the ranges) are complete
     blockSums<Scale::ByColumn, true, false, V>(c); // rows of M * (1/c_new)
     __syncthreads();
+    // The previous iterate's choice (its column scales in colPrevious, its row scales still in
+    // rowScale), then this iteration's row step.
+    const bool keep = keepIterate(c, (iteration - 1) & 1, best, iteration == 1);
+    if (keep)
+      for (int k = tid; k < C; k += Ctx::THREADS)
+        c.colBest[k] = c.colPrevious[k];
+    StdRange rows, cols;
     for (int k = tid; k < R; k += Ctx::THREADS) {
+      if (keep)
+        c.rowBest[k] = c.rowScale[k];
       const float2 sums = lineSums<V::BLOCK_ROW_SEGMENTS>(c.partials, k, R);
       const float unscaled = sampleStd(sums.x, sums.y, C);
       // The divisions by the scales (> 0, normal) as divideExact through their IEEE inverses:
@@ -531,17 +636,30 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
       const float scale = expRounded(c.rowLog[k]), inverse = 1.0f / scale;
       c.rowScale[k] = scale;
       c.rowInverse[k] = inverse;
-      c.rowStd[k] = divideExact(unscaled, scale, inverse); // X with the new r
+      rows.add(divideExact(unscaled, scale, inverse)); // X with the new r
     }
     __syncthreads();
     blockSums<Scale::ByRow, false, true, V>(c); // columns of M * (1/r_new)
     __syncthreads();
     for (int k = tid; k < C; k += Ctx::THREADS) {
       const float2 sums = lineSums<V::BLOCK_COL_SEGMENTS>(colPartials, k, C);
-      c.colStd[k] = divideExact(sampleStd(sums.x, sums.y, R), c.colScale[k], c.colInverse[k]);
+      const float std =
+          divideExact(sampleStd(sums.x, sums.y, R), c.colScale[k], c.colInverse[k]);
+      cols.add(std);
+      if (iteration < Iterations)
+        columnStep(c, k, std);
     }
-    endIterate<V>(c, best, false, iteration + 1 == Iterations);
+    publishRange(c, iteration & 1, rows, cols);
   }
+  __syncthreads(); // the last iterate's ranges
+  // The last iterate's choice: its scales are the current ones.
+  if (keepIterate(c, Iterations & 1, best, Iterations == 0)) {
+    for (int k = tid; k < C; k += Ctx::THREADS)
+      c.colBest[k] = c.colScale[k];
+    for (int k = tid; k < R; k += Ctx::THREADS)
+      c.rowBest[k] = c.rowScale[k];
+  }
+  // quantizePack reads the bests after its own barrier.
 }
 
 /// The normalization of the tile loaded last, if it is this CTA's (finite) tensor.

@@ -141,7 +141,8 @@ struct DecodeSharedLayout {
 /// The flush kernel's shared memory, defined once for FlushContext (device) and
 /// sharedMemoryBytes (host): the tile M in fp16 with rows padded by eight elements (rows start
 /// 16-byte aligned for the sweeps' 16-byte loads), the fp32 (sum, sum of squares) pairs of the
-/// partial sums, ten row/column vectors of floats and one scratch float (16 bytes).
+/// partial sums, nine row/column vectors of floats and two buffers of each warp's ranges of the
+/// row and column stds (two pairs of 32-bit words per warp and buffer).
 struct FlushSharedLayout {
   int tileTokens, headDim, warps;
 
@@ -176,10 +177,12 @@ struct FlushSharedLayout {
                  blockPartials(threads, tileTokens, headDim));
   }
   static constexpr int maxOf(int a, int b) { return a > b ? a : b; }
-  static constexpr int VECTORS = 10; ///< col/row: scale, inverse, log, best, std
+  /// col/row: scale, inverse, log, best; the previous iterate's column scales
+  static constexpr int VECTORS = 9;
   constexpr int partialOffset() const { return (tileHalves() * 2 + 15) / 16 * 16; }
   constexpr int vectorOffset() const { return partialOffset() + partials() * 8; }
-  constexpr int bytes() const { return vectorOffset() + VECTORS * maxDim() * 4 + 16; }
+  constexpr int rangeOffset() const { return vectorOffset() + VECTORS * maxDim() * 4; }
+  constexpr int bytes() const { return rangeOffset() + 2 * warps * 16; }
 };
 
 /// Flush (grid: x = entry).
@@ -191,6 +194,10 @@ struct FlushParams {
   int *status;                    ///< bit 0 set when a tile held NaN/Inf (its record is left alone)
   int numEntries;
   int numKvHeads;
+  /// Set by launchFlush: the CTAs resident at once. CTA b, once its tile is loaded, prefetches
+  /// CTA b + prefetchStride's pool tile into L2, so the CTAs of the next wave find theirs there
+  /// (0: no prefetch).
+  int prefetchStride;
 };
 
 /// Append (grid: x = groups of rows_per_cta tokens).

@@ -9,12 +9,17 @@
 #if defined(__CUDACC_RTC__) || defined(__CUDACC__)
 #define KVARN_MATH_FN __device__ __forceinline__
 #define KVARN_MATH_TABLE static __device__ const
+// In the constant bank (not const: its values are not folded into immediates), the coefficients
+// are operands of the double instructions themselves (as immediates, those without a short form
+// take two uniform moves each).
+#define KVARN_MATH_CONSTANTS static __constant__
 #else
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #define KVARN_MATH_FN inline
 #define KVARN_MATH_TABLE inline constexpr
+#define KVARN_MATH_CONSTANTS inline constexpr
 #endif
 
 namespace kvarn {
@@ -126,6 +131,19 @@ KVARN_MATH_TABLE double kLogOnePlusJ[64] = {
     0x1.5ee02a9241675p-1,
 };
 
+/// expRounded's constants: 64/ln2, ln2/64 in two parts (the first with 42 significant bits),
+/// then the Taylor coefficients 1/720, 1/120, 1/24, 1/6.
+KVARN_MATH_CONSTANTS double kExpConstants[7] = {
+    0x1.71547652b82fep+6,  0x1.62e42fefa3800p-7,  0x1.ef35793c76730p-51, 0x1.6c16c16c16c17p-10,
+    0x1.1111111111111p-7, 0x1.5555555555555p-5, 0x1.5555555555555p-3,
+};
+/// logRounded's constants: the Taylor coefficients 1/9, 1/7, -1/6, 1/5, 1/3, then ln2 in two
+/// parts (the first with 44 significant bits).
+KVARN_MATH_CONSTANTS double kLogConstants[7] = {
+    0x1.c71c71c71c71cp-4,  0x1.2492492492492p-3,  -0x1.5555555555555p-3, 0x1.999999999999ap-3,
+    0x1.5555555555555p-2,  0x1.ef35793c76730p-45, 0x1.62e42fefa3800p-1,
+};
+
 // The operations, each rounded once to nearest (never contracted or reassociated).
 #if defined(__CUDA_ARCH__)
 KVARN_MATH_FN double mul(double a, double b) { return __dmul_rn(a, b); }
@@ -164,13 +182,14 @@ KVARN_MATH_FN double doubleOfBits(long long a) {
 /// Taylor polynomial of degree 6 (truncation below 1e-17).
 KVARN_MATH_FN float expRounded(float x) {
   const double xd = double(x);
-  const double k = roundToInteger(mul(xd, 0x1.71547652b82fep+6)); // x * 64/ln2
+  const double *c = kExpConstants;
+  const double k = roundToInteger(mul(xd, c[0])); // x * 64/ln2
   // ln2/64 in two parts; the first has 42 significant bits, so k times it is exact.
-  double r = fma(-k, 0x1.62e42fefa3800p-7, xd);
-  r = fma(-k, 0x1.ef35793c76730p-51, r);
-  double p = fma(r, 0x1.6c16c16c16c17p-10, 0x1.1111111111111p-7); // 1/720, 1/120
-  p = fma(r, p, 0x1.5555555555555p-5);                            // 1/24
-  p = fma(r, p, 0x1.5555555555555p-3);                            // 1/6
+  double r = fma(-k, c[1], xd);
+  r = fma(-k, c[2], r);
+  double p = fma(r, c[3], c[4]); // 1/720, 1/120
+  p = fma(r, p, c[5]);           // 1/24
+  p = fma(r, p, c[6]);           // 1/6
   p = fma(r, p, 0.5);
   p = fma(r, p, 1.0);
   p = mul(r, p); // exp(r) - 1
@@ -190,20 +209,21 @@ KVARN_MATH_FN float logRounded(float x) {
   const int j = int(bits >> 17) & 63;
   const double m = double(floatOfBits((bits & 0x007fffffu) | 0x3f800000u)); // exact
   const double r = fma(m, kInverseOnePlusJ[j], -1.0);
-  double p = fma(r, 0x1.c71c71c71c71cp-4, -0x1.0000000000000p-3); // 1/9, -1/8
-  p = fma(r, p, 0x1.2492492492492p-3);                            // 1/7
-  p = fma(r, p, -0x1.5555555555555p-3);                           // -1/6
-  p = fma(r, p, 0x1.999999999999ap-3);                            // 1/5
+  const double *c = kLogConstants;
+  double p = fma(r, c[0], -0.125); // 1/9, -1/8
+  p = fma(r, p, c[1]);             // 1/7
+  p = fma(r, p, c[2]);             // -1/6
+  p = fma(r, p, c[3]);             // 1/5
   p = fma(r, p, -0.25);
-  p = fma(r, p, 0x1.5555555555555p-2); // 1/3
+  p = fma(r, p, c[4]); // 1/3
   p = fma(r, p, -0.5);
   p = fma(r, p, 1.0);
   p = mul(r, p); // log1p(r)
   const double ed = double(e);
   // ln2 in two parts; the first has 44 significant bits, so e times it is exact.
   double s = add(kLogOnePlusJ[j], p);
-  s = fma(ed, 0x1.ef35793c76730p-45, s);
-  return toFloat(fma(ed, 0x1.62e42fefa3800p-1, s));
+  s = fma(ed, c[5], s);
+  return toFloat(fma(ed, c[6], s));
 }
 
 } // namespace roundedmath
@@ -211,3 +231,4 @@ KVARN_MATH_FN float logRounded(float x) {
 
 #undef KVARN_MATH_FN
 #undef KVARN_MATH_TABLE
+#undef KVARN_MATH_CONSTANTS

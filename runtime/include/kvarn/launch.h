@@ -71,6 +71,8 @@ public:
   int localBytes(size_t index) const;
   /// CTAs of function 0 resident per multiprocessor (registers, shared memory, threads).
   int residentCtasPerSm() const { return residentCtasPerSm_; }
+  /// Multiprocessors of the device the module was loaded on.
+  int multiprocessors() const { return multiprocessors_; }
   /// Function 1 (a decode's split merge) waits for function 0's grid on the device, so it may
   /// launch as function 0's programmatic dependent: the module carries the device library's
   /// `kvarn_merge_awaits_decode` marker (kernels generated for sm_90 or later by this library).
@@ -82,6 +84,7 @@ private:
   Schedule schedule_;
   size_t sharedBytes_ = 0;
   int residentCtasPerSm_ = 1;
+  int multiprocessors_ = 1;
   bool programmaticMerge_ = false;
 };
 
