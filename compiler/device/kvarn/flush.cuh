@@ -211,20 +211,20 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
   // memory instead of one per piece or two).
   constexpr int PIECES_PER_THREAD = (G * PIECES + Ctx::THREADS - 1) / Ctx::THREADS;
   constexpr int LOADS = PIECES_PER_THREAD < 16 ? PIECES_PER_THREAD : 16;
-  auto locate = [&](int item, int &token, int &channel) {
-    token = Tensor == 0 ? item % G : item / PIECES;
-    channel = 8 * (Tensor == 0 ? item / G : item % PIECES);
-  };
-#pragma unroll 1
-  for (int first = threadIdx.x; first < G * PIECES; first += LOADS * Ctx::THREADS) {
-    uint4 pieces[LOADS];
+  // body(b, token, channel) for piece b of the LOADS starting at item `first` (those in the tile).
+  auto forEachPiece = [&](int first, auto &&body) {
 #pragma unroll
     for (int b = 0; b < LOADS; ++b) {
       const int item = first + b * Ctx::THREADS;
       if (G * PIECES % (LOADS * Ctx::THREADS) != 0 && item >= G * PIECES)
         break;
-      int token, channel;
-      locate(item, token, channel);
+      body(b, Tensor == 0 ? item % G : item / PIECES, 8 * (Tensor == 0 ? item / G : item % PIECES));
+    }
+  };
+#pragma unroll 1
+  for (int first = threadIdx.x; first < G * PIECES; first += LOADS * Ctx::THREADS) {
+    uint4 pieces[LOADS];
+    forEachPiece(first, [&](int b, int token, int channel) {
       const Half *src = base + token * rowStride + channel;
       if (vector) {
         pieces[b] = *reinterpret_cast<const uint4 *>(src);
@@ -232,14 +232,8 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
         const uint32_t *words = reinterpret_cast<const uint32_t *>(src);
         pieces[b] = make_uint4(words[0], words[1], words[2], words[3]);
       }
-    }
-#pragma unroll
-    for (int b = 0; b < LOADS; ++b) {
-      const int item = first + b * Ctx::THREADS;
-      if (G * PIECES % (LOADS * Ctx::THREADS) != 0 && item >= G * PIECES)
-        break;
-      int token, channel;
-      locate(item, token, channel);
+    });
+    forEachPiece(first, [&](int b, int token, int channel) {
       const uint32_t words[4] = {pieces[b].x, pieces[b].y, pieces[b].z, pieces[b].w};
       // A half is NaN/Inf when its exponent bits are all set: adding 0x0400 to the masked
       // exponent then carries into its sign bit (and never across halves).
@@ -255,7 +249,7 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
       } else { // V: token-major rows (16-byte aligned)
         *reinterpret_cast<uint4 *>(c.m + token * V::STRIDE + channel) = pieces[b];
       }
-    }
+    });
   }
   const bool bad = __syncthreads_or(int((nonFinite & 0x80008000u) != 0)) != 0;
   if (bad && threadIdx.x == 0)
