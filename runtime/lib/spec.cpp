@@ -220,8 +220,9 @@ std::vector<Schedule> scheduleSearchSpace(OpKind op) {
     break;
   case OpKind::Flush:
     warps = {4, 8, 16};
-    // Tiles a warp's sweeps take at once: 2 was 2-3% faster than 1 on the H200 at head_dim 128
-    // and 256 (docs/benchmarks.md); 4 no faster than 2 at 128 and 8% slower at 256.
+    // Tiles a warp's sweeps take at once: on the H200, 2 makes the head_dim 64 and g64 flushes up
+    // to 12% faster and the D = 128 k4v2 one 0.7% slower (docs/benchmarks.md); 4 was no faster
+    // than 2 at D = 128.
     stages = {1, 2};
     // An explicit bound (1: the 255-register cap; 4 warps x 4, 8 x 2, 16 x 1: 128 registers)
     // makes ptxas allocate otherwise than the 96-100 registers it picks unbound, with shared

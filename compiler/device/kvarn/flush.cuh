@@ -15,8 +15,8 @@
 //   column sums of M * (1/r_new)   one product per element: colstd
 // then, by each column's thread from the std it computed, the next column step (columnStep); the
 // iterate's imbalance comes from per-warp ranges of the stds and is compared during the next
-// row step (normalizeTile). Iteration 0 sums M itself, rows and columns in one sweep. RTN takes N = M / best_c / best_r with two
-// correctly rounded divisions (quantizePack), as the reference.
+// row step (normalizeTile). Iteration 0 sums M itself, rows and columns in one sweep. RTN takes N =
+// M / best_c / best_r with two correctly rounded divisions (quantizePack), as the reference.
 #pragma once
 
 #include "kvarn/common.cuh"
@@ -52,7 +52,7 @@ struct FlushContext {
   Half *m;          ///< [rows][TileView::STRIDE]: the tile M of this CTA's tensor (fp16)
   float2 *partials; ///< (sum, sum of squares) of each chain
   float *colScale, *rowScale, *colLog, *rowLog, *colBest, *rowBest;
-  float *colPrevious; ///< the previous iterate's column scales, until its choice
+  float *colPrevious;             ///< the previous iterate's column scales, until its choice
   float *colInverse, *rowInverse; ///< IEEE 1/scale, for exact divisions by multiplication
   /// Two buffers (by iteration parity) of one entry per warp: (max, min) of the row stds its
   /// threads computed, then of its column stds (float bits).
@@ -350,9 +350,9 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
   static_assert(ROW_SUMS || COLUMN_SUMS, "a sweep sums rows, columns or both");
   constexpr int RB = V::BLOCK_ROWS;
   static_assert(RB >= 2, "a thread's column runs hold whole leaf pairs");
-  constexpr int STAGES =
-      Ctx::SWEEP_STAGES > 1 && V::TILES % (Ctx::NWARPS * Ctx::SWEEP_STAGES) == 0 ? Ctx::SWEEP_STAGES
-                                                                                : 1;
+  constexpr int STAGES = Ctx::SWEEP_STAGES > 1 && V::TILES % (Ctx::NWARPS * Ctx::SWEEP_STAGES) == 0
+                             ? Ctx::SWEEP_STAGES
+                             : 1;
   const int laneRow = c.lane / 8, laneCol = c.lane % 8;
   // Slot i of the block's rows holds row i ^ rowPerm and, with COLUMN_SUMS, slot pair k of its
   // columns holds columns 2 (k ^ pairPerm) and + 1, the orders laneTreeSums takes.
@@ -366,9 +366,8 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
   float colInverses[8] = {};
   if constexpr (S == Scale::ByColumn && FIXED_COLUMNS) {
     static_assert(!COLUMN_SUMS, "column scales with row sums only (the pairs in order)");
-    const float4 *src =
-        reinterpret_cast<const float4 *>(c.colInverse + (c.warp % V::BLOCK_ROW_SEGMENTS) * 64 +
-                                         8 * laneCol);
+    const float4 *src = reinterpret_cast<const float4 *>(
+        c.colInverse + (c.warp % V::BLOCK_ROW_SEGMENTS) * 64 + 8 * laneCol);
     const float4 a = src[0], b = src[1];
     colInverses[0] = a.x, colInverses[1] = a.y, colInverses[2] = a.z, colInverses[3] = a.w;
     colInverses[4] = b.x, colInverses[5] = b.y, colInverses[6] = b.z, colInverses[7] = b.w;
@@ -637,8 +636,7 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
     __syncthreads();
     for (int k = tid; k < C; k += Ctx::THREADS) {
       const float2 sums = lineSums<V::BLOCK_COL_SEGMENTS>(colPartials, k, C);
-      const float std =
-          divideExact(sampleStd(sums.x, sums.y, R), c.colScale[k], c.colInverse[k]);
+      const float std = divideExact(sampleStd(sums.x, sums.y, R), c.colScale[k], c.colInverse[k]);
       cols.add(std);
       if (iteration < Iterations)
         columnStep(c, k, std);

@@ -134,14 +134,14 @@ KVARN_MATH_TABLE double kLogOnePlusJ[64] = {
 /// expRounded's constants: 64/ln2, ln2/64 in two parts (the first with 42 significant bits),
 /// then the Taylor coefficients 1/720, 1/120, 1/24, 1/6.
 KVARN_MATH_CONSTANTS double kExpConstants[7] = {
-    0x1.71547652b82fep+6,  0x1.62e42fefa3800p-7,  0x1.ef35793c76730p-51, 0x1.6c16c16c16c17p-10,
+    0x1.71547652b82fep+6, 0x1.62e42fefa3800p-7, 0x1.ef35793c76730p-51, 0x1.6c16c16c16c17p-10,
     0x1.1111111111111p-7, 0x1.5555555555555p-5, 0x1.5555555555555p-3,
 };
 /// logRounded's constants: the Taylor coefficients 1/9, 1/7, -1/6, 1/5, 1/3, then ln2 in two
 /// parts (the first with 44 significant bits).
 KVARN_MATH_CONSTANTS double kLogConstants[7] = {
-    0x1.c71c71c71c71cp-4,  0x1.2492492492492p-3,  -0x1.5555555555555p-3, 0x1.999999999999ap-3,
-    0x1.5555555555555p-2,  0x1.ef35793c76730p-45, 0x1.62e42fefa3800p-1,
+    0x1.c71c71c71c71cp-4, 0x1.2492492492492p-3,  -0x1.5555555555555p-3, 0x1.999999999999ap-3,
+    0x1.5555555555555p-2, 0x1.ef35793c76730p-45, 0x1.62e42fefa3800p-1,
 };
 
 // The operations, each rounded once to nearest (never contracted or reassociated).
