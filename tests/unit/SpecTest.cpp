@@ -102,6 +102,19 @@ TEST(Schedule, ValidationChecksTheTargetLimits) {
               HasSubstr("heads_per_cta = 4"));
 }
 
+TEST(Schedule, FlushSharedMemoryKeepsTheTunedCtasPerSm) {
+  // The flush's CTAs per SM are set by its shared memory (the fp16 tile, the partial sums, the
+  // scale vectors, the warps' std ranges): on an H100/H200 the tuned schedules hold four CTAs of
+  // 4 warps per SM at D = 128 and two of 8 warps at D = 256 (the driver reserves 1 KB per CTA).
+  // A layout that grows past that loses a CTA per SM (and a quarter or half of the kernel's speed).
+  auto ctasPerSm = [](const char *spec, const char *schedule) {
+    const KernelSpec s = *parseKernelSpec(spec);
+    return sharedMemoryPerSm(s.arch) / (sharedMemoryBytes(s, *parseSchedule(schedule)) + 1024);
+  };
+  EXPECT_EQ(ctasPerSm("flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "warps=4"), 4u);
+  EXPECT_EQ(ctasPerSm("flush:kvarn_k4v2_g128:d256:q1:f16:sm_90a", "warps=8"), 2u);
+}
+
 TEST(KernelBuilder, BuildsAVerifiedModuleOrReportsWhy) {
   mlir::DialectRegistry registry;
   dialect::registerKvarnDialects(registry);
