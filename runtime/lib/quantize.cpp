@@ -240,27 +240,10 @@ Status validateMatrix(std::span<const float> matrix, int rows, int cols, int bit
                            ", column " + std::to_string(i % cols) + "; NaN/Inf cannot be quantized");
   return Status::success();
 }
-} // namespace
 
-Expected<QuantizedMatrix> quantizeMatrix(std::span<const float> matrix, int rows, int cols,
-                                         int bits, int iterations) {
-  if (Status s = validateMatrix(matrix, rows, cols, bits, "quantizeMatrix"); !s)
-    return s.error();
-  return quantizeNormalized(matrix, rows, cols, bits,
-                            normalizeVariance(matrix, rows, cols, iterations));
-}
-
-Expected<QuantizedMatrix> quantizeNormalized(std::span<const float> matrix, int rows, int cols,
-                                             int bits, const Normalization &norm) {
-  if (Status s = validateMatrix(matrix, rows, cols, bits, "quantizeNormalized"); !s)
-    return s.error();
-  if (norm.colScale.size() != static_cast<size_t>(cols) ||
-      norm.rowScale.size() != static_cast<size_t>(rows))
-    return makeError(ErrorCode::BufferSize,
-                     "quantizeNormalized: " + std::to_string(norm.colScale.size()) +
-                         " column and " + std::to_string(norm.rowScale.size()) +
-                         " row scales for a " + std::to_string(rows) + "x" + std::to_string(cols) +
-                         " matrix");
+/// RTN and folding of a checked matrix with scales of the right sizes.
+QuantizedMatrix roundAndFold(std::span<const float> matrix, int rows, int cols, int bits,
+                             const Normalization &norm) {
   std::vector<float> n(matrix.size());
   applyScales(matrix, norm.colScale, norm.rowScale, rows, cols, n);
 
@@ -289,6 +272,28 @@ Expected<QuantizedMatrix> quantizeNormalized(std::span<const float> matrix, int 
   for (int c = 0; c < cols; ++c)
     q.colScale[c] = floatToHalfSaturate(norm.colScale[c]);
   return q;
+}
+} // namespace
+
+Expected<QuantizedMatrix> quantizeMatrix(std::span<const float> matrix, int rows, int cols,
+                                         int bits, int iterations) {
+  if (Status s = validateMatrix(matrix, rows, cols, bits, "quantizeMatrix"); !s)
+    return s.error();
+  return roundAndFold(matrix, rows, cols, bits, normalizeVariance(matrix, rows, cols, iterations));
+}
+
+Expected<QuantizedMatrix> quantizeNormalized(std::span<const float> matrix, int rows, int cols,
+                                             int bits, const Normalization &norm) {
+  if (Status s = validateMatrix(matrix, rows, cols, bits, "quantizeNormalized"); !s)
+    return s.error();
+  if (norm.colScale.size() != static_cast<size_t>(cols) ||
+      norm.rowScale.size() != static_cast<size_t>(rows))
+    return makeError(ErrorCode::BufferSize,
+                     "quantizeNormalized: " + std::to_string(norm.colScale.size()) +
+                         " column and " + std::to_string(norm.rowScale.size()) +
+                         " row scales for a " + std::to_string(rows) + "x" + std::to_string(cols) +
+                         " matrix");
+  return roundAndFold(matrix, rows, cols, bits, norm);
 }
 
 Status packCodes(std::span<const uint8_t> codes, int bits, std::span<uint8_t> packed) {

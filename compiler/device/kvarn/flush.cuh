@@ -488,21 +488,11 @@ struct StdRange {
     max = max > bits ? max : bits;
     min = min < bits ? min : bits;
   }
-  /// The range over the warp's lanes.
+  /// The range over the warp's lanes (one REDUX each; every supported arch is sm_80 or later).
   __device__ __forceinline__ StdRange warp() const {
     StdRange r;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     r.max = __reduce_max_sync(0xffffffffu, max);
     r.min = __reduce_min_sync(0xffffffffu, min);
-#else
-    r.max = max, r.min = min;
-    for (int mask = 1; mask < 32; mask <<= 1) {
-      const unsigned a = __shfl_xor_sync(0xffffffffu, r.max, mask);
-      const unsigned b = __shfl_xor_sync(0xffffffffu, r.min, mask);
-      r.max = r.max > a ? r.max : a;
-      r.min = r.min < b ? r.min : b;
-    }
-#endif
     return r;
   }
 };
