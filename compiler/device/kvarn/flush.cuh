@@ -742,22 +742,33 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
     const float scale = fmaxf((hi - lo) / qmax, 1e-10f);
     const float inverse = 1.0f / scale;
     // Step 3. Codes (exact division, half to even), packed little-endian, a word at a time.
+    // The quotient q = (n - lo) / scale lies in [0, qmax (1 + 2^-23)] (n >= lo exactly, and
+    // scale >= (hi - lo) / qmax rounded), so the reference's clamp of rint(q) to [0, qmax] never
+    // acts. q + 1.5 * 2^23 is q rounded to an integer, half to even (the ulp there is 1), with
+    // bits ROUND_BITS + code: each word adds its codes' bits shifted into place (one LEA each)
+    // and subtracts the shifted ROUND_BITS once.
+    constexpr float ROUND_MAGIC = 12582912.0f;
+    constexpr uint32_t ROUND_BITS = 0x4b400000u;
+    constexpr uint32_t WORD_BIAS = [] {
+      uint32_t bias = 0;
+      for (int e = 0; e < CODES_PER_WORD; ++e)
+        bias += ROUND_BITS << (e * bits);
+      return bias;
+    }();
+    static_assert(qmaxCode < 16, "codes are exact integers below 2^22 in the rounded sum");
     uint32_t *dst = reinterpret_cast<uint32_t *>(rec + packedOffset + row * rowBytes) +
                     part * (SEGMENT / CODES_PER_WORD);
 #pragma unroll 2
     for (int w = 0; w < SEGMENT / CODES_PER_WORD; ++w) {
-      uint32_t word = 0;
+      uint32_t word = 0u - WORD_BIAS;
 #pragma unroll
       for (int k = 0; k < CODES_PER_WORD; k += 4) {
         const float4 v = normalized(w * CODES_PER_WORD + k);
         const float n[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          // The quotient is >= 0 and at most qmax (1 + 2^-23): rounding to an unsigned
-          // integer, half to even, and a min are the reference's rint and clamp.
           const float quotient = divideExact(n[e] - lo, scale, inverse);
-          const unsigned code = min(__float2uint_rn(quotient), qmaxCode);
-          word |= code << ((k + e) * bits);
+          word += __float_as_uint(__fadd_rn(quotient, ROUND_MAGIC)) << ((k + e) * bits);
         }
       }
       dst[w] = word;
