@@ -1,9 +1,14 @@
 // KernelSpec and Schedule text forms, validation messages, and the verified module builder.
-#include "kvarn/Dialect/KernelBuilder.h"
 #include "kvarn/spec.h"
+#include "kvarn/Dialect/KernelBuilder.h"
+#include "kvarn/params.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+#include <vector>
 
 using namespace kvarn;
 using ::testing::HasSubstr;
@@ -113,6 +118,88 @@ TEST(Schedule, FlushSharedMemoryKeepsTheTunedCtasPerSm) {
   };
   EXPECT_EQ(ctasPerSm("flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "warps=4"), 4u);
   EXPECT_EQ(ctasPerSm("flush:kvarn_k4v2_g128:d256:q1:f16:sm_90a", "warps=8"), 2u);
+}
+
+namespace {
+/// Shared-memory wavefronts of one warp-wide access of `bytes` per lane at byte addresses
+/// `addresses` (32 lanes): the warp is served in phases of 128 bytes (32 lanes of 4 bytes, 16 of
+/// 8, 8 of 16), and a phase takes as many wavefronts as the most distinct 4-byte words any bank
+/// holds.
+int wavefronts(const std::vector<int> &addresses, int bytes) {
+  const int lanesPerPhase = 128 / std::max(bytes, 4);
+  int total = 0;
+  for (int first = 0; first < 32; first += lanesPerPhase) {
+    std::map<int, std::set<int>> banks;
+    for (int lane = first; lane < first + lanesPerPhase; ++lane)
+      for (int word = addresses[lane] / 4; word <= (addresses[lane] + bytes - 1) / 4; ++word)
+        banks[word % 32].insert(word);
+    int most = 0;
+    for (const auto &bank : banks)
+      most = std::max<int>(most, bank.second.size());
+    total += most;
+  }
+  return total;
+}
+} // namespace
+
+TEST(Schedule, FlushTileLayoutServesEverySweepAtTheFewestWavefronts) {
+  // The flush's fp16 tile M (flush.cuh, TileView::at): rows of 128 elements, chunks of 8 permuted
+  // by FlushSharedLayout::chunkSwizzle. Each access pattern of the kernel, modeled lane by lane
+  // (a 4 x 4-row-block tile of 16 rows x 64 columns per warp; rowPerm and pairPerm are the lane
+  // permutations of laneTreeFirst), must take the fewest wavefronts its bytes allow.
+  using dev::FlushSharedLayout;
+  constexpr int S = 128;
+  auto at = [](int row, int col) {
+    return 2 * (row * S + (col ^ (FlushSharedLayout::chunkSwizzle(row) << 3)));
+  };
+  auto rowPerm = [](int q) { return ((q & 1) << 1) | ((q >> 1) & 1); };
+  for (int tileRow = 0; tileRow < 8; ++tileRow)
+    for (int tileCol = 0; tileCol < 2; ++tileCol)
+      for (int slot = 0; slot < 4; ++slot) {
+        // Row sweeps: lane = 8 block row + block column, each lane a 16-byte chunk of row
+        // (slot ^ rowPerm) of its block.
+        std::vector<int> rows(32), columns(32);
+        for (int lane = 0; lane < 32; ++lane) {
+          const int blockRow = lane / 8, blockCol = lane % 8;
+          rows[lane] = at(16 * tileRow + 4 * blockRow + (slot ^ rowPerm(blockCol)),
+                          64 * tileCol + 8 * blockCol);
+        }
+        EXPECT_EQ(wavefronts(rows, 16), 4) << "row sweep, tile row " << tileRow;
+        // Column sweeps: lane = 4 block column + block row, each lane the 4-byte pair k ^ pairPerm
+        // of its chunk.
+        for (int k = 0; k < 4; ++k) {
+          for (int lane = 0; lane < 32; ++lane) {
+            const int blockRow = lane % 4, blockCol = lane / 4;
+            const int pairPerm = ((blockRow & 1) << 1) | ((blockRow >> 1) & 1);
+            columns[lane] = at(16 * tileRow + 4 * blockRow + slot, 64 * tileCol + 8 * blockCol) +
+                            4 * (k ^ pairPerm);
+          }
+          EXPECT_EQ(wavefronts(columns, 4), 1) << "column sweep, tile row " << tileRow;
+        }
+      }
+  // RTN: thread t of 128 takes row rtnRow(t) and reads four elements (8 bytes) at a time, the same
+  // columns in every lane: as padded rows did, two wavefronts per half-warp.
+  std::vector<bool> dealt(256, false);
+  for (int slot = 0; slot < 256; ++slot) {
+    const int row = FlushSharedLayout::rtnRow(slot);
+    ASSERT_TRUE(row >= 0 && row < 256 && !dealt[row]) << "slot " << slot;
+    dealt[row] = true;
+  }
+  for (int warp = 0; warp < 4; ++warp)
+    for (int col = 0; col < S; col += 4) {
+      std::vector<int> rtn(32);
+      for (int lane = 0; lane < 32; ++lane)
+        rtn[lane] = at(FlushSharedLayout::rtnRow(32 * warp + lane), col);
+      EXPECT_EQ(wavefronts(rtn, 8), 4) << "RTN, column " << col;
+    }
+  // The K tile's transposing stores: 32 lanes, 32 consecutive tokens of one channel row.
+  for (int channel = 0; channel < 128; ++channel)
+    for (int token = 0; token < S; token += 32) {
+      std::vector<int> stores(32);
+      for (int lane = 0; lane < 32; ++lane)
+        stores[lane] = at(channel, token + lane);
+      EXPECT_EQ(wavefronts(stores, 2), 1) << "K load, channel " << channel;
+    }
 }
 
 TEST(KernelBuilder, BuildsAVerifiedModuleOrReportsWhy) {

@@ -99,8 +99,15 @@ struct FlushContext {
 template <int Tensor, typename Ctx> struct TileView {
   static constexpr int ROWS = Tensor == 0 ? Ctx::HD : Ctx::TG;
   static constexpr int COLS = Tensor == 0 ? Ctx::TG : Ctx::HD;
-  /// fp16 elements per row of the M buffer (rows start 16-byte aligned).
-  static constexpr int STRIDE = COLS + FlushSharedLayout::ROW_PAD;
+  /// fp16 elements per row of the M buffer: rows are unpadded, and each row's 16-byte chunks (8
+  /// elements) are permuted instead (chunk k is stored at k ^ FlushSharedLayout::chunkSwizzle(row);
+  /// see at()).
+  static constexpr int STRIDE = COLS;
+  static_assert((STRIDE & (STRIDE - 1)) == 0 && STRIDE >= 64, "rows of a power of two chunks");
+  /// The index in M of element (row, col).
+  static __device__ __forceinline__ int at(int row, int col) {
+    return row * STRIDE + (col ^ (FlushSharedLayout::chunkSwizzle(row) << 3));
+  }
   /// The sweeps' blocks (FlushSharedLayout::blockRows): BLOCK_ROWS x 8 elements per thread,
   /// a warp's lanes a 4 x 8 grid of blocks, tiles of TILE_ROWS x 64 taken by the warps in turn.
   static constexpr int BLOCK_ROWS = FlushSharedLayout::blockRows(Ctx::THREADS, ROWS, COLS);
@@ -240,14 +247,16 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
 #pragma unroll
       for (int w = 0; w < 4; ++w)
         nonFinite |= (words[w] & 0x7c007c00u) + 0x04000400u;
-      if (Tensor == 0) { // K: channel-major rows
+      if (Tensor == 0) { // K: channel-major rows (channel is a multiple of 8: two swizzles)
+        const int low = V::at(channel, token), high = V::at(channel + 4, token) - 4 * V::STRIDE;
 #pragma unroll
-        for (int w = 0; w < 4; ++w) {
-          c.m[(channel + 2 * w) * V::STRIDE + token] = Half{(unsigned short)(words[w] & 0xffffu)};
-          c.m[(channel + 2 * w + 1) * V::STRIDE + token] = Half{(unsigned short)(words[w] >> 16)};
+        for (int j = 0; j < 8; ++j) {
+          const unsigned short half =
+              (unsigned short)(j % 2 == 0 ? words[j / 2] & 0xffffu : words[j / 2] >> 16);
+          c.m[(j < 4 ? low : high) + j * V::STRIDE] = Half{half};
         }
-      } else { // V: token-major rows (16-byte aligned)
-        *reinterpret_cast<uint4 *>(c.m + token * V::STRIDE + channel) = pieces[b];
+      } else { // V: token-major rows (16-byte chunks)
+        *reinterpret_cast<uint4 *>(c.m + V::at(token, channel)) = pieces[b];
       }
     });
   }
@@ -353,11 +362,18 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
   constexpr int STAGES = Ctx::SWEEP_STAGES > 1 && V::TILES % (Ctx::NWARPS * Ctx::SWEEP_STAGES) == 0
                              ? Ctx::SWEEP_STAGES
                              : 1;
-  const int laneRow = c.lane / 8, laneCol = c.lane % 8;
+  // The lanes' 4 x 8 grid of blocks: with row sums, lane bits 0-2 give the block column (the
+  // row trees add across them); in column-only sweeps, lane bits 0-1 give the block row, so the
+  // eight lanes of each quarter-warp phase of the 16-byte partial stores write 128 contiguous bytes
+  // (two block columns, four block rows) instead of eight pieces 64 bytes apart.
+  constexpr bool ROWS_FIRST = !ROW_SUMS;
+  constexpr int ROW_MASK = ROWS_FIRST ? 1 : 8; ///< the lowest lane bit of the block row
+  const int laneRow = ROWS_FIRST ? c.lane % 4 : c.lane / 8;
+  const int laneCol = ROWS_FIRST ? c.lane / 4 : c.lane % 8;
   // Slot i of the block's rows holds row i ^ rowPerm and, with COLUMN_SUMS, slot pair k of its
   // columns holds columns 2 (k ^ pairPerm) and + 1, the orders laneTreeSums takes.
   const int rowPerm = ROW_SUMS ? laneTreeFirst<RB, 1, 3>(c.lane) : 0;
-  const int pairPerm = COLUMN_SUMS ? laneTreeFirst<8, 8, 2>(c.lane) / 2 : 0;
+  const int pairPerm = COLUMN_SUMS ? laneTreeFirst<8, ROW_MASK, 2>(c.lane) / 2 : 0;
   float2 *rowPartials = c.partials;
   float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
   // Where the warps divide the row segments, a warp's tiles all lie in one column segment: its
@@ -398,21 +414,20 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     }
     // Slot `slot` of the block's rows (row slot ^ rowPerm): its eight products, their row run's
     // sums into b.rows[slot], and the column leaves (in slot order).
+    // The block's rows share their chunk swizzle (rows row0 .. row0 + RB - 1, RB <= 4).
+    static_assert(RB <= 4, "a block's rows share a swizzle");
+    const Half *block = c.m + V::at(row0, col0);
     auto row = [&](int slot) {
       const int i = slot ^ rowPerm;
-      const Half *src = c.m + (row0 + i) * V::STRIDE + col0;
+      const Half *src = block + i * V::STRIDE;
       uint32_t w[4];
       if constexpr (COLUMN_SUMS) { // the pairs in slot order
 #pragma unroll
         for (int k = 0; k < 4; ++k)
           w[k] = *reinterpret_cast<const uint32_t *>(src + 2 * (k ^ pairPerm));
-      } else if constexpr (V::STRIDE % 8 == 0) { // 16-byte aligned rows
+      } else { // the chunk at once
         const uint4 q = *reinterpret_cast<const uint4 *>(src);
         w[0] = q.x, w[1] = q.y, w[2] = q.z, w[3] = q.w;
-      } else {
-        const uint2 lo = reinterpret_cast<const uint2 *>(src)[0];
-        const uint2 hi = reinterpret_cast<const uint2 *>(src)[1];
-        w[0] = lo.x, w[1] = lo.y, w[2] = hi.x, w[3] = hi.y;
       }
       const float rowInverse = S == Scale::ByRow ? rowInverses[slot] : 1.0f;
       ColumnSums leaves;
@@ -455,8 +470,9 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
       }
     }
     if constexpr (COLUMN_SUMS) {
-      laneTreeSums<8, 8, 2>(b.cols.v);
-      // The lane's two columns are adjacent: one 16-byte store, the warp's 512 bytes contiguous.
+      laneTreeSums<8, ROW_MASK, 2>(b.cols.v);
+      // The lane's two columns are adjacent: one 16-byte store (each quarter-warp phase 128
+      // contiguous bytes in column-only sweeps).
       *reinterpret_cast<float4 *>(colPartials + b.tileRow * V::COLS + b.col0 + 2 * pairPerm) =
           make_float4(b.cols.v[0].x, b.cols.v[0].y, b.cols.v[1].x, b.cols.v[1].y);
     }
@@ -679,6 +695,7 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
                                        : (4 < BY_WORDS ? 4 : BY_WORDS);
   constexpr int SEGMENT = C / LANES; ///< columns per thread
   static_assert(LANES >= 1 && SEGMENT % CODES_PER_WORD == 0 && SEGMENT % 4 == 0, "segments");
+  static_assert(R % 32 == 0, "FlushSharedLayout::rtnRow deals rows in runs of 32");
   const float qmax = float(qmaxCode);
   constexpr int rowBytes = C * bits / 8;
   unsigned char *rec = c.record();
@@ -703,15 +720,20 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
   __syncthreads();
   const int part = threadIdx.x % LANES;
   const unsigned group = ((1u << LANES) - 1) << (c.lane & ~(LANES - 1));
-  for (int row = threadIdx.x / LANES; row < R; row += Ctx::THREADS / LANES) {
+  for (int slot = threadIdx.x / LANES; slot < R; slot += Ctx::THREADS / LANES) {
+    const int row = FlushSharedLayout::rtnRow(slot);
     // Step 1. N = M / best_c / best_r (two true divisions), computed from M where it is used.
-    const Half *line = c.m + row * V::STRIDE + part * SEGMENT;
+    // Column `col` of the row: its chunk swizzled, its place in the chunk kept (loads of four
+    // at k and k + 4 share one swizzled chunk address).
+    const Half *line = c.m + row * V::STRIDE;
+    const int swizzle = FlushSharedLayout::chunkSwizzle(row) << 3;
+    auto element = [&](int col) { return line + ((col & ~7) ^ swizzle) + (col & 7); };
     const float *colScale = c.colScale + part * SEGMENT;
     const float *colInverse = c.colInverse + part * SEGMENT;
     const float rowScale = c.rowScale[row], rowInverse = c.rowInverse[row];
     // Y = M / best_c (one true division) and N = Y / best_r.
     auto columnScaled = [&](int k) {
-      const float4 m = loadHalf4(line + k);
+      const float4 m = loadHalf4(element(part * SEGMENT + k));
       const float4 s = *reinterpret_cast<const float4 *>(colScale + k);
       const float4 inv = *reinterpret_cast<const float4 *>(colInverse + k);
       return make_float4(divideExact(m.x, s.x, inv.x), divideExact(m.y, s.y, inv.y),

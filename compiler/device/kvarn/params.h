@@ -147,11 +147,22 @@ struct FlushSharedLayout {
   int tileTokens, headDim, warps;
 
   constexpr int maxDim() const { return headDim > tileTokens ? headDim : tileTokens; }
-  /// Padding of a row of a [rows][cols] view, in fp16 elements.
-  static constexpr int ROW_PAD = 8;
-  /// K is [D][G + 8], V is [G][D + 8]; the buffer holds either.
-  constexpr int tileHalves() const {
-    return maxOf(headDim * (tileTokens + ROW_PAD), tileTokens * (headDim + ROW_PAD));
+  /// K is [D][G], V is [G][D]: unpadded rows whose 16-byte chunks (8 fp16 elements) are
+  /// permuted, chunk k of row r stored at k ^ chunkSwizzle(r).
+  constexpr int tileHalves() const { return headDim * tileTokens; }
+  /// The chunk permutation of row `row`: XOR with bits 2-4 of the row, the same for the four rows
+  /// of a sweep block (so a block's loads keep immediate row offsets). It spreads the flush's
+  /// shared-memory accesses over the banks: the row sweeps' block rows (the eight lanes of a
+  /// quarter-warp read four rows of one block, one chunk each), the column sweeps' pair loads
+  /// (four block rows), the tile loads' stores, and the RTN's thread-per-row reads, whose rows
+  /// are dealt by rtnRow. With rows padded by one chunk instead, the row sweeps' 16-byte loads
+  /// took two wavefronts per quarter-warp.
+  static constexpr int chunkSwizzle(int row) { return (row >> 2) & 7; }
+  /// The row of RTN slot `slot` (threads take consecutive slots): within each run of 32, slot
+  /// 8a + b takes row 4b + a, so that the lanes of a quarter- or half-warp read rows of distinct
+  /// swizzles.
+  static constexpr int rtnRow(int slot) {
+    return (slot & ~31) | ((slot & 7) << 2) | ((slot >> 3) & 3);
   }
   /// The normalization sweeps' blocks: a thread holds blockRows x 8 elements, a warp a 4 x 8 grid
   /// of blocks (a tile of 4 blockRows rows and 64 columns). blockRows is the largest power of two
