@@ -139,10 +139,10 @@ struct DecodeSharedLayout {
 };
 
 /// The flush kernel's shared memory, defined once for FlushContext (device) and
-/// sharedMemoryBytes (host): the tile M in fp16 with rows padded by eight elements (rows start
-/// 16-byte aligned for the sweeps' 16-byte loads), the fp32 (sum, sum of squares) pairs of the
-/// partial sums, nine row/column vectors of floats and two buffers of each warp's ranges of the
-/// row and column stds (two pairs of 32-bit words per warp and buffer).
+/// sharedMemoryBytes (host): the tile M in fp16 (unpadded rows, their 16-byte chunks swizzled:
+/// chunkSwizzle), the fp32 (sum, sum of squares) pairs of the partial sums, nine row/column
+/// vectors of floats and two buffers of each warp's ranges of the row and column stds (two pairs
+/// of 32-bit words per warp and buffer).
 struct FlushSharedLayout {
   int tileTokens, headDim, warps;
 
