@@ -34,8 +34,8 @@ struct FlushContext {
   static constexpr int THREADS = WARPS * 32;
   /// The schedule's stages: tiles a warp's normalization sweeps take at once (blockSums).
   static constexpr int SWEEP_STAGES = STAGES;
-  /// M as fp16 with padded rows, the partial sums of the row or column chains, the scale
-  /// vectors: FlushSharedLayout (params.h), which the host sizes launches with.
+  /// M as fp16 (swizzled rows, TileView::at), the partial sums of the row or column chains, the
+  /// scale vectors: FlushSharedLayout (params.h), which the host sizes launches with.
   static constexpr FlushSharedLayout sharedLayout() { return FlushSharedLayout{G, D, WARPS}; }
   static constexpr int MAX_DIM = sharedLayout().maxDim();
   static constexpr int PARTIALS = sharedLayout().partials(); ///< (sum, sum of squares) pairs
