@@ -192,13 +192,16 @@ TEST(Schedule, FlushTileLayoutServesEverySweepAtTheFewestWavefronts) {
         rtn[lane] = at(FlushSharedLayout::rtnRow(32 * warp + lane), col);
       EXPECT_EQ(wavefronts(rtn, 8), 4) << "RTN, column " << col;
     }
-  // The K tile's transposing stores: 32 lanes, 32 consecutive tokens of one channel row.
+  // The K tile's transposing stores: 32 lanes, each a 4-byte pair of adjacent tokens (64
+  // consecutive tokens) of one channel row; the pair stays whole under the swizzle.
   for (int channel = 0; channel < 128; ++channel)
-    for (int token = 0; token < S; token += 32) {
+    for (int token = 0; token < S; token += 64) {
       std::vector<int> stores(32);
-      for (int lane = 0; lane < 32; ++lane)
-        stores[lane] = at(channel, token + lane);
-      EXPECT_EQ(wavefronts(stores, 2), 1) << "K load, channel " << channel;
+      for (int lane = 0; lane < 32; ++lane) {
+        stores[lane] = at(channel, token + 2 * lane);
+        EXPECT_EQ(at(channel, token + 2 * lane + 1), stores[lane] + 2) << "K pair " << lane;
+      }
+      EXPECT_EQ(wavefronts(stores, 4), 1) << "K load, channel " << channel;
     }
 }
 

@@ -199,64 +199,77 @@ template <typename Ctx> __device__ __forceinline__ void prefetchNextTile(const C
 }
 
 /// Loads the pool tile of tensor `Tensor` into the M buffer if it is this CTA's tensor; a tile
-/// holding NaN/Inf sets status bit 0 and leaves its record alone. A thread reads eight channels of
-/// one token (16 bytes). For V (rows = tokens) a warp reads consecutive pieces of token rows; for
-/// K (rows = channels) a warp reads one piece of 32 consecutive tokens, so its transposed stores
-/// fall on distinct banks.
+/// holding NaN/Inf sets status bit 0 and leaves its record alone. A thread reads eight channels
+/// (16 bytes) of SPAN adjacent tokens per item. For V (rows = tokens, SPAN 1) a warp reads
+/// consecutive pieces of token rows and stores them whole. For K (rows = channels, SPAN 2) a
+/// warp reads one piece of 64 consecutive tokens: each channel's two halves of a lane's token
+/// pair form one 32-bit store, and the warp's stores fill 128 contiguous bytes of a row (distinct
+/// banks).
 template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx &c) {
   typedef TileView<Tensor, Ctx> V;
   c.active = false;
   if (c.tensor != Tensor) // CTA-uniform
     return;
   constexpr int G = Ctx::TG, D = Ctx::HD, PIECES = D / 8;
+  constexpr int SPAN = Tensor == 0 ? 2 : 1, ITEMS = G / SPAN * PIECES;
   const Half *pool = static_cast<const Half *>(Tensor == 0 ? c.p.poolKey : c.p.poolValue);
   const int64_t rowStride = int64_t(c.p.numKvHeads) * D;
   const Half *base = pool + (int64_t(c.slot) * G * c.p.numKvHeads + c.head) * D;
   const bool vector = reinterpret_cast<uint64_t>(pool) % 16 == 0;
   uint32_t nonFinite = 0;
-  // Up to LOADS pieces in flight per thread (all of them where they fit: one round trip to
-  // memory instead of one per piece or two).
-  constexpr int PIECES_PER_THREAD = (G * PIECES + Ctx::THREADS - 1) / Ctx::THREADS;
-  constexpr int LOADS = PIECES_PER_THREAD < 16 ? PIECES_PER_THREAD : 16;
-  // body(b, token, channel) for piece b of the LOADS starting at item `first` (those in the tile).
-  auto forEachPiece = [&](int first, auto &&body) {
+  // Up to 16 pieces in flight per thread (all of them where they fit: one round trip to memory
+  // instead of one per piece or two).
+  constexpr int ITEMS_PER_THREAD = (ITEMS + Ctx::THREADS - 1) / Ctx::THREADS;
+  constexpr int LOADS = ITEMS_PER_THREAD < 16 / SPAN ? ITEMS_PER_THREAD : 16 / SPAN;
+  // body(b, token, channel) for item b of the LOADS starting at item `first` (those in the tile).
+  auto forEachItem = [&](int first, auto &&body) {
 #pragma unroll
     for (int b = 0; b < LOADS; ++b) {
       const int item = first + b * Ctx::THREADS;
-      if (G * PIECES % (LOADS * Ctx::THREADS) != 0 && item >= G * PIECES)
+      if (ITEMS % (LOADS * Ctx::THREADS) != 0 && item >= ITEMS)
         break;
-      body(b, Tensor == 0 ? item % G : item / PIECES, 8 * (Tensor == 0 ? item / G : item % PIECES));
+      if (Tensor == 0)
+        body(b, 2 * (item % (G / 2)), 8 * (item / (G / 2)));
+      else
+        body(b, item / PIECES, 8 * (item % PIECES));
     }
   };
 #pragma unroll 1
-  for (int first = threadIdx.x; first < G * PIECES; first += LOADS * Ctx::THREADS) {
-    uint4 pieces[LOADS];
-    forEachPiece(first, [&](int b, int token, int channel) {
-      const Half *src = base + token * rowStride + channel;
-      if (vector) {
-        pieces[b] = *reinterpret_cast<const uint4 *>(src);
-      } else {
-        const uint32_t *words = reinterpret_cast<const uint32_t *>(src);
-        pieces[b] = make_uint4(words[0], words[1], words[2], words[3]);
+  for (int first = threadIdx.x; first < ITEMS; first += LOADS * Ctx::THREADS) {
+    uint4 pieces[LOADS][SPAN];
+    forEachItem(first, [&](int b, int token, int channel) {
+#pragma unroll
+      for (int s = 0; s < SPAN; ++s) {
+        const Half *src = base + (token + s) * rowStride + channel;
+        if (vector) {
+          pieces[b][s] = *reinterpret_cast<const uint4 *>(src);
+        } else {
+          const uint32_t *words = reinterpret_cast<const uint32_t *>(src);
+          pieces[b][s] = make_uint4(words[0], words[1], words[2], words[3]);
+        }
       }
     });
-    forEachPiece(first, [&](int b, int token, int channel) {
-      const uint32_t words[4] = {pieces[b].x, pieces[b].y, pieces[b].z, pieces[b].w};
-      // A half is NaN/Inf when its exponent bits are all set: adding 0x0400 to the masked
-      // exponent then carries into its sign bit (and never across halves).
+    forEachItem(first, [&](int b, int token, int channel) {
+      uint32_t words[SPAN][4];
 #pragma unroll
-      for (int w = 0; w < 4; ++w)
-        nonFinite |= (words[w] & 0x7c007c00u) + 0x04000400u;
-      if (Tensor == 0) { // K: channel-major rows (channel is a multiple of 8: two swizzles)
+      for (int s = 0; s < SPAN; ++s) {
+        words[s][0] = pieces[b][s].x, words[s][1] = pieces[b][s].y;
+        words[s][2] = pieces[b][s].z, words[s][3] = pieces[b][s].w;
+        // A half is NaN/Inf when its exponent bits are all set: adding 0x0400 to the masked
+        // exponent then carries into its sign bit (and never across halves).
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+          nonFinite |= (words[s][w] & 0x7c007c00u) + 0x04000400u;
+      }
+      if constexpr (Tensor == 0) { // K: channel-major rows (channel is a multiple of 8: two
+                                   // swizzles; token is even, so each pair is one word)
         const int low = V::at(channel, token), high = V::at(channel + 4, token) - 4 * V::STRIDE;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const unsigned short half =
-              (unsigned short)(j % 2 == 0 ? words[j / 2] & 0xffffu : words[j / 2] >> 16);
-          c.m[(j < 4 ? low : high) + j * V::STRIDE] = Half{half};
-        }
+        for (int j = 0; j < 8; ++j)
+          *reinterpret_cast<uint32_t *>(c.m + (j < 4 ? low : high) + j * V::STRIDE) =
+              __byte_perm(words[0][j / 2], words[SPAN - 1][j / 2], j % 2 == 0 ? 0x5410 : 0x7632);
       } else { // V: token-major rows (16-byte chunks)
-        *reinterpret_cast<uint4 *>(c.m + V::at(token, channel)) = pieces[b];
+        *reinterpret_cast<uint4 *>(c.m + V::at(token, channel)) = pieces[b][0];
       }
     });
   }
