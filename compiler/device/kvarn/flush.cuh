@@ -64,8 +64,8 @@ struct FlushContext {
     if (dynamicSharedBytes() < SHARED_BYTES)
       __trap();
     c.p = params;
-    // K tiles take about four times as long as V tiles: CTAs 0 .. E - 1 are the K tiles, so
-    // they start first and the short V tiles fill the SMs at the end (longest first).
+    // CTAs 0 .. E - 1 are the K tiles and E .. 2E - 1 the V tiles (both take the same
+    // arithmetic, so about the same time).
     const int entries = params.numEntries;
     c.tensor = int(blockIdx.x) >= entries ? 1 : 0;
     const int entry = int(blockIdx.x) - c.tensor * entries;
