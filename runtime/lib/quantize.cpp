@@ -259,7 +259,9 @@ QuantizedMatrix roundAndFold(std::span<const float> matrix, int rows, int cols, 
   for (int r = 0; r < rows; ++r) {
     const float *row = &n[static_cast<size_t>(r) * cols];
     auto [lo, hi] = std::minmax_element(row, row + cols);
-    const float low = *lo;
+    // A zero minimum is +0 whichever zero came first (-0 + 0 = +0), as the GPU flush's exact
+    // divisions give it: the zero point's sign bit is then defined (the codes do not change).
+    const float low = *lo + 0.0f;
     const float scale = std::max((*hi - low) / qmax, 1e-10f);
     for (int c = 0; c < cols; ++c) {
       float code = std::nearbyint((row[c] - low) / scale); // default rounding mode: half to even

@@ -669,8 +669,24 @@ void checkFlush(const std::string &preset, int headDim, int tiles, uint64_t seed
     for (size_t i = 0; i < layout.valuePackedBytes; ++i)
       valueEqual += actual[layout.valuePacked + i] == expected[layout.valuePacked + i];
     valueBytes += layout.valuePackedBytes;
-    EXPECT_TRUE(std::equal(expected.begin(), expected.end(), actual))
-        << "record " << e << " differs from the CPU reference's";
+    const auto mismatch = std::mismatch(expected.begin(), expected.end(), actual);
+    if (mismatch.first != expected.end()) {
+      const size_t i = size_t(mismatch.first - expected.begin());
+      const std::pair<size_t, const char *> fields[] = {
+          {layout.keyPacked, "K codes"},          {layout.keyScaleCol, "K column scales"},
+          {layout.keyZeroPoint, "K zero points"}, {layout.keyScaleRow, "K row scales"},
+          {layout.valuePacked, "V codes"},        {layout.valueScaleCol, "V column scales"},
+          {layout.valueScaleRow, "V row scales"}, {layout.valueZeroPoint, "V zero points"},
+          {layout.tileBytes, "padding"}};
+      const char *field = "?";
+      size_t start = 0;
+      for (auto [offset, name] : fields)
+        if (offset <= i && offset >= start)
+          start = offset, field = name;
+      ADD_FAILURE() << "record " << e << " differs from the CPU reference's at byte " << i << " ("
+                    << field << ", byte " << i - start << "): " << int(*mismatch.second)
+                    << " against " << int(*mismatch.first);
+    }
     reference::DecodedRecord a = *reference::readRecord(format, std::span(actual, layout.tileBytesAligned));
     reference::DecodedRecord x = *reference::readRecord(format, expected);
     const std::tuple<const char *, const std::vector<uint16_t> *, const std::vector<uint16_t> *>

@@ -215,6 +215,81 @@ TEST(Normalization, FactoredStdsAgreeWithTheDirectFormAsASummationOrderDoes) {
   EXPECT_LE(double(factored) / double(total), 1e-5);
 }
 
+TEST(Quantize, OneFmaCodesAgreeWithTheChainWhereTheirMarginDecidesThem) {
+  // A model of the GPU flush's codes (quantizePack in flush.cuh): q~ = m * (1/c * (1/r * 1/s)) +
+  // (-lo * 1/s) in one FMA, kept where it lies further than
+  // 0.5 - (24 max(|lo|, |hi|) / s + 128) 2^-24 from a rounding midpoint, against the
+  // reference's chain of correctly rounded operations (n = m / c / r, q = (n - lo) / s, rint).
+  // Rows of random fp16 elements with Sinkhorn-like scales, and rows of a tiny range against
+  // their magnitude (where the margin leaves every code to the chain).
+  std::mt19937_64 rng(kvarn::testing::testSeed(29));
+  std::uniform_real_distribution<float> logScale(-0.3f, 4.0f), unit(-1.0f, 1.0f);
+  constexpr int C = 128;
+  int64_t decided = 0, total = 0, nearMidpoint = 0;
+  for (int row = 0; row < 40000; ++row) {
+    const int bits = row % 2 == 0 ? 4 : 2;
+    const float qmax = float((1 << bits) - 1);
+    const bool narrow = row % 10 == 9;
+    const float magnitude = std::exp2(float(int(rng() % 24) - 12));
+    const float offset = narrow ? magnitude * 1000.0f : 0.0f;
+    float m[C], c[C];
+    for (int j = 0; j < C; ++j) {
+      m[j] = roundToHalf(offset + magnitude * unit(rng) * (j % 17 == 0 ? 8.0f : 1.0f));
+      c[j] = std::exp(logScale(rng));
+    }
+    const float r = std::exp(logScale(rng));
+    float n[C], lo = std::numeric_limits<float>::infinity(), hi = -lo;
+    for (int j = 0; j < C; ++j) {
+      n[j] = (m[j] / c[j]) / r;
+      lo = std::min(lo, n[j]);
+      hi = std::max(hi, n[j]);
+    }
+    const float s = std::max((hi - lo) / qmax, 1e-10f), inverse = 1.0f / s;
+    const float rowFactor = (1.0f / r) * inverse, shift = -lo * inverse;
+    const float margin =
+        0.5f - (24.0f * std::max(std::fabs(lo), std::fabs(hi)) * inverse + 128.0f) * 0x1p-24f;
+    for (int j = 0; j < C; ++j, ++total) {
+      const float exact = std::nearbyint((n[j] - lo) / s);
+      const float quotient = std::fmaf(m[j], (1.0f / c[j]) * rowFactor, shift);
+      const float rounded = std::nearbyint(quotient);
+      const float distance = std::fabs(quotient - rounded);
+      if (std::fabs(distance - 0.5f) < 1e-4f)
+        ++nearMidpoint;
+      if (distance < margin) {
+        ++decided;
+        ASSERT_EQ(rounded, exact) << "row " << row << " element " << j << ": q~ " << quotient
+                                  << ", margin " << margin;
+      }
+    }
+  }
+  // The FMA decides nearly every code of the random rows (the narrow rows, a tenth, take the
+  // chain), and the rows reach codes within 1e-4 of a midpoint, where the margin matters.
+  EXPECT_GT(double(decided), 0.85 * double(total));
+  EXPECT_GT(nearMidpoint, 100);
+}
+
+TEST(Quantize, AZeroMinimumGivesAPositiveZeroPoint) {
+  // Rows whose minimum is zero, met as -0 first or as +0 first: the zero point is +0 either way
+  // (the GPU flush's exact divisions turn -0 into +0), and the codes are those of the minimum 0.
+  const float values[2][4] = {{-0.0f, 1.0f, 0.0f, 3.0f}, {0.0f, 2.0f, -0.0f, 1.5f}};
+  std::vector<float> matrix;
+  for (const auto &row : values)
+    matrix.insert(matrix.end(), std::begin(row), std::end(row));
+  Normalization norm;
+  norm.colScale.assign(4, 1.0f);
+  norm.rowScale.assign(2, 1.0f);
+  Expected<QuantizedMatrix> q = quantizeNormalized(matrix, 2, 4, 4, norm);
+  ASSERT_TRUE(q) << q.error().str();
+  EXPECT_EQ(q->rowZeroPoint[0], 0x0000);
+  EXPECT_EQ(q->rowZeroPoint[1], 0x0000);
+  EXPECT_EQ(q->codes[0], 0);
+  EXPECT_EQ(q->codes[2], 0);
+  EXPECT_EQ(q->codes[3], 15);
+  EXPECT_EQ(q->codes[4], 0);
+  EXPECT_EQ(q->codes[6], 0);
+  EXPECT_EQ(q->codes[5], 15);
+}
+
 TEST(Quantize, RejectsScalesOfTheWrongSize) {
   const std::vector<float> m = randomMatrix(64, 32, 5, 3.0f);
   Normalization scales = normalizeVariance(m, 64, 32, 8);

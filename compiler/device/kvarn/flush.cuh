@@ -772,7 +772,7 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
       lo = fminf(lo, __shfl_xor_sync(group, lo, offset));
       hi = fmaxf(hi, __shfl_xor_sync(group, hi, offset));
     }
-    lo = divideExact(lo, rowScale, rowInverse);
+    lo = divideExact(lo, rowScale, rowInverse); // a zero minimum comes out +0, as on the CPU
     hi = divideExact(hi, rowScale, rowInverse);
     const float scale = fmaxf((hi - lo) / qmax, 1e-10f);
     const float inverse = 1.0f / scale;
@@ -793,8 +793,8 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
     static_assert(qmaxCode < 16, "codes are exact integers below 2^22 in the rounded sum");
     uint32_t *dst = reinterpret_cast<uint32_t *>(rec + packedOffset + row * rowBytes) +
                     part * (SEGMENT / CODES_PER_WORD);
-#pragma unroll 2
-    for (int w = 0; w < SEGMENT / CODES_PER_WORD; ++w) {
+    // Word w's codes from the reference's chain of correctly rounded operations.
+    auto exactWord = [&](int w) {
       uint32_t word = 0u - WORD_BIAS;
 #pragma unroll
       for (int k = 0; k < CODES_PER_WORD; k += 4) {
@@ -806,7 +806,39 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
           word += __float_as_uint(__fadd_rn(quotient, ROUND_MAGIC)) << ((k + e) * bits);
         }
       }
-      dst[w] = word;
+      return word;
+    };
+    // The same codes, first from one FFMA per element: q~ = m * (1/c * (1/r * 1/scale)) +
+    // (-lo * 1/scale), which differs from the chain's quotient q by at most (9 A / scale + 48)
+    // units of 2^-24 (A = max(|lo|, |hi|): five roundings in the factor, two in the offset, one
+    // in the FFMA, against the chain's four; codes are at most 15). Where every q~ of a word lies
+    // further than `margin` (that bound with a factor of 2.6 to spare) from a rounding midpoint,
+    // q rounds to the same integer; otherwise the word is recomputed by the chain (a midpoint,
+    // ties included, is never decided by q~). A row whose range is tiny against its magnitude
+    // gets a margin <= 0 and takes the chain for every word. (A unit test models the margin
+    // against the chain: Quantize.OneFmaCodesAgreeWithTheChainWhereTheirMarginDecidesThem.)
+    const float rowFactor = rowInverse * inverse, offset = -lo * inverse;
+    const float margin =
+        0.5f - (24.0f * fmaxf(fabsf(lo), fabsf(hi)) * inverse + 128.0f) * 5.9604645e-8f;
+#pragma unroll 2
+    for (int w = 0; w < SEGMENT / CODES_PER_WORD; ++w) {
+      uint32_t word = 0u - WORD_BIAS;
+      bool decided = true;
+#pragma unroll
+      for (int k = 0; k < CODES_PER_WORD; k += 4) {
+        const int col = w * CODES_PER_WORD + k;
+        const float4 m = loadHalf4(element(part * SEGMENT + col));
+        const float4 inv = *reinterpret_cast<const float4 *>(colInverse + col);
+        const float mv[4] = {m.x, m.y, m.z, m.w}, iv[4] = {inv.x, inv.y, inv.z, inv.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float quotient = fmaf(mv[e], iv[e] * rowFactor, offset);
+          const float rounded = __fadd_rn(quotient, ROUND_MAGIC);
+          decided = decided && fabsf(__fsub_rn(quotient, __fsub_rn(rounded, ROUND_MAGIC))) < margin;
+          word += __float_as_uint(rounded) << ((k + e) * bits);
+        }
+      }
+      dst[w] = decided ? word : exactWord(w);
     }
     if (part == 0) {
       rowScales[row] = saturateHalf(rowScale * scale);
