@@ -220,8 +220,9 @@ TEST(Quantize, OneFmaCodesAgreeWithTheChainWhereTheirMarginDecidesThem) {
   // (-lo * 1/s) in one FMA, kept where it lies further than
   // 0.5 - (24 max(|lo|, |hi|) / s + 128) 2^-24 from a rounding midpoint, against the
   // reference's chain of correctly rounded operations (n = m / c / r, q = (n - lo) / s, rint).
-  // Rows of random fp16 elements with Sinkhorn-like scales, and rows of a tiny range against
-  // their magnitude (where the margin leaves every code to the chain).
+  // Rows of random fp16 elements with Sinkhorn-like scales, rows whose mean is 1000 times their
+  // spread (a narrower margin), and constant rows (scale 1e-10 against elements of at least
+  // 8e-5: a margin below zero, so every code is left to the chain).
   std::mt19937_64 rng(kvarn::testing::testSeed(29));
   std::uniform_real_distribution<float> logScale(-0.3f, 4.0f), unit(-1.0f, 1.0f);
   constexpr int C = 128;
@@ -229,13 +230,15 @@ TEST(Quantize, OneFmaCodesAgreeWithTheChainWhereTheirMarginDecidesThem) {
   for (int row = 0; row < 40000; ++row) {
     const int bits = row % 2 == 0 ? 4 : 2;
     const float qmax = float((1 << bits) - 1);
-    const bool narrow = row % 10 == 9;
+    const bool narrow = row % 10 == 9, constant = row % 50 == 7;
     const float magnitude = std::exp2(float(int(rng() % 24) - 12));
     const float offset = narrow ? magnitude * 1000.0f : 0.0f;
     float m[C], c[C];
     for (int j = 0; j < C; ++j) {
       m[j] = roundToHalf(offset + magnitude * unit(rng) * (j % 17 == 0 ? 8.0f : 1.0f));
       c[j] = std::exp(logScale(rng));
+      if (constant) // a quarter over scales up to e^8: |n| >= 8e-5, so the margin is below zero
+        m[j] = 0.25f, c[j] = c[0];
     }
     const float r = std::exp(logScale(rng));
     float n[C], lo = std::numeric_limits<float>::infinity(), hi = -lo;
@@ -256,14 +259,15 @@ TEST(Quantize, OneFmaCodesAgreeWithTheChainWhereTheirMarginDecidesThem) {
       if (std::fabs(distance - 0.5f) < 1e-4f)
         ++nearMidpoint;
       if (distance < margin) {
+        ASSERT_FALSE(constant) << "row " << row << ": a constant row's margin is " << margin;
         ++decided;
         ASSERT_EQ(rounded, exact) << "row " << row << " element " << j << ": q~ " << quotient
                                   << ", margin " << margin;
       }
     }
   }
-  // The FMA decides nearly every code of the random rows (the narrow rows, a tenth, take the
-  // chain), and the rows reach codes within 1e-4 of a midpoint, where the margin matters.
+  // The FMA decides nearly every code but the constant rows', and the rows reach codes within
+  // 1e-4 of a midpoint, where the margin matters.
   EXPECT_GT(double(decided), 0.85 * double(total));
   EXPECT_GT(nearMidpoint, 100);
 }
