@@ -1,5 +1,6 @@
 // Property tests of the reference quantizer: packing, error bounds, edge tiles, bad input.
 #include "kvarn/reference.h"
+#include "kvarn/roundedmath.h"
 
 #include "../common/Seeds.h"
 
@@ -217,9 +218,9 @@ TEST(Normalization, FactoredStdsAgreeWithTheDirectFormAsASummationOrderDoes) {
 
 TEST(Quantize, OneFmaCodesAgreeWithTheChainWhereTheirMarginDecidesThem) {
   // A model of the GPU flush's codes (quantizePack in flush.cuh): q~ = m * (1/c * (1/r * 1/s)) +
-  // (-lo * 1/s) in one FMA, kept where it lies further than
-  // 0.5 - (24 max(|lo|, |hi|) / s + 128) 2^-24 from a rounding midpoint, against the
-  // reference's chain of correctly rounded operations (n = m / c / r, q = (n - lo) / s, rint).
+  // (-lo * 1/s) in one FMA, kept where it lies further than roundedmath::codeMargin from a
+  // rounding midpoint, against the reference's chain of correctly rounded operations
+  // (n = m / c / r, q = (n - lo) / s, rint).
   // Rows of random fp16 elements with Sinkhorn-like scales, rows whose mean is 1000 times their
   // spread (a narrower margin), and constant rows (scale 1e-10 against elements of at least
   // 8e-5: a margin below zero, so every code is left to the chain).
@@ -249,8 +250,7 @@ TEST(Quantize, OneFmaCodesAgreeWithTheChainWhereTheirMarginDecidesThem) {
     }
     const float s = std::max((hi - lo) / qmax, 1e-10f), inverse = 1.0f / s;
     const float rowFactor = (1.0f / r) * inverse, shift = -lo * inverse;
-    const float margin =
-        0.5f - (24.0f * std::max(std::fabs(lo), std::fabs(hi)) * inverse + 128.0f) * 0x1p-24f;
+    const float margin = roundedmath::codeMargin(std::max(std::fabs(lo), std::fabs(hi)), inverse);
     for (int j = 0; j < C; ++j, ++total) {
       const float exact = std::nearbyint((n[j] - lo) / s);
       const float quotient = std::fmaf(m[j], (1.0f / c[j]) * rowFactor, shift);

@@ -808,18 +808,14 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
       }
       return word;
     };
-    // The same codes, first from one FFMA per element: q~ = m * (1/c * (1/r * 1/scale)) +
-    // (-lo * 1/scale), which differs from the chain's quotient q by at most (9 A / scale + 48)
-    // units of 2^-24 (A = max(|lo|, |hi|): five roundings in the factor, two in the offset, one
-    // in the FFMA, against the chain's four; codes are at most 15). Where every q~ of a word lies
-    // further than `margin` (that bound with a factor of 2.6 to spare) from a rounding midpoint,
-    // q rounds to the same integer; otherwise the word is recomputed by the chain (a midpoint,
-    // ties included, is never decided by q~). A row whose range is tiny against its magnitude
-    // gets a margin <= 0 and takes the chain for every word. (A unit test models the margin
-    // against the chain: Quantize.OneFmaCodesAgreeWithTheChainWhereTheirMarginDecidesThem.)
+    // The same codes, first from one FFMA per element (roundedmath::codeMargin gives the bound):
+    // where every q~ of a word lies further than the margin from a rounding midpoint, it rounds
+    // to the chain's integer; otherwise the word is recomputed by the chain (a midpoint, ties
+    // included, is never decided by q~, and a row whose range is tiny against its magnitude takes
+    // the chain for every word). A unit test checks the margin against the chain
+    // (Quantize.OneFmaCodesAgreeWithTheChainWhereTheirMarginDecidesThem).
     const float rowFactor = rowInverse * inverse, offset = -lo * inverse;
-    const float margin =
-        0.5f - (24.0f * fmaxf(fabsf(lo), fabsf(hi)) * inverse + 128.0f) * 5.9604645e-8f;
+    const float margin = roundedmath::codeMargin(fmaxf(fabsf(lo), fabsf(hi)), inverse);
 #pragma unroll 2
     for (int w = 0; w < SEGMENT / CODES_PER_WORD; ++w) {
       uint32_t word = 0u - WORD_BIAS;

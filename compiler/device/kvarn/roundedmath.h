@@ -1,9 +1,10 @@
 // log and exp of a float, rounded to float, as one fixed sequence of IEEE double operations that
 // the GPU flush (flush.cuh) and the CPU reference (quantize.cpp) both run, so their Sinkhorn scales
-// agree bit for bit. Each is a 64-entry table and a short polynomial: the error before the final
-// rounding is below 1e-16 relative, so the result is the correctly rounded float except where the
-// exact value lies within about 1e-16 of a rounding midpoint (about 2e-9 of arguments). Shared
-// verbatim by the device library (NVRTC, no standard headers) and the host (plain C++).
+// agree bit for bit; and the margin of the flush's one-FMA codes (codeMargin), which a CPU test
+// checks against the exact chain. Each is a 64-entry table and a short polynomial: the error before
+// the final rounding is below 1e-16 relative, so the result is the correctly rounded float except
+// where the exact value lies within about 1e-16 of a rounding midpoint (about 2e-9 of arguments).
+// Shared verbatim by the device library (NVRTC, no standard headers) and the host (plain C++).
 #pragma once
 
 #if defined(__CUDACC_RTC__) || defined(__CUDACC__)
@@ -224,6 +225,17 @@ KVARN_MATH_FN float logRounded(float x) {
   double s = add(kLogOnePlusJ[j], p);
   s = fma(ed, c[5], s);
   return toFloat(fma(ed, c[6], s));
+}
+
+/// The flush RTN's codes (quantizePack in flush.cuh) come first from one FMA, q~ = m * (1/c *
+/// (1/r * 1/scale)) + (-lo * 1/scale), which differs from the exact chain's quotient
+/// ((m / c / r) - lo) / scale by at most (9 extent / scale + 48) units of 2^-24 (extent =
+/// max(|lo|, |hi|): five roundings in the factor, two in the offset, one in the FMA, against the
+/// chain's four; codes are at most 15). A q~ further than this margin (that bound with a factor
+/// of 2.6 to spare) from a rounding midpoint rounds to the chain's integer. `inverse` is 1/scale;
+/// a row whose range is tiny against its magnitude gets a margin <= 0.
+KVARN_MATH_FN float codeMargin(float extent, float inverse) {
+  return 0.5f - (24.0f * extent * inverse + 128.0f) * 5.9604645e-8f; // 2^-24
 }
 
 } // namespace roundedmath
