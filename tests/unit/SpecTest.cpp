@@ -142,6 +142,52 @@ int wavefronts(const std::vector<int> &addresses, int bytes) {
 }
 } // namespace
 
+TEST(Schedule, FlushSweepBlocksStepByWholeSwizzlePeriods) {
+  // blockSums (flush.cuh) addresses a thread's block in a warp's u-th round as its first round's
+  // block plus u * sweepRoundRows rows wherever FlushSharedLayout::sweepStepped holds. Modeled for
+  // every view the flush sweeps (K [D][G], V [G][D]), warp count, warp, lane and round: the
+  // stepped address must be the swizzled layout's (TileView::at). Where a round moves fewer rows
+  // than a swizzle period, stepping would be wrong, so the model must find such a case too.
+  using dev::FlushSharedLayout;
+  int stepped = 0, wrongIfStepped = 0;
+  for (int d : {64, 128, 256})
+    for (int g : {64, 128})
+      for (bool keys : {true, false})
+        for (int warps : {4, 8, 16}) {
+          const int rows = keys ? d : g, cols = keys ? g : d, threads = 32 * warps;
+          auto at = [&](int row, int col) {
+            return row * cols + (col ^ (FlushSharedLayout::chunkSwizzle(row) << 3));
+          };
+          const int blockRows = FlushSharedLayout::blockRows(threads, rows, cols);
+          const int tileRows = 4 * blockRows, segments = cols / 64;
+          const int tiles = segments * (rows / tileRows);
+          const int roundRows = FlushSharedLayout::sweepRoundRows(threads, rows, cols);
+          const bool isStepped = FlushSharedLayout::sweepStepped(threads, rows, cols);
+          stepped += isStepped;
+          if (roundRows == 0)
+            continue;
+          for (int warp = 0; warp < warps && warp < tiles; ++warp)
+            for (int laneRow = 0; laneRow < 4; ++laneRow)
+              for (int laneCol = 0; laneCol < 8; ++laneCol) {
+                auto block = [&](int tile) {
+                  return at((tile / segments) * tileRows + laneRow * blockRows,
+                            (tile % segments) * 64 + 8 * laneCol);
+                };
+                for (int u = 1; warp + u * warps < tiles; ++u) {
+                  const int steppedAddress = block(warp) + u * roundRows * cols;
+                  if (isStepped)
+                    EXPECT_EQ(block(warp + u * warps), steppedAddress)
+                        << (keys ? "K" : "V") << " D " << d << " G " << g << " warps " << warps
+                        << " warp " << warp << " lane " << laneRow << "," << laneCol << " u " << u;
+                  else
+                    wrongIfStepped += block(warp + u * warps) != steppedAddress;
+                }
+              }
+        }
+  EXPECT_GT(stepped, 0) << "no sweep steps: the kernel's fast addressing is never used";
+  EXPECT_GT(wrongIfStepped, 0) << "no view shows why rounds must move whole swizzle periods";
+}
+
 TEST(Schedule, FlushTileLayoutServesEverySweepAtTheFewestWavefronts) {
   // The flush's fp16 tile M (flush.cuh, TileView::at): rows of 128 elements, chunks of 8 permuted
   // by FlushSharedLayout::chunkSwizzle. Each access pattern of the kernel, modeled lane by lane

@@ -401,14 +401,33 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     colInverses[0] = a.x, colInverses[1] = a.y, colInverses[2] = a.z, colInverses[3] = a.w;
     colInverses[4] = b.x, colInverses[5] = b.y, colInverses[6] = b.z, colInverses[7] = b.w;
   }
+  // Where a round moves a warp's tile by whole periods of the chunk swizzle
+  // (FlushSharedLayout::sweepStepped), a thread's block keeps its swizzle in every round and sits
+  // a constant number of elements further each round: its address is the first round's plus a
+  // multiple of that step (one add per round instead of the row, swizzle and column arithmetic of
+  // TileView::at).
+  constexpr bool STEPPED = FlushSharedLayout::sweepStepped(Ctx::THREADS, V::ROWS, V::COLS);
+  constexpr int ROUND_ELEMENTS =
+      FlushSharedLayout::sweepRoundRows(Ctx::THREADS, V::ROWS, V::COLS) * V::STRIDE;
+  static_assert(!STEPPED || FIXED_COLUMNS, "a stepped block keeps its column segment");
+  const Half *firstBlock = c.m;
+  if constexpr (STEPPED) {
+    const int tileRow = c.warp / V::BLOCK_ROW_SEGMENTS, tileCol = c.warp % V::BLOCK_ROW_SEGMENTS;
+    firstBlock = c.m + V::at(tileRow * V::TILE_ROWS + laneRow * RB, tileCol * 64 + 8 * laneCol);
+  }
   struct Block {
     int tileRow, tileCol, row0, col0;
     float2 rows[RB]; ///< with ROW_SUMS: the block rows' sums (slot order)
     ColumnSums cols; ///< with COLUMN_SUMS: the block columns' sums (slot pair order)
   };
-  // The sums of tile `tile`'s block of this thread.
-  auto sums = [&](Block &b, int tile) {
-    b.tileRow = tile / V::BLOCK_ROW_SEGMENTS, b.tileCol = tile % V::BLOCK_ROW_SEGMENTS;
+  // The sums of tile `tile` (the warp's u-th: tile = warp + u * NWARPS)'s block of this thread.
+  auto sums = [&](Block &b, int tile, int u) {
+    if constexpr (STEPPED) { // the same tile, its row a multiple of u further
+      b.tileRow = c.warp / V::BLOCK_ROW_SEGMENTS + u * (Ctx::NWARPS / V::BLOCK_ROW_SEGMENTS);
+      b.tileCol = c.warp % V::BLOCK_ROW_SEGMENTS;
+    } else {
+      b.tileRow = tile / V::BLOCK_ROW_SEGMENTS, b.tileCol = tile % V::BLOCK_ROW_SEGMENTS;
+    }
     b.row0 = b.tileRow * V::TILE_ROWS + laneRow * RB, b.col0 = b.tileCol * 64 + 8 * laneCol;
     const int row0 = b.row0, col0 = b.col0;
     // The block's row inverses load at once (a column sweep has no row permutation: slot i holds
@@ -429,7 +448,7 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     // sums into b.rows[slot], and the column leaves (in slot order).
     // The block's rows share their chunk swizzle (rows row0 .. row0 + RB - 1, RB <= 4).
     static_assert(RB <= 4, "a block's rows share a swizzle");
-    const Half *block = c.m + V::at(row0, col0);
+    const Half *block = STEPPED ? firstBlock + u * ROUND_ELEMENTS : c.m + V::at(row0, col0);
     auto row = [&](int slot) {
       const int i = slot ^ rowPerm;
       const Half *src = block + i * V::STRIDE;
@@ -501,7 +520,7 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     Block blocks[STAGES];
 #pragma unroll
     for (int s = 0; s < STAGES; ++s)
-      sums(blocks[s], tile + s * Ctx::NWARPS);
+      sums(blocks[s], tile + s * Ctx::NWARPS, round + s);
 #pragma unroll
     for (int s = 0; s < STAGES; ++s)
       store(blocks[s]);

@@ -176,6 +176,18 @@ struct FlushSharedLayout {
       r /= 2;
     return r;
   }
+  /// Rows by which a sweep round moves a warp's tile (flush.cuh, blockSums): warps take the tiles
+  /// of 4 blockRows rows and 64 columns in turn, so where the warps divide the row's 64-column
+  /// segments a warp keeps its column segment and moves warps / segments tiles down; 0 elsewhere.
+  static constexpr int sweepRoundRows(int threads, int rows, int cols) {
+    const int warps = threads / 32, segments = cols / 64;
+    return warps % segments == 0 ? warps / segments * 4 * blockRows(threads, rows, cols) : 0;
+  }
+  /// Whether a sweep round moves every block by whole periods of chunkSwizzle (32 rows), so that
+  /// each block keeps its swizzle and its address steps by sweepRoundRows whole rows a round.
+  static constexpr bool sweepStepped(int threads, int rows, int cols) {
+    return sweepRoundRows(threads, rows, cols) > 0 && sweepRoundRows(threads, rows, cols) % 32 == 0;
+  }
   /// Partial sums of the normalization sweeps: one per row and 64-column run plus one per column
   /// and 4 blockRows-row run (both kept at once).
   static constexpr int blockPartials(int threads, int rows, int cols) {
