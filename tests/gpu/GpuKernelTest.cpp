@@ -738,9 +738,11 @@ TEST(GpuFlush, EveryScheduleWritesTheSameRecords) {
   KVARN_REQUIRE_GPU();
   // CTAs of 128 to 1024 threads: one to four threads per row in the RTN and packing step, and
   // rows looped over when the CTA has fewer threads than the tile has rows; and register bounds
-  // (min_ctas, in the tuner's search space) that let ptxas allocate the same code differently.
+  // (min_ctas, in the tuner's search space) that let ptxas allocate the same code differently;
+  // sweeps taking two tiles at once (stages=2, as the tuned D = 128 and 256 entries do).
   for (const char *schedule :
-       {"warps=4", "warps=8", "warps=32", "warps=4,min_ctas=4", "warps=8,min_ctas=2"}) {
+       {"warps=4", "warps=8", "warps=32", "warps=4,min_ctas=4", "warps=8,min_ctas=2",
+        "warps=4,stages=2,min_ctas=4", "warps=8,stages=2"}) {
     checkFlush("kvarn_k4v2_g128", 256, 4, 90, {}, schedule);
     checkFlush("kvarn_k2v2_g64", 64, 4, 91, {}, schedule);
     checkFlush("kvarn_k4v4_g128", 128, 4, 92, {}, schedule);
