@@ -410,22 +410,25 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
   constexpr int ROUND_ELEMENTS =
       FlushSharedLayout::sweepRoundRows(Ctx::THREADS, V::ROWS, V::COLS) * V::STRIDE;
   static_assert(!STEPPED || FIXED_COLUMNS, "a stepped block keeps its column segment");
+  // The warp's first tile (u = 0).
+  const int firstTileRow = c.warp / V::BLOCK_ROW_SEGMENTS;
+  const int firstTileCol = c.warp % V::BLOCK_ROW_SEGMENTS;
   const Half *firstBlock = c.m;
-  if constexpr (STEPPED) {
-    const int tileRow = c.warp / V::BLOCK_ROW_SEGMENTS, tileCol = c.warp % V::BLOCK_ROW_SEGMENTS;
-    firstBlock = c.m + V::at(tileRow * V::TILE_ROWS + laneRow * RB, tileCol * 64 + 8 * laneCol);
-  }
+  if constexpr (STEPPED)
+    firstBlock =
+        c.m + V::at(firstTileRow * V::TILE_ROWS + laneRow * RB, firstTileCol * 64 + 8 * laneCol);
   struct Block {
     int tileRow, tileCol, row0, col0;
     float2 rows[RB]; ///< with ROW_SUMS: the block rows' sums (slot order)
     ColumnSums cols; ///< with COLUMN_SUMS: the block columns' sums (slot pair order)
   };
-  // The sums of tile `tile` (the warp's u-th: tile = warp + u * NWARPS)'s block of this thread.
-  auto sums = [&](Block &b, int tile, int u) {
-    if constexpr (STEPPED) { // the same tile, its row a multiple of u further
-      b.tileRow = c.warp / V::BLOCK_ROW_SEGMENTS + u * (Ctx::NWARPS / V::BLOCK_ROW_SEGMENTS);
-      b.tileCol = c.warp % V::BLOCK_ROW_SEGMENTS;
+  // The sums of this thread's block of the warp's u-th tile (tile warp + u * NWARPS).
+  auto sums = [&](Block &b, int u) {
+    if constexpr (STEPPED) { // the first tile's columns, its row a multiple of u further
+      b.tileRow = firstTileRow + u * (Ctx::NWARPS / V::BLOCK_ROW_SEGMENTS);
+      b.tileCol = firstTileCol;
     } else {
+      const int tile = c.warp + u * Ctx::NWARPS;
       b.tileRow = tile / V::BLOCK_ROW_SEGMENTS, b.tileCol = tile % V::BLOCK_ROW_SEGMENTS;
     }
     b.row0 = b.tileRow * V::TILE_ROWS + laneRow * RB, b.col0 = b.tileCol * 64 + 8 * laneCol;
@@ -520,7 +523,7 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     Block blocks[STAGES];
 #pragma unroll
     for (int s = 0; s < STAGES; ++s)
-      sums(blocks[s], tile + s * Ctx::NWARPS, round + s);
+      sums(blocks[s], round + s);
 #pragma unroll
     for (int s = 0; s < STAGES; ++s)
       store(blocks[s]);
