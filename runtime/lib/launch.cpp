@@ -72,7 +72,7 @@ KernelModule::~KernelModule() {
 KernelModule::KernelModule(KernelModule &&other) noexcept
     : module_(std::exchange(other.module_, nullptr)), functions_(std::move(other.functions_)),
       schedule_(other.schedule_), sharedBytes_(other.sharedBytes_),
-      residentCtasPerSm_(other.residentCtasPerSm_),
+      residentCtasPerSm_(other.residentCtasPerSm_), multiprocessors_(other.multiprocessors_),
       programmaticMerge_(other.programmaticMerge_) {}
 KernelModule &KernelModule::operator=(KernelModule &&other) noexcept {
   if (this != &other) {
@@ -83,6 +83,7 @@ KernelModule &KernelModule::operator=(KernelModule &&other) noexcept {
     schedule_ = other.schedule_;
     sharedBytes_ = other.sharedBytes_;
     residentCtasPerSm_ = other.residentCtasPerSm_;
+    multiprocessors_ = other.multiprocessors_;
     programmaticMerge_ = other.programmaticMerge_;
   }
   return *this;

@@ -749,6 +749,30 @@ TEST(GpuFlush, EveryScheduleWritesTheSameRecords) {
   }
 }
 
+TEST(GpuFlush, ALoadedModuleKeepsItsWaveSizeThroughMoves) {
+  KVARN_REQUIRE_GPU();
+  // launchFlush prefetches the tile of the CTA one wave later (resident CTAs per SM times the
+  // SMs); a module that lost its SM count in a move would prefetch a tile of its own wave.
+  // kernel() moves the loaded module twice (out of the Expected, into the cache).
+  const KernelModule &module =
+      kernel("flush:kvarn_k4v2_g128:d128:q1:f16", "warps=4,stages=2,min_ctas=4");
+  EXPECT_EQ(module.multiprocessors(), gpu()->smCount);
+  EXPECT_GE(module.residentCtasPerSm(), 1);
+  Expected<compiler::CompiledKernel> compiled =
+      compileFor("flush:kvarn_k4v2_g128:d128:q1:f16", "warps=4");
+  ASSERT_TRUE(compiled) << compiled.error().str();
+  Expected<KernelModule> loaded = KernelModule::load(compiled->cubin, compiled->kernelNames,
+                                                     *parseSchedule("warps=4", OpKind::Flush),
+                                                     compiled->sharedBytes);
+  ASSERT_TRUE(loaded) << loaded.error().str();
+  const int resident = loaded->residentCtasPerSm();
+  KernelModule moved(std::move(*loaded));
+  KernelModule assigned;
+  assigned = std::move(moved);
+  EXPECT_EQ(assigned.multiprocessors(), gpu()->smCount) << "through a move and a move assignment";
+  EXPECT_EQ(assigned.residentCtasPerSm(), resident);
+}
+
 TEST(GpuFlush, EdgeTilesGiveFiniteScales) {
   KVARN_REQUIRE_GPU();
   checkFlush("kvarn_k4v2_g128", 128, 2, 1, [](std::vector<uint16_t> &v) {
