@@ -65,28 +65,8 @@ Status DeviceBuffer::fillWithPattern(const std::vector<uint8_t> &pattern) {
   return Status::success();
 }
 
-KernelModule::~KernelModule() {
-  if (module_)
-    driver().cuModuleUnload(module_);
-}
-KernelModule::KernelModule(KernelModule &&other) noexcept
-    : module_(std::exchange(other.module_, nullptr)), functions_(std::move(other.functions_)),
-      schedule_(other.schedule_), sharedBytes_(other.sharedBytes_),
-      residentCtasPerSm_(other.residentCtasPerSm_), multiprocessors_(other.multiprocessors_),
-      programmaticMerge_(other.programmaticMerge_) {}
-KernelModule &KernelModule::operator=(KernelModule &&other) noexcept {
-  if (this != &other) {
-    if (module_)
-      driver().cuModuleUnload(module_);
-    module_ = std::exchange(other.module_, nullptr);
-    functions_ = std::move(other.functions_);
-    schedule_ = other.schedule_;
-    sharedBytes_ = other.sharedBytes_;
-    residentCtasPerSm_ = other.residentCtasPerSm_;
-    multiprocessors_ = other.multiprocessors_;
-    programmaticMerge_ = other.programmaticMerge_;
-  }
-  return *this;
+void KernelModule::Unloader::operator()(std::remove_pointer_t<CUmodule> *module) const {
+  driver().cuModuleUnload(module);
 }
 
 namespace {
@@ -132,14 +112,20 @@ Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
   KernelModule module;
   module.schedule_ = schedule;
   module.sharedBytes_ = sharedBytes;
-  if (Status s = KVARN_CU(d.cuModuleLoadData(&module.module_, image.data())); !s)
+  CUmodule handle = nullptr;
+  if (Status s = KVARN_CU(d.cuModuleLoadData(&handle, image.data())); !s)
     return s.error();
+  module.module_.reset(handle);
   for (const std::string &name : names) {
     CUfunction function;
-    if (Status s = KVARN_CU(d.cuModuleGetFunction(&function, module.module_, name.c_str())); !s)
-      return makeError(s.error().code, "kernel " + name + ": " + s.error().message);
+    if (Status s = KVARN_CU(d.cuModuleGetFunction(
+            &function, module.module_.get(), name.c_str()));
+        !s)
+      return makeError(s.error().code,
+                       "kernel " + name + ": " + s.error().message);
     if (Status s = KVARN_CU(d.cuFuncSetAttribute(
-            function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(sharedBytes)));
+            function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            int(sharedBytes)));
         !s)
       return makeError(s.error().code, "kernel " + name + " cannot use " +
                                            std::to_string(sharedBytes) +
@@ -165,7 +151,7 @@ Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
     // wait) has its merge launched plainly.
     CUdeviceptr marker = 0;
     size_t markerBytes = 0;
-    module.programmaticMerge_ = d.cuModuleGetGlobal(&marker, &markerBytes, module.module_,
+    module.programmaticMerge_ = d.cuModuleGetGlobal(&marker, &markerBytes, module.module_.get(),
                                                     "kvarn_merge_awaits_decode") == CUDA_SUCCESS;
   }
   return module;
@@ -174,7 +160,7 @@ Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
 Expected<std::pair<CUdeviceptr, size_t>> KernelModule::global(const char *name) const {
   CUdeviceptr pointer = 0;
   size_t bytes = 0;
-  if (driver().cuModuleGetGlobal(&pointer, &bytes, module_, name) != CUDA_SUCCESS)
+  if (driver().cuModuleGetGlobal(&pointer, &bytes, module_.get(), name) != CUDA_SUCCESS)
     return makeError(ErrorCode::NotFound,
                      std::string("the kernel module has no device variable ") + name);
   return std::make_pair(pointer, bytes);
