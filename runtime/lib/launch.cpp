@@ -118,14 +118,12 @@ Expected<KernelModule> KernelModule::load(const std::vector<char> &image,
   module.module_.reset(handle);
   for (const std::string &name : names) {
     CUfunction function;
-    if (Status s = KVARN_CU(d.cuModuleGetFunction(
-            &function, module.module_.get(), name.c_str()));
+    if (Status s =
+            KVARN_CU(d.cuModuleGetFunction(&function, module.module_.get(), name.c_str()));
         !s)
-      return makeError(s.error().code,
-                       "kernel " + name + ": " + s.error().message);
+      return makeError(s.error().code, "kernel " + name + ": " + s.error().message);
     if (Status s = KVARN_CU(d.cuFuncSetAttribute(
-            function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            int(sharedBytes)));
+            function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(sharedBytes)));
         !s)
       return makeError(s.error().code, "kernel " + name + " cannot use " +
                                            std::to_string(sharedBytes) +

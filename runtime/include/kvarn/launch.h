@@ -56,37 +56,32 @@ public:
   KernelModule &operator=(KernelModule &&other) noexcept = default;
   KernelModule(const KernelModule &) = delete;
 
-  /// Loads a cubin (or PTX), finds `names` and raises their dynamic
-  /// shared-memory limit.
+  /// Loads a cubin (or PTX), finds `names` and raises their dynamic shared-memory limit.
   static Expected<KernelModule> load(const std::vector<char> &image,
                                      const std::vector<std::string> &names,
-                                     const Schedule &schedule,
-                                     size_t sharedBytes);
+                                     const Schedule &schedule, size_t sharedBytes);
   CUfunction function(size_t index) const { return functions_.at(index); }
   size_t functionCount() const { return functions_.size(); }
   int threads() const { return schedule_.warps * 32; }
   const Schedule &schedule() const { return schedule_; }
   size_t sharedBytes() const { return sharedBytes_; }
-  /// Address and size of the module's device variable `name` (an error naming
-  /// it if absent).
+  /// Address and size of the module's device variable `name` (an error naming it if absent).
   Expected<std::pair<CUdeviceptr, size_t>> global(const char *name) const;
   /// Registers per thread and local (spill) bytes of function `index`.
   int registers(size_t index) const;
   int localBytes(size_t index) const;
-  /// CTAs of function 0 resident per multiprocessor (registers, shared memory,
-  /// threads).
+  /// CTAs of function 0 resident per multiprocessor (registers, shared memory, threads).
   int residentCtasPerSm() const { return residentCtasPerSm_; }
   /// Multiprocessors of the device the module was loaded on.
   int multiprocessors() const { return multiprocessors_; }
-  /// Function 1 (a decode's split merge) waits for function 0's grid on the
-  /// device, so it may launch as function 0's programmatic dependent: the
-  /// module carries the device library's `kvarn_merge_awaits_decode` marker
-  /// (kernels generated for sm_90 or later by this library).
+  /// Function 1 (a decode's split merge) waits for function 0's grid on the device, so it may
+  /// launch as function 0's programmatic dependent: the module carries the device library's
+  /// `kvarn_merge_awaits_decode` marker (kernels generated for sm_90 or later by this library).
   bool programmaticMerge() const { return programmaticMerge_; }
 
 private:
-  /// Unloads the module (cuModuleUnload) with its owner; the moves of every
-  /// other member are the defaulted ones, so none is left behind.
+  /// Unloads the module (cuModuleUnload) with its owner; every other member moves by the
+  /// defaulted moves, so a move leaves none behind.
   struct Unloader {
     void operator()(std::remove_pointer_t<CUmodule> *module) const;
   };
