@@ -309,53 +309,46 @@ Status benchDecode(const BenchOptions &o, const DeviceInfo &info, double bandwid
   return Status::success();
 }
 
-/// Flush of 64 blocks x 8 kv heads at D = 128 and 256. Bytes moved: the K and V pool tiles read
+/// Flush of 64 blocks x 8 kv heads at D = 128 and 256 (FlushTimingInputs), twice: with the pool
+/// tiles in L2 (every launch flushes the tiles the launch before it read) and from HBM (the
+/// launches rotate through L2-cold copies of the pools). Bytes moved: the K and V pool tiles read
 /// (fp16) and the records written; the kernel is not bound by them (the Sinkhorn sweeps are), so
 /// the fraction of the bandwidth says how far from memory-bound it is.
 Status benchFlush(const BenchOptions &o, const DeviceInfo &info, double bandwidth,
                   const LaunchGate *gate) {
-  std::printf("\n%-18s %5s %8s | %10s %10s %9s %8s %6s\n", "flush", "D", "records", "ms",
-              "us/record", "MB moved", "GB/s", "of BW");
+  std::printf("\n%-18s %5s %8s %5s | %10s %10s %9s %8s %6s\n", "flush", "D", "records", "pool",
+              "ms", "us/record", "MB moved", "GB/s", "of BW");
   for (int d : {128, 256}) {
     Expected<Format> format = parseFormat(o.preset, d);
-    const RecordLayout layout = recordLayout(*format);
-    const int g = format->tileTokens, hk = 8, blocks = 64, entries = blocks * hk;
+    if (!format)
+      return format.error();
     const std::string schedule = o.scheduleOp() == OpKind::Flush ? o.schedule : std::string();
     Expected<KernelModule> module = buildKernel(
         "flush:" + format->presetName() + ":d" + std::to_string(d) + ":q1:f16:" + info.arch(),
         schedule, o, info);
     if (!module)
       return module.error();
-    std::mt19937_64 rng(d);
-    std::normal_distribution<float> normal;
-    std::vector<uint16_t> pool(size_t(blocks) * g * hk * d);
-    for (uint16_t &x : pool)
-      x = floatToHalf(normal(rng));
-    std::vector<int32_t> list;
-    for (int b = 0; b < blocks; ++b)
-      for (int h = 0; h < hk; ++h)
-        list.insert(list.end(), {b, h, b});
-    Expected<DeviceBuffer> dPool = DeviceBuffer::allocate(pool.size() * 2),
-                           dList = DeviceBuffer::allocate(list.size() * 4),
-                           dStatus = DeviceBuffer::allocate(16),
-                           dCache = DeviceBuffer::allocate(size_t(entries) * layout.tileBytesAligned);
-    KVARN_TRY(dPool->upload(pool.data(), pool.size() * 2));
-    KVARN_TRY(dList->upload(list.data(), list.size() * 4));
-    KVARN_TRY(dStatus->fill(0));
-    dev::FlushParams params{dPool->as<void>(), dPool->as<void>(), dList->as<int>(),
-                            dCache->as<unsigned char>(), dStatus->as<int>(), entries, hk};
-    Expected<std::vector<double>> ms =
-        timeInterleaved({[&](int) { return launchFlush(*module, params, nullptr); }}, o.iterations,
-                        gate);
-    if (!ms)
-      return ms.error();
-    const double bytes = double(entries) * (2.0 * g * d * 2 + layout.tileBytes);
-    const double gbs = bytes / ((*ms)[0] * 1e-3) / 1e9;
-    std::printf("%-18s %5d %8d | %10.4f %10.3f %9.1f %8.0f %5.1f%%   (%d registers, %zu B "
-                "shared)\n",
-                format->presetName().c_str(), d, entries, (*ms)[0], 1000 * (*ms)[0] / entries,
-                bytes / 1e6, gbs, 100.0 * gbs / bandwidth, module->registers(0),
-                module->sharedBytes());
+    Expected<FlushTimingInputs> inputs = FlushTimingInputs::create(*format, size_t(info.l2Bytes));
+    if (!inputs)
+      return inputs.error();
+    // Timed apart: launches on the cold copies between two warm ones would evict the warm pool.
+    for (const bool cold : {false, true}) {
+      Expected<std::vector<double>> ms = timeInterleaved(
+          {[&](int k) { return launchFlush(*module, inputs->params(cold ? k : 0), nullptr); }},
+          o.iterations, gate);
+      if (!ms)
+        return ms.error();
+      const double bytes = inputs->bytesMoved();
+      const double gbs = bytes / ((*ms)[0] * 1e-3) / 1e9;
+      const std::string copies =
+          cold ? ", " + std::to_string(inputs->copies()) + " L2-cold pool copies in turn" : "";
+      std::printf("%-18s %5d %8d %5s | %10.4f %10.3f %9.1f %8.0f %5.1f%%   (%d registers, %zu B "
+                  "shared%s)\n",
+                  format->presetName().c_str(), d, FlushTimingInputs::kEntries, cold ? "HBM" : "L2",
+                  (*ms)[0], 1000 * (*ms)[0] / FlushTimingInputs::kEntries, bytes / 1e6, gbs,
+                  100.0 * gbs / bandwidth, module->registers(0), module->sharedBytes(),
+                  copies.c_str());
+    }
   }
   return Status::success();
 }

@@ -1,4 +1,4 @@
-// The decode timing inputs shared by the benchmark and the tuner.
+// The timing inputs shared by the benchmark and the tuner.
 #include "kvarn/Autotune/TimingInputs.h"
 
 #include "kvarn/reference.h"
@@ -77,6 +77,63 @@ dev::AppendParams AppendTimingInputs::params(int launchIndex) const {
           kKvHeads,
           stride,
           stride};
+}
+
+Expected<FlushTimingInputs> FlushTimingInputs::create(const Format &format, size_t l2Bytes) {
+  FlushTimingInputs inputs;
+  inputs.format_ = format;
+  const size_t elements = size_t(kBlocks) * format.tileTokens * kKvHeads * format.headDim;
+  std::mt19937_64 rng(99);
+  std::normal_distribution<float> normal;
+  for (std::vector<uint16_t> *pool : {&inputs.keys_, &inputs.values_}) {
+    pool->resize(elements);
+    for (size_t i = 0; i < elements; ++i)
+      (*pool)[i] = floatToHalf(normal(rng) * (1.0f + float(i) / float(elements)));
+  }
+  for (int b = 0; b < kBlocks; ++b)
+    for (int h = 0; h < kKvHeads; ++h)
+      inputs.entries_.insert(inputs.entries_.end(), {b, h, b});
+  const size_t poolBytes = elements * 2;
+  inputs.copies_ = coldCopies(2 * poolBytes, l2Bytes);
+  Expected<DeviceBuffer> pools = DeviceBuffer::allocate(2 * poolBytes * inputs.copies_),
+                         entries = DeviceBuffer::copyOf(inputs.entries_),
+                         status = DeviceBuffer::allocate(16),
+                         records = DeviceBuffer::allocate(size_t(kEntries) *
+                                                          recordLayout(format).tileBytesAligned);
+  for (Expected<DeviceBuffer> *b : {&pools, &entries, &status, &records})
+    if (!*b)
+      return b->error();
+  for (int c = 0; c < inputs.copies_; ++c)
+    for (const std::vector<uint16_t> *pool : {&inputs.keys_, &inputs.values_})
+      if (Status s = pools->upload(pool->data(), poolBytes,
+                                   (2 * size_t(c) + (pool == &inputs.values_)) * poolBytes);
+          !s)
+        return s.error();
+  if (Status s = status->fill(0); !s)
+    return s.error();
+  inputs.pools_ = std::move(*pools);
+  inputs.entriesDevice_ = std::move(*entries);
+  inputs.status_ = std::move(*status);
+  inputs.records_ = std::move(*records);
+  return inputs;
+}
+
+dev::FlushParams FlushTimingInputs::params(int launchIndex) const {
+  const size_t poolBytes = keys_.size() * 2;
+  const CUdeviceptr key = pools_.get() + CUdeviceptr(launchIndex % copies_) * 2 * poolBytes;
+  return {reinterpret_cast<const void *>(key),
+          reinterpret_cast<const void *>(key + poolBytes),
+          entriesDevice_.as<int>(),
+          records_.as<unsigned char>(),
+          status_.as<int>(),
+          kEntries,
+          kKvHeads,
+          0};
+}
+
+double FlushTimingInputs::bytesMoved(const Format &format) {
+  return double(kEntries) *
+         (2.0 * format.tileTokens * format.headDim * 2 + recordLayout(format).tileBytes);
 }
 
 } // namespace kvarn::autotune

@@ -997,39 +997,33 @@ private:
   size_t rows_ = 0;
 };
 
-/// Flush: 512 records (64 blocks x 8 kv heads) of random tiles; a sample of the records must
-/// equal the CPU reference's byte for byte.
+/// Flush: timed on the bench's launch (FlushTimingInputs: 512 records of random K and V tiles,
+/// L2-cold pools); a sample of the records must equal the CPU reference's byte for byte.
 class FlushWorkload : public Workload {
 public:
-  explicit FlushWorkload(const KernelSpec &spec) : spec_(spec), layout_(recordLayout(spec.format)) {
-    const int g = spec.format.tileTokens, d = spec.format.headDim;
-    std::mt19937_64 rng(99);
-    std::normal_distribution<float> normal;
-    pool_.resize(size_t(kBlocks) * g * kHeads * d);
-    for (size_t i = 0; i < pool_.size(); ++i)
-      pool_[i] = floatToHalf(normal(rng) * (1.0f + float(i) / float(pool_.size())));
-    for (int b = 0; b < kBlocks; ++b)
-      for (int h = 0; h < kHeads; ++h)
-        list_.insert(list_.end(), {b, h, b});
-  }
+  FlushWorkload(const KernelSpec &spec, const DeviceInfo &info)
+      : spec_(spec), info_(info), layout_(recordLayout(spec.format)) {}
 
   Status check(const KernelModule &module, const Schedule &) override {
-    if (Status s = ensureBuffers(); !s)
+    if (Status s = ensureInputs(); !s)
       return s;
-    if (Status s = launchFlush(module, params(), nullptr); !s)
+    if (Status s = launchFlush(module, inputs_->params(0), nullptr); !s)
       return s;
     if (Status s = KVARN_CU(driver().cuCtxSynchronize()); !s)
       return makeError(s.error().code, "crashed in the check: " + s.error().message);
     const int g = spec_.format.tileTokens, d = spec_.format.headDim;
-    std::vector<uint8_t> records(size_t(kBlocks * kHeads) * layout_.tileBytesAligned);
-    if (Status s = cache_->download(records.data(), records.size()); !s)
+    const int heads = FlushTimingInputs::kKvHeads;
+    std::vector<uint8_t> records(size_t(FlushTimingInputs::kEntries) * layout_.tileBytesAligned);
+    if (Status s = inputs_->records().download(records.data(), records.size()); !s)
       return s;
-    for (int e = 0; e < 4; ++e) { // a sample of the records
+    const std::vector<int32_t> &entries = inputs_->entries();
+    // A sample of the records: the first two, one in the middle, the last.
+    for (const int e : {0, 1, FlushTimingInputs::kEntries / 2, FlushTimingInputs::kEntries - 1}) {
       std::vector<uint8_t> expected(layout_.tileBytesAligned);
-      const size_t rowBase = (size_t(list_[3 * e + 2]) * g * kHeads + list_[3 * e + 1]) * d;
-      if (Status s = reference::writeRecord(spec_.format, std::span(pool_).subspan(rowBase),
-                                            std::span(pool_).subspan(rowBase), size_t(kHeads) * d,
-                                            expected);
+      const size_t rowBase = (size_t(entries[3 * e + 2]) * g * heads + entries[3 * e + 1]) * d;
+      if (Status s = reference::writeRecord(
+              spec_.format, std::span(inputs_->keys()).subspan(rowBase),
+              std::span(inputs_->values()).subspan(rowBase), size_t(heads) * d, expected);
           !s)
         return s;
       const auto actual = records.begin() + size_t(e) * layout_.tileBytesAligned;
@@ -1042,52 +1036,34 @@ public:
     return Status::success();
   }
 
-  Status prepareTiming(const std::vector<Schedule> &) override { return ensureBuffers(); }
+  Status prepareTiming(const std::vector<Schedule> &) override { return ensureInputs(); }
 
-  Status launch(const KernelModule &module, const Schedule &, int, CUstream stream) override {
-    return launchFlush(module, params(), stream);
+  Status launch(const KernelModule &module, const Schedule &, int launchIndex,
+                CUstream stream) override {
+    return launchFlush(module, inputs_->params(launchIndex), stream);
   }
 
   double rooflineBytes() const override { // read the fp16 K and V tiles, write the records
-    const double tile = double(spec_.format.tileTokens) * spec_.format.headDim * 2;
-    return double(kBlocks) * kHeads * (2 * tile + layout_.tileBytesAligned);
+    return FlushTimingInputs::bytesMoved(spec_.format);
   }
-
-  void release() override {
-    poolDevice_.reset();
-    listDevice_.reset();
-    status_.reset();
-    cache_.reset();
-  }
+  int timingCopies() const override { return inputs_ ? inputs_->copies() : 1; }
+  void release() override { inputs_.reset(); }
 
 private:
-  static constexpr int kBlocks = 64, kHeads = 8;
-  Status ensureBuffers() {
-    if (cache_)
+  Status ensureInputs() {
+    if (inputs_)
       return Status::success();
-    Expected<DeviceBuffer> pool = DeviceBuffer::copyOf(pool_), list = DeviceBuffer::copyOf(list_),
-                           status = DeviceBuffer::allocate(16),
-                           cache = DeviceBuffer::allocate(size_t(kBlocks * kHeads) *
-                                                          layout_.tileBytesAligned);
-    if (!pool || !list || !status || !cache)
-      return makeError(ErrorCode::Internal, "cannot allocate the flush buffers");
-    if (Status s = status->fill(0); !s)
-      return s;
-    poolDevice_ = std::move(*pool);
-    listDevice_ = std::move(*list);
-    status_ = std::move(*status);
-    cache_ = std::move(*cache);
+    Expected<FlushTimingInputs> inputs =
+        FlushTimingInputs::create(spec_.format, size_t(info_.l2Bytes));
+    if (!inputs)
+      return inputs.error();
+    inputs_ = std::move(*inputs);
     return Status::success();
   }
-  dev::FlushParams params() {
-    return {poolDevice_->as<void>(), poolDevice_->as<void>(), listDevice_->as<int>(),
-            cache_->as<unsigned char>(), status_->as<int>(), kBlocks * kHeads, kHeads};
-  }
   KernelSpec spec_;
+  DeviceInfo info_;
   RecordLayout layout_;
-  std::vector<uint16_t> pool_;
-  std::vector<int32_t> list_;
-  std::optional<DeviceBuffer> poolDevice_, listDevice_, status_, cache_;
+  std::optional<FlushTimingInputs> inputs_;
 };
 
 /// Append: checked by checkAppendKernel (300 random tokens, every seventh slot negative, rows of
@@ -1656,7 +1632,7 @@ Status runTune(const TuneOptions &o) {
     else if (spec.op == OpKind::Append)
       workload = std::make_unique<AppendWorkload>(spec, *info);
     else
-      workload = std::make_unique<FlushWorkload>(spec);
+      workload = std::make_unique<FlushWorkload>(spec, *info);
     SelectOptions select;
     { // the geometric mean over the buckets, like the candidates' scores
       std::vector<double> rooflines;

@@ -958,6 +958,79 @@ TEST(GpuTimingInputs, AppendRowsComeInDisjointL2ColdCopies) {
     }
 }
 
+TEST(GpuTimingInputs, FlushPoolsComeInDisjointL2ColdCopiesThatFlushAlike) {
+  KVARN_REQUIRE_GPU();
+  using autotune::FlushTimingInputs;
+  const Driver &driver = **Driver::get();
+  for (int d : {64, 128, 256}) {
+    const Format format = *parseFormat("kvarn_k4v2_g128", d);
+    const RecordLayout layout = recordLayout(format);
+    Expected<FlushTimingInputs> inputs = FlushTimingInputs::create(format, size_t(gpu()->l2Bytes));
+    ASSERT_TRUE(inputs) << inputs.error().str();
+    const size_t elements = size_t(FlushTimingInputs::kBlocks) * format.tileTokens *
+                            FlushTimingInputs::kKvHeads * d;
+    ASSERT_EQ(inputs->keys().size(), elements);
+    ASSERT_EQ(inputs->values().size(), elements);
+    EXPECT_NE(inputs->keys(), inputs->values()) << "K and V pools hold different tiles";
+    const size_t launchBytes = 4 * elements; // the K and V pools of one copy
+    ASSERT_EQ(inputs->copies(), autotune::coldCopies(launchBytes, size_t(gpu()->l2Bytes)));
+    EXPECT_GT(size_t(inputs->copies() - 1) * launchBytes, size_t(gpu()->l2Bytes));
+    EXPECT_DOUBLE_EQ(inputs->bytesMoved(),
+                     double(FlushTimingInputs::kEntries) * (4.0 * format.tileTokens * d +
+                                                            double(layout.tileBytes)));
+    // Each copy's V pool follows its K pool, and each copy the one before it.
+    std::set<const void *> pools;
+    for (int k = 0; k < inputs->copies(); ++k) {
+      const dev::FlushParams p = inputs->params(k);
+      EXPECT_EQ(static_cast<const uint16_t *>(p.poolValue),
+                static_cast<const uint16_t *>(p.poolKey) + elements);
+      if (k > 0) {
+        EXPECT_EQ(static_cast<const uint16_t *>(p.poolKey),
+                  static_cast<const uint16_t *>(inputs->params(k - 1).poolKey) + 2 * elements);
+      }
+      EXPECT_EQ(p.numEntries, FlushTimingInputs::kEntries);
+      EXPECT_EQ(p.numKvHeads, FlushTimingInputs::kKvHeads);
+      pools.insert(p.poolKey);
+    }
+    EXPECT_EQ(pools.size(), size_t(inputs->copies()));
+    EXPECT_EQ(inputs->params(inputs->copies()).poolKey, inputs->params(0).poolKey);
+    // The last copy holds the host's pools, and a flush of it (into 0xFF-poisoned records)
+    // writes records equal to the CPU reference's for a sample of the entries.
+    const int last = inputs->copies() - 1;
+    const dev::FlushParams p = inputs->params(last);
+    std::vector<uint16_t> pool(elements);
+    for (const auto &[device, host] : {std::pair{p.poolKey, &inputs->keys()},
+                                       std::pair{p.poolValue, &inputs->values()}}) {
+      ASSERT_EQ(driver.cuMemcpyDtoH(pool.data(), CUdeviceptr(device), pool.size() * 2),
+                CUDA_SUCCESS);
+      ASSERT_EQ(pool, *host);
+    }
+    const size_t recordBytes = size_t(FlushTimingInputs::kEntries) * layout.tileBytesAligned;
+    ASSERT_EQ(inputs->records().size(), recordBytes);
+    ASSERT_EQ(driver.cuMemsetD8(inputs->records().get(), 0xff, recordBytes), CUDA_SUCCESS);
+    const std::string spec = "flush:kvarn_k4v2_g128:d" + std::to_string(d) + ":q1:f16";
+    ASSERT_OK(launchFlush(kernel(spec), p, nullptr));
+    ASSERT_OK(KVARN_CU(driver.cuCtxSynchronize()));
+    const std::vector<uint8_t> records = download<uint8_t>(inputs->records(), recordBytes);
+    const std::vector<int32_t> &entries = inputs->entries();
+    const int g = format.tileTokens, hk = FlushTimingInputs::kKvHeads;
+    for (int e = 0; e < FlushTimingInputs::kEntries; e += 37) {
+      const int block = entries[3 * e], head = entries[3 * e + 1], slot = entries[3 * e + 2];
+      ASSERT_EQ(block, e / hk);
+      ASSERT_EQ(head, e % hk);
+      ASSERT_EQ(slot, block);
+      std::vector<uint8_t> expected(layout.tileBytesAligned);
+      const size_t rowBase = (size_t(slot) * g * hk + head) * d;
+      ASSERT_OK(reference::writeRecord(format, std::span(inputs->keys()).subspan(rowBase),
+                                       std::span(inputs->values()).subspan(rowBase),
+                                       size_t(hk) * d, expected));
+      const auto actual = records.begin() + (size_t(block) * hk + head) * layout.tileBytesAligned;
+      ASSERT_TRUE(std::equal(expected.begin(), expected.begin() + layout.tileBytes, actual))
+          << "record of entry " << e << " at D = " << d;
+    }
+  }
+}
+
 TEST(GpuDequantize, ReconstructsExactlyLikeTheReference) {
   KVARN_REQUIRE_GPU();
   for (const char *preset : {"kvarn_k4v2_g128", "kvarn_k2v2_g64", "kvarn_k4v4_g64"})

@@ -1,6 +1,7 @@
 // The inputs kernels are timed on, made by one piece of code so that every measurement of an op
 // times the same work: the decode records and queries (the benchmark and the tuner), the append
-// rows (the benchmark), and one rule for keeping every timed launch's reads cold in L2.
+// rows (the benchmark), the flush pools (the benchmark and the tuner), and one rule for keeping
+// every timed launch's reads cold in L2.
 #pragma once
 
 #include "kvarn/format.h"
@@ -58,6 +59,40 @@ public:
 private:
   int headDim_ = 0, copies_ = 1;
   DeviceBuffer rows_, mapping_, poolKey_, poolValue_; ///< rows_: copies x (K rows, V rows)
+};
+
+/// The flush launch the benchmark and the tuner time: kBlocks blocks x kKvHeads kv heads (512
+/// records, 1,024 tiles) of random fp16 K and V pool tiles, in separate K and V pools as an
+/// engine keeps them (normal samples whose magnitude grows by up to 2x across the pool, K and V
+/// different), entry (b, h) flushing pool slot b of kv head h into record (b, h). The pools come in
+/// coldCopies copies with the same contents: params(k) rotates through them, so every launch
+/// reads its tiles from HBM, as an engine's flush of blocks filled token by token during decode
+/// does; params(0) alone reads the tiles the previous launch read, from L2 (a flush right after
+/// the append of a prefill).
+class FlushTimingInputs {
+public:
+  static constexpr int kBlocks = 64, kKvHeads = 8, kEntries = kBlocks * kKvHeads;
+  static Expected<FlushTimingInputs> create(const Format &format, size_t l2Bytes);
+  /// The launch of index `launchIndex` (its copy: launchIndex % copies()).
+  dev::FlushParams params(int launchIndex) const;
+  int copies() const { return copies_; }
+  /// One pool (K or V) of one copy, on the host: [slot][token][kv head][D] fp16.
+  const std::vector<uint16_t> &keys() const { return keys_; }
+  const std::vector<uint16_t> &values() const { return values_; }
+  /// The entries: (block, kv head, pool slot) triples.
+  const std::vector<int32_t> &entries() const { return entries_; }
+  /// The records every launch writes (kEntries x the layout's aligned tile bytes).
+  const DeviceBuffer &records() const { return records_; }
+  /// Bytes a launch of `format` moves: the K and V tiles read and the records' bytes written.
+  static double bytesMoved(const Format &format);
+  double bytesMoved() const { return bytesMoved(format_); }
+
+private:
+  Format format_;
+  int copies_ = 1;
+  std::vector<uint16_t> keys_, values_;
+  std::vector<int32_t> entries_;
+  DeviceBuffer pools_, entriesDevice_, status_, records_; ///< pools_: copies x (K pool, V pool)
 };
 
 } // namespace kvarn::autotune
