@@ -217,9 +217,9 @@ struct FlushParams {
   int *status;                    ///< bit 0 set when a tile held NaN/Inf (its record is left alone)
   int numEntries;
   int numKvHeads;
-  /// Set by launchFlush: the CTAs resident at once. CTA b, once its tile is loaded, prefetches
-  /// CTA b + prefetchStride's pool tile into L2, so the CTAs of the next wave find theirs there
-  /// (0: no prefetch).
+  /// Set by launchFlush: the CTAs resident at once. CTA b, after its tile's first normalization
+  /// iteration (flush.cuh), prefetches CTA b + prefetchStride's pool tile into L2, so the CTAs of
+  /// the next wave find theirs there (0: no prefetch).
   int prefetchStride;
 };
 
