@@ -150,16 +150,15 @@ KVARN_MATH_CONSTANTS double kLogConstants[7] = {
 KVARN_MATH_FN double mul(double a, double b) { return __dmul_rn(a, b); }
 KVARN_MATH_FN double add(double a, double b) { return __dadd_rn(a, b); }
 KVARN_MATH_FN double fma(double a, double b, double c) { return __fma_rn(a, b, c); }
-KVARN_MATH_FN double roundToInteger(double a) { return rint(a); }
 KVARN_MATH_FN float toFloat(double a) { return __double2float_rn(a); }
 KVARN_MATH_FN unsigned floatBits(float a) { return __float_as_uint(a); }
 KVARN_MATH_FN float floatOfBits(unsigned a) { return __uint_as_float(a); }
 KVARN_MATH_FN double doubleOfBits(long long a) { return __longlong_as_double(a); }
+KVARN_MATH_FN unsigned lowBits(double a) { return unsigned(__double2loint(a)); }
 #else
 KVARN_MATH_FN double mul(double a, double b) { return a * b; }
 KVARN_MATH_FN double add(double a, double b) { return a + b; }
 KVARN_MATH_FN double fma(double a, double b, double c) { return std::fma(a, b, c); }
-KVARN_MATH_FN double roundToInteger(double a) { return std::nearbyint(a); } // half to even
 KVARN_MATH_FN float toFloat(double a) { return static_cast<float>(a); }
 KVARN_MATH_FN unsigned floatBits(float a) {
   unsigned bits;
@@ -176,6 +175,11 @@ KVARN_MATH_FN double doubleOfBits(long long a) {
   std::memcpy(&value, &a, sizeof value);
   return value;
 }
+KVARN_MATH_FN unsigned lowBits(double a) {
+  unsigned long long bits;
+  std::memcpy(&bits, &a, sizeof bits);
+  return unsigned(bits);
+}
 #endif
 
 /// exp(x) rounded to float, for |x| <= 20 (the Sinkhorn's log scales lie in [-0.3, 10]).
@@ -184,7 +188,12 @@ KVARN_MATH_FN double doubleOfBits(long long a) {
 KVARN_MATH_FN float expRounded(float x) {
   const double xd = double(x);
   const double *c = kExpConstants;
-  const double k = roundToInteger(mul(xd, c[0])); // x * 64/ln2
+  // k = x * 64/ln2 rounded to an integer, half to even, by adding and subtracting 1.5 * 2^52
+  // (|x * 64/ln2| < 2^51, where the sum's ulp is 1): the value rint gives, and the integer n in
+  // the sum's low bits, without float-to-integer conversions on the GPU.
+  constexpr double kRoundShift = 0x1.8p52;
+  const double shifted = add(mul(xd, c[0]), kRoundShift);
+  const double k = add(shifted, -kRoundShift);
   // ln2/64 in two parts; the first has 42 significant bits, so k times it is exact.
   double r = fma(-k, c[1], xd);
   r = fma(-k, c[2], r);
@@ -194,7 +203,7 @@ KVARN_MATH_FN float expRounded(float x) {
   p = fma(r, p, 0.5);
   p = fma(r, p, 1.0);
   p = mul(r, p); // exp(r) - 1
-  const int n = int(k);
+  const int n = int(lowBits(shifted));
   const double t = kExp2Sixtyfourths[n & 63];
   const double scale = doubleOfBits((long long)((n >> 6) + 1023) << 52); // 2^e, e = floor(n/64)
   return toFloat(mul(fma(t, p, t), scale));
@@ -208,7 +217,8 @@ KVARN_MATH_FN float logRounded(float x) {
   const unsigned bits = floatBits(x);
   const int e = int(bits >> 23) - 127;
   const int j = int(bits >> 17) & 63;
-  const double m = double(floatOfBits((bits & 0x007fffffu) | 0x3f800000u)); // exact
+  // m = 1.f as a double, built from the mantissa bits (exact, no conversion on the GPU).
+  const double m = doubleOfBits(0x3ff0000000000000ll | ((long long)(bits & 0x007fffffu) << 29));
   const double r = fma(m, kInverseOnePlusJ[j], -1.0);
   const double *c = kLogConstants;
   double p = fma(r, c[0], -0.125); // 1/9, -1/8
