@@ -152,7 +152,6 @@ KVARN_MATH_FN double add(double a, double b) { return __dadd_rn(a, b); }
 KVARN_MATH_FN double fma(double a, double b, double c) { return __fma_rn(a, b, c); }
 KVARN_MATH_FN float toFloat(double a) { return __double2float_rn(a); }
 KVARN_MATH_FN unsigned floatBits(float a) { return __float_as_uint(a); }
-KVARN_MATH_FN float floatOfBits(unsigned a) { return __uint_as_float(a); }
 KVARN_MATH_FN double doubleOfBits(long long a) { return __longlong_as_double(a); }
 KVARN_MATH_FN unsigned lowBits(double a) { return unsigned(__double2loint(a)); }
 #else
@@ -164,11 +163,6 @@ KVARN_MATH_FN unsigned floatBits(float a) {
   unsigned bits;
   std::memcpy(&bits, &a, sizeof bits);
   return bits;
-}
-KVARN_MATH_FN float floatOfBits(unsigned a) {
-  float value;
-  std::memcpy(&value, &a, sizeof value);
-  return value;
 }
 KVARN_MATH_FN double doubleOfBits(long long a) {
   double value;
