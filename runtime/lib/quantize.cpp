@@ -133,12 +133,12 @@ uint16_t floatToHalfSaturate(float value) {
 
 float clampf(float v, float lo, float hi) { return std::min(std::max(v, lo), hi); }
 
-/// log and exp of a float, rounded to float by the same sequence of double operations the GPU
-/// flush runs (roundedmath.h), so both agree bit for bit where fp32 libraries differ in the last
-/// place. An ill-conditioned tile (a mean far above the spread) turns one such ulp into visible
-/// code differences.
-using roundedmath::expRounded;
-using roundedmath::logRounded;
+/// log and exp of a float by the same sequence of fp32 operations the GPU flush runs
+/// (roundedmath.h), so both agree bit for bit where fp32 libraries differ in the last place. An
+/// ill-conditioned tile (a mean far above the spread) turns one such ulp into visible code
+/// differences.
+using roundedmath::expFloat;
+using roundedmath::logFloat;
 
 } // namespace
 
@@ -156,8 +156,8 @@ Normalization normalizeVariance(std::span<const float> matrix, int rows, int col
   std::vector<float> colInverse(c), rowInverse(r), y(matrix.size());
   for (int it = 1; it <= iterations; ++it) {
     for (size_t j = 0; j < c; ++j) {
-      logc[j] = clampf(logc[j] + logRounded(clampf(stds.cols[j], 1e-3f, 1e3f)), -0.3f, 10.0f);
-      expc[j] = expRounded(logc[j]);
+      logc[j] = clampf(logc[j] + logFloat(clampf(stds.cols[j], 1e-3f, 1e3f)), -0.3f, 10.0f);
+      expc[j] = expFloat(logc[j]);
       colInverse[j] = 1.0f / expc[j];
     }
     // Row stds of X = M / c / r as rowstd(M * (1/c)) / r: the old r's for the row step, the new
@@ -167,8 +167,8 @@ Normalization normalizeVariance(std::span<const float> matrix, int rows, int col
         y[i * c + j] = matrix[i * c + j] * colInverse[j];
     for (size_t i = 0; i < r; ++i) {
       const float unscaled = sampleStd(&y[i * c], c, 1);
-      logr[i] = clampf(logr[i] + logRounded(clampf(unscaled / expr[i], 1e-3f, 1e3f)), -0.3f, 10.0f);
-      expr[i] = expRounded(logr[i]);
+      logr[i] = clampf(logr[i] + logFloat(clampf(unscaled / expr[i], 1e-3f, 1e3f)), -0.3f, 10.0f);
+      expr[i] = expFloat(logr[i]);
       stds.rows[i] = unscaled / expr[i];
     }
     // Column stds as colstd(M * (1/r)) / c.

@@ -166,10 +166,10 @@ __device__ __forceinline__ float2 treeSums(const Leaf &leaf, int first) {
                    treeSums<N / 2, LEAVES>(leaf, first + N / 2));
 }
 
-/// log and exp rounded to float by the same double operations as the CPU reference
-/// (roundedmath.h): the two agree where fp32 library functions would differ in the last place.
-using roundedmath::expRounded;
-using roundedmath::logRounded;
+/// log and exp by the same fp32 operations as the CPU reference (roundedmath.h): the two agree
+/// bit for bit where fp32 library functions would differ in the last place.
+using roundedmath::expFloat;
+using roundedmath::logFloat;
 
 __device__ __forceinline__ float clampf(float v, float lo, float hi) {
   return fminf(fmaxf(v, lo), hi);
@@ -597,8 +597,8 @@ template <typename Ctx> __device__ __forceinline__ void resetScales(Ctx &c, int 
 /// reference.
 template <typename Ctx> __device__ __forceinline__ void columnStep(Ctx &c, int k, float std) {
   c.colPrevious[k] = c.colScale[k];
-  const float log = clampf(c.colLog[k] + logRounded(clampf(std, 1e-3f, 1e3f)), -0.3f, 10.0f);
-  const float scale = expRounded(log);
+  const float log = clampf(c.colLog[k] + logFloat(clampf(std, 1e-3f, 1e3f)), -0.3f, 10.0f);
+  const float scale = expFloat(log);
   c.colLog[k] = log;
   c.colScale[k] = scale;
   c.colInverse[k] = 1.0f / scale;
@@ -672,8 +672,8 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
       // The divisions by the scales (> 0, normal) as divideExact through their IEEE inverses:
       // the correctly rounded quotients of the CPU reference's divisions.
       const float previous = divideExact(unscaled, c.rowScale[k], c.rowInverse[k]); // old r
-      c.rowLog[k] = clampf(c.rowLog[k] + logRounded(clampf(previous, 1e-3f, 1e3f)), -0.3f, 10.0f);
-      const float scale = expRounded(c.rowLog[k]), inverse = 1.0f / scale;
+      c.rowLog[k] = clampf(c.rowLog[k] + logFloat(clampf(previous, 1e-3f, 1e3f)), -0.3f, 10.0f);
+      const float scale = expFloat(c.rowLog[k]), inverse = 1.0f / scale;
       c.rowScale[k] = scale;
       c.rowInverse[k] = inverse;
       rows.add(divideExact(unscaled, scale, inverse)); // X with the new r
