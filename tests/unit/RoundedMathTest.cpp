@@ -65,7 +65,7 @@ std::vector<float> samplesOf(float lo, float hi, uint32_t stride, int randoms, D
 
 TEST(RoundedMath, ExpStaysWithinItsErrorBoundOverTheLogScales) {
   // Log scales are clamped to [-0.3, 10]. A scan of all 2,142,869,915 floats there: at most
-  // 0.711 ulp from exp(x), 1,134,897 results not the correctly rounded float. Here every 61st
+  // 0.733 ulp from exp(x), 1,068,931 results not the correctly rounded float. Here every 61st
   // float and 2^20 random ones.
   std::mt19937 rng(kvarn::testing::testSeed(31));
   std::uniform_real_distribution<float> uniform(-0.3f, 10.0f);
@@ -73,7 +73,7 @@ TEST(RoundedMath, ExpStaysWithinItsErrorBoundOverTheLogScales) {
   for (float x : {0.0f, -0.0f, 1e-30f, 0.5f, 1.0f, std::log(2.0f), 0.34657359f, -0.2999f})
     samples.push_back(x);
   const ErrorStats stats = measure(samples, expFloat, [](double x) { return std::exp(x); });
-  EXPECT_LE(stats.worstUlps, 0.712) << "at x = " << stats.worstInput;
+  EXPECT_LE(stats.worstUlps, 0.733) << "at x = " << stats.worstInput;
   EXPECT_LE(double(stats.notCorrectlyRounded) / stats.count, 1e-3);
   EXPECT_EQ(expFloat(0.0f), 1.0f);
   EXPECT_EQ(expFloat(-0.0f), 1.0f);
@@ -81,8 +81,8 @@ TEST(RoundedMath, ExpStaysWithinItsErrorBoundOverTheLogScales) {
 }
 
 TEST(RoundedMath, LogStaysWithinItsErrorBoundOverTheStds) {
-  // Stds are clamped to [1e-3, 1e3]. A scan of all 167,177,618 floats there: at most 0.568 ulp
-  // from log(x), 6,729 results not the correctly rounded float. Here every 7th float and 2^20
+  // Stds are clamped to [1e-3, 1e3]. A scan of all 167,177,618 floats there: at most 0.554 ulp
+  // from log(x), 6,276 results not the correctly rounded float. Here every 7th float and 2^20
   // random ones (log-uniform).
   std::mt19937 rng(kvarn::testing::testSeed(32));
   std::uniform_real_distribution<float> exponent(std::log(1e-3f), std::log(1e3f));
@@ -90,8 +90,8 @@ TEST(RoundedMath, LogStaysWithinItsErrorBoundOverTheStds) {
       samplesOf(1e-3f, 1e3f, 7, 1 << 20, [&] { return std::exp(exponent(rng)); });
   for (float x : {1.0f, 2.0f, 0.5f, 1.5f, std::nextafter(1.0f, 2.0f), std::nextafter(1.0f, 0.0f)})
     samples.push_back(x);
-  const ErrorStats stats = measure(samples, [](float x) { return logFloat(x); }, [](double x) { return std::log(x); });
-  EXPECT_LE(stats.worstUlps, 0.569) << "at x = " << stats.worstInput;
+  const ErrorStats stats = measure(samples, logFloat, [](double x) { return std::log(x); });
+  EXPECT_LE(stats.worstUlps, 0.554) << "at x = " << stats.worstInput;
   EXPECT_LE(double(stats.notCorrectlyRounded) / stats.count, 1e-4);
   EXPECT_EQ(logFloat(1.0f), 0.0f);
   EXPECT_EQ(logFloat(2.0f), float(std::log(2.0)));

@@ -123,16 +123,13 @@ template <int Tensor, typename Ctx> struct TileView {
 };
 
 /// Sample std, one pass, as the reference: var = max(sum x^2/n - mean^2, 0) * n/(n-1).
-__device__ __forceinline__ float sampleVariance(float sum, float sumSquares, int count) {
+__device__ __forceinline__ float sampleStd(float sum, float sumSquares, int count) {
   const float n = float(count);
   const float mean = sum / n;
   // __fmul_rn: mean * mean rounded on its own, never fused into an FMA with the subtraction
   // (as the reference and the CPU reference compute it; the two differ where mean^2 cancels).
   const float variance = fmaxf(sumSquares / n - __fmul_rn(mean, mean), 0.0f);
-  return variance * (n / (n - 1.0f));
-}
-__device__ __forceinline__ float sampleStd(float sum, float sumSquares, int count) {
-  return sqrtf(sampleVariance(sum, sumSquares, count));
+  return sqrtf(variance * (n / (n - 1.0f)));
 }
 
 /// a / b, correctly rounded, from the correctly rounded inverse of b (one Newton correction
@@ -169,42 +166,13 @@ __device__ __forceinline__ float2 treeSums(const Leaf &leaf, int first) {
                    treeSums<N / 2, LEAVES>(leaf, first + N / 2));
 }
 
-/// exp (and logOfStd's log) by the same fp32 operations as the CPU reference (roundedmath.h): the two agree
+/// log and exp by the same fp32 operations as the CPU reference (roundedmath.h): the two agree
 /// bit for bit where fp32 library functions would differ in the last place.
 using roundedmath::expFloat;
+using roundedmath::logFloat;
 
 __device__ __forceinline__ float clampf(float v, float lo, float hi) {
   return fminf(fmaxf(v, lo), hi);
-}
-
-/// A step's log of a std, its table point loaded early. The point's index depends only on the
-/// std's exponent and top mantissa bits, so a cheap estimate of the std (the variance's
-/// approximate square root, times the scale's inverse) known well before the correctly rounded
-/// std usually names it: the load is issued from the estimate (guessLogPoint) and overlaps the
-/// exact square root and division, and logOfStd reloads the point only where the estimate named
-/// another one. The log itself is logFloat's on the exact std either way.
-struct GuessedLogPoint {
-  roundedmath::LogPoint point;
-  int index;
-};
-__device__ __forceinline__ float approximateSqrt(float x) {
-  float y;
-  asm("sqrt.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ GuessedLogPoint guessLogPoint(float variance, float inverse) {
-  const int index = roundedmath::logPointIndex(
-      clampf(__fmul_rn(approximateSqrt(variance), inverse), 1e-3f, 1e3f));
-  return {roundedmath::kLogPoints[index], index};
-}
-/// logFloat(clamp(std, 1e-3, 1e3)), from a guessed table point.
-__device__ __forceinline__ float logOfStd(float std, const GuessedLogPoint &guess) {
-  const float x = clampf(std, 1e-3f, 1e3f);
-  const int index = roundedmath::logPointIndex(x);
-  roundedmath::LogPoint point = guess.point;
-  if (index != guess.index) // rare: the estimate lay across a piece boundary from the std
-    point = roundedmath::kLogPoints[index];
-  return roundedmath::logFloat(x, point);
 }
 
 /// Four consecutive elements of M (8-byte aligned) as floats.
@@ -627,10 +595,9 @@ template <typename Ctx> __device__ __forceinline__ void resetScales(Ctx &c, int 
 /// iterate's scale is kept in colPrevious (for a later choice of the best iterate), and the next
 /// iteration's log, scale and inverse replace it. log and exp are roundedmath.h's, as in the CPU
 /// reference.
-template <typename Ctx>
-__device__ __forceinline__ void columnStep(Ctx &c, int k, float std, const GuessedLogPoint &guess) {
+template <typename Ctx> __device__ __forceinline__ void columnStep(Ctx &c, int k, float std) {
   c.colPrevious[k] = c.colScale[k];
-  const float log = clampf(c.colLog[k] + logOfStd(std, guess), -0.3f, 10.0f);
+  const float log = clampf(c.colLog[k] + logFloat(clampf(std, 1e-3f, 1e3f)), -0.3f, 10.0f);
   const float scale = expFloat(log);
   c.colLog[k] = log;
   c.colScale[k] = scale;
@@ -675,12 +642,10 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
     }
     for (int k = tid; k < C; k += Ctx::THREADS) {
       const float2 sums = lineSums<V::BLOCK_COL_SEGMENTS>(colPartials, k, C);
-      const float variance = sampleVariance(sums.x, sums.y, R);
-      const GuessedLogPoint guess = guessLogPoint(variance, 1.0f);
-      const float std = sqrtf(variance);
+      const float std = sampleStd(sums.x, sums.y, R);
       cols.add(std);
       if (Iterations > 0)
-        columnStep(c, k, std, guess);
+        columnStep(c, k, std);
     }
     publishRange(c, 0, rows, cols);
   }
@@ -703,13 +668,11 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
       if (keep)
         c.rowBest[k] = c.rowScale[k];
       const float2 sums = lineSums<V::BLOCK_ROW_SEGMENTS>(c.partials, k, R);
-      const float variance = sampleVariance(sums.x, sums.y, C);
-      const GuessedLogPoint guess = guessLogPoint(variance, c.rowInverse[k]);
-      const float unscaled = sqrtf(variance);
+      const float unscaled = sampleStd(sums.x, sums.y, C);
       // The divisions by the scales (> 0, normal) as divideExact through their IEEE inverses:
       // the correctly rounded quotients of the CPU reference's divisions.
       const float previous = divideExact(unscaled, c.rowScale[k], c.rowInverse[k]); // old r
-      c.rowLog[k] = clampf(c.rowLog[k] + logOfStd(previous, guess), -0.3f, 10.0f);
+      c.rowLog[k] = clampf(c.rowLog[k] + logFloat(clampf(previous, 1e-3f, 1e3f)), -0.3f, 10.0f);
       const float scale = expFloat(c.rowLog[k]), inverse = 1.0f / scale;
       c.rowScale[k] = scale;
       c.rowInverse[k] = inverse;
@@ -720,12 +683,10 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
     __syncthreads();
     for (int k = tid; k < C; k += Ctx::THREADS) {
       const float2 sums = lineSums<V::BLOCK_COL_SEGMENTS>(colPartials, k, C);
-      const float variance = sampleVariance(sums.x, sums.y, R);
-      const GuessedLogPoint guess = guessLogPoint(variance, c.colInverse[k]);
-      const float std = divideExact(sqrtf(variance), c.colScale[k], c.colInverse[k]);
+      const float std = divideExact(sampleStd(sums.x, sums.y, R), c.colScale[k], c.colInverse[k]);
       cols.add(std);
       if (iteration < Iterations)
-        columnStep(c, k, std, guess);
+        columnStep(c, k, std);
     }
     publishRange(c, iteration & 1, rows, cols);
   }
