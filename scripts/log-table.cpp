@@ -2,17 +2,14 @@
 // [0x3f320000 + i 2^18, + 2^18)), 1/c = the inverse of the piece's midpoint rounded to 6
 // significant bits (1 for the piece that holds 1), and log(c) = -log(1/c) as a float plus the
 // float of the rest, in long double.
-//   g++ -O2 scripts/log-table.cpp -o /tmp/log-table && /tmp/log-table
+//   g++ -O2 -Icompiler/device scripts/log-table.cpp -o /tmp/log-table && /tmp/log-table
+#include "kvarn/roundedmath.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 
-static float floatOfBits(uint32_t bits) {
-  float value;
-  std::memcpy(&value, &bits, sizeof value);
-  return value;
-}
+using kvarn::roundedmath::floatOfBits;
 
 int main() {
   const uint32_t offset = 0x3f320000u;

@@ -9,7 +9,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <random>
 
 namespace {
@@ -45,18 +44,22 @@ ErrorStats measure(const std::vector<float> &samples, F f, R reference) {
   return stats;
 }
 
+/// The floats in order as integers: -m for a negative float with magnitude bits m (-0 and +0
+/// both 0), its bits for a positive one; and back.
+int32_t orderedKey(float x) {
+  const uint32_t bits = kvarn::roundedmath::floatBits(x);
+  return bits & 0x80000000u ? -int32_t(bits & 0x7fffffffu) : int32_t(bits);
+}
+float floatOfKey(int32_t key) {
+  return kvarn::roundedmath::floatOfBits(key < 0 ? 0x80000000u | uint32_t(-key) : uint32_t(key));
+}
+
 /// Every `stride`-th float of [lo, hi] (both ends included), then `randoms` from `draw`.
 template <typename D>
-std::vector<float> samplesOf(float lo, float hi, uint32_t stride, int randoms, D draw) {
+std::vector<float> samplesOf(float lo, float hi, int32_t stride, int randoms, D draw) {
   std::vector<float> samples;
-  for (float x = lo; x < hi;) {
-    samples.push_back(x);
-    uint32_t bits;
-    std::memcpy(&bits, &x, sizeof bits);
-    bits = x < 0 ? (bits - 0x80000000u >= stride ? bits - stride : stride - (bits - 0x80000000u))
-                 : bits + stride;
-    std::memcpy(&x, &bits, sizeof bits);
-  }
+  for (int32_t key = orderedKey(lo); key < orderedKey(hi); key += stride)
+    samples.push_back(floatOfKey(key));
   samples.push_back(hi);
   for (int i = 0; i < randoms; ++i)
     samples.push_back(draw());

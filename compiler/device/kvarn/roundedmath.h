@@ -130,7 +130,7 @@ KVARN_MATH_FN float logFloat(float x) {
   const float z = floatOfBits(bits - (offset & 0xff800000u)); // x / 2^k
   const float r = fma(z, c.inverse, -1.0f);
   const float kf = float(k);
-  // ln2 = ln2_1 + ln2_2, ln2_1 with 20 significant bits: k ln2_1 is exact for |k| < 16.
+  // ln2 = ln2_1 + ln2_2, ln2_1 with 15 significant bits: k ln2_1 is exact for |k| < 512.
   const float a = mul(kf, 0x1.62e4p-1f);
   const float w = add(a, c.logHigh);
   const float wError = add(add(a, -w), c.logHigh);
