@@ -115,12 +115,6 @@ template <int Tensor, typename Ctx> struct TileView {
   static constexpr int BLOCK_ROW_SEGMENTS = COLS / 64;        ///< row partials per row
   static constexpr int BLOCK_COL_SEGMENTS = ROWS / TILE_ROWS; ///< column partials per column
   static constexpr int TILES = BLOCK_ROW_SEGMENTS * BLOCK_COL_SEGMENTS;
-  /// Where the CTA has one thread per row (the row steps' threads are the rows), warp w takes the
-  /// tiles of its band, rows [32 w, 32 w + 32), in every column segment: the rows whose steps its
-  /// own lanes run. A band's row sums, its row step and its column sums then wait only for that
-  /// band's warp (normalizeTile); the column step still waits for every band.
-  static constexpr bool BANDED = ROWS == Ctx::THREADS;
-  static constexpr int BAND_TILES = 32 / TILE_ROWS; ///< tile rows per band
   /// The column partials follow the row partials in the partials buffer.
   static constexpr int BLOCK_COL_PARTIALS = ROWS * BLOCK_ROW_SEGMENTS;
   static_assert(COLS % 64 == 0 && ROWS % TILE_ROWS == 0, "block tiles");
@@ -398,10 +392,9 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
   const int pairPerm = COLUMN_SUMS ? laneTreeFirst<8, ROW_MASK, 2>(c.lane) / 2 : 0;
   float2 *rowPartials = c.partials;
   float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
-  // Where the warps divide the row segments (and the tiles are not banded), a warp's tiles all lie
-  // in one column segment: its column inverses load once per sweep (two 16-byte loads) instead of
-  // once per tile.
-  constexpr bool FIXED_COLUMNS = !V::BANDED && Ctx::NWARPS % V::BLOCK_ROW_SEGMENTS == 0;
+  // Where the warps divide the row segments, a warp's tiles all lie in one column segment: its
+  // column inverses load once per sweep (two 16-byte loads) instead of once per tile.
+  constexpr bool FIXED_COLUMNS = Ctx::NWARPS % V::BLOCK_ROW_SEGMENTS == 0;
   float colInverses[8] = {};
   if constexpr (S == Scale::ByColumn && FIXED_COLUMNS) {
     static_assert(!COLUMN_SUMS, "column scales with row sums only (the pairs in order)");
@@ -416,8 +409,7 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
   // a constant number of elements further each round: its address is the first round's plus a
   // multiple of that step (one add per round instead of the row, swizzle and column arithmetic of
   // TileView::at).
-  constexpr bool STEPPED =
-      !V::BANDED && FlushSharedLayout::sweepStepped(Ctx::THREADS, V::ROWS, V::COLS);
+  constexpr bool STEPPED = FlushSharedLayout::sweepStepped(Ctx::THREADS, V::ROWS, V::COLS);
   constexpr int ROUND_ELEMENTS =
       FlushSharedLayout::sweepRoundRows(Ctx::THREADS, V::ROWS, V::COLS) * V::STRIDE;
   static_assert(!STEPPED || FIXED_COLUMNS, "a stepped block keeps its column segment");
@@ -433,28 +425,11 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     float2 rows[RB]; ///< with ROW_SUMS: the block rows' sums (slot order)
     ColumnSums cols; ///< with COLUMN_SUMS: the block columns' sums (slot pair order)
   };
-  // A banded warp's blocks: its band starts at a multiple of the swizzle's period (32 rows), so
-  // the block of tile row t of the band and column segment k sits at bandBlock + 64 k plus an
-  // offset of t and the lane alone (TileView::at's swizzle moves whole chunks within the
-  // segment).
-  const Half *bandBlock = c.m + (32 * c.warp + laneRow * RB) * V::STRIDE;
-  auto bandOffset = [&](int t) {
-    const int swizzle = FlushSharedLayout::chunkSwizzle(t * V::TILE_ROWS + laneRow * RB);
-    return t * V::TILE_ROWS * V::STRIDE + 8 * (laneCol ^ swizzle);
-  };
-  // The sums of this thread's block of the warp's u-th tile, u = round + s (s the stage).
-  auto sums = [&](Block &b, int round, int s) {
-    const int u = round + s;
-    // The tile row within a band: from the stage alone where the stages cover whole bands
-    // (round is then a multiple of BAND_TILES).
-    const int bandRow =
-        STAGES % V::BAND_TILES == 0 ? s % V::BAND_TILES : u % V::BAND_TILES;
+  // The sums of this thread's block of the warp's u-th tile (tile warp + u * NWARPS).
+  auto sums = [&](Block &b, int u) {
     if constexpr (STEPPED) { // the first tile's columns, its row a multiple of u further
       b.tileRow = firstTileRow + u * (Ctx::NWARPS / V::BLOCK_ROW_SEGMENTS);
       b.tileCol = firstTileCol;
-    } else if constexpr (V::BANDED) { // the band's tile rows, one column segment after another
-      b.tileRow = c.warp * V::BAND_TILES + bandRow;
-      b.tileCol = u / V::BAND_TILES;
     } else {
       const int tile = c.warp + u * Ctx::NWARPS;
       b.tileRow = tile / V::BLOCK_ROW_SEGMENTS, b.tileCol = tile % V::BLOCK_ROW_SEGMENTS;
@@ -463,14 +438,7 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     const int row0 = b.row0, col0 = b.col0;
     // The block's row inverses load at once (a column sweep has no row permutation: slot i holds
     // row i).
-    // Without FIXED_COLUMNS the block's eight column inverses load at once (two 16-byte loads).
-    float blockInverses[8] = {};
-    if constexpr (S == Scale::ByColumn && !FIXED_COLUMNS) {
-      const float4 *src = reinterpret_cast<const float4 *>(c.colInverse + col0);
-      const float4 a = src[0], b = src[1];
-      blockInverses[0] = a.x, blockInverses[1] = a.y, blockInverses[2] = a.z, blockInverses[3] = a.w;
-      blockInverses[4] = b.x, blockInverses[5] = b.y, blockInverses[6] = b.z, blockInverses[7] = b.w;
-    }
+    const float *colInverse = c.colInverse + col0;
     float rowInverses[RB] = {};
     if constexpr (S == Scale::ByRow) {
       static_assert(!ROW_SUMS && (RB == 2 || RB == 4), "row inverses in one vector load");
@@ -486,9 +454,7 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     // sums into b.rows[slot], and the column leaves (in slot order).
     // The block's rows share their chunk swizzle (rows row0 .. row0 + RB - 1, RB <= 4).
     static_assert(RB <= 4, "a block's rows share a swizzle");
-    const Half *block = STEPPED   ? firstBlock + u * ROUND_ELEMENTS
-                        : V::BANDED ? bandBlock + 64 * b.tileCol + bandOffset(bandRow)
-                                    : c.m + V::at(row0, col0);
+    const Half *block = STEPPED ? firstBlock + u * ROUND_ELEMENTS : c.m + V::at(row0, col0);
     auto row = [&](int slot) {
       const int i = slot ^ rowPerm;
       const Half *src = block + i * V::STRIDE;
@@ -509,8 +475,9 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
         const float2 m = unpackHalf2(w[k]);
         float2 x = m;
         if constexpr (S == Scale::ByColumn) {
-          const float *inverses = FIXED_COLUMNS ? colInverses : blockInverses;
-          const float2 inv = make_float2(inverses[2 * pair], inverses[2 * pair + 1]);
+          const float2 inv = FIXED_COLUMNS
+                                 ? make_float2(colInverses[2 * pair], colInverses[2 * pair + 1])
+                                 : *reinterpret_cast<const float2 *>(colInverse + 2 * pair);
           x = make_float2(__fmul_rn(m.x, inv.x), __fmul_rn(m.y, inv.y));
         } else if constexpr (S == Scale::ByRow) {
           x = make_float2(__fmul_rn(m.x, rowInverse), __fmul_rn(m.y, rowInverse));
@@ -559,7 +526,7 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     Block blocks[STAGES];
 #pragma unroll
     for (int s = 0; s < STAGES; ++s)
-      sums(blocks[s], round, s);
+      sums(blocks[s], round + s);
 #pragma unroll
     for (int s = 0; s < STAGES; ++s)
       store(blocks[s]);
@@ -661,14 +628,6 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
   constexpr int R = V::ROWS, C = V::COLS;
   const int tid = threadIdx.x;
   const float2 *colPartials = c.partials + V::BLOCK_COL_PARTIALS;
-  // Between a band's row sums, its row step and its column sums (TileView::BANDED) only the
-  // band's warp synchronizes; otherwise the whole CTA.
-  auto bandBarrier = [] {
-    if constexpr (V::BANDED)
-      __syncwarp();
-    else
-      __syncthreads();
-  };
   resetScales(c, tid);
   __syncthreads();
   // Iteration 0: the stds of M itself, rows and columns from one sweep, and the column step to
@@ -697,7 +656,7 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
   for (int iteration = 1; iteration <= Iterations; ++iteration) {
     __syncthreads(); // the column scales of this iteration (and the ranges) are complete
     blockSums<Scale::ByColumn, true, false, V>(c); // rows of M * (1/c_new)
-    bandBarrier();
+    __syncthreads();
     // The previous iterate's choice (its column scales in colPrevious, its row scales still in
     // rowScale), then this iteration's row step.
     const bool keep = keepIterate(c, (iteration - 1) & 1, best, iteration == 1);
@@ -719,7 +678,7 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
       c.rowInverse[k] = inverse;
       rows.add(divideExact(unscaled, scale, inverse)); // X with the new r
     }
-    bandBarrier();
+    __syncthreads();
     blockSums<Scale::ByRow, false, true, V>(c); // columns of M * (1/r_new)
     __syncthreads();
     for (int k = tid; k < C; k += Ctx::THREADS) {
