@@ -238,17 +238,42 @@ TEST(Schedule, FlushTileLayoutServesEverySweepAtTheFewestWavefronts) {
         rtn[lane] = at(FlushSharedLayout::rtnRow(32 * warp + lane), col);
       EXPECT_EQ(wavefronts(rtn, 8), 4) << "RTN, column " << col;
     }
-  // The K tile's transposing stores: 32 lanes, each a 4-byte pair of adjacent tokens (64
-  // consecutive tokens) of one channel row; the pair stays whole under the swizzle.
-  for (int channel = 0; channel < 128; ++channel)
-    for (int token = 0; token < S; token += 64) {
-      std::vector<int> stores(32);
-      for (int lane = 0; lane < 32; ++lane) {
-        stores[lane] = at(channel, token + 2 * lane);
-        EXPECT_EQ(at(channel, token + 2 * lane + 1), stores[lane] + 2) << "K pair " << lane;
+  // The K tile's loads and transposing stores (loadTile, FlushSharedLayout::keyLoadPair): every
+  // (token pair, 8-channel block) item exactly once; a lane pair reads the two 16-byte halves of
+  // one 32-byte sector (same token pair, channel blocks 2s and 2s + 1); and each of a warp's eight
+  // stores (channel j of its block, a 4-byte pair of adjacent tokens, whole under the swizzle)
+  // takes one wavefront. Warps take consecutive items (thread t of a round: item t + 32 w ...).
+  for (int tokens : {64, 128}) {
+    const int pairs = tokens / 2, items = pairs * (128 / 8);
+    std::set<std::pair<int, int>> seen;
+    for (int item = 0; item < items; ++item) {
+      const int pair = FlushSharedLayout::keyLoadPair(item, pairs);
+      const int channel = FlushSharedLayout::keyLoadChannel(item, pairs);
+      ASSERT_TRUE(pair >= 0 && pair < pairs && channel >= 0 && channel < 128 && channel % 8 == 0);
+      EXPECT_TRUE(seen.insert({pair, channel}).second) << "item " << item << " repeats";
+      if (item % 2 == 1) {
+        EXPECT_EQ(pair, FlushSharedLayout::keyLoadPair(item - 1, pairs)) << "sector of item " << item;
+        EXPECT_EQ(channel, FlushSharedLayout::keyLoadChannel(item - 1, pairs) + 8);
+        EXPECT_EQ(channel % 16, 8) << "the pair's channels are one 32-byte sector";
       }
-      EXPECT_EQ(wavefronts(stores, 4), 1) << "K load, channel " << channel;
     }
+    EXPECT_EQ(int(seen.size()), items);
+    auto atK = [tokens](int row, int col) {
+      return 2 * (row * tokens + (col ^ (FlushSharedLayout::chunkSwizzle(row) << 3)));
+    };
+    for (int first = 0; first < items; first += 32)
+      for (int j = 0; j < 8; ++j) {
+        std::vector<int> stores(32);
+        for (int lane = 0; lane < 32; ++lane) {
+          const int token = 2 * FlushSharedLayout::keyLoadPair(first + lane, pairs);
+          const int channel = FlushSharedLayout::keyLoadChannel(first + lane, pairs) + j;
+          stores[lane] = atK(channel, token);
+          EXPECT_EQ(atK(channel, token + 1), stores[lane] + 2) << "K pair " << lane;
+        }
+        EXPECT_EQ(wavefronts(stores, 4), 1) << "K load, " << tokens << " tokens, items " << first
+                                            << ", channel " << j;
+      }
+  }
 }
 
 TEST(KernelBuilder, BuildsAVerifiedModuleOrReportsWhy) {

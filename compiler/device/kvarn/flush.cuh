@@ -202,9 +202,9 @@ template <typename Ctx> __device__ __forceinline__ void prefetchNextTile(const C
 /// holding NaN/Inf sets status bit 0 and leaves its record alone. A thread reads eight channels
 /// (16 bytes) of SPAN adjacent tokens per item. For V (rows = tokens, SPAN 1) a warp reads
 /// consecutive pieces of token rows and stores them whole. For K (rows = channels, SPAN 2) a
-/// warp reads one piece of 64 consecutive tokens: each channel's two halves of a lane's token
-/// pair form one 32-bit store, and the warp's stores fill 128 contiguous bytes of a row (distinct
-/// banks).
+/// lane pair reads both halves of a 32-byte sector of 16 token pairs
+/// (FlushSharedLayout::keyLoadPair): each channel's two halves of a lane's token pair form one
+/// 32-bit store, and each of the warp's stores fills 64 bytes of each of two rows (distinct banks).
 template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx &c) {
   typedef TileView<Tensor, Ctx> V;
   c.active = false;
@@ -212,6 +212,7 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
     return;
   constexpr int G = Ctx::TG, D = Ctx::HD, PIECES = D / 8;
   constexpr int SPAN = Tensor == 0 ? 2 : 1, ITEMS = G / SPAN * PIECES;
+  static_assert(G / 2 >= 32 && D % 16 == 0, "FlushSharedLayout::keyLoadPair's index bits");
   const Half *pool = static_cast<const Half *>(Tensor == 0 ? c.p.poolKey : c.p.poolValue);
   const int64_t rowStride = int64_t(c.p.numKvHeads) * D;
   const Half *base = pool + (int64_t(c.slot) * G * c.p.numKvHeads + c.head) * D;
@@ -229,7 +230,8 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
       if (ITEMS % (LOADS * Ctx::THREADS) != 0 && item >= ITEMS)
         break;
       if (Tensor == 0)
-        body(b, 2 * (item % (G / 2)), 8 * (item / (G / 2)));
+        body(b, 2 * FlushSharedLayout::keyLoadPair(item, G / 2),
+             FlushSharedLayout::keyLoadChannel(item, G / 2));
       else
         body(b, item / PIECES, 8 * (item % PIECES));
     }
@@ -715,6 +717,30 @@ __device__ __forceinline__ Half saturateHalf(float value) {
   return floatToHalf(clampf(value, -65504.0f, 65504.0f));
 }
 
+/// Words per store of quantizePack's codes: two (one 8-byte store) where they divide a thread's
+/// words and every record keeps them aligned (records lie tileBytesAligned apart). A row's words
+/// are its thread's own, so word stores wrote a piece of a different sector in every lane; 16-byte
+/// stores measured no faster than 8-byte ones (docs/benchmarks.md).
+template <typename L> constexpr int codeStoreRun(int packedOffset, int rowBytes, int words) {
+  return words % 2 == 0 && L::tileBytesAligned % 8 == 0 && packedOffset % 8 == 0 && rowBytes % 8 == 0
+             ? 2
+             : 1;
+}
+/// Stores RUN (1 or 2) words at dst, as one 8-byte store where `vector` (dst then 8-byte aligned).
+template <int RUN>
+__device__ __forceinline__ void storeWords(uint32_t *dst, const uint32_t (&w)[RUN], bool vector) {
+  static_assert(RUN == 1 || RUN == 2, "runs of one or two words");
+  if constexpr (RUN == 2) {
+    if (vector) {
+      *reinterpret_cast<uint2 *>(dst) = make_uint2(w[0], w[1]);
+      return;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < RUN; ++r)
+    dst[r] = w[r];
+}
+
 /// RTN per row (half to even), folds the scales and packs the codes into the record. LANES
 /// adjacent threads share a row, each a contiguous segment of it (whole 32-bit words of codes):
 /// the row's range takes one shuffle per lane pair, and each code one exact division by the
@@ -740,6 +766,8 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
   const float qmax = float(qmaxCode);
   constexpr int rowBytes = C * bits / 8;
   unsigned char *rec = c.record();
+  // The cache's base allows 8-byte stores (every record then does; codeStoreRun).
+  const bool vectorStores = reinterpret_cast<uint64_t>(c.p.cache) % 8 == 0;
   constexpr int packedOffset = Tensor == 0 ? L::keyPacked : L::valuePacked;
   constexpr int rowScaleOffset = Tensor == 0 ? L::keyScaleCol : L::valueScaleRow;
   constexpr int rowZeroOffset = Tensor == 0 ? L::keyZeroPoint : L::valueZeroPoint;
@@ -844,25 +872,44 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
     // (Quantize.OneFmaCodesAgreeWithTheChainWhereTheirMarginDecidesThem).
     const float rowFactor = rowInverse * inverse, offset = -lo * inverse;
     const float margin = roundedmath::codeMargin(fmaxf(fabsf(lo), fabsf(hi)), inverse);
-#pragma unroll 2
-    for (int w = 0; w < SEGMENT / CODES_PER_WORD; ++w) {
-      uint32_t word = 0u - WORD_BIAS;
-      bool decided = true;
+    // The words go out RUN at a time (codeStoreRun), one store each.
+    constexpr int WORDS = SEGMENT / CODES_PER_WORD, RUN = codeStoreRun<L>(packedOffset, rowBytes, WORDS);
+#pragma unroll(RUN == 1 ? 2 : 1)
+    for (int first = 0; first < WORDS; first += RUN) {
+      uint32_t words[RUN];
+      unsigned undecided = 0; // bit r: word first + r needs the chain
 #pragma unroll
-      for (int k = 0; k < CODES_PER_WORD; k += 4) {
-        const int col = w * CODES_PER_WORD + k;
-        const float4 m = loadHalf4(element(part * SEGMENT + col));
-        const float4 inv = *reinterpret_cast<const float4 *>(colInverse + col);
-        const float mv[4] = {m.x, m.y, m.z, m.w}, iv[4] = {inv.x, inv.y, inv.z, inv.w};
+      for (int r = 0; r < RUN; ++r) {
+        const int w = first + r;
+        uint32_t word = 0u - WORD_BIAS;
+        bool decided = true;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float quotient = fmaf(mv[e], iv[e] * rowFactor, offset);
-          const float rounded = __fadd_rn(quotient, ROUND_MAGIC);
-          decided = decided && fabsf(__fsub_rn(quotient, __fsub_rn(rounded, ROUND_MAGIC))) < margin;
-          word += __float_as_uint(rounded) << ((k + e) * bits);
+        for (int k = 0; k < CODES_PER_WORD; k += 4) {
+          const int col = w * CODES_PER_WORD + k;
+          const float4 m = loadHalf4(element(part * SEGMENT + col));
+          const float4 inv = *reinterpret_cast<const float4 *>(colInverse + col);
+          const float mv[4] = {m.x, m.y, m.z, m.w}, iv[4] = {inv.x, inv.y, inv.z, inv.w};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float quotient = fmaf(mv[e], iv[e] * rowFactor, offset);
+            const float rounded = __fadd_rn(quotient, ROUND_MAGIC);
+            decided = decided && fabsf(__fsub_rn(quotient, __fsub_rn(rounded, ROUND_MAGIC))) < margin;
+            word += __float_as_uint(rounded) << ((k + e) * bits);
+          }
         }
+        words[r] = word;
+        undecided |= decided ? 0u : 1u << r;
       }
-      dst[w] = decided ? word : exactWord(w);
+      // The chain for the undecided words, from one copy of its code (rare; a loop by set bit).
+      while (undecided != 0) {
+        const int r = __ffs(undecided) - 1;
+        undecided &= undecided - 1;
+        const uint32_t word = exactWord(first + r);
+#pragma unroll
+        for (int k = 0; k < RUN; ++k)
+          words[k] = k == r ? word : words[k];
+      }
+      storeWords<RUN>(dst + first, words, vectorStores);
     }
     if (part == 0) {
       rowScales[row] = saturateHalf(rowScale * scale);

@@ -164,6 +164,21 @@ struct FlushSharedLayout {
   static constexpr int rtnRow(int slot) {
     return (slot & ~31) | ((slot & 7) << 2) | ((slot >> 3) & 3);
   }
+  /// The K tile load's items (flush.cuh, loadTile): a thread reads eight channels (16 bytes) of a
+  /// pair of adjacent tokens per item, tokenPairs x headDim / 16 x 2 items in all. Items 2i and
+  /// 2i + 1, which adjacent lanes take, read the two halves of the same 32-byte sectors (channels
+  /// keyLoadChannel of token pair keyLoadPair), so each 16-byte load of a warp covers whole sectors;
+  /// with one half per warp, as before, L1 had to merge the halves of two warps' loads (about 1%
+  /// of the D = 128 launch, docs/benchmarks.md). The pairs' index bits 3 and 4 trade places: a
+  /// lane pair's two channel rows lie two chunk swizzles apart, and a warp's token pairs {0-7,
+  /// 16-23} (or {8-15, 24-31}) then put the two rows' stores in distinct banks.
+  static constexpr int keyLoadPair(int item, int tokenPairs) {
+    const int pair = (item >> 1) % tokenPairs;
+    return (pair & ~24) | ((pair & 8) << 1) | ((pair & 16) >> 1);
+  }
+  static constexpr int keyLoadChannel(int item, int tokenPairs) {
+    return 16 * ((item >> 1) / tokenPairs) + 8 * (item & 1);
+  }
   /// The normalization sweeps' blocks: a thread holds blockRows x 8 elements, a warp a 4 x 8 grid
   /// of blocks (a tile of 4 blockRows rows and 64 columns). blockRows is the largest power of two
   /// up to 4 that still gives every warp a tile, and at least 2 (a thread's column runs hold whole
