@@ -195,9 +195,11 @@ TEST(Schedule, FlushTileLayoutServesEverySweepAtTheFewestWavefronts) {
   // permutations of laneTreeFirst), must take the fewest wavefronts its bytes allow.
   using dev::FlushSharedLayout;
   constexpr int S = 128;
-  auto at = [](int row, int col) {
-    return 2 * (row * S + (col ^ (FlushSharedLayout::chunkSwizzle(row) << 3)));
+  // The byte offset of element (row, col) in rows of rowLength elements; `at` for rows of S.
+  auto atIn = [](int rowLength, int row, int col) {
+    return 2 * (row * rowLength + (col ^ (FlushSharedLayout::chunkSwizzle(row) << 3)));
   };
+  auto at = [&](int row, int col) { return atIn(S, row, col); };
   auto rowPerm = [](int q) { return ((q & 1) << 1) | ((q >> 1) & 1); };
   for (int tileRow = 0; tileRow < 8; ++tileRow)
     for (int tileCol = 0; tileCol < 2; ++tileCol)
@@ -258,17 +260,14 @@ TEST(Schedule, FlushTileLayoutServesEverySweepAtTheFewestWavefronts) {
       }
     }
     EXPECT_EQ(int(seen.size()), items);
-    auto atK = [tokens](int row, int col) {
-      return 2 * (row * tokens + (col ^ (FlushSharedLayout::chunkSwizzle(row) << 3)));
-    };
     for (int first = 0; first < items; first += 32)
       for (int j = 0; j < 8; ++j) {
         std::vector<int> stores(32);
         for (int lane = 0; lane < 32; ++lane) {
           const int token = 2 * FlushSharedLayout::keyLoadPair(first + lane, pairs);
           const int channel = FlushSharedLayout::keyLoadChannel(first + lane, pairs) + j;
-          stores[lane] = atK(channel, token);
-          EXPECT_EQ(atK(channel, token + 1), stores[lane] + 2) << "K pair " << lane;
+          stores[lane] = atIn(tokens, channel, token);
+          EXPECT_EQ(atIn(tokens, channel, token + 1), stores[lane] + 2) << "K pair " << lane;
         }
         EXPECT_EQ(wavefronts(stores, 4), 1) << "K load, " << tokens << " tokens, items " << first
                                             << ", channel " << j;
