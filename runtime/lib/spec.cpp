@@ -350,7 +350,7 @@ size_t sharedMemoryBytes(const KernelSpec &spec, const Schedule &schedule) {
   case OpKind::Flush: {
     // The layout FlushContext uses (params.h).
     const dev::FlushSharedLayout layout{spec.format.tileTokens, spec.format.headDim,
-                                        schedule.warps};
+                                        schedule.warps, schedule.stages};
     return static_cast<size_t>(layout.bytes());
   }
   case OpKind::Append:

@@ -8,6 +8,8 @@
 
 #include <map>
 #include <set>
+#include <string>
+#include <utility>
 #include <vector>
 
 using namespace kvarn;
@@ -108,16 +110,19 @@ TEST(Schedule, ValidationChecksTheTargetLimits) {
 }
 
 TEST(Schedule, FlushSharedMemoryKeepsTheTunedCtasPerSm) {
-  // The flush's CTAs per SM are set by its shared memory (the fp16 tile, the partial sums, the
-  // scale vectors, the warps' std ranges): on an H100/H200 the tuned schedules hold four CTAs of
-  // 4 warps per SM at D = 128 and two of 8 warps at D = 256 (the driver reserves 1 KB per CTA).
-  // A layout that grows past that loses a CTA per SM (and a quarter or half of the kernel's speed).
+  // The flush's shared memory (the fp16 tile, the partial sums, the scale vectors, the warps' std
+  // ranges) must not cap its CTAs per SM below what the tuned schedules run: on an H100/H200 four
+  // CTAs of 4 warps per SM at D = 128 (128 registers) and two of 8 warps at D = 256 (the driver
+  // reserves 1 KB per CTA). A layout that grows past that loses a CTA per SM (and a quarter or half
+  // of the kernel's speed).
   auto ctasPerSm = [](const char *spec, const char *schedule) {
     const KernelSpec s = *parseKernelSpec(spec);
     return sharedMemoryPerSm(s.arch) / (sharedMemoryBytes(s, *parseSchedule(schedule)) + 1024);
   };
-  EXPECT_EQ(ctasPerSm("flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "warps=4"), 4u);
-  EXPECT_EQ(ctasPerSm("flush:kvarn_k4v2_g128:d256:q1:f16:sm_90a", "warps=8"), 2u);
+  EXPECT_GE(ctasPerSm("flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "warps=4,stages=2,min_ctas=4"), 4u);
+  EXPECT_GE(ctasPerSm("flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "warps=4"), 4u);
+  EXPECT_GE(ctasPerSm("flush:kvarn_k4v2_g128:d256:q1:f16:sm_90a", "warps=8,stages=2"), 2u);
+  EXPECT_GE(ctasPerSm("flush:kvarn_k4v2_g128:d256:q1:f16:sm_90a", "warps=8"), 2u);
 }
 
 namespace {
@@ -143,8 +148,10 @@ int wavefronts(const std::vector<int> &addresses, int bytes) {
 } // namespace
 
 TEST(Schedule, FlushSweepBlocksStepByWholeSwizzlePeriods) {
-  // blockSums (flush.cuh) addresses a thread's block in a warp's u-th round as its first round's
-  // block plus u * sweepRoundRows rows wherever FlushSharedLayout::sweepStepped holds. Modeled for
+  // In sweeps that deal their tiles to the warps in turn (FlushSharedLayout::warpRuns 0; the
+  // walking sweeps have a test of their own below), blockSums (flush.cuh) addresses a thread's
+  // block in a warp's u-th round as its first round's block plus u * sweepRoundRows rows wherever
+  // FlushSharedLayout::sweepStepped holds. Modeled for
   // every view the flush sweeps (K [D][G], V [G][D]), warp count, warp, lane and round: the
   // stepped address must be the swizzled layout's (TileView::at). Where a round moves fewer rows
   // than a swizzle period, stepping would be wrong, so the model must find such a case too.
@@ -186,6 +193,94 @@ TEST(Schedule, FlushSweepBlocksStepByWholeSwizzlePeriods) {
         }
   EXPECT_GT(stepped, 0) << "no sweep steps: the kernel's fast addressing is never used";
   EXPECT_GT(wrongIfStepped, 0) << "no view shows why rounds must move whole swizzle periods";
+}
+
+TEST(Schedule, FlushWalkingSweepsSumWholeSubtreesOfTheColumnTrees) {
+  // Where FlushSharedLayout::warpRuns holds, blockSums (flush.cuh) has each warp walk consecutive
+  // tile rows of one column segment, add its stages' column sums in registers and two rounds'
+  // through their partial, and the column steps add COLUMN_PARTIALS partials per column as a
+  // pairwise tree. That equals the CPU reference's tree over the column only if every tile is summed
+  // once and every partial is an aligned run of columnRunTiles tile rows that one warp fills in
+  // order. Modeled for every view, warp count and stages, with the walking blocks' stepped
+  // addresses checked against the swizzled layout.
+  using dev::FlushSharedLayout;
+  int walking = 0, steppedWalks = 0, folded = 0;
+  for (int d : {64, 128, 256})
+    for (int g : {64, 128})
+      for (bool keys : {true, false})
+        for (int warps : {4, 8, 16})
+          for (int stages : {1, 2, 4}) {
+            const int rows = keys ? d : g, cols = keys ? g : d, threads = 32 * warps;
+            const std::string where = std::string(keys ? "K" : "V") + " D " + std::to_string(d) +
+                                      " G " + std::to_string(g) + " warps " +
+                                      std::to_string(warps) + " stages " + std::to_string(stages);
+            const int blockRows = FlushSharedLayout::blockRows(threads, rows, cols);
+            const int tileRows = 4 * blockRows, segments = cols / 64, rowTiles = rows / tileRows;
+            const int runs = FlushSharedLayout::warpRuns(threads, rows, cols);
+            const int runTiles = FlushSharedLayout::columnRunTiles(threads, rows, cols, stages);
+            const int partials = FlushSharedLayout::columnPartials(threads, rows, cols, stages);
+            const int sweepStages = FlushSharedLayout::sweepStages(threads, rows, cols, stages);
+            EXPECT_EQ(partials * runTiles, rowTiles) << where;
+            EXPECT_EQ(rowTiles % runTiles, 0) << where;
+            EXPECT_EQ(runTiles & (runTiles - 1), 0) << where << ": a run is a subtree";
+            if (runs == 0) {
+              EXPECT_EQ(runTiles, 1) << where;
+              continue;
+            }
+            ++walking;
+            const bool stepped = FlushSharedLayout::walkStepped(threads, rows, cols, stages);
+            steppedWalks += stepped;
+            auto at = [&](int row, int col) {
+              return row * cols + (col ^ (FlushSharedLayout::chunkSwizzle(row) << 3));
+            };
+            std::map<std::pair<int, int>, int> tileOwner;           // (tile row, segment) -> warp
+            std::map<std::pair<int, int>, std::vector<int>> fills;  // (partial, segment) -> tiles
+            for (int warp = 0; warp < warps; ++warp)
+              for (int round = 0; round < runs; round += sweepStages) {
+                for (int s = 0; s < sweepStages; ++s) {
+                  const int row = FlushSharedLayout::sweepTileRow(threads, rows, cols, warp, round + s);
+                  const int segment = FlushSharedLayout::sweepTileColumn(threads, cols, warp, 0);
+                  EXPECT_EQ(row, FlushSharedLayout::sweepTileRow(threads, rows, cols, warp, round) + s);
+                  EXPECT_TRUE(tileOwner.emplace(std::make_pair(row, segment), warp).second)
+                      << where << ": tile row " << row << " summed twice";
+                  fills[{row / runTiles, segment}].push_back(row);
+                  if (stepped)
+                    for (int laneRow = 0; laneRow < 4; ++laneRow)
+                      for (int laneCol = 0; laneCol < 8; ++laneCol) {
+                        const int first = at(
+                            (FlushSharedLayout::sweepTileRow(threads, rows, cols, warp, s)) *
+                                    tileRows + laneRow * blockRows,
+                            segment * 64 + 8 * laneCol);
+                        EXPECT_EQ(first + round * tileRows * cols,
+                                  at(row * tileRows + laneRow * blockRows, segment * 64 + 8 * laneCol))
+                            << where << " warp " << warp << " round " << round << " stage " << s;
+                      }
+                }
+                // A round that does not start a run adds to the one stored the round before.
+                const int row = FlushSharedLayout::sweepTileRow(threads, rows, cols, warp, round);
+                if (row % runTiles != 0) {
+                  ++folded;
+                  EXPECT_EQ((row - sweepStages) / runTiles, row / runTiles) << where;
+                  EXPECT_GE(round, sweepStages) << where;
+                }
+              }
+            EXPECT_EQ(static_cast<int>(tileOwner.size()), rowTiles * segments) << where;
+            EXPECT_EQ(static_cast<int>(fills.size()), partials * segments) << where;
+            for (const auto &fill : fills) {
+              const int partial = fill.first.first;
+              std::vector<int> expected(runTiles);
+              for (int t = 0; t < runTiles; ++t)
+                expected[t] = partial * runTiles + t;
+              EXPECT_EQ(fill.second, expected) << where << ": partial " << partial;
+              std::set<int> owners;
+              for (int row : fill.second)
+                owners.insert(tileOwner[{row, fill.first.second}]);
+              EXPECT_EQ(owners.size(), 1u) << where << ": partial " << partial << " has two writers";
+            }
+          }
+  EXPECT_GT(walking, 0) << "no view walks: every sweep deals its tiles in turn";
+  EXPECT_GT(steppedWalks, 0) << "no walking sweep steps its blocks";
+  EXPECT_GT(folded, 0) << "no run spans two rounds";
 }
 
 TEST(Schedule, FlushTileLayoutServesEverySweepAtTheFewestWavefronts) {

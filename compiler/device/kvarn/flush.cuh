@@ -36,7 +36,7 @@ struct FlushContext {
   static constexpr int SWEEP_STAGES = STAGES;
   /// M as fp16 (swizzled rows, TileView::at), the partial sums of the row or column chains, the
   /// scale vectors: FlushSharedLayout (params.h), which the host sizes launches with.
-  static constexpr FlushSharedLayout sharedLayout() { return FlushSharedLayout{G, D, WARPS}; }
+  static constexpr FlushSharedLayout sharedLayout() { return FlushSharedLayout{G, D, WARPS, STAGES}; }
   static constexpr int MAX_DIM = sharedLayout().maxDim();
   static constexpr int PARTIALS = sharedLayout().partials(); ///< (sum, sum of squares) pairs
   static constexpr int VECTORS = FlushSharedLayout::VECTORS;
@@ -51,8 +51,12 @@ struct FlushContext {
   bool active;      ///< the tile loaded last is this CTA's tensor and is finite
   Half *m;          ///< [rows][TileView::STRIDE]: the tile M of this CTA's tensor (fp16)
   float2 *partials; ///< (sum, sum of squares) of each chain
-  float *colScale, *rowScale, *colLog, *rowLog, *colBest, *rowBest;
-  float *colPrevious;             ///< the previous iterate's column scales, until its choice
+  float *colScale, *rowScale, *colLog, *rowLog, *rowBest;
+  /// The columns a thread owns in the normalization's column steps and choices: column
+  /// tid + j x THREADS (ownedColumns). Their best iterate's scales and the previous iterate's
+  /// (until its choice) stay in the owner's registers, so shared memory holds two vectors fewer.
+  static constexpr int OWNED_COLUMNS = (MAX_DIM + THREADS - 1) / THREADS;
+  float colBest[OWNED_COLUMNS], colPrevious[OWNED_COLUMNS];
   float *colInverse, *rowInverse; ///< IEEE 1/scale, for exact divisions by multiplication
   /// Two buffers (by iteration parity) of one entry per warp: (max, min) of the row stds its
   /// threads computed, then of its column stds (float bits).
@@ -82,11 +86,9 @@ struct FlushContext {
     c.rowScale = vectors + MAX_DIM;
     c.colLog = vectors + 2 * MAX_DIM;
     c.rowLog = vectors + 3 * MAX_DIM;
-    c.colBest = vectors + 4 * MAX_DIM;
-    c.rowBest = vectors + 5 * MAX_DIM;
-    c.colPrevious = vectors + 6 * MAX_DIM;
-    c.colInverse = vectors + 7 * MAX_DIM;
-    c.rowInverse = vectors + 8 * MAX_DIM;
+    c.rowBest = vectors + 4 * MAX_DIM;
+    c.colInverse = vectors + 5 * MAX_DIM;
+    c.rowInverse = vectors + 6 * MAX_DIM;
     c.ranges = reinterpret_cast<uint4 *>(kvarnShared + RANGE_OFFSET);
     return c;
   }
@@ -113,12 +115,24 @@ template <int Tensor, typename Ctx> struct TileView {
   static constexpr int BLOCK_ROWS = FlushSharedLayout::blockRows(Ctx::THREADS, ROWS, COLS);
   static constexpr int TILE_ROWS = 4 * BLOCK_ROWS;
   static constexpr int BLOCK_ROW_SEGMENTS = COLS / 64;        ///< row partials per row
-  static constexpr int BLOCK_COL_SEGMENTS = ROWS / TILE_ROWS; ///< column partials per column
+  static constexpr int BLOCK_COL_SEGMENTS = ROWS / TILE_ROWS; ///< tile rows
   static constexpr int TILES = BLOCK_ROW_SEGMENTS * BLOCK_COL_SEGMENTS;
+  /// Tiles a warp's sweep takes at once, and the consecutive tiles it walks down its column
+  /// segment (0: tiles dealt to the warps in turn); FlushSharedLayout::warpRuns.
+  static constexpr int SWEEP_STAGES =
+      FlushSharedLayout::sweepStages(Ctx::THREADS, ROWS, COLS, Ctx::SWEEP_STAGES);
+  static constexpr int WARP_RUNS = FlushSharedLayout::warpRuns(Ctx::THREADS, ROWS, COLS);
+  /// Tile rows per column partial, and column partials per column.
+  static constexpr int COLUMN_RUN_TILES =
+      FlushSharedLayout::columnRunTiles(Ctx::THREADS, ROWS, COLS, Ctx::SWEEP_STAGES);
+  static constexpr int COLUMN_PARTIALS = BLOCK_COL_SEGMENTS / COLUMN_RUN_TILES;
   /// The column partials follow the row partials in the partials buffer.
   static constexpr int BLOCK_COL_PARTIALS = ROWS * BLOCK_ROW_SEGMENTS;
   static_assert(COLS % 64 == 0 && ROWS % TILE_ROWS == 0, "block tiles");
-  static_assert(BLOCK_COL_PARTIALS + COLS * BLOCK_COL_SEGMENTS <= Ctx::PARTIALS,
+  static_assert(COLUMN_PARTIALS ==
+                    FlushSharedLayout::columnPartials(Ctx::THREADS, ROWS, COLS, Ctx::SWEEP_STAGES),
+                "one count of column partials");
+  static_assert(BLOCK_COL_PARTIALS + COLS * COLUMN_PARTIALS <= Ctx::PARTIALS,
                 "block partial sums fit");
 };
 
@@ -368,7 +382,10 @@ enum class Scale { None, ByColumn, ByRow };
 /// and, with COLUMN_SUMS, its columns' runs of BLOCK_ROWS as pairwise trees; the lanes of a warp
 /// then add their runs (laneTreeSums) up to runs of 64 columns and TILE_ROWS rows. Row partials go
 /// to partials[segment * ROWS + row], column partials to
-/// partials[ROWS * BLOCK_ROW_SEGMENTS + segment * COLS + col]. Per element: one fp16 load (16
+/// partials[ROWS * BLOCK_ROW_SEGMENTS + run * COLS + col], where a run is COLUMN_RUN_TILES tile rows:
+/// in walking sweeps (TileView::WARP_RUNS) a warp adds the column sums of its consecutive tiles
+/// itself, so each column has COLUMN_PARTIALS partials instead of one per tile row (fewer stores,
+/// fewer adds on the column steps' path, less shared memory). Per element: one fp16 load (16
 /// bytes per 8 for K rows), one product, its square, and the adds of one or both trees. A warp
 /// takes the schedule's `stages` tiles at once (where they divide the warp's tiles): their loads
 /// and trees are independent, so one tile's latencies hide behind the other's work.
@@ -377,9 +394,10 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
   static_assert(ROW_SUMS || COLUMN_SUMS, "a sweep sums rows, columns or both");
   constexpr int RB = V::BLOCK_ROWS;
   static_assert(RB >= 2, "a thread's column runs hold whole leaf pairs");
-  constexpr int STAGES = Ctx::SWEEP_STAGES > 1 && V::TILES % (Ctx::NWARPS * Ctx::SWEEP_STAGES) == 0
-                             ? Ctx::SWEEP_STAGES
-                             : 1;
+  constexpr int STAGES = V::SWEEP_STAGES;
+  // Walking sweeps (V::WARP_RUNS > 0): the warp's tiles are consecutive tile rows of one column
+  // segment, and its column sums leave as whole subtrees of V::COLUMN_RUN_TILES tile rows.
+  constexpr bool WALK = V::WARP_RUNS > 0;
   // The lanes' 4 x 8 grid of blocks: with row sums, lane bits 0-2 give the block column (the
   // row trees add across them); in column-only sweeps, lane bits 0-1 give the block row, so the
   // eight lanes of each quarter-warp phase of the 16-byte partial stores write 128 contiguous bytes
@@ -411,25 +429,42 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
   // a constant number of elements further each round: its address is the first round's plus a
   // multiple of that step (one add per round instead of the row, swizzle and column arithmetic of
   // TileView::at).
-  constexpr bool STEPPED = FlushSharedLayout::sweepStepped(Ctx::THREADS, V::ROWS, V::COLS);
+  // In walking sweeps the same holds for the block of each stage, where a round's stages span
+  // whole swizzle periods (FlushSharedLayout::walkStepped).
+  constexpr bool STEPPED =
+      WALK ? FlushSharedLayout::walkStepped(Ctx::THREADS, V::ROWS, V::COLS, Ctx::SWEEP_STAGES)
+           : FlushSharedLayout::sweepStepped(Ctx::THREADS, V::ROWS, V::COLS);
   constexpr int ROUND_ELEMENTS =
-      FlushSharedLayout::sweepRoundRows(Ctx::THREADS, V::ROWS, V::COLS) * V::STRIDE;
+      (WALK ? V::TILE_ROWS : FlushSharedLayout::sweepRoundRows(Ctx::THREADS, V::ROWS, V::COLS)) *
+      V::STRIDE;
   static_assert(!STEPPED || FIXED_COLUMNS, "a stepped block keeps its column segment");
+  static_assert(!WALK || FIXED_COLUMNS, "a walking warp keeps its column segment");
   // The warp's first tile (u = 0).
-  const int firstTileRow = c.warp / V::BLOCK_ROW_SEGMENTS;
+  const int firstTileRow =
+      FlushSharedLayout::sweepTileRow(Ctx::THREADS, V::ROWS, V::COLS, c.warp, 0);
   const int firstTileCol = c.warp % V::BLOCK_ROW_SEGMENTS;
-  const Half *firstBlock = c.m;
-  if constexpr (STEPPED)
-    firstBlock =
-        c.m + V::at(firstTileRow * V::TILE_ROWS + laneRow * RB, firstTileCol * 64 + 8 * laneCol);
+  // The first round's block of each stage (walking sweeps: the stage's tile; otherwise one), as
+  // element offsets into M.
+  constexpr int FIRST_BLOCKS = WALK ? STAGES : 1;
+  int firstBlocks[FIRST_BLOCKS];
+#pragma unroll
+  for (int s = 0; s < FIRST_BLOCKS; ++s)
+    firstBlocks[s] = STEPPED ? V::at((firstTileRow + s) * V::TILE_ROWS + laneRow * RB,
+                                     firstTileCol * 64 + 8 * laneCol)
+                             : 0;
   struct Block {
     int tileRow, tileCol, row0, col0;
     float2 rows[RB]; ///< with ROW_SUMS: the block rows' sums (slot order)
     ColumnSums cols; ///< with COLUMN_SUMS: the block columns' sums (slot pair order)
   };
-  // The sums of this thread's block of the warp's u-th tile (tile warp + u * NWARPS).
-  auto sums = [&](Block &b, int u) {
-    if constexpr (STEPPED) { // the first tile's columns, its row a multiple of u further
+  // The sums of this thread's block of the warp's u-th tile, u = round + s (stage s): tile row
+  // firstTileRow + u when walking, else tile warp + u * NWARPS.
+  auto sums = [&](Block &b, int round, int s) {
+    const int u = round + s;
+    if constexpr (WALK) {
+      b.tileRow = firstTileRow + u;
+      b.tileCol = firstTileCol;
+    } else if constexpr (STEPPED) { // the first tile's columns, its row a multiple of u further
       b.tileRow = firstTileRow + u * (Ctx::NWARPS / V::BLOCK_ROW_SEGMENTS);
       b.tileCol = firstTileCol;
     } else {
@@ -456,7 +491,9 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     // sums into b.rows[slot], and the column leaves (in slot order).
     // The block's rows share their chunk swizzle (rows row0 .. row0 + RB - 1, RB <= 4).
     static_assert(RB <= 4, "a block's rows share a swizzle");
-    const Half *block = STEPPED ? firstBlock + u * ROUND_ELEMENTS : c.m + V::at(row0, col0);
+    const Half *block = c.m + (!STEPPED ? V::at(row0, col0)
+                               : WALK   ? firstBlocks[s] + round * ROUND_ELEMENTS
+                                        : firstBlocks[0] + u * ROUND_ELEMENTS);
     auto row = [&](int slot) {
       const int i = slot ^ rowPerm;
       const Half *src = block + i * V::STRIDE;
@@ -513,9 +550,27 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
       laneTreeSums<8, ROW_MASK, 2>(b.cols.v);
       // The lane's two columns are adjacent: one 16-byte store (each quarter-warp phase 128
       // contiguous bytes in column-only sweeps).
-      *reinterpret_cast<float4 *>(colPartials + b.tileRow * V::COLS + b.col0 + 2 * pairPerm) =
-          make_float4(b.cols.v[0].x, b.cols.v[0].y, b.cols.v[1].x, b.cols.v[1].y);
+      if constexpr (!WALK)
+        *reinterpret_cast<float4 *>(colPartials + b.tileRow * V::COLS + b.col0 + 2 * pairPerm) =
+            make_float4(b.cols.v[0].x, b.cols.v[0].y, b.cols.v[1].x, b.cols.v[1].y);
     }
+  };
+  // Walking sweeps: the round's column sums (its stages' tiles, consecutive tile rows added as
+  // their pairwise tree), to the partial of their run of COLUMN_RUN_TILES tile rows; a round that
+  // completes a run adds the run's first half, which this lane stored the round before.
+  auto storeColumnRun = [&](const Block (&blocks)[STAGES]) {
+    const float2 lo = treeSums<STAGES>([&](int s) { return blocks[s].cols.v[0]; }, 0);
+    const float2 hi = treeSums<STAGES>([&](int s) { return blocks[s].cols.v[1]; }, 0);
+    const int tileRow = blocks[0].tileRow;
+    float4 *dst = reinterpret_cast<float4 *>(colPartials + tileRow / V::COLUMN_RUN_TILES * V::COLS +
+                                             blocks[0].col0 + 2 * pairPerm);
+    float2 first = lo, second = hi;
+    if (V::COLUMN_RUN_TILES > STAGES && tileRow % V::COLUMN_RUN_TILES != 0) {
+      const float4 half = *dst;
+      first = addSums(make_float2(half.x, half.y), lo);
+      second = addSums(make_float2(half.z, half.w), hi);
+    }
+    *dst = make_float4(first.x, first.y, second.x, second.y);
   };
   // A loop of a fixed trip count (tiles are dealt to warps in turn; a warp with no tile left skips
   // its last round, which only happens where the warps do not divide the tiles).
@@ -523,15 +578,17 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
 #pragma unroll 1
   for (int round = 0; round < ROUNDS; round += STAGES) {
     const int tile = c.warp + round * Ctx::NWARPS;
-    if (V::TILES % Ctx::NWARPS != 0 && tile >= V::TILES)
+    if (!WALK && V::TILES % Ctx::NWARPS != 0 && tile >= V::TILES)
       break;
     Block blocks[STAGES];
 #pragma unroll
     for (int s = 0; s < STAGES; ++s)
-      sums(blocks[s], round + s);
+      sums(blocks[s], round, s);
 #pragma unroll
     for (int s = 0; s < STAGES; ++s)
       store(blocks[s]);
+    if constexpr (COLUMN_SUMS && WALK)
+      storeColumnRun(blocks);
   }
 }
 
@@ -584,21 +641,37 @@ template <int SEGMENTS>
 __device__ __forceinline__ float2 lineSums(const float2 *partials, int k, int lines) {
   return treeSums<SEGMENTS>([&](int s) { return partials[s * lines + k]; }, 0);
 }
+/// Calls f(k, j) for each column k < COLUMNS this thread owns, k = tid + j x THREADS (j indexes the
+/// owner's registers: Ctx::colBest, Ctx::colPrevious).
+template <int COLUMNS, typename Ctx, typename F>
+__device__ __forceinline__ void ownedColumns(int tid, const F &f) {
+  static_assert(COLUMNS <= Ctx::OWNED_COLUMNS * Ctx::THREADS, "owned columns");
+#pragma unroll
+  for (int j = 0; j < (COLUMNS + Ctx::THREADS - 1) / Ctx::THREADS; ++j) {
+    const int k = tid + j * Ctx::THREADS;
+    if (COLUMNS % Ctx::THREADS == 0 || k < COLUMNS)
+      f(k, j);
+  }
+}
 /// Every scale 1 and every log 0: the identity iterate.
 template <typename Ctx> __device__ __forceinline__ void resetScales(Ctx &c, int tid) {
+#pragma unroll
+  for (int j = 0; j < Ctx::OWNED_COLUMNS; ++j)
+    c.colBest[j] = c.colPrevious[j] = 1.0f;
   for (int k = tid; k < Ctx::MAX_DIM; k += Ctx::THREADS) {
-    c.colScale[k] = c.rowScale[k] = c.colBest[k] = c.rowBest[k] = c.colPrevious[k] = 1.0f;
+    c.colScale[k] = c.rowScale[k] = c.rowBest[k] = 1.0f;
     c.colInverse[k] = c.rowInverse[k] = 1.0f;
     c.colLog[k] = c.rowLog[k] = 0.0f;
   }
 }
 
 /// The column step from column k's std of the current iterate (this thread computed it): the
-/// iterate's scale is kept in colPrevious (for a later choice of the best iterate), and the next
+/// iterate's scale is kept in colPrevious[j] (for a later choice of the best iterate), and the next
 /// iteration's log, scale and inverse replace it. log and exp are roundedmath.h's, as in the CPU
 /// reference.
-template <typename Ctx> __device__ __forceinline__ void columnStep(Ctx &c, int k, float std) {
-  c.colPrevious[k] = c.colScale[k];
+template <typename Ctx>
+__device__ __forceinline__ void columnStep(Ctx &c, int k, int j, float std) {
+  c.colPrevious[j] = c.colScale[k];
   const float log = clampf(c.colLog[k] + logFloat(clampf(std, 1e-3f, 1e3f)), -0.3f, 10.0f);
   const float scale = expFloat(log);
   c.colLog[k] = log;
@@ -642,13 +715,13 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
       const float2 sums = lineSums<V::BLOCK_ROW_SEGMENTS>(c.partials, k, R);
       rows.add(sampleStd(sums.x, sums.y, C));
     }
-    for (int k = tid; k < C; k += Ctx::THREADS) {
-      const float2 sums = lineSums<V::BLOCK_COL_SEGMENTS>(colPartials, k, C);
+    ownedColumns<C, Ctx>(tid, [&](int k, int j) {
+      const float2 sums = lineSums<V::COLUMN_PARTIALS>(colPartials, k, C);
       const float std = sampleStd(sums.x, sums.y, R);
       cols.add(std);
       if (Iterations > 0)
-        columnStep(c, k, std);
-    }
+        columnStep(c, k, j, std);
+    });
     publishRange(c, 0, rows, cols);
   }
   // The next wave's tile into L2, now that this wave's loads are done (prefetching right after
@@ -662,9 +735,9 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
     // The previous iterate's choice (its column scales in colPrevious, its row scales still in
     // rowScale), then this iteration's row step.
     const bool keep = keepIterate(c, (iteration - 1) & 1, best, iteration == 1);
-    if (keep)
-      for (int k = tid; k < C; k += Ctx::THREADS)
-        c.colBest[k] = c.colPrevious[k];
+#pragma unroll
+    for (int j = 0; j < Ctx::OWNED_COLUMNS; ++j)
+      c.colBest[j] = keep ? c.colPrevious[j] : c.colBest[j];
     StdRange rows, cols;
     for (int k = tid; k < R; k += Ctx::THREADS) {
       if (keep)
@@ -683,20 +756,19 @@ __device__ __forceinline__ void normalizeTile(Ctx &c) {
     __syncthreads();
     blockSums<Scale::ByRow, false, true, V>(c); // columns of M * (1/r_new)
     __syncthreads();
-    for (int k = tid; k < C; k += Ctx::THREADS) {
-      const float2 sums = lineSums<V::BLOCK_COL_SEGMENTS>(colPartials, k, C);
+    ownedColumns<C, Ctx>(tid, [&](int k, int j) {
+      const float2 sums = lineSums<V::COLUMN_PARTIALS>(colPartials, k, C);
       const float std = divideExact(sampleStd(sums.x, sums.y, R), c.colScale[k], c.colInverse[k]);
       cols.add(std);
       if (iteration < Iterations)
-        columnStep(c, k, std);
-    }
+        columnStep(c, k, j, std);
+    });
     publishRange(c, iteration & 1, rows, cols);
   }
   __syncthreads(); // the last iterate's ranges
   // The last iterate's choice: its scales are the current ones.
   if (keepIterate(c, Iterations & 1, best, Iterations == 0)) {
-    for (int k = tid; k < C; k += Ctx::THREADS)
-      c.colBest[k] = c.colScale[k];
+    ownedColumns<C, Ctx>(tid, [&](int k, int j) { c.colBest[j] = c.colScale[k]; });
     for (int k = tid; k < R; k += Ctx::THREADS)
       c.rowBest[k] = c.rowScale[k];
   }
@@ -777,11 +849,11 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
   Half *rowZeros = reinterpret_cast<Half *>(rec + rowZeroOffset);
   Half *colScales = reinterpret_cast<Half *>(rec + colScaleOffset);
   // Step 0. The chosen iterate becomes the current scales (and their inverses).
-  for (int k = threadIdx.x; k < C; k += Ctx::THREADS) {
-    c.colScale[k] = c.colBest[k];
-    c.colInverse[k] = 1.0f / c.colBest[k];
-    colScales[k] = saturateHalf(c.colBest[k]);
-  }
+  ownedColumns<C, Ctx>(threadIdx.x, [&](int k, int j) {
+    c.colScale[k] = c.colBest[j];
+    c.colInverse[k] = 1.0f / c.colBest[j];
+    colScales[k] = saturateHalf(c.colBest[j]);
+  });
   for (int k = threadIdx.x; k < R; k += Ctx::THREADS) {
     c.rowScale[k] = c.rowBest[k];
     c.rowInverse[k] = 1.0f / c.rowBest[k];

@@ -144,7 +144,7 @@ struct DecodeSharedLayout {
 /// vectors of floats and two buffers of each warp's ranges of the row and column stds (two pairs
 /// of 32-bit words per warp and buffer).
 struct FlushSharedLayout {
-  int tileTokens, headDim, warps;
+  int tileTokens, headDim, warps, stages; ///< stages: the schedule's (sweepStages)
 
   constexpr int maxDim() const { return headDim > tileTokens ? headDim : tileTokens; }
   /// K is [D][G], V is [G][D]: unpadded rows whose 16-byte chunks (8 fp16 elements) are
@@ -203,20 +203,68 @@ struct FlushSharedLayout {
   static constexpr bool sweepStepped(int threads, int rows, int cols) {
     return sweepRoundRows(threads, rows, cols) > 0 && sweepRoundRows(threads, rows, cols) % 32 == 0;
   }
-  /// Partial sums of the normalization sweeps: one per row and 64-column run plus one per column
-  /// and 4 blockRows-row run (both kept at once).
-  static constexpr int blockPartials(int threads, int rows, int cols) {
-    return rows * (cols / 64) + cols * (rows / (4 * blockRows(threads, rows, cols)));
+  /// Tiles a warp's sweep takes at once: the schedule's stages where they divide every warp's
+  /// tiles, else one.
+  static constexpr int sweepStages(int threads, int rows, int cols, int stages) {
+    const int tiles = cols / 64 * (rows / (4 * blockRows(threads, rows, cols)));
+    return stages > 1 && tiles % (threads / 32 * stages) == 0 ? stages : 1;
+  }
+  /// Tiles a warp walks down one column segment where the sweeps walk (blockSums): where the warps
+  /// divide the column segments and each segment's tile rows into equal runs of a power of two,
+  /// warp w takes column segment w % segments and the `warpRuns` consecutive tile rows from
+  /// (w / segments) x warpRuns. A warp then holds whole subtrees of its columns' pairwise trees, so
+  /// it adds its tiles' column sums itself (columnRunTiles). 0 where the tiles are dealt to the
+  /// warps in turn (tile warp + u x warps).
+  static constexpr int warpRuns(int threads, int rows, int cols) {
+    const int warps = threads / 32, segments = cols / 64;
+    const int tileRows = rows / (4 * blockRows(threads, rows, cols));
+    if (warps % segments != 0 || tileRows % (warps / segments) != 0)
+      return 0;
+    const int runs = tileRows / (warps / segments);
+    return (runs & (runs - 1)) == 0 ? runs : 0;
+  }
+  /// The tile row of a warp's u-th tile and its column segment.
+  static constexpr int sweepTileRow(int threads, int rows, int cols, int warp, int u) {
+    const int segments = cols / 64, runs = warpRuns(threads, rows, cols);
+    return runs > 0 ? warp / segments * runs + u : (warp + u * (threads / 32)) / segments;
+  }
+  static constexpr int sweepTileColumn(int threads, int cols, int warp, int u) {
+    return (warp + u * (threads / 32)) % (cols / 64);
+  }
+  /// Tile rows (runs of 4 blockRows rows) that one column partial sums: in walking sweeps a warp
+  /// adds its stages' tiles in registers and two rounds' sums through their partial (it rereads
+  /// its own store), at most its runs; otherwise one.
+  static constexpr int columnRunTiles(int threads, int rows, int cols, int stages) {
+    const int runs = warpRuns(threads, rows, cols), both = 2 * sweepStages(threads, rows, cols, stages);
+    return runs == 0 ? 1 : runs < both ? runs : both;
+  }
+  /// Column partials per column.
+  static constexpr int columnPartials(int threads, int rows, int cols, int stages) {
+    return rows / (4 * blockRows(threads, rows, cols)) / columnRunTiles(threads, rows, cols, stages);
+  }
+  /// Whether a walking sweep's blocks step by whole periods of chunkSwizzle (32 rows) from one round
+  /// to the next: its rounds then start at multiples of 32 rows past the warp's first (one pointer
+  /// per stage, advanced by a constant each round).
+  static constexpr bool walkStepped(int threads, int rows, int cols, int stages) {
+    const int tileRows = 4 * blockRows(threads, rows, cols);
+    return warpRuns(threads, rows, cols) > 0 &&
+           sweepStages(threads, rows, cols, stages) * tileRows % 32 == 0;
+  }
+  /// Partial sums of the normalization sweeps: one per row and 64-column run plus columnPartials
+  /// per column (both kept at once).
+  static constexpr int blockPartials(int threads, int rows, int cols, int stages) {
+    return rows * (cols / 64) + cols * columnPartials(threads, rows, cols, stages);
   }
   /// The partial sums of either view (K's [D][G], V's [G][D]).
   constexpr int partials() const {
     const int threads = 32 * warps;
-    return maxOf(blockPartials(threads, headDim, tileTokens),
-                 blockPartials(threads, tileTokens, headDim));
+    return maxOf(blockPartials(threads, headDim, tileTokens, stages),
+                 blockPartials(threads, tileTokens, headDim, stages));
   }
   static constexpr int maxOf(int a, int b) { return a > b ? a : b; }
-  /// col/row: scale, inverse, log, best; the previous iterate's column scales
-  static constexpr int VECTORS = 9;
+  /// col/row: scale, inverse, log; the rows' best iterate's scales (the columns' best and previous
+  /// scales stay in their owners' registers: flush.cuh, FlushContext::OWNED_COLUMNS)
+  static constexpr int VECTORS = 7;
   constexpr int partialOffset() const { return (tileHalves() * 2 + 15) / 16 * 16; }
   constexpr int vectorOffset() const { return partialOffset() + partials() * 8; }
   constexpr int rangeOffset() const { return vectorOffset() + VECTORS * maxDim() * 4; }
