@@ -107,6 +107,25 @@ kvarn_status ok() {
   if (!(condition))                                                                              \
   return fail(KVARN_ERROR_INVALID_ARGUMENT, message)
 
+/// Refuses launch argument `name` of `function` unless it is `alignment`-byte aligned
+/// (dev::BufferAlignment): the kernel's accesses to it would fault on the device, which loses the
+/// whole CUDA context. NULL passes (required pointers are checked for NULL first).
+kvarn_status requireAligned(const char *function, const char *name, const void *pointer,
+                            int alignment) {
+  const auto address = reinterpret_cast<uintptr_t>(pointer);
+  if (address % uintptr_t(alignment) == 0)
+    return KVARN_OK;
+  char hex[2 + 2 * sizeof(uintptr_t) + 1];
+  std::snprintf(hex, sizeof hex, "%#llx", static_cast<unsigned long long>(address));
+  return fail(KVARN_ERROR_BUFFER_SIZE, std::string(function) + ": " + name + " (" + hex +
+                                           ") is not " + std::to_string(alignment) +
+                                           "-byte aligned");
+}
+#define KVARN_REQUIRE_ALIGNED(function, args, field, alignment)                                    \
+  if (kvarn_status aligned = requireAligned(function, #field, args->field, alignment);             \
+      aligned != KVARN_OK)                                                                         \
+  return aligned
+
 /// Kernel names from an artifact's metadata ({"kernels":"a,b", ...}).
 std::vector<std::string> kernelNames(const std::string &metadata) {
   std::vector<std::string> names;
@@ -561,6 +580,19 @@ kvarn_status kvarn_launch_decode(kvarn_kernel kernel, const kvarn_decode_args *a
                 "kvarn_launch_decode: this kernel's schedule fixes splits = " +
                     std::to_string(module.schedule().splits));
   KVARN_REQUIRE(num_splits == 1 || args->workspace, "kvarn_launch_decode: splits need a workspace");
+  {
+    using Align = kvarn::dev::BufferAlignment;
+    constexpr const char *f = "kvarn_launch_decode";
+    KVARN_REQUIRE_ALIGNED(f, args, query, Align::element);
+    KVARN_REQUIRE_ALIGNED(f, args, out, Align::element);
+    KVARN_REQUIRE_ALIGNED(f, args, cache, Align::decodeCache);
+    KVARN_REQUIRE_ALIGNED(f, args, pool_key, Align::decodePool);
+    KVARN_REQUIRE_ALIGNED(f, args, pool_value, Align::decodePool);
+    KVARN_REQUIRE_ALIGNED(f, args, block_to_slot, Align::word);
+    KVARN_REQUIRE_ALIGNED(f, args, block_table, Align::word);
+    KVARN_REQUIRE_ALIGNED(f, args, seq_lens, Align::word);
+    KVARN_REQUIRE_ALIGNED(f, args, workspace, Align::decodeWorkspace(kernel->spec.format.headDim));
+  }
   if (args->batch == 0)
     return ok();
   const int d = kernel->spec.format.headDim;
@@ -596,6 +628,15 @@ kvarn_status kvarn_launch_flush(kvarn_kernel kernel, const kvarn_flush_args *arg
   // Two CTAs per entry (K and V tiles): the grid's x dimension bounds the entries.
   KVARN_REQUIRE(args->num_entries >= 0 && args->num_entries <= (1 << 30) && args->num_kv_heads > 0,
                 "kvarn_launch_flush: num_entries must be 0 to 2^30 and num_kv_heads positive");
+  {
+    using Align = kvarn::dev::BufferAlignment;
+    constexpr const char *f = "kvarn_launch_flush";
+    KVARN_REQUIRE_ALIGNED(f, args, pool_key, Align::element);
+    KVARN_REQUIRE_ALIGNED(f, args, pool_value, Align::element);
+    KVARN_REQUIRE_ALIGNED(f, args, entries, Align::word);
+    KVARN_REQUIRE_ALIGNED(f, args, cache, Align::flushCache);
+    KVARN_REQUIRE_ALIGNED(f, args, status, Align::word);
+  }
   kvarn::dev::FlushParams params{args->pool_key, args->pool_value, args->entries,
                                  static_cast<unsigned char *>(args->cache), args->status,
                                  args->num_entries, args->num_kv_heads};
@@ -612,6 +653,15 @@ kvarn_status kvarn_launch_append(kvarn_kernel kernel, const kvarn_append_args *a
                 "kvarn_launch_append: a required pointer is NULL");
   KVARN_REQUIRE(args->num_tokens >= 0 && args->num_kv_heads > 0,
                 "kvarn_launch_append: num_tokens must be >= 0 and num_kv_heads positive");
+  {
+    using Align = kvarn::dev::BufferAlignment;
+    constexpr const char *f = "kvarn_launch_append";
+    KVARN_REQUIRE_ALIGNED(f, args, key, Align::element);
+    KVARN_REQUIRE_ALIGNED(f, args, value, Align::element);
+    KVARN_REQUIRE_ALIGNED(f, args, slot_mapping, Align::wideWord);
+    KVARN_REQUIRE_ALIGNED(f, args, pool_key, Align::appendPool(kernel->spec.format.headDim));
+    KVARN_REQUIRE_ALIGNED(f, args, pool_value, Align::appendPool(kernel->spec.format.headDim));
+  }
   kvarn::dev::AppendParams params{args->key, args->value,
                                   reinterpret_cast<const long long *>(args->slot_mapping),
                                   args->pool_key, args->pool_value, args->num_tokens,
@@ -630,6 +680,14 @@ kvarn_status kvarn_launch_dequantize(kvarn_kernel kernel, const kvarn_dequantize
                 "kvarn_launch_dequantize: a required pointer is NULL");
   KVARN_REQUIRE(args->num_entries >= 0 && args->num_entries <= (1 << 23) && args->num_kv_heads > 0,
                 "kvarn_launch_dequantize: num_entries must be 0 to 2^23 and num_kv_heads positive");
+  {
+    using Align = kvarn::dev::BufferAlignment;
+    constexpr const char *f = "kvarn_launch_dequantize";
+    KVARN_REQUIRE_ALIGNED(f, args, cache, Align::element);
+    KVARN_REQUIRE_ALIGNED(f, args, entries, Align::word);
+    KVARN_REQUIRE_ALIGNED(f, args, key, Align::element);
+    KVARN_REQUIRE_ALIGNED(f, args, value, Align::element);
+  }
   kvarn::dev::DequantizeParams params{static_cast<const unsigned char *>(args->cache),
                                       args->entries, args->key, args->value, args->num_entries,
                                       args->num_kv_heads};

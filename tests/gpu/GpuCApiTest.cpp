@@ -387,6 +387,32 @@ TEST_F(CApiGpuTest, EveryOpThroughTheCApi) {
   kvarn_append_args badAppend = appendArgs;
   badAppend.num_tokens = -1;
   EXPECT_EQ(kvarn_launch_append(append, &badAppend, nullptr), KVARN_ERROR_INVALID_ARGUMENT);
+  // Buffers the kernels would access misaligned (and fault, losing the context) are refused
+  // before any launch, naming the buffer; the records and pool rows stay as they are.
+  auto refusedAs = [](kvarn_status status, const char *name) {
+    EXPECT_EQ(status, KVARN_ERROR_BUFFER_SIZE) << name;
+    EXPECT_NE(std::string(kvarn_last_error()).find(std::string(name) + " ("), std::string::npos)
+        << kvarn_last_error();
+    EXPECT_NE(std::string(kvarn_last_error()).find("-byte aligned"), std::string::npos);
+  };
+  auto shifted = [](auto *pointer, int bytes) {
+    return reinterpret_cast<decltype(pointer)>(reinterpret_cast<uintptr_t>(pointer) + bytes);
+  };
+  kvarn_flush_args misalignedFlush = flushArgs;
+  misalignedFlush.cache = shifted(flushArgs.cache, 2); // code words need 4
+  refusedAs(kvarn_launch_flush(flush, &misalignedFlush, nullptr), "cache");
+  misalignedFlush = flushArgs;
+  misalignedFlush.pool_key = shifted(flushArgs.pool_key, 1);
+  refusedAs(kvarn_launch_flush(flush, &misalignedFlush, nullptr), "pool_key");
+  kvarn_append_args misalignedAppend = appendArgs;
+  misalignedAppend.pool_value = shifted(appendArgs.pool_value, 8); // D = 128 rows: 16-byte stores
+  refusedAs(kvarn_launch_append(append, &misalignedAppend, nullptr), "pool_value");
+  misalignedAppend = appendArgs;
+  misalignedAppend.slot_mapping = shifted(appendArgs.slot_mapping, 4);
+  refusedAs(kvarn_launch_append(append, &misalignedAppend, nullptr), "slot_mapping");
+  kvarn_dequantize_args misalignedDequantize = dqArgs;
+  misalignedDequantize.key = shifted(dqArgs.key, 1);
+  refusedAs(kvarn_launch_dequantize(dequantize, &misalignedDequantize, nullptr), "key");
   kvarn_dequantize_args badDequantize = dqArgs;
   badDequantize.num_kv_heads = 0;
   EXPECT_EQ(kvarn_launch_dequantize(dequantize, &badDequantize, nullptr),
@@ -657,12 +683,25 @@ TEST_F(CApiGpuTest, DecodeVariantsFromTheConfigsPickTheScheduleByLaunchSize) {
   EXPECT_EQ(kvarn_decode_schedule(kernel, -1, 2, 0, &unused), KVARN_ERROR_INVALID_ARGUMENT);
   EXPECT_EQ(kvarn_decode_schedule(kernel, 1, 2, -1, &unused), KVARN_ERROR_INVALID_ARGUMENT);
   // A negative length is refused at launch too, before anything is read or launched.
-  int32_t sentinel = 0;
+  alignas(16) int32_t sentinel = 0; // aligned as every buffer must be
   void *never = &sentinel; // not dereferenced: the arguments are refused first
   kvarn_decode_args negative{never, never, never, never, never, &sentinel, &sentinel, &sentinel,
                              never, 1, 2, 1, 0.0f, -1};
   EXPECT_EQ(kvarn_launch_decode(kernel, &negative, 1, nullptr), KVARN_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(kvarn_last_error()).find("negative max_seq_len"), std::string::npos)
+      << kvarn_last_error();
+  // A cache the record copies (16-byte pieces) would read misaligned is refused, as is a
+  // workspace whose partials the merge loads as float4.
+  kvarn_decode_args misaligned = negative;
+  misaligned.max_seq_len = 0;
+  misaligned.cache = reinterpret_cast<const char *>(never) + 8;
+  EXPECT_EQ(kvarn_launch_decode(kernel, &misaligned, 1, nullptr), KVARN_ERROR_BUFFER_SIZE);
+  EXPECT_NE(std::string(kvarn_last_error()).find("cache ("), std::string::npos)
+      << kvarn_last_error();
+  misaligned.cache = never;
+  misaligned.workspace = reinterpret_cast<char *>(never) + 4;
+  EXPECT_EQ(kvarn_launch_decode(kernel, &misaligned, 2, nullptr), KVARN_ERROR_BUFFER_SIZE);
+  EXPECT_NE(std::string(kvarn_last_error()).find("workspace ("), std::string::npos)
       << kvarn_last_error();
 }
 

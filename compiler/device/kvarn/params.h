@@ -5,6 +5,25 @@
 namespace kvarn {
 namespace dev {
 
+/// Byte alignment the kernels need of the buffers a launch takes: each kernel's widest access to
+/// the buffer that has no narrower fallback (query and K/V input rows, and flush's pool tiles, are
+/// checked on the device and loaded narrower where misaligned). A misaligned pointer faults on the
+/// device, and a fault loses the whole CUDA context, so the C API refuses one first.
+struct BufferAlignment {
+  /// Decode: 16-byte cp.async copies of record pieces, 16-byte loads of fp16 pool rows.
+  static constexpr int decodeCache = 16, decodePool = 16;
+  /// Decode's split merge: a lane's D / 32 partial floats in float4 (float2 at D = 64) loads.
+  static constexpr int decodeWorkspace(int headDim) { return headDim / 32 >= 4 ? 16 : 8; }
+  /// Flush: 32-bit code stores (two words at once only where the cache is 8-byte aligned).
+  static constexpr int flushCache = 4;
+  /// Append: a lane's D / 32 words of a pool row in one store (storeWords), at most 16 bytes.
+  static constexpr int appendPool(int headDim) { return 4 * (headDim / 32 < 4 ? headDim / 32 : 4); }
+  /// fp16 and bf16 elements, accessed one at a time (dequantize's records and rows, outputs).
+  static constexpr int element = 2;
+  /// int32 entries, block tables, lengths and status words; int64 slot mappings.
+  static constexpr int word = 4, wideWord = 8;
+};
+
 /// Decode (grid: x = kv head, y = request, z = split; the merge kernel: z = 1).
 struct DecodeParams {
   const void *query;              ///< [B, Hq, D] activation dtype, un-rotated

@@ -20,7 +20,7 @@ typedef enum kvarn_status {
   KVARN_OK = 0,
   KVARN_ERROR_INVALID_ARGUMENT = 1, /* malformed spec or schedule, bad shapes or pointers */
   KVARN_ERROR_INVALID_DATA = 2,
-  KVARN_ERROR_BUFFER_SIZE = 3,
+  KVARN_ERROR_BUFFER_SIZE = 3,     /* a buffer too short, too long or misaligned (see below) */
   KVARN_ERROR_UNSUPPORTED = 4,
   KVARN_ERROR_NOT_FOUND = 5,        /* no kernel for the spec and no JIT to build one */
   KVARN_ERROR_IO = 6,
@@ -86,6 +86,15 @@ kvarn_status kvarn_plan_decode(kvarn_kernel kernel, int batch, int num_kv_heads,
                                int max_seq_len, int *num_splits);
 kvarn_status kvarn_decode_workspace_size(kvarn_kernel kernel, int batch, int num_kv_heads,
                                          int num_splits, size_t *bytes);
+
+/* Buffer alignment. Launches refuse (KVARN_ERROR_BUFFER_SIZE, naming the buffer) any pointer the
+ * kernel would access misaligned, before anything is launched: such an access faults on the
+ * device and loses the whole CUDA context. Every buffer needs its element's alignment (2 bytes
+ * for fp16/bf16 rows, 4 for int32, 8 for int64); beyond that: decode's cache, pool_key and
+ * pool_value 16 bytes, its workspace 16 (8 at D = 64); flush's cache 4; append's pool_key and
+ * pool_value 16 (8 at D = 64). Allocations (cudaMalloc, torch) are 256-byte aligned, and every
+ * preset's record and pool row is a multiple of 16 bytes long, so slices of whole records or rows
+ * keep that alignment. */
 
 typedef struct kvarn_decode_args {
   const void *query;          /* [B, Hq, D] */
