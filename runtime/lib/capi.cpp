@@ -107,24 +107,28 @@ kvarn_status ok() {
   if (!(condition))                                                                              \
   return fail(KVARN_ERROR_INVALID_ARGUMENT, message)
 
-/// Refuses launch argument `name` of `function` unless it is `alignment`-byte aligned
-/// (dev::BufferAlignment): the kernel's accesses to it would fault on the device, which loses the
-/// whole CUDA context. NULL passes (required pointers are checked for NULL first).
-kvarn_status requireAligned(const char *function, const char *name, const void *pointer,
-                            int alignment) {
-  const auto address = reinterpret_cast<uintptr_t>(pointer);
-  if (address % uintptr_t(alignment) == 0)
-    return KVARN_OK;
-  char hex[2 + 2 * sizeof(uintptr_t) + 1];
-  std::snprintf(hex, sizeof hex, "%#llx", static_cast<unsigned long long>(address));
-  return fail(KVARN_ERROR_BUFFER_SIZE, std::string(function) + ": " + name + " (" + hex +
-                                           ") is not " + std::to_string(alignment) +
-                                           "-byte aligned");
+/// A launch argument's address and the alignment its kernel needs of it (dev::BufferAlignment).
+struct AlignedBuffer {
+  const char *name;
+  const void *pointer;
+  int alignment;
+};
+/// Refuses the first of `buffers` that is not aligned as its kernel needs: the kernel's accesses
+/// to it would fault on the device, which loses the whole CUDA context. NULL passes (required
+/// pointers are checked for NULL first).
+kvarn_status requireAligned(const char *function, std::initializer_list<AlignedBuffer> buffers) {
+  for (const AlignedBuffer &buffer : buffers) {
+    const auto address = reinterpret_cast<uintptr_t>(buffer.pointer);
+    if (address % uintptr_t(buffer.alignment) == 0)
+      continue;
+    char hex[2 + 2 * sizeof(uintptr_t) + 1];
+    std::snprintf(hex, sizeof hex, "%#llx", static_cast<unsigned long long>(address));
+    return fail(KVARN_ERROR_BUFFER_SIZE, std::string(function) + ": " + buffer.name + " (" + hex +
+                                             ") is not " + std::to_string(buffer.alignment) +
+                                             "-byte aligned");
+  }
+  return KVARN_OK;
 }
-#define KVARN_REQUIRE_ALIGNED(function, args, field, alignment)                                    \
-  if (kvarn_status aligned = requireAligned(function, #field, args->field, alignment);             \
-      aligned != KVARN_OK)                                                                         \
-  return aligned
 
 /// Kernel names from an artifact's metadata ({"kernels":"a,b", ...}).
 std::vector<std::string> kernelNames(const std::string &metadata) {
@@ -580,19 +584,20 @@ kvarn_status kvarn_launch_decode(kvarn_kernel kernel, const kvarn_decode_args *a
                 "kvarn_launch_decode: this kernel's schedule fixes splits = " +
                     std::to_string(module.schedule().splits));
   KVARN_REQUIRE(num_splits == 1 || args->workspace, "kvarn_launch_decode: splits need a workspace");
-  {
-    using Align = kvarn::dev::BufferAlignment;
-    constexpr const char *f = "kvarn_launch_decode";
-    KVARN_REQUIRE_ALIGNED(f, args, query, Align::element);
-    KVARN_REQUIRE_ALIGNED(f, args, out, Align::element);
-    KVARN_REQUIRE_ALIGNED(f, args, cache, Align::decodeCache);
-    KVARN_REQUIRE_ALIGNED(f, args, pool_key, Align::decodePool);
-    KVARN_REQUIRE_ALIGNED(f, args, pool_value, Align::decodePool);
-    KVARN_REQUIRE_ALIGNED(f, args, block_to_slot, Align::word);
-    KVARN_REQUIRE_ALIGNED(f, args, block_table, Align::word);
-    KVARN_REQUIRE_ALIGNED(f, args, seq_lens, Align::word);
-    KVARN_REQUIRE_ALIGNED(f, args, workspace, Align::decodeWorkspace(kernel->spec.format.headDim));
-  }
+  using Align = kvarn::dev::BufferAlignment;
+  if (kvarn_status aligned = requireAligned(
+          "kvarn_launch_decode",
+          {{"query", args->query, Align::element},
+           {"out", args->out, Align::element},
+           {"cache", args->cache, Align::decodeCache},
+           {"pool_key", args->pool_key, Align::decodePool},
+           {"pool_value", args->pool_value, Align::decodePool},
+           {"block_to_slot", args->block_to_slot, Align::word},
+           {"block_table", args->block_table, Align::word},
+           {"seq_lens", args->seq_lens, Align::word},
+           {"workspace", args->workspace, Align::decodeWorkspace(kernel->spec.format.headDim)}});
+      aligned != KVARN_OK)
+    return aligned;
   if (args->batch == 0)
     return ok();
   const int d = kernel->spec.format.headDim;
@@ -628,15 +633,15 @@ kvarn_status kvarn_launch_flush(kvarn_kernel kernel, const kvarn_flush_args *arg
   // Two CTAs per entry (K and V tiles): the grid's x dimension bounds the entries.
   KVARN_REQUIRE(args->num_entries >= 0 && args->num_entries <= (1 << 30) && args->num_kv_heads > 0,
                 "kvarn_launch_flush: num_entries must be 0 to 2^30 and num_kv_heads positive");
-  {
-    using Align = kvarn::dev::BufferAlignment;
-    constexpr const char *f = "kvarn_launch_flush";
-    KVARN_REQUIRE_ALIGNED(f, args, pool_key, Align::element);
-    KVARN_REQUIRE_ALIGNED(f, args, pool_value, Align::element);
-    KVARN_REQUIRE_ALIGNED(f, args, entries, Align::word);
-    KVARN_REQUIRE_ALIGNED(f, args, cache, Align::flushCache);
-    KVARN_REQUIRE_ALIGNED(f, args, status, Align::word);
-  }
+  using Align = kvarn::dev::BufferAlignment;
+  if (kvarn_status aligned =
+          requireAligned("kvarn_launch_flush", {{"pool_key", args->pool_key, Align::element},
+                                                {"pool_value", args->pool_value, Align::element},
+                                                {"entries", args->entries, Align::word},
+                                                {"cache", args->cache, Align::flushCache},
+                                                {"status", args->status, Align::word}});
+      aligned != KVARN_OK)
+    return aligned;
   kvarn::dev::FlushParams params{args->pool_key, args->pool_value, args->entries,
                                  static_cast<unsigned char *>(args->cache), args->status,
                                  args->num_entries, args->num_kv_heads};
@@ -653,15 +658,16 @@ kvarn_status kvarn_launch_append(kvarn_kernel kernel, const kvarn_append_args *a
                 "kvarn_launch_append: a required pointer is NULL");
   KVARN_REQUIRE(args->num_tokens >= 0 && args->num_kv_heads > 0,
                 "kvarn_launch_append: num_tokens must be >= 0 and num_kv_heads positive");
-  {
-    using Align = kvarn::dev::BufferAlignment;
-    constexpr const char *f = "kvarn_launch_append";
-    KVARN_REQUIRE_ALIGNED(f, args, key, Align::element);
-    KVARN_REQUIRE_ALIGNED(f, args, value, Align::element);
-    KVARN_REQUIRE_ALIGNED(f, args, slot_mapping, Align::wideWord);
-    KVARN_REQUIRE_ALIGNED(f, args, pool_key, Align::appendPool(kernel->spec.format.headDim));
-    KVARN_REQUIRE_ALIGNED(f, args, pool_value, Align::appendPool(kernel->spec.format.headDim));
-  }
+  using Align = kvarn::dev::BufferAlignment;
+  if (kvarn_status aligned = requireAligned(
+          "kvarn_launch_append",
+          {{"key", args->key, Align::element},
+           {"value", args->value, Align::element},
+           {"slot_mapping", args->slot_mapping, Align::wideWord},
+           {"pool_key", args->pool_key, Align::appendPool(kernel->spec.format.headDim)},
+           {"pool_value", args->pool_value, Align::appendPool(kernel->spec.format.headDim)}});
+      aligned != KVARN_OK)
+    return aligned;
   kvarn::dev::AppendParams params{args->key, args->value,
                                   reinterpret_cast<const long long *>(args->slot_mapping),
                                   args->pool_key, args->pool_value, args->num_tokens,
@@ -680,14 +686,14 @@ kvarn_status kvarn_launch_dequantize(kvarn_kernel kernel, const kvarn_dequantize
                 "kvarn_launch_dequantize: a required pointer is NULL");
   KVARN_REQUIRE(args->num_entries >= 0 && args->num_entries <= (1 << 23) && args->num_kv_heads > 0,
                 "kvarn_launch_dequantize: num_entries must be 0 to 2^23 and num_kv_heads positive");
-  {
-    using Align = kvarn::dev::BufferAlignment;
-    constexpr const char *f = "kvarn_launch_dequantize";
-    KVARN_REQUIRE_ALIGNED(f, args, cache, Align::element);
-    KVARN_REQUIRE_ALIGNED(f, args, entries, Align::word);
-    KVARN_REQUIRE_ALIGNED(f, args, key, Align::element);
-    KVARN_REQUIRE_ALIGNED(f, args, value, Align::element);
-  }
+  using Align = kvarn::dev::BufferAlignment;
+  if (kvarn_status aligned =
+          requireAligned("kvarn_launch_dequantize", {{"cache", args->cache, Align::element},
+                                                     {"entries", args->entries, Align::word},
+                                                     {"key", args->key, Align::element},
+                                                     {"value", args->value, Align::element}});
+      aligned != KVARN_OK)
+    return aligned;
   kvarn::dev::DequantizeParams params{static_cast<const unsigned char *>(args->cache),
                                       args->entries, args->key, args->value, args->num_entries,
                                       args->num_kv_heads};
