@@ -111,7 +111,8 @@ template <int Tensor, typename Ctx> struct TileView {
     return row * STRIDE + (col ^ (FlushSharedLayout::chunkSwizzle(row) << 3));
   }
   /// The sweeps' blocks (FlushSharedLayout::blockRows): BLOCK_ROWS x 8 elements per thread,
-  /// a warp's lanes a 4 x 8 grid of blocks, tiles of TILE_ROWS x 64 taken by the warps in turn.
+  /// a warp's lanes a 4 x 8 grid of blocks, tiles of TILE_ROWS x 64 (which warp takes which:
+  /// WARP_RUNS).
   static constexpr int BLOCK_ROWS = FlushSharedLayout::blockRows(Ctx::THREADS, ROWS, COLS);
   static constexpr int TILE_ROWS = 4 * BLOCK_ROWS;
   static constexpr int BLOCK_ROW_SEGMENTS = COLS / 64;        ///< row partials per row
@@ -572,8 +573,9 @@ __device__ __forceinline__ void blockSums(Ctx &c) {
     }
     *dst = make_float4(first.x, first.y, second.x, second.y);
   };
-  // A loop of a fixed trip count (tiles are dealt to warps in turn; a warp with no tile left skips
-  // its last round, which only happens where the warps do not divide the tiles).
+  // A loop of a fixed trip count (a walking warp takes TILES / NWARPS tiles; where tiles are dealt
+  // in turn, a warp with no tile left skips its last round, which only happens where the warps do
+  // not divide the tiles).
   constexpr int ROUNDS = (V::TILES + Ctx::NWARPS - 1) / Ctx::NWARPS;
 #pragma unroll 1
   for (int round = 0; round < ROUNDS; round += STAGES) {
