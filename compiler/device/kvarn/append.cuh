@@ -85,6 +85,8 @@ __device__ __forceinline__ void rotateRow(AppendContext<KB, VB, G, D, Q, W, S, S
 #pragma unroll
       for (int w = 0; w < WORDS; ++w)
         out[w] = packHalf2(x[2 * w] * scale, x[2 * w + 1] * scale);
+      static_assert(4 * (WORDS < 4 ? WORDS : 4) == BufferAlignment::appendPool(D),
+                    "the C API checks the pools against the stores' alignment");
       storeWords(pool + (slot * c.p.numKvHeads + head) * D, out);
     }
   }

@@ -494,6 +494,8 @@ enum RecordPart : int { KeyPart = 1, ValuePart = 2, WholeRecord = KeyPart | Valu
 template <int PARTS, typename Ctx>
 __device__ __forceinline__ void stageRecord(Ctx &c, int page, int stage) {
   typedef typename Ctx::Layout L;
+  static_assert(BufferAlignment::decodeCache == 16 && L::tileBytesAligned % 16 == 0,
+                "the C API checks the cache for these 16-byte copies; records keep its alignment");
   __syncwarp(); // every lane is done reading the slot's previous page
   c.settleWindow();
   if (page >= c.pageEnd) {
@@ -1383,6 +1385,8 @@ template <typename Ctx> __device__ __forceinline__ void mergeSplits(Ctx &c) {
   constexpr int E = Ctx::HD / 32;
   constexpr int EARLY = 128 / E < 32 ? 128 / E : 32; // at most 128 registers of partials
   static_assert(E == 2 || E % 4 == 0, "channel vectors of 8 or 16 bytes");
+  static_assert((E == 2 ? 8 : 16) == BufferAlignment::decodeWorkspace(Ctx::HD),
+                "the C API checks the workspace against these loads' alignment");
   if (threadIdx.x == 0)
     timelineStamp<true>(DecodeTimeline::MergeStart);
   if (c.numSplits == 1 || c.warp != 0)

@@ -842,6 +842,8 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void quantizePack
   unsigned char *rec = c.record();
   // The cache's base allows 8-byte stores (every record then does; codeStoreRun).
   const bool vectorStores = reinterpret_cast<uint64_t>(c.p.cache) % 8 == 0;
+  static_assert(BufferAlignment::flushCache == sizeof(uint32_t) && L::tileBytesAligned % 4 == 0,
+                "the C API checks the cache for the word stores; records keep its alignment");
   constexpr int packedOffset = Tensor == 0 ? L::keyPacked : L::valuePacked;
   constexpr int rowScaleOffset = Tensor == 0 ? L::keyScaleCol : L::valueScaleRow;
   constexpr int rowZeroOffset = Tensor == 0 ? L::keyZeroPoint : L::valueZeroPoint;
