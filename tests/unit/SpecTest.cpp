@@ -119,7 +119,8 @@ TEST(Schedule, FlushSharedMemoryKeepsTheTunedCtasPerSm) {
     const KernelSpec s = *parseKernelSpec(spec);
     return sharedMemoryPerSm(s.arch) / (sharedMemoryBytes(s, *parseSchedule(schedule)) + 1024);
   };
-  EXPECT_GE(ctasPerSm("flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "warps=4,stages=2,min_ctas=4"), 4u);
+  EXPECT_GE(ctasPerSm("flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "warps=4,stages=2,min_ctas=4"),
+            4u);
   EXPECT_GE(ctasPerSm("flush:kvarn_k4v2_g128:d128:q1:f16:sm_90a", "warps=4"), 4u);
   EXPECT_GE(ctasPerSm("flush:kvarn_k4v2_g128:d256:q1:f16:sm_90a", "warps=8,stages=2"), 2u);
   EXPECT_GE(ctasPerSm("flush:kvarn_k4v2_g128:d256:q1:f16:sm_90a", "warps=8"), 2u);
@@ -199,9 +200,9 @@ TEST(Schedule, FlushWalkingSweepsSumWholeSubtreesOfTheColumnTrees) {
   // Where FlushSharedLayout::warpRuns holds, blockSums (flush.cuh) has each warp walk consecutive
   // tile rows of one column segment, add its stages' column sums in registers and two rounds'
   // through their partial, and the column steps add COLUMN_PARTIALS partials per column as a
-  // pairwise tree. That equals the CPU reference's tree over the column only if every tile is summed
-  // once and every partial is an aligned run of columnRunTiles tile rows that one warp fills in
-  // order. Modeled for every view, warp count and stages, with the walking blocks' stepped
+  // pairwise tree. That equals the CPU reference's tree over the column only if every tile is
+  // summed once and every partial is an aligned run of columnRunTiles tile rows that one warp fills
+  // in order. Modeled for every view, warp count and stages, with the walking blocks' stepped
   // addresses checked against the swizzled layout.
   using dev::FlushSharedLayout;
   int walking = 0, steppedWalks = 0, folded = 0;
@@ -223,6 +224,8 @@ TEST(Schedule, FlushWalkingSweepsSumWholeSubtreesOfTheColumnTrees) {
             EXPECT_EQ(partials * runTiles, rowTiles) << where;
             EXPECT_EQ(rowTiles % runTiles, 0) << where;
             EXPECT_EQ(runTiles & (runTiles - 1), 0) << where << ": a run is a subtree";
+            EXPECT_LE(runTiles, 2 * sweepStages)
+                << where << ": blockSums adds at most two rounds' sums into a run (one tree node)";
             if (runs == 0) {
               EXPECT_EQ(runTiles, 1) << where;
               continue;
@@ -233,26 +236,30 @@ TEST(Schedule, FlushWalkingSweepsSumWholeSubtreesOfTheColumnTrees) {
             auto at = [&](int row, int col) {
               return row * cols + (col ^ (FlushSharedLayout::chunkSwizzle(row) << 3));
             };
-            std::map<std::pair<int, int>, int> tileOwner;           // (tile row, segment) -> warp
-            std::map<std::pair<int, int>, std::vector<int>> fills;  // (partial, segment) -> tiles
+            std::map<std::pair<int, int>, int> tileOwner;          // (tile row, segment) -> warp
+            std::map<std::pair<int, int>, std::vector<int>> fills; // (partial, segment) -> tiles
             for (int warp = 0; warp < warps; ++warp)
               for (int round = 0; round < runs; round += sweepStages) {
                 for (int s = 0; s < sweepStages; ++s) {
-                  const int row = FlushSharedLayout::sweepTileRow(threads, rows, cols, warp, round + s);
+                  const int row =
+                      FlushSharedLayout::sweepTileRow(threads, rows, cols, warp, round + s);
                   const int segment = FlushSharedLayout::sweepTileColumn(threads, cols, warp, 0);
-                  EXPECT_EQ(row, FlushSharedLayout::sweepTileRow(threads, rows, cols, warp, round) + s);
+                  EXPECT_EQ(row,
+                            FlushSharedLayout::sweepTileRow(threads, rows, cols, warp, round) + s);
                   EXPECT_TRUE(tileOwner.emplace(std::make_pair(row, segment), warp).second)
                       << where << ": tile row " << row << " summed twice";
                   fills[{row / runTiles, segment}].push_back(row);
                   if (stepped)
                     for (int laneRow = 0; laneRow < 4; ++laneRow)
                       for (int laneCol = 0; laneCol < 8; ++laneCol) {
-                        const int first = at(
-                            (FlushSharedLayout::sweepTileRow(threads, rows, cols, warp, s)) *
-                                    tileRows + laneRow * blockRows,
-                            segment * 64 + 8 * laneCol);
-                        EXPECT_EQ(first + round * tileRows * cols,
-                                  at(row * tileRows + laneRow * blockRows, segment * 64 + 8 * laneCol))
+                        const int first =
+                            at((FlushSharedLayout::sweepTileRow(threads, rows, cols, warp, s)) *
+                                       tileRows +
+                                   laneRow * blockRows,
+                               segment * 64 + 8 * laneCol);
+                        EXPECT_EQ(
+                            first + round * tileRows * cols,
+                            at(row * tileRows + laneRow * blockRows, segment * 64 + 8 * laneCol))
                             << where << " warp " << warp << " round " << round << " stage " << s;
                       }
                 }
@@ -275,7 +282,8 @@ TEST(Schedule, FlushWalkingSweepsSumWholeSubtreesOfTheColumnTrees) {
               std::set<int> owners;
               for (int row : fill.second)
                 owners.insert(tileOwner[{row, fill.first.second}]);
-              EXPECT_EQ(owners.size(), 1u) << where << ": partial " << partial << " has two writers";
+              EXPECT_EQ(owners.size(), 1u)
+                  << where << ": partial " << partial << " has two writers";
             }
           }
   EXPECT_GT(walking, 0) << "no view walks: every sweep deals its tiles in turn";

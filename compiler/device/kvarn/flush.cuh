@@ -36,7 +36,9 @@ struct FlushContext {
   static constexpr int SWEEP_STAGES = STAGES;
   /// M as fp16 (swizzled rows, TileView::at), the partial sums of the row or column chains, the
   /// scale vectors: FlushSharedLayout (params.h), which the host sizes launches with.
-  static constexpr FlushSharedLayout sharedLayout() { return FlushSharedLayout{G, D, WARPS, STAGES}; }
+  static constexpr FlushSharedLayout sharedLayout() {
+    return FlushSharedLayout{G, D, WARPS, STAGES};
+  }
   static constexpr int MAX_DIM = sharedLayout().maxDim();
   static constexpr int PARTIALS = sharedLayout().partials(); ///< (sum, sum of squares) pairs
   static constexpr int VECTORS = FlushSharedLayout::VECTORS;
@@ -383,10 +385,10 @@ enum class Scale { None, ByColumn, ByRow };
 /// and, with COLUMN_SUMS, its columns' runs of BLOCK_ROWS as pairwise trees; the lanes of a warp
 /// then add their runs (laneTreeSums) up to runs of 64 columns and TILE_ROWS rows. Row partials go
 /// to partials[segment * ROWS + row], column partials to
-/// partials[ROWS * BLOCK_ROW_SEGMENTS + run * COLS + col], where a run is COLUMN_RUN_TILES tile rows:
-/// in walking sweeps (TileView::WARP_RUNS) a warp adds the column sums of its consecutive tiles
-/// itself, so each column has COLUMN_PARTIALS partials instead of one per tile row (fewer stores,
-/// fewer adds on the column steps' path, less shared memory). Per element: one fp16 load (16
+/// partials[ROWS * BLOCK_ROW_SEGMENTS + run * COLS + col], where a run is COLUMN_RUN_TILES tile
+/// rows: in walking sweeps (TileView::WARP_RUNS) a warp adds the column sums of its consecutive
+/// tiles itself, so each column has COLUMN_PARTIALS partials instead of one per tile row (fewer
+/// stores, fewer adds on the column steps' path, less shared memory). Per element: one fp16 load (16
 /// bytes per 8 for K rows), one product, its square, and the adds of one or both trees. A warp
 /// takes the schedule's `stages` tiles at once (where they divide the warp's tiles): their loads
 /// and trees are independent, so one tile's latencies hide behind the other's work.

@@ -9,19 +9,20 @@ namespace dev {
 /// the buffer that has no narrower fallback (query and K/V input rows, and flush's pool tiles, are
 /// checked on the device and loaded narrower where misaligned). A misaligned pointer faults on the
 /// device, and a fault loses the whole CUDA context, so the C API refuses one first.
+/// (Enumerators, not static members: NVRTC would emit each member into every module as a global.)
 struct BufferAlignment {
   /// Decode: 16-byte cp.async copies of record pieces, 16-byte loads of fp16 pool rows.
-  static constexpr int decodeCache = 16, decodePool = 16;
+  enum : int { decodeCache = 16, decodePool = 16 };
   /// Decode's split merge: a lane's D / 32 partial floats in float4 (float2 at D = 64) loads.
   static constexpr int decodeWorkspace(int headDim) { return headDim / 32 >= 4 ? 16 : 8; }
   /// Flush: 32-bit code stores (two words at once only where the cache is 8-byte aligned).
-  static constexpr int flushCache = 4;
+  enum : int { flushCache = 4 };
   /// Append: a lane's D / 32 words of a pool row in one store (storeWords), at most 16 bytes.
   static constexpr int appendPool(int headDim) { return 4 * (headDim / 32 < 4 ? headDim / 32 : 4); }
   /// fp16 and bf16 elements, accessed one at a time (dequantize's records and rows, outputs).
-  static constexpr int element = 2;
+  enum : int { element = 2 };
   /// int32 entries, block tables, lengths and status words; int64 slot mappings.
-  static constexpr int word = 4, wideWord = 8;
+  enum : int { word = 4, wideWord = 8 };
 };
 
 /// Decode (grid: x = kv head, y = request, z = split; the merge kernel: z = 1).
@@ -254,16 +255,18 @@ struct FlushSharedLayout {
   /// adds its stages' tiles in registers and two rounds' sums through their partial (it rereads
   /// its own store), at most its runs; otherwise one.
   static constexpr int columnRunTiles(int threads, int rows, int cols, int stages) {
-    const int runs = warpRuns(threads, rows, cols), both = 2 * sweepStages(threads, rows, cols, stages);
+    const int runs = warpRuns(threads, rows, cols);
+    const int both = 2 * sweepStages(threads, rows, cols, stages);
     return runs == 0 ? 1 : runs < both ? runs : both;
   }
   /// Column partials per column.
   static constexpr int columnPartials(int threads, int rows, int cols, int stages) {
-    return rows / (4 * blockRows(threads, rows, cols)) / columnRunTiles(threads, rows, cols, stages);
+    const int tileRows = rows / (4 * blockRows(threads, rows, cols));
+    return tileRows / columnRunTiles(threads, rows, cols, stages);
   }
-  /// Whether a walking sweep's blocks step by whole periods of chunkSwizzle (32 rows) from one round
-  /// to the next: its rounds then start at multiples of 32 rows past the warp's first (one pointer
-  /// per stage, advanced by a constant each round).
+  /// Whether a walking sweep's blocks step by whole periods of chunkSwizzle (32 rows) from one
+  /// round to the next: its rounds then start at multiples of 32 rows past the warp's first (one
+  /// offset per stage, advanced by a constant each round).
   static constexpr bool walkStepped(int threads, int rows, int cols, int stages) {
     const int tileRows = 4 * blockRows(threads, rows, cols);
     return warpRuns(threads, rows, cols) > 0 &&
