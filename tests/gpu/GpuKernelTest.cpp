@@ -751,7 +751,8 @@ TEST(GpuFlush, EveryScheduleWritesTheSameRecords) {
   // sweeps taking two tiles at once (stages=2, as the tuned D = 128 and 256 entries do).
   for (const char *schedule :
        {"warps=4", "warps=8", "warps=32", "warps=4,min_ctas=4", "warps=8,min_ctas=2",
-        "warps=4,stages=2,min_ctas=4", "warps=8,stages=2"}) {
+        "warps=4,stages=2,min_ctas=4", "warps=8,stages=2", "warps=4,min_ctas=5",
+        "warps=4,stages=2,min_ctas=5"}) {
     checkFlush("kvarn_k4v2_g128", 256, 4, 90, {}, schedule);
     checkFlush("kvarn_k2v2_g64", 64, 4, 91, {}, schedule);
     checkFlush("kvarn_k4v4_g128", 128, 4, 92, {}, schedule);
@@ -791,6 +792,23 @@ TEST(GpuFlush, ALoadedModuleKeepsItsWaveSizeThroughMoves) {
   assigned = std::move(moved);
   EXPECT_EQ(assigned.multiprocessors(), gpu()->smCount) << "through a move and a move assignment";
   EXPECT_EQ(assigned.residentCtasPerSm(), resident);
+}
+
+TEST(GpuFlush, TheTunedD128FlushFitsFiveCtasPerSmOnHopper) {
+  KVARN_REQUIRE_GPU();
+  if (gpu()->computeMajor != 9)
+    GTEST_SKIP() << "five flush CTAs per SM need sm_90's 228 KB of shared memory per SM";
+  // The shipped D = 128 entry: the tile loads keep at most 8 pieces in flight per thread, so
+  // ptxas allocates at most 102 registers and five CTAs of 4 warps share an SM instead of four
+  // (the steps between the sweeps are latency that the other CTAs' sweeps hide). A kernel that
+  // grows past the budget loses that CTA, about 2% of the launch (docs/benchmarks.md).
+  const KernelModule &module =
+      kernel("flush:kvarn_k4v2_g128:d128:q1:f16", "warps=4,stages=2,min_ctas=4");
+  EXPECT_LE(module.registers(0), 65536 / (5 * 128));
+  EXPECT_EQ(module.localBytes(0), 0) << "the flush kernel spills";
+  EXPECT_GE(module.residentCtasPerSm(), 5);
+  std::printf("[ flush    ] tuned D=128 kernel: %d registers, %d CTAs per SM\n",
+              module.registers(0), module.residentCtasPerSm());
 }
 
 TEST(GpuFlush, EdgeTilesGiveFiniteScales) {

@@ -233,10 +233,10 @@ template <int Tensor, typename Ctx> __device__ __forceinline__ void loadTile(Ctx
   const Half *base = pool + (int64_t(c.slot) * G * c.p.numKvHeads + c.head) * D;
   const bool vector = reinterpret_cast<uint64_t>(pool) % 16 == 0;
   uint32_t nonFinite = 0;
-  // Up to 16 pieces in flight per thread (all of them where they fit: one round trip to memory
-  // instead of one per piece or two).
+  // Up to 8 pieces in flight per thread (128 bytes, 32 registers; 16 pieces took 64 and held the
+  // D = 128 kernel at 128 registers, 4 CTAs per SM instead of 5: 2.4% slower, docs/benchmarks.md).
   constexpr int ITEMS_PER_THREAD = (ITEMS + Ctx::THREADS - 1) / Ctx::THREADS;
-  constexpr int LOADS = ITEMS_PER_THREAD < 16 / SPAN ? ITEMS_PER_THREAD : 16 / SPAN;
+  constexpr int LOADS = ITEMS_PER_THREAD < 8 / SPAN ? ITEMS_PER_THREAD : 8 / SPAN;
   // body(b, token, channel) for item b of the LOADS starting at item `first` (those in the tile).
   auto forEachItem = [&](int first, auto &&body) {
 #pragma unroll
