@@ -13,25 +13,36 @@ template <int KB, int VB, int G, int D, int Q, int WARPS, int STAGES, int SPLITS
 struct AppendContext {
   typedef T Type;
   static constexpr int HD = D, NWARPS = WARPS, ROWS_PER_CTA = ROWS;
-  /// A half-warp rotates one row of one tensor: lane l of it holds channels [E*l, E*l + E), so
-  /// log2(E) butterfly levels run inside the lane and four across the half-warp (shuffles).
-  static constexpr int E = D / 16;
-  static constexpr int WORDS = E / 2; ///< 32-bit words of input per lane and row
-  /// Heads a warp loads before it rotates any: 4 keeps the kernel at 56 registers (more warps per
-  /// SM); 8 (72 registers) was 4-5% slower (docs/benchmarks.md).
-  static constexpr int HEADS_PER_PASS = 4;
+  /// Lane layout of a row: D channels over ROW_LANES lanes, lane l of the row's lane group
+  /// holding PIECES pieces of PIECE contiguous channels (one vector load and store each):
+  /// channels PIECE * ROW_LANES * k + PIECE * l + j. A warp instruction covers 32 / ROW_LANES
+  /// rows (K and V of ROW_HEADS heads), so the transform runs log2(E) levels inside the lane and
+  /// log2(ROW_LANES) across the group, a shuffle per value and level. Eight lanes per row (three
+  /// levels of D / 8 values, four rows per instruction) issue three quarters of the shuffles of
+  /// sixteen (four levels of D / 16 values, two rows) at the same registers: D = 128 ran 2%
+  /// faster; four lanes (64 registers) gained less, two (96 registers) lost 11%
+  /// (docs/benchmarks.md).
+  static constexpr int PIECE = D / 16 < 8 ? D / 16 : 8;
+  static constexpr int ROW_LANES = 8, ROW_HEADS = 16 / ROW_LANES;
+  static constexpr int E = D / ROW_LANES, PIECES = E / PIECE;
+  static constexpr int WORDS = PIECE / 2; ///< 32-bit words of input per piece
+  /// Row groups a warp loads before it rotates any: four heads per pass keep the D = 128 kernel
+  /// at 56 registers (more warps per SM); eight (72 registers) were 4-5% slower.
+  static constexpr int GROUPS = 4 / ROW_HEADS;
   static constexpr int SHARED_BYTES = 0;
-  static_assert(D % 32 == 0 && E >= 2, "head_dim must be a multiple of 32");
+  static_assert(D % 64 == 0 && PIECE >= 4 && PIECES * PIECE == E,
+                "head_dim must be a multiple of 64");
   AppendParams p;
-  int warp, lane, half, halfLane;
-  bool vectorLoads; ///< inputs aligned for E-element vector loads (else element loads)
+  int warp, lane, groupLane, tensor, headOffset;
+  bool vectorLoads; ///< inputs aligned for PIECE-element vector loads (else element loads)
   static __device__ __forceinline__ AppendContext begin(const AppendParams &params) {
     AppendContext c;
     c.p = params;
     c.warp = threadIdx.x / 32;
     c.lane = threadIdx.x % 32;
-    c.half = c.lane / 16;
-    c.halfLane = c.lane % 16;
+    c.groupLane = c.lane % ROW_LANES;
+    c.tensor = (c.lane / ROW_LANES) & 1;
+    c.headOffset = c.lane / ROW_LANES / 2;
     constexpr uint64_t vectorBytes = pairVectorBytes<WORDS>();
     c.vectorLoads = ((reinterpret_cast<uint64_t>(params.key) | reinterpret_cast<uint64_t>(params.value) |
                       uint64_t(params.keyStride * 2) | uint64_t(params.valueStride * 2)) %
@@ -40,54 +51,68 @@ struct AppendContext {
   }
 };
 
-/// Rotates one token's K and V rows of every kv head (half-warp FWHT per row) and writes its pool
-/// rows. One warp owns the token: it takes HEADS_PER_PASS heads per pass (K in its lower
-/// half-warp, V in the upper) and issues all their loads, and the slot lookup, before it rotates
-/// any, so a warp waits on one memory round trip per pass.
+/// Rotates one token's K and V rows of every kv head and writes its pool rows. One warp owns the
+/// token: per pass it issues the loads of GROUPS row groups (ROW_HEADS heads each, K and V) and
+/// the slot lookup before it rotates any, so a warp waits on one memory round trip per pass. The
+/// transform's levels run in ascending channel-bit order (inside a piece, across the group's
+/// lanes, across pieces), the natural-order FWHT's, whatever the layout.
 template <int KB, int VB, int G, int D, int Q, int W, int S, int SP, int R, bool C, typename T>
 __device__ __forceinline__ void rotateRow(AppendContext<KB, VB, G, D, Q, W, S, SP, R, C, T> &c,
                                           int row) {
   typedef AppendContext<KB, VB, G, D, Q, W, S, SP, R, C, T> Ctx;
-  constexpr int E = Ctx::E, WORDS = Ctx::WORDS, PASS = Ctx::HEADS_PER_PASS;
+  constexpr int PIECE = Ctx::PIECE, PIECES = Ctx::PIECES, E = Ctx::E, L = Ctx::ROW_LANES,
+                WORDS = Ctx::WORDS, GROUPS = Ctx::GROUPS, HEADS = Ctx::ROW_HEADS;
   const int64_t slot = c.p.slotMapping[row]; // not waited for until the stores
-  const T *tensor = static_cast<const T *>(c.half ? c.p.value : c.p.key) +
-                    row * (c.half ? c.p.valueStride : c.p.keyStride) + c.halfLane * E;
-  Half *pool = static_cast<Half *>(c.half ? c.p.poolValue : c.p.poolKey) + c.halfLane * E;
+  const T *tensor = static_cast<const T *>(c.tensor ? c.p.value : c.p.key) +
+                    row * (c.tensor ? c.p.valueStride : c.p.keyStride) + PIECE * c.groupLane;
+  Half *pool = static_cast<Half *>(c.tensor ? c.p.poolValue : c.p.poolKey) + PIECE * c.groupLane;
   const float scale = hadamardScale<D>();
-  for (int first = 0; first < c.p.numKvHeads; first += PASS) {
-    // Step 1. Every load of the pass.
-    uint32_t words[PASS][WORDS];
+  for (int first = 0; first < c.p.numKvHeads; first += HEADS * GROUPS) {
+    // Step 1. Every load of the pass (zeros for heads past the last: their lanes still take
+    // part in the shuffles).
+    uint32_t words[GROUPS][PIECES][WORDS];
 #pragma unroll
-    for (int k = 0; k < PASS; ++k) {
-      const int head = first + k;
-      if (head >= c.p.numKvHeads)
-        break;
-      loadPairs(words[k], tensor + head * D, c.vectorLoads);
+    for (int g = 0; g < GROUPS; ++g) {
+      const int head = first + g * HEADS + c.headOffset;
+#pragma unroll
+      for (int k = 0; k < PIECES; ++k) {
+        if (head < c.p.numKvHeads)
+          loadPairs(words[g][k], tensor + head * D + PIECE * L * k, c.vectorLoads);
+        else
+#pragma unroll
+          for (int w = 0; w < WORDS; ++w)
+            words[g][k][w] = 0;
+      }
     }
-    // Step 2. Butterflies inside the lane's contiguous chunk, then across the half-warp; scale by
+    // Step 2. Butterflies inside the pieces, across the lane group, across the pieces; scale by
     // fp16(1/sqrt(D)), round to fp16, store.
 #pragma unroll
-    for (int k = 0; k < PASS; ++k) {
-      const int head = first + k;
-      if (head >= c.p.numKvHeads)
-        break;
+    for (int g = 0; g < GROUPS; ++g) {
+      const int head = first + g * HEADS + c.headOffset;
       float x[E];
 #pragma unroll
-      for (int w = 0; w < WORDS; ++w) {
-        const float2 pair = unpackPair<T>(words[k][w]);
-        x[2 * w] = pair.x;
-        x[2 * w + 1] = pair.y;
-      }
-      laneGroupFwht<E, 16>(x, c.halfLane);
-      if (slot < 0)
-        continue;
-      uint32_t out[WORDS];
+      for (int k = 0; k < PIECES; ++k)
 #pragma unroll
-      for (int w = 0; w < WORDS; ++w)
-        out[w] = packHalf2(x[2 * w] * scale, x[2 * w + 1] * scale);
-      static_assert(4 * (WORDS < 4 ? WORDS : 4) == BufferAlignment::appendPool(D),
-                    "the C API checks the pools against the stores' alignment");
-      storeWords(pool + (slot * c.p.numKvHeads + head) * D, out);
+        for (int w = 0; w < WORDS; ++w) {
+          const float2 pair = unpackPair<T>(words[g][k][w]);
+          x[PIECE * k + 2 * w] = pair.x;
+          x[PIECE * k + 2 * w + 1] = pair.y;
+        }
+      butterflyLevels<E, 1, PIECE>(x);
+      laneGroupLevels<E, L>(x, c.groupLane);
+      butterflyLevels<E, PIECE, E>(x);
+      if (slot < 0 || head >= c.p.numKvHeads)
+        continue;
+#pragma unroll
+      for (int k = 0; k < PIECES; ++k) {
+        uint32_t out[WORDS];
+#pragma unroll
+        for (int w = 0; w < WORDS; ++w)
+          out[w] = packHalf2(x[PIECE * k + 2 * w] * scale, x[PIECE * k + 2 * w + 1] * scale);
+        static_assert(4 * (WORDS < 4 ? WORDS : 4) == BufferAlignment::appendPool(D),
+                      "the C API checks the pools against the stores' alignment");
+        storeWords(pool + (slot * c.p.numKvHeads + head) * D + PIECE * L * k, out);
+      }
     }
   }
 }

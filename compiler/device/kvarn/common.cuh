@@ -369,19 +369,12 @@ __device__ __forceinline__ void awaitPrerequisites() {
 #endif
 }
 
-/// Unnormalized Walsh-Hadamard butterflies of one row of E * LANES values held by LANES
-/// consecutive lanes, lane l holding the E contiguous values [E*l, E*l + E): log2(E) levels inside
-/// the lane, then log2(LANES) across lanes (shuffles; call with the whole warp converged). The
-/// levels run by increasing stride with `a + b`, `a - b` per pair (natural order; H16 up to the
-/// scale and summation order), so every caller with the same row gets the same bits: the
-/// query rotation, append, and the output un-rotation of decode and of its merge kernel.
-template <int E, int LANES>
-__device__ __forceinline__ void laneGroupFwht(float (&x)[E], int laneInGroup) {
-  static_assert(E >= 1 && (E & (E - 1)) == 0 && LANES >= 1 && LANES <= 32 &&
-                    (LANES & (LANES - 1)) == 0,
-                "powers of two");
+/// The in-lane butterfly levels h = FROM, 2 FROM, ... < TO of x[E] (element bits log2(FROM) up to
+/// log2(TO) - 1).
+template <int E, int FROM, int TO> __device__ __forceinline__ void butterflyLevels(float (&x)[E]) {
+  static_assert(E >= 1 && (E & (E - 1)) == 0 && FROM >= 1 && TO <= E, "powers of two");
 #pragma unroll
-  for (int h = 1; h < E; h <<= 1)
+  for (int h = FROM; h < TO; h <<= 1)
 #pragma unroll
     for (int e = 0; e < E; ++e)
       if ((e & h) == 0) {
@@ -389,6 +382,12 @@ __device__ __forceinline__ void laneGroupFwht(float (&x)[E], int laneInGroup) {
         x[e] = a + b;
         x[e + h] = a - b;
       }
+}
+
+/// The butterfly levels across a group of LANES lanes (aligned in the warp), each on all E values.
+template <int E, int LANES>
+__device__ __forceinline__ void laneGroupLevels(float (&x)[E], int laneInGroup) {
+  static_assert(LANES >= 1 && LANES <= 32 && (LANES & (LANES - 1)) == 0, "powers of two");
 #pragma unroll
   for (int laneMask = 1; laneMask < LANES; laneMask <<= 1) {
     // partner + x (lower lane) or partner - x (upper lane) as one fma with a sign of +-1: the
@@ -400,6 +399,19 @@ __device__ __forceinline__ void laneGroupFwht(float (&x)[E], int laneInGroup) {
       x[e] = __fmaf_rn(sign, x[e], partner);
     }
   }
+}
+
+/// Unnormalized Walsh-Hadamard butterflies of one row of E * LANES values held by LANES
+/// consecutive lanes, lane l holding the E contiguous values [E*l, E*l + E): log2(E) levels inside
+/// the lane, then log2(LANES) across lanes (shuffles; call with the whole warp converged). The
+/// levels run by increasing stride with `a + b`, `a - b` per pair (natural order; H16 up to the
+/// scale and summation order), so every caller with the same row gets the same bits: the
+/// query rotation and the output un-rotation of decode and of its merge kernel, and append,
+/// whose lanes hold interleaved pieces but run the same levels in the same order.
+template <int E, int LANES>
+__device__ __forceinline__ void laneGroupFwht(float (&x)[E], int laneInGroup) {
+  butterflyLevels<E, 1, E>(x);
+  laneGroupLevels<E, LANES>(x, laneInGroup);
 }
 
 /// The alignment loadPairs's vector path needs: its widest vector, at most 16 bytes.
