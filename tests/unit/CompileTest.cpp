@@ -175,6 +175,27 @@ TEST(NvrtcCompile, TheCenteredQueryCorrectionIsOneMmaPerKChunk) {
       << "two q' terms " << twoTerms << ", centered " << centered << ", once " << once;
 }
 
+TEST(NvrtcCompile, AppendRotatesRowsOnEightLanesWithThreeShuffleLevels) {
+  // Append's layout (append.cuh): a row over eight lanes of D / 8 values, two row groups (four
+  // heads) per pass, so a pass shuffles 2 groups x 3 levels x D / 8 values = 3 D / 4 times
+  // (sixteen lanes per row took 4 levels x D / 16 values x 4 heads = D; the pass loop is not
+  // unrolled, so the PTX holds one pass).
+  for (int d : {64, 128, 256}) {
+    Expected<KernelSpec> spec =
+        parseKernelSpec("append:kvarn_k4v2_g128:d" + std::to_string(d) + ":q1:f16:sm_90a");
+    ASSERT_TRUE(spec) << spec.error().message;
+    Expected<compiler::CompiledKernel> kernel =
+        compiler::compileKernel(*spec, defaultSchedule(OpKind::Append));
+    ASSERT_TRUE(kernel) << kernel.error().message;
+    const std::string append = entryPtx(kernel->ptx, kernel->kernelNames.at(0));
+    long shuffles = 0;
+    for (size_t at = append.find("shfl.sync"); at != std::string::npos;
+         at = append.find("shfl.sync", at + 1))
+      ++shuffles;
+    EXPECT_EQ(shuffles, 3 * d / 4) << "D = " << d;
+  }
+}
+
 TEST(NvrtcCompile, TheTimelineBuildStampsItsPhasesUnderItsOwnKey) {
   // bench --timeline: the same spec and schedule with the KVARN_TIMELINE stamps. The define
   // follows the generated header; both entries read %globaltimer into the module's timeline
