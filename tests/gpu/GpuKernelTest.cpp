@@ -948,6 +948,71 @@ TEST(GpuAppend, RotatesIntoPoolSlotsAndSkipsNegativeSlots) {
           }
 }
 
+TEST(GpuAppend, PoolRowsAreTheNaturalOrderTransformBitForBit) {
+  // Append's lanes hold interleaved pieces of a row (append.cuh), but every value goes through
+  // the natural-order FWHT's pair operations in its order: levels h = 1, 2, 4, ... of
+  // (a + b, a - b) in fp32, then * fp16(1/sqrt(D)) and one rounding to fp16. The CPU runs exactly
+  // that here, and every pool element must match it bit for bit (the format's reference, a dense
+  // product with H16, is only matched within fp16 rounding; RotatesIntoPoolSlots checks that).
+  KVARN_REQUIRE_GPU();
+  const int tokens = 37;
+  for (DType dtype : {DType::F16, DType::BF16})
+    for (int d : {64, 128, 256})
+      for (int hk : {3, 8}) {
+        const std::string spec = "append:kvarn_k4v2_g128:d" + std::to_string(d) + ":q1:" +
+                                 (dtype == DType::F16 ? "f16" : "bf16");
+        const KernelModule &module = kernel(spec);
+        std::mt19937_64 rng(testSeed(uint64_t(7000 + d + 10 * hk) + (dtype == DType::BF16)));
+        std::normal_distribution<float> normal;
+        std::uniform_int_distribution<int> exponent(-6, 6); // magnitudes 2^-6 .. 2^6 in one row
+        const size_t elements = size_t(tokens) * hk * d;
+        std::vector<uint16_t> keys(elements), values(elements);
+        for (size_t i = 0; i < elements; ++i) {
+          keys[i] = floatToDType(std::ldexp(normal(rng), exponent(rng)), dtype);
+          values[i] = floatToDType(std::ldexp(normal(rng), exponent(rng)), dtype);
+        }
+        std::vector<int64_t> mapping(tokens);
+        for (int t = 0; t < tokens; ++t)
+          mapping[t] = tokens - 1 - t; // every slot once, in reverse
+        DeviceBuffer dKeys = upload(keys), dValues = upload(values), dMap = upload(mapping);
+        DeviceBuffer dPoolKey = allocate(elements * 2), dPoolValue = allocate(elements * 2);
+        const dev::AppendParams params{dKeys.as<void>(),     dValues.as<void>(),
+                                       dMap.as<long long>(), dPoolKey.as<void>(),
+                                       dPoolValue.as<void>(), tokens,
+                                       hk,                    (long long)hk * d,
+                                       (long long)hk * d};
+        ASSERT_TRUE(launchAppend(module, params, nullptr)) << spec;
+        const std::vector<uint16_t> poolKey = download<uint16_t>(dPoolKey, elements);
+        const std::vector<uint16_t> poolValue = download<uint16_t>(dPoolValue, elements);
+        const float scale = halfToFloat(floatToHalf(1.0f / std::sqrt(float(d))));
+        size_t mismatches = 0;
+        std::vector<float> x(d);
+        for (int tensor = 0; tensor < 2; ++tensor)
+          for (int t = 0; t < tokens; ++t)
+            for (int h = 0; h < hk; ++h) {
+              const std::vector<uint16_t> &source = tensor == 0 ? keys : values;
+              const std::vector<uint16_t> &pool = tensor == 0 ? poolKey : poolValue;
+              const size_t in = (size_t(t) * hk + h) * d, out = (size_t(mapping[t]) * hk + h) * d;
+              for (int c = 0; c < d; ++c)
+                x[c] = dtypeToFloat(source[in + c], dtype);
+              for (int step = 1; step < d; step <<= 1)
+                for (int c = 0; c < d; ++c)
+                  if ((c & step) == 0) {
+                    const float a = x[c], b = x[c + step];
+                    x[c] = a + b;
+                    x[c + step] = a - b;
+                  }
+              for (int c = 0; c < d; ++c)
+                if (pool[out + c] != floatToHalf(x[c] * scale) && mismatches++ < 5)
+                  ADD_FAILURE() << spec << ", " << hk << " kv heads: " << (tensor ? "V" : "K")
+                                << " token " << t << " head " << h << " channel " << c << ": "
+                                << halfToFloat(pool[out + c]) << ", expected "
+                                << halfToFloat(floatToHalf(x[c] * scale));
+            }
+        EXPECT_EQ(mismatches, 0u) << spec << ", " << hk << " kv heads";
+      }
+}
+
 TEST(GpuTimingInputs, AppendRowsComeInDisjointL2ColdCopies) {
   KVARN_REQUIRE_GPU();
   using autotune::AppendTimingInputs;
