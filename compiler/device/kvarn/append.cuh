@@ -27,7 +27,8 @@ struct AppendContext {
   static constexpr int E = D / ROW_LANES, PIECES = E / PIECE;
   static constexpr int WORDS = PIECE / 2; ///< 32-bit words of input per piece
   /// Row groups a warp loads before it rotates any: four heads per pass keep the D = 128 kernel
-  /// at 56 registers (more warps per SM); eight (72 registers) were 4-5% slower.
+  /// at 56 registers (more warps per SM); eight (72 registers, with half-warp rows) were 4-5%
+  /// slower, two (48 registers) 3% slower (docs/benchmarks.md).
   static constexpr int GROUPS = 4 / ROW_HEADS;
   static constexpr int SHARED_BYTES = 0;
   static_assert(D % 64 == 0 && PIECE >= 4 && PIECES * PIECE == E,
