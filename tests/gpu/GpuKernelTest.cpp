@@ -951,9 +951,10 @@ TEST(GpuAppend, RotatesIntoPoolSlotsAndSkipsNegativeSlots) {
 TEST(GpuAppend, PoolRowsAreTheNaturalOrderTransformBitForBit) {
   // Append's lanes hold interleaved pieces of a row (append.cuh), but every value goes through
   // the natural-order FWHT's pair operations in its order: levels h = 1, 2, 4, ... of
-  // (a + b, a - b) in fp32, then * fp16(1/sqrt(D)) and one rounding to fp16. The CPU runs exactly
-  // that here, and every pool element must match it bit for bit (the format's reference, a dense
-  // product with H16, is only matched within fp16 rounding; RotatesIntoPoolSlots checks that).
+  // (a + b, a - b) in fp32, then * H16's entry fp16(1/sqrt(D)) and one rounding to fp16. The CPU
+  // runs exactly that here, and every pool element must match it bit for bit (the format's
+  // reference, a dense product with H16, is only matched within fp16 rounding;
+  // RotatesIntoPoolSlots checks that).
   KVARN_REQUIRE_GPU();
   const int tokens = 37;
   for (DType dtype : {DType::F16, DType::BF16})
@@ -984,7 +985,7 @@ TEST(GpuAppend, PoolRowsAreTheNaturalOrderTransformBitForBit) {
         ASSERT_TRUE(launchAppend(module, params, nullptr)) << spec;
         const std::vector<uint16_t> poolKey = download<uint16_t>(dPoolKey, elements);
         const std::vector<uint16_t> poolValue = download<uint16_t>(dPoolValue, elements);
-        const float scale = halfToFloat(floatToHalf(1.0f / std::sqrt(float(d))));
+        const float scale = halfToFloat(reference::hadamard16(d)[0]); // fp16(1/sqrt(D))
         size_t mismatches = 0;
         std::vector<float> x(d);
         for (int tensor = 0; tensor < 2; ++tensor)

@@ -33,6 +33,8 @@ struct AppendContext {
   static constexpr int SHARED_BYTES = 0;
   static_assert(D % 64 == 0 && PIECE >= 4 && PIECES * PIECE == E,
                 "head_dim must be a multiple of 64");
+  static_assert(2 * PIECE == BufferAlignment::appendPool(D),
+                "the C API checks the pools against the pieces' stores (storeWords)");
   AppendParams p;
   int warp, lane, groupLane, tensor, headOffset;
   bool vectorLoads; ///< inputs aligned for PIECE-element vector loads (else element loads)
@@ -110,8 +112,6 @@ __device__ __forceinline__ void rotateRow(AppendContext<KB, VB, G, D, Q, W, S, S
 #pragma unroll
         for (int w = 0; w < WORDS; ++w)
           out[w] = packHalf2(x[PIECE * k + 2 * w] * scale, x[PIECE * k + 2 * w + 1] * scale);
-        static_assert(4 * (WORDS < 4 ? WORDS : 4) == BufferAlignment::appendPool(D),
-                      "the C API checks the pools against the stores' alignment");
         storeWords(pool + (slot * c.p.numKvHeads + head) * D + PIECE * L * k, out);
       }
     }

@@ -17,7 +17,8 @@ struct BufferAlignment {
   static constexpr int decodeWorkspace(int headDim) { return headDim / 32 >= 4 ? 16 : 8; }
   /// Flush: 32-bit code stores (two words at once only where the cache is 8-byte aligned).
   enum : int { flushCache = 4 };
-  /// Append: a lane's D / 32 words of a pool row in one store (storeWords), at most 16 bytes.
+  /// Append: a piece of min(8, D / 16) channels of a pool row per store (storeWords): D / 8
+  /// bytes, at most 16.
   static constexpr int appendPool(int headDim) { return 4 * (headDim / 32 < 4 ? headDim / 32 : 4); }
   /// fp16 and bf16 elements, accessed one at a time (dequantize's records and rows, outputs).
   enum : int { element = 2 };
