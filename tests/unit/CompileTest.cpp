@@ -112,6 +112,14 @@ std::string entryPtx(const std::string &ptx, const std::string &name) {
   return ptx.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
 }
 
+/// How many times `needle` occurs in `text` (an instruction's count in an entry's PTX).
+long occurrences(const std::string &text, const std::string &needle) {
+  long count = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1))
+    ++count;
+  return count;
+}
+
 TEST(NvrtcCompile, TheSplitMergeIsAProgrammaticDependentOnlyFromSm90) {
   // sm_90a: the decode kernel releases its merge kernel early and the merge waits for the
   // decode's grid before it reads the partials; sm_80 has neither instruction (the runtime then
@@ -159,12 +167,7 @@ TEST(NvrtcCompile, TheCenteredQueryCorrectionIsOneMmaPerKChunk) {
     Expected<compiler::CompiledKernel> kernel = compiler::compileKernel(*spec, *schedule);
     if (!kernel)
       return -1;
-    const std::string decode = entryPtx(kernel->ptx, kernel->kernelNames.at(0));
-    long count = 0;
-    for (size_t at = decode.find("mma.sync"); at != std::string::npos;
-         at = decode.find("mma.sync", at + 1))
-      ++count;
-    return count;
+    return occurrences(entryPtx(kernel->ptx, kernel->kernelNames.at(0)), "mma.sync");
   };
   const long twoTerms = mmaCount("m16n8k16.single-p");
   const long centered = mmaCount("m16n8k16.centered-q-single-p");
@@ -187,12 +190,9 @@ TEST(NvrtcCompile, AppendRotatesRowsOnEightLanesWithThreeShuffleLevels) {
     Expected<compiler::CompiledKernel> kernel =
         compiler::compileKernel(*spec, defaultSchedule(OpKind::Append));
     ASSERT_TRUE(kernel) << kernel.error().message;
-    const std::string append = entryPtx(kernel->ptx, kernel->kernelNames.at(0));
-    long shuffles = 0;
-    for (size_t at = append.find("shfl.sync"); at != std::string::npos;
-         at = append.find("shfl.sync", at + 1))
-      ++shuffles;
-    EXPECT_EQ(shuffles, 3 * d / 4) << "D = " << d;
+    EXPECT_EQ(occurrences(entryPtx(kernel->ptx, kernel->kernelNames.at(0)), "shfl.sync"),
+              3 * d / 4)
+        << "D = " << d;
   }
 }
 
