@@ -202,6 +202,28 @@ int decodeSinkSplit(bool interleaved, int fixedSplits, int batch, int numSplits,
   return interleaved && fixedSplits == 0 && batch == 1 && numSplits > 1 && warps >= 2 ? 1 : 0;
 }
 
+double splitWalkTime(int pages, int warps) {
+  const int perCtaWarps = std::max(1, warps);
+  const auto pagesOfWarp = [&](int w) {
+    return (std::max(0, pages - w) + perCtaWarps - 1) / perCtaWarps;
+  };
+  if (perCtaWarps % kSchedulersPerSm != 0)
+    return pagesOfWarp(0);
+  // Scheduler 0 holds warps 0, 4, 8, ..., the most pages (a warp never walks more pages than the
+  // one before it). While m of them walk, each page of each takes m / min(m, saturating) lone
+  // page times; the unit is a warp's page time with every warp walking.
+  const int perScheduler = perCtaWarps / kSchedulersPerSm;
+  const auto share = [](int m) { return double(m) / std::min(m, kSaturatingWarps); };
+  double time = 0.0;
+  int done = 0;
+  for (int m = perScheduler; m >= 1; --m) {
+    const int fewest = pagesOfWarp(kSchedulersPerSm * (m - 1));
+    time += (fewest - done) * share(m);
+    done = fewest;
+  }
+  return time / share(perScheduler);
+}
+
 DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, int smCount,
                       int warps, int ctasPerSm, int maxSplits, bool interleaved) {
   constexpr double ctaOverhead = 1.0, mergeOverhead = 1.0; // in page times of one warp
@@ -218,7 +240,7 @@ DecodePlan planDecode(int batch, int numKvHeads, int maxSeqLen, int tileTokens, 
     const int sink = decodeSinkSplit(interleaved, 0, batch, splits, warps);
     const int walked = std::max(0, pages - 2 * sink);
     const int pagesPerSplit = (walked + splits - sink - 1) / (splits - sink);
-    const double cost = double(waves) * ((pagesPerSplit + perCtaWarps - 1) / perCtaWarps + ctaOverhead) +
+    const double cost = double(waves) * (splitWalkTime(pagesPerSplit, perCtaWarps) + ctaOverhead) +
                         (splits > 1 ? mergeOverhead : 0.0);
     if (splits == 1 || cost < best - 1e-9) {
       best = cost;

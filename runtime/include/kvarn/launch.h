@@ -135,9 +135,22 @@ struct DecodePlan {
 /// where decodeSinkSplit gives one.
 DecodePlan decodePlanOf(const KernelModule &module, int batch, int numSplits);
 
+/// Warp schedulers per multiprocessor (sm_70 on): warp w of a CTA issues from scheduler w % 4.
+constexpr int kSchedulersPerSm = 4;
+/// Warps per scheduler that the decode page loop needs to keep it issuing at its full rate: one
+/// warp alone walks a page no faster than two together, and a third adds nothing (the split
+/// counts measured on the H200 at 12 warps per CTA, docs/benchmarks.md).
+constexpr int kSaturatingWarps = 2;
+/// The time of a split's page walk over one CTA's `warps` warps, warp w walking every
+/// `warps`-th page from w, in page times of one warp with every warp walking. Up to two warps
+/// per scheduler it is the slowest warp's page count; beyond, the scheduler holding the most
+/// pages sets it, its warps' pages issued at the saturated rate while two or more still walk:
+/// with 12 warps, 64 pages (6 + 5 + 5 per scheduler) take 5.67, 69 (6 + 6 + 6) take 6.
+double splitWalkTime(int pages, int warps);
+
 /// Chooses the split count of a decode launch from a makespan model in units of one warp's
 /// page time: batch * kv heads * splits CTAs run in waves of smCount * ctasPerSm resident CTAs;
-/// a CTA takes its split's pages spread over its warps plus a fixed cost (query rotation, the
+/// a CTA takes its split's walk (splitWalkTime) plus a fixed cost (query rotation, the
 /// first page's latency, the warp merge and partial store) of about one page; several splits add
 /// the merge kernel. The smallest split count of the least cost wins. For `interleaved` kernels
 /// (earlyLookupWindow) a launch of one request over several splits gives its first and last
